@@ -1,0 +1,322 @@
+"""`pipeline`: start, stop and inspect a tickpipe run.
+
+User mistakes (a bad config, no running pipeline, an unknown stream) print
+one clear line and exit with status 2; no traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from .config import Config, ConfigError, load_config
+
+DEFAULT_CONFIG = Path("conf/default.toml")
+STREAMS = ("ticks", "features", "signals", "orders", "fills")
+
+
+class UserError(Exception):
+    """Printed as 'pipeline: <message>' with exit status 2."""
+
+
+def _load(args) -> Config:
+    path = args.config
+    if path is None and DEFAULT_CONFIG.exists():
+        path = DEFAULT_CONFIG
+    cfg = load_config(path)
+    if getattr(args, "name", None):
+        cfg.pipeline.name = args.name
+    return cfg
+
+
+def _running(cfg: Config) -> dict:
+    from .supervisor import read_state
+    st = read_state(cfg.run_dir(), cfg.pipeline.name)
+    if st is None:
+        raise UserError(f"no pipeline named '{cfg.pipeline.name}' is running "
+                        f"(no state in {cfg.run_dir()})")
+    if not st["alive"]:
+        raise UserError(f"pipeline '{cfg.pipeline.name}' is not running: run {st['run_id']} "
+                        f"(pid {st['pid']}) died without cleaning up; 'pipeline start' "
+                        "removes its leftovers")
+    return st
+
+
+def _request(cfg: Config, cmd: str, timeout: float = 5.0) -> dict:
+    from . import bus
+    st = _running(cfg)
+    try:
+        reply = bus.request(st["endpoints"]["control"], {"cmd": cmd}, timeout)
+    except TimeoutError as e:
+        raise UserError(str(e)) from None
+    if not reply.get("ok"):
+        raise UserError(reply.get("error", "the supervisor refused the request"))
+    return reply
+
+
+# -- start ----------------------------------------------------------------------------
+def cmd_start(args) -> int:
+    cfg = _load(args)
+    if args.workers is not None:
+        cfg.pipeline.workers = args.workers
+        from .config import _validate
+        try:
+            _validate(cfg)
+        except ConfigError as e:
+            raise ConfigError(f"--workers {args.workers}: {e}") from None
+    from .supervisor import Supervisor, SupervisorError, install_signal_handlers
+    logging.basicConfig(level=os.environ.get("TICKPIPE_LOG_LEVEL", "INFO"), stream=sys.stderr,
+                        format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
+    sup = Supervisor(cfg)
+    install_signal_handlers(sup)
+    try:
+        sup.start()
+    except SupervisorError as e:
+        raise UserError(str(e)) from None
+    n = len(sup.workers)
+    print(f"tickpipe '{cfg.pipeline.name}' run {sup.run_id} started: {n} processes "
+          f"({cfg.n_shards} indicator shards, {cfg.n_model_workers} model workers, "
+          f"{len(cfg.feeds)} feeds, 1 execution), config {cfg.source}", flush=True)
+    print("stop with Ctrl-C or 'pipeline stop'; inspect with 'pipeline status', "
+          "'pipeline report', 'pipeline tap STREAM'", flush=True)
+    try:
+        code = sup.run(args.duration)
+    finally:
+        sup.cleanup()
+    rep = getattr(sup, "final_report", None)
+    print(f"stopped: {sup.stop_reason}")
+    if rep:
+        print(format_summary(sup.status(), rep))
+    return code
+
+
+def format_summary(status: dict, rep: dict) -> str:
+    stats = {w["id"]: w.get("stats", {}) for w in status["workers"]}
+    ticks = sum(s.get("emitted", 0) for w, s in stats.items() if w.startswith("feed."))
+    bars = sum(s.get("bars", 0) for w, s in stats.items() if w.startswith("indicators."))
+    sigs = sum(s.get("signals", 0) for w, s in stats.items() if w.startswith("model."))
+    ex = stats.get("execution.0", {})
+    drops = sum(r["dropped"] for ring in rep["rings"] for r in ring["readers"])
+    restarts = sum(w["restarts"] for w in status["workers"])
+    lat = rep["latency"].get("tick_to_fill", {})
+    lines = [f"ticks {ticks}, bars {bars}, signals {sigs}, orders {ex.get('orders', 0)}, "
+             f"fills {ex.get('fills', 0)}, dropped {drops}, restarts {restarts}",
+             f"realized pnl {ex.get('realized_pnl', 0.0):.2f}, fees {ex.get('fees', 0.0):.2f}, "
+             f"open positions {ex.get('open_positions', 0)}"]
+    if lat.get("count"):
+        lines.append(f"tick-to-fill latency: p50 {lat['p50_us']} us, p99 {lat['p99_us']} us, "
+                     f"p99.9 {lat['p999_us']} us over {lat['count']} fills")
+    return "\n".join(lines)
+
+
+# -- status / stop / report ---------------------------------------------------------------
+def cmd_status(args) -> int:
+    cfg = _load(args)
+    try:
+        st = _request(cfg, "status")
+    except UserError as e:
+        if args.json:
+            print(json.dumps({"running": False, "reason": str(e)}))
+        else:
+            print(f"not running: {e}")
+        return 1
+    if args.json:
+        print(json.dumps({"running": True, **st}, indent=1))
+        return 0
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(st["started"]))
+    print(f"pipeline '{st['name']}' running since {since} (up {st['uptime_s']:.0f} s), "
+          f"run {st['run_id']}, supervisor pid {st['pid']}, config {st['config']}")
+    print(f"{'worker':<16}{'state':<12}{'pid':>8}{'restarts':>10}{'heartbeat':>11}")
+    for w in st["workers"]:
+        age = "-" if w["heartbeat_age_s"] is None else f"{w['heartbeat_age_s']:.1f}s ago"
+        print(f"{w['id']:<16}{w['state']:<12}{w['pid'] or '-':>8}{w['restarts']:>10}{age:>11}")
+    return 0
+
+
+def cmd_stop(args) -> int:
+    cfg = _load(args)
+    st = _running(cfg)
+    _request(cfg, "stop")
+    import psutil
+    deadline = time.monotonic() + args.timeout
+    try:
+        proc = psutil.Process(st["pid"])
+        proc.wait(max(0.0, deadline - time.monotonic()))
+    except psutil.NoSuchProcess:
+        pass
+    except psutil.TimeoutExpired:
+        raise UserError(f"pipeline '{cfg.pipeline.name}' (pid {st['pid']}) is still stopping "
+                        f"after {args.timeout:g} s") from None
+    print(f"pipeline '{cfg.pipeline.name}' stopped")
+    return 0
+
+
+def cmd_report(args) -> int:
+    cfg = _load(args)
+    rep = _request(cfg, "report")
+    rep.pop("ok", None)
+    if args.json:
+        print(json.dumps(rep, indent=1))
+        return 0
+    print(format_report(rep))
+    return 0
+
+
+def _fmt(v, spec=""):
+    return "-" if v is None else format(v, spec)
+
+
+def format_report(rep: dict) -> str:
+    out = [f"pipeline '{rep['name']}' run {rep['run_id']}, up {rep['uptime_s']:.0f} s", "",
+           "processes",
+           f"  {'id':<16}{'pid':>8}{'cpu %':>8}{'rss MB':>9}{'threads':>9}{'fds':>6}"]
+    for p in rep["processes"]:
+        out.append(f"  {p['id']:<16}{_fmt(p.get('pid')):>8}{_fmt(p.get('cpu_percent'), '.1f'):>8}"
+                   f"{_fmt(p.get('rss_mb'), '.1f'):>9}{_fmt(p.get('threads')):>9}"
+                   f"{_fmt(p.get('fds')):>6}")
+    out += ["", "rings",
+            f"  {'ring':<18}{'policy':<10}{'written':>10}{'rate/s':>10}{'backpressure':>14}  readers (lag / dropped)"]
+    for r in rep["rings"]:
+        readers = ", ".join(f"{x['name']} {x['lag']}/{x['dropped']}" for x in r["readers"]) or "-"
+        bp = f"{r['backpressure_waits']} ({r['backpressure_s']:.2f}s)"
+        out.append(f"  {r['name']:<18}{r['policy']:<10}{r['write_seq']:>10}"
+                   f"{r['write_rate_per_s']:>10.0f}{bp:>14}  {readers}")
+    out += ["", "latency from tick receipt (us)",
+            f"  {'stage':<18}{'count':>10}{'p50':>10}{'p99':>10}{'p99.9':>10}"]
+    for stage, s in rep["latency"].items():
+        out.append(f"  {stage:<18}{s['count']:>10}{_fmt(s['p50_us']):>10}{_fmt(s['p99_us']):>10}"
+                   f"{_fmt(s['p999_us']):>10}")
+    return "\n".join(out)
+
+
+# -- tap --------------------------------------------------------------------------------
+def cmd_tap(args) -> int:
+    import zmq
+    from . import bus
+    stream = args.stream
+    if stream not in STREAMS:
+        raise UserError(f"unknown stream {stream!r}; choose one of {', '.join(STREAMS)}")
+    if args.connect:
+        endpoint = args.connect
+    else:
+        cfg = _load(args)
+        endpoint = _running(cfg)["endpoints"]["tap"]
+    ctx = zmq.Context.instance()
+    sub = bus.socket(ctx, zmq.SUB)
+    sub.connect(endpoint)
+    topic = f"{stream}|{args.symbol or ''}"
+    sub.setsockopt(zmq.SUBSCRIBE, topic.encode())
+    if not args.symbol:
+        pass  # the topic "<stream>|" also carries the skipped notices
+    shown = 0
+    deadline = time.monotonic() + args.timeout if args.timeout else None
+    try:
+        while args.limit is None or shown < args.limit:
+            wait_ms = 500
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise UserError(f"no more records on '{stream}' within {args.timeout:g} s "
+                                    f"(from {endpoint})")
+                wait_ms = int(min(left, 0.5) * 1000) + 1
+            if not sub.poll(wait_ms):
+                continue
+            t, payload = sub.recv_multipart()
+            rec = json.loads(payload)
+            if "skipped" in rec:
+                if not args.json:
+                    print(f"# {rec['skipped']} records of {rec['ring']} not shown (tap rate limit "
+                          "or lapped)", file=sys.stderr)
+                continue
+            sym = rec.get("symbol", "")
+            if args.symbol and not (sym == args.symbol or sym.startswith(args.symbol + "@")):
+                continue
+            print(json.dumps(rec) if args.json else format_record(stream, rec), flush=True)
+            shown += 1
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sub.close()
+    return 0
+
+
+def format_record(stream: str, rec: dict) -> str:
+    skip = {"symbol", "symbol_id", "ring"}
+    fields = " ".join(f"{k}={_short(v)}" for k, v in rec.items() if k not in skip)
+    return f"{stream:<9}{rec.get('symbol', ''):<22}{fields}"
+
+
+def _short(v):
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    if isinstance(v, list):
+        return "[" + ",".join(_short(x) for x in v) + "]"
+    return str(v)
+
+
+# -- entry point --------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="pipeline",
+        description="tickpipe: a multiprocess shared-memory crypto trading pipeline.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(sp):
+        sp.add_argument("--config", metavar="PATH",
+                        help="TOML config (default: conf/default.toml if present, else built-in defaults)")
+        sp.add_argument("--name", help="pipeline name (default: pipeline.name from the config)")
+
+    sp = sub.add_parser("start", help="start the pipeline in the foreground",
+                        description="Start the supervisor and its workers; Ctrl-C or SIGTERM stops cleanly.")
+    common(sp)
+    sp.add_argument("--workers", type=int, metavar="N",
+                    help="CPU-bound worker processes: indicator shards + model workers")
+    sp.add_argument("--duration", type=float, metavar="SECONDS", help="stop cleanly after this long")
+    sp.set_defaults(func=cmd_start)
+
+    sp = sub.add_parser("status", help="is it running, since when, per-worker state and restarts")
+    common(sp)
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_status)
+
+    sp = sub.add_parser("stop", help="stop a running pipeline cleanly")
+    common(sp)
+    sp.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS")
+    sp.set_defaults(func=cmd_stop)
+
+    sp = sub.add_parser("report", help="per-process resources, ring lag and drops, stage latency")
+    common(sp)
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_report)
+
+    sp = sub.add_parser("tap", help="print records flowing through a stream",
+                        description="Attach read-only to a running pipeline and print decoded "
+                                    "records of STREAM, one per line (rate-limited).")
+    common(sp)
+    sp.add_argument("stream", metavar="STREAM", help=f"one of: {', '.join(STREAMS)}")
+    sp.add_argument("--symbol", metavar="S", help="only this symbol (BTC/USDT or BTC/USDT@venue)")
+    sp.add_argument("--limit", type=int, metavar="N", help="exit after N records")
+    sp.add_argument("--json", action="store_true", help="one JSON object per line")
+    sp.add_argument("--connect", metavar="ENDPOINT",
+                    help="tap endpoint of a pipeline elsewhere, e.g. tcp://HOST:PORT")
+    sp.add_argument("--timeout", type=float, metavar="SECONDS",
+                    help="give up if no record arrives for this long")
+    sp.set_defaults(func=cmd_tap)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, UserError) as e:
+        print(f"pipeline: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

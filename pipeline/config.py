@@ -1,0 +1,230 @@
+"""TOML configuration, validated against typed dataclasses.
+
+The dataclasses below are the schema: their fields are the only keys allowed,
+their annotations the types, their defaults the defaults. A typo or a wrong
+type is a ConfigError that names the file and the key, never a traceback.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """A user mistake in a config file; printed as is, without a traceback."""
+
+
+@dataclass
+class PipelineConfig:
+    name: str = "default"            # several pipelines may run side by side under different names
+    workers: int = 4                 # CPU-bound processes: indicator shards + model workers
+    model_workers: int = 0           # 0 = one per four workers, at least one
+    run_dir: str = ""                # state file and ipc sockets; "" = $XDG_RUNTIME_DIR/tickpipe or /tmp/tickpipe-<uid>
+    heartbeat_interval_s: float = 0.5
+    heartbeat_timeout_s: float = 10.0   # no heartbeat for this long: the worker is killed and restarted
+    startup_timeout_s: float = 60.0     # time allowed for a worker's first heartbeat
+    max_restarts: int = 5               # restarts of one worker within restart_window_s before giving up
+    restart_window_s: float = 60.0
+    restart_backoff_s: float = 0.5      # doubles with each restart in the window, capped at 10 s
+    stop_timeout_s: float = 15.0        # per stage, on a clean stop
+
+
+@dataclass
+class RingsConfig:
+    ticks_capacity: int = 65536
+    features_capacity: int = 4096
+    signals_capacity: int = 4096
+    orders_capacity: int = 4096
+    fills_capacity: int = 4096
+    lossless_timeout_s: float = 5.0     # a lossless writer reports backpressure after this long
+    execution_spin_us: float = 0.0      # bounded spin of the execution reader before it sleeps
+
+
+@dataclass
+class BusConfig:
+    tap_bind: str = ""                  # extra tap endpoint, e.g. "tcp://127.0.0.1:5557"; ipc is always bound
+    tap_max_rate: int = 2000            # records per second per stream sent to the tap
+    allow_remote: bool = False          # allow binding tcp on interfaces other than loopback
+    report_interval_s: float = 1.0
+
+
+@dataclass
+class FeedConfig:
+    name: str = "synthetic"
+    kind: str = "synthetic"
+    venue: str = "synthetic"
+    symbols: list[str] = field(default_factory=lambda: ["BTC/USDT", "ETH/USDT", "SOL/USDT", "XRP/USDT"])
+    ticks_per_s: float = 2000.0         # across all symbols of the feed
+    max_ticks: int = 0                  # stop producing after this many (0 = unlimited)
+    seed: int = 7
+    start_price: float = 100.0
+
+
+@dataclass
+class IndicatorsConfig:
+    bar_seconds: float = 1.0
+    ema_periods: list[int] = field(default_factory=lambda: [12, 26])
+    rsi_period: int = 14
+    close_grace_s: float = 0.25         # a bar with no next tick closes this long after its end
+
+
+@dataclass
+class ModelConfig:
+    kind: str = "momentum"
+    threshold: float = 0.0005           # relative EMA spread that counts as a trend
+
+
+@dataclass
+class ExecutionConfig:
+    mode: str = "paper"
+    order_notional: float = 100.0       # quote currency per order
+    max_position_notional: float = 1000.0
+    fee_bps: float = 10.0
+    slippage_bps: float = 2.0
+
+
+@dataclass
+class Config:
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    rings: RingsConfig = field(default_factory=RingsConfig)
+    bus: BusConfig = field(default_factory=BusConfig)
+    feeds: list[FeedConfig] = field(default_factory=lambda: [FeedConfig()])
+    indicators: IndicatorsConfig = field(default_factory=IndicatorsConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    execution: ExecutionConfig = field(default_factory=ExecutionConfig)
+    source: str = "<defaults>"
+
+    # -- derived --------------------------------------------------------------
+    @property
+    def n_model_workers(self) -> int:
+        return self.pipeline.model_workers or max(1, self.pipeline.workers // 4)
+
+    @property
+    def n_shards(self) -> int:
+        return self.pipeline.workers - self.n_model_workers
+
+    def run_dir(self) -> Path:
+        if self.pipeline.run_dir:
+            return Path(self.pipeline.run_dir).expanduser()
+        env = os.environ.get("TICKPIPE_RUN_DIR")
+        if env:
+            return Path(env)
+        xdg = os.environ.get("XDG_RUNTIME_DIR")
+        return Path(xdg) / "tickpipe" if xdg else Path(f"/tmp/tickpipe-{os.getuid()}")
+
+
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def _check_value(value, tp, where: str):
+    origin = typing.get_origin(tp)
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if isinstance(value, dict) and dataclasses.is_dataclass(item):
+            raise ConfigError(f"{where} is a list of tables: write [[{where}]], not [{where}]")
+        if not isinstance(value, list):
+            raise ConfigError(f"{where} must be a list, got {type(value).__name__} {value!r}")
+        return [_check_value(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a table, got {type(value).__name__} {value!r}")
+        return _build(tp, value, where)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float) and isinstance(value, bool) or not isinstance(value, tp):
+        raise ConfigError(f"{where} must be {_TYPE_NAMES.get(tp, tp.__name__)}, "
+                          f"got {type(value).__name__} {value!r}")
+    return value
+
+
+def _build(cls, data: dict, prefix: str):
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.name != "source"]
+    kwargs = {}
+    for key, value in data.items():
+        where = f"{prefix}.{key}" if prefix else key
+        if key not in names:
+            near = difflib.get_close_matches(key, names, n=1)
+            hint = f" (did you mean '{near[0]}'?)" if near else f" (known: {', '.join(names)})"
+            raise ConfigError(f"unknown key '{where}'{hint}")
+        kwargs[key] = _check_value(value, hints[key], where)
+    return cls(**kwargs)
+
+
+def _validate(cfg: Config) -> None:
+    p = cfg.pipeline
+    checks = [
+        (p.workers >= 2, "pipeline.workers must be at least 2 (one indicator shard and one model worker)"),
+        (p.model_workers >= 0, "pipeline.model_workers must be >= 0"),
+        (cfg.n_shards >= 1, f"pipeline.model_workers ({cfg.n_model_workers}) leaves no indicator shard "
+                            f"among {p.workers} workers"),
+        (p.heartbeat_interval_s > 0, "pipeline.heartbeat_interval_s must be > 0"),
+        (p.heartbeat_timeout_s > 2 * p.heartbeat_interval_s,
+         "pipeline.heartbeat_timeout_s must be more than twice heartbeat_interval_s"),
+        (p.max_restarts >= 0, "pipeline.max_restarts must be >= 0"),
+        (p.name.replace("-", "").replace("_", "").isalnum(),
+         "pipeline.name may only contain letters, digits, '-' and '_'"),
+        (len(cfg.feeds) >= 1, "at least one [[feeds]] table is needed"),
+        (cfg.execution.mode in ("paper",),
+         "execution.mode must be 'paper' (live trading needs an explicit flag and arrives later)"),
+        (cfg.model.kind in ("momentum",), "model.kind must be 'momentum'"),
+        (cfg.indicators.bar_seconds > 0, "indicators.bar_seconds must be > 0"),
+        (all(n >= 1 for n in cfg.indicators.ema_periods) and len(cfg.indicators.ema_periods) >= 2,
+         "indicators.ema_periods needs at least two periods >= 1"),
+        (cfg.indicators.rsi_period >= 1, "indicators.rsi_period must be >= 1"),
+        (cfg.execution.order_notional > 0, "execution.order_notional must be > 0"),
+        (cfg.execution.fee_bps >= 0 and cfg.execution.slippage_bps >= 0,
+         "execution.fee_bps and slippage_bps must be >= 0"),
+        (cfg.bus.tap_max_rate > 0, "bus.tap_max_rate must be > 0"),
+    ]
+    for key in ("ticks_capacity", "features_capacity", "signals_capacity",
+                "orders_capacity", "fills_capacity"):
+        v = getattr(cfg.rings, key)
+        checks.append((v >= 16 and v & (v - 1) == 0, f"rings.{key} must be a power of two >= 16, got {v}"))
+    names = set()
+    for i, f in enumerate(cfg.feeds):
+        checks += [
+            (f.kind == "synthetic", f"feeds[{i}].kind must be 'synthetic' (venue feeds arrive with market data)"),
+            (len(f.symbols) >= 1, f"feeds[{i}].symbols must not be empty"),
+            (f.ticks_per_s > 0, f"feeds[{i}].ticks_per_s must be > 0"),
+            (f.max_ticks >= 0, f"feeds[{i}].max_ticks must be >= 0"),
+            (f.start_price > 0, f"feeds[{i}].start_price must be > 0"),
+            (f.name not in names, f"feeds[{i}].name '{f.name}' is used twice"),
+        ]
+        names.add(f.name)
+    if cfg.bus.tap_bind:
+        ok = cfg.bus.tap_bind.startswith(("tcp://127.", "tcp://localhost:", "ipc://"))
+        checks.append((ok or cfg.bus.allow_remote,
+                       f"bus.tap_bind '{cfg.bus.tap_bind}' listens beyond this host; "
+                       "set bus.allow_remote = true to allow it"))
+    for ok, msg in checks:
+        if not ok:
+            raise ConfigError(msg)
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Read and validate a TOML file; None gives the built-in defaults."""
+    if path is None:
+        cfg = Config()
+        _validate(cfg)
+        return cfg
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    try:
+        cfg = _build(Config, data, "")
+        _validate(cfg)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    cfg.source = str(path)
+    return cfg

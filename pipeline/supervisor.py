@@ -1,0 +1,441 @@
+"""The supervisor: creates a run's segments, spawns and watches its workers,
+serves the CLI, feeds the tap, and cleans everything up on every exit path.
+
+Threads: none. One loop polls the ZeroMQ sockets (control, heartbeats, tap
+subscriptions) with a short timeout and, between polls, checks children,
+restarts, tap publishing and report sampling.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing as mp
+import os
+import secrets
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import zmq
+
+from shm import segment
+from shm.ring import Ring
+from shm.table import Table
+
+from . import bus, topology
+from .config import Config
+from .metrics import LatencyHistogram
+from .tap import TapPublisher
+from workers.base import WorkerArgs, run_worker
+
+log = logging.getLogger("supervisor")
+
+LATENCY_STAGES = {"indicators": "tick_to_features", "model": "tick_to_signal",
+                  "execution": "tick_to_fill"}
+
+
+class SupervisorError(RuntimeError):
+    """The pipeline cannot start or keep running; the message says why."""
+
+
+@dataclass
+class WorkerState:
+    spec: topology.WorkerSpec
+    proc: mp.process.BaseProcess | None = None
+    state: str = "starting"
+    started_at: float = 0.0
+    last_hb: float = 0.0
+    hb: dict = field(default_factory=dict)
+    restarts: int = 0
+    restart_times: deque = field(default_factory=deque)
+    restart_at: float | None = None
+    last_exit: int | None = None
+    psproc: psutil.Process | None = None
+
+
+def state_path(run_dir: Path, name: str) -> Path:
+    return run_dir / f"{name}.json"
+
+
+def read_state(run_dir: Path, name: str) -> dict | None:
+    """The state file of a pipeline, with ``alive`` set from its supervisor pid."""
+    path = state_path(run_dir, name)
+    try:
+        st = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    pid = st.get("pid", 0)
+    try:
+        p = psutil.Process(pid)
+        st["alive"] = abs(p.create_time() - st.get("pid_start", 0)) < 1.0
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        st["alive"] = False
+    return st
+
+
+class Supervisor:
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.run_dir = cfg.run_dir()
+        self.run_id = secrets.token_hex(4)
+        self.topo: topology.Topology | None = None
+        self.workers: dict[str, WorkerState] = {}
+        self.rings: dict[str, Ring] = {}
+        self.tables: dict[str, Table] = {}
+        self.ctx: zmq.Context | None = None
+        self.endpoints = bus.Endpoints.for_run(self.run_dir, self.run_id)
+        self.stop_reason: str | None = None
+        self.exit_code = 0
+        self.started = time.time()
+        self._mp = mp.get_context("spawn")
+        self._ring_rates: dict[str, tuple[float, int, float]] = {}
+        self._next_sample = 0.0
+        self._me = psutil.Process()
+        self._cleaned = False
+
+    # -- start ----------------------------------------------------------------------
+    def start(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        existing = read_state(self.run_dir, self.cfg.pipeline.name)
+        if existing and existing["alive"]:
+            raise SupervisorError(
+                f"pipeline '{self.cfg.pipeline.name}' is already running (pid {existing['pid']}, "
+                f"run {existing['run_id']}); stop it with 'pipeline stop' or pick another "
+                "pipeline.name")
+        removed = segment.remove_stale()
+        if removed:
+            runs = sorted({r.run_id for r in removed})
+            print(f"removed {len(removed)} stale shared-memory segments of dead runs "
+                  f"{', '.join(runs)}", flush=True)
+        if existing and not existing["alive"]:
+            self._remove_run_files(existing)
+        try:
+            self._create()
+        except BaseException:
+            self.cleanup()
+            raise
+
+    def _create(self) -> None:
+        cfg = self.cfg
+        self.topo = topology.build(cfg, self.run_id, with_bells=True)
+        for name, spec in self.topo.rings.items():
+            self.rings[name] = Ring.create(spec)
+        for name, spec in self.topo.tables.items():
+            self.tables[name] = Table.create(spec)
+        self.ctx = zmq.Context()
+        ep = self.endpoints
+        self.control = bus.socket(self.ctx, zmq.REP)
+        self.control.bind(ep.control)
+        self.heartbeats = bus.socket(self.ctx, zmq.PULL, RCVHWM=10000)
+        self.heartbeats.bind(ep.heartbeat)
+        self.command = bus.socket(self.ctx, zmq.PUB)
+        self.command.bind(ep.command)
+        for path in ep.ipc_paths():
+            if os.path.exists(path):
+                os.chmod(path, 0o600)
+        self.tap = TapPublisher(self.ctx, self.topo, self.rings, cfg.bus)
+        self.tap.bind(ep.tap)
+        if cfg.bus.tap_bind:
+            try:
+                self.tap.bind(cfg.bus.tap_bind)
+            except zmq.ZMQError as e:
+                raise SupervisorError(f"cannot bind bus.tap_bind {cfg.bus.tap_bind}: {e}") from None
+        self.poller = zmq.Poller()
+        for s in (self.control, self.heartbeats, self.tap.socket):
+            self.poller.register(s, zmq.POLLIN)
+        for spec in self.topo.workers:
+            self.workers[spec.id] = WorkerState(spec)
+        self._write_state()
+        for ws in self.workers.values():
+            self._spawn(ws)
+
+    def _write_state(self) -> None:
+        st = {"name": self.cfg.pipeline.name, "run_id": self.run_id, "pid": os.getpid(),
+              "pid_start": self._me.create_time(), "started": self.started,
+              "config": self.cfg.source, "endpoints": self.endpoints.__dict__,
+              "tap_bind": self.cfg.bus.tap_bind,
+              "workers": [w.id for w in self.topo.workers]}
+        path = state_path(self.run_dir, self.cfg.pipeline.name)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(st, indent=1))
+        os.chmod(tmp, 0o600)
+        tmp.replace(path)
+
+    def _spawn(self, ws: WorkerState) -> None:
+        args = WorkerArgs(self.cfg, self.topo, ws.spec.id, self.endpoints, os.getpid(),
+                          ws.restarts)
+        proc = self._mp.Process(target=run_worker, args=(args,), name=ws.spec.id, daemon=True)
+        proc.start()
+        ws.proc = proc
+        ws.state = "starting"
+        ws.started_at = time.monotonic()
+        ws.last_hb = 0.0
+        ws.restart_at = None
+        try:
+            ws.psproc = psutil.Process(proc.pid)
+            ws.psproc.cpu_percent(None)
+        except psutil.Error:
+            ws.psproc = None
+        log.info("started %s (pid %d)", ws.spec.id, proc.pid)
+
+    # -- main loop --------------------------------------------------------------------
+    def run(self, duration: float | None = None) -> int:
+        deadline = time.monotonic() + duration if duration else None
+        while self.stop_reason is None:
+            if deadline and time.monotonic() >= deadline:
+                self.stop_reason = f"duration of {duration:g} s reached"
+                break
+            self.poll_once(0.05)
+        return self.shutdown()
+
+    def poll_once(self, timeout: float) -> None:
+        events = dict(self.poller.poll(int(timeout * 1000)))
+        if self.heartbeats in events:
+            self._drain_heartbeats()
+        if self.control in events:
+            self._serve_control()
+        if self.tap.socket in events:
+            self.tap.on_subscriptions()
+        self.tap.publish()
+        self._watch_children()
+        self._sample()
+
+    def _drain_heartbeats(self) -> None:
+        now = time.monotonic()
+        while True:
+            try:
+                msg = bus.recv_json(self.heartbeats, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            ws = self.workers.get(msg.get("id"))
+            if ws is None or ws.proc is None or msg.get("pid") != ws.proc.pid:
+                continue  # a heartbeat from an incarnation we already replaced
+            ws.last_hb = now
+            ws.hb = msg
+            if ws.state in ("starting", "running", "blocked"):
+                ws.state = msg.get("state", "running")
+
+    def _watch_children(self) -> None:
+        now = time.monotonic()
+        pc = self.cfg.pipeline
+        for ws in self.workers.values():
+            if ws.state in ("stopped", "failed"):
+                continue
+            if ws.restart_at is not None:
+                if now >= ws.restart_at:
+                    self._spawn(ws)
+                continue
+            proc = ws.proc
+            if proc is None:
+                continue
+            if proc.exitcode is not None:
+                ws.last_exit = proc.exitcode
+                proc.join(0)
+                self._on_death(ws, f"exited with code {proc.exitcode}")
+                continue
+            silent = now - (ws.last_hb or ws.started_at)
+            limit = pc.heartbeat_timeout_s if ws.last_hb else pc.startup_timeout_s
+            if silent > limit:
+                log.error("%s sent no heartbeat for %.1f s; killing it", ws.spec.id, silent)
+                proc.kill()
+                proc.join(5)
+                self._on_death(ws, "stopped heartbeating")
+
+    def _on_death(self, ws: WorkerState, why: str) -> None:
+        pc = self.cfg.pipeline
+        now = time.monotonic()
+        ws.proc = None
+        ws.psproc = None
+        while ws.restart_times and now - ws.restart_times[0] > pc.restart_window_s:
+            ws.restart_times.popleft()
+        if len(ws.restart_times) >= pc.max_restarts:
+            ws.state = "failed"
+            self.stop_reason = (f"{ws.spec.id} {why} and was restarted {len(ws.restart_times)} "
+                                f"times in {pc.restart_window_s:g} s; giving up")
+            self.exit_code = 1
+            log.error("%s", self.stop_reason)
+            return
+        delay = min(pc.restart_backoff_s * 2 ** len(ws.restart_times), 10.0)
+        ws.restart_times.append(now)
+        ws.restarts += 1
+        ws.state = "restarting"
+        ws.restart_at = now + delay
+        log.warning("%s %s; restarting in %.1f s (restart %d)", ws.spec.id, why, delay, ws.restarts)
+
+    def request_stop(self, reason: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+
+    # -- control ------------------------------------------------------------------------
+    def _serve_control(self) -> None:
+        try:
+            req = bus.recv_json(self.control, zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        except json.JSONDecodeError:
+            bus.send_json(self.control, {"ok": False, "error": "request is not JSON"})
+            return
+        cmd = req.get("cmd")
+        if cmd == "status":
+            reply = {"ok": True, **self.status()}
+        elif cmd == "report":
+            reply = {"ok": True, **self.report()}
+        elif cmd == "stop":
+            self.request_stop("stop requested by 'pipeline stop'")
+            reply = {"ok": True, "stopping": True}
+        else:
+            reply = {"ok": False, "error": f"unknown command {cmd!r}"}
+        bus.send_json(self.control, reply)
+
+    def status(self) -> dict:
+        now = time.monotonic()
+        return {
+            "name": self.cfg.pipeline.name, "run_id": self.run_id, "pid": os.getpid(),
+            "started": self.started, "uptime_s": round(time.time() - self.started, 1),
+            "config": self.cfg.source,
+            "workers": [{"id": ws.spec.id, "role": ws.spec.role, "state": ws.state,
+                         "pid": ws.proc.pid if ws.proc else None, "restarts": ws.restarts,
+                         "heartbeat_age_s": round(now - ws.last_hb, 2) if ws.last_hb else None,
+                         "stats": ws.hb.get("stats", {})}
+                        for ws in self.workers.values()],
+        }
+
+    def _sample(self) -> None:
+        """Every report interval: ring write rates and process CPU %."""
+        now = time.monotonic()
+        if now < self._next_sample:
+            return
+        self._next_sample = now + self.cfg.bus.report_interval_s
+        for name, ring in self.rings.items():
+            w = ring.stats()["write_seq"]
+            prev = self._ring_rates.get(name)
+            rate = 0.0
+            if prev is not None and now > prev[0]:
+                rate = (w - prev[1]) / (now - prev[0])
+            self._ring_rates[name] = (now, w, rate)
+        self._cpu = {"supervisor": self._me.cpu_percent(None)}
+        for ws in self.workers.values():
+            if ws.psproc is not None:
+                try:
+                    self._cpu[ws.spec.id] = ws.psproc.cpu_percent(None)
+                except psutil.Error:
+                    pass
+
+    def report(self) -> dict:
+        procs = []
+        cpu = getattr(self, "_cpu", {})
+        entries = [("supervisor", "supervisor", self._me)] + [
+            (ws.spec.id, ws.spec.role, ws.psproc) for ws in self.workers.values()]
+        for wid, role, p in entries:
+            if p is None:
+                procs.append({"id": wid, "role": role, "pid": None, "state": "down"})
+                continue
+            try:
+                with p.oneshot():
+                    procs.append({"id": wid, "role": role, "pid": p.pid,
+                                  "cpu_percent": round(cpu.get(wid, 0.0), 1),
+                                  "rss_mb": round(p.memory_info().rss / 2**20, 1),
+                                  "threads": p.num_threads(), "fds": p.num_fds()})
+            except psutil.Error:
+                procs.append({"id": wid, "role": role, "pid": p.pid, "state": "gone"})
+        rings = []
+        for name, ring in self.rings.items():
+            st = ring.stats()
+            st["write_rate_per_s"] = round(self._ring_rates.get(name, (0, 0, 0.0))[2], 1)
+            rings.append(st)
+        stages = {}
+        for role, stage in LATENCY_STAGES.items():
+            h = LatencyHistogram()
+            for ws in self.workers.values():
+                if ws.spec.role == role and ws.hb.get("latency"):
+                    h.merge(LatencyHistogram.from_sparse(ws.hb["latency"]))
+            stages[stage] = h.summary_us()
+        return {"name": self.cfg.pipeline.name, "run_id": self.run_id,
+                "uptime_s": round(time.time() - self.started, 1),
+                "processes": procs, "rings": rings, "latency": stages,
+                "tap": self.tap.stats()}
+
+    # -- stop -------------------------------------------------------------------------
+    def shutdown(self) -> int:
+        """Stop stage by stage, upstream first, so records in flight are processed."""
+        log.info("stopping: %s", self.stop_reason)
+        for role in topology.STAGES:
+            group = [ws for ws in self.workers.values() if ws.spec.role == role]
+            for ws in group:
+                ws.restart_at = None
+            bus.send_json(self.command, {"cmd": "stop", "target": role})
+            deadline = time.monotonic() + self.cfg.pipeline.stop_timeout_s
+            while any(ws.proc is not None and ws.proc.exitcode is None for ws in group):
+                if time.monotonic() > deadline:
+                    for ws in group:
+                        if ws.proc is not None and ws.proc.exitcode is None:
+                            log.error("%s did not stop in time; killing it", ws.spec.id)
+                            ws.proc.kill()
+                    break
+                # keep serving heartbeats and the CLI while we wait; resend in case
+                # a worker subscribed after the first stop was published
+                events = dict(self.poller.poll(50))
+                if self.heartbeats in events:
+                    self._drain_heartbeats()
+                if self.control in events:
+                    self._serve_control()
+                bus.send_json(self.command, {"cmd": "stop", "target": role})
+            for ws in group:
+                if ws.proc is not None:
+                    ws.proc.join(5)
+                    ws.last_exit = ws.proc.exitcode
+                if ws.state != "failed":
+                    ws.state = "stopped"
+        self._drain_heartbeats()
+        self.final_report = self.report()
+        self.cleanup()
+        return self.exit_code
+
+    def cleanup(self) -> None:
+        """Release everything: children, segments, sockets, files. Safe to call twice."""
+        if self._cleaned:
+            return
+        self._cleaned = True
+        for ws in self.workers.values():
+            if ws.proc is not None and ws.proc.exitcode is None:
+                ws.proc.kill()
+                ws.proc.join(5)
+        if getattr(self, "tap", None) is not None:
+            self.tap.close()
+        for obj in list(self.rings.values()) + list(self.tables.values()):
+            try:
+                obj.close()
+            except Exception:
+                pass
+        for obj in list(self.rings.values()) + list(self.tables.values()):
+            obj.seg.unlink()
+        segment.remove_run(self.run_id)
+        if self.ctx is not None:
+            for s in ("control", "heartbeats", "command"):
+                sock = getattr(self, s, None)
+                if sock is not None:
+                    sock.close()
+            self.ctx.term()
+        bus.remove_ipc_files(self.endpoints)
+        st = read_state(self.run_dir, self.cfg.pipeline.name)
+        if st and st.get("run_id") == self.run_id:
+            state_path(self.run_dir, self.cfg.pipeline.name).unlink(missing_ok=True)
+
+    def _remove_run_files(self, st: dict) -> None:
+        """Leftovers of a supervisor that was killed: its state file and sockets."""
+        for ep in st.get("endpoints", {}).values():
+            if ep.startswith("ipc://"):
+                Path(ep[6:]).unlink(missing_ok=True)
+        state_path(self.run_dir, st["name"]).unlink(missing_ok=True)
+        segment.remove_run(st["run_id"])
+
+
+def install_signal_handlers(sup: Supervisor) -> None:
+    def handler(signum, frame):
+        sup.request_stop(f"received {signal.Signals(signum).name}")
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGHUP, handler)

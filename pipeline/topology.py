@@ -1,0 +1,107 @@
+"""The shape of a run, derived from the config: which workers exist, which
+rings and tables connect them, and who reads and writes each.
+
+Every process derives the same plan from the same config, so the supervisor
+only hands each worker its WorkerSpec (ring specs with their doorbells).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from shm.doorbell import Doorbell
+from shm.records import FILL, ORDER, POSITION, SIGNAL, TICK, features_dtype
+from shm.ring import LOSSLESS, LOSSY, RingSpec
+from shm.segment import segment_name
+from shm.table import TableSpec
+
+from .config import Config
+from .symbols import SymbolRegistry
+
+# the order of stages, upstream first; a clean stop goes in this order so
+# every record already in flight is processed before its consumer stops
+STAGES = ["feed", "indicators", "model", "execution"]
+
+
+def feature_names(cfg: Config) -> list[str]:
+    ind = cfg.indicators
+    return [f"ema_{p}" for p in ind.ema_periods] + [f"rsi_{ind.rsi_period}", "ret_1", "volume"]
+
+
+@dataclass
+class WorkerSpec:
+    role: str
+    index: int
+    inputs: list[str] = field(default_factory=list)    # ring names it reads
+    outputs: list[str] = field(default_factory=list)   # ring names it writes
+    feed: int | None = None                            # index into cfg.feeds for feed workers
+
+    @property
+    def id(self) -> str:
+        return f"{self.role}.{self.index}"
+
+
+@dataclass
+class Topology:
+    run_id: str
+    workers: list[WorkerSpec]
+    rings: dict[str, RingSpec]
+    tables: dict[str, TableSpec]
+    symbols: SymbolRegistry
+
+    def worker(self, wid: str) -> WorkerSpec:
+        return next(w for w in self.workers if w.id == wid)
+
+    def stage_workers(self, role: str) -> list[WorkerSpec]:
+        return [w for w in self.workers if w.role == role]
+
+
+def shard_of(symbol_id: int, n_shards: int) -> int:
+    return symbol_id % n_shards
+
+
+def build(cfg: Config, run_id: str, with_bells: bool = False) -> Topology:
+    """The run's plan. ``with_bells`` creates the doorbells (supervisor only)."""
+    symbols = SymbolRegistry.from_config(cfg)
+    n_shards, n_models = cfg.n_shards, cfg.n_model_workers
+    rc = cfg.rings
+    workers: list[WorkerSpec] = []
+    rings: dict[str, RingSpec] = {}
+
+    def ring(name, dtype, cap, policy, readers):
+        rings[name] = RingSpec(name, segment_name(run_id, name), dtype, cap, policy, readers)
+
+    shard_ids = [f"indicators.{i}" for i in range(n_shards)]
+    for i, feed in enumerate(cfg.feeds):
+        out = f"ticks.{feed.name}"
+        ring(out, TICK, rc.ticks_capacity, LOSSY, list(shard_ids))
+        workers.append(WorkerSpec("feed", i, outputs=[out], feed=i))
+    fdt = features_dtype(feature_names(cfg))
+    for i in range(n_shards):
+        out = f"features.{i}"
+        ring(out, fdt, rc.features_capacity, LOSSLESS, [f"model.{i % n_models}"])
+        workers.append(WorkerSpec("indicators", i, inputs=[f"ticks.{f.name}" for f in cfg.feeds],
+                                  outputs=[out]))
+    for j in range(n_models):
+        out = f"signals.{j}"
+        ring(out, SIGNAL, rc.signals_capacity, LOSSLESS, ["execution.0"])
+        workers.append(WorkerSpec("model", j,
+                                  inputs=[f"features.{i}" for i in range(n_shards) if i % n_models == j],
+                                  outputs=[out]))
+    ring("orders", ORDER, rc.orders_capacity, LOSSLESS, [])
+    ring("fills", FILL, rc.fills_capacity, LOSSLESS, [])
+    workers.append(WorkerSpec("execution", 0, inputs=[f"signals.{j}" for j in range(n_models)],
+                              outputs=["orders", "fills"]))
+    tables = {
+        "features": TableSpec("features", segment_name(run_id, "tbl.features"), fdt, len(symbols)),
+        "positions": TableSpec("positions", segment_name(run_id, "tbl.positions"), POSITION,
+                               len(symbols)),
+    }
+    topo = Topology(run_id, workers, rings, tables, symbols)
+    if with_bells:
+        bells = {w.id: Doorbell() for w in workers}
+        for w in workers:
+            for name in w.outputs:
+                rings[name].writer_bell = bells[w.id]
+        for spec in rings.values():
+            spec.reader_bells = {r: bells[r] for r in spec.readers}
+    return topo

@@ -1,0 +1,1 @@
+"""Shared-memory primitives: segments, record schemas, rings and latest-value tables."""

@@ -1,0 +1,167 @@
+"""Record schemas exchanged between processes.
+
+Every record is a numpy structured dtype padded to a multiple of 64 bytes (one
+cache line) so that rings can copy records through raw uint64 views. Every
+record carries ``ts_origin_ns``: the receive time of the tick that caused it,
+so any stage can measure tick-to-here latency.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+CACHE_LINE = 64
+
+# flags shared by all records
+FLAG_GAP = 1 << 0        # data was lost before this record (lapped reader, reconnect)
+FLAG_TIMER_CLOSE = 1 << 1  # a bar closed on the clock, not on a tick of the next bar
+FLAG_RECOVERED = 1 << 2  # re-emitted by a restarted worker
+
+# tick kinds
+TICK_TRADE = 1
+TICK_QUOTE = 2
+TICK_GAP = 3  # a marker record: the feed lost data (no price fields)
+
+# sides and actions
+SIDE_BUY = 1
+SIDE_SELL = -1
+ACTION_SELL = -1
+ACTION_HOLD = 0
+ACTION_BUY = 1
+
+
+def _padded(name: str, fields: list[tuple]) -> np.dtype:
+    """Build a dtype and pad its itemsize up to a multiple of 64 bytes."""
+    base = np.dtype(fields)
+    size = -(-base.itemsize // CACHE_LINE) * CACHE_LINE
+    dt = np.dtype({"names": base.names, "formats": [base.fields[n][0] for n in base.names],
+                   "offsets": [base.fields[n][1] for n in base.names], "itemsize": size})
+    return dt
+
+
+TICK = _padded("tick", [
+    ("ts_origin_ns", "<i8"),    # local receive time
+    ("ts_exchange_ns", "<i8"),  # venue's event time
+    ("seq", "<u8"),             # feed's own sequence number (trade id or counter)
+    ("symbol_id", "<u4"),
+    ("kind", "u1"),
+    ("side", "i1"),
+    ("flags", "<u2"),
+    ("price", "<f8"),
+    ("size", "<f8"),
+    ("bid", "<f8"),
+    ("ask", "<f8"),
+])
+
+BAR = _padded("bar", [
+    ("ts_origin_ns", "<i8"),
+    ("ts_open_ns", "<i8"),
+    ("symbol_id", "<u4"),
+    ("flags", "<u2"),
+    ("n_ticks", "<u2"),
+    ("open", "<f8"),
+    ("high", "<f8"),
+    ("low", "<f8"),
+    ("close", "<f8"),
+    ("volume", "<f8"),
+])
+
+SIGNAL_CLASSES = 3  # down / flat / up
+
+SIGNAL = _padded("signal", [
+    ("ts_origin_ns", "<i8"),
+    ("ts_bar_ns", "<i8"),       # open time of the bar the signal was computed on
+    ("seq", "<u8"),             # writer's sequence, used by execution to be idempotent
+    ("symbol_id", "<u4"),
+    ("action", "i1"),
+    ("model_id", "u1"),
+    ("flags", "<u2"),
+    ("confidence", "<f4"),
+    ("probs", "<f4", (SIGNAL_CLASSES,)),
+    ("ref_price", "<f8"),
+])
+
+ORDER = _padded("order", [
+    ("ts_origin_ns", "<i8"),
+    ("ts_ns", "<i8"),
+    ("order_id", "<u8"),
+    ("signal_seq", "<u8"),      # the signal this order acts on (restart dedup)
+    ("symbol_id", "<u4"),
+    ("side", "i1"),
+    ("order_type", "u1"),       # 1 = market
+    ("flags", "<u2"),
+    ("price", "<f8"),           # reference price when placed
+    ("qty", "<f8"),
+])
+
+FILL = _padded("fill", [
+    ("ts_origin_ns", "<i8"),
+    ("ts_ns", "<i8"),
+    ("order_id", "<u8"),
+    ("symbol_id", "<u4"),
+    ("side", "i1"),
+    ("liquidity", "u1"),        # 1 = taker
+    ("flags", "<u2"),
+    ("price", "<f8"),
+    ("qty", "<f8"),
+    ("fee", "<f8"),
+    ("position", "<f8"),        # position after this fill
+])
+
+
+def features_dtype(names: list[str]) -> np.dtype:
+    """Feature row: header fields then one float64 per named feature."""
+    fields = [
+        ("ts_origin_ns", "<i8"),
+        ("ts_bar_ns", "<i8"),
+        ("symbol_id", "<u4"),
+        ("flags", "<u2"),
+        ("n_ticks", "<u2"),
+        ("close", "<f8"),
+    ] + [(n, "<f8") for n in names]
+    return _padded("features", fields)
+
+
+SCHEMAS: dict[str, np.dtype] = {"ticks": TICK, "bars": BAR, "signals": SIGNAL,
+                                "orders": ORDER, "fills": FILL}
+
+
+def schema_id(dtype: np.dtype) -> int:
+    """A stable 64-bit fingerprint of a dtype, stored in segment headers to
+    refuse attaching with a different schema."""
+    import zlib
+    text = repr([(n, dtype.fields[n][0].str, dtype.fields[n][0].shape, dtype.fields[n][1])
+                 for n in dtype.names]) + str(dtype.itemsize)
+    return zlib.crc32(text.encode()) | (dtype.itemsize << 32)
+
+
+def to_dicts(records: np.ndarray, symbol_name=None) -> list[dict]:
+    """Decode records into plain dicts (for the tap and tests)."""
+    out = []
+    for rec in records:
+        d = {}
+        for name in records.dtype.names:
+            v = rec[name]
+            if isinstance(v, np.ndarray):
+                v = [float(x) for x in v]
+            elif isinstance(v, np.floating):
+                v = float(v)
+            elif isinstance(v, np.integer):
+                v = int(v)
+            d[name] = v
+        if symbol_name is not None and "symbol_id" in d:
+            d["symbol"] = symbol_name(d["symbol_id"])
+        out.append(d)
+    return out
+
+POSITION = _padded("position", [
+    ("ts_ns", "<i8"),
+    ("last_order_id", "<u8"),   # the newest fill applied to this row (restart replays later ones)
+    ("symbol_id", "<u4"),
+    ("flags", "<u2"),
+    ("n_fills", "<u2"),
+    ("qty", "<f8"),
+    ("avg_price", "<f8"),
+    ("realized_pnl", "<f8"),
+    ("fees", "<f8"),
+])
+SCHEMAS["positions"] = POSITION

@@ -1,0 +1,1 @@
+"""One module per process kind: feed, indicators, model, execution."""

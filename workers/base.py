@@ -1,0 +1,249 @@
+"""What every worker process shares: attach to its rings, loop, heartbeat.
+
+A worker drains its input rings in batches, does its work, and sleeps on its
+doorbell when there is nothing to do. Housekeeping runs between batches at
+the heartbeat interval: a heartbeat over ZeroMQ (state, counters, latency
+histogram), supervisor commands, and a check that the supervisor is still
+alive. Heartbeats come from the main loop itself, so a stuck loop is noticed.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import signal
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+
+import numpy as np
+import zmq
+
+from pipeline import bus
+from pipeline.config import Config
+from pipeline.metrics import LatencyHistogram
+from pipeline.topology import Topology, WorkerSpec
+from shm import segment
+from shm.ring import Ring, RingFullError, RingReader, RingWriter, wait_any
+from shm.table import Table
+
+ROLE_MODULES = {"feed": "workers.feed", "indicators": "workers.indicators",
+                "model": "workers.model", "execution": "workers.execution"}
+
+
+@dataclass
+class WorkerArgs:
+    """Everything a spawned worker gets; pickled once at spawn."""
+    cfg: Config
+    topology: Topology
+    worker_id: str
+    endpoints: bus.Endpoints
+    supervisor_pid: int
+    restart_count: int = 0
+
+
+class Worker:
+    role = "worker"
+    spin_us = 0.0
+
+    def __init__(self, args: WorkerArgs):
+        self.args = args
+        self.cfg = args.cfg
+        self.topo = args.topology
+        self.spec: WorkerSpec = self.topo.worker(args.worker_id)
+        self.id = self.spec.id
+        self.log = logging.getLogger(self.id)
+        self.stopping = False
+        self.state = "starting"
+        self.latency = LatencyHistogram()
+        self.counters: dict[str, int] = {"in": 0, "out": 0, "dropped": 0, "rejected": 0}
+        self._rings: list[Ring] = []
+        self._tables: list[Table] = []
+        self.readers: list[RingReader] = []
+        self.writers: dict[str, RingWriter] = {}
+        self.bell = None
+        self._ctx = zmq.Context()
+        self._hb = bus.socket(self._ctx, zmq.PUSH, SNDHWM=100)
+        self._cmd = bus.socket(self._ctx, zmq.SUB)
+        self._hb_seq = 0
+        self._next_house = 0.0
+        self._blocked_since: float | None = None
+
+    # -- lifecycle --------------------------------------------------------------
+    def attach(self) -> None:
+        ep = self.args.endpoints
+        self._hb.connect(ep.heartbeat)
+        self._cmd.connect(ep.command)
+        self._cmd.setsockopt(zmq.SUBSCRIBE, b"")
+        for name in self.spec.inputs:
+            ring = Ring.attach(self.topo.rings[name])
+            self._rings.append(ring)
+            reader = ring.reader(self.id)
+            self.bell = reader.bell or self.bell
+            self.readers.append(reader)
+        for name in self.spec.outputs:
+            ring = Ring.attach(self.topo.rings[name])
+            self._rings.append(ring)
+            self.writers[name] = ring.writer()
+            self.bell = self.bell or ring.spec.writer_bell
+
+    def table(self, name: str) -> Table:
+        t = Table.attach(self.topo.tables[name])
+        self._tables.append(t)
+        return t
+
+    def setup(self) -> None:
+        """Role-specific initialisation after the rings are attached."""
+
+    def step(self) -> bool:
+        """Process what is available; return True if anything was done."""
+        return False
+
+    def on_idle(self) -> None:
+        """Called at housekeeping time (timers, e.g. closing quiet bars)."""
+
+    def finish(self) -> None:
+        """Called once after the last drain on a clean stop."""
+
+    def idle_wait(self, timeout: float) -> None:
+        if self.readers:
+            wait_any(self.readers, self.bell, timeout, self.spin_us)
+        elif self.bell is not None:
+            self.bell.wait(timeout)
+        else:
+            time.sleep(timeout)
+
+    def run(self) -> int:
+        self.attach()
+        self.setup()
+        self.state = "running"
+        self._housekeeping(force=True)
+        interval = self.cfg.pipeline.heartbeat_interval_s
+        while not self.stopping:
+            did = self.step()
+            now = time.monotonic()
+            if now >= self._next_house:
+                self._housekeeping()
+            elif not did:
+                self.idle_wait(max(0.0, min(self._next_house - now, interval)))
+        # clean stop: everything already in our input rings is processed first
+        deadline = time.monotonic() + self.cfg.pipeline.stop_timeout_s / 2
+        while self.step() and time.monotonic() < deadline:
+            pass
+        self.finish()
+        self.state = "stopped"
+        self._send_heartbeat()
+        return 0
+
+    def close(self) -> None:
+        for r in self.readers:
+            r.commit()
+        self.readers.clear()
+        self.writers.clear()
+        for obj in self._rings + self._tables:
+            obj.close()
+        self._hb.close()
+        self._cmd.close()
+        self._ctx.term()
+
+    # -- housekeeping -------------------------------------------------------------
+    def _housekeeping(self, force: bool = False) -> None:
+        self._next_house = time.monotonic() + self.cfg.pipeline.heartbeat_interval_s
+        self._check_commands()
+        self._check_parent()
+        self.on_idle()
+        self._send_heartbeat()
+
+    def _check_commands(self) -> None:
+        while True:
+            try:
+                msg = bus.recv_json(self._cmd, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            target = msg.get("target", "*")
+            if msg.get("cmd") == "stop" and target in ("*", self.spec.role, self.id):
+                self.stopping = True
+
+    def _check_parent(self) -> None:
+        if os.getppid() != self.args.supervisor_pid:
+            # the supervisor died without cleaning up (kill -9): leave nothing behind
+            n = segment.remove_run(self.topo.run_id)
+            self.log.error("supervisor %d is gone; exiting (removed %d segments)",
+                           self.args.supervisor_pid, n)
+            self.close()
+            os._exit(3)
+
+    def stats(self) -> dict:
+        return dict(self.counters)
+
+    def _send_heartbeat(self) -> None:
+        self._hb_seq += 1
+        msg = {"id": self.id, "pid": os.getpid(), "seq": self._hb_seq, "state": self.state,
+               "stats": self.stats(), "latency": self.latency.to_sparse()}
+        try:
+            bus.send_json(self._hb, msg, zmq.NOBLOCK)
+        except zmq.Again:
+            pass
+
+    # -- helpers for subclasses -----------------------------------------------------
+    def publish(self, ring_name: str, records: np.ndarray) -> None:
+        """Write to an output ring; on a lossless ring, wait as long as it takes,
+        heartbeating and reporting backpressure while blocked."""
+        writer = self.writers[ring_name]
+        total = len(records)
+        timeout = self.cfg.rings.lossless_timeout_s
+        while True:
+            try:
+                writer.write(records, timeout=min(timeout, self.cfg.pipeline.heartbeat_interval_s))
+                if self._blocked_since is not None:
+                    self.log.warning("backpressure on %s cleared after %.1f s", ring_name,
+                                     time.monotonic() - self._blocked_since)
+                    self._blocked_since = None
+                    self.state = "running"
+                break
+            except RingFullError as e:
+                records = records[e.written:]
+                now = time.monotonic()
+                if self._blocked_since is None:
+                    self._blocked_since = now
+                elif self.state != "blocked" and now - self._blocked_since >= timeout:
+                    self.state = "blocked"
+                    self.log.error("backpressure: %s", e)
+                self._housekeeping()
+        self.counters["out"] += total
+
+    def record_latency(self, ts_origin_ns: np.ndarray) -> None:
+        self.latency.add(time.time_ns() - ts_origin_ns.astype(np.int64))
+
+
+def _configure_logging(worker_id: str) -> None:
+    logging.basicConfig(level=os.environ.get("TICKPIPE_LOG_LEVEL", "INFO"), stream=sys.stderr,
+                        format=f"%(asctime)s {worker_id}[%(process)d] %(levelname)s %(message)s")
+
+
+def run_worker(args: WorkerArgs) -> None:
+    """Spawn target. Ctrl-C in the terminal reaches the whole process group, so
+    workers ignore SIGINT and stop only when the supervisor says so; a direct
+    SIGTERM also stops the worker cleanly."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _configure_logging(args.worker_id)
+    role = args.worker_id.split(".")[0]
+    module = importlib.import_module(ROLE_MODULES[role])
+    worker: Worker = module.WORKER(args)
+
+    def on_term(signum, frame):
+        worker.stopping = True
+    signal.signal(signal.SIGTERM, on_term)
+    code = 1
+    try:
+        code = worker.run()
+    except Exception:
+        logging.getLogger(args.worker_id).error("crashed:\n%s", traceback.format_exc())
+        code = 1
+    finally:
+        try:
+            worker.close()
+        except Exception:
+            pass
+    sys.exit(code)
