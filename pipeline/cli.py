@@ -141,18 +141,29 @@ def cmd_stop(args) -> int:
     cfg = _load(args)
     st = _running(cfg)
     _request(cfg, "stop")
-    import psutil
-    deadline = time.monotonic() + args.timeout
-    try:
-        proc = psutil.Process(st["pid"])
-        proc.wait(max(0.0, deadline - time.monotonic()))
-    except psutil.NoSuchProcess:
-        pass
-    except psutil.TimeoutExpired:
+    if not _wait_gone(st["pid"], args.timeout):
         raise UserError(f"pipeline '{cfg.pipeline.name}' (pid {st['pid']}) is still stopping "
-                        f"after {args.timeout:g} s") from None
+                        f"after {args.timeout:g} s")
     print(f"pipeline '{cfg.pipeline.name}' stopped")
     return 0
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    """Wait for a process that is not our child to exit (a zombie counts as gone)."""
+    import psutil
+    deadline = time.monotonic() + timeout
+    try:
+        proc = psutil.Process(pid)
+        while time.monotonic() < deadline:
+            try:
+                proc.wait(0.2)
+                return True
+            except psutil.TimeoutExpired:
+                if proc.status() == psutil.STATUS_ZOMBIE:
+                    return True
+    except psutil.NoSuchProcess:
+        return True
+    return False
 
 
 def cmd_report(args) -> int:

@@ -1,0 +1,329 @@
+"""The whole pipeline as a user runs it: `pipeline start` in a subprocess, and
+status / report / tap / stop from other processes, kill -9 of workers and of
+the supervisor, and the promise that nothing is left behind.
+
+Waits are on events (a tap record arriving, a process exiting) or on status
+polled against a generous deadline; there is no fixed sleep.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TIMEOUT = 90  # generous: a loaded 2-core machine spawning 6+ processes
+
+FAST = """
+[pipeline]
+name = "{name}"
+workers = {workers}
+heartbeat_interval_s = 0.25
+heartbeat_timeout_s = {hb_timeout}
+max_restarts = {max_restarts}
+restart_backoff_s = 0.2
+[indicators]
+bar_seconds = 0.2
+ema_periods = [2, 4]
+rsi_period = 3
+close_grace_s = 0.05
+[model]
+threshold = 0.00001
+[execution]
+max_position_notional = 1e12
+[bus]
+tap_bind = "{tap_bind}"
+[[feeds]]
+name = "synthetic"
+symbols = ["BTC/USDT", "ETH/USDT", "SOL/USDT", "XRP/USDT", "BNB/USDT", "DOGE/USDT"]
+ticks_per_s = 3000
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Pipeline:
+    """A `pipeline start` subprocess and the CLI pointed at it."""
+
+    def __init__(self, tmp: Path, name: str = "t", workers: int = 4, hb_timeout: float = 10.0,
+                 max_restarts: int = 5, tap_bind: str = ""):
+        self.tmp = tmp
+        self.name = name
+        self.config = tmp / f"{name}.toml"
+        self.config.write_text(FAST.format(name=name, workers=workers, hb_timeout=hb_timeout,
+                                           max_restarts=max_restarts, tap_bind=tap_bind))
+        self.env = {**os.environ, "TICKPIPE_RUN_DIR": str(tmp / "run"),
+                    "TICKPIPE_LOG_LEVEL": "WARNING"}
+        self.proc: subprocess.Popen | None = None
+        self.log = tmp / f"{name}.log"
+
+    def cli(self, *args, timeout: float = TIMEOUT) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "pipeline", *args, "--config", str(self.config)],
+                              env=self.env, cwd=ROOT, capture_output=True, text=True,
+                              timeout=timeout)
+
+    def start(self, *extra) -> "Pipeline":
+        self._logf = open(self.log, "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline", "start", "--config", str(self.config), *extra],
+            env=self.env, cwd=ROOT, stdout=self._logf, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True)
+        return self
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def status(self) -> dict:
+        r = self.cli("status", "--json")
+        return json.loads(r.stdout)
+
+    def wait_status(self, pred, what: str) -> dict:
+        deadline = time.monotonic() + TIMEOUT
+        st = {}
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"pipeline exited early:\n{self.output()}"
+            st = self.status()  # a blocking request/reply: paces the loop
+            if st.get("running") and pred(st):
+                return st
+        raise AssertionError(f"timed out waiting for {what}; last status {st}\n{self.output()}")
+
+    def wait_running(self) -> dict:
+        return self.wait_status(lambda st: all(w["state"] == "running" and w["heartbeat_age_s"]
+                                               is not None for w in st["workers"]),
+                                "all workers running")
+
+    def tap(self, stream: str, *extra, limit: int = 3) -> list[dict]:
+        r = self.cli("tap", stream, "--json", "--limit", str(limit), "--timeout", str(TIMEOUT),
+                     *extra)
+        assert r.returncode == 0, r.stderr
+        return [json.loads(line) for line in r.stdout.splitlines()]
+
+    def pids(self, st: dict) -> dict[str, int]:
+        return {w["id"]: w["pid"] for w in st["workers"]}
+
+    def wait_exit(self) -> int:
+        try:
+            return self.proc.wait(TIMEOUT)
+        finally:
+            self._logf.close()
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(TIMEOUT)
+
+
+def leftovers(run_id: str, run_dir: Path) -> list[str]:
+    shm = [e for e in os.listdir("/dev/shm") if e.startswith(f"tp_{run_id}_")]
+    files = list(run_dir.glob(f"{run_id}*")) if run_dir.exists() else []
+    return shm + [str(f) for f in files]
+
+
+def assert_gone(pids, timeout: float = TIMEOUT) -> None:
+    procs = []
+    for pid in pids:
+        try:
+            procs.append(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            pass
+    gone, alive = psutil.wait_procs(procs, timeout=timeout)
+    assert not alive, f"processes still running: {alive}"
+
+
+@pytest.fixture
+def pipe(tmp_path):
+    made = []
+
+    def make(**kw) -> Pipeline:
+        p = Pipeline(tmp_path, **kw)
+        made.append(p)
+        return p
+    yield make
+    for p in made:
+        p.kill()
+
+
+def test_ticks_flow_to_fills_and_clean_stop(pipe):
+    p = pipe().start()
+    st = p.wait_running()
+    roles = sorted(w["id"] for w in st["workers"])
+    assert roles == ["execution.0", "feed.0", "indicators.0", "indicators.1", "indicators.2",
+                     "model.0"]
+    fills = p.tap("fills")
+    assert len(fills) == 3
+    for f in fills:
+        assert f["price"] > 0 and f["qty"] > 0 and f["side"] in (-1, 1)
+        assert f["symbol"].endswith("@synthetic") and f["ts_ns"] >= f["ts_origin_ns"] > 0
+    ticks = p.tap("ticks", "--symbol", "ETH/USDT", limit=5)
+    assert {t["symbol"] for t in ticks} == {"ETH/USDT@synthetic"}
+    assert all(t["bid"] <= t["price"] <= t["ask"] for t in ticks)
+    for stream in ("features", "signals", "orders"):
+        assert len(p.tap(stream, limit=1)) == 1
+
+    rep = json.loads(p.cli("report", "--json").stdout)
+    by_id = {x["id"]: x for x in rep["processes"]}
+    assert set(by_id) == {"supervisor", *roles}
+    for proc in rep["processes"]:
+        assert proc["pid"] > 0 and proc["rss_mb"] > 0 and proc["threads"] >= 1 and proc["fds"] > 0
+    rings = {r["name"]: r for r in rep["rings"]}
+    assert rings["ticks.synthetic"]["policy"] == "lossy"
+    assert [r["name"] for r in rings["ticks.synthetic"]["readers"]] == [
+        "indicators.0", "indicators.1", "indicators.2"]
+    assert rings["fills"]["write_seq"] > 0
+    assert rep["latency"]["tick_to_fill"]["count"] > 0
+    assert rep["latency"]["tick_to_fill"]["p50_us"] > 0
+    human = p.cli("report").stdout
+    assert "tick_to_fill" in human and "ticks.synthetic" in human
+
+    run_id = st["run_id"]
+    pids = list(p.pids(st).values())
+    r = p.cli("stop")
+    assert r.returncode == 0, r.stderr
+    assert p.wait_exit() == 0
+    out = p.output()
+    assert "stopped: stop requested" in out and "Traceback" not in out
+    assert "fills" in out and "tick-to-fill latency" in out
+    assert_gone(pids)
+    assert leftovers(run_id, p.tmp / "run") == []
+    assert not (p.tmp / "run" / "t.json").exists()
+    assert "not running" in p.cli("status").stdout
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_stops_cleanly(pipe, sig):
+    p = pipe().start()
+    st = p.wait_running()
+    p.tap("signals", limit=1)
+    # Ctrl-C reaches the whole process group; workers must leave the stop to the supervisor
+    os.killpg(p.proc.pid, sig) if sig == signal.SIGINT else p.proc.send_signal(sig)
+    assert p.wait_exit() == 0
+    assert f"received {sig.name}" in p.output()
+    assert "Traceback" not in p.output()
+    assert_gone(p.pids(st).values())
+    assert leftovers(st["run_id"], p.tmp / "run") == []
+
+
+def test_duration_stops_by_itself(pipe):
+    p = pipe().start("--duration", "4")
+    assert p.wait_exit() == 0
+    out = p.output()
+    assert "duration of 4 s reached" in out and "ticks " in out
+    assert not [e for e in os.listdir("/dev/shm") if e.startswith("tp_") and
+                json.dumps(e) and "Traceback" in out]
+
+
+def test_kill9_workers_restart_and_resume(pipe):
+    p = pipe().start()
+    st = p.wait_running()
+    before = p.pids(st)
+    for wid in ("indicators.1", "execution.0", "model.0"):
+        os.kill(before[wid], signal.SIGKILL)
+    st = p.wait_status(lambda s: all(w["restarts"] == (1 if w["id"] in ("indicators.1", "execution.0",
+                                                                          "model.0") else 0)
+                                     and w["state"] == "running" and w["pid"]
+                                     and w["heartbeat_age_s"] is not None
+                                     for w in s["workers"]), "restarted workers running")
+    after = p.pids(st)
+    assert after["execution.0"] != before["execution.0"]
+    assert after["feed.0"] == before["feed.0"]
+    # trading goes on after the restart, with order ids continuing (no reuse, no dup)
+    orders = p.tap("orders", limit=5)
+    ids = [o["order_id"] for o in orders]
+    assert ids == sorted(set(ids))
+    rep = json.loads(p.cli("report", "--json").stdout)
+    fills = {r["name"]: r for r in rep["rings"]}["fills"]
+    assert fills["write_seq"] >= max(ids) - 1
+    run_id = st["run_id"]
+    assert p.cli("stop").returncode == 0
+    assert p.wait_exit() == 0
+    assert_gone(list(before.values()) + list(after.values()))
+    assert leftovers(run_id, p.tmp / "run") == []
+
+
+def test_hung_worker_is_killed_and_restarted(pipe):
+    p = pipe(hb_timeout=2.0).start()
+    st = p.wait_running()
+    pid = p.pids(st)["model.0"]
+    os.kill(pid, signal.SIGSTOP)  # alive but silent
+    st = p.wait_status(lambda s: [w for w in s["workers"] if w["id"] == "model.0"][0]["restarts"] >= 1
+                       and [w for w in s["workers"] if w["id"] == "model.0"][0]["state"] == "running",
+                       "hung model worker replaced")
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert "stopped heartbeating" in p.output() or "no heartbeat" in p.output()
+    assert p.cli("stop").returncode == 0
+    assert p.wait_exit() == 0
+
+
+def test_restart_limit_gives_up_clearly(pipe):
+    p = pipe(max_restarts=1).start()
+    st = p.wait_running()
+    os.kill(p.pids(st)["model.0"], signal.SIGKILL)
+    st = p.wait_status(lambda s: [w for w in s["workers"] if w["id"] == "model.0"][0]["restarts"] == 1
+                       and [w for w in s["workers"] if w["id"] == "model.0"][0]["state"] == "running",
+                       "first restart")
+    os.kill(p.pids(st)["model.0"], signal.SIGKILL)
+    assert p.wait_exit() == 1
+    out = p.output()
+    assert "model.0 exited with code -9 and was restarted 1 times" in out and "giving up" in out
+    assert_gone(p.pids(st).values())
+    assert leftovers(st["run_id"], p.tmp / "run") == []
+
+
+def test_supervisor_kill9_leaves_nothing_after_next_start(pipe):
+    p = pipe().start()
+    st = p.wait_running()
+    os.kill(p.proc.pid, signal.SIGKILL)
+    p.proc.wait(TIMEOUT)
+    # orphaned workers notice, remove the run's segments and exit on their own
+    assert_gone(p.pids(st).values())
+    assert [e for e in os.listdir("/dev/shm") if e.startswith(f"tp_{st['run_id']}_")] == []
+    r = p.cli("status")
+    assert "died without cleaning up" in r.stdout
+    p2 = pipe().start("--duration", "2")
+    assert p2.wait_exit() == 0
+    assert leftovers(st["run_id"], p.tmp / "run") == []
+
+
+def test_second_start_with_same_name_is_refused(pipe):
+    p = pipe().start()
+    p.wait_running()
+    r = p.cli("start", "--duration", "1")
+    assert r.returncode == 2
+    assert "already running" in r.stderr and "Traceback" not in r.stderr
+    assert p.cli("stop").returncode == 0
+    assert p.wait_exit() == 0
+
+
+def test_tap_over_tcp(pipe):
+    port = free_port()
+    p = pipe(tap_bind=f"tcp://127.0.0.1:{port}").start()
+    p.wait_running()
+    r = subprocess.run([sys.executable, "-m", "pipeline", "tap", "fills", "--json", "--limit", "2",
+                        "--connect", f"tcp://127.0.0.1:{port}", "--timeout", str(TIMEOUT)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT)
+    assert r.returncode == 0, r.stderr
+    assert len(r.stdout.splitlines()) == 2
+    assert p.cli("stop").returncode == 0
+    assert p.wait_exit() == 0
+
+
+def test_workers_8(pipe):
+    p = pipe(workers=8).start()
+    st = p.wait_running()
+    ids = {w["id"] for w in st["workers"]}
+    assert {f"indicators.{i}" for i in range(6)} <= ids and {"model.0", "model.1"} <= ids
+    assert len(p.tap("fills", limit=2)) == 2
+    assert p.cli("stop").returncode == 0
+    assert p.wait_exit() == 0
