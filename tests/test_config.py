@@ -1,0 +1,96 @@
+"""Config mistakes are one clear line naming the file and key, never a traceback."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import Config, ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_default_toml_equals_builtin_defaults():
+    cfg = load_config(ROOT / "conf" / "default.toml")
+    assert cfg == Config(source=cfg.source)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[pipeline]\nwrokers = 3\n", "unknown key 'pipeline.wrokers' (did you mean 'workers'?)"),
+    ("[pipeline]\nworkers = 'many'\n", "pipeline.workers must be an integer, got str 'many'"),
+    ("[pipeline]\nworkers = 1\n", "pipeline.workers must be at least 2"),
+    ("[pipeline]\nworkers = true\n", "pipeline.workers must be an integer, got bool True"),
+    ("[feeds]\nname = 'x'\n", "feeds is a list of tables: write [[feeds]], not [feeds]"),
+    ("[[feeds]]\nsymbols = [1]\n", "feeds[0].symbols[0] must be a string, got int 1"),
+    ("[[feeds]]\nticks_per_s = -5\n", "feeds[0].ticks_per_s must be > 0"),
+    ("[rings]\nticks_capacity = 1000\n", "rings.ticks_capacity must be a power of two >= 16, got 1000"),
+    ("[execution]\nmode = 'live'\n", "execution.mode must be 'paper'"),
+    ("[bus]\ntap_bind = 'tcp://0.0.0.0:5557'\n", "set bus.allow_remote = true"),
+    ("[pipeline\nworkers = 2\n", "not valid TOML"),
+    ("surprise = 1\n", "unknown key 'surprise'"),
+])
+def test_bad_config_names_file_and_key(tmp_path, text, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert str(e.value).startswith(f"{path}: ")
+    assert message in str(e.value)
+
+
+def test_numbers_widen_to_float(tmp_path):
+    path = tmp_path / "ok.toml"
+    path.write_text("[execution]\nfee_bps = 5\n")
+    assert load_config(path).execution.fee_bps == 5.0
+
+
+def run_cli(*args, env_extra=None):
+    env = {**os.environ, "TICKPIPE_RUN_DIR": env_extra or "/nonexistent-tickpipe-test"}
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_start_with_bad_config_is_one_line(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("[indicators]\nbar_secnds = 1\n")
+    r = run_cli("start", "--config", str(path), env_extra=str(tmp_path))
+    assert r.returncode == 2
+    assert r.stderr.strip() == (f"pipeline: {path}: unknown key 'indicators.bar_secnds' "
+                                "(did you mean 'bar_seconds'?)")
+
+
+def test_missing_config_file(tmp_path):
+    r = run_cli("start", "--config", str(tmp_path / "nope.toml"))
+    assert r.returncode == 2 and "config file not found" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_workers_flag_is_validated(tmp_path):
+    r = run_cli("start", "--workers", "1", "--duration", "1", env_extra=str(tmp_path))
+    assert r.returncode == 2
+    assert "--workers 1: pipeline.workers must be at least 2" in r.stderr
+
+
+@pytest.mark.parametrize("cmd", [["stop"], ["report"], ["tap", "fills", "--limit", "1"]])
+def test_commands_without_a_running_pipeline(tmp_path, cmd):
+    r = run_cli(*cmd, env_extra=str(tmp_path))
+    assert r.returncode == 2
+    assert "no pipeline named 'default' is running" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_status_without_a_running_pipeline(tmp_path):
+    r = run_cli("status", env_extra=str(tmp_path))
+    assert r.returncode == 1 and r.stdout.startswith("not running: no pipeline named 'default'")
+
+
+def test_tap_unknown_stream(tmp_path):
+    r = run_cli("tap", "candles", env_extra=str(tmp_path))
+    assert r.returncode == 2 and "unknown stream 'candles'" in r.stderr
+
+
+def test_help_lists_commands():
+    r = run_cli("--help")
+    for cmd in ("start", "status", "stop", "report", "tap"):
+        assert cmd in r.stdout
