@@ -149,8 +149,13 @@ class Supervisor:
         for spec in self.topo.workers:
             self.workers[spec.id] = WorkerState(spec)
         self._write_state()
+        # feeds start last, once every reader of their rings is up: a fast feed
+        # would otherwise lap shards that are still importing
         for ws in self.workers.values():
-            self._spawn(ws)
+            if ws.spec.role == "feed":
+                ws.state = "waiting"
+            else:
+                self._spawn(ws)
 
     def _write_state(self) -> None:
         st = {"name": self.cfg.pipeline.name, "run_id": self.run_id, "pid": os.getpid(),
@@ -221,8 +226,12 @@ class Supervisor:
     def _watch_children(self) -> None:
         now = time.monotonic()
         pc = self.cfg.pipeline
+        waiting = [ws for ws in self.workers.values() if ws.state == "waiting"]
+        if waiting and all(ws.last_hb for ws in self.workers.values() if ws.state != "waiting"):
+            for ws in waiting:
+                self._spawn(ws)
         for ws in self.workers.values():
-            if ws.state in ("stopped", "failed"):
+            if ws.state in ("stopped", "failed", "waiting"):
                 continue
             if ws.restart_at is not None:
                 if now >= ws.restart_at:
@@ -366,7 +375,7 @@ class Supervisor:
             group = [ws for ws in self.workers.values() if ws.spec.role == role]
             for ws in group:
                 ws.restart_at = None
-            bus.send_json(self.command, {"cmd": "stop", "target": role})
+            self._send_stop(role, group)
             deadline = time.monotonic() + self.cfg.pipeline.stop_timeout_s
             while any(ws.proc is not None and ws.proc.exitcode is None for ws in group):
                 if time.monotonic() > deadline:
@@ -382,7 +391,7 @@ class Supervisor:
                     self._drain_heartbeats()
                 if self.control in events:
                     self._serve_control()
-                bus.send_json(self.command, {"cmd": "stop", "target": role})
+                self._send_stop(role, group)
             for ws in group:
                 if ws.proc is not None:
                     ws.proc.join(5)
@@ -393,6 +402,12 @@ class Supervisor:
         self.final_report = self.report()
         self.cleanup()
         return self.exit_code
+
+    def _send_stop(self, role: str, group: list[WorkerState]) -> None:
+        """Publish stop, then ring the workers' doorbells so that idle ones see it now."""
+        bus.send_json(self.command, {"cmd": "stop", "target": role})
+        for ws in group:
+            self.topo.bells[ws.spec.id].ring()
 
     def cleanup(self) -> None:
         """Release everything: children, segments, sockets, files. Safe to call twice."""

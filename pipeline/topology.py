@@ -47,6 +47,7 @@ class Topology:
     rings: dict[str, RingSpec]
     tables: dict[str, TableSpec]
     symbols: SymbolRegistry
+    bells: dict[str, Doorbell] = field(default_factory=dict)  # worker id -> its doorbell
 
     def worker(self, wid: str) -> WorkerSpec:
         return next(w for w in self.workers if w.id == wid)
@@ -98,7 +99,7 @@ def build(cfg: Config, run_id: str, with_bells: bool = False) -> Topology:
     }
     topo = Topology(run_id, workers, rings, tables, symbols)
     if with_bells:
-        bells = {w.id: Doorbell() for w in workers}
+        bells = topo.bells = {w.id: Doorbell() for w in workers}
         for w in workers:
             for name in w.outputs:
                 rings[name].writer_bell = bells[w.id]

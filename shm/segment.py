@@ -14,6 +14,7 @@ from __future__ import annotations
 import mmap
 import os
 import stat
+import time
 from dataclasses import dataclass
 
 import _posixshmem  # CPython's own binding of shm_open/shm_unlink
@@ -30,6 +31,7 @@ KIND_TABLE = 2
 # header words (uint64) of the first cache line
 H_MAGIC, H_KIND, H_OWNER_PID, H_OWNER_START_US, H_SIZE, H_SCHEMA, H_CREATED_NS = range(7)
 HEADER_BYTES = 64
+CREATING_GRACE_S = 10.0  # a segment without a header this young is being created
 
 
 class SegmentError(RuntimeError):
@@ -79,7 +81,6 @@ class Segment:
         h[H_OWNER_START_US] = _process_start_us(pid)
         h[H_SIZE] = size
         h[H_SCHEMA] = schema
-        import time
         h[H_CREATED_NS] = time.time_ns()
         h[H_MAGIC] = MAGIC  # last: a half-made segment is never taken as valid
         return seg
@@ -167,8 +168,9 @@ def list_segments() -> list[SegmentInfo]:
             continue
         run_id = entry.split("_")[1] if entry.count("_") >= 2 else ""
         if len(head) < 8 or int(head[H_MAGIC]) != MAGIC:
-            # never finished creating: alive only while a process of that run exists
-            out.append(SegmentInfo("/" + entry, run_id, 0, False))
+            # not finished yet: another process may be creating it right now
+            young = time.time() - st.st_mtime < CREATING_GRACE_S
+            out.append(SegmentInfo("/" + entry, run_id, 0, young))
             continue
         pid = int(head[H_OWNER_PID])
         alive = psutil.pid_exists(pid) and _process_start_us(pid) == int(head[H_OWNER_START_US])

@@ -127,6 +127,8 @@ class Worker:
                 self._housekeeping()
             elif not did:
                 self.idle_wait(max(0.0, min(self._next_house - now, interval)))
+                if self._cmd.poll(0):  # woken by the supervisor (stop): act now
+                    self._housekeeping()
         # clean stop: everything already in our input rings is processed first
         deadline = time.monotonic() + self.cfg.pipeline.stop_timeout_s / 2
         while self.step() and time.monotonic() < deadline:

@@ -112,7 +112,7 @@ class FeedWorker(Worker):
         if self.feed.max_ticks and self.emitted >= self.feed.max_ticks:
             wait = timeout
         else:
-            wait = min(timeout, max(1.0 / self.feed.ticks_per_s, 0.001))
+            wait = min(timeout, max(1.0 / self.feed.ticks_per_s, 0.002))
         if self.bell is not None:
             self.bell.wait(wait)
         else:
