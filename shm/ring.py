@@ -35,7 +35,7 @@ import numpy as np
 
 from .doorbell import Doorbell, fence
 from .records import schema_id
-from .segment import KIND_RING, Segment
+from .segment import KIND_RING, Segment, SegmentError
 
 LOSSY = 0
 LOSSLESS = 1
@@ -112,7 +112,9 @@ class Ring:
         cap = int(self.hdr[0])
         rec = int(self.hdr[1])
         if cap != spec.capacity or rec != spec.dtype.itemsize:
-            raise ValueError(f"ring {spec.name}: header says capacity {cap} x {rec} B, "
+            self.hdr = None
+            seg.close()
+            raise SegmentError(f"ring {spec.name}: header says capacity {cap} x {rec} B, "
                              f"spec says {spec.capacity} x {spec.dtype.itemsize} B")
         self.capacity = cap
         self.mask = cap - 1
@@ -434,22 +436,34 @@ class RingReader(_Cursor):
                     self.writer_bell.ring()
 
     def get(self):
-        """Per-record path: one record as bytes, or None. Commits at once."""
+        """Per-record path: one record as bytes, or None. Commits at once; records
+        lost to a lap (lossy ring) are counted like ``read`` counts them."""
         ring = self.ring
         q = ring._q
+        cap = ring.capacity
         cur = self.cursor
-        w = q[W_WRITE]
-        if w == cur:
-            return None
-        if w - cur > ring.capacity:
-            self.cursor = cur = w - ring.capacity
-            q[self._base + R_DROPPED] += cur - self.committed
+        lost = 0
+        while True:
+            w = q[W_WRITE]
+            if w == cur:
+                rec = None
+                break
+            if w - cur > cap:                      # lapped before we started
+                lost += w - cap - cur
+                cur = w - cap
+            off = (cur & ring.mask) * ring.record_size
+            rec = bytes(ring._mv[off:off + ring.record_size])
+            oldest_safe = q[W_CLAIM] - cap
+            if ring.policy == LOSSY and oldest_safe > cur:   # overwritten while we copied
+                lost += oldest_safe - cur
+                cur = oldest_safe
+                continue
+            cur += 1
+            break
+        if lost:
+            q[self._base + R_DROPPED] += lost
             q[self._base + R_GAPS] += 1
-        off = (cur & ring.mask) * ring.record_size
-        rec = bytes(ring._mv[off:off + ring.record_size])
-        self.cursor = cur + 1
-        if ring.policy == LOSSY and q[W_CLAIM] - ring.capacity > cur:
-            return self.get()  # overwritten while we copied
+        self.cursor = cur
         self.commit()
         return rec
 

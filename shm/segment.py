@@ -104,14 +104,15 @@ class Segment:
         finally:
             os.close(fd)
         seg = cls(name, mm, False)
-        h = seg.header
-        if int(h[H_MAGIC]) != MAGIC or int(h[H_KIND]) != kind:
+        magic, found_kind, found_schema = (int(seg.header[H_MAGIC]), int(seg.header[H_KIND]),
+                                           int(seg.header[H_SCHEMA]))
+        if magic != MAGIC or found_kind != kind:
             seg.close()
             raise SegmentError(f"segment {name} is not a tickpipe segment of the expected kind")
-        if schema is not None and int(h[H_SCHEMA]) != schema:
+        if schema is not None and found_schema != schema:
             seg.close()
             raise SegmentError(f"segment {name} holds records of another schema "
-                               f"(found {int(h[H_SCHEMA]):#x}, expected {schema:#x})")
+                               f"(found {found_schema:#x}, expected {schema:#x})")
         return seg
 
     @property

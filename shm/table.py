@@ -8,6 +8,7 @@ so it never returns a torn row. Rows are written by exactly one process each
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,14 +69,19 @@ class Table:
         self.seqs[idx] += 1   # even: row stable
 
     def read(self, rows: np.ndarray | list[int] | None = None,
-             retries: int = 10_000) -> tuple[np.ndarray, np.ndarray]:
+             timeout: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
         """Consistent copies of ``rows`` (all if None) and their sequence numbers.
-        A sequence of 0 means the row was never written."""
+        A sequence of 0 means the row was never written. Retries rows caught
+        mid-write; after a short spin it backs off so that a writer descheduled
+        mid-row (more processes than cores) gets the CPU to finish."""
         idx = np.arange(self.spec.rows) if rows is None else np.asarray(rows, dtype=np.intp)
         out = np.empty((len(idx), self.words), np.uint64)
         seqs = np.empty(len(idx), np.uint64)
         todo = np.arange(len(idx))
-        for _ in range(retries):
+        deadline = None
+        attempt = 0
+        while True:
+            attempt += 1
             r = idx[todo]
             s1 = self.seqs[r].copy()
             d = self.data[r]          # fancy indexing copies
@@ -86,5 +92,11 @@ class Table:
             todo = todo[~ok]
             if len(todo) == 0:
                 return out.view(self.dtype).reshape(len(idx)), seqs
-        raise TornReadError(f"table {self.spec.name}: rows {idx[todo][:5].tolist()} "
-                            f"kept changing over {retries} attempts")
+            if attempt >= 100:
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + timeout
+                elif now > deadline:
+                    raise TornReadError(f"table {self.spec.name}: rows {idx[todo][:5].tolist()} "
+                                        f"kept changing for {timeout:g} s")
+                time.sleep(0.0001)
