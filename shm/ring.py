@@ -7,7 +7,7 @@ Layout (all counters uint64, each group on its own cache line)::
     writer line:  write_seq (published), claim_seq (being written)
     writer stats: waiting, pid, backpressure waits, backpressure ns, timeouts
     wait flags:   one byte per reader (a byte store needs no atomic RMW)
-    reader lines: cursor, registered, dropped, gaps, pid, reads   (one line each)
+    reader lines: cursor, registered, dropped, gaps, pid   (one line each)
     reader names: 32 bytes each
     data:         capacity * record_size, capacity a power of two
 
@@ -55,7 +55,7 @@ W_BP_NS = 19
 W_TIMEOUTS = 20
 FLAGS_WORD = 24   # 64 bytes of per-reader waiting flags (words 24..31)
 READERS_WORD = 32  # reader i: words 32 + 8*i ...
-R_CURSOR, R_REGISTERED, R_DROPPED, R_GAPS, R_PID, R_READS = range(6)
+R_CURSOR, R_REGISTERED, R_DROPPED, R_GAPS, R_PID = range(5)
 HEADER_WORDS = READERS_WORD + 8 * MAX_READERS
 NAMES_BYTES = NAME_BYTES * MAX_READERS
 HEADER_BYTES = HEADER_WORDS * 8 + NAMES_BYTES
@@ -122,6 +122,8 @@ class Ring:
         self.words = rec // 8
         self.policy = int(self.hdr[2])
         data_off = off + HEADER_BYTES
+        self._data_off = data_off
+        self._mm = mm
         self.data = np.ndarray((cap, self.words), np.uint64, buffer=mm, offset=data_off)
         self._mv = memoryview(mm)[data_off:data_off + cap * rec]
         self.reader_names = self._read_names()
@@ -161,7 +163,7 @@ class Ring:
                 for i in range(n)]
 
     def close(self) -> None:
-        for attr in ("hdr", "data"):
+        for attr in ("hdr", "data", "_mm"):
             setattr(self, attr, None)
         for attr in ("_q", "_flags", "_names", "_mv"):
             v = getattr(self, attr, None)
@@ -206,7 +208,7 @@ class Ring:
         out[:first] = self.data[s:s + first]
         if first < n:
             out[first:] = self.data[:n - first]
-        return out.view(self.dtype).reshape(n)
+        return np.frombuffer(out, self.dtype)
 
 
 class RingWriter:
@@ -277,7 +279,7 @@ class RingWriter:
         n = len(records)
         if n == 0:
             return 0
-        src = np.ascontiguousarray(records).view(np.uint64).reshape(n, self.ring.words)
+        src = np.frombuffer(np.ascontiguousarray(records), np.uint64).reshape(n, self.ring.words)
         cap = self.ring.capacity
         done = 0
         deadline = None
@@ -324,6 +326,9 @@ class RingWriter:
         """Append one record given as bytes (the per-record path)."""
         ring = self.ring
         q = self._q
+        if len(buf) != ring.record_size:
+            raise ValueError(f"ring {ring.spec.name}: a record is {ring.record_size} bytes, "
+                             f"got {len(buf)}")
         if self.lossless and self._registered and self.seq - self._gate >= ring.capacity:
             self._gate = self._min_cursor()
             if self.seq - self._gate >= ring.capacity:
@@ -426,7 +431,6 @@ class RingReader(_Cursor):
             return
         q = self.ring._q
         q[self._base + R_CURSOR] = self.cursor
-        q[self._base + R_READS] += 1
         self.committed = self.cursor
         if self.ring.policy == LOSSLESS:
             fence()
@@ -452,7 +456,8 @@ class RingReader(_Cursor):
                 lost += w - cap - cur
                 cur = w - cap
             off = (cur & ring.mask) * ring.record_size
-            rec = bytes(ring._mv[off:off + ring.record_size])
+            off += ring._data_off
+            rec = ring._mm[off:off + ring.record_size]  # slicing an mmap copies to bytes
             oldest_safe = q[W_CLAIM] - cap
             if ring.policy == LOSSY and oldest_safe > cur:   # overwritten while we copied
                 lost += oldest_safe - cur
@@ -500,7 +505,8 @@ class RingFollower(_Cursor):
 def wait_any(readers: list[RingReader], bell: Doorbell | None, timeout: float,
              spin_us: float = 0.0) -> bool:
     """Hybrid wait over several rings read by one process: spin up to spin_us,
-    then set the waiting flags, fence, re-check and sleep on the doorbell."""
+    then set the waiting flags, fence, forget stale rings, re-check and sleep
+    on the doorbell until data arrives or the timeout passes."""
     def ready() -> bool:
         return any(r.ring._q[W_WRITE] != r.cursor for r in readers)
 
@@ -511,16 +517,23 @@ def wait_any(readers: list[RingReader], bell: Doorbell | None, timeout: float,
         while time.perf_counter_ns() < end:
             if ready():
                 return True
-    for r in readers:
-        r.set_waiting(True)
+    if bell is None:
+        return False
+    deadline = time.monotonic() + timeout
     try:
-        fence()
-        if ready():
-            return True
-        if bell is None:
-            return False
-        bell.wait(timeout)
-        return ready()
+        while True:
+            for r in readers:
+                r.set_waiting(True)
+            fence()
+            bell.drain()          # rings from before the flags were set are stale
+            if ready():
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            bell.wait(left)
+            if ready():
+                return True
     finally:
         for r in readers:
             r.set_waiting(False)

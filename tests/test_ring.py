@@ -309,7 +309,7 @@ def test_lossy_get_counts_drops(ring_factory):
 
 
 class _RacingView:
-    """Stands in for a Ring's data memoryview: runs ``hook`` once, just before the
+    """Stands in for a Ring's mapping (``ring._mm``, what get() copies from): runs ``hook`` once, just before the
     next slice is taken, i.e. the writer overwrites the slot while the reader copies."""
 
     def __init__(self, mv, hook):
@@ -331,12 +331,12 @@ def test_lossy_get_counts_record_overwritten_while_copying(ring_factory):
     try:
         w, r = wring.writer(), ring.reader("r")
         w.write(make_ticks(0, 8))                  # full: reader lag == capacity
-        view = _RacingView(ring._mv, lambda: put_ticks(w, 8, 9, timeout=0))
-        ring._mv = view
+        view = _RacingView(ring._mm, lambda: put_ticks(w, 8, 9, timeout=0))
+        ring._mm = view
         try:
             first = one(r.get())
         finally:
-            ring._mv = view.mv
+            ring._mm = view.mv
         assert tick_errors(first, 1) is None       # seq 0 was overwritten (now holds 8)
         got = [1]
         while (buf := r.get()) is not None:
@@ -626,3 +626,31 @@ def test_attach_missing_segment_raises_clear_error(shm_names):
     with pytest.raises(SegmentError) as ei:
         Ring.attach(spec)
     assert spec.segment in str(ei.value) and "does not exist" in str(ei.value)
+
+
+def test_put_of_wrong_size_changes_nothing(ring_factory):
+    spec, ring = ring_factory(8, LOSSLESS)
+    w, r = ring.writer(), ring.reader("r")
+    with pytest.raises(ValueError, match="a record is 64 bytes, got 63"):
+        w.put(b"\x01" * 63)
+    w.put(make_ticks(0, 1).tobytes())
+    first = r.get()
+    assert tick_errors(one(first), 0) is None
+    assert r.get() is None                     # no stale slot was published
+
+
+def test_wait_does_not_return_early_after_a_stale_ring(shm_names):
+    bell = Doorbell()
+    spec = RingSpec("t", shm_names("ring"), TICK, 8, LOSSY, ["r"], reader_bells={"r": bell})
+    ring = Ring.create(spec)
+    try:
+        r = ring.reader("r")
+        bell.ring()                            # left over from data already consumed
+        t0 = time.monotonic()
+        assert r.wait(0.3) is False
+        assert time.monotonic() - t0 >= 0.29   # waited its timeout, did not give up early
+        ring.writer().write(make_ticks(0, 1))
+        assert r.wait(30) is True
+    finally:
+        ring.close()
+        ring.seg.unlink()
