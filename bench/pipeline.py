@@ -62,7 +62,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -459,19 +458,8 @@ def latency_table(run: dict) -> str:
 
 
 def machine() -> dict:
-    import numpy as np
-    import zmq
-    model = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((ln.split(":", 1)[1].strip() for ln in f
-                          if ln.startswith("model name")), "")
-    except OSError:
-        pass
-    return {"cpu_count": os.cpu_count(), "cpu_model": model,
-            "python": platform.python_version(), "platform": platform.platform(),
-            "numpy": np.__version__, "pyzmq": zmq.__version__, "libzmq": zmq.zmq_version(),
-            "loadavg_start": list(os.getloadavg())}
+    from pipeline.metrics import machine_info
+    return machine_info()
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

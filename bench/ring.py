@@ -58,7 +58,6 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import platform
 import queue
 import signal
 import struct
@@ -553,18 +552,8 @@ def ratios(results: list[dict]) -> dict[str, Any]:
 
 
 def machine() -> dict:
-    import zmq
-    model = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((ln.split(":", 1)[1].strip() for ln in f
-                          if ln.startswith("model name")), "")
-    except OSError:
-        pass
-    return {"cpu_count": os.cpu_count(), "cpu_model": model,
-            "python": platform.python_version(), "platform": platform.platform(),
-            "numpy": np.__version__, "pyzmq": zmq.__version__, "libzmq": zmq.zmq_version(),
-            "loadavg_start": list(os.getloadavg())}
+    from pipeline.metrics import machine_info
+    return machine_info()
 
 
 # -- output --------------------------------------------------------------------

@@ -59,3 +59,22 @@ class LatencyHistogram:
 
     def merge(self, other: "LatencyHistogram") -> None:
         self.counts += other.counts
+
+
+def machine_info() -> dict:
+    """What a benchmark figure was measured on (stored beside it in the JSON)."""
+    import os
+    import platform
+
+    import zmq
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((ln.split(":", 1)[1].strip() for ln in f
+                          if ln.startswith("model name")), "")
+    except OSError:
+        pass
+    return {"cpu_count": os.cpu_count(), "cpu_model": model,
+            "python": platform.python_version(), "platform": platform.platform(),
+            "numpy": np.__version__, "pyzmq": zmq.__version__, "libzmq": zmq.zmq_version(),
+            "loadavg_start": list(os.getloadavg())}

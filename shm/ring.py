@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .doorbell import Doorbell, fence
+from .doorbell import Doorbell, _fence_lock, fence
 from .records import schema_id
 from .segment import KIND_RING, Segment, SegmentError
 
@@ -228,6 +228,13 @@ class RingWriter:
                             if q[READERS_WORD + 8 * i + R_REGISTERED]]
         self._gate = self._min_cursor()  # cached lower bound of reader cursors
         self._bells = [ring.spec.reader_bells.get(n) for n in ring.reader_names]
+        # per-record hot path: everything it touches, one attribute away
+        self._gated = self.lossless and bool(self._registered)
+        self._cap, self._mask, self._rs = ring.capacity, ring.mask, ring.record_size
+        self._mv = ring._mv
+        self._flag_words = range(FLAGS_WORD, FLAGS_WORD + max(1, -(-len(ring.reader_names) // 8)))
+        self._many_readers = len(ring.reader_names) > 8
+        self._fence_acquire, self._fence_release = _fence_lock.acquire, _fence_lock.release
 
     def _min_cursor(self) -> int:
         q = self._q
@@ -324,37 +331,49 @@ class RingWriter:
 
     def put(self, buf, timeout: float = 5.0) -> None:
         """Append one record given as bytes (the per-record path)."""
-        ring = self.ring
+        rs = self._rs
+        if len(buf) != rs:
+            raise ValueError(f"ring {self.ring.spec.name}: a record is {rs} bytes, got {len(buf)}")
+        seq = self.seq
+        if self._gated and seq - self._gate >= self._cap:
+            self._make_room(timeout)
+        off = (seq & self._mask) * rs
+        seq += 1
+        self.seq = seq
         q = self._q
-        if len(buf) != ring.record_size:
-            raise ValueError(f"ring {ring.spec.name}: a record is {ring.record_size} bytes, "
-                             f"got {len(buf)}")
-        if self.lossless and self._registered and self.seq - self._gate >= ring.capacity:
+        q[W_CLAIM] = seq
+        self._mv[off:off + rs] = buf
+        q[W_WRITE] = seq
+        self._fence_acquire()   # StoreLoad: publish before reading the waiting flags
+        self._fence_release()
+        if q[FLAGS_WORD] or (self._many_readers and self._any_flag()):
+            self._ring_waiters()
+
+    def _any_flag(self) -> bool:
+        q = self._q
+        return any(q[w] for w in self._flag_words)
+
+    def _make_room(self, timeout: float) -> None:
+        self._gate = self._min_cursor()
+        if self.seq - self._gate >= self._cap:
+            if self._wait_for_space(1, time.monotonic() + timeout) <= 0:
+                self._q[W_TIMEOUTS] += 1
+                raise RingFullError(f"ring {self.ring.spec.name} is full: reader "
+                                    f"{self._slowest()!r} has not advanced for {timeout:g} s", 0)
             self._gate = self._min_cursor()
-            if self.seq - self._gate >= ring.capacity:
-                if self._wait_for_space(1, time.monotonic() + timeout) <= 0:
-                    q[W_TIMEOUTS] += 1
-                    raise RingFullError(f"ring {ring.spec.name} is full: reader "
-                                        f"{self._slowest()!r} has not advanced for "
-                                        f"{timeout:g} s", 0)
-                self._gate = self._min_cursor()
-        off = (self.seq & ring.mask) * ring.record_size
-        self.seq += 1
-        q[W_CLAIM] = self.seq
-        ring._mv[off:off + ring.record_size] = buf
-        q[W_WRITE] = self.seq
-        self._notify()
+
+    def _ring_waiters(self) -> None:
+        flags = self.ring._flags
+        for i, bell in enumerate(self._bells):
+            if flags[i]:
+                flags[i] = 0
+                if bell is not None:
+                    bell.ring()
 
     def _notify(self) -> None:
         fence()
-        q = self._q
-        if q[FLAGS_WORD] or q[FLAGS_WORD + 1] or q[FLAGS_WORD + 2] or q[FLAGS_WORD + 3]:
-            flags = self.ring._flags
-            for i, bell in enumerate(self._bells):
-                if flags[i]:
-                    flags[i] = 0
-                    if bell is not None:
-                        bell.ring()
+        if self._q[FLAGS_WORD] or (self._many_readers and self._any_flag()):
+            self._ring_waiters()
 
 
 class _Cursor:
@@ -414,6 +433,12 @@ class RingReader(_Cursor):
         self.cursor = q[self._base + R_CURSOR]
         self.committed = self.cursor
         self.writer_bell = ring.spec.writer_bell
+        self._q = q
+        self._cap, self._mask, self._rs = ring.capacity, ring.mask, ring.record_size
+        self._data_off, self._mm = ring._data_off, ring._mm
+        self._lossy = ring.policy == LOSSY
+        self._cursor_word = self._base + R_CURSOR
+        self._fence_acquire, self._fence_release = _fence_lock.acquire, _fence_lock.release
 
     def read(self, max_records: int | None = None) -> Batch | None:
         """Copy out everything available (or up to max_records). The records stay
@@ -442,6 +467,32 @@ class RingReader(_Cursor):
     def get(self):
         """Per-record path: one record as bytes, or None. Commits at once; records
         lost to a lap (lossy ring) are counted like ``read`` counts them."""
+        q = self._q
+        cur = self.cursor
+        w = q[W_WRITE]
+        if w == cur:
+            return None
+        if w - cur > self._cap:
+            return self._get_checked()
+        off = (cur & self._mask) * self._rs + self._data_off
+        rec = self._mm[off:off + self._rs]  # slicing an mmap copies to bytes
+        if self._lossy:
+            if q[W_CLAIM] - self._cap > cur:   # overwritten while we copied
+                return self._get_checked()
+        cur += 1
+        self.cursor = self.committed = cur
+        q[self._cursor_word] = cur
+        if not self._lossy:
+            self._fence_acquire()
+            self._fence_release()
+            if q[W_WAITING]:
+                q[W_WAITING] = 0
+                if self.writer_bell is not None:
+                    self.writer_bell.ring()
+        return rec
+
+    def _get_checked(self):
+        """get() for the rare cases: lapped, or the slot overwritten mid-copy."""
         ring = self.ring
         q = ring._q
         cap = ring.capacity

@@ -224,32 +224,53 @@ def test_duration_stops_by_itself(pipe):
                 json.dumps(e) and "Traceback" in out]
 
 
+KILLED = ("feed.0", "indicators.1", "model.0", "execution.0")
+
+
 def test_kill9_workers_restart_and_resume(pipe):
     p = pipe().start()
     st = p.wait_running()
+    p.tap("fills", limit=1)
     before = p.pids(st)
-    for wid in ("indicators.1", "execution.0", "model.0"):
+    for wid in KILLED:
         os.kill(before[wid], signal.SIGKILL)
-    st = p.wait_status(lambda s: all(w["restarts"] == (1 if w["id"] in ("indicators.1", "execution.0",
-                                                                          "model.0") else 0)
+    st = p.wait_status(lambda s: all(w["restarts"] == (1 if w["id"] in KILLED else 0)
                                      and w["state"] == "running" and w["pid"]
                                      and w["heartbeat_age_s"] is not None
                                      for w in s["workers"]), "restarted workers running")
     after = p.pids(st)
-    assert after["execution.0"] != before["execution.0"]
-    assert after["feed.0"] == before["feed.0"]
-    # trading goes on after the restart, with order ids continuing (no reuse, no dup)
-    orders = p.tap("orders", limit=5)
+    assert all(after[w] != before[w] for w in KILLED)
+    assert after["indicators.0"] == before["indicators.0"]
+    # trading goes on; execution resumed from its rings: order ids continue without
+    # reuse, and no signal is acted on twice (signal_seq strictly increasing)
+    orders = p.tap("orders", limit=12)
     ids = [o["order_id"] for o in orders]
-    assert ids == sorted(set(ids))
-    rep = json.loads(p.cli("report", "--json").stdout)
-    fills = {r["name"]: r for r in rep["rings"]}["fills"]
-    assert fills["write_seq"] >= max(ids) - 1
+    assert ids == list(range(ids[0], ids[0] + len(ids)))
+    sig = [o["signal_seq"] for o in orders]
+    assert sig == sorted(set(sig))
     run_id = st["run_id"]
     assert p.cli("stop").returncode == 0
     assert p.wait_exit() == 0
+    assert "Traceback" not in p.output()
     assert_gone(list(before.values()) + list(after.values()))
     assert leftovers(run_id, p.tmp / "run") == []
+
+
+def test_start_removes_stale_segments_and_says_so(pipe):
+    from shm.segment import KIND_RING, Segment, segment_name
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    name = segment_name("deadbeef", "ticks.synthetic")
+    seg = Segment.create(name, 4096, KIND_RING, owner_pid=dead.pid)
+    seg.close()
+    try:
+        p = pipe().start("--duration", "1")
+        assert p.wait_exit() == 0
+        assert "removed 1 stale shared-memory segments of dead runs deadbeef" in p.output()
+        assert not os.path.exists("/dev/shm" + name)
+    finally:
+        from shm.segment import unlink
+        unlink(name)
 
 
 def test_hung_worker_is_killed_and_restarted(pipe):

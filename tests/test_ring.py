@@ -309,7 +309,7 @@ def test_lossy_get_counts_drops(ring_factory):
 
 
 class _RacingView:
-    """Stands in for a Ring's mapping (``ring._mm``, what get() copies from): runs ``hook`` once, just before the
+    """Stands in for the mapping get() copies from (``reader._mm``): runs ``hook`` once, just before the
     next slice is taken, i.e. the writer overwrites the slot while the reader copies."""
 
     def __init__(self, mv, hook):
@@ -331,12 +331,12 @@ def test_lossy_get_counts_record_overwritten_while_copying(ring_factory):
     try:
         w, r = wring.writer(), ring.reader("r")
         w.write(make_ticks(0, 8))                  # full: reader lag == capacity
-        view = _RacingView(ring._mm, lambda: put_ticks(w, 8, 9, timeout=0))
-        ring._mm = view
+        view = _RacingView(r._mm, lambda: put_ticks(w, 8, 9, timeout=0))
+        r._mm = ring._mm = view
         try:
             first = one(r.get())
         finally:
-            ring._mm = view.mv
+            r._mm = ring._mm = view.mv
         assert tick_errors(first, 1) is None       # seq 0 was overwritten (now holds 8)
         got = [1]
         while (buf := r.get()) is not None:

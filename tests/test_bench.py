@@ -1,0 +1,34 @@
+"""The benchmarks still run and their JSON keeps its shape (--quick, small counts).
+Figures are not asserted: speed is measured in bench/, not in tests."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_bench(script: str, out: Path) -> dict:
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--quick", "--json", str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def test_ring_bench_quick(tmp_path):
+    res = run_bench("ring.py", tmp_path / "ring.json")
+    names = [r["name"] for r in res["results"]]
+    assert names == ["shm ring, per record", "shm ring, batched", "multiprocessing.Queue",
+                     "multiprocessing.Pipe", "zmq ipc, per record", "zmq ipc, batched"]
+    for r in res["results"]:
+        assert r["records_per_s"] > 0
+        assert 0 < r["p50_us"] <= r["p99_us"] <= r["p999_us"]
+
+
+def test_pipeline_bench_quick(tmp_path):
+    res = run_bench("pipeline.py", tmp_path / "pipeline.json")
+    assert res["workers"] == 8
+    assert res["sustained_ticks_per_s"] > 0
+    assert res["latency"]["tick_to_fill"]["count"] > 0
