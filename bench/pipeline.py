@@ -86,11 +86,12 @@ STARTUP_SLACK_S = 0.25
 
 # -- config ---------------------------------------------------------------------
 def make_config(args, name: str, rate: float, n_ticks: int, latency: bool):
-    from pipeline.config import _validate, load_config
+    from pipeline.config import validate, load_config
     cfg = load_config(None)                  # built-in defaults, no file
     cfg.source = "<bench/pipeline.py>"
     cfg.pipeline.name = name
     cfg.pipeline.workers = args.workers
+    cfg.bus.metrics_bind = ""                # trials come and go; nothing scrapes them
     feed = cfg.feeds[0]
     feed.symbols = list(SYMBOLS[:args.symbols]) if args.symbols <= len(SYMBOLS) else \
         [f"S{i:03d}/USDT" for i in range(args.symbols)]
@@ -103,7 +104,7 @@ def make_config(args, name: str, rate: float, n_ticks: int, latency: bool):
         cfg.indicators.close_grace_s = 0.05
         cfg.model.threshold = 1e-5
         cfg.execution.max_position_notional = 1e12
-    _validate(cfg)
+    validate(cfg)
     return cfg
 
 

@@ -63,9 +63,9 @@ def cmd_start(args) -> int:
     cfg = _load(args)
     if args.workers is not None:
         cfg.pipeline.workers = args.workers
-        from .config import _validate
+        from .config import validate
         try:
-            _validate(cfg)
+            validate(cfg)
         except ConfigError as e:
             raise ConfigError(f"--workers {args.workers}: {e}") from None
     from .supervisor import Supervisor, SupervisorError, install_signal_handlers

@@ -51,6 +51,7 @@ class BusConfig:
     tap_max_rate: int = 2000            # records per second per stream sent to the tap
     allow_remote: bool = False          # allow binding tcp on interfaces other than loopback
     report_interval_s: float = 1.0
+    metrics_bind: str = "127.0.0.1:9464"   # Prometheus /metrics; "" = off
 
 
 @dataclass
@@ -156,7 +157,7 @@ def _build(cls, data: dict, prefix: str):
     return cls(**kwargs)
 
 
-def _validate(cfg: Config) -> None:
+def validate(cfg: Config) -> None:
     p = cfg.pipeline
     checks = [
         (p.workers >= 2, "pipeline.workers must be at least 2 (one indicator shard and one model worker)"),
@@ -197,6 +198,13 @@ def _validate(cfg: Config) -> None:
             (f.name not in names, f"feeds[{i}].name '{f.name}' is used twice"),
         ]
         names.add(f.name)
+    if cfg.bus.metrics_bind:
+        host, _, port = cfg.bus.metrics_bind.rpartition(":")
+        checks.append((port.isdigit() and 0 < int(port) < 65536 and host != "",
+                       f"bus.metrics_bind must be HOST:PORT, got '{cfg.bus.metrics_bind}'"))
+        checks.append((host in ("127.0.0.1", "localhost", "::1") or cfg.bus.allow_remote,
+                       f"bus.metrics_bind '{cfg.bus.metrics_bind}' listens beyond this host; "
+                       "set bus.allow_remote = true to allow it"))
     if cfg.bus.tap_bind:
         ok = cfg.bus.tap_bind.startswith(("tcp://127.", "tcp://localhost:", "ipc://"))
         checks.append((ok or cfg.bus.allow_remote,
@@ -211,7 +219,7 @@ def load_config(path: str | Path | None = None) -> Config:
     """Read and validate a TOML file; None gives the built-in defaults."""
     if path is None:
         cfg = Config()
-        _validate(cfg)
+        validate(cfg)
         return cfg
     path = Path(path)
     try:
@@ -223,7 +231,7 @@ def load_config(path: str | Path | None = None) -> Config:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
     try:
         cfg = _build(Config, data, "")
-        _validate(cfg)
+        validate(cfg)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
     cfg.source = str(path)

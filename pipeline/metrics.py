@@ -78,3 +78,75 @@ def machine_info() -> dict:
             "python": platform.python_version(), "platform": platform.platform(),
             "numpy": np.__version__, "pyzmq": zmq.__version__, "libzmq": zmq.zmq_version(),
             "loadavg_start": list(os.getloadavg())}
+
+
+class ReportCollector:
+    """Prometheus collector: the figures of `pipeline report`, built on each
+    scrape from the supervisor's own report (no second bookkeeping)."""
+
+    def __init__(self, report, status):
+        self._report = report
+        self._status = status
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        rep, st = self._report(), self._status()
+        cpu = GaugeMetricFamily("tickpipe_process_cpu_percent", "CPU % per process",
+                                labels=["id", "role"])
+        rss = GaugeMetricFamily("tickpipe_process_rss_bytes", "resident memory per process",
+                                labels=["id", "role"])
+        thr = GaugeMetricFamily("tickpipe_process_threads", "threads per process", labels=["id", "role"])
+        fds = GaugeMetricFamily("tickpipe_process_open_fds", "open fds per process", labels=["id", "role"])
+        for p in rep["processes"]:
+            if p.get("pid") is None or "rss_mb" not in p:
+                continue
+            lab = [p["id"], p["role"]]
+            cpu.add_metric(lab, p["cpu_percent"])
+            rss.add_metric(lab, p["rss_mb"] * 2**20)
+            thr.add_metric(lab, p["threads"])
+            fds.add_metric(lab, p["fds"])
+        written = CounterMetricFamily("tickpipe_ring_written", "records written", labels=["ring"])
+        rate = GaugeMetricFamily("tickpipe_ring_write_rate", "records written per second",
+                                 labels=["ring"])
+        bp_waits = CounterMetricFamily("tickpipe_ring_backpressure_waits",
+                                       "times the writer waited for a slow reader", labels=["ring"])
+        bp_secs = CounterMetricFamily("tickpipe_ring_backpressure_seconds",
+                                      "time the writer spent waiting", labels=["ring"])
+        lag = GaugeMetricFamily("tickpipe_ring_reader_lag", "records not yet read",
+                                labels=["ring", "reader"])
+        dropped = CounterMetricFamily("tickpipe_ring_reader_dropped", "records lost by a lapped reader",
+                                      labels=["ring", "reader"])
+        for r in rep["rings"]:
+            written.add_metric([r["name"]], r["write_seq"])
+            rate.add_metric([r["name"]], r["write_rate_per_s"])
+            bp_waits.add_metric([r["name"]], r["backpressure_waits"])
+            bp_secs.add_metric([r["name"]], r["backpressure_s"])
+            for x in r["readers"]:
+                lag.add_metric([r["name"], x["name"]], x["lag"])
+                dropped.add_metric([r["name"], x["name"]], x["dropped"])
+        lat = GaugeMetricFamily("tickpipe_stage_latency_seconds",
+                                "latency from tick receipt, by stage", labels=["stage", "quantile"])
+        cnt = CounterMetricFamily("tickpipe_stage_records", "records measured, by stage",
+                                  labels=["stage"])
+        for stage, s in rep["latency"].items():
+            cnt.add_metric([stage], s["count"])
+            for q, key in (("0.5", "p50_us"), ("0.99", "p99_us"), ("0.999", "p999_us")):
+                if s[key] is not None:
+                    lat.add_metric([stage, q], s[key] / 1e6)
+        up = GaugeMetricFamily("tickpipe_worker_up", "1 if the worker is running", labels=["id"])
+        restarts = CounterMetricFamily("tickpipe_worker_restarts", "restarts per worker", labels=["id"])
+        for w in st["workers"]:
+            up.add_metric([w["id"]], 1.0 if w["state"] == "running" else 0.0)
+            restarts.add_metric([w["id"]], w["restarts"])
+        yield from (cpu, rss, thr, fds, written, rate, bp_waits, bp_secs, lag, dropped, lat, cnt,
+                    up, restarts)
+
+
+def serve_prometheus(bind: str, report, status):
+    """Start the /metrics endpoint on HOST:PORT in a daemon thread; returns the server."""
+    from prometheus_client import CollectorRegistry, start_http_server
+    host, _, port = bind.rpartition(":")
+    registry = CollectorRegistry()
+    registry.register(ReportCollector(report, status))
+    server, _thread = start_http_server(int(port), addr=host or "127.0.0.1", registry=registry)
+    return server

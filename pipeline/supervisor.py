@@ -143,6 +143,15 @@ class Supervisor:
                 self.tap.bind(cfg.bus.tap_bind)
             except zmq.ZMQError as e:
                 raise SupervisorError(f"cannot bind bus.tap_bind {cfg.bus.tap_bind}: {e}") from None
+        self.metrics_server = None
+        if cfg.bus.metrics_bind:
+            from .metrics import serve_prometheus
+            try:
+                self.metrics_server = serve_prometheus(cfg.bus.metrics_bind, self.report, self.status)
+            except OSError as e:
+                log.warning("Prometheus metrics not served: cannot bind %s: %s "
+                            "(set bus.metrics_bind to another port, or \"\" to turn it off)",
+                            cfg.bus.metrics_bind, e)
         self.poller = zmq.Poller()
         for s in (self.control, self.heartbeats, self.tap.socket):
             self.poller.register(s, zmq.POLLIN)
@@ -414,6 +423,11 @@ class Supervisor:
         if self._cleaned:
             return
         self._cleaned = True
+        server = getattr(self, "metrics_server", None)
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+            self.metrics_server = None
         for ws in self.workers.values():
             if ws.proc is not None and ws.proc.exitcode is None:
                 ws.proc.kill()

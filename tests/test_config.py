@@ -30,6 +30,8 @@ def test_default_toml_equals_builtin_defaults():
     ("[execution]\nmode = 'live'\n", "execution.mode must be 'paper'"),
     ("[bus]\ntap_bind = 'tcp://0.0.0.0:5557'\n", "set bus.allow_remote = true"),
     ("[pipeline\nworkers = 2\n", "not valid TOML"),
+    ("[bus]\nmetrics_bind = '0.0.0.0:9464'\n", "set bus.allow_remote = true"),
+    ("[bus]\nmetrics_bind = '9464'\n", "bus.metrics_bind must be HOST:PORT, got '9464'"),
     ("surprise = 1\n", "unknown key 'surprise'"),
 ])
 def test_bad_config_names_file_and_key(tmp_path, text, message):

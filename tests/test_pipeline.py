@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import psutil
@@ -41,6 +42,7 @@ threshold = 0.00001
 max_position_notional = 1e12
 [bus]
 tap_bind = "{tap_bind}"
+metrics_bind = "{metrics_bind}"
 [[feeds]]
 name = "synthetic"
 symbols = ["BTC/USDT", "ETH/USDT", "SOL/USDT", "XRP/USDT", "BNB/USDT", "DOGE/USDT"]
@@ -58,12 +60,13 @@ class Pipeline:
     """A `pipeline start` subprocess and the CLI pointed at it."""
 
     def __init__(self, tmp: Path, name: str = "t", workers: int = 4, hb_timeout: float = 10.0,
-                 max_restarts: int = 5, tap_bind: str = ""):
+                 max_restarts: int = 5, tap_bind: str = "", metrics_bind: str = ""):
         self.tmp = tmp
         self.name = name
         self.config = tmp / f"{name}.toml"
         self.config.write_text(FAST.format(name=name, workers=workers, hb_timeout=hb_timeout,
-                                           max_restarts=max_restarts, tap_bind=tap_bind))
+                                           max_restarts=max_restarts, tap_bind=tap_bind,
+                                           metrics_bind=metrics_bind))
         self.env = {**os.environ, "TICKPIPE_RUN_DIR": str(tmp / "run"),
                     "TICKPIPE_LOG_LEVEL": "WARNING"}
         self.proc: subprocess.Popen | None = None
@@ -156,7 +159,8 @@ def pipe(tmp_path):
 
 
 def test_ticks_flow_to_fills_and_clean_stop(pipe):
-    p = pipe().start()
+    port = free_port()
+    p = pipe(metrics_bind=f"127.0.0.1:{port}").start()
     st = p.wait_running()
     roles = sorted(w["id"] for w in st["workers"])
     assert roles == ["execution.0", "feed.0", "indicators.0", "indicators.1", "indicators.2",
@@ -186,6 +190,15 @@ def test_ticks_flow_to_fills_and_clean_stop(pipe):
     assert rep["latency"]["tick_to_fill"]["p50_us"] > 0
     human = p.cli("report").stdout
     assert "tick_to_fill" in human and "ticks.synthetic" in human
+
+    # the same figures for Prometheus
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=TIMEOUT) as resp:
+        metrics = resp.read().decode()
+    assert 'tickpipe_ring_written_total{ring="fills"}' in metrics
+    assert 'tickpipe_ring_reader_dropped_total{reader="indicators.0",ring="ticks.synthetic"}' in metrics
+    assert 'tickpipe_process_rss_bytes{id="execution.0",role="execution"}' in metrics
+    assert 'tickpipe_stage_latency_seconds{quantile="0.99",stage="tick_to_fill"}' in metrics
+    assert 'tickpipe_worker_up{id="model.0"} 1.0' in metrics
 
     run_id = st["run_id"]
     pids = list(p.pids(st).values())
