@@ -54,16 +54,33 @@ class BusConfig:
     metrics_bind: str = "127.0.0.1:9464"   # Prometheus /metrics; "" = off
 
 
+FEED_KINDS = ("synthetic", "binance", "upbit", "bithumb")
+
+
 @dataclass
 class FeedConfig:
     name: str = "synthetic"
-    kind: str = "synthetic"
-    venue: str = "synthetic"
+    kind: str = "synthetic"             # synthetic, or a venue: binance, upbit, bithumb
+    venue: str = ""                     # name in symbol keys ("BTC/USDT@binance"); "" = the kind
     symbols: list[str] = field(default_factory=lambda: ["BTC/USDT", "ETH/USDT", "SOL/USDT", "XRP/USDT"])
+    # venue feeds
+    ws_url: str = ""                    # "" = the venue's public endpoint; a testnet or 127.0.0.1 in tests
+    rest_url: str = ""
+    channels: list[str] = field(default_factory=lambda: ["trades", "quotes"])
+    ping_interval_s: float = 20.0
+    no_message_timeout_s: float = 30.0  # watchdog: reconnect after this long without a message
+    reconnect_backoff_s: float = 1.0    # doubles per failed attempt (with jitter) up to the max
+    reconnect_backoff_max_s: float = 60.0
+    rest_rate_per_s: float = 5.0        # token bucket for REST calls of this feed
+    # synthetic feed
     ticks_per_s: float = 2000.0         # across all symbols of the feed
     max_ticks: int = 0                  # stop producing after this many (0 = unlimited)
     seed: int = 7
     start_price: float = 100.0
+
+    @property
+    def venue_name(self) -> str:
+        return self.venue or self.kind
 
 
 @dataclass
@@ -190,7 +207,12 @@ def validate(cfg: Config) -> None:
     names = set()
     for i, f in enumerate(cfg.feeds):
         checks += [
-            (f.kind == "synthetic", f"feeds[{i}].kind must be 'synthetic' (venue feeds arrive with market data)"),
+            (f.kind in FEED_KINDS, f"feeds[{i}].kind must be one of {', '.join(FEED_KINDS)}, got '{f.kind}'"),
+            (f.ping_interval_s > 0 and f.no_message_timeout_s > 0,
+             f"feeds[{i}].ping_interval_s and no_message_timeout_s must be > 0"),
+            (0 < f.reconnect_backoff_s <= f.reconnect_backoff_max_s,
+             f"feeds[{i}].reconnect_backoff_s must be > 0 and <= reconnect_backoff_max_s"),
+            (f.rest_rate_per_s > 0, f"feeds[{i}].rest_rate_per_s must be > 0"),
             (len(f.symbols) >= 1, f"feeds[{i}].symbols must not be empty"),
             (f.ticks_per_s > 0, f"feeds[{i}].ticks_per_s must be > 0"),
             (f.max_ticks >= 0, f"feeds[{i}].max_ticks must be >= 0"),

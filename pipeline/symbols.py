@@ -18,7 +18,7 @@ class SymbolRegistry:
         keys: list[str] = []
         for feed in cfg.feeds:
             for sym in feed.symbols:
-                key = f"{sym}@{feed.venue}"
+                key = f"{sym}@{feed.venue_name}"
                 if key not in keys:
                     keys.append(key)
         return cls(keys)

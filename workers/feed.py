@@ -72,20 +72,17 @@ class SyntheticMarket:
         return out
 
 
-class FeedWorker(Worker):
-    role = "feed"
+class SyntheticSource:
+    """Ticks from SyntheticMarket on a wall-clock schedule at ``ticks_per_s``."""
 
-    def setup(self) -> None:
-        self.feed = self.cfg.feeds[self.spec.feed]
-        keys = [f"{s}@{self.feed.venue}" for s in self.feed.symbols]
-        self.symbol_ids = np.array([self.topo.symbols.id(k) for k in keys], np.uint32)
-        self.market = SyntheticMarket(len(keys), self.feed.start_price,
-                                      self.feed.seed + 1000 * self.args.restart_count)
-        self.out = self.spec.outputs[0]
-        # resume the tick count where an earlier incarnation stopped (restart)
-        self.emitted = int(self.writers[self.out].seq)
+    def __init__(self, feed, symbol_ids: np.ndarray, start_count: int, restart: int, bell):
+        self.feed = feed
+        self.symbol_ids = symbol_ids
+        self.market = SyntheticMarket(len(symbol_ids), feed.start_price, feed.seed + 1000 * restart)
+        self.emitted = start_count       # resume the count where an earlier incarnation stopped
+        self.base = start_count
         self.t0 = time.monotonic()
-        self.base = self.emitted
+        self.bell = bell
 
     def due(self) -> int:
         target = self.base + int((time.monotonic() - self.t0) * self.feed.ticks_per_s)
@@ -93,22 +90,20 @@ class FeedWorker(Worker):
             target = min(target, self.feed.max_ticks)
         return target - self.emitted
 
-    def step(self) -> bool:
+    def step(self) -> np.ndarray | None:
         k = min(self.due(), MAX_BATCH)
         if k <= 0:
-            return False
+            return None
         ticks = self.market.make(k, self.symbol_ids)
         now = time.time_ns()
         ticks["ts_origin_ns"] = now
         ticks["ts_exchange_ns"] = now
-        self.writers[self.out].write(ticks)   # lossy ring: never waits
         self.emitted += k
-        self.counters["out"] += k
-        return True
+        return ticks
 
-    def idle_wait(self, timeout: float) -> None:
-        """Sleep until the next tick is due (or housekeeping), on our doorbell so a
-        stop command never waits out a long sleep."""
+    def wait(self, timeout: float) -> None:
+        """Sleep until the next batch is due, on our doorbell so that a stop command
+        never waits out the sleep."""
         if self.feed.max_ticks and self.emitted >= self.feed.max_ticks:
             wait = timeout
         else:
@@ -118,8 +113,116 @@ class FeedWorker(Worker):
         else:
             time.sleep(wait)
 
+    def housekeeping(self) -> None:
+        pass
+
     def stats(self) -> dict:
-        return {**self.counters, "emitted": self.emitted}
+        return {"emitted": self.emitted}
+
+    def close(self) -> None:
+        pass
+
+
+class VenueSource:
+    """A venue's websocket through WsConnection, parsed by its venue module."""
+
+    def __init__(self, feed, symbol_ids: dict[str, int]):
+        from .venues import feed_class
+        from .venues.base import Health, TickBuffer
+        from .venues.rest import RateLimiter, RestClient, make_exchange
+        from .venues.ws import WsConnection
+        self.feed = feed
+        self.health = Health()
+        self.venue = feed_class(feed.kind)(feed, symbol_ids)
+        self.buffer = TickBuffer()
+        self.limiter = RateLimiter(feed.rest_rate_per_s)
+        self.venue.rest = None
+        if self.venue.rest_url or self.venue.default_rest_url:
+            ex = make_exchange(feed.kind, self.venue.rest_url if feed.rest_url else "")
+            self.venue.rest = RestClient(ex, self.limiter, self.health)
+        self.conn = WsConnection(self.venue.url(), self.venue.subscribe_messages(), self.health,
+                                 ping_interval_s=feed.ping_interval_s,
+                                 no_message_timeout_s=feed.no_message_timeout_s,
+                                 backoff_s=feed.reconnect_backoff_s,
+                                 backoff_max_s=feed.reconnect_backoff_max_s)
+        self.emitted = 0
+
+    def step(self) -> np.ndarray | None:
+        from .venues.base import MalformedMessage
+        out = self.buffer
+        if not self.conn.connected:
+            was = self.conn.connected_once
+            if self.conn.connect():
+                try:
+                    self.venue.on_connected(out, time.time_ns(), reconnect=was)
+                except Exception as e:  # a failed snapshot or backfill: retried on reconnect
+                    self.conn.drop(f"after connecting: {type(e).__name__}: {e}")
+        frames = self.conn.receive()
+        for raw in frames:
+            recv_ns = time.time_ns()
+            self.health.messages += 1
+            self.health.last_message_ns = recv_ns
+            try:
+                self.venue.parse(raw, recv_ns, out)
+            except MalformedMessage as e:
+                self.health.malformed_message(e, raw)
+            except Exception as e:  # a parser bug must not take the feed down
+                self.health.malformed_message(MalformedMessage(type(e).__name__, str(e)), raw)
+        self.health.rejected = sum(out.rejected.values())
+        if not len(out):
+            return None
+        ticks = out.take()
+        self.emitted += len(ticks)
+        return ticks
+
+    def wait(self, timeout: float) -> None:
+        self.conn.wait(timeout)
+
+    def housekeeping(self) -> None:
+        self.conn.maintain()
+
+    def stats(self) -> dict:
+        return {"emitted": self.emitted, "health": self.health.as_dict(time.time_ns()),
+                **self.venue.stats()}
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class FeedWorker(Worker):
+    role = "feed"
+
+    def setup(self) -> None:
+        self.feed = self.cfg.feeds[self.spec.feed]
+        self.out = self.spec.outputs[0]
+        keys = {s: f"{s}@{self.feed.venue_name}" for s in self.feed.symbols}
+        ids = {s: self.topo.symbols.id(k) for s, k in keys.items()}
+        if self.feed.kind == "synthetic":
+            self.source = SyntheticSource(self.feed, np.array(list(ids.values()), np.uint32),
+                                          int(self.writers[self.out].seq), self.args.restart_count,
+                                          self.bell)
+        else:
+            self.source = VenueSource(self.feed, ids)
+
+    def step(self) -> bool:
+        ticks = self.source.step()
+        if ticks is None:
+            return False
+        self.writers[self.out].write(ticks)   # lossy ring: never waits
+        self.counters["out"] += len(ticks)
+        return True
+
+    def idle_wait(self, timeout: float) -> None:
+        self.source.wait(timeout)
+
+    def on_idle(self) -> None:
+        self.source.housekeeping()
+
+    def finish(self) -> None:
+        self.source.close()
+
+    def stats(self) -> dict:
+        return {**self.counters, **self.source.stats()}
 
 
 WORKER = FeedWorker

@@ -1,0 +1,161 @@
+"""What every venue feed shares: tick building with validation, message
+accounting, and the VenueFeed interface a venue module implements.
+
+Parsing is kept pure (text in, ticks out) so tests can replay captured
+payloads through the real parser, and a local server can replay them
+through the real connection code.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from shm.records import FLAG_GAP, TICK, TICK_GAP, TICK_QUOTE, TICK_TRADE
+
+log = logging.getLogger("feed")
+
+
+class MalformedMessage(ValueError):
+    """A message we cannot use: counted and logged once per kind, never fatal."""
+
+    def __init__(self, kind: str, detail: str = ""):
+        super().__init__(f"{kind}: {detail}" if detail else kind)
+        self.kind = kind
+
+
+class TickBuffer:
+    """Collects ticks from parsed messages, rejecting bad values, until flushed
+    into one numpy batch for the ring."""
+
+    def __init__(self):
+        self.rows: list[tuple] = []
+        self.rejected: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _reject(self, why: str) -> None:
+        self.rejected[why] = self.rejected.get(why, 0) + 1
+
+    def trade(self, symbol_id: int, recv_ns: int, exch_ns: int, seq: int, price: float,
+              size: float, side: int) -> bool:
+        if not (math.isfinite(price) and price > 0):
+            self._reject("bad price")
+            return False
+        if not (math.isfinite(size) and size > 0):
+            self._reject("bad size")
+            return False
+        self.rows.append((recv_ns, exch_ns, seq, symbol_id, TICK_TRADE, side, 0, price, size,
+                          math.nan, math.nan))
+        return True
+
+    def quote(self, symbol_id: int, recv_ns: int, exch_ns: int, seq: int, bid: float,
+              ask: float) -> bool:
+        if not (math.isfinite(bid) and math.isfinite(ask) and bid > 0 and ask > 0):
+            self._reject("bad quote")
+            return False
+        if bid > ask:
+            self._reject("crossed quote")
+            return False
+        self.rows.append((recv_ns, exch_ns, seq, symbol_id, TICK_QUOTE, 0, 0, (bid + ask) / 2,
+                          0.0, bid, ask))
+        return True
+
+    def gap(self, symbol_id: int, recv_ns: int) -> None:
+        """Marks that data for this symbol may be missing before what follows."""
+        self.rows.append((recv_ns, recv_ns, 0, symbol_id, TICK_GAP, 0, FLAG_GAP, math.nan,
+                          math.nan, math.nan, math.nan))
+
+    def take(self) -> np.ndarray:
+        out = np.zeros(len(self.rows), TICK)
+        if self.rows:
+            names = ("ts_origin_ns", "ts_exchange_ns", "seq", "symbol_id", "kind", "side",
+                     "flags", "price", "size", "bid", "ask")
+            cols = list(zip(*self.rows))
+            for name, col in zip(names, cols):
+                out[name] = col
+        self.rows.clear()
+        return out
+
+
+@dataclass
+class Health:
+    """Exchange health, shown in `pipeline report` and the worker's heartbeat."""
+    state: str = "connecting"
+    messages: int = 0
+    malformed: int = 0
+    reconnects: int = 0
+    errors: int = 0
+    last_message_ns: int = 0
+    rest_calls: int = 0
+    rest_latency_ms: float = 0.0
+    rejected: int = 0
+    backfilled: int = 0
+    duplicates: int = 0
+    malformed_kinds: dict = field(default_factory=dict)
+
+    def as_dict(self, now_ns: int) -> dict:
+        age = (now_ns - self.last_message_ns) / 1e9 if self.last_message_ns else None
+        return {"state": self.state, "messages": self.messages, "malformed": self.malformed,
+                "reconnects": self.reconnects, "errors": self.errors,
+                "last_message_age_s": None if age is None else round(age, 3),
+                "rest_calls": self.rest_calls, "rest_latency_ms": round(self.rest_latency_ms, 2),
+                "rejected": self.rejected, "backfilled": self.backfilled,
+                "duplicates": self.duplicates}
+
+    def malformed_message(self, err: MalformedMessage, raw) -> None:
+        """Count it; log the first of each kind with the raw text cut short."""
+        self.malformed += 1
+        n = self.malformed_kinds.get(err.kind, 0)
+        self.malformed_kinds[err.kind] = n + 1
+        if n == 0:
+            text = raw if isinstance(raw, str) else repr(raw)
+            log.warning("malformed message (%s), first of its kind: %.200s", err, text)
+
+
+class VenueFeed:
+    """One venue's websocket protocol. Subclasses set ``venue`` and implement
+    ``native``, ``url``, ``subscribe_messages`` and ``parse``."""
+
+    venue = ""
+    default_ws_url = ""
+    default_rest_url = ""
+
+    def __init__(self, cfg, symbol_ids: dict[str, int]):
+        self.cfg = cfg                                   # FeedConfig
+        self.symbol_ids = symbol_ids                     # "BTC/USDT" -> registry id
+        self.by_native = {self.native(s): i for s, i in symbol_ids.items()}
+        self.ws_url = cfg.ws_url or self.default_ws_url
+        self.rest_url = cfg.rest_url or self.default_rest_url
+
+    def native(self, symbol: str) -> str:
+        """"BTC/USDT" -> the venue's own name for the market."""
+        raise NotImplementedError
+
+    def url(self) -> str:
+        return self.ws_url
+
+    def subscribe_messages(self) -> list[str]:
+        return []
+
+    def parse(self, raw: str | bytes, recv_ns: int, out: TickBuffer) -> None:
+        """Turn one message into ticks; raise MalformedMessage for what can't be used."""
+        raise NotImplementedError
+
+    def on_connected(self, out: TickBuffer, recv_ns: int, reconnect: bool) -> None:
+        """After (re)connecting and subscribing: snapshots, gap markers, backfill."""
+        if reconnect:
+            for sid in self.symbol_ids.values():
+                out.gap(sid, recv_ns)
+
+    def symbol_id(self, native: str) -> int:
+        try:
+            return self.by_native[native]
+        except KeyError:
+            raise MalformedMessage("unknown symbol", native) from None
+
+    def stats(self) -> dict:
+        return {}
