@@ -16,7 +16,7 @@ from pathlib import Path
 from .config import Config, ConfigError, load_config
 
 DEFAULT_CONFIG = Path("conf/default.toml")
-STREAMS = ("ticks", "features", "signals", "orders", "fills")
+STREAMS = ("ticks", "features", "signals", "orders", "fills", "health")
 
 
 class UserError(Exception):
@@ -196,6 +196,17 @@ def format_report(rep: dict) -> str:
         bp = f"{r['backpressure_waits']} ({r['backpressure_s']:.2f}s)"
         out.append(f"  {r['name']:<18}{r['policy']:<10}{r['write_seq']:>10}"
                    f"{r['write_rate_per_s']:>10.0f}{bp:>14}  {readers}")
+    out += ["", "feeds",
+            f"  {'feed':<12}{'venue':<12}{'state':<14}{'msgs':>9}{'last msg':>10}{'reconn':>8}"
+            f"{'errors':>8}{'malformed':>10}{'rest ms':>9}"]
+    for f in rep.get("feeds", []):
+        h = f["health"]
+        age = h.get("last_message_age_s")
+        out.append(f"  {f['name']:<12}{f['venue']:<12}{h.get('state', '-'):<14}"
+                   f"{_fmt(h.get('messages', f['emitted'])):>9}"
+                   f"{'-' if age is None else f'{age:.1f}s':>10}{_fmt(h.get('reconnects')):>8}"
+                   f"{_fmt(h.get('errors')):>8}{_fmt(h.get('malformed')):>10}"
+                   f"{_fmt(h.get('rest_latency_ms')):>9}")
     out += ["", "latency from tick receipt (us)",
             f"  {'stage':<18}{'count':>10}{'p50':>10}{'p99':>10}{'p99.9':>10}"]
     for stage, s in rep["latency"].items():

@@ -215,7 +215,8 @@ class Supervisor:
             self.tap.on_subscriptions()
         self.tap.publish()
         self._watch_children()
-        self._sample()
+        if self._sample():
+            self.tap.publish_health(self.feed_health())
 
     def _drain_heartbeats(self) -> None:
         now = time.monotonic()
@@ -321,11 +322,11 @@ class Supervisor:
                         for ws in self.workers.values()],
         }
 
-    def _sample(self) -> None:
-        """Every report interval: ring write rates and process CPU %."""
+    def _sample(self) -> bool:
+        """Every report interval: ring write rates and process CPU %. True if sampled."""
         now = time.monotonic()
         if now < self._next_sample:
-            return
+            return False
         self._next_sample = now + self.cfg.bus.report_interval_s
         for name, ring in self.rings.items():
             w = ring.stats()["write_seq"]
@@ -341,6 +342,7 @@ class Supervisor:
                     self._cpu[ws.spec.id] = ws.psproc.cpu_percent(None)
                 except psutil.Error:
                     pass
+        return True
 
     def report(self) -> dict:
         procs = []
@@ -374,7 +376,20 @@ class Supervisor:
         return {"name": self.cfg.pipeline.name, "run_id": self.run_id,
                 "uptime_s": round(time.time() - self.started, 1),
                 "processes": procs, "rings": rings, "latency": stages,
-                "tap": self.tap.stats()}
+                "feeds": self.feed_health(), "tap": self.tap.stats()}
+
+    def feed_health(self) -> list[dict]:
+        """Each feed's exchange health, as its last heartbeat told it."""
+        out = []
+        for ws in self.workers.values():
+            if ws.spec.role != "feed":
+                continue
+            feed = self.cfg.feeds[ws.spec.feed]
+            stats = ws.hb.get("stats", {})
+            out.append({"id": ws.spec.id, "name": feed.name, "kind": feed.kind,
+                        "venue": feed.venue_name, "emitted": stats.get("emitted", 0),
+                        "health": stats.get("health", {"state": ws.state})})
+        return out
 
     # -- stop -------------------------------------------------------------------------
     def shutdown(self) -> int:

@@ -24,6 +24,7 @@ from .config import BusConfig
 from .topology import Topology
 
 STREAMS = ("ticks", "features", "signals", "orders", "fills")
+HEALTH = "health"   # not a ring: each feed's exchange health, once per report interval
 
 
 def stream_of(ring_name: str) -> str:
@@ -109,6 +110,16 @@ class TapPublisher:
                         {"ring": name, "skipped": skipped}).encode()], zmq.NOBLOCK)
                 except zmq.Again:
                     pass
+
+    def publish_health(self, feeds: list[dict]) -> None:
+        if not self._subscribed(HEALTH):
+            return
+        for f in feeds:
+            topic = f"{HEALTH}|{f['venue']}".encode()
+            try:
+                self.socket.send_multipart([topic, json.dumps(f).encode()], zmq.NOBLOCK)
+            except zmq.Again:
+                pass
 
     def stats(self) -> dict:
         return {"subscribed_topics": sorted(t.decode(errors="replace") for t in self.topics),

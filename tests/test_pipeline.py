@@ -175,6 +175,8 @@ def test_ticks_flow_to_fills_and_clean_stop(pipe):
     assert all(t["bid"] <= t["price"] <= t["ask"] for t in ticks)
     for stream in ("features", "signals", "orders"):
         assert len(p.tap(stream, limit=1)) == 1
+    (health,) = p.tap("health", limit=1)
+    assert health["id"] == "feed.0" and health["venue"] == "synthetic" and health["emitted"] > 0
 
     rep = json.loads(p.cli("report", "--json").stdout)
     by_id = {x["id"]: x for x in rep["processes"]}
@@ -189,7 +191,8 @@ def test_ticks_flow_to_fills_and_clean_stop(pipe):
     assert rep["latency"]["tick_to_fill"]["count"] > 0
     assert rep["latency"]["tick_to_fill"]["p50_us"] > 0
     human = p.cli("report").stdout
-    assert "tick_to_fill" in human and "ticks.synthetic" in human
+    assert "tick_to_fill" in human and "ticks.synthetic" in human and "feeds" in human
+    assert rep["feeds"][0]["venue"] == "synthetic"
 
     # the same figures for Prometheus
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=TIMEOUT) as resp:
