@@ -54,13 +54,13 @@ class BusConfig:
     metrics_bind: str = "127.0.0.1:9464"   # Prometheus /metrics; "" = off
 
 
-FEED_KINDS = ("synthetic", "binance", "upbit", "bithumb")
+FEED_KINDS = ("synthetic", "binance", "upbit", "bithumb", "ccxt")
 
 
 @dataclass
 class FeedConfig:
     name: str = "synthetic"
-    kind: str = "synthetic"             # synthetic, or a venue: binance, upbit, bithumb
+    kind: str = "synthetic"             # synthetic, a venue (binance, upbit, bithumb), or ccxt (REST polling)
     venue: str = ""                     # name in symbol keys ("BTC/USDT@binance"); "" = the kind
     symbols: list[str] = field(default_factory=lambda: ["BTC/USDT", "ETH/USDT", "SOL/USDT", "XRP/USDT"])
     # venue feeds
@@ -72,6 +72,7 @@ class FeedConfig:
     reconnect_backoff_s: float = 1.0    # doubles per failed attempt (with jitter) up to the max
     reconnect_backoff_max_s: float = 60.0
     rest_rate_per_s: float = 5.0        # token bucket for REST calls of this feed
+    poll_interval_s: float = 1.0        # kind "ccxt": each symbol's trades and book polled this often
     # synthetic feed
     ticks_per_s: float = 2000.0         # across all symbols of the feed
     max_ticks: int = 0                  # stop producing after this many (0 = unlimited)
@@ -213,6 +214,9 @@ def validate(cfg: Config) -> None:
             (0 < f.reconnect_backoff_s <= f.reconnect_backoff_max_s,
              f"feeds[{i}].reconnect_backoff_s must be > 0 and <= reconnect_backoff_max_s"),
             (f.rest_rate_per_s > 0, f"feeds[{i}].rest_rate_per_s must be > 0"),
+            (f.poll_interval_s > 0, f"feeds[{i}].poll_interval_s must be > 0"),
+            (f.kind != "ccxt" or bool(f.venue),
+             f"feeds[{i}].venue must name a ccxt exchange (e.g. 'kraken') when kind = 'ccxt'"),
             (len(f.symbols) >= 1, f"feeds[{i}].symbols must not be empty"),
             (f.ticks_per_s > 0, f"feeds[{i}].ticks_per_s must be > 0"),
             (f.max_ticks >= 0, f"feeds[{i}].max_ticks must be >= 0"),

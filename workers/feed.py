@@ -201,6 +201,9 @@ class FeedWorker(Worker):
             self.source = SyntheticSource(self.feed, np.array(list(ids.values()), np.uint32),
                                           int(self.writers[self.out].seq), self.args.restart_count,
                                           self.bell)
+        elif self.feed.kind == "ccxt":
+            from .venues.poller import PollSource
+            self.source = PollSource(self.feed, ids)
         else:
             self.source = VenueSource(self.feed, ids)
 
