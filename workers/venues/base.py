@@ -7,6 +7,7 @@ through the real connection code.
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -26,6 +27,12 @@ class MalformedMessage(ValueError):
         self.kind = kind
 
 
+def _fits(exch_ns: int, seq: int) -> bool:
+    """Whether a venue's timestamp and sequence fit the record's int64/uint64 fields:
+    an out-of-range value would otherwise fail take() and take the feed down."""
+    return 0 <= exch_ns < 1 << 63 and 0 <= seq < 1 << 64
+
+
 class TickBuffer:
     """Collects ticks from parsed messages, rejecting bad values, until flushed
     into one numpy batch for the ring."""
@@ -42,6 +49,9 @@ class TickBuffer:
 
     def trade(self, symbol_id: int, recv_ns: int, exch_ns: int, seq: int, price: float,
               size: float, side: int) -> bool:
+        if not _fits(exch_ns, seq):
+            self._reject("bad time or seq")
+            return False
         if not (math.isfinite(price) and price > 0):
             self._reject("bad price")
             return False
@@ -54,6 +64,9 @@ class TickBuffer:
 
     def quote(self, symbol_id: int, recv_ns: int, exch_ns: int, seq: int, bid: float,
               ask: float) -> bool:
+        if not _fits(exch_ns, seq):
+            self._reject("bad time or seq")
+            return False
         if not (math.isfinite(bid) and math.isfinite(ask) and bid > 0 and ask > 0):
             self._reject("bad quote")
             return False
@@ -130,6 +143,9 @@ class VenueFeed:
         self.by_native = {self.native(s): i for s, i in symbol_ids.items()}
         self.ws_url = cfg.ws_url or self.default_ws_url
         self.rest_url = cfg.rest_url or self.default_rest_url
+        self.rest = None          # a RestClient, set by the feed process (VenueSource)
+        self.health = Health()    # replaced by the feed process's own, so venues can count
+                                  # backfilled trades and duplicates there
 
     def native(self, symbol: str) -> str:
         """"BTC/USDT" -> the venue's own name for the market."""
@@ -154,8 +170,62 @@ class VenueFeed:
     def symbol_id(self, native: str) -> int:
         try:
             return self.by_native[native]
-        except KeyError:
-            raise MalformedMessage("unknown symbol", native) from None
+        except (KeyError, TypeError):   # TypeError: not even a string (unhashable)
+            raise MalformedMessage("unknown symbol", str(native)[:40]) from None
 
     def stats(self) -> dict:
         return {}
+
+
+# -- helpers for venue parsers (shared so each venue module stays short) ------------
+
+def decode_json(raw: str | bytes):
+    """One frame as JSON. Some venues (Upbit) send binary frames of UTF-8 JSON,
+    others text: both are accepted. Undecodable frames are MalformedMessage."""
+    try:
+        return json.loads(raw)
+    except (ValueError, TypeError) as e:   # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise MalformedMessage("bad json", str(e)) from None
+
+
+def need(obj, key):
+    """obj[key], or MalformedMessage("missing field") when obj has no such key
+    (or is not even a container): a venue changing its format must not crash the feed."""
+    try:
+        return obj[key]
+    except (KeyError, IndexError, TypeError):
+        raise MalformedMessage("missing field", str(key)) from None
+
+
+def number(obj, key) -> float:
+    """A numeric field sent as a JSON number or a decimal string (venues do both).
+    NaN passes through on purpose: TickBuffer rejects it and counts it."""
+    v = need(obj, key)
+    if isinstance(v, (int, float, str)) and not isinstance(v, bool):
+        try:
+            return float(v)
+        except ValueError:
+            pass
+    raise MalformedMessage("bad number", f"{key}={v!r:.40}")
+
+
+def integer(obj, key) -> int:
+    """An integer field (a time, a sequence number) sent as a JSON number or a string."""
+    v = need(obj, key)
+    if not isinstance(v, bool):
+        try:
+            return int(v)
+        except (TypeError, ValueError, OverflowError):
+            pass
+    raise MalformedMessage("bad integer", f"{key}={v!r:.40}")
+
+
+def requested_channels(cfg, supported: tuple[str, ...]) -> set[str]:
+    """FeedConfig.channels checked against what the venue module can subscribe to:
+    a typo is a startup error, not a feed that silently never quotes."""
+    wanted = set(cfg.channels)
+    unknown = wanted - set(supported)
+    if unknown or not wanted:
+        raise ValueError(f"feed {cfg.name!r}: channels must be some of {', '.join(supported)}, "
+                         f"got {cfg.channels!r}")
+    return wanted

@@ -1,0 +1,349 @@
+"""The Bithumb feed against cryptofeed's real capture of the legacy public
+websocket (``transaction`` messages and status acks, 2021-06-01) from
+../shared/data: the parser on every message, then the real connection code
+(workers.feed.VenueSource over WsConnection) against a local websocket server
+replaying it.
+
+There is no capture of Bithumb's order book stream: those tests use messages
+built from the format in Bithumb's API documentation, and say so.
+"""
+from __future__ import annotations
+
+import calendar
+import json
+import time
+from datetime import datetime
+
+import numpy as np
+import pytest
+
+from pipeline.config import FeedConfig
+from shm.records import SIDE_BUY, SIDE_SELL, TICK_GAP, TICK_QUOTE, TICK_TRADE
+from venue_servers import PAYLOADS, SHARED, Behaviour, WsReplayServer, capture_lines
+
+CAPTURE = PAYLOADS / "bithumb" / "ws" / "transaction_2021-06-01.capture.jsonl"
+pytestmark = pytest.mark.skipif(not (SHARED / "data").exists() or not CAPTURE.exists(),
+                                reason="../shared/data not present: the Bithumb capture is needed")
+
+
+# -- the capture, read independently of the parser ---------------------------------
+
+def capture() -> tuple[list[str], list[dict], list[float], list[str]]:
+    """(raw texts, decoded messages, receive times, subscribed symbols) of the capture."""
+    lines = capture_lines(CAPTURE)
+    recv = [r for r in lines if r["dir"] == "recv"]
+    send = next(r for r in lines if r["dir"] == "send")
+    return ([r["raw"] for r in recv], [r["msg"] for r in recv], [r["recv_ts"] for r in recv],
+            send["msg"]["symbols"])
+
+
+def captured_trades() -> list[tuple[dict, float]]:
+    """Every trade item of the capture with the time cryptofeed received it."""
+    _, msgs, recv_ts, _ = capture()
+    return [(item, ts) for m, ts in zip(msgs, recv_ts) if m.get("type") == "transaction"
+            for item in m["content"]["list"]]
+
+
+def kst_ns(text: str) -> int:
+    """contDtm (Korean time, UTC+9) -> epoch ns, by another route than the parser's."""
+    head, frac = text.split(".")
+    t = calendar.timegm(datetime.strptime(head, "%Y-%m-%d %H:%M:%S").timetuple()) - 9 * 3600
+    return t * 1_000_000_000 + int(frac.ljust(6, "0")) * 1000
+
+
+def symbol_of(native: str) -> str:
+    return native.replace("_", "/")
+
+
+def symbol_ids(natives: list[str]) -> dict[str, int]:
+    return {symbol_of(n): 200 + i for i, n in enumerate(natives)}
+
+
+def make_feed(natives: list[str], **cfg):
+    from workers.venues.bithumb import FEED
+    return FEED(FeedConfig(name="bithumb", kind="bithumb",
+                           symbols=[symbol_of(n) for n in natives], **cfg), symbol_ids(natives))
+
+
+def parse_all(feed, raws) -> tuple[np.ndarray, dict]:
+    from workers.venues.base import TickBuffer
+    out = TickBuffer()
+    for i, raw in enumerate(raws):
+        feed.parse(raw, 1_000 + i, out)
+    return out.take(), out.rejected
+
+
+# -- the parser on the real capture ---------------------------------------------------
+
+def test_subscriptions():
+    _, _, _, natives = capture()
+    msgs = [json.loads(m) for m in make_feed(natives).subscribe_messages()]
+    assert [m["type"] for m in msgs] == ["transaction", "orderbooksnapshot", "orderbookdepth"]
+    assert all(sorted(m["symbols"]) == sorted(natives) for m in msgs)
+    only_trades = make_feed(natives, channels=["trades"]).subscribe_messages()
+    assert [json.loads(m)["type"] for m in only_trades] == ["transaction"]
+    with pytest.raises(ValueError, match="channels"):
+        make_feed(natives, channels=["book"])
+    assert make_feed(["BTC_KRW"]).native("BTC/KRW") == "BTC_KRW"
+
+
+def test_every_captured_message_parses():
+    raws, msgs, _, natives = capture()
+    feed = make_feed(natives)
+    ticks, rejected = parse_all(feed, raws)
+    assert rejected == {}
+    assert feed.stats()["acks"] == sum("status" in m for m in msgs) == 2
+
+    trades = captured_trades()
+    ids = symbol_ids(natives)
+    assert len(ticks) == len(trades) == 7 and (ticks["kind"] == TICK_TRADE).all()
+    assert ticks["price"].tolist() == [float(t["contPrice"]) for t, _ in trades]
+    assert ticks["size"].tolist() == [float(t["contQty"]) for t, _ in trades]
+    assert ticks["symbol_id"].tolist() == [ids[symbol_of(t["symbol"])] for t, _ in trades]
+    # the side convention: "2" is a buy (the buyer took liquidity), "1" a sell
+    assert ticks["side"].tolist() == [SIDE_BUY if t["buySellGb"] == "2" else SIDE_SELL
+                                      for t, _ in trades]
+    assert set(ticks["side"].tolist()) == {SIDE_BUY, SIDE_SELL}
+    # KST -> UTC, to the microsecond; seq is the exchange time in microseconds
+    assert ticks["ts_exchange_ns"].tolist() == [kst_ns(t["contDtm"]) for t, _ in trades]
+    assert ticks["seq"].tolist() == [kst_ns(t["contDtm"]) // 1000 for t, _ in trades]
+    # and the result is sane against when cryptofeed received each trade (a 9 h error
+    # in the time zone would be far outside this)
+    lag_s = np.array([ts for _, ts in trades]) - ticks["ts_exchange_ns"] / 1e9
+    assert ((lag_s > 0) & (lag_s < 5)).all(), lag_s
+    # the markets map back to registry symbols
+    names = {i: s for s, i in ids.items()}
+    assert {names[i] for i in ticks["symbol_id"].tolist()} == {"CON/KRW", "GOM2/KRW"}
+
+
+def test_side_convention_agrees_with_the_capture():
+    """Four trades within 2.2 ms at rising prices: the mark of one buy order taking the
+    asks level by level (a sell sweeping the bids walks the price down). Bithumb labels
+    them "2"."""
+    sweep = [t for t, _ in captured_trades() if t["contDtm"].startswith("2021-06-02 08:43:42.2")]
+    assert [t["contPrice"] for t in sweep] == ["7.523", "7.524", "7.525", "7.525"]
+    assert {t["buySellGb"] for t in sweep} == {"2"}
+
+
+def test_btc_market_parses():
+    """A real trade of the capture moved to ETH_BTC (the capture's BTC markets did not
+    trade while it ran)."""
+    raws, _, _, natives = capture()
+    raw = next(r for r in raws if '"CON_KRW"' in r).replace('"CON_KRW"', '"ETH_BTC"')
+    ticks, _ = parse_all(make_feed(natives), [raw])
+    assert ticks["symbol_id"].tolist() == [symbol_ids(natives)["ETH/BTC"]]
+
+
+def test_bad_messages_are_counted_never_raised_further():
+    from workers.venues.base import MalformedMessage, TickBuffer
+    raws, _, _, natives = capture()
+    feed = make_feed(natives)
+    item = captured_trades()[0][0]
+
+    def variant(**change):
+        d = {k: v for k, v in dict(item, **change).items() if v is not None}
+        return json.dumps({"type": "transaction", "content": {"list": [d]}})
+
+    malformed = {
+        "{not json": "bad json",
+        b"\xff\xfe": "bad json",
+        '"text"': "not an object",
+        '{"status":"5100","resmsg":"Invalid Filter Syntax"}': "venue error",
+        '{"type":"ticker","content":{}}': "unexpected message type",
+        '{"type":"transaction","content":{}}': "missing field",
+        '{"type":"transaction","content":{"list":"x"}}': "missing field",
+        variant(contPrice=None): "missing field",
+        variant(contQty="1,000"): "bad number",
+        variant(buySellGb="3"): "bad side",
+        variant(buySellGb=2): "bad side",
+        variant(symbol="NOPE_KRW"): "unknown symbol",
+        variant(contDtm="yesterday"): "bad timestamp",
+        variant(contDtm=None): "missing field",
+    }
+    for raw, kind in malformed.items():
+        with pytest.raises(MalformedMessage) as e:
+            feed.parse(raw, 1, TickBuffer())
+        assert e.value.kind == kind, raw
+    out = TickBuffer()
+    for raw in (variant(contPrice="NaN"), variant(contPrice="0"), variant(contQty="-1"),
+                variant(contQty="inf")):
+        feed.parse(raw, 1, out)
+    assert len(out) == 0 and out.rejected == {"bad price": 2, "bad size": 2}
+
+
+# -- order book: no capture, so messages in the format of Bithumb's documentation -------
+
+def snapshot(symbol, ts_us, bids, asks) -> str:
+    """An ``orderbooksnapshot`` message as Bithumb documents it: content.symbol,
+    content.datetime (epoch us, a string), asks/bids as [price, quantity] strings."""
+    return json.dumps({"type": "orderbooksnapshot", "content": {
+        "symbol": symbol, "datetime": str(ts_us),
+        "asks": [[str(p), str(q)] for p, q in asks], "bids": [[str(p), str(q)] for p, q in bids]}})
+
+
+def depth(ts_us, *levels) -> str:
+    """An ``orderbookdepth`` message as Bithumb documents it: changed levels only,
+    quantity 0 removes the level, content.datetime epoch us (a number)."""
+    return json.dumps({"type": "orderbookdepth", "content": {"list": [
+        {"symbol": s, "orderType": side, "price": str(p), "quantity": str(q), "total": "1"}
+        for s, side, p, q in levels], "datetime": ts_us}})
+
+
+def test_order_book_seeded_by_snapshot_quotes_when_the_top_changes():
+    from workers.venues.base import TickBuffer
+    feed = make_feed(["BTC_KRW", "ETH_KRW"])
+    btc = symbol_ids(["BTC_KRW", "ETH_KRW"])["BTC/KRW"]
+    t0 = 1580268255864325
+    out = TickBuffer()
+
+    def quotes():
+        q = out.take()
+        assert (q["kind"] == TICK_QUOTE).all()
+        return [(float(b), float(a)) for b, a in zip(q["bid"], q["ask"])]
+
+    # the documented depth example, before any snapshot: cannot be trusted, dropped
+    feed.parse(depth(t0, ("BTC_KRW", "ask", 10593000, 1.11223318),
+                     ("BTC_KRW", "bid", 10572000, 2.3324)), 1, out)
+    assert quotes() == [] and feed.stats()["unseeded_depth"] == 2
+
+    feed.parse(snapshot("BTC_KRW", t0 + 10, bids=[(10572000, 2.3), (10571000, 1.4)],
+                        asks=[(10593000, 1.1), (10596000, 0.5)]), 1, out)
+    q = out.take()
+    assert q["symbol_id"].tolist() == [btc] and q["ts_exchange_ns"][0] == (t0 + 10) * 1000
+    assert (q["bid"][0], q["ask"][0]) == (10572000, 10593000)
+
+    feed.parse(depth(t0 + 5, ("BTC_KRW", "bid", 10580000, 1.0)), 1, out)   # older than the snapshot
+    feed.parse(depth(t0 + 20, ("BTC_KRW", "bid", 10571000, 9.0)), 1, out)  # below the top
+    feed.parse(depth(t0 + 30, ("BTC_KRW", "ask", 10593000, 0.7)), 1, out)  # size only
+    assert quotes() == []
+    feed.parse(depth(t0 + 40, ("BTC_KRW", "bid", 10572000, 0)), 1, out)    # best bid gone
+    assert quotes() == [(10571000, 10593000)]
+    feed.parse(depth(t0 + 50, ("BTC_KRW", "ask", 10590000, 0.2),
+                     ("BTC_KRW", "bid", 10575000, 0.3)), 1, out)           # both improve, one quote
+    assert quotes() == [(10575000, 10590000)]
+    feed.parse(depth(t0 + 60, ("BTC_KRW", "ask", 10590000, 0),
+                     ("BTC_KRW", "ask", 10593000, 0), ("BTC_KRW", "ask", 10596000, 0)), 1, out)
+    assert quotes() == []                                                  # no ask side: no quote
+
+    # a reconnect forgets the books: depth alone is not trusted again until a snapshot
+    feed.on_connected(out, 5, reconnect=True)
+    assert (out.take()["kind"] == TICK_GAP).all()
+    feed.parse(depth(t0 + 70, ("BTC_KRW", "ask", 10600000, 1.0)), 1, out)
+    assert quotes() == []
+
+
+def test_bad_book_levels_are_malformed():
+    from workers.venues.base import MalformedMessage, TickBuffer
+    feed = make_feed(["BTC_KRW"])
+    for raw, kind in {
+        snapshot("BTC_KRW", 1, bids=[("NaN", 1)], asks=[(2, 1)]): "bad book level",
+        snapshot("BTC_KRW", 1, bids=[(1, 1)], asks=[(-2, 1)]): "bad book level",
+        depth(1, ("BTC_KRW", "bid", 1, "inf")): "bad book level",
+        depth(1, ("BTC_KRW", "middle", 1, 1)): "bad side",
+        depth(1, ("XRP_KRW", "bid", 1, 1)): "unknown symbol",
+        '{"type":"orderbooksnapshot","content":{"symbol":"BTC_KRW","datetime":"x"}}': "bad integer",
+    }.items():
+        with pytest.raises(MalformedMessage) as e:
+            feed.parse(raw, 1, TickBuffer())
+        assert e.value.kind == kind, raw
+
+
+# -- end to end through the real connection code ----------------------------------
+
+def run_until(source, cond, timeout=30.0) -> np.ndarray:
+    """Drive the source as the feed process does until cond(ticks so far) holds."""
+    batches = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = source.step()
+        if out is not None:
+            batches.append(out)
+        if batches:
+            ticks = np.concatenate(batches)
+            if cond(ticks):
+                return ticks
+        source.housekeeping()
+        source.wait(0.05)
+    raise AssertionError(f"condition not met; health {source.health.as_dict(time.time_ns())}")
+
+
+def make_source(server, natives, **cfg):
+    from workers.feed import VenueSource
+    defaults = dict(reconnect_backoff_s=0.05, reconnect_backoff_max_s=0.2,
+                    no_message_timeout_s=10.0)
+    feed = FeedConfig(name="bithumb", kind="bithumb", ws_url=server.url,
+                      symbols=[symbol_of(n) for n in natives], **{**defaults, **cfg})
+    return VenueSource(feed, symbol_ids(natives))
+
+
+def replay(behaviours=None):
+    raws, msgs, _, natives = capture()
+    # the feed sends one filter per data type: transaction, orderbooksnapshot, orderbookdepth
+    return WsReplayServer(raws, behaviours, expect_subscribe=3), natives
+
+
+def trades(ticks: np.ndarray) -> np.ndarray:
+    return ticks[ticks["kind"] == TICK_TRADE]
+
+
+def test_ticks_come_out_of_the_real_connection():
+    server, natives = replay()
+    n = len(captured_trades())
+    with server:
+        src = make_source(server, natives)
+        try:
+            ticks = run_until(src, lambda t: len(t) >= n)
+        finally:
+            src.close()
+    assert len(ticks) == len(trades(ticks)) == n
+    assert server.received[0] == src.venue.subscribe_messages()
+    assert src.stats()["acks"] == 2 and src.health.malformed == 0
+
+
+def test_dropped_connection_reconnects_resubscribes_and_marks_gaps():
+    # connection 0 sends the two acks and two trade messages, then the line drops
+    server, natives = replay({0: Behaviour(drop_after=4)})
+    n = len(captured_trades())
+    with server:
+        src = make_source(server, natives)
+        try:
+            ticks = run_until(src, lambda t: (t["kind"] == TICK_GAP).any() and
+                              len(trades(t[np.flatnonzero(t["kind"] == TICK_GAP)[0]:])) >= n)
+        finally:
+            src.close()
+    assert server.connections >= 2 and server.sent[0] == 4
+    assert server.received[1] == server.received[0] == src.venue.subscribe_messages()
+    gap_at = np.flatnonzero(ticks["kind"] == TICK_GAP)
+    assert gap_at[0] == 2                       # the two trades of connection 0 came first
+    assert sorted(ticks["symbol_id"][gap_at].tolist()) == sorted(symbol_ids(natives).values())
+    assert src.health.reconnects >= 1 and src.stats()["acks"] >= 4
+
+
+def test_malformed_frame_is_counted_and_the_feed_goes_on():
+    server, natives = replay({0: Behaviour(malformed={3: '{"type":"transaction","content":'})})
+    n = len(captured_trades())
+    with server:
+        src = make_source(server, natives)
+        try:
+            ticks = run_until(src, lambda t: len(t) >= n)
+        finally:
+            src.close()
+    assert len(trades(ticks)) == n
+    assert src.health.malformed == 1 and src.health.malformed_kinds == {"bad json": 1}
+    assert src.health.reconnects == 0
+
+
+def test_silent_server_trips_the_watchdog():
+    server, natives = replay({0: Behaviour(silent_after=3)})
+    n = len(captured_trades())
+    with server:
+        src = make_source(server, natives, no_message_timeout_s=0.5)
+        try:
+            ticks = run_until(src, lambda t: (t["kind"] == TICK_GAP).sum() >= len(natives)
+                              and len(trades(t)) >= 1 + n)
+        finally:
+            src.close()
+    assert server.sent[0] == 3 and server.connections >= 2
+    assert server.received[1] == src.venue.subscribe_messages()
+    assert src.health.reconnects >= 1
+    assert np.flatnonzero(ticks["kind"] == TICK_GAP)[0] == 1   # after the one trade before silence

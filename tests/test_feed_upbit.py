@@ -1,0 +1,303 @@
+"""The Upbit feed against cryptofeed's real capture (SIMPLE format, KRW and BTC
+markets, 2021-04-17) from ../shared/data: the parser on every message, then
+the real connection code (workers.feed.VenueSource over WsConnection) against
+a local websocket server replaying the capture as binary frames, as Upbit
+sends them.
+
+Expectations are computed from the capture's JSON here, independently of the
+parser. The capture has no USDT market and no DEFAULT-format message: those
+are built from real values and said so where it is done.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from pipeline.config import FeedConfig
+from shm.records import SIDE_BUY, SIDE_SELL, TICK_GAP, TICK_QUOTE, TICK_TRADE
+from venue_servers import PAYLOADS, SHARED, Behaviour, WsReplayServer, capture_lines
+
+CAPTURE = PAYLOADS / "upbit" / "ws" / "trade_orderbook_SIMPLE-format_2021-04-17.capture.jsonl"
+CCXT_REST = PAYLOADS / "upbit" / "rest" / "ccxt_static_httpResponses.json"
+pytestmark = pytest.mark.skipif(not (SHARED / "data").exists() or not CAPTURE.exists(),
+                                reason="../shared/data not present: the Upbit capture is needed")
+
+
+# -- the capture, read independently of the parser ---------------------------------
+
+def capture() -> tuple[list[str], list[dict], list[float], list[str]]:
+    """(raw texts, decoded messages, receive times, subscribed codes) of the capture."""
+    lines = capture_lines(CAPTURE)
+    recv = [r for r in lines if r["dir"] == "recv"]
+    send = next(r for r in lines if r["dir"] == "send")
+    codes = next(p["codes"] for p in send["msg"] if p.get("type") == "trade")
+    return [r["raw"] for r in recv], [r["msg"] for r in recv], [r["recv_ts"] for r in recv], codes
+
+
+def symbol_of(code: str) -> str:
+    quote, base = code.split("-")
+    return f"{base}/{quote}"
+
+
+def symbol_ids(codes: list[str]) -> dict[str, int]:
+    return {symbol_of(c): 100 + i for i, c in enumerate(codes)}
+
+
+def make_feed(codes: list[str], **cfg):
+    from workers.venues.upbit import FEED
+    return FEED(FeedConfig(name="upbit", kind="upbit", symbols=[symbol_of(c) for c in codes],
+                           **cfg), symbol_ids(codes))
+
+
+def parse_all(feed, raws) -> tuple[np.ndarray, dict]:
+    from workers.venues.base import TickBuffer
+    out = TickBuffer()
+    for i, raw in enumerate(raws):
+        feed.parse(raw, 1_000 + i, out)
+    return out.take(), out.rejected
+
+
+# -- the parser on the real capture ---------------------------------------------------
+
+def test_subscription_is_one_upbit_request_list():
+    _, _, _, codes = capture()
+    feed = make_feed(codes)
+    (text,) = feed.subscribe_messages()
+    req = json.loads(text)
+    assert "ticket" in req[0] and req[-1] == {"format": "SIMPLE"}
+    by_type = {r["type"]: r for r in req[1:-1]}
+    assert sorted(by_type["trade"]["codes"]) == sorted(codes)
+    assert by_type["trade"]["isOnlyRealtime"] is True
+    assert sorted(by_type["orderbook"]["codes"]) == sorted(codes)
+    only_trades = json.loads(make_feed(codes, channels=["trades"]).subscribe_messages()[0])
+    assert [r.get("type") for r in only_trades[1:-1]] == ["trade"]
+    with pytest.raises(ValueError, match="channels"):
+        make_feed(codes, channels=["trade"])
+    assert make_feed(["KRW-BTC", "USDT-BTC"]).native("BTC/USDT") == "USDT-BTC"
+
+
+@pytest.mark.parametrize("as_bytes", [True, False], ids=["binary", "text"])
+def test_every_captured_message_parses(as_bytes):
+    raws, msgs, _, codes = capture()
+    feed = make_feed(codes)
+    ticks, rejected = parse_all(feed, [r.encode() if as_bytes else r for r in raws])
+    assert rejected == {}
+    ids = symbol_ids(codes)
+
+    trades = [m for m in msgs if m["ty"] == "trade"]
+    books = [m for m in msgs if m["ty"] == "orderbook"]
+    assert len(trades) + len(books) == len(msgs) == len(ticks)
+    t = ticks[ticks["kind"] == TICK_TRADE]
+    assert len(t) == len(trades) == 304
+    assert t["price"].tolist() == [m["tp"] for m in trades]
+    assert t["size"].tolist() == [m["tv"] for m in trades]
+    assert t["side"].tolist() == [SIDE_BUY if m["ab"] == "BID" else SIDE_SELL for m in trades]
+    assert t["seq"].tolist() == [m["sid"] for m in trades]
+    assert t["symbol_id"].tolist() == [ids[symbol_of(m["cd"])] for m in trades]
+    assert t["ts_exchange_ns"].tolist() == [m["ttms"] * 1_000_000 for m in trades]
+    assert set(t["side"].tolist()) == {SIDE_BUY, SIDE_SELL}
+
+    q = ticks[ticks["kind"] == TICK_QUOTE]
+    assert len(q) == len(books) == 145
+    assert q["bid"].tolist() == [m["obu"][0]["bp"] for m in books]
+    assert q["ask"].tolist() == [m["obu"][0]["ap"] for m in books]
+    assert q["ts_exchange_ns"].tolist() == [m["tms"] * 1_000_000 for m in books]
+    assert (q["bid"] < q["ask"]).all()
+
+
+def test_markets_map_back_to_registry_symbols():
+    raws, msgs, recv_ts, codes = capture()
+    ids = symbol_ids(codes)
+    names = {i: s for s, i in ids.items()}
+    ticks, _ = parse_all(make_feed(codes), raws)
+    seen = {names[i] for i in ticks["symbol_id"].tolist()}
+    assert seen == {symbol_of(m["cd"]) for m in msgs}
+    assert {"LAMB/KRW", "WAVES/KRW"} <= seen and {"ITAM/BTC", "XTZ/BTC", "PAX/BTC"} <= seen
+    # venue times are sane against when cryptofeed received each message
+    # (trade times in this capture are whole seconds, hence the wide window)
+    lag_s = np.array(recv_ts) - ticks["ts_exchange_ns"] / 1e9
+    assert ((lag_s > -0.1) & (lag_s < 3.0)).all(), lag_s
+
+
+def test_usdt_market_simple_and_default_formats():
+    raws, msgs, _, _ = capture()
+    feed = make_feed(["KRW-BTC", "USDT-BTC"])
+    usdt = symbol_ids(["KRW-BTC", "USDT-BTC"])["BTC/USDT"]
+    # A real SIMPLE trade from the capture with its code changed to USDT-BTC
+    # (the capture has no USDT market).
+    i = next(i for i, m in enumerate(msgs) if m["ty"] == "trade")
+    simple = raws[i].replace(f'"cd":"{msgs[i]["cd"]}"', '"cd":"USDT-BTC"')
+    assert simple != raws[i]
+    # A DEFAULT-format trade built from the real USDT-BTC trade that ccxt recorded
+    # from Upbit's REST API (same field names as the websocket's DEFAULT format;
+    # ccxt keeps numbers as strings, which the parser accepts).
+    rest = json.loads(CCXT_REST.read_text())["fetchTrades"]["httpResponse"][0]
+    default = json.dumps({"type": "trade", "code": rest["market"], "timestamp": int(rest["timestamp"]),
+                          "trade_timestamp": rest["timestamp"], "trade_price": rest["trade_price"],
+                          "trade_volume": rest["trade_volume"], "ask_bid": rest["ask_bid"],
+                          "sequential_id": rest["sequential_id"], "stream_type": "REALTIME"})
+    ticks, rejected = parse_all(feed, [simple.encode(), default.encode()])
+    assert rejected == {} and ticks["symbol_id"].tolist() == [usdt, usdt]
+    assert ticks["price"].tolist() == [msgs[i]["tp"], float(rest["trade_price"])]
+    assert ticks["side"][1] == SIDE_SELL and ticks["seq"][1] == int(rest["sequential_id"])
+    assert ticks["ts_exchange_ns"][1] == int(rest["timestamp"]) * 1_000_000
+
+
+def test_default_format_orderbook():
+    """A real SIMPLE orderbook message rewritten with the DEFAULT format's keys."""
+    raws, msgs, _, codes = capture()
+    m = next(m for m in msgs if m["ty"] == "orderbook")
+    keys = {"ap": "ask_price", "bp": "bid_price", "as": "ask_size", "bs": "bid_size"}
+    default = {"type": "orderbook", "code": m["cd"], "timestamp": m["tms"],
+               "total_ask_size": m["tas"], "total_bid_size": m["tbs"],
+               "orderbook_units": [{keys[k]: v for k, v in u.items()} for u in m["obu"]],
+               "stream_type": "SNAPSHOT"}
+    ticks, _ = parse_all(make_feed(codes), [json.dumps(default)])
+    assert ticks["kind"].tolist() == [TICK_QUOTE]
+    assert (ticks["bid"][0], ticks["ask"][0]) == (m["obu"][0]["bp"], m["obu"][0]["ap"])
+
+
+def test_bad_messages_are_counted_never_raised_further():
+    from workers.venues.base import MalformedMessage, TickBuffer
+    raws, msgs, _, codes = capture()
+    feed = make_feed(codes)
+    trade = next(m for m in msgs if m["ty"] == "trade")
+
+    def variant(**change):
+        d = dict(trade, **change)
+        return json.dumps({k: v for k, v in d.items() if v is not None})
+
+    malformed = {
+        b"\xff\xfe\x00garbage": "bad json",
+        "{not json": "bad json",
+        "[1, 2]": "not an object",
+        '{"error":{"name":"INVALID_AUTH","message":"auth failed"}}': "venue error",
+        '{"ty":"ticker","cd":"KRW-LAMB"}': "unexpected message type",
+        variant(tp=None): "missing field",
+        variant(tp="abc"): "bad number",
+        variant(ab="XYZ"): "bad side",
+        variant(cd="KRW-NOPE"): "unknown symbol",
+        variant(cd=["KRW-LAMB"]): "unknown symbol",
+        variant(sid="x"): "bad integer",
+        '{"ty":"orderbook","cd":"KRW-LAMB","tms":1,"obu":[]}': "missing field",
+    }
+    for raw, kind in malformed.items():
+        with pytest.raises(MalformedMessage) as e:
+            feed.parse(raw, 1, TickBuffer())
+        assert e.value.kind == kind, raw
+    # values that parse but must never reach the ring
+    out = TickBuffer()
+    for raw in (variant(tp=float("nan")), variant(tp=0), variant(tv=-1.0), variant(sid=-5),
+                variant(ttms=10 ** 20)):
+        feed.parse(raw, 1, out)
+    assert len(out) == 0
+    assert out.rejected == {"bad price": 2, "bad size": 1, "bad time or seq": 2}
+    feed.parse('{"status":"UP"}', 1, out)
+    assert feed.stats() == {"status_messages": 1}
+
+
+# -- end to end through the real connection code ----------------------------------
+
+def run_until(source, cond, timeout=30.0) -> np.ndarray:
+    """Drive the source as the feed process does until cond(ticks so far) holds."""
+    batches = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = source.step()
+        if out is not None:
+            batches.append(out)
+        if batches:
+            ticks = np.concatenate(batches)
+            if cond(ticks):
+                return ticks
+        source.housekeeping()
+        source.wait(0.05)
+    raise AssertionError(f"condition not met; health {source.health.as_dict(time.time_ns())}")
+
+
+def make_source(server, codes, **cfg):
+    from workers.feed import VenueSource
+    defaults = dict(reconnect_backoff_s=0.05, reconnect_backoff_max_s=0.2,
+                    no_message_timeout_s=10.0)
+    feed = FeedConfig(name="upbit", kind="upbit", ws_url=server.url,
+                      symbols=[symbol_of(c) for c in codes], **{**defaults, **cfg})
+    return VenueSource(feed, symbol_ids(codes))
+
+
+def replay(behaviours=None) -> tuple[WsReplayServer, list[str], list[dict]]:
+    raws, msgs, _, codes = capture()
+    # bytes: sent as binary frames, as Upbit does
+    server = WsReplayServer([r.encode() for r in raws], behaviours, expect_subscribe=1)
+    return server, codes, msgs
+
+
+def kinds(ticks: np.ndarray, kind: int) -> np.ndarray:
+    return ticks[ticks["kind"] == kind]
+
+
+def test_ticks_come_out_of_the_real_connection():
+    server, codes, msgs = replay()
+    with server:
+        src = make_source(server, codes)
+        try:
+            ticks = run_until(src, lambda t: len(t) >= len(msgs))
+        finally:
+            src.close()
+    assert len(ticks) == len(msgs)
+    assert len(kinds(ticks, TICK_TRADE)) == sum(m["ty"] == "trade" for m in msgs)
+    assert len(kinds(ticks, TICK_QUOTE)) == sum(m["ty"] == "orderbook" for m in msgs)
+    assert json.loads(server.received[0][0]) == json.loads(src.venue.subscribe_messages()[0])
+    assert src.health.malformed == 0 and src.health.messages == len(msgs)
+    assert (ticks["ts_origin_ns"] > 0).all()
+
+
+def test_dropped_connection_reconnects_resubscribes_and_marks_gaps():
+    server, codes, msgs = replay({0: Behaviour(drop_after=100)})
+    n_trades = sum(m["ty"] == "trade" for m in msgs)
+    with server:
+        src = make_source(server, codes)
+        try:
+            # the whole capture again after the reconnect
+            ticks = run_until(src, lambda t: len(kinds(t, TICK_GAP)) and
+                              len(t) - np.flatnonzero(t["kind"] == TICK_GAP)[-1] - 1 >= len(msgs))
+        finally:
+            src.close()
+    assert server.connections >= 2 and server.sent[0] == 100
+    assert server.received[1] == server.received[0] == src.venue.subscribe_messages()
+    gaps = kinds(ticks, TICK_GAP)
+    assert sorted(gaps["symbol_id"].tolist()) == sorted(symbol_ids(codes).values())
+    first_gap = np.flatnonzero(ticks["kind"] == TICK_GAP)[0]
+    assert first_gap == 100           # after everything of the first connection
+    assert len(kinds(ticks[first_gap:], TICK_TRADE)) == n_trades
+    assert src.health.reconnects >= 1 and src.health.errors >= 1
+
+
+def test_malformed_frame_is_counted_and_the_feed_goes_on():
+    server, codes, msgs = replay({0: Behaviour(malformed={7: "{this is not json"})})
+    with server:
+        src = make_source(server, codes)
+        try:
+            ticks = run_until(src, lambda t: len(t) >= len(msgs))
+        finally:
+            src.close()
+    assert len(ticks) == len(msgs)
+    assert src.health.malformed == 1 and src.health.malformed_kinds == {"bad json": 1}
+    assert src.health.reconnects == 0
+
+
+def test_silent_server_trips_the_watchdog():
+    server, codes, msgs = replay({0: Behaviour(silent_after=20)})
+    with server:
+        src = make_source(server, codes, no_message_timeout_s=0.5)
+        try:
+            ticks = run_until(src, lambda t: len(kinds(t, TICK_GAP)) >= len(codes)
+                              and len(t) >= 20 + len(codes) + len(msgs))
+        finally:
+            src.close()
+    assert server.sent[0] == 20 and server.connections >= 2
+    assert server.received[1] == src.venue.subscribe_messages()
+    assert src.health.reconnects >= 1
+    assert np.flatnonzero(ticks["kind"] == TICK_GAP)[0] == 20
