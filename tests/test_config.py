@@ -18,6 +18,11 @@ def test_default_toml_equals_builtin_defaults():
     assert cfg == Config(source=cfg.source)
 
 
+@pytest.mark.parametrize("path", sorted((ROOT / "conf").glob("*.toml")), ids=lambda p: p.name)
+def test_shipped_configs_load(path):
+    assert load_config(path).source == str(path)
+
+
 @pytest.mark.parametrize("text, message", [
     ("[pipeline]\nwrokers = 3\n", "unknown key 'pipeline.wrokers' (did you mean 'workers'?)"),
     ("[pipeline]\nworkers = 'many'\n", "pipeline.workers must be an integer, got str 'many'"),
