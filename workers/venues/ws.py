@@ -136,10 +136,13 @@ class WsConnection:
             except Exception as e:
                 self.drop(f"connection to {self.url} lost: {e or type(e).__name__}")
                 break
-            self.last_rx = time.monotonic()
+            # only data feeds the no-message watchdog: a server whose websocket layer
+            # still answers our pings but sends nothing has stopped answering too
             if opcode == websocket.ABNF.OPCODE_TEXT:
+                self.last_rx = time.monotonic()
                 out.append(data.decode("utf-8", errors="replace"))
             elif opcode == websocket.ABNF.OPCODE_BINARY:
+                self.last_rx = time.monotonic()
                 out.append(data)
             elif opcode == websocket.ABNF.OPCODE_CLOSE:
                 self.drop(f"{self.url} closed the connection")
