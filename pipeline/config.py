@@ -54,7 +54,7 @@ class BusConfig:
     metrics_bind: str = "127.0.0.1:9464"   # Prometheus /metrics; "" = off
 
 
-FEED_KINDS = ("synthetic", "binance", "upbit", "bithumb", "ccxt")
+FEED_KINDS = ("synthetic", "replay", "binance", "upbit", "bithumb", "ccxt")
 
 
 @dataclass
@@ -78,6 +78,9 @@ class FeedConfig:
     max_ticks: int = 0                  # stop producing after this many (0 = unlimited)
     seed: int = 7
     start_price: float = 100.0
+    # replay feed: candles or trades from a CSV/Parquet file, for the one symbol in `symbols`
+    path: str = ""                      # CSV or Parquet file, or a directory of Parquet files
+    speed: float = 0.0                  # 0 = as fast as possible, else a multiple of real time
 
     @property
     def venue_name(self) -> str:
@@ -108,6 +111,14 @@ class ExecutionConfig:
 
 
 @dataclass
+class RecorderConfig:
+    enabled: bool = False               # a recorder process writes every tick to Parquet
+    dir: str = "data"                   # root of DIR/ticks/venue=../symbol=../date=YYYY-MM-DD/
+    flush_records: int = 50000          # write a batch when this many ticks are held
+    flush_seconds: float = 5.0          # ... or when the last write is this long ago
+
+
+@dataclass
 class Config:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     rings: RingsConfig = field(default_factory=RingsConfig)
@@ -116,6 +127,7 @@ class Config:
     indicators: IndicatorsConfig = field(default_factory=IndicatorsConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
+    recorder: RecorderConfig = field(default_factory=RecorderConfig)
     source: str = "<defaults>"
 
     # -- derived --------------------------------------------------------------
@@ -200,6 +212,9 @@ def validate(cfg: Config) -> None:
         (cfg.execution.fee_bps >= 0 and cfg.execution.slippage_bps >= 0,
          "execution.fee_bps and slippage_bps must be >= 0"),
         (cfg.bus.tap_max_rate > 0, "bus.tap_max_rate must be > 0"),
+        (cfg.recorder.flush_records >= 1, "recorder.flush_records must be >= 1"),
+        (cfg.recorder.flush_seconds > 0, "recorder.flush_seconds must be > 0"),
+        (not cfg.recorder.enabled or cfg.recorder.dir != "", "recorder.dir must not be empty"),
     ]
     for key in ("ticks_capacity", "features_capacity", "signals_capacity",
                 "orders_capacity", "fills_capacity"):
@@ -223,6 +238,9 @@ def validate(cfg: Config) -> None:
             (f.start_price > 0, f"feeds[{i}].start_price must be > 0"),
             (f.name not in names, f"feeds[{i}].name '{f.name}' is used twice"),
         ]
+        if f.kind == "replay":
+            problem = _replay_problem(f)
+            checks.append((problem is None, f"feeds[{i}]: {problem}"))
         names.add(f.name)
     if cfg.bus.metrics_bind:
         host, _, port = cfg.bus.metrics_bind.rpartition(":")
@@ -239,6 +257,24 @@ def validate(cfg: Config) -> None:
     for ok, msg in checks:
         if not ok:
             raise ConfigError(msg)
+
+
+def _replay_problem(f: FeedConfig) -> str | None:
+    """What is wrong with a replay feed's settings or file, or None."""
+    if f.speed < 0:
+        return f"speed must be >= 0 (0 = as fast as possible), got {f.speed:g}"
+    if len(f.symbols) != 1:
+        return "a replay feed plays one symbol: set symbols to the file's, e.g. [\"BTC/USDT\"]"
+    if not f.path:
+        return "path is needed for a replay feed (a CSV or Parquet file of candles or trades)"
+    if not Path(f.path).expanduser().exists():
+        return f"path '{f.path}' does not exist"
+    from workers.storage import detect_kind, market_columns
+    try:
+        detect_kind(market_columns(f.path))
+    except Exception as e:  # unreadable, or columns of neither kind: say which, in one line
+        return f"path '{f.path}': {e}"
+    return None
 
 
 def load_config(path: str | Path | None = None) -> Config:

@@ -230,8 +230,11 @@ class Supervisor:
                 continue  # a heartbeat from an incarnation we already replaced
             ws.last_hb = now
             ws.hb = msg
-            if ws.state in ("starting", "running", "blocked"):
-                ws.state = msg.get("state", "running")
+            # "stopped" is the supervisor's word alone: a worker that leaves without
+            # being asked is restarted like any other dead worker
+            if ws.state in ("starting", "running", "blocked") and msg.get("state") in (
+                    "running", "blocked"):
+                ws.state = msg["state"]
 
     def _watch_children(self) -> None:
         now = time.monotonic()

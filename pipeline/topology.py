@@ -19,7 +19,8 @@ from .symbols import SymbolRegistry
 
 # the order of stages, upstream first; a clean stop goes in this order so
 # every record already in flight is processed before its consumer stops
-STAGES = ["feed", "indicators", "model", "execution"]
+# the recorder stops right after the feeds: it drains and writes every tick
+STAGES = ["feed", "recorder", "indicators", "model", "execution"]
 
 
 def feature_names(cfg: Config) -> list[str]:
@@ -72,10 +73,13 @@ def build(cfg: Config, run_id: str, with_bells: bool = False) -> Topology:
         rings[name] = RingSpec(name, segment_name(run_id, name), dtype, cap, policy, readers)
 
     shard_ids = [f"indicators.{i}" for i in range(n_shards)]
+    recorder = ["recorder.0"] if cfg.recorder.enabled else []
     for i, feed in enumerate(cfg.feeds):
         out = f"ticks.{feed.name}"
-        ring(out, TICK, rc.ticks_capacity, LOSSY, list(shard_ids))
+        ring(out, TICK, rc.ticks_capacity, LOSSY, shard_ids + recorder)
         workers.append(WorkerSpec("feed", i, outputs=[out], feed=i))
+    if recorder:
+        workers.append(WorkerSpec("recorder", 0, inputs=[f"ticks.{f.name}" for f in cfg.feeds]))
     fdt = features_dtype(feature_names(cfg))
     for i in range(n_shards):
         out = f"features.{i}"

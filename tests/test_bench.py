@@ -32,3 +32,13 @@ def test_pipeline_bench_quick(tmp_path):
     assert res["workers"] == 8
     assert res["sustained_ticks_per_s"] > 0
     assert res["latency"]["tick_to_fill"]["count"] > 0
+
+
+def test_feeds_bench_quick(tmp_path):
+    res = run_bench("feeds.py", tmp_path / "feeds.json")
+    rows = {r["venue"]: r for r in res["results"]}
+    assert {"upbit", "bithumb"} <= set(rows)
+    for r in rows.values():
+        if r.get("skipped"):
+            continue
+        assert r["ours_msgs_per_s"] > 0

@@ -29,7 +29,8 @@ from shm.ring import Ring, RingFullError, RingReader, RingWriter, wait_any
 from shm.table import Table
 
 ROLE_MODULES = {"feed": "workers.feed", "indicators": "workers.indicators",
-                "model": "workers.model", "execution": "workers.execution"}
+                "model": "workers.model", "execution": "workers.execution",
+                "recorder": "workers.recorder"}
 
 
 @dataclass
@@ -64,7 +65,8 @@ class Worker:
         self.writers: dict[str, RingWriter] = {}
         self.bell = None
         self._ctx = zmq.Context()
-        self._hb = bus.socket(self._ctx, zmq.PUSH, SNDHWM=100)
+        # linger so that the last heartbeat (final counters) reaches the supervisor
+        self._hb = bus.socket(self._ctx, zmq.PUSH, SNDHWM=100, LINGER=1000)
         self._cmd = bus.socket(self._ctx, zmq.SUB)
         self._hb_seq = 0
         self._next_house = 0.0
@@ -139,8 +141,8 @@ class Worker:
         return 0
 
     def close(self) -> None:
-        for r in self.readers:
-            r.commit()
+        """Release everything. Cursors are not committed here: a worker commits
+        what it has processed, so after a crash its successor reads the rest again."""
         self.readers.clear()
         self.writers.clear()
         for obj in self._rings + self._tables:

@@ -5,9 +5,11 @@ with volatility clustering (a GARCH(1,1)-like variance per symbol), drift
 regimes that switch at random, trades and quotes around a spread that widens
 with volatility. Ticks are emitted on a wall-clock schedule at ``ticks_per_s``
 and stamped with ``ts_origin_ns`` when made, as a venue feed stamps receipt.
+ReplaySource plays candles or trades from a CSV or Parquet file instead.
 """
 from __future__ import annotations
 
+import logging
 import time
 
 import numpy as np
@@ -134,6 +136,7 @@ class VenueSource:
         self.feed = feed
         self.health = Health()
         self.venue = feed_class(feed.kind)(feed, symbol_ids)
+        self.venue.health = self.health
         self.buffer = TickBuffer()
         self.limiter = RateLimiter(feed.rest_rate_per_s)
         self.venue.rest = None
@@ -189,6 +192,145 @@ class VenueSource:
         self.conn.close()
 
 
+class ReplaySource:
+    """Candles or trades from a CSV or Parquet file, played into the ring with
+    their original times in ``ts_exchange_ns`` (``ts_origin_ns`` is the time
+    of emission, as a venue feed stamps receipt).
+
+    ``speed`` 0 plays as fast as the feed can write (batches of MAX_BATCH; on
+    the lossy ticks ring a reader that cannot keep up is lapped and counts
+    drops); ``speed`` s plays s seconds of market time per second. A restarted
+    feed resumes after the ticks its ring already holds.
+
+    Candles become four trades at the open time plus 0, 1/4, 1/2 and 3/4 of the
+    bar (the bar length is the file's median step): open, then low then high
+    for a candle that closes at or above its open, high then low for one that
+    closes below, then close; each carries a quarter of the volume. The side
+    follows the tick rule (up or unchanged: buy). A candle with zero volume
+    had no trades and makes no ticks. Trades keep their time, price, size,
+    trade id and side (``side`` buy/sell, or ``buyer_maker``: the taker
+    sold), else the tick rule. Bad rows (workers/storage.check_candles and
+    check_trades: NaN, <= 0, out of order) are skipped and counted.
+    """
+
+    def __init__(self, feed, symbol_id: int, start_index: int, bell):
+        self.feed = feed
+        self.speed = feed.speed
+        self.ticks, self.rejected = replay_ticks(feed.path, symbol_id)
+        self.ts = self.ticks["ts_exchange_ns"]
+        self.pos = min(start_index, len(self.ticks))
+        self.bell = bell
+        self.t0 = time.monotonic()
+        self.x0 = int(self.ts[self.pos]) if self.pos < len(self.ts) else 0
+        self.done_logged = False
+
+    @property
+    def done(self) -> bool:
+        return self.pos >= len(self.ticks)
+
+    def _market_now(self) -> float:
+        """The market time (ns) that the wall clock has reached."""
+        return self.x0 + (time.monotonic() - self.t0) * 1e9 * self.speed
+
+    def step(self) -> np.ndarray | None:
+        end = min(self.pos + MAX_BATCH, len(self.ticks))
+        if self.speed > 0:
+            end = min(end, int(np.searchsorted(self.ts, self._market_now(), side="right")))
+        if end <= self.pos:
+            return None
+        ticks = self.ticks[self.pos:end].copy()
+        ticks["ts_origin_ns"] = time.time_ns()
+        self.pos = end
+        return ticks
+
+    def wait(self, timeout: float) -> None:
+        """Sleep until the next tick is due (or the timeout), on our doorbell so that
+        a stop command never waits out the sleep."""
+        wait = timeout
+        if not self.done and self.speed == 0:
+            wait = 0.0
+        elif not self.done:
+            due_in = (self.ts[self.pos] - self._market_now()) / 1e9 / self.speed
+            wait = min(timeout, max(due_in, 0.0))
+        if self.bell is not None:
+            self.bell.wait(wait)
+        elif wait > 0:
+            time.sleep(wait)
+
+    def housekeeping(self) -> None:
+        if self.done and not self.done_logged:
+            self.done_logged = True
+            logging.getLogger("feed").info("replay of %s finished: %d ticks, bad rows skipped: %s",
+                                           self.feed.path, len(self.ticks), self.rejected or "none")
+
+    def stats(self) -> dict:
+        return {"emitted": self.pos, "replay_total": len(self.ticks), "replay_done": self.done,
+                "rejected": sum(self.rejected.values()), "rejected_rows": dict(self.rejected)}
+
+    def close(self) -> None:
+        pass
+
+
+def replay_ticks(path: str, symbol_id: int) -> tuple[np.ndarray, dict[str, int]]:
+    """The ticks a replay feed plays from ``path`` and the bad rows it skips, by reason."""
+    from .storage import check_candles, check_trades, detect_kind, numeric, read_market_table
+    table = read_market_table(path)
+    ts = numeric(table, "timestamp_ms")
+    if detect_kind(table.column_names) == "candles":
+        o, h, l, c, v = (numeric(table, n) for n in ("open", "high", "low", "close", "volume"))
+        ok, bad = check_candles(ts, o, h, l, c, v)
+        ticks = candle_ticks(ts[ok], o[ok], h[ok], l[ok], c[ok], v[ok])
+    else:
+        size = numeric(table, "quantity" if "quantity" in table.column_names else "amount")
+        price = numeric(table, "price")
+        ok, bad = check_trades(ts, price, size)
+        ticks = np.zeros(int(ok.sum()), TICK)
+        ticks["ts_exchange_ns"] = ts[ok].astype(np.int64) * 1_000_000
+        ticks["price"], ticks["size"] = price[ok], size[ok]
+        ticks["side"] = _trade_sides(table, ok, price[ok])
+        ticks["seq"] = np.arange(1, len(ticks) + 1)
+        if "trade_id" in table.column_names:
+            ids = numeric(table, "trade_id")[ok]
+            if np.isfinite(ids).all():
+                ticks["seq"] = ids
+    ticks["kind"] = TICK_TRADE
+    ticks["bid"] = ticks["ask"] = np.nan
+    ticks["symbol_id"] = symbol_id
+    return ticks, dict(bad)
+
+
+def candle_ticks(ts_ms, o, h, l, c, v) -> np.ndarray:
+    """Four trade ticks per candle with volume (the rule in ReplaySource's docstring)."""
+    step_ms = float(np.median(np.diff(ts_ms))) if len(ts_ms) > 1 else 60_000.0
+    traded = v > 0
+    ts_ms, o, h, l, c, v = (x[traded] for x in (ts_ms, o, h, l, c, v))
+    up = c >= o
+    prices = np.column_stack([o, np.where(up, l, h), np.where(up, h, l), c]).ravel()
+    offsets = (np.arange(4) * step_ms / 4 * 1e6).astype(np.int64)
+    out = np.zeros(len(prices), TICK)
+    out["ts_exchange_ns"] = (ts_ms.astype(np.int64)[:, None] * 1_000_000 + offsets).ravel()
+    out["price"] = prices
+    out["size"] = np.repeat(v / 4, 4)
+    out["side"] = _tick_rule(prices)
+    out["seq"] = np.arange(1, len(prices) + 1)
+    return out
+
+
+def _tick_rule(prices: np.ndarray) -> np.ndarray:
+    return np.where(np.diff(prices, prepend=prices[:1]) >= 0, SIDE_BUY, SIDE_SELL)
+
+
+def _trade_sides(table, ok: np.ndarray, prices: np.ndarray) -> np.ndarray:
+    names = table.column_names
+    if "side" in names:
+        side = np.array(table.column("side").to_pylist(), dtype=object)[ok]
+        return np.where(side == "sell", SIDE_SELL, SIDE_BUY)
+    if "buyer_maker" in names:
+        maker = np.array(table.column("buyer_maker").to_pylist(), dtype=object)[ok]
+        return np.where(maker == True, SIDE_SELL, SIDE_BUY)  # noqa: E712 (None stays buy)
+    return _tick_rule(prices)
+
+
 class FeedWorker(Worker):
     role = "feed"
 
@@ -201,6 +343,9 @@ class FeedWorker(Worker):
             self.source = SyntheticSource(self.feed, np.array(list(ids.values()), np.uint32),
                                           int(self.writers[self.out].seq), self.args.restart_count,
                                           self.bell)
+        elif self.feed.kind == "replay":
+            self.source = ReplaySource(self.feed, next(iter(ids.values())),
+                                       int(self.writers[self.out].seq), self.bell)
         elif self.feed.kind == "ccxt":
             from .venues.poller import PollSource
             self.source = PollSource(self.feed, ids)

@@ -7,12 +7,12 @@ through the real connection code.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
+import orjson
 
 from shm.records import FLAG_GAP, TICK, TICK_GAP, TICK_QUOTE, TICK_TRADE
 
@@ -183,8 +183,8 @@ def decode_json(raw: str | bytes):
     """One frame as JSON. Some venues (Upbit) send binary frames of UTF-8 JSON,
     others text: both are accepted. Undecodable frames are MalformedMessage."""
     try:
-        return json.loads(raw)
-    except (ValueError, TypeError) as e:   # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return orjson.loads(raw)           # about twice the speed of the json module
+    except (ValueError, TypeError) as e:   # orjson.JSONDecodeError is a ValueError
         raise MalformedMessage("bad json", str(e)) from None
 
 

@@ -30,6 +30,7 @@ from .base import (MalformedMessage, TickBuffer, VenueFeed, decode_json, integer
 
 KST = timezone(timedelta(hours=9))
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+KST_EPOCH = datetime(1970, 1, 1, 9)   # the epoch on a Korean wall clock (KST has no DST)
 SIDES = {"2": SIDE_BUY, "1": SIDE_SELL}
 MAX_LEVELS = 200    # per side; depth updates far from the top are dropped beyond this
 
@@ -176,9 +177,8 @@ def kst_to_epoch_us(text) -> int:
         local = datetime.fromisoformat(text)
     except (TypeError, ValueError):
         raise MalformedMessage("bad timestamp", f"{text!r:.40}") from None
-    if local.tzinfo is None:
-        local = local.replace(tzinfo=KST)
-    return (local - EPOCH) // timedelta(microseconds=1)
+    d = local - KST_EPOCH if local.tzinfo is None else local - EPOCH
+    return (d.days * 86_400 + d.seconds) * 1_000_000 + d.microseconds
 
 
 def _list(v, key: str) -> list:

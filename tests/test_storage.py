@@ -1,0 +1,375 @@
+"""Data at rest: `pipeline download` against a local server that answers
+Binance's /api/v3/klines from the real candles of ../shared/data, the Parquet
+layout helpers, and the recorder worker inside a running pipeline.
+
+The kline server serves slices of binance_BTC-USDT_5m.csv the way Binance
+does (bars with startTime <= open time <= endTime, at most ``limit``),
+copying the CSV's number texts into the JSON as Binance sends strings. ccxt
+asks for /api/v3/exchangeInfo first: that is the real captured response
+(it lists BTCUSDT, so nothing is added to it).
+"""
+from __future__ import annotations
+
+import bisect
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pcsv
+import pyarrow.dataset as pds
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import cli
+from workers.storage import append_ohlcv, ohlcv_dir, read_ohlcv, write_parts
+from venue_servers import PAYLOADS, SHARED, HttpReplayServer, capture_lines
+
+ROOT = Path(__file__).resolve().parent.parent
+TIMEOUT = 90
+CANDLES = SHARED / "data" / "candles" / "binance_BTC-USDT_5m.csv"
+EXCHANGE_INFO = PAYLOADS / "binance" / "rest" / "exchangeInfo_2021-10-12.capture.jsonl"
+needs_data = pytest.mark.skipif(not CANDLES.exists() or not EXCHANGE_INFO.exists(),
+                                reason="../shared/data not present: the Binance candles and "
+                                       "exchangeInfo capture are needed")
+TF_MS = 5 * 60 * 1000
+
+
+def ms(text: str) -> int:
+    return int(datetime.fromisoformat(text).replace(tzinfo=timezone.utc).timestamp() * 1000)
+
+
+# -- a Binance klines server over the real candles ----------------------------------------
+class Klines:
+    """/api/v3/klines from the CSV rows. ``corrupt`` maps an open time to the row
+    served instead (texts); ``dup`` is an open time whose row is served twice,
+    the second time with another close (ccxt sorts a page by time, so a
+    duplicate is how a venue's out-of-order row reaches us). ``hold_at``
+    blocks that request (1-based) until released."""
+
+    def __init__(self, corrupt: dict[int, list[str]] | None = None, dup: int | None = None,
+                 hold_at: int | None = None):
+        lines = CANDLES.read_text().splitlines()[1:]
+        self.rows = [line.split(",") for line in lines if line]
+        self.ts = [int(r[0]) for r in self.rows]
+        self.corrupt = corrupt or {}
+        self.dup = dup
+        self.calls = 0
+        self.hold_at = hold_at
+        self.held = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, q: dict) -> str:
+        self.calls += 1
+        if self.calls == self.hold_at:
+            self.held.set()
+            self.release.wait(TIMEOUT)
+        limit = min(int(q.get("limit", 500)), 1000)
+        end = bisect.bisect_right(self.ts, int(q["endTime"])) if "endTime" in q else len(self.ts)
+        start = bisect.bisect_left(self.ts, int(q["startTime"])) if "startTime" in q else end - limit
+        rows = [self.corrupt.get(int(r[0]), r) for r in self.rows[start:min(end, start + limit)]]
+        i = next((k for k, r in enumerate(rows) if r[0] == str(self.dup)), None)
+        if i is not None:
+            rows.insert(i + 1, rows[i][:4] + [str(float(rows[i][4]) + 1.0), rows[i][5]])
+        return json.dumps([[int(r[0]), *r[1:6], int(r[0]) + TF_MS - 1, "0", 1, "0", "0", "0"]
+                           for r in rows])
+
+
+def exchange_info() -> str:
+    return next(r["raw"] for r in capture_lines(EXCHANGE_INFO) if r["dir"] == "http")
+
+
+@pytest.fixture
+def binance():
+    """Start a kline server: binance(**Klines kwargs) -> (server, klines)."""
+    servers = []
+
+    def start(**kw):
+        kl = Klines(**kw)
+        srv = HttpReplayServer({"/api/v3/exchangeInfo": exchange_info(), "/api/v3/klines": kl})
+        srv.__enter__()
+        servers.append((srv, kl))
+        return srv, kl
+    yield start
+    for srv, kl in servers:
+        kl.release.set()
+        srv.__exit__(None, None, None)
+
+
+def csv_slice(since: str, until: str) -> pa.Table:
+    t = pcsv.read_csv(CANDLES)
+    ts = t.column("timestamp_ms").to_numpy()
+    return t.filter(pa.array((ts >= ms(since)) & (ts < ms(until))))
+
+
+def download_cmd(url: str, out: Path, since: str, until: str, *extra) -> list[str]:
+    return [sys.executable, "-m", "pipeline", "download", "--venue", "binance", "--symbol",
+            "BTC/USDT", "--timeframe", "5m", "--since", since, "--until", until,
+            "--out", str(out), "--rest-url", url, *extra]
+
+
+def run_download(url: str, out: Path, since: str, until: str, *extra) -> subprocess.CompletedProcess:
+    r = subprocess.run(download_cmd(url, out, since, until, *extra), cwd=ROOT, capture_output=True,
+                       text=True, timeout=TIMEOUT)
+    assert r.returncode == 0, r.stderr
+    return r
+
+
+def got_dir(out: Path) -> Path:
+    return ohlcv_dir(out, "binance", "BTC/USDT", "5m")
+
+
+def stored(out: Path) -> pa.Table:
+    return read_ohlcv(got_dir(out))
+
+
+def starts(srv) -> list[int]:
+    return [int(q["startTime"]) for path, q in srv.requests if path == "/api/v3/klines"]
+
+
+# -- download -----------------------------------------------------------------------------
+@needs_data
+def test_download_equals_csv_then_resumes_without_duplicates_or_gaps(binance, tmp_path):
+    srv, kl = binance()
+    out = tmp_path / "data"
+    r = run_download(srv.url, out, "2025-01-01", "2025-01-08")
+    assert stored(out).equals(csv_slice("2025-01-01", "2025-01-08"))
+    assert "100%" in r.stderr and "bar" in r.stderr          # the progress bar, on stderr
+    assert "2016 new bars" in r.stdout
+    assert got_dir(out) == out / "ohlcv/venue=binance/symbol=BTC-USDT/timeframe=5m"
+    assert sorted(p.name for p in got_dir(out).iterdir()) == ["2025-01.parquet"]
+
+    # a later --until resumes right after the last stored bar
+    n = kl.calls
+    run_download(srv.url, out, "2025-01-01", "2025-02-03")
+    assert starts(srv)[n] == ms("2025-01-08")
+    # an earlier --since fills in before the first stored bar, and nothing is asked twice
+    n = kl.calls
+    run_download(srv.url, out, "2024-12-31", "2025-02-03")
+    assert starts(srv)[n:] == [ms("2024-12-31")]                         # one page: 288 bars
+    got = stored(out)
+    assert got.equals(csv_slice("2024-12-31", "2025-02-03"))
+    ts = got.column("timestamp_ms").to_numpy()
+    assert len(ts) == (ms("2025-02-03") - ms("2024-12-31")) // TF_MS     # no gap
+    assert (np.diff(ts) == TF_MS).all()                                  # no duplicate
+    assert sorted(p.name for p in got_dir(out).iterdir()) == ["2024-12.parquet", "2025-01.parquet",
+                                                             "2025-02.parquet"]
+    # up to date: nothing asked, nothing added
+    n = kl.calls
+    r = run_download(srv.url, out, "2024-12-31", "2025-02-03")
+    assert kl.calls == n and "0 new bars" in r.stdout
+
+
+@needs_data
+def test_interrupted_download_keeps_its_pages_and_resumes(binance, tmp_path):
+    srv, kl = binance(hold_at=3)                  # the third page hangs until we let it go
+    out = tmp_path / "data"
+    proc = subprocess.Popen(download_cmd(srv.url, out, "2025-01-01", "2025-01-15"), cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert kl.held.wait(TIMEOUT), "the download never asked for its third page"
+        proc.send_signal(signal.SIGINT)           # Ctrl-C while it waits for the venue
+        _, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        kl.release.set()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and "resumes" in err and "Traceback" not in err
+    # the two pages answered before the interrupt are stored
+    assert stored(out).equals(csv_slice("2025-01-01", "2025-01-15").slice(0, 2000))
+    n = kl.calls
+    run_download(srv.url, out, "2025-01-01", "2025-01-15")
+    assert starts(srv)[n] == ms("2025-01-01") + 2000 * TF_MS       # resumed after them
+    assert stored(out).equals(csv_slice("2025-01-01", "2025-01-15"))
+
+
+@needs_data
+def test_bad_rows_from_the_venue_are_dropped_counted_and_reported(binance, tmp_path):
+    rows = {int(r.split(",")[0]): r.split(",") for r in
+            CANDLES.read_text().splitlines()[1:] if r.startswith("17357")}
+    t0 = ms("2025-01-02")
+    bad_ts = [t0 + k * TF_MS for k in (10, 20, 30)]
+    corrupt = {
+        bad_ts[0]: rows[bad_ts[0]][:1] + ["NaN"] + rows[bad_ts[0]][2:],      # NaN open
+        bad_ts[1]: rows[bad_ts[1]][:3] + ["-1.0"] + rows[bad_ts[1]][4:],     # negative low
+        bad_ts[2]: rows[bad_ts[2]][:5] + ["-3"],                              # negative volume
+    }
+    dup = t0 + 50 * TF_MS                         # served twice: the second is dropped
+    srv, _ = binance(corrupt=corrupt, dup=dup)
+    out = tmp_path / "data"
+    r = run_download(srv.url, out, "2025-01-02", "2025-01-03")
+    assert "dropped 4 bad rows from the venue (nan 1, non-positive 2, out of order 1)" in r.stdout
+    want = csv_slice("2025-01-02", "2025-01-03")
+    keep = ~np.isin(want.column("timestamp_ms").to_numpy(), bad_ts[:3])
+    assert stored(out).equals(want.filter(pa.array(keep)))
+
+
+@needs_data
+@pytest.mark.parametrize("args, message", [
+    (["--since", "2025-13-01"], "--since: not a date: '2025-13-01'"),
+    (["--since", "yesterday"], "--since: not a date: 'yesterday'"),
+    (["--until", "2024-12-01"], "is not before --until 2024-12-01 00:00"),
+    (["--venue", "binanse"], "unknown venue 'binanse': ccxt has no exchange of that name; did you mean binance"),
+    (["--symbol", "BTC/USDX"], "unknown symbol 'BTC/USDX' on binance; did you mean BTC/USDT"),
+    (["--timeframe", "7m"], "unknown timeframe '7m' for binance (known: 1s, 1m"),
+    (["--since", "2999-01-01", "--until", "2999-02-01"], "--since 2999-01-01 00:00 is in the future"),
+])
+def test_download_mistakes_are_one_line(binance, tmp_path, capsys, args, message):
+    srv, _ = binance()
+    base = {"--venue": "binance", "--symbol": "BTC/USDT", "--timeframe": "5m",
+            "--since": "2025-01-01", "--until": "2025-01-02"}
+    for k, v in zip(args[::2], args[1::2]):
+        base[k] = v
+    argv = ["download", *[x for kv in base.items() for x in kv], "--out", str(tmp_path),
+            "--rest-url", srv.url]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pipeline: ") and err.count("\n") == 1, err
+    assert message in err
+    assert not (tmp_path / "ohlcv").exists()
+
+
+# -- layout helpers -------------------------------------------------------------------------
+def test_append_ohlcv_merges_months_without_duplicates(tmp_path):
+    def bars(first: int, n: int, price: float) -> pa.Table:
+        ts = ms("2025-01-31T23:50") + (first + np.arange(n)) * TF_MS
+        return pa.table({"timestamp_ms": ts, "open": np.full(n, price), "high": np.full(n, price),
+                         "low": np.full(n, price), "close": np.full(n, price),
+                         "volume": np.ones(n)})
+    d = tmp_path / "ohlcv"
+    assert append_ohlcv(d, bars(0, 4, 1.0)) == 4          # two January bars, two February
+    assert append_ohlcv(d, bars(2, 4, 2.0)) == 2          # two overlap: the stored ones win
+    t = read_ohlcv(d)
+    assert t.column("timestamp_ms").to_numpy().tolist() == (
+        ms("2025-01-31T23:50") + np.arange(6) * TF_MS).tolist()
+    assert t.column("close").to_pylist() == [1.0] * 4 + [2.0] * 2
+    assert sorted(p.name for p in d.iterdir()) == ["2025-01.parquet", "2025-02.parquet"]
+
+
+def test_write_parts_numbers_parts_and_never_overwrites(tmp_path):
+    d = tmp_path / "p"
+    tables = [pa.table({"x": [i]}) for i in range(3)]
+    paths = write_parts([(d, t) for t in tables])
+    assert [p.name for p in paths] == ["part-00000.parquet", "part-00001.parquet",
+                                       "part-00002.parquet"]
+    (d / "part-00007.parquet").write_bytes(b"someone else's")
+    assert write_parts([(d, tables[0])])[0].name == "part-00008.parquet"
+    assert (d / "part-00007.parquet").read_bytes() == b"someone else's"
+    assert not [p for p in d.iterdir() if p.name.startswith(".")]       # no temporary left
+    assert pq.read_table(d / "part-00001.parquet").column("x").to_pylist() == [1]
+
+
+# -- the recorder in a running pipeline -------------------------------------------------------
+RECORDER_CONF = """
+[pipeline]
+name = "rec"
+workers = 2
+heartbeat_interval_s = 0.25
+restart_backoff_s = 0.2
+[bus]
+metrics_bind = ""
+[indicators]
+bar_seconds = 0.2
+[[feeds]]
+name = "synthetic"
+symbols = ["BTC/USDT", "ETH/USDT", "SOL/USDT"]
+ticks_per_s = 2000
+max_ticks = {max_ticks}
+[recorder]
+enabled = true
+dir = "{dir}"
+flush_records = 1000000     # nothing is written before a stop or a SIGTERM
+flush_seconds = 3600.0
+"""
+
+
+class Run:
+    """`pipeline start` in a subprocess and the CLI pointed at it."""
+
+    def __init__(self, tmp: Path, max_ticks: int, extra: str = ""):
+        self.config = tmp / "rec.toml"
+        self.config.write_text(RECORDER_CONF.format(max_ticks=max_ticks, dir=tmp / "data") + extra)
+        self.env = {**os.environ, "TICKPIPE_RUN_DIR": str(tmp / "run"),
+                    "TICKPIPE_LOG_LEVEL": "WARNING"}
+        self.log = open(tmp / "rec.log", "w+")
+        self.proc = subprocess.Popen([sys.executable, "-m", "pipeline", "start", "--config",
+                                      str(self.config)], env=self.env, cwd=ROOT, stdout=self.log,
+                                     stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+    def cli(self, *args) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "pipeline", *args, "--config",
+                               str(self.config)], env=self.env, cwd=ROOT, capture_output=True,
+                              text=True, timeout=TIMEOUT)
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read()
+
+    def wait_status(self, pred, what: str) -> dict:
+        deadline = time.monotonic() + TIMEOUT
+        st = {}
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"pipeline exited early:\n{self.output()}"
+            st = json.loads(self.cli("status", "--json").stdout)   # blocking: paces the loop
+            if st.get("running") and pred({w["id"]: w for w in st["workers"]}):
+                return st
+        raise AssertionError(f"timed out waiting for {what}; last status {st}\n{self.output()}")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(TIMEOUT)
+        self.log.close()
+
+
+def recorded(tmp_path: Path) -> pa.Table:
+    return pds.dataset(tmp_path / "data" / "ticks", format="parquet", partitioning="hive").to_table()
+
+
+@pytest.mark.parametrize("how", ["stop", "sigterm"])
+def test_recorder_writes_every_tick_once(tmp_path, how):
+    """Every tick the feed emitted is on disk exactly once, written by the recorder's
+    stop flush (`pipeline stop`), or by its SIGTERM flush while the pipeline runs."""
+    n = 6000
+    run = Run(tmp_path, max_ticks=n)
+    try:
+        run.wait_status(lambda w: w["recorder.0"]["state"] == "running"
+                        and w["feed.0"]["stats"].get("emitted") == n, f"{n} ticks emitted")
+        rep = json.loads(run.cli("report", "--json").stdout)
+        ring = next(r for r in rep["rings"] if r["name"] == "ticks.synthetic")
+        assert ring["write_seq"] == n
+        assert [r["name"] for r in ring["readers"]] == ["indicators.0", "recorder.0"]
+        assert all(r["dropped"] == 0 for r in ring["readers"])
+        assert not (tmp_path / "data").exists()          # all held: thresholds not reached
+        if how == "sigterm":
+            st = json.loads(run.cli("status", "--json").stdout)
+            os.kill({w["id"]: w for w in st["workers"]}["recorder.0"]["pid"], signal.SIGTERM)
+            # it drains, writes, exits; the supervisor may or may not restart it
+            run.wait_status(lambda w: w["recorder.0"]["state"] == "stopped"
+                            or w["recorder.0"]["restarts"] >= 1, "the recorder to stop")
+            assert recorded(tmp_path).num_rows == n
+        stop = run.cli("stop")
+        assert stop.returncode == 0, stop.stderr
+        assert run.proc.wait(TIMEOUT) == 0
+    finally:
+        run.kill()
+
+    t = recorded(tmp_path)
+    assert t.num_rows == n
+    assert sorted(t.column("seq").to_pylist()) == list(range(1, n + 1))   # all, each once
+    assert set(t.column("venue").to_pylist()) == {"synthetic"}
+    assert set(t.column("symbol").to_pylist()) == {"BTC-USDT", "ETH-USDT", "SOL-USDT"}
+    days = [datetime.fromtimestamp(x / 1e9, timezone.utc).strftime("%Y-%m-%d")
+            for x in t.column("ts_exchange_ns").to_pylist()]
+    assert t.column("date").to_pylist() == days
+    assert np.all(np.array(t.column("price").to_pylist()) > 0)
+    names = set(t.column_names)
+    assert {"ts_origin_ns", "ts_exchange_ns", "seq", "kind", "side", "price", "size", "bid",
+            "ask"} <= names and "symbol_id" not in names

@@ -1,0 +1,250 @@
+"""Data at rest: the Parquet layout shared by `pipeline download`, the recorder
+worker and the replay feed, and the row checks they all apply.
+
+Layout under a root directory (hive-style partitions, so pyarrow.dataset,
+pandas, polars or duckdb read a whole tree with the partition columns):
+
+    ROOT/ohlcv/venue=<venue>/symbol=<BASE-QUOTE>/timeframe=<tf>/<YYYY-MM>.parquet
+        one file per UTC month of bar open times, columns
+        timestamp_ms (bar open, epoch ms), open, high, low, close, volume.
+        Appending merges into the month's file (sorted, no duplicate
+        timestamp) and replaces it atomically.
+    ROOT/ticks/venue=<venue>/symbol=<BASE-QUOTE>/date=<YYYY-MM-DD>/part-<n>.parquet
+        one file per recorder flush and partition; the columns of the TICK
+        record except symbol_id (ids are per run; the path names the symbol).
+        The date is the UTC day of ts_exchange_ns.
+
+Files are written under a hidden temporary name (".tmp-*", which readers of a
+dataset skip) and then renamed or hard-linked into place, so a reader or a
+crash never sees half a file.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from shm.records import TICK
+
+OHLCV_COLUMNS = ["timestamp_ms", "open", "high", "low", "close", "volume"]
+OHLCV_SCHEMA = pa.schema([("timestamp_ms", pa.int64())] +
+                         [(c, pa.float64()) for c in OHLCV_COLUMNS[1:]])
+TICK_COLUMNS = [n for n in TICK.names if n != "symbol_id"]
+TRADE_SIZE_COLUMNS = ("quantity", "amount")
+NS_PER_DAY = 86_400 * 10**9
+
+
+# -- paths ----------------------------------------------------------------------------
+def symbol_part(symbol: str) -> str:
+    """"BTC/USDT" -> "BTC-USDT" (and "BTC/USDT:USDT" -> "BTC-USDT-USDT"): a path segment."""
+    return symbol.replace("/", "-").replace(":", "-")
+
+
+def ohlcv_dir(root: str | Path, venue: str, symbol: str, timeframe: str) -> Path:
+    return (Path(root) / "ohlcv" / f"venue={venue}" / f"symbol={symbol_part(symbol)}"
+            / f"timeframe={timeframe}")
+
+
+def ticks_dir(root: str | Path, venue: str, symbol: str, date: str) -> Path:
+    return Path(root) / "ticks" / f"venue={venue}" / f"symbol={symbol_part(symbol)}" / f"date={date}"
+
+
+def utc_month(ts_ms: int) -> str:
+    return datetime.fromtimestamp(ts_ms / 1000, timezone.utc).strftime("%Y-%m")
+
+
+def utc_day(day_index: int) -> str:
+    """Day index (days since the epoch) -> "YYYY-MM-DD"."""
+    return datetime.fromtimestamp(day_index * 86_400, timezone.utc).strftime("%Y-%m-%d")
+
+
+# -- writing --------------------------------------------------------------------------
+def _write_tmp(directory: Path, table: pa.Table) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / f".tmp-{os.getpid()}-{uuid.uuid4().hex}.parquet"
+    pq.write_table(table, tmp)
+    return tmp
+
+
+def _publish_part(directory: Path, tmp: Path) -> Path:
+    """Give ``tmp`` the next free ``part-<n>.parquet`` name. A hard link fails if
+    the name exists, so two writers never overwrite each other's part."""
+    taken = [int(p.stem[5:]) for p in directory.glob("part-*.parquet") if p.stem[5:].isdigit()]
+    n = max(taken, default=-1) + 1
+    while True:
+        final = directory / f"part-{n:05d}.parquet"
+        try:
+            os.link(tmp, final)
+            break
+        except FileExistsError:
+            n += 1
+    tmp.unlink()
+    return final
+
+
+def write_parts(parts: list[tuple[Path, pa.Table]]) -> list[Path]:
+    """Write each table as a new part file of its directory. All temporary files
+    are written before any is published, so a failure (disk full) publishes
+    nothing and the caller can keep its records."""
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for directory, table in parts:
+            staged.append((directory, _write_tmp(directory, table)))
+    except BaseException:
+        for _, tmp in staged:
+            tmp.unlink(missing_ok=True)
+        raise
+    return [_publish_part(directory, tmp) for directory, tmp in staged]
+
+
+def ticks_table(recs: np.ndarray) -> pa.Table:
+    """TICK records -> an Arrow table of TICK_COLUMNS."""
+    return pa.table({c: np.ascontiguousarray(recs[c]) for c in TICK_COLUMNS})
+
+
+# -- OHLCV datasets ---------------------------------------------------------------------
+def month_files(directory: Path) -> list[Path]:
+    """The month files of one OHLCV dataset, oldest first (names sort by date)."""
+    return sorted(p for p in directory.glob("*.parquet") if not p.name.startswith("."))
+
+
+def read_ohlcv(directory: Path) -> pa.Table:
+    files = month_files(directory)
+    if not files:
+        return OHLCV_SCHEMA.empty_table()
+    return pa.concat_tables([pq.read_table(f, schema=OHLCV_SCHEMA) for f in files])
+
+
+def ohlcv_bounds(directory: Path) -> tuple[int, int] | None:
+    """(first, last) bar open time held by the dataset, reading two columns only."""
+    files = month_files(directory)
+    if not files:
+        return None
+    first = pq.read_table(files[0], columns=["timestamp_ms"]).column(0)
+    last = pq.read_table(files[-1], columns=["timestamp_ms"]).column(0)
+    return int(first[0].as_py()), int(last[-1].as_py())
+
+
+def append_ohlcv(directory: Path, table: pa.Table) -> int:
+    """Merge bars into their month files: sorted by time, one row per timestamp
+    (a bar already stored wins). Returns the number of new bars stored."""
+    table = table.select(OHLCV_COLUMNS).cast(OHLCV_SCHEMA)
+    if table.num_rows == 0:
+        return 0
+    ts = table.column("timestamp_ms").to_numpy()
+    months = np.array([utc_month(int(t)) for t in ts])
+    added = 0
+    for month in np.unique(months):
+        new = table.filter(pa.array(months == month))
+        path = directory / f"{month}.parquet"
+        old = pq.read_table(path, schema=OHLCV_SCHEMA) if path.exists() else OHLCV_SCHEMA.empty_table()
+        merged = pa.concat_tables([old, new])
+        # np.unique keeps the first occurrence: stored rows come first, so they win
+        _, first = np.unique(merged.column("timestamp_ms").to_numpy(), return_index=True)
+        merged = merged.take(pa.array(first))           # unique returns them sorted by time
+        added += merged.num_rows - old.num_rows
+        tmp = _write_tmp(directory, merged)
+        os.replace(tmp, path)
+    return added
+
+
+# -- reading market files (replay) --------------------------------------------------------
+def detect_kind(columns: list[str]) -> str:
+    """"candles" or "trades" from the column names, else a ValueError that says
+    what is expected."""
+    cols = set(columns)
+    if set(OHLCV_COLUMNS) <= cols:
+        return "candles"
+    if {"timestamp_ms", "price"} <= cols and cols & set(TRADE_SIZE_COLUMNS):
+        return "trades"
+    raise ValueError(f"columns {', '.join(columns)} are neither candles "
+                     f"({','.join(OHLCV_COLUMNS)}) nor trades (timestamp_ms, price, quantity or amount)")
+
+
+def read_market_table(path: str | Path) -> pa.Table:
+    """A CSV file, a Parquet file, or a directory of Parquet files (e.g. a
+    downloaded OHLCV dataset), in file order."""
+    path = Path(path).expanduser()
+    if path.suffix == ".csv" or path.name.endswith(".csv.gz"):
+        import pyarrow.csv as pcsv
+        return pcsv.read_csv(path)
+    if path.is_dir():
+        import pyarrow.dataset as ds
+        return ds.dataset(path, format="parquet").to_table()
+    return pq.read_table(path)
+
+
+def market_columns(path: str | Path) -> list[str]:
+    """Column names of a market file, reading as little as the format allows."""
+    path = Path(path).expanduser()
+    if path.suffix == ".csv" or path.name.endswith(".csv.gz"):
+        import gzip
+        opener = gzip.open if path.name.endswith(".gz") else open
+        with opener(path, "rt") as f:
+            return f.readline().strip().split(",")
+    if path.is_dir():
+        import pyarrow.dataset as ds
+        return ds.dataset(path, format="parquet").schema.names
+    return pq.read_schema(path).names
+
+
+def numeric(table: pa.Table, name: str) -> np.ndarray:
+    """A column as float64 with NaN for missing values."""
+    col = table.column(name)
+    if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)
+            or pa.types.is_null(col.type)):
+        raise ValueError(f"column {name!r} is not numeric ({col.type})")
+    return np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.float64)
+
+
+# -- row checks -------------------------------------------------------------------------
+def _in_order(ts: np.ndarray, valid: np.ndarray, strict: bool, after: float) -> np.ndarray:
+    """Rows whose time is after every earlier valid row's (and ``after``). An
+    out-of-order row never raises the running maximum, so the maximum over
+    valid rows is the maximum over kept rows."""
+    masked = np.where(valid, ts, -np.inf)
+    prev = np.maximum.accumulate(np.r_[after, masked[:-1]]) if len(ts) else masked
+    return ts > prev if strict else ts >= prev
+
+
+def _verdict(checks: list[tuple[str, np.ndarray]]) -> tuple[np.ndarray, Counter]:
+    """Combine ordered (reason, ok) checks; each bad row counts under its first reason."""
+    ok = np.ones(len(checks[0][1]), bool)
+    reasons: Counter = Counter()
+    for why, passed in checks:
+        bad = ok & ~passed
+        if bad.any():
+            reasons[why] += int(bad.sum())
+        ok &= passed
+    return ok, reasons
+
+
+def check_candles(ts, o, h, l, c, v, after: float = -np.inf) -> tuple[np.ndarray, Counter]:
+    """Mask of good candles and the count of bad ones per reason: a NaN, a
+    price <= 0 or volume < 0, high/low that do not bracket open and close, or
+    a time not after the previous good candle (out of order or duplicate)."""
+    prices = np.vstack([o, h, l, c])
+    finite = np.isfinite(prices).all(0) & np.isfinite(v) & np.isfinite(ts)
+    with np.errstate(invalid="ignore"):
+        positive = (prices > 0).all(0) & (v >= 0)
+        consistent = (h >= np.maximum(o, c)) & (l <= np.minimum(o, c))
+    valid = finite & positive & consistent
+    return _verdict([("nan", finite), ("non-positive", positive), ("inconsistent ohlc", consistent),
+                     ("out of order", _in_order(ts, valid, True, after))])
+
+
+def check_trades(ts, price, size, after: float = -np.inf) -> tuple[np.ndarray, Counter]:
+    """Mask of good trades and bad counts per reason: a NaN, price or size <= 0,
+    or a time before the previous good trade (equal times are fine)."""
+    finite = np.isfinite(ts) & np.isfinite(price) & np.isfinite(size)
+    with np.errstate(invalid="ignore"):
+        positive = (price > 0) & (size > 0)
+    valid = finite & positive
+    return _verdict([("nan", finite), ("non-positive", positive),
+                     ("out of order", _in_order(ts, valid, False, after))])
