@@ -22,6 +22,11 @@ Policies:
 * lossless: the writer waits, bounded, until the slowest registered reader has
   room for it, then raises RingFullError naming that reader.
 
+Observers are reader slots that keep their cursor in shared memory (so they
+resume after a restart and show their lag) but never gate the writer, even
+on a lossless ring: a recorder can follow the features without ever slowing
+the indicators. Like lossy readers they count what they miss when lapped.
+
 Followers (tap, report) read with a private cursor, never register and never
 write to the header: they can never slow the writer, and are lossy.
 """
@@ -56,6 +61,7 @@ W_TIMEOUTS = 20
 FLAGS_WORD = 24   # 64 bytes of per-reader waiting flags (words 24..31)
 READERS_WORD = 32  # reader i: words 32 + 8*i ...
 R_CURSOR, R_REGISTERED, R_DROPPED, R_GAPS, R_PID = range(5)
+GATING, OBSERVER = 1, 2   # values of R_REGISTERED: a lossless writer waits only for GATING
 HEADER_WORDS = READERS_WORD + 8 * MAX_READERS
 NAMES_BYTES = NAME_BYTES * MAX_READERS
 HEADER_BYTES = HEADER_WORDS * 8 + NAMES_BYTES
@@ -91,6 +97,7 @@ class RingSpec:
     policy: int
     readers: list[str] = field(default_factory=list)
     writer_bell: Doorbell | None = None
+    observers: list[str] = field(default_factory=list)  # cursor in shm, never gate the writer
     reader_bells: dict[str, Doorbell] = field(default_factory=dict)
 
 
@@ -136,18 +143,19 @@ class Ring:
             raise ValueError(f"ring {spec.name}: capacity must be a power of two, got {cap}")
         if spec.dtype.itemsize % 64:
             raise ValueError(f"ring {spec.name}: record size must be a multiple of 64")
-        if len(spec.readers) > MAX_READERS:
-            raise ValueError(f"ring {spec.name}: at most {MAX_READERS} readers")
+        if len(spec.readers) + len(spec.observers) > MAX_READERS:
+            raise ValueError(f"ring {spec.name}: at most {MAX_READERS} readers and observers")
         size = HEADER_BYTES + cap * spec.dtype.itemsize
         seg = Segment.create(spec.segment, size, KIND_RING, schema_id(spec.dtype), owner_pid)
         hdr = np.ndarray((HEADER_WORDS,), np.uint64, buffer=seg.mm, offset=seg.body_offset)
-        hdr[0:4] = (cap, spec.dtype.itemsize, spec.policy, len(spec.readers))
+        slots = spec.readers + spec.observers
+        hdr[0:4] = (cap, spec.dtype.itemsize, spec.policy, len(slots))
         names = np.ndarray((NAMES_BYTES,), np.uint8, buffer=seg.mm,
                            offset=seg.body_offset + HEADER_WORDS * 8)
-        for i, rname in enumerate(spec.readers):
+        for i, rname in enumerate(slots):
             raw = rname.encode()[:NAME_BYTES]
             names[i * NAME_BYTES:i * NAME_BYTES + len(raw)] = np.frombuffer(raw, np.uint8)
-            hdr[READERS_WORD + 8 * i + R_REGISTERED] = 1
+            hdr[READERS_WORD + 8 * i + R_REGISTERED] = GATING if i < len(spec.readers) else OBSERVER
         del hdr, names
         return Ring(spec, seg)
 
@@ -194,7 +202,7 @@ class Ring:
             b = READERS_WORD + 8 * i
             readers.append({"name": name, "cursor": q[b + R_CURSOR], "lag": w - q[b + R_CURSOR],
                             "dropped": q[b + R_DROPPED], "gaps": q[b + R_GAPS],
-                            "pid": q[b + R_PID]})
+                            "pid": q[b + R_PID], "observer": q[b + R_REGISTERED] == OBSERVER})
         return {"name": self.spec.name, "policy": "lossless" if self.policy else "lossy",
                 "capacity": self.capacity, "record_size": self.record_size,
                 "write_seq": w, "writer_pid": q[W_PID],
@@ -225,7 +233,7 @@ class RingWriter:
         self.lossless = ring.policy == LOSSLESS
         self._registered = [READERS_WORD + 8 * i + R_CURSOR
                             for i in range(len(ring.reader_names))
-                            if q[READERS_WORD + 8 * i + R_REGISTERED]]
+                            if q[READERS_WORD + 8 * i + R_REGISTERED] == GATING]
         self._gate = self._min_cursor()  # cached lower bound of reader cursors
         self._bells = [ring.spec.reader_bells.get(n) for n in ring.reader_names]
         # per-record hot path: everything it touches, one attribute away
@@ -398,7 +406,7 @@ class _Cursor:
         if max_records is not None and n > max_records:
             n = max_records
         recs = ring._copy_out(cur, n)
-        if ring.policy == LOSSY or not self._registered_reader:
+        if ring.policy == LOSSY or not self._gating:
             oldest_safe = q[W_CLAIM] - ring.capacity  # slots below may have been overwritten
             if cur < oldest_safe:
                 skip = min(oldest_safe - cur, n)
@@ -409,7 +417,7 @@ class _Cursor:
         self.cursor = cur + n
         return Batch(recs, cur, dropped)
 
-    _registered_reader = False
+    _gating = False
 
     def available(self) -> int:
         return self.ring._q[W_WRITE] - self.cursor
@@ -419,8 +427,6 @@ class RingReader(_Cursor):
     """A registered reader: its cursor lives in shared memory, so a restarted
     process resumes where the last one committed, and a lossless writer waits
     for it."""
-
-    _registered_reader = True
 
     def __init__(self, ring: Ring, index: int, bell: Doorbell | None):
         self.ring = ring
@@ -436,7 +442,8 @@ class RingReader(_Cursor):
         self._q = q
         self._cap, self._mask, self._rs = ring.capacity, ring.mask, ring.record_size
         self._data_off, self._mm = ring._data_off, ring._mm
-        self._lossy = ring.policy == LOSSY
+        self._gating = q[self._base + R_REGISTERED] == GATING
+        self._lossy = ring.policy == LOSSY or not self._gating   # may be lapped
         self._cursor_word = self._base + R_CURSOR
         self._fence_acquire, self._fence_release = _fence_lock.acquire, _fence_lock.release
 
@@ -510,7 +517,7 @@ class RingReader(_Cursor):
             off += ring._data_off
             rec = ring._mm[off:off + ring.record_size]  # slicing an mmap copies to bytes
             oldest_safe = q[W_CLAIM] - cap
-            if ring.policy == LOSSY and oldest_safe > cur:   # overwritten while we copied
+            if self._lossy and oldest_safe > cur:   # overwritten while we copied
                 lost += oldest_safe - cur
                 cur = oldest_safe
                 continue

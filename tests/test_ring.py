@@ -654,3 +654,28 @@ def test_wait_does_not_return_early_after_a_stale_ring(shm_names):
     finally:
         ring.close()
         ring.seg.unlink()
+
+
+def test_observer_never_gates_a_lossless_writer_and_counts_what_it_misses(shm_names):
+    spec = RingSpec("t", shm_names("ring"), TICK, 8, LOSSLESS, ["r"], observers=["obs"])
+    ring = Ring.create(spec)
+    try:
+        w, r, obs = ring.writer(), ring.reader("r"), ring.reader("obs")
+        w.write(make_ticks(0, 4))
+        first = obs.read()
+        obs.commit()
+        assert [int(x) for x in first.records["seq"]] == [0, 1, 2, 3]
+        for start in range(4, 20, 4):          # the gating reader keeps up, the observer idles
+            w.write(make_ticks(start, start + 4), timeout=0.5)
+            r.read()
+            r.commit()
+        later = obs.read()                     # lapped: 4..11 are gone, 12..19 remain
+        assert later.dropped == 8 and [int(x) for x in later.records["seq"]] == list(range(12, 20))
+        obs.commit()
+        stats = {x["name"]: x for x in ring.stats()["readers"]}
+        assert stats["obs"]["observer"] and not stats["r"]["observer"]
+        assert stats["obs"]["dropped"] == 8 and stats["obs"]["lag"] == 0
+        assert Ring.attach(spec).reader("obs").cursor == 20   # a restart resumes there
+    finally:
+        ring.close()
+        ring.seg.unlink()
