@@ -83,7 +83,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import os
 import signal
 import sys
@@ -117,7 +116,6 @@ BITHUMB_WS = "bithumb/ws/transaction_2021-06-01.capture.jsonl"
 BITHUMB_TICKERS = "bithumb/rest/public_ticker_ALL_2021-06-01.capture.jsonl"
 
 FLUSH_EVERY = 256              # messages between writes into the ring
-MIN_PASS = 256                 # frames per pass for a capture with nothing to reset
 RING_CAPACITY = 1 << 16        # TICK records, 4 MiB
 
 
@@ -270,10 +268,6 @@ def cf_feed(case: Case, cls: Any, symbols: list[str], channels: list[str]) -> No
 
 
 # -- cases ---------------------------------------------------------------------
-def repeat_to(frames: list, n: int) -> list:
-    return frames * max(1, math.ceil(n / len(frames)))
-
-
 def ours_feed(kind: str, symbols: list[str], channels: list[str] | None = None) -> Any:
     cfg = FeedConfig(name=kind, kind=kind, symbols=symbols,
                      **({"channels": channels} if channels else {}))
@@ -338,8 +332,7 @@ def upbit_setup(payloads: Path) -> tuple[Case, Any]:
     frames = [r["raw"].encode() for r in lines if r["dir"] == "recv"]   # binary frames
     case = Case("upbit", "upbit", len(frames))
     venue = ours_feed("upbit", symbols)
-    frames = repeat_to(frames, MIN_PASS)
-    case.ours = Side(frames)
+    case.ours = Side(frames, reset=venue.seen.clear)   # else replayed trades are duplicates
     try:
         cf_import()
         from cryptofeed.defines import L2_BOOK, TRADES
@@ -361,8 +354,7 @@ def bithumb_setup(payloads: Path) -> tuple[Case, Any]:
     frames = [r["raw"] for r in lines if r["dir"] == "recv"]
     case = Case("bithumb", "bithumb", len(frames))
     venue = ours_feed("bithumb", symbols)
-    frames = repeat_to(frames, MIN_PASS)
-    case.ours = Side(frames)
+    case.ours = Side(frames, reset=venue.seen.clear)   # else replayed trades are duplicates
     try:
         cf_import()
         from cryptofeed.defines import TRADES

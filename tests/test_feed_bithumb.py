@@ -6,6 +6,14 @@ replaying it.
 
 There is no capture of Bithumb's order book stream: those tests use messages
 built from the format in Bithumb's API documentation, and say so.
+
+The backfill after a reconnect goes through ccxt (the real RestClient) to a
+local HTTP server. The only real REST trade we hold is the one ccxt recorded
+(BTC/KRW, 2024), served verbatim; for the reconnect tests the server answers
+the legacy GET /public/transaction_history/{symbol} with the capture's own
+trades written as REST rows (same trades, the field names of ccxt's recorded
+row, the time cut to the whole second as the REST gives it), as the venue
+would once it had traded them.
 """
 from __future__ import annotations
 
@@ -19,9 +27,11 @@ import pytest
 
 from pipeline.config import FeedConfig
 from shm.records import SIDE_BUY, SIDE_SELL, TICK_GAP, TICK_QUOTE, TICK_TRADE
-from venue_servers import PAYLOADS, SHARED, Behaviour, WsReplayServer, capture_lines
+from venue_servers import (PAYLOADS, SHARED, Behaviour, HttpReplayServer, WsReplayServer,
+                           capture_lines)
 
 CAPTURE = PAYLOADS / "bithumb" / "ws" / "transaction_2021-06-01.capture.jsonl"
+CCXT_REST = PAYLOADS / "bithumb" / "rest" / "ccxt_static_httpResponses.json"
 pytestmark = pytest.mark.skipif(not (SHARED / "data").exists() or not CAPTURE.exists(),
                                 reason="../shared/data not present: the Bithumb capture is needed")
 
@@ -267,13 +277,55 @@ def run_until(source, cond, timeout=30.0) -> np.ndarray:
     raise AssertionError(f"condition not met; health {source.health.as_dict(time.time_ns())}")
 
 
-def make_source(server, natives, **cfg):
+def make_source(server, natives, http=None, **cfg):
+    """A VenueSource on the websocket server; REST (ccxt) on the local HTTP
+    server where a test reconnects, so nothing ever reaches the real venue."""
     from workers.feed import VenueSource
     defaults = dict(reconnect_backoff_s=0.05, reconnect_backoff_max_s=0.2,
-                    no_message_timeout_s=10.0)
+                    no_message_timeout_s=10.0, rest_rate_per_s=1000.0)
     feed = FeedConfig(name="bithumb", kind="bithumb", ws_url=server.url,
+                      rest_url=http.url if http else "",
                       symbols=[symbol_of(n) for n in natives], **{**defaults, **cfg})
     return VenueSource(feed, symbol_ids(natives))
+
+
+def history_row(t: dict) -> dict:
+    """A captured websocket trade as a row of the legacy transaction_history: the
+    same trade under the REST names, its Korean time cut to the whole second, and
+    ``type`` bid for a buy ("2"), ask for a sell."""
+    return {"transaction_date": t["contDtm"][:19],
+            "type": "bid" if t["buySellGb"] == "2" else "ask",
+            "units_traded": t["contQty"], "price": t["contPrice"], "total": t["contAmt"]}
+
+
+def history_routes(natives: list[str], items: list[dict]) -> dict:
+    """GET /public/transaction_history/{symbol} as the venue answers once it has
+    traded ``items``: a symbol's trades newest first (as Bithumb documents it),
+    ``count`` of them."""
+    def route(native):
+        rows = [history_row(t) for t in reversed(items) if t["symbol"] == native]
+        return lambda q: json.dumps({"status": "0000", "data": rows[:int(q.get("count", 20))]})
+    return {f"/public/transaction_history/{n}": route(n) for n in natives}
+
+
+def trade_keys(ticks: np.ndarray, whole_seconds=False) -> list[tuple]:
+    """(symbol id, time ns, price, size, side) of every trade tick, sorted; the
+    time cut to the second with ``whole_seconds`` (where trades came over REST)."""
+    t = trades(ticks)
+    ns = t["ts_exchange_ns"] // 10 ** 9 * 10 ** 9 if whole_seconds else t["ts_exchange_ns"]
+    return sorted(zip(t["symbol_id"].tolist(), ns.tolist(), t["price"].tolist(),
+                      t["size"].tolist(), t["side"].tolist()))
+
+
+def capture_keys(natives: list[str], whole_seconds=False) -> list[tuple]:
+    ids = symbol_ids(natives)
+    out = []
+    for t, _ in captured_trades():
+        ns = kst_ns(t["contDtm"])
+        out.append((ids[symbol_of(t["symbol"])], ns // 10 ** 9 * 10 ** 9 if whole_seconds else ns,
+                    float(t["contPrice"]), float(t["contQty"]),
+                    SIDE_BUY if t["buySellGb"] == "2" else SIDE_SELL))
+    return sorted(out)
 
 
 def replay(behaviours=None):
@@ -300,23 +352,122 @@ def test_ticks_come_out_of_the_real_connection():
     assert src.stats()["acks"] == 2 and src.health.malformed == 0
 
 
-def test_dropped_connection_reconnects_resubscribes_and_marks_gaps():
-    # connection 0 sends the two acks and two trade messages, then the line drops
+def test_history_rows_have_the_fields_of_the_recorded_real_response():
+    recorded = json.loads(CCXT_REST.read_text())["fetchTrades"]["httpResponse"]["data"][0]
+    assert history_row(captured_trades()[0][0]).keys() == recorded.keys()
+
+
+def test_backfill_of_the_recorded_real_rest_trade():
+    """ccxt's recorded answer of the legacy transaction_history, served verbatim:
+    after a reconnect it is the one trade newer than the last one seen; on a second
+    reconnect it is no longer newer than the newest trade passed on."""
+    from workers.venues.base import TickBuffer
+    from workers.venues.rest import RateLimiter, RestClient, make_exchange
+    recorded = json.loads(CCXT_REST.read_text())["fetchTrades"]["httpResponse"]
+    raws, _, _, _ = capture()
+    # a real trade of the capture moved to BTC_KRW: the feed saw it before the drop
+    seen = next(r for r in raws if '"CON_KRW"' in r).replace('"CON_KRW"', '"BTC_KRW"')
+    feed = make_feed(["BTC_KRW"])
+    path = "/public/transaction_history/BTC_KRW"
+    with HttpReplayServer({path: json.dumps(recorded)}) as http:
+        feed.rest = RestClient(make_exchange("bithumb", http.url), RateLimiter(1000), feed.health)
+        out = TickBuffer()
+        feed.parse(seen, 1, out)
+        feed.on_connected(out, 2, reconnect=True)
+        ticks = out.take()
+        feed.on_connected(out, 3, reconnect=True)
+        again = out.take()
+    assert http.requests == [(path, {"count": "100"})] * 2
+    assert ticks["kind"].tolist() == [TICK_TRADE, TICK_GAP, TICK_TRADE]
+    row, t = recorded["data"][0], ticks[2]       # 2024-08-08 17:14:33 KST, "ask"
+    assert (t["ts_exchange_ns"], t["seq"], t["price"], t["size"], t["side"]) == (
+        kst_ns(row["transaction_date"] + ".0"), kst_ns(row["transaction_date"] + ".0") // 1000,
+        float(row["price"]), float(row["units_traded"]), SIDE_SELL)
+    assert again["kind"].tolist() == [TICK_GAP]
+    assert (feed.health.backfilled, feed.health.duplicates) == (1, 0)
+
+
+def test_dropped_connection_backfills_missed_trades_and_drops_duplicates():
+    """Connection 0 sends the two acks and the first two trades, then the line drops.
+    By the time the feed is back the venue has traded the whole capture; the new
+    connection replays all of it, so every trade comes again."""
     server, natives = replay({0: Behaviour(drop_after=4)})
-    n = len(captured_trades())
-    with server:
-        src = make_source(server, natives)
+    items = [t for t, _ in captured_trades()]
+    with server, HttpReplayServer(history_routes(natives, items)) as http:
+        src = make_source(server, natives, http)
         try:
-            ticks = run_until(src, lambda t: (t["kind"] == TICK_GAP).any() and
-                              len(trades(t[np.flatnonzero(t["kind"] == TICK_GAP)[0]:])) >= n)
+            ticks = run_until(src, lambda t: src.health.messages >= 4 + 6)
         finally:
             src.close()
-    assert server.connections >= 2 and server.sent[0] == 4
+    h = src.health
+    assert (server.connections, server.sent[0], h.reconnects, h.errors) == (2, 4, 1, 1)
     assert server.received[1] == server.received[0] == src.venue.subscribe_messages()
+    # the two trades of connection 0, a gap marker per symbol, then the backfill
     gap_at = np.flatnonzero(ticks["kind"] == TICK_GAP)
-    assert gap_at[0] == 2                       # the two trades of connection 0 came first
+    assert gap_at.tolist() == list(range(2, 2 + len(natives)))
     assert sorted(ticks["symbol_id"][gap_at].tolist()) == sorted(symbol_ids(natives).values())
-    assert src.health.reconnects >= 1 and src.stats()["acks"] >= 4
+    # only the symbols that had traded are asked for
+    assert sorted(p for p, _ in http.requests) == ["/public/transaction_history/CON_KRW",
+                                                   "/public/transaction_history/GOM2_KRW"]
+    assert {q["count"] for _, q in http.requests} == {"100"}
+    # the five GOM2 trades after the last one seen (08:43:41.4), in seconds 42 and 43,
+    # oldest first, as REST gives them: to the second
+    backfill = ticks[gap_at[-1] + 1:]
+    missed = items[2:]
+    assert h.backfilled == len(backfill) == len(missed) == 5
+    assert backfill["ts_exchange_ns"].tolist() == [kst_ns(t["contDtm"]) // 10 ** 9 * 10 ** 9
+                                                   for t in missed]
+    assert backfill["price"].tolist() == [float(t["contPrice"]) for t in missed]
+    assert backfill["size"].tolist() == [float(t["contQty"]) for t in missed]
+    assert backfill["side"].tolist() == [SIDE_BUY if t["buySellGb"] == "2" else SIDE_SELL
+                                         for t in missed]
+    # the new connection's seven trades were all passed on already: dropped, counted
+    assert h.duplicates == 7
+    assert trade_keys(ticks, whole_seconds=True) == capture_keys(natives, whole_seconds=True)
+
+
+def test_trades_in_the_second_of_the_last_one_seen_are_left_to_the_gap_marker():
+    """Connection 0 drops after GOM2's trade at 08:43:42.239684; the new connection
+    (realtime) brings the last message: three more trades in second 42 and one at
+    43.188333. REST times are whole seconds, so the backfill cannot tell the missed
+    trades of second 42 from the one seen: it sends only the one at 43 (strictly
+    newer), and the new connection's copy of that one is dropped."""
+    server, natives = replay({0: Behaviour(drop_after=5), 1: Behaviour(skip=5)})
+    items = [t for t, _ in captured_trades()]
+    with server, HttpReplayServer(history_routes(natives, items)) as http:
+        src = make_source(server, natives, http)
+        try:
+            ticks = run_until(src, lambda t: src.health.messages >= 5 + 1)
+        finally:
+            src.close()
+    h = src.health
+    assert h.reconnects == 1 and len(http.requests) == 2
+    assert (h.backfilled, h.duplicates) == (1, 1)
+    t = trades(ticks)
+    assert t["ts_exchange_ns"].tolist() == [kst_ns(x["contDtm"]) for x in items[:3]] + [
+        kst_ns(items[-1]["contDtm"]) // 10 ** 9 * 10 ** 9] + [
+        kst_ns(x["contDtm"]) for x in items[3:6]]
+    # each trade exactly once
+    assert trade_keys(ticks, whole_seconds=True) == capture_keys(natives, whole_seconds=True)
+
+
+def test_failed_backfill_never_holds_up_the_reconnect():
+    """The REST server answers with an error: counted and logged, the new connection
+    goes on and brings the missed trades; its repeats of the first two are dropped."""
+    server, natives = replay({0: Behaviour(drop_after=4)})
+    error = (500, json.dumps({"status": "5600", "message": "unavailable"}))
+    routes = {f"/public/transaction_history/{n}": error for n in natives}
+    with server, HttpReplayServer(routes) as http:
+        src = make_source(server, natives, http)
+        try:
+            ticks = run_until(src, lambda t: src.health.messages >= 4 + 6)
+        finally:
+            src.close()
+    h = src.health
+    assert len(http.requests) == 2                       # CON_KRW and GOM2_KRW
+    assert h.reconnects == 1 and h.errors == 1 + 2       # the drop, both backfills
+    assert (h.backfilled, h.duplicates) == (0, 2)
+    assert trade_keys(ticks) == capture_keys(natives)
 
 
 def test_malformed_frame_is_counted_and_the_feed_goes_on():
@@ -335,15 +486,18 @@ def test_malformed_frame_is_counted_and_the_feed_goes_on():
 
 def test_silent_server_trips_the_watchdog():
     server, natives = replay({0: Behaviour(silent_after=3)})
-    n = len(captured_trades())
-    with server:
-        src = make_source(server, natives, no_message_timeout_s=0.5)
+    # the venue has traded nothing since connection 0 fell silent after CON's trade
+    items = [t for t, _ in captured_trades()][:1]
+    with server, HttpReplayServer(history_routes(natives, items)) as http:
+        src = make_source(server, natives, http, no_message_timeout_s=0.5)
         try:
-            ticks = run_until(src, lambda t: (t["kind"] == TICK_GAP).sum() >= len(natives)
-                              and len(trades(t)) >= 1 + n)
+            ticks = run_until(src, lambda t: src.health.messages >= 3 + 6)
         finally:
             src.close()
     assert server.sent[0] == 3 and server.connections >= 2
     assert server.received[1] == src.venue.subscribe_messages()
     assert src.health.reconnects >= 1
     assert np.flatnonzero(ticks["kind"] == TICK_GAP)[0] == 1   # after the one trade before silence
+    # every trade once: the second connection's repeat of CON's trade dropped
+    assert trade_keys(ticks) == capture_keys(natives)
+    assert len(http.requests) == src.health.reconnects and src.health.backfilled == 0

@@ -7,6 +7,13 @@ sends them.
 Expectations are computed from the capture's JSON here, independently of the
 parser. The capture has no USDT market and no DEFAULT-format message: those
 are built from real values and said so where it is done.
+
+The backfill after a reconnect goes through ccxt (the real RestClient) to a
+local HTTP server. The only real REST trade we hold is the one ccxt recorded
+(USDT-BTC, 2024), served verbatim; for the reconnect tests the server answers
+GET /v1/trades/ticks with the capture's own trades written as REST rows (same
+trades, the REST field names of ccxt's recorded row), as the venue would once
+it had traded them.
 """
 from __future__ import annotations
 
@@ -18,7 +25,8 @@ import pytest
 
 from pipeline.config import FeedConfig
 from shm.records import SIDE_BUY, SIDE_SELL, TICK_GAP, TICK_QUOTE, TICK_TRADE
-from venue_servers import PAYLOADS, SHARED, Behaviour, WsReplayServer, capture_lines
+from venue_servers import (PAYLOADS, SHARED, Behaviour, HttpReplayServer, WsReplayServer,
+                           capture_lines)
 
 CAPTURE = PAYLOADS / "upbit" / "ws" / "trade_orderbook_SIMPLE-format_2021-04-17.capture.jsonl"
 CCXT_REST = PAYLOADS / "upbit" / "rest" / "ccxt_static_httpResponses.json"
@@ -219,13 +227,39 @@ def run_until(source, cond, timeout=30.0) -> np.ndarray:
     raise AssertionError(f"condition not met; health {source.health.as_dict(time.time_ns())}")
 
 
-def make_source(server, codes, **cfg):
+def make_source(server, codes, http=None, **cfg):
+    """A VenueSource on the websocket server; REST (ccxt) on the local HTTP
+    server where a test reconnects, so nothing ever reaches the real venue."""
     from workers.feed import VenueSource
     defaults = dict(reconnect_backoff_s=0.05, reconnect_backoff_max_s=0.2,
-                    no_message_timeout_s=10.0)
+                    no_message_timeout_s=10.0, rest_rate_per_s=1000.0)
     feed = FeedConfig(name="upbit", kind="upbit", ws_url=server.url,
+                      rest_url=http.url if http else "",
                       symbols=[symbol_of(c) for c in codes], **{**defaults, **cfg})
     return VenueSource(feed, symbol_ids(codes))
+
+
+def rest_row(m: dict) -> dict:
+    """A captured (SIMPLE) trade as a row of GET /v1/trades/ticks: the same trade
+    under the REST names, with JSON numbers as the live API sends them."""
+    return {"market": m["cd"], "trade_date_utc": m["td"], "trade_time_utc": m["ttm"],
+            "timestamp": m["ttms"], "trade_price": m["tp"], "trade_volume": m["tv"],
+            "prev_closing_price": m["pcp"], "change_price": m["cp"], "ask_bid": m["ab"],
+            "sequential_id": m["sid"]}
+
+
+def trades_ticks(msgs: list[dict]):
+    """GET /v1/trades/ticks as the venue answers once it has traded the trades in
+    ``msgs``: a market's trades newest first, ``count`` of them, those after the
+    ``cursor`` trade (a sequential_id) when one is given."""
+    rows = [rest_row(m) for m in reversed(msgs) if m["ty"] == "trade"]
+
+    def answer(q):
+        mine = [r for r in rows if r["market"] == q["market"]]
+        if "cursor" in q:
+            mine = mine[[str(r["sequential_id"]) for r in mine].index(q["cursor"]) + 1:]
+        return json.dumps(mine[:int(q["count"])])
+    return answer
 
 
 def replay(behaviours=None) -> tuple[WsReplayServer, list[str], list[dict]]:
@@ -237,6 +271,18 @@ def replay(behaviours=None) -> tuple[WsReplayServer, list[str], list[dict]]:
 
 def kinds(ticks: np.ndarray, kind: int) -> np.ndarray:
     return ticks[ticks["kind"] == kind]
+
+
+def trade_keys(ticks: np.ndarray) -> list[tuple[int, int]]:
+    """(symbol id, sequential_id) of every trade tick, sorted: a sequential_id is
+    unique within a market only (the capture repeats some across markets)."""
+    t = kinds(ticks, TICK_TRADE)
+    return sorted(zip(t["symbol_id"].tolist(), t["seq"].tolist()))
+
+
+def capture_keys(msgs: list[dict], codes: list[str]) -> list[tuple[int, int]]:
+    ids = symbol_ids(codes)
+    return sorted((ids[symbol_of(m["cd"])], m["sid"]) for m in msgs if m["ty"] == "trade")
 
 
 def test_ticks_come_out_of_the_real_connection():
@@ -255,25 +301,122 @@ def test_ticks_come_out_of_the_real_connection():
     assert (ticks["ts_origin_ns"] > 0).all()
 
 
-def test_dropped_connection_reconnects_resubscribes_and_marks_gaps():
-    server, codes, msgs = replay({0: Behaviour(drop_after=100)})
-    n_trades = sum(m["ty"] == "trade" for m in msgs)
-    with server:
-        src = make_source(server, codes)
+def test_rest_rows_have_the_fields_of_the_recorded_real_response():
+    recorded = json.loads(CCXT_REST.read_text())["fetchTrades"]["httpResponse"][0]
+    _, msgs, _, _ = capture()
+    assert rest_row(next(m for m in msgs if m["ty"] == "trade")).keys() == recorded.keys()
+
+
+def test_backfill_of_the_recorded_real_rest_trade():
+    """ccxt's recorded answer of Upbit's GET /v1/trades/ticks, served verbatim (numbers
+    as strings, as ccxt recorded them): after a reconnect it is the one trade newer
+    than the last one seen, and on a second reconnect a duplicate."""
+    from workers.venues.base import TickBuffer
+    from workers.venues.rest import RateLimiter, RestClient, make_exchange
+    recorded = json.loads(CCXT_REST.read_text())["fetchTrades"]["httpResponse"]
+    raws, msgs, _, _ = capture()
+    # a real trade of the capture moved to USDT-BTC: the feed saw it before the drop
+    i = next(i for i, m in enumerate(msgs) if m["ty"] == "trade")
+    seen = raws[i].replace(f'"cd":"{msgs[i]["cd"]}"', '"cd":"USDT-BTC"')
+    feed = make_feed(["USDT-BTC"])
+    usdt = symbol_ids(["USDT-BTC"])["BTC/USDT"]
+    with HttpReplayServer({"/v1/trades/ticks": json.dumps(recorded)}) as http:
+        feed.rest = RestClient(make_exchange("upbit", http.url), RateLimiter(1000), feed.health)
+        out = TickBuffer()
+        feed.parse(seen, 1, out)
+        feed.on_connected(out, 2, reconnect=True)
+        ticks = out.take()
+        feed.on_connected(out, 3, reconnect=True)
+        again = out.take()
+    assert http.requests == [("/v1/trades/ticks", {"market": "USDT-BTC", "count": "200"})] * 2
+    assert ticks["kind"].tolist() == [TICK_TRADE, TICK_GAP, TICK_TRADE]
+    row, t = recorded[0], ticks[2]
+    assert (t["symbol_id"], t["seq"], t["ts_exchange_ns"], t["price"], t["size"], t["side"]) == (
+        usdt, int(row["sequential_id"]), int(row["timestamp"]) * 1_000_000,
+        float(row["trade_price"]), float(row["trade_volume"]), SIDE_SELL)
+    assert again["kind"].tolist() == [TICK_GAP]
+    assert (feed.health.backfilled, feed.health.duplicates) == (1, 1)
+
+
+def test_dropped_connection_backfills_missed_trades_and_drops_duplicates():
+    """Connection 0 drops after 100 messages. By the time the feed is back the venue
+    has traded the whole capture, and the new connection (realtime only) starts at
+    message 110: trades 100..109 exist only over REST, and everything the new
+    connection brings was backfilled already."""
+    drop, resume = 100, 110
+    server, codes, msgs = replay({0: Behaviour(drop_after=drop), 1: Behaviour(skip=resume)})
+    trades = [m for m in msgs if m["ty"] == "trade"]
+    before = [m for m in msgs[:drop] if m["ty"] == "trade"]
+    # what the backfill must fetch: for each market that traded before the drop,
+    # every trade at or after the last trade time seen (Upbit's ids are not ordered)
+    cut = {}
+    for m in before:
+        cut[m["cd"]] = max(cut.get(m["cd"], 0), m["ttms"])
+    fetched = [m for m in trades if m["cd"] in cut and m["ttms"] >= cut[m["cd"]]]
+    seen_ids = {(m["cd"], m["sid"]) for m in before}
+    missed = [m for m in fetched if (m["cd"], m["sid"]) not in seen_ids]
+    fetched_ids = {(m["cd"], m["sid"]) for m in fetched}
+    with server, HttpReplayServer({"/v1/trades/ticks": trades_ticks(msgs)}) as http:
+        src = make_source(server, codes, http)
         try:
-            # the whole capture again after the reconnect
-            ticks = run_until(src, lambda t: len(kinds(t, TICK_GAP)) and
-                              len(t) - np.flatnonzero(t["kind"] == TICK_GAP)[-1] - 1 >= len(msgs))
+            ticks = run_until(src, lambda t: src.health.messages >= drop + len(msgs) - resume)
         finally:
             src.close()
-    assert server.connections >= 2 and server.sent[0] == 100
+    h = src.health
+    assert (server.connections, server.sent[0], h.reconnects) == (2, drop, 1)
     assert server.received[1] == server.received[0] == src.venue.subscribe_messages()
-    gaps = kinds(ticks, TICK_GAP)
-    assert sorted(gaps["symbol_id"].tolist()) == sorted(symbol_ids(codes).values())
-    first_gap = np.flatnonzero(ticks["kind"] == TICK_GAP)[0]
-    assert first_gap == 100           # after everything of the first connection
-    assert len(kinds(ticks[first_gap:], TICK_TRADE)) == n_trades
-    assert src.health.reconnects >= 1 and src.health.errors >= 1
+    assert h.errors == 1 and h.malformed == 0 and h.rejected == 0   # the drop, nothing else
+
+    # connection 0's ticks, the gap markers, then the backfill, oldest first
+    kind = ticks["kind"]
+    assert (kind[drop:drop + len(codes)] == TICK_GAP).all() and (kind[:drop] != TICK_GAP).all()
+    assert sorted(ticks["symbol_id"][kind == TICK_GAP].tolist()) == \
+        sorted(symbol_ids(codes).values())
+    backfill = ticks[drop + len(codes):drop + len(codes) + len(missed)]
+    missed.sort(key=lambda m: m["ttms"])
+    assert backfill["seq"].tolist() == [m["sid"] for m in missed]
+    assert backfill["ts_exchange_ns"].tolist() == [m["ttms"] * 1_000_000 for m in missed]
+    assert backfill["price"].tolist() == [m["tp"] for m in missed]
+    assert backfill["size"].tolist() == [m["tv"] for m in missed]
+    assert backfill["side"].tolist() == [SIDE_BUY if m["ab"] == "BID" else SIDE_SELL
+                                         for m in missed]
+    assert h.backfilled == len(missed) > resume - drop
+    # the trades newer than the cut outnumber a page: fetched in two, the second
+    # from the last trade of the first
+    newest_first = [m for m in reversed(trades) if m["cd"] == "KRW-LAMB"]
+    assert cut.keys() == {"KRW-LAMB"} and len(fetched) > 200
+    assert http.requests == [
+        ("/v1/trades/ticks", {"market": "KRW-LAMB", "count": "200"}),
+        ("/v1/trades/ticks", {"market": "KRW-LAMB", "count": "200",
+                              "cursor": str(newest_first[199]["sid"])})]
+
+    # every trade of the capture exactly once; what came twice was counted
+    assert trade_keys(ticks) == capture_keys(msgs, codes)
+    repeats = sum((m["cd"], m["sid"]) in fetched_ids
+                  for m in msgs[resume:] if m["ty"] == "trade")
+    assert h.duplicates == (len(fetched) - len(missed)) + repeats
+    assert len(kinds(ticks, TICK_QUOTE)) == sum(m["ty"] == "orderbook"
+                                                for m in msgs[:drop] + msgs[resume:])
+
+
+def test_failed_backfill_never_holds_up_the_reconnect():
+    """The REST server answers the backfill with an error: counted and logged, the
+    new connection goes on; its repeats of what connection 0 delivered are dropped."""
+    drop = 100
+    server, codes, msgs = replay({0: Behaviour(drop_after=drop)})
+    error = (500, json.dumps({"error": {"name": "server_error", "message": "unavailable"}}))
+    with server, HttpReplayServer({"/v1/trades/ticks": error}) as http:
+        src = make_source(server, codes, http)
+        try:
+            ticks = run_until(src, lambda t: src.health.messages >= drop + len(msgs))
+        finally:
+            src.close()
+    h = src.health
+    assert [p for p, _ in http.requests] == ["/v1/trades/ticks"]    # KRW-LAMB, once
+    assert h.reconnects == 1 and h.errors == 2 and h.rest_calls == 1   # the drop, the backfill
+    assert h.backfilled == 0
+    assert trade_keys(ticks) == capture_keys(msgs, codes)
+    assert h.duplicates == sum(m["ty"] == "trade" for m in msgs[:drop])
 
 
 def test_malformed_frame_is_counted_and_the_feed_goes_on():
@@ -291,14 +434,20 @@ def test_malformed_frame_is_counted_and_the_feed_goes_on():
 
 def test_silent_server_trips_the_watchdog():
     server, codes, msgs = replay({0: Behaviour(silent_after=20)})
-    with server:
-        src = make_source(server, codes, no_message_timeout_s=0.5)
+    # the venue has traded nothing since connection 0 fell silent
+    with server, HttpReplayServer({"/v1/trades/ticks": trades_ticks(msgs[:20])}) as http:
+        src = make_source(server, codes, http, no_message_timeout_s=0.5)
         try:
-            ticks = run_until(src, lambda t: len(kinds(t, TICK_GAP)) >= len(codes)
-                              and len(t) >= 20 + len(codes) + len(msgs))
+            ticks = run_until(src, lambda t: src.health.messages >= 20 + len(msgs))
         finally:
             src.close()
     assert server.sent[0] == 20 and server.connections >= 2
     assert server.received[1] == src.venue.subscribe_messages()
     assert src.health.reconnects >= 1
     assert np.flatnonzero(ticks["kind"] == TICK_GAP)[0] == 20
+    assert len(kinds(ticks, TICK_GAP)) == len(codes) * src.health.reconnects
+    # every trade once: the second connection's repeats of the first 20 messages dropped
+    assert trade_keys(ticks) == capture_keys(msgs, codes)
+    # a backfill for KRW-LAMB on each reconnect, with nothing newer to bring
+    assert [p for p, _ in http.requests] == ["/v1/trades/ticks"] * src.health.reconnects
+    assert src.health.backfilled == 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -167,6 +168,17 @@ class VenueFeed:
             for sid in self.symbol_ids.values():
                 out.gap(sid, recv_ns)
 
+    def try_rest(self, what: str, method: str, params: dict):
+        """One REST call for a backfill, or None if it failed. The failure is
+        logged (RestClient has counted it in health.errors) and left at that:
+        the gap marker has gone out already, and a reconnect never waits on a
+        backfill that cannot be had."""
+        try:
+            return self.rest.call(method, params)
+        except Exception as e:  # network, HTTP error, the venue's error answer
+            log.warning("%s %s failed: %s: %.200s", self.venue, what, type(e).__name__, e)
+            return None
+
     def symbol_id(self, native: str) -> int:
         try:
             return self.by_native[native]
@@ -175,6 +187,52 @@ class VenueFeed:
 
     def stats(self) -> dict:
         return {}
+
+
+SEEN_TRADES = 10_000   # keys kept per symbol: more than one backfill brings
+
+
+class SeenTrades:
+    """The trades a feed has passed on, per symbol: the keys of the most recent
+    ``keep`` and the newest trade time. A trade that comes again (a REST
+    backfill overlapping what the websocket delivered, before the drop or on
+    the new connection) is recognised by its key and dropped; the newest time
+    is where a backfill after a reconnect starts. Add only trades that went
+    out: one the TickBuffer refused is no reason to drop a repeat.
+
+    A key is whatever names a trade at the venue (a trade id; for a venue
+    without one, its time, price and size); times are in the venue's unit."""
+
+    def __init__(self, keep: int = SEEN_TRADES):
+        self.keep = keep
+        self.newest: dict[str, int] = {}            # native -> newest trade time seen
+        self._order: dict[str, deque] = {}          # native -> keys, oldest first
+        self._keys: dict[str, set] = {}
+
+    def has(self, native: str, key) -> bool:
+        keys = self._keys.get(native)
+        return keys is not None and key in keys
+
+    def add(self, native: str, key, ts: int) -> None:
+        """Remember a trade passed on."""
+        keys = self._keys.get(native)
+        if keys is None:
+            keys = self._keys[native] = set()
+            self._order[native] = deque()
+        elif key in keys:
+            return
+        order = self._order[native]
+        if len(order) >= self.keep:
+            keys.discard(order.popleft())
+        order.append(key)
+        keys.add(key)
+        if native not in self.newest or ts > self.newest[native]:
+            self.newest[native] = ts
+
+    def clear(self) -> None:
+        self.newest.clear()
+        self._order.clear()
+        self._keys.clear()
 
 
 # -- helpers for venue parsers (shared so each venue module stays short) ------------

@@ -16,22 +16,45 @@ Times: ``contDtm`` is Korean local time (UTC+9) without a zone, to the
 microsecond; the book's ``datetime`` is epoch microseconds. Bithumb has no
 trade id on this stream, so a tick's ``seq`` is its exchange time in
 microseconds: the same trade gets the same seq after a reconnect or replay.
+
+Backfill: after a reconnect, each symbol that traded before the drop gets the
+legacy REST history (``GET /public/transaction_history/BTC_KRW?count=100``:
+the latest trades, ``transaction_date`` in Korean time to the whole second,
+``type`` bid (a buy, as "2" on the websocket) or ask, ``units_traded``,
+``price``). Nothing names a trade on both sides (the websocket has no trade
+number; ``cont_no``, where a REST answer has one, never appears on it), and
+REST times are whole seconds where the websocket's are microseconds: within
+one second the two cannot be told apart. So it is kept conservative:
+
+* only rows strictly newer than the newest trade time passed on are sent: a
+  trade missed in the same second as the last one seen is left to the gap
+  marker rather than risk sending a seen one twice;
+* a backfilled trade that the new connection delivers too (it happened after
+  the subscription, before the REST answer) is known by (second, price, size,
+  side) and dropped as a duplicate. A new trade alike in all four in that
+  second would be dropped with it: rarer, and a lost trade is what the gap
+  marker already warns of, where a doubled one would go unnoticed.
+
+The websocket's own repeats are known by (microsecond time, price, size, side).
 """
 from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from datetime import datetime, timedelta, timezone
 
 from shm.records import SIDE_BUY, SIDE_SELL
 
-from .base import (MalformedMessage, TickBuffer, VenueFeed, decode_json, integer, need, number,
-                   requested_channels)
+from .base import (MalformedMessage, SeenTrades, TickBuffer, VenueFeed, decode_json, integer, need,
+                   number, requested_channels)
 
 KST = timezone(timedelta(hours=9))
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 KST_EPOCH = datetime(1970, 1, 1, 9)   # the epoch on a Korean wall clock (KST has no DST)
 SIDES = {"2": SIDE_BUY, "1": SIDE_SELL}
+REST_SIDES = {"bid": SIDE_BUY, "ask": SIDE_SELL}
+BACKFILL_COUNT = 100    # the most transaction_history returns
 MAX_LEVELS = 200    # per side; depth updates far from the top are dropped beyond this
 
 
@@ -76,6 +99,10 @@ class BithumbFeed(VenueFeed):
         self.books: dict[str, Book] = {}
         self.acks = 0
         self.unseeded_depth = 0    # depth updates that came before any snapshot: dropped
+        self.seen = SeenTrades()   # by (us, price, size, side); times in us
+        # per symbol, (second, price, size, side) of the last backfill's trades: the
+        # websocket may bring them again
+        self.backfilled: dict[str, Counter] = {}
 
     def native(self, symbol: str) -> str:
         base, quote = symbol.split("/")
@@ -91,8 +118,12 @@ class BithumbFeed(VenueFeed):
         return [json.dumps({"type": t, "symbols": symbols}) for t in types]
 
     def on_connected(self, out: TickBuffer, recv_ns: int, reconnect: bool) -> None:
+        """After a reconnect: books forgotten, gap markers (base), missed trades over REST."""
         self.books.clear()    # whatever we held may have changed while we were away
         super().on_connected(out, recv_ns, reconnect)
+        if reconnect and self.rest is not None and "trades" in self.channels:
+            for symbol in list(self.seen.newest):
+                self._backfill(symbol, recv_ns, out)
 
     def parse(self, raw: str | bytes, recv_ns: int, out: TickBuffer) -> None:
         msg = decode_json(raw)
@@ -123,11 +154,30 @@ class BithumbFeed(VenueFeed):
             side = SIDES.get(gb) if isinstance(gb, str) else None
             if side is None:
                 raise MalformedMessage("bad side", f"buySellGb={gb!r:.40}")
+            symbol = need(t, "symbol")
+            self.symbol_id(symbol)
             ts_us = kst_to_epoch_us(need(t, "contDtm"))
-            trades.append((self.symbol_id(need(t, "symbol")), ts_us, number(t, "contPrice"),
-                           number(t, "contQty"), side))
-        for sid, ts_us, price, size, side in trades:
-            out.trade(sid, recv_ns, ts_us * 1000, ts_us, price, size, side)
+            trades.append((symbol, (ts_us, number(t, "contPrice"), number(t, "contQty"), side)))
+        for symbol, key in trades:
+            ts_us, price, size, side = key
+            if self._repeat(symbol, key):
+                self.health.duplicates += 1
+            elif out.trade(self.by_native[symbol], recv_ns, ts_us * 1000, ts_us, price, size, side):
+                self.seen.add(symbol, key, ts_us)
+
+    def _repeat(self, symbol: str, key: tuple) -> bool:
+        """Whether a websocket trade (us, price, size, side) went out already: on the
+        websocket, or in the last backfill (known there to the second only)."""
+        if self.seen.has(symbol, key):
+            return True
+        ts_us, price, size, side = key
+        pending = self.backfilled.get(symbol)
+        second = (ts_us // 1_000_000, price, size, side)
+        if pending and pending[second] > 0:
+            pending[second] -= 1
+            self.seen.add(symbol, key, ts_us)
+            return True
+        return False
 
     def _snapshot(self, content, recv_ns: int, out: TickBuffer) -> None:
         symbol = need(content, "symbol")
@@ -167,6 +217,37 @@ class BithumbFeed(VenueFeed):
             book.last_top = top
             out.quote(self.symbol_id(symbol), recv_ns, ts_us * 1000, ts_us, *top)
 
+    def _backfill(self, symbol: str, recv_ns: int, out: TickBuffer) -> None:
+        """The rows of the REST history strictly newer than the newest trade
+        passed on, oldest first (see the module's docstring for why so strict)."""
+        base, quote = symbol.split("_")
+        reply = self.try_rest(f"{symbol} trade backfill",
+                              "publicGetPublicTransactionHistoryBaseIdQuoteId",
+                              {"baseId": base, "quoteId": quote, "count": BACKFILL_COUNT})
+        if reply is None:
+            return
+        rows = reply.get("data") if isinstance(reply, dict) else None
+        if not isinstance(rows, list):
+            self.health.malformed_message(MalformedMessage("bad transaction_history reply"), reply)
+            return
+        trades = []
+        for row in rows:
+            try:
+                trades.append(_history_trade(row))
+            except MalformedMessage as e:
+                self.health.malformed_message(e, row)
+        if trades and trades[0][0] > trades[-1][0]:
+            trades.reverse()                 # newest first, as Bithumb documents it
+        trades.sort(key=lambda t: t[0])      # stable: the venue's order within a second
+        since = self.seen.newest[symbol]
+        pending = self.backfilled[symbol] = Counter()
+        sid = self.symbol_id(symbol)
+        for ts_us, price, size, side in trades:
+            if ts_us > since and out.trade(sid, recv_ns, ts_us * 1000, ts_us, price, size, side):
+                self.health.backfilled += 1
+                pending[(ts_us // 1_000_000, price, size, side)] += 1
+                self.seen.newest[symbol] = ts_us     # the next backfill starts after it
+
     def stats(self) -> dict:
         return {"acks": self.acks, "unseeded_depth": self.unseeded_depth}
 
@@ -179,6 +260,18 @@ def kst_to_epoch_us(text) -> int:
         raise MalformedMessage("bad timestamp", f"{text!r:.40}") from None
     d = local - KST_EPOCH if local.tzinfo is None else local - EPOCH
     return (d.days * 86_400 + d.seconds) * 1_000_000 + d.microseconds
+
+
+def _history_trade(row) -> tuple[int, float, float, int]:
+    """A transaction_history row as (time us, price, size, side)."""
+    kind = need(row, "type")
+    side = REST_SIDES.get(kind) if isinstance(kind, str) else None
+    if side is None:
+        raise MalformedMessage("bad side", f"type={kind!r:.40}")
+    when = need(row, "transaction_date")
+    if isinstance(when, str) and when.find(":") - when.find(" ") == 2:
+        when = when.replace(" ", " 0", 1)    # an hour without its leading zero, as ccxt has seen
+    return kst_to_epoch_us(when), number(row, "price"), number(row, "units_traded"), side
 
 
 def _list(v, key: str) -> list:

@@ -18,11 +18,10 @@ import numpy as np
 
 from shm.records import SIDE_BUY, SIDE_SELL
 
-from .base import Health, TickBuffer
+from .base import Health, SeenTrades, TickBuffer
 from .rest import RateLimiter, RestClient, make_exchange
 
 log = logging.getLogger("feed.poll")
-SEEN_IDS = 10_000  # per symbol: enough to recognise every trade of a page again
 
 
 class PollSource:
@@ -39,9 +38,7 @@ class PollSource:
                            if (kind == "trades" and "trades" in feed.channels)
                            or (kind == "book" and "quotes" in feed.channels))
         self.due = {t: 0.0 for t in self.tasks}
-        self.seen: dict[str, deque] = {s: deque(maxlen=SEEN_IDS) for s in symbol_ids}
-        self.seen_set: dict[str, set] = {s: set() for s in symbol_ids}
-        self.since: dict[str, int | None] = {s: None for s in symbol_ids}
+        self.seen = SeenTrades()       # keys: trade id (or time:price:amount), times in ms
         self.markets_loaded = False
         self.emitted = 0
 
@@ -82,26 +79,22 @@ class PollSource:
         return ticks
 
     def _poll_trades(self, sym: str) -> None:
-        trades = self.rest.call("fetch_trades", sym, self.since[sym])
+        trades = self.rest.call("fetch_trades", sym, self.seen.newest.get(sym))
         recv_ns = time.time_ns()
         self.health.messages += 1
         self.health.last_message_ns = recv_ns
-        seen, seen_set, sid = self.seen[sym], self.seen_set[sym], self.symbol_ids[sym]
+        sid = self.symbol_ids[sym]
         for t in sorted(trades, key=lambda t: (t.get("timestamp") or 0, str(t.get("id")))):
             key = t.get("id") or f"{t.get('timestamp')}:{t.get('price')}:{t.get('amount')}"
-            if key in seen_set:
+            if self.seen.has(sym, key):
                 self.health.duplicates += 1
                 continue
-            if len(seen) == seen.maxlen:
-                seen_set.discard(seen[0])
-            seen.append(key)
-            seen_set.add(key)
             ts = t.get("timestamp") or 0
             side = SIDE_BUY if t.get("side") == "buy" else SIDE_SELL if t.get("side") == "sell" else 0
             seq = int(key) if str(key).isdigit() else 0
-            self.buffer.trade(sid, recv_ns, ts * 1_000_000, seq, float(t.get("price") or "nan"),
-                              float(t.get("amount") or "nan"), side)
-            self.since[sym] = max(self.since[sym] or 0, ts)
+            if self.buffer.trade(sid, recv_ns, ts * 1_000_000, seq, float(t.get("price") or "nan"),
+                                 float(t.get("amount") or "nan"), side):
+                self.seen.add(sym, key, ts)
 
     def _poll_book(self, sym: str) -> None:
         book = self.rest.call("fetch_order_book", sym, 5)

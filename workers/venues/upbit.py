@@ -9,6 +9,18 @@ Frames arrive as binary UTF-8 JSON; ping frames keep the connection alive.
 Sides: ``ask_bid`` is the aggressor's side as Upbit reports it: "BID" means
 the buyer took liquidity (side +1), "ASK" the seller (side -1), as cryptofeed
 reads it too. A trade's time is its ``trade_timestamp``, as cryptofeed uses.
+
+Backfill: after a reconnect, the trades of each market that traded before the
+drop are fetched over REST (``GET /v1/trades/ticks?market=KRW-BTC&count=200``:
+newest first; ``cursor=<sequential_id>`` pages further back) and sent on
+oldest first, after the gap markers. Upbit documents ``sequential_id`` as
+unique, not as ordered, and the capture agrees (ids go back within a second),
+so the cut is by trade time: every trade at or after the newest trade time
+seen before the drop, less those seen already. Every trade passed on is
+remembered by sequential_id (``SeenTrades``), so a trade that comes twice (in
+the backfill and again on the new connection) goes out once and is counted as
+a duplicate. Markets that had not traded before the drop are not backfilled:
+there is no trade to start from, and their gap marker says so.
 """
 from __future__ import annotations
 
@@ -18,8 +30,8 @@ from typing import NamedTuple
 
 from shm.records import SIDE_BUY, SIDE_SELL
 
-from .base import (MalformedMessage, TickBuffer, VenueFeed, decode_json, integer, need, number,
-                   requested_channels)
+from .base import (MalformedMessage, SeenTrades, TickBuffer, VenueFeed, decode_json, integer, need,
+                   number, requested_channels)
 
 
 class _Keys(NamedTuple):
@@ -40,6 +52,11 @@ class _Keys(NamedTuple):
 SIMPLE = _Keys("ty", "cd", "tms", "ttms", "tp", "tv", "ab", "sid", "obu", "bp", "ap")
 DEFAULT = _Keys("type", "code", "timestamp", "trade_timestamp", "trade_price", "trade_volume",
                 "ask_bid", "sequential_id", "orderbook_units", "bid_price", "ask_price")
+# a row of GET /v1/trades/ticks: DEFAULT's names, the market as "market", its time as "timestamp"
+REST = DEFAULT._replace(type="", code="market", trade_timestamp="timestamp")
+
+BACKFILL_COUNT = 200        # trades per REST page
+BACKFILL_MAX_PAGES = 5      # per market and reconnect: beyond that, the gap marker says it all
 
 SIDES = {"BID": SIDE_BUY, "ASK": SIDE_SELL}
 
@@ -54,6 +71,7 @@ class UpbitFeed(VenueFeed):
         self.channels = requested_channels(cfg, ("trades", "quotes"))
         self.ticket = str(uuid.uuid4())
         self.status_messages = 0
+        self.seen = SeenTrades()      # by sequential_id, times in ms
 
     def native(self, symbol: str) -> str:
         base, quote = symbol.split("/")
@@ -89,7 +107,13 @@ class UpbitFeed(VenueFeed):
             raise MalformedMessage("unexpected message type", str(kind))
 
     def _trade(self, msg: dict, k: _Keys, recv_ns: int, out: TickBuffer) -> None:
-        sid = self.symbol_id(need(msg, k.code))
+        self._emit(self._read_trade(msg, k), recv_ns, out)
+
+    def _read_trade(self, msg: dict, k: _Keys) -> tuple[int, int, str, float, float, int]:
+        """A trade message (or REST row) as (time ms, sequential_id, market, price,
+        size, side)."""
+        code = need(msg, k.code)
+        self.symbol_id(code)
         ab = need(msg, k.ask_bid)
         side = SIDES.get(ab) if isinstance(ab, str) else None
         if side is None:
@@ -97,14 +121,64 @@ class UpbitFeed(VenueFeed):
         # the trade's own time (whole seconds in 2021 captures, ms since); the message
         # time only where a message lacks it
         ts_key = k.trade_timestamp if msg.get(k.trade_timestamp) else k.timestamp
-        out.trade(sid, recv_ns, integer(msg, ts_key) * 1_000_000, integer(msg, k.seq),
-                  number(msg, k.price), number(msg, k.volume), side)
+        return (integer(msg, ts_key), integer(msg, k.seq), code, number(msg, k.price),
+                number(msg, k.volume), side)
+
+    def _emit(self, trade: tuple, recv_ns: int, out: TickBuffer) -> bool:
+        """Pass a trade on; False for a duplicate (counted) or a bad value (TickBuffer)."""
+        ts_ms, seq, code, price, size, side = trade
+        if self.seen.has(code, seq):
+            self.health.duplicates += 1
+            return False
+        if not out.trade(self.by_native[code], recv_ns, ts_ms * 1_000_000, seq, price, size, side):
+            return False
+        self.seen.add(code, seq, ts_ms)
+        return True
 
     def _orderbook(self, msg: dict, k: _Keys, recv_ns: int, out: TickBuffer) -> None:
         sid = self.symbol_id(need(msg, k.code))
         best = need(need(msg, k.units), 0)
         out.quote(sid, recv_ns, integer(msg, k.timestamp) * 1_000_000, 0,
                   number(best, k.bid), number(best, k.ask))
+
+    # -- (re)connection -----------------------------------------------------------
+    def on_connected(self, out: TickBuffer, recv_ns: int, reconnect: bool) -> None:
+        """After a reconnect: gap markers (base), then the missed trades over REST."""
+        super().on_connected(out, recv_ns, reconnect)
+        if reconnect and self.rest is not None and "trades" in self.channels:
+            for code in list(self.seen.newest):
+                self._backfill(code, recv_ns, out)
+
+    def _backfill(self, code: str, recv_ns: int, out: TickBuffer) -> None:
+        """The trades of ``code`` at or after the newest trade time seen, page by
+        page back from the newest, sent on oldest first. A failed page ends it
+        with what was fetched; the gap marker tells of anything left out."""
+        since = self.seen.newest[code]
+        fetched = []                          # newest first, as Upbit answers
+        params = {"market": code, "count": BACKFILL_COUNT}
+        for _ in range(BACKFILL_MAX_PAGES):
+            page = self.try_rest(f"{code} trade backfill", "publicGetTradesTicks", params)
+            if not isinstance(page, list):
+                if page is not None:
+                    self.health.malformed_message(MalformedMessage("bad trades reply"), page)
+                break
+            rows = []
+            for row in page:
+                try:
+                    if not isinstance(row, dict):
+                        raise MalformedMessage("bad trades row", type(row).__name__)
+                    rows.append(self._read_trade(row, REST))
+                except MalformedMessage as e:
+                    self.health.malformed_message(e, row)
+            fetched += [t for t in rows if t[0] >= since]
+            if len(page) < BACKFILL_COUNT or not rows or min(t[0] for t in rows) < since:
+                break
+            params = {**params, "cursor": rows[-1][1]}    # older than the page's last trade
+        fetched.reverse()
+        fetched.sort(key=lambda t: t[0])      # by time; stable: the venue's order within one
+        for trade in fetched:
+            if self._emit(trade, recv_ns, out):
+                self.health.backfilled += 1
 
     def stats(self) -> dict:
         return {"status_messages": self.status_messages}
