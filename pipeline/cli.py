@@ -288,12 +288,12 @@ def cmd_download(args) -> int:
     try:
         res = download(args.venue, args.symbol, args.timeframe, since, until, out=args.out,
                        rest_url=args.rest_url, rate_per_s=args.rate, limit=args.limit,
-                       progress=not args.no_progress)
+                       progress=not args.no_progress, trades=args.trades)
     except KeyboardInterrupt:
         print("pipeline: download interrupted; what was fetched is stored, and the same "
               "command resumes after it", file=sys.stderr)
         return 130
-    print(res.summary(args.venue, args.symbol, args.timeframe))
+    print(res.summary(args.venue, args.symbol))
     return 0
 
 
@@ -346,21 +346,28 @@ def build_parser() -> argparse.ArgumentParser:
                     help="give up if no record arrives for this long")
     sp.set_defaults(func=cmd_tap)
 
-    sp = sub.add_parser("download", help="download OHLCV history from a venue into Parquet",
-                        description="Download closed OHLCV bars through ccxt into "
-                                    "OUT/ohlcv/venue=V/symbol=BASE-QUOTE/timeframe=TF/YYYY-MM.parquet; "
-                                    "a second run resumes after the last stored bar.")
+    sp = sub.add_parser("download", help="download OHLCV or trade history from a venue into Parquet",
+                        description="Download closed OHLCV bars (--timeframe) through ccxt into "
+                                    "OUT/ohlcv/venue=V/symbol=BASE-QUOTE/timeframe=TF/YYYY-MM.parquet, "
+                                    "or trades (--trades; Binance's aggregate trades) into "
+                                    "OUT/trades/venue=V/symbol=BASE-QUOTE/YYYY-MM-DD.parquet; "
+                                    "a second run resumes after the last stored bar or trade.")
     sp.add_argument("--venue", required=True, help="a ccxt exchange id, e.g. binance")
     sp.add_argument("--symbol", required=True, help="unified symbol, e.g. BTC/USDT")
-    sp.add_argument("--timeframe", required=True, help="bar length, e.g. 1m, 5m, 1h")
-    sp.add_argument("--since", required=True, metavar="DATE", help="first bar, UTC: YYYY-MM-DD[THH:MM]")
+    sp.add_argument("--timeframe", help="bar length of the OHLCV bars, e.g. 1m, 5m, 1h")
+    sp.add_argument("--trades", action="store_true",
+                    help="download trades (time, trade id, price, amount, side) instead of bars: "
+                         "give it instead of --timeframe")
+    sp.add_argument("--since", required=True, metavar="DATE",
+                    help="first bar or trade, UTC: YYYY-MM-DD[THH:MM[:SS]]")
     sp.add_argument("--until", metavar="DATE", help="end (exclusive), UTC; default: now")
     sp.add_argument("--out", default="data", metavar="DIR", help="dataset root (default: data)")
     sp.add_argument("--rest-url", default="", metavar="URL",
                     help="send the venue's REST calls to this origin (a testnet, a local server)")
     sp.add_argument("--rate", type=float, metavar="PER_S",
                     help="requests per second (default: the venue's ccxt rate limit)")
-    sp.add_argument("--limit", type=int, default=1000, metavar="N", help="bars per request")
+    sp.add_argument("--limit", type=int, default=1000, metavar="N",
+                    help="bars or trades per request (default 1000)")
     sp.add_argument("--no-progress", action="store_true", help="no progress bar")
     sp.set_defaults(func=cmd_download)
     return p

@@ -18,9 +18,9 @@ from .config import Config
 from .symbols import SymbolRegistry
 
 # the order of stages, upstream first; a clean stop goes in this order so
-# every record already in flight is processed before its consumer stops
-# the recorder stops right after the feeds: it drains and writes every tick
-STAGES = ["feed", "recorder", "indicators", "model", "execution"]
+# every record already in flight is processed before its consumer stops.
+# The recorder stops after the indicators: it writes every tick and every bar.
+STAGES = ["feed", "indicators", "recorder", "model", "execution"]
 
 
 def feature_names(cfg: Config) -> list[str]:
@@ -69,8 +69,9 @@ def build(cfg: Config, run_id: str, with_bells: bool = False) -> Topology:
     workers: list[WorkerSpec] = []
     rings: dict[str, RingSpec] = {}
 
-    def ring(name, dtype, cap, policy, readers):
-        rings[name] = RingSpec(name, segment_name(run_id, name), dtype, cap, policy, readers)
+    def ring(name, dtype, cap, policy, readers, observers=()):
+        rings[name] = RingSpec(name, segment_name(run_id, name), dtype, cap, policy, readers,
+                               observers=list(observers))
 
     shard_ids = [f"indicators.{i}" for i in range(n_shards)]
     recorder = ["recorder.0"] if cfg.recorder.enabled else []
@@ -79,11 +80,14 @@ def build(cfg: Config, run_id: str, with_bells: bool = False) -> Topology:
         ring(out, TICK, rc.ticks_capacity, LOSSY, shard_ids + recorder)
         workers.append(WorkerSpec("feed", i, outputs=[out], feed=i))
     if recorder:
-        workers.append(WorkerSpec("recorder", 0, inputs=[f"ticks.{f.name}" for f in cfg.feeds]))
+        # ticks as a reader of the lossy tick rings; bars as an observer of the
+        # lossless features rings, so a slow disk never holds the indicators back
+        workers.append(WorkerSpec("recorder", 0, inputs=[f"ticks.{f.name}" for f in cfg.feeds]
+                                  + [f"features.{i}" for i in range(n_shards)]))
     fdt = features_dtype(feature_names(cfg))
     for i in range(n_shards):
         out = f"features.{i}"
-        ring(out, fdt, rc.features_capacity, LOSSLESS, [f"model.{i % n_models}"])
+        ring(out, fdt, rc.features_capacity, LOSSLESS, [f"model.{i % n_models}"], recorder)
         workers.append(WorkerSpec("indicators", i, inputs=[f"ticks.{f.name}" for f in cfg.feeds],
                                   outputs=[out]))
     for j in range(n_models):
@@ -108,5 +112,5 @@ def build(cfg: Config, run_id: str, with_bells: bool = False) -> Topology:
             for name in w.outputs:
                 rings[name].writer_bell = bells[w.id]
         for spec in rings.values():
-            spec.reader_bells = {r: bells[r] for r in spec.readers}
+            spec.reader_bells = {r: bells[r] for r in spec.readers + spec.observers}
     return topo

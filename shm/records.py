@@ -108,16 +108,19 @@ FILL = _padded("fill", [
 ])
 
 
+BAR_FIELDS = ("open", "high", "low", "close")
+
+
 def features_dtype(names: list[str]) -> np.dtype:
-    """Feature row: header fields then one float64 per named feature."""
+    """Feature row: the closed bar, then one float64 per named feature, so one
+    row is all a model or a recorder needs about that bar."""
     fields = [
         ("ts_origin_ns", "<i8"),
         ("ts_bar_ns", "<i8"),
         ("symbol_id", "<u4"),
         ("flags", "<u2"),
         ("n_ticks", "<u2"),
-        ("close", "<f8"),
-    ] + [(n, "<f8") for n in names]
+    ] + [(n, "<f8") for n in BAR_FIELDS] + [(n, "<f8") for n in names]
     return _padded("features", fields)
 
 

@@ -1,18 +1,22 @@
 """Data at rest: `pipeline download` against a local server that answers
-Binance's /api/v3/klines from the real candles of ../shared/data, the Parquet
-layout helpers, and the recorder worker inside a running pipeline.
+Binance's /api/v3/klines and /api/v3/aggTrades from the real candles and
+trades of ../shared/data, the Parquet layout helpers, and the recorder worker
+inside a running pipeline.
 
 The kline server serves slices of binance_BTC-USDT_5m.csv the way Binance
 does (bars with startTime <= open time <= endTime, at most ``limit``),
 copying the CSV's number texts into the JSON as Binance sends strings. ccxt
 asks for /api/v3/exchangeInfo first: that is the real captured response
-(it lists BTCUSDT, so nothing is added to it).
+(it lists BTCUSDT, so nothing is added to it). The aggTrades server serves
+binance_BTC-USDT_trades_2021-01-08.csv (2001 trades with consecutive ids) as
+Binance's aggregate trades, honouring fromId, startTime/endTime and limit.
 """
 from __future__ import annotations
 
 import bisect
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -29,7 +33,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import cli
-from workers.storage import append_ohlcv, ohlcv_dir, read_ohlcv, write_parts
+from workers.storage import (append_ohlcv, append_trades, ohlcv_dir, read_ohlcv, read_trades,
+                             trades_dir, write_parts)
 from venue_servers import PAYLOADS, SHARED, HttpReplayServer, capture_lines
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -236,6 +241,247 @@ def test_download_mistakes_are_one_line(binance, tmp_path, capsys, args, message
     assert not (tmp_path / "ohlcv").exists()
 
 
+# -- trades: a Binance aggTrades server over the real trades --------------------------------
+TRADES = SHARED / "data" / "trades" / "binance_BTC-USDT_trades_2021-01-08.csv"
+needs_trades = pytest.mark.skipif(not TRADES.exists() or not EXCHANGE_INFO.exists(),
+                                  reason="../shared/data not present: the Binance trades and "
+                                         "exchangeInfo capture are needed")
+HOUR_MS = 3_600_000
+DAY0 = "2021-01-08"
+
+
+def binance_error(code: int, msg: str) -> tuple[int, str]:
+    return 400, json.dumps({"code": code, "msg": msg})
+
+
+class AggTrades:
+    """/api/v3/aggTrades from the CSV rows, as Binance answers: ``fromId`` -> the
+    trades from that id on; ``startTime``/``endTime`` (both inclusive, at most an
+    hour apart) -> the trades in that window; neither -> the most recent; at most
+    ``limit`` (default 500, at most 1000), oldest first. A window holding more
+    than ``limit`` is answered from its start, or with ``window_end="last"``
+    from its end (what ccxt's comments say Binance does). ``corrupt`` maps a
+    trade id to fields served instead; ``dup`` is an id served twice; ``hold_at``
+    blocks that fromId request (1-based) until released."""
+
+    def __init__(self, corrupt: dict[int, dict] | None = None, dup: int | None = None,
+                 hold_at: int | None = None, window_end: str = "first"):
+        lines = TRADES.read_text().splitlines()[1:]
+        self.rows = [line.split(",") for line in lines if line]
+        self.ts = [int(r[0]) for r in self.rows]
+        self.ids = [int(r[1]) for r in self.rows]
+        self.corrupt = corrupt or {}
+        self.dup = dup
+        self.window_end = window_end
+        self.by_id = 0
+        self.hold_at = hold_at
+        self.held = threading.Event()
+        self.release = threading.Event()
+
+    def agg(self, r: list[str]) -> dict:
+        a = int(r[1])
+        return {"a": a, "p": r[2], "q": r[3], "f": a, "l": a, "T": int(r[0]),
+                "m": r[4] == "True", "M": True, **self.corrupt.get(a, {})}
+
+    def __call__(self, q: dict):
+        limit = int(q.get("limit", 500))
+        if not 1 <= limit <= 1000:
+            return binance_error(-1130, "Invalid data sent for a parameter.")
+        timed = "startTime" in q or "endTime" in q
+        if "fromId" in q and timed:
+            return binance_error(-1128, "Combination of optional parameters invalid.")
+        if "startTime" in q and "endTime" in q and int(q["endTime"]) - int(q["startTime"]) > HOUR_MS:
+            return binance_error(-1127, "More than 1 hours between startTime and endTime.")
+        if "fromId" in q:
+            self.by_id += 1
+            if self.by_id == self.hold_at:
+                self.held.set()
+                self.release.wait(TIMEOUT)
+            lo = bisect.bisect_left(self.ids, int(q["fromId"]))
+            hi = min(len(self.ids), lo + limit)
+        elif timed:
+            lo = bisect.bisect_left(self.ts, int(q["startTime"])) if "startTime" in q else 0
+            hi = bisect.bisect_right(self.ts, int(q["endTime"])) if "endTime" in q else len(self.ts)
+            if self.window_end == "last":
+                lo = max(lo, hi - limit)
+            hi = min(hi, lo + limit)
+        else:
+            lo, hi = max(0, len(self.ids) - limit), len(self.ids)
+        out = [self.agg(r) for r in self.rows[lo:max(lo, hi)]]
+        i = next((k for k, t in enumerate(out) if t["a"] == self.dup), None)
+        if i is not None:
+            out.insert(i + 1, {**out[i], "p": str(float(out[i]["p"]) + 1.0)})
+        return json.dumps(out)
+
+
+@pytest.fixture
+def binance_trades():
+    """Start an aggTrades server: binance_trades(**AggTrades kwargs) -> (server, aggtrades)."""
+    servers = []
+
+    def start(**kw):
+        agg = AggTrades(**kw)
+        srv = HttpReplayServer({"/api/v3/exchangeInfo": exchange_info(), "/api/v3/aggTrades": agg})
+        srv.__enter__()
+        servers.append((srv, agg))
+        return srv, agg
+    yield start
+    for srv, agg in servers:
+        agg.release.set()
+        srv.__exit__(None, None, None)
+
+
+def trades_cmd(url: str, out: Path, since: str, until: str | None, *extra) -> list[str]:
+    return [sys.executable, "-m", "pipeline", "download", "--venue", "binance", "--symbol",
+            "BTC/USDT", "--trades", "--since", since, *(["--until", until] if until else []),
+            "--out", str(out), "--rest-url", url, *extra]
+
+
+def run_trades(url: str, out: Path, since: str, until: str | None = None,
+               *extra) -> subprocess.CompletedProcess:
+    r = subprocess.run(trades_cmd(url, out, since, until, *extra), cwd=ROOT, capture_output=True,
+                       text=True, timeout=TIMEOUT)
+    assert r.returncode == 0, r.stderr
+    return r
+
+
+def csv_trades(since: str = DAY0, until: str = "2021-01-09") -> pa.Table:
+    t = pcsv.read_csv(TRADES, convert_options=pcsv.ConvertOptions(
+        column_types={"quantity": pa.float64(), "price": pa.float64()}))
+    ts = t.column("timestamp_ms").to_numpy()
+    t = t.filter(pa.array((ts >= ms(since)) & (ts < ms(until))))
+    side = np.where(t.column("buyer_maker").to_numpy(zero_copy_only=False), "sell", "buy")
+    return pa.table({"timestamp_ms": t.column("timestamp_ms"), "trade_id": t.column("trade_id"),
+                     "price": t.column("price"), "amount": t.column("quantity"),
+                     "side": pa.array(side, pa.string())})
+
+
+def trades_got(out: Path) -> pa.Table:
+    return read_trades(trades_dir(out, "binance", "BTC/USDT"))
+
+
+def agg_requests(srv) -> list[dict]:
+    return [q for path, q in srv.requests if path == "/api/v3/aggTrades"]
+
+
+@needs_trades
+def test_trades_download_equals_csv_then_resumes_without_duplicates_or_gaps(binance_trades,
+                                                                             tmp_path):
+    srv, _ = binance_trades()
+    out = tmp_path / "data"
+    r = run_trades(srv.url, out, f"{DAY0}T00:00:10", f"{DAY0}T00:00:20")
+    want = csv_trades(f"{DAY0}T00:00:10", f"{DAY0}T00:00:20")
+    assert 0 < want.num_rows < 2001
+    assert trades_got(out).equals(want)
+    assert f"{want.num_rows} new trades" in r.stdout
+    assert "100%" in r.stderr and "trades" in r.stderr              # the progress bar, on stderr
+    d = trades_dir(out, "binance", "BTC/USDT")
+    assert d == out / "trades/venue=binance/symbol=BTC-USDT"
+    assert sorted(p.name for p in d.iterdir()) == [f"{DAY0}.parquet"]
+    last_id = trades_got(out).column("trade_id").to_numpy()[-1]
+
+    # the interrupted range goes on: an earlier --since fills in before the first stored
+    # trade (looked up by time once, then by id), no --until goes on after the last one
+    n = len(agg_requests(srv))
+    r = run_trades(srv.url, out, DAY0)
+    asked = agg_requests(srv)[n:]
+    assert asked[0]["startTime"] == str(ms(DAY0)) and int(asked[0]["endTime"]) < ms(DAY0) + HOUR_MS
+    assert {"fromId": str(last_id + 1), "limit": "1000", "symbol": "BTCUSDT"} in asked
+    got = trades_got(out)
+    assert got.equals(csv_trades())
+    ids = got.column("trade_id").to_numpy()
+    assert len(ids) == 2001 and (np.diff(ids) == 1).all()          # no gap, no duplicate
+    assert f"{2001 - want.num_rows} new trades" in r.stdout
+    assert f"the dataset holds {DAY0} 00:00:00 .. {DAY0} 00:00:46" in r.stdout
+
+    # up to date, and a --since a day before the first trade: found with one look at
+    # the venue's oldest trade instead of 24 empty hours; nothing added
+    n = len(agg_requests(srv))
+    r = run_trades(srv.url, out, "2021-01-07")
+    assert "0 new trades" in r.stdout and len(agg_requests(srv)) - n <= 3, agg_requests(srv)[n:]
+    assert trades_got(out).equals(csv_trades())
+
+
+@needs_trades
+@pytest.mark.parametrize("window_end", ["first", "last"])
+def test_trades_first_trade_is_found_whichever_end_a_full_window_is_answered_from(
+        binance_trades, tmp_path, window_end):
+    srv, _ = binance_trades(window_end=window_end)
+    out = tmp_path / "data"
+    run_trades(srv.url, out, f"{DAY0}T00:00:05", f"{DAY0}T00:00:30", "--limit", "100")
+    assert trades_got(out).equals(csv_trades(f"{DAY0}T00:00:05", f"{DAY0}T00:00:30"))
+
+
+@needs_trades
+def test_interrupted_trades_download_keeps_what_it_fetched_and_resumes(binance_trades, tmp_path):
+    srv, agg = binance_trades(hold_at=3)     # the third page by id hangs until we let it go
+    out = tmp_path / "data"
+    proc = subprocess.Popen(trades_cmd(srv.url, out, DAY0, None, "--limit", "500"), cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert agg.held.wait(TIMEOUT), "the download never asked for its third page"
+        proc.send_signal(signal.SIGINT)           # Ctrl-C while it waits for the venue
+        _, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        agg.release.set()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and "resumes" in err and "Traceback" not in err
+    # the two pages held in memory were written on the way out
+    assert trades_got(out).equals(csv_trades().slice(0, 1000))
+    n = len(agg_requests(srv))
+    run_trades(srv.url, out, DAY0)
+    by_id = [q["fromId"] for q in agg_requests(srv)[n:] if q.get("fromId", "0") != "0"]
+    assert by_id[0] == str(agg.ids[1000])                           # resumed after them
+    assert trades_got(out).equals(csv_trades())
+
+
+@needs_trades
+def test_bad_trades_from_the_venue_are_dropped_counted_and_reported(binance_trades, tmp_path):
+    ids = [int(r.split(",")[1]) for r in TRADES.read_text().splitlines()[1:] if r]
+    ts = {int(r.split(",")[1]): int(r.split(",")[0]) for r in TRADES.read_text().splitlines()[1:]
+          if r}
+    bad = [ids[k] for k in (999, 1200, 1300, 1400)]
+    corrupt = {bad[0]: {"p": "NaN"},                # ccxt cannot read its page; the page's last
+               bad[1]: {"p": "-1.5"},
+               bad[2]: {"q": "0"},
+               bad[3]: {"T": ts[bad[3]] - 60_000}}          # a minute before its neighbours
+    srv, _ = binance_trades(corrupt=corrupt, dup=ids[1500])  # served twice: the second dropped
+    out = tmp_path / "data"
+    r = run_trades(srv.url, out, DAY0)
+    assert "dropped 5 bad rows from the venue (nan 1, non-positive 2, out of order 2)" in r.stdout
+    want = csv_trades()
+    keep = ~np.isin(want.column("trade_id").to_numpy(), bad)
+    assert trades_got(out).equals(want.filter(pa.array(keep)))
+    assert "1997 new trades" in r.stdout
+
+
+@needs_trades
+@pytest.mark.parametrize("args, message", [
+    (["--timeframe", "5m"], "--trades and --timeframe exclude each other"),
+    (["--trades", None], "say what to download: --timeframe TF (OHLCV bars, e.g. 5m) or --trades"),
+    (["--venue", "binanse"], "unknown venue 'binanse': ccxt has no exchange of that name"),
+    (["--venue", "kraken"], "kraken is not supported yet"),
+    (["--symbol", "BTC/USDX"], "unknown symbol 'BTC/USDX' on binance; did you mean BTC/USDT"),
+    (["--since", "2999-01-01", "--until", "2999-02-01"], "--since 2999-01-01 00:00 is in the future"),
+    (["--limit", "0"], "--limit must be >= 1, got 0"),
+    (["--limit", "5000"], "binance: fetch_trades: BadRequest: "),
+])
+def test_trades_download_mistakes_are_one_line(binance_trades, tmp_path, capsys, args, message):
+    srv, _ = binance_trades()
+    base = {"--venue": "binance", "--symbol": "BTC/USDT", "--trades": "", "--since": DAY0,
+            "--until": "2021-01-09"}
+    for k, v in zip(args[::2], args[1::2]):
+        base[k] = v
+    argv = ["download", *[x for k, v in base.items() if v is not None for x in (k, v) if x],
+            "--out", str(tmp_path), "--rest-url", srv.url, "--no-progress"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pipeline: ") and err.count("\n") == 1, err
+    assert message in err
+    assert not (tmp_path / "trades").exists()
+
+
 # -- layout helpers -------------------------------------------------------------------------
 def test_append_ohlcv_merges_months_without_duplicates(tmp_path):
     def bars(first: int, n: int, price: float) -> pa.Table:
@@ -251,6 +497,21 @@ def test_append_ohlcv_merges_months_without_duplicates(tmp_path):
         ms("2025-01-31T23:50") + np.arange(6) * TF_MS).tolist()
     assert t.column("close").to_pylist() == [1.0] * 4 + [2.0] * 2
     assert sorted(p.name for p in d.iterdir()) == ["2025-01.parquet", "2025-02.parquet"]
+
+
+def test_append_trades_merges_days_by_trade_id(tmp_path):
+    def trades(ids, price: float) -> pa.Table:
+        ids = np.asarray(ids)
+        return pa.table({"timestamp_ms": ms("2025-01-31T23:59:58") + (ids - 10) * 1000,
+                         "trade_id": ids, "price": np.full(len(ids), price),
+                         "amount": np.ones(len(ids)), "side": ["buy"] * len(ids)})
+    d = tmp_path / "trades"
+    assert append_trades(d, trades([10, 11, 12, 13], 1.0)) == 4    # two on Jan 31, two on Feb 1
+    assert append_trades(d, trades([13, 12, 14], 2.0)) == 1        # stored ones win; sorted by id
+    t = read_trades(d)
+    assert t.column("trade_id").to_pylist() == [10, 11, 12, 13, 14]
+    assert t.column("price").to_pylist() == [1.0] * 4 + [2.0]
+    assert sorted(p.name for p in d.iterdir()) == ["2025-01-31.parquet", "2025-02-01.parquet"]
 
 
 def test_write_parts_numbers_parts_and_never_overwrites(tmp_path):
@@ -358,6 +619,7 @@ def test_recorder_writes_every_tick_once(tmp_path, how):
         stop = run.cli("stop")
         assert stop.returncode == 0, stop.stderr
         assert run.proc.wait(TIMEOUT) == 0
+        output = run.output()
     finally:
         run.kill()
 
@@ -373,3 +635,14 @@ def test_recorder_writes_every_tick_once(tmp_path, how):
     names = set(t.column_names)
     assert {"ts_origin_ns", "ts_exchange_ns", "seq", "kind", "side", "price", "size", "bid",
             "ask"} <= names and "symbol_id" not in names
+
+    # every closed bar, with the features the models saw, once
+    bars = pds.dataset(tmp_path / "data" / "bars", format="parquet", partitioning="hive").to_table()
+    summary = re.search(r"ticks \d+, bars (\d+)", output)
+    assert summary and bars.num_rows == int(summary.group(1)) > 0
+    assert {"ts_bar_ns", "open", "high", "low", "close", "volume", "n_ticks", "ema_12", "ema_26",
+            "rsi_14", "ret_1", "venue", "symbol", "date"} <= set(bars.column_names)
+    o, h, lo, c = (np.array(bars.column(k).to_pylist()) for k in ("open", "high", "low", "close"))
+    assert np.all(h >= np.maximum(o, c)) and np.all(lo <= np.minimum(o, c)) and np.all(lo > 0)
+    keys = list(zip(bars.column("symbol").to_pylist(), bars.column("ts_bar_ns").to_pylist()))
+    assert len(keys) == len(set(keys))

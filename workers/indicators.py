@@ -175,6 +175,9 @@ class IndicatorWorker(Worker):
         rows["symbol_id"] = ids
         rows["flags"] = st.flags[ids] | extra_flags
         rows["n_ticks"] = np.minimum(st.n_ticks[ids], 65535)
+        rows["open"] = st.o[ids]
+        rows["high"] = st.h[ids]
+        rows["low"] = st.l[ids]
         rows["close"] = st.c[ids]
         for name in self.names:
             rows[name] = values[name] if name in values else st.v[ids]

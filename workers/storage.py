@@ -9,10 +9,19 @@ pandas, polars or duckdb read a whole tree with the partition columns):
         timestamp_ms (bar open, epoch ms), open, high, low, close, volume.
         Appending merges into the month's file (sorted, no duplicate
         timestamp) and replaces it atomically.
+    ROOT/trades/venue=<venue>/symbol=<BASE-QUOTE>/<YYYY-MM-DD>.parquet
+        one file per UTC day of trade times, columns timestamp_ms, trade_id
+        (the venue's, e.g. Binance's aggregate trade id), price, amount, side
+        (buy/sell: the taker's side). Merged like the OHLCV months, sorted by
+        trade id, one row per id.
     ROOT/ticks/venue=<venue>/symbol=<BASE-QUOTE>/date=<YYYY-MM-DD>/part-<n>.parquet
         one file per recorder flush and partition; the columns of the TICK
         record except symbol_id (ids are per run; the path names the symbol).
         The date is the UTC day of ts_exchange_ns.
+    ROOT/bars/venue=<venue>/symbol=<BASE-QUOTE>/date=<YYYY-MM-DD>/part-<n>.parquet
+        the indicator shards' closed bars with every feature computed on them
+        (the feature row less symbol_id): training data that is exactly what
+        the live models saw. The date is the UTC day of ts_bar_ns.
 
 Files are written under a hidden temporary name (".tmp-*", which readers of a
 dataset skip) and then renamed or hard-linked into place, so a reader or a
@@ -30,13 +39,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from shm.records import TICK
-
 OHLCV_COLUMNS = ["timestamp_ms", "open", "high", "low", "close", "volume"]
 OHLCV_SCHEMA = pa.schema([("timestamp_ms", pa.int64())] +
                          [(c, pa.float64()) for c in OHLCV_COLUMNS[1:]])
-TICK_COLUMNS = [n for n in TICK.names if n != "symbol_id"]
+TRADES_COLUMNS = ["timestamp_ms", "trade_id", "price", "amount", "side"]
+TRADES_SCHEMA = pa.schema([("timestamp_ms", pa.int64()), ("trade_id", pa.int64()),
+                           ("price", pa.float64()), ("amount", pa.float64()),
+                           ("side", pa.string())])
 TRADE_SIZE_COLUMNS = ("quantity", "amount")
+MS_PER_DAY = 86_400_000
 NS_PER_DAY = 86_400 * 10**9
 
 
@@ -51,8 +62,13 @@ def ohlcv_dir(root: str | Path, venue: str, symbol: str, timeframe: str) -> Path
             / f"timeframe={timeframe}")
 
 
-def ticks_dir(root: str | Path, venue: str, symbol: str, date: str) -> Path:
-    return Path(root) / "ticks" / f"venue={venue}" / f"symbol={symbol_part(symbol)}" / f"date={date}"
+def day_dir(root: str | Path, dataset: str, venue: str, symbol: str, date: str) -> Path:
+    """Where the recorder puts one day of one symbol: DIR/<dataset>/venue=../symbol=../date=.."""
+    return Path(root) / dataset / f"venue={venue}" / f"symbol={symbol_part(symbol)}" / f"date={date}"
+
+
+def trades_dir(root: str | Path, venue: str, symbol: str) -> Path:
+    return Path(root) / "trades" / f"venue={venue}" / f"symbol={symbol_part(symbol)}"
 
 
 def utc_month(ts_ms: int) -> str:
@@ -103,55 +119,100 @@ def write_parts(parts: list[tuple[Path, pa.Table]]) -> list[Path]:
     return [_publish_part(directory, tmp) for directory, tmp in staged]
 
 
-def ticks_table(recs: np.ndarray) -> pa.Table:
-    """TICK records -> an Arrow table of TICK_COLUMNS."""
-    return pa.table({c: np.ascontiguousarray(recs[c]) for c in TICK_COLUMNS})
+def records_table(recs: np.ndarray) -> pa.Table:
+    """Records (ticks, feature rows) -> an Arrow table of their fields but the
+    symbol id: ids differ from run to run, the directory names the symbol."""
+    return pa.table({c: np.ascontiguousarray(recs[c]) for c in recs.dtype.names if c != "symbol_id"})
 
 
-# -- OHLCV datasets ---------------------------------------------------------------------
+# -- downloaded datasets: OHLCV months, trade days -----------------------------------------
 def month_files(directory: Path) -> list[Path]:
-    """The month files of one OHLCV dataset, oldest first (names sort by date)."""
+    """The period files of one downloaded dataset (OHLCV months, trade days),
+    oldest first (names sort by date)."""
     return sorted(p for p in directory.glob("*.parquet") if not p.name.startswith("."))
 
 
-def read_ohlcv(directory: Path) -> pa.Table:
+def _read(directory: Path, schema: pa.Schema) -> pa.Table:
     files = month_files(directory)
     if not files:
-        return OHLCV_SCHEMA.empty_table()
-    return pa.concat_tables([pq.read_table(f, schema=OHLCV_SCHEMA) for f in files])
+        return schema.empty_table()
+    return pa.concat_tables([pq.read_table(f, schema=schema) for f in files])
+
+
+def read_ohlcv(directory: Path) -> pa.Table:
+    return _read(directory, OHLCV_SCHEMA)
+
+
+def read_trades(directory: Path) -> pa.Table:
+    return _read(directory, TRADES_SCHEMA)
+
+
+def dataset_ends(directory: Path, columns: list[str]) -> tuple[tuple, tuple] | None:
+    """``columns`` of the first and of the last row a downloaded dataset holds
+    (files are sorted inside), reading those columns of two files only."""
+    files = month_files(directory)
+    if not files:
+        return None
+    first = pq.read_table(files[0], columns=columns)
+    last = pq.read_table(files[-1], columns=columns)
+    return (tuple(first.column(c)[0].as_py() for c in columns),
+            tuple(last.column(c)[-1].as_py() for c in columns))
 
 
 def ohlcv_bounds(directory: Path) -> tuple[int, int] | None:
     """(first, last) bar open time held by the dataset, reading two columns only."""
-    files = month_files(directory)
-    if not files:
-        return None
-    first = pq.read_table(files[0], columns=["timestamp_ms"]).column(0)
-    last = pq.read_table(files[-1], columns=["timestamp_ms"]).column(0)
-    return int(first[0].as_py()), int(last[-1].as_py())
+    ends = dataset_ends(directory, ["timestamp_ms"])
+    return None if ends is None else (ends[0][0], ends[1][0])
+
+
+def trades_bounds(directory: Path) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """((time, trade id) of the first trade, (time, trade id) of the last) held."""
+    return dataset_ends(directory, ["timestamp_ms", "trade_id"])
+
+
+def _period_labels(ts_ms: np.ndarray, fmt: str) -> np.ndarray:
+    """The UTC period name (strftime ``fmt`` of the day) of every time."""
+    days, inverse = np.unique(np.asarray(ts_ms, np.int64) // MS_PER_DAY, return_inverse=True)
+    names = np.array([datetime.fromtimestamp(int(d) * 86_400, timezone.utc).strftime(fmt)
+                      for d in days])
+    return names[inverse.reshape(-1)]
+
+
+def merge_periods(directory: Path, table: pa.Table, schema: pa.Schema, key: str,
+                  fmt: str) -> int:
+    """Merge rows into their period files (``fmt`` names the period of a row's
+    timestamp_ms: "%Y-%m" months, "%Y-%m-%d" days), sorted by ``key`` with one
+    row per key (a row already stored wins); each file is replaced atomically.
+    Returns the number of new rows stored."""
+    table = table.select(schema.names).cast(schema)
+    if table.num_rows == 0:
+        return 0
+    periods = _period_labels(table.column("timestamp_ms").to_numpy(), fmt)
+    added = 0
+    for period in np.unique(periods):
+        new = table.filter(pa.array(periods == period))
+        path = directory / f"{period}.parquet"
+        old = pq.read_table(path, schema=schema) if path.exists() else schema.empty_table()
+        merged = pa.concat_tables([old, new])
+        # np.unique keeps the first occurrence: stored rows come first, so they win
+        _, first = np.unique(merged.column(key).to_numpy(), return_index=True)
+        merged = merged.take(pa.array(first))           # unique returns them sorted by key
+        added += merged.num_rows - old.num_rows
+        tmp = _write_tmp(directory, merged)
+        os.replace(tmp, path)
+    return added
 
 
 def append_ohlcv(directory: Path, table: pa.Table) -> int:
     """Merge bars into their month files: sorted by time, one row per timestamp
     (a bar already stored wins). Returns the number of new bars stored."""
-    table = table.select(OHLCV_COLUMNS).cast(OHLCV_SCHEMA)
-    if table.num_rows == 0:
-        return 0
-    ts = table.column("timestamp_ms").to_numpy()
-    months = np.array([utc_month(int(t)) for t in ts])
-    added = 0
-    for month in np.unique(months):
-        new = table.filter(pa.array(months == month))
-        path = directory / f"{month}.parquet"
-        old = pq.read_table(path, schema=OHLCV_SCHEMA) if path.exists() else OHLCV_SCHEMA.empty_table()
-        merged = pa.concat_tables([old, new])
-        # np.unique keeps the first occurrence: stored rows come first, so they win
-        _, first = np.unique(merged.column("timestamp_ms").to_numpy(), return_index=True)
-        merged = merged.take(pa.array(first))           # unique returns them sorted by time
-        added += merged.num_rows - old.num_rows
-        tmp = _write_tmp(directory, merged)
-        os.replace(tmp, path)
-    return added
+    return merge_periods(directory, table, OHLCV_SCHEMA, "timestamp_ms", "%Y-%m")
+
+
+def append_trades(directory: Path, table: pa.Table) -> int:
+    """Merge trades into their UTC day files: sorted by trade id, one row per id
+    (a trade already stored wins). Returns the number of new trades stored."""
+    return merge_periods(directory, table, TRADES_SCHEMA, "trade_id", "%Y-%m-%d")
 
 
 # -- reading market files (replay) --------------------------------------------------------
@@ -239,12 +300,19 @@ def check_candles(ts, o, h, l, c, v, after: float = -np.inf) -> tuple[np.ndarray
                      ("out of order", _in_order(ts, valid, True, after))])
 
 
-def check_trades(ts, price, size, after: float = -np.inf) -> tuple[np.ndarray, Counter]:
+def check_trades(ts, price, size, after: float = -np.inf, ids=None,
+                 after_id: float = -np.inf) -> tuple[np.ndarray, Counter]:
     """Mask of good trades and bad counts per reason: a NaN, price or size <= 0,
-    or a time before the previous good trade (equal times are fine)."""
+    or a time before the previous good trade (equal times are fine). With
+    ``ids`` (trade ids in the venue's order), a missing id is a NaN and an id
+    not after the previous good trade's (and ``after_id``) is out of order."""
     finite = np.isfinite(ts) & np.isfinite(price) & np.isfinite(size)
+    if ids is not None:
+        finite &= np.isfinite(ids)
     with np.errstate(invalid="ignore"):
         positive = (price > 0) & (size > 0)
     valid = finite & positive
-    return _verdict([("nan", finite), ("non-positive", positive),
-                     ("out of order", _in_order(ts, valid, False, after))])
+    order = _in_order(ts, valid, False, after)
+    if ids is not None:
+        order &= _in_order(ids, valid, True, after_id)
+    return _verdict([("nan", finite), ("non-positive", positive), ("out of order", order)])
