@@ -103,7 +103,8 @@ from pipeline.config import FeedConfig  # noqa: E402
 from shm import segment  # noqa: E402
 from shm.records import TICK  # noqa: E402
 from shm.ring import LOSSY, Ring, RingSpec  # noqa: E402
-from workers.venues import feed_class  # noqa: E402
+from workers.venues import feed_class
+from workers.venues.capture import capture_lines as read_capture  # noqa: E402
 from workers.venues.base import MalformedMessage, TickBuffer  # noqa: E402
 
 PAYLOADS = _HERE.parent.parent / "shared" / "data" / "payloads"
@@ -125,21 +126,9 @@ class Unavailable(Exception):
 
 # -- captures ------------------------------------------------------------------
 def capture_lines(path: Path) -> list[dict]:
-    """Lines of a *.capture.jsonl with ``raw``: the payload text exactly as
-    captured (the method of tests/venue_servers.py, which needs the test extra)."""
     if not path.exists():
         raise Unavailable(f"capture {path} not found")
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.rstrip("\n")
-            if not line:
-                continue
-            rec = json.loads(line)
-            i = line.find('"msg":')
-            rec["raw"] = line[i + 6:-1] if i >= 0 else None
-            out.append(rec)
-    return out
+    return read_capture(path)
 
 
 # -- the two sides ---------------------------------------------------------------

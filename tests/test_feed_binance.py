@@ -25,7 +25,7 @@ import pytest
 from pipeline.config import FeedConfig
 from shm.records import SIDE_BUY, SIDE_SELL, TICK, TICK_GAP, TICK_QUOTE, TICK_TRADE
 from venue_servers import (PAYLOADS, Behaviour, HttpReplayServer, WsReplayServer, capture_lines,
-                           recv_messages)
+                           recv_messages, run_until)
 from workers.feed import VenueSource
 from workers.venues.base import MalformedMessage, TickBuffer
 from workers.venues.binance import BinanceFeed, L2Book, SequenceGap
@@ -157,25 +157,6 @@ def source(ws, http, channels=ALL, symbols=SYMBOLS, **kw) -> VenueSource:
                 no_message_timeout_s=30.0, rest_rate_per_s=1000.0)
     cfg = feed_config(channels, symbols, ws_url=ws.url, rest_url=http.url, **{**opts, **kw})
     return VenueSource(cfg, {s: IDS[s] for s in symbols})
-
-
-def run_until(src: VenueSource, done, what: str, timeout: float = TIMEOUT) -> np.ndarray:
-    """Drive the feed loop as the feed process does until ``done(ticks so far)``."""
-    got = np.zeros(0, TICK)
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            ticks = src.step()
-            if ticks is not None:
-                got = np.concatenate([got, ticks])
-            if done(got):
-                return got
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what}; stats {src.stats()}")
-            src.wait(0.05)
-            src.housekeeping()
-    finally:
-        src.close()
 
 
 def of(ticks: np.ndarray, symbol: str, kind: int | None = None) -> np.ndarray:

@@ -28,7 +28,7 @@ import pytest
 from pipeline.config import FeedConfig
 from shm.records import SIDE_BUY, SIDE_SELL, TICK_GAP, TICK_QUOTE, TICK_TRADE
 from venue_servers import (PAYLOADS, SHARED, Behaviour, HttpReplayServer, WsReplayServer,
-                           capture_lines)
+                           capture_lines, run_until)
 
 CAPTURE = PAYLOADS / "bithumb" / "ws" / "transaction_2021-06-01.capture.jsonl"
 CCXT_REST = PAYLOADS / "bithumb" / "rest" / "ccxt_static_httpResponses.json"
@@ -259,23 +259,6 @@ def test_bad_book_levels_are_malformed():
 
 
 # -- end to end through the real connection code ----------------------------------
-
-def run_until(source, cond, timeout=30.0) -> np.ndarray:
-    """Drive the source as the feed process does until cond(ticks so far) holds."""
-    batches = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        out = source.step()
-        if out is not None:
-            batches.append(out)
-        if batches:
-            ticks = np.concatenate(batches)
-            if cond(ticks):
-                return ticks
-        source.housekeeping()
-        source.wait(0.05)
-    raise AssertionError(f"condition not met; health {source.health.as_dict(time.time_ns())}")
-
 
 def make_source(server, natives, http=None, **cfg):
     """A VenueSource on the websocket server; REST (ccxt) on the local HTTP

@@ -26,7 +26,7 @@ import pytest
 from pipeline.config import FeedConfig
 from shm.records import SIDE_BUY, SIDE_SELL, TICK_GAP, TICK_QUOTE, TICK_TRADE
 from venue_servers import (PAYLOADS, SHARED, Behaviour, HttpReplayServer, WsReplayServer,
-                           capture_lines)
+                           capture_lines, run_until)
 
 CAPTURE = PAYLOADS / "upbit" / "ws" / "trade_orderbook_SIMPLE-format_2021-04-17.capture.jsonl"
 CCXT_REST = PAYLOADS / "upbit" / "rest" / "ccxt_static_httpResponses.json"
@@ -209,23 +209,6 @@ def test_bad_messages_are_counted_never_raised_further():
 
 
 # -- end to end through the real connection code ----------------------------------
-
-def run_until(source, cond, timeout=30.0) -> np.ndarray:
-    """Drive the source as the feed process does until cond(ticks so far) holds."""
-    batches = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        out = source.step()
-        if out is not None:
-            batches.append(out)
-        if batches:
-            ticks = np.concatenate(batches)
-            if cond(ticks):
-                return ticks
-        source.housekeeping()
-        source.wait(0.05)
-    raise AssertionError(f"condition not met; health {source.health.as_dict(time.time_ns())}")
-
 
 def make_source(server, codes, http=None, **cfg):
     """A VenueSource on the websocket server; REST (ccxt) on the local HTTP

@@ -13,34 +13,20 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+import numpy as np
 from websockets.sync.server import serve
+
+from shm.records import TICK
+from workers.venues.capture import capture_lines, recv_messages  # noqa: F401 (re-exported)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 PAYLOADS = SHARED / "data" / "payloads"
-
-
-def capture_lines(path: Path) -> list[dict]:
-    """Lines of a *.capture.jsonl with ``raw``: the payload text exactly as captured."""
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.rstrip("\n")
-            if not line:
-                continue
-            rec = json.loads(line)
-            i = line.find('"msg":')
-            rec["raw"] = line[i + 6:-1] if i >= 0 else None
-            out.append(rec)
-    return out
-
-
-def recv_messages(path: Path) -> list[str]:
-    return [r["raw"] for r in capture_lines(path) if r["dir"] == "recv"]
 
 
 @dataclass
@@ -149,3 +135,23 @@ class HttpReplayServer:
         self.httpd.shutdown()
         self.httpd.server_close()
         self._thread.join(10)
+
+
+def run_until(source, cond, what: str = "the condition", timeout: float = 60.0) -> np.ndarray:
+    """Drive a feed source as the feed process does (step, housekeeping, wait)
+    until ``cond(ticks so far)`` holds; the source is closed afterwards."""
+    got = np.zeros(0, TICK)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            ticks = source.step()
+            if ticks is not None:
+                got = np.concatenate([got, ticks])
+            if cond(got):
+                return got
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}; stats {source.stats()}")
+            source.housekeeping()
+            source.wait(0.05)
+    finally:
+        source.close()

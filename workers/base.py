@@ -191,6 +191,21 @@ class Worker:
             pass
 
     # -- helpers for subclasses -----------------------------------------------------
+    def drain(self):
+        """Each input ring's available batch, as (reader, batch); records lost to a
+        lap are counted (``dropped``, ``gaps``) and logged before the batch is
+        handed over, so the caller only has to mark the gap in its own output."""
+        for reader in self.readers:
+            batch = reader.read()
+            if batch is None:
+                continue
+            if batch.dropped:
+                self.counters["dropped"] += batch.dropped
+                self.counters["gaps"] = self.counters.get("gaps", 0) + 1
+                self.log.warning("lapped on %s: %d records lost before seq %d",
+                                 reader.ring.spec.name, batch.dropped, batch.first_seq)
+            yield reader, batch
+
     def publish(self, ring_name: str, records: np.ndarray) -> None:
         """Write to an output ring; on a lossless ring, wait as long as it takes,
         heartbeating and reporting backpressure while blocked."""

@@ -17,6 +17,7 @@ import numpy as np
 from shm.records import SIDE_BUY, SIDE_SELL, TICK, TICK_QUOTE, TICK_TRADE
 
 from .base import Worker
+from .venues.base import Health, MalformedMessage, TickBuffer, flush_ticks
 
 MAX_BATCH = 4096
 
@@ -130,7 +131,6 @@ class VenueSource:
 
     def __init__(self, feed, symbol_ids: dict[str, int]):
         from .venues import feed_class
-        from .venues.base import Health, TickBuffer
         from .venues.rest import RateLimiter, RestClient, make_exchange
         from .venues.ws import WsConnection
         self.feed = feed
@@ -151,7 +151,6 @@ class VenueSource:
         self.emitted = 0
 
     def step(self) -> np.ndarray | None:
-        from .venues.base import MalformedMessage
         out = self.buffer
         if not self.conn.connected:
             was = self.conn.connected_once
@@ -171,11 +170,9 @@ class VenueSource:
                 self.health.malformed_message(e, raw)
             except Exception as e:  # a parser bug must not take the feed down
                 self.health.malformed_message(MalformedMessage(type(e).__name__, str(e)), raw)
-        self.health.rejected = sum(out.rejected.values())
-        if not len(out):
-            return None
-        ticks = out.take()
-        self.emitted += len(ticks)
+        ticks = flush_ticks(out, self.health)
+        if ticks is not None:
+            self.emitted += len(ticks)
         return ticks
 
     def wait(self, timeout: float) -> None:

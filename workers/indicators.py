@@ -104,15 +104,10 @@ class IndicatorWorker(Worker):
 
     def step(self) -> bool:
         did = False
-        for reader in self.readers:
-            batch = reader.read()
-            if batch is None:
-                continue
+        for reader, batch in self.drain():
             did = True
             if batch.dropped:
                 # lapped on the lossy tick ring: every open bar of ours missed data
-                self.counters["dropped"] += batch.dropped
-                self.counters["gaps"] += 1
                 self.bars.flags[self.owned] |= FLAG_GAP
             self.on_ticks(batch.records)
             reader.commit()

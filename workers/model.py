@@ -46,11 +46,8 @@ class ModelWorker(Worker):
 
     def step(self) -> bool:
         events = []
-        dropped_gap = False
-        for reader in self.readers:
-            batch = reader.read()
-            if batch is not None:
-                events.append(batch.records)
+        for _, batch in self.drain():
+            events.append(batch.records)
         if not events:
             return False
         ev = np.concatenate(events) if len(events) > 1 else events[0]

@@ -44,16 +44,8 @@ class RecorderWorker(Worker):
 
     def step(self) -> bool:
         did = False
-        for reader in self.readers:
-            batch = reader.read()
-            if batch is None:
-                continue
+        for reader, batch in self.drain():
             did = True
-            if batch.dropped:
-                self.counters["dropped"] += batch.dropped
-                self.counters["gaps"] += 1
-                self.log.warning("lapped on %s: %d ticks lost before seq %d", reader.ring.spec.name,
-                                 batch.dropped, batch.first_seq)
             dataset = "ticks" if reader.ring.spec.name.startswith("ticks.") else "bars"
             self.held[dataset].append(batch.records)
             self.n_held += len(batch)

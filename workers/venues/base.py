@@ -95,6 +95,13 @@ class TickBuffer:
         return out
 
 
+def flush_ticks(out: TickBuffer, health: "Health") -> np.ndarray | None:
+    """The ticks collected since the last flush (None if none), with the
+    buffer's rejections recorded in the feed's health."""
+    health.rejected = sum(out.rejected.values())
+    return out.take() if len(out) else None
+
+
 @dataclass
 class Health:
     """Exchange health, shown in `pipeline report` and the worker's heartbeat."""

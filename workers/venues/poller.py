@@ -18,7 +18,7 @@ import numpy as np
 
 from shm.records import SIDE_BUY, SIDE_SELL
 
-from .base import Health, SeenTrades, TickBuffer
+from .base import Health, SeenTrades, TickBuffer, flush_ticks
 from .rest import RateLimiter, RestClient, make_exchange
 
 log = logging.getLogger("feed.poll")
@@ -71,11 +71,9 @@ class PollSource:
             self.health.state = "error"
             log.warning("%s REST poll failed: %s: %.200s", self.feed.venue, type(e).__name__, e)
         out = self.buffer
-        self.health.rejected = sum(out.rejected.values())
-        if not len(out):
-            return None
-        ticks = out.take()
-        self.emitted += len(ticks)
+        ticks = flush_ticks(out, self.health)
+        if ticks is not None:
+            self.emitted += len(ticks)
         return ticks
 
     def _poll_trades(self, sym: str) -> None:

@@ -80,23 +80,21 @@ class WsConnection:
         self.next_attempt = time.monotonic() + delay
         log.warning("%s; reconnecting in %.1f s", why, delay)
 
-    def drop(self, why: str) -> None:
-        """Close the socket and schedule a reconnect."""
+    def _close_socket(self) -> None:
         if self.ws is not None:
             try:
                 self.ws.close(timeout=0.2)
             except Exception:
-                pass
+                pass   # the peer is gone already: nothing left to close politely
             self.ws = None
+
+    def drop(self, why: str) -> None:
+        """Close the socket and schedule a reconnect."""
+        self._close_socket()
         self._failed(why)
 
     def close(self) -> None:
-        if self.ws is not None:
-            try:
-                self.ws.close(timeout=0.2)
-            except Exception:
-                pass
-            self.ws = None
+        self._close_socket()
         self.health.state = "closed"
 
     # -- I/O ------------------------------------------------------------------------
