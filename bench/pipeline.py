@@ -99,8 +99,8 @@ def make_config(args, name: str, rate: float, n_ticks: int, latency: bool):
     feed.max_ticks = int(n_ticks)
     if latency:
         cfg.indicators.bar_seconds = 0.1
-        cfg.indicators.ema_periods = [2, 4]
-        cfg.indicators.rsi_period = 3
+        cfg.indicators.ema = [2, 4]
+        cfg.indicators.rsi = [3]
         cfg.indicators.close_grace_s = 0.05
         cfg.model.threshold = 1e-5
         cfg.execution.max_position_notional = 1e12
@@ -109,6 +109,7 @@ def make_config(args, name: str, rate: float, n_ticks: int, latency: bool):
 
 
 def describe_config(cfg) -> dict:
+    from pipeline.config import indicator_specs
     f = cfg.feeds[0]
     return {"workers": cfg.pipeline.workers, "indicator_shards": cfg.n_shards,
             "model_workers": cfg.n_model_workers, "symbols": len(f.symbols),
@@ -117,8 +118,7 @@ def describe_config(cfg) -> dict:
             "features_capacity": cfg.rings.features_capacity,
             "signals_capacity": cfg.rings.signals_capacity,
             "bar_seconds": cfg.indicators.bar_seconds,
-            "ema_periods": list(cfg.indicators.ema_periods),
-            "rsi_period": cfg.indicators.rsi_period,
+            "indicators": [f"{k}{list(p)}" for k, p in indicator_specs(cfg.indicators)],
             "close_grace_s": cfg.indicators.close_grace_s,
             "model_threshold": cfg.model.threshold,
             "max_position_notional": cfg.execution.max_position_notional,

@@ -16,7 +16,7 @@ from pathlib import Path
 from .config import Config, ConfigError, load_config
 
 DEFAULT_CONFIG = Path("conf/default.toml")
-STREAMS = ("ticks", "features", "signals", "orders", "fills", "health")
+STREAMS = ("ticks", "features", "signals", "orders", "fills", "alerts", "health")
 
 
 class UserError(Exception):
@@ -92,6 +92,23 @@ def cmd_start(args) -> int:
     if rep:
         print(format_summary(sup.status(), rep))
     return code
+
+
+def cmd_features(args) -> int:
+    from .features import FeaturesError, run
+    cfg = _load(args)
+    try:
+        summary = run(args.data, args.out, cfg)
+    except FeaturesError as e:
+        raise UserError(str(e)) from None
+    dropped = summary["dropped"]
+    bad = f"; dropped {sum(dropped.values())} bad rows ({', '.join(f'{k} {n}' for k, n in dropped.items())})" \
+        if dropped else ""
+    print(f"{summary['rows']} bars, {len(summary['columns'])} indicator columns "
+          f"({', '.join(summary['columns'])}) in {summary['seconds'] * 1e3:.1f} ms; "
+          f"the first {summary['warmup_rows']} rows are warm-up (NaN where an indicator has "
+          f"too little history){bad}; written to {summary['out']}")
+    return 0
 
 
 def format_summary(status: dict, rep: dict) -> str:
@@ -316,6 +333,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="CPU-bound worker processes: indicator shards + model workers")
     sp.add_argument("--duration", type=float, metavar="SECONDS", help="stop cleanly after this long")
     sp.set_defaults(func=cmd_start)
+
+    sp = sub.add_parser("features", help="compute every configured indicator over a candle file",
+                        description="Compute the configured indicators over a candle file (CSV or "
+                                    "Parquet: timestamp_ms,open,high,low,close,volume) with the "
+                                    "same code the indicator shards run live, into Parquet.")
+    common(sp)
+    sp.add_argument("--data", required=True, metavar="FILE", help="candles, CSV or Parquet")
+    sp.add_argument("--out", required=True, metavar="OUT.parquet")
+    sp.set_defaults(func=cmd_features)
 
     sp = sub.add_parser("status", help="is it running, since when, per-worker state and restarts")
     common(sp)

@@ -89,10 +89,40 @@ class FeedConfig:
 
 @dataclass
 class IndicatorsConfig:
+    """Each indicator kind lists its parameter sets; several run side by side
+    (ema = [12, 26] gives ema_12 and ema_26). An empty list turns a kind off."""
     bar_seconds: float = 1.0
-    ema_periods: list[int] = field(default_factory=lambda: [12, 26])
-    rsi_period: int = 14
     close_grace_s: float = 0.25         # a bar with no next tick closes this long after its end
+    ema: list[int] = field(default_factory=lambda: [12, 26])
+    sma: list[int] = field(default_factory=lambda: [20])
+    rsi: list[int] = field(default_factory=lambda: [14])
+    macd: list[list[int]] = field(default_factory=lambda: [[12, 26, 9]])   # fast, slow, signal
+    bbands: list[list[float]] = field(default_factory=lambda: [[20, 2]])  # period, stddevs
+    atr: list[int] = field(default_factory=lambda: [14])
+    stoch: list[list[int]] = field(default_factory=lambda: [[14, 3, 3]])  # fastk, slowk, slowd
+    obv: bool = True
+    vwap: list[int] = field(default_factory=lambda: [20])        # rolling, over that many bars
+    volatility: list[int] = field(default_factory=lambda: [20])  # std of log returns
+    volume_z: list[int] = field(default_factory=lambda: [20])    # z-score of bar volume
+    # the desk alert: rolling volatility above alert_volatility together with a
+    # volume z-score above alert_volume_z (first volatility and volume_z sets)
+    alert_volatility: float = 0.0       # 0 = no alerts
+    alert_volume_z: float = 3.0
+
+
+PARAM_COUNTS = {"ema": 1, "sma": 1, "rsi": 1, "macd": 3, "bbands": 2, "atr": 1, "stoch": 3,
+                "vwap": 1, "volatility": 1, "volume_z": 1}
+
+
+def indicator_specs(ind: IndicatorsConfig) -> list[tuple[str, tuple]]:
+    """(kind, params) of every configured indicator, in a fixed order."""
+    specs = []
+    for kind in PARAM_COUNTS:
+        for p in getattr(ind, kind):
+            specs.append((kind, tuple(p) if isinstance(p, list) else (p,)))
+    if ind.obv:
+        specs.append(("obv", ()))
+    return specs
 
 
 @dataclass
@@ -205,9 +235,8 @@ def validate(cfg: Config) -> None:
          "execution.mode must be 'paper' (live trading needs an explicit flag and arrives later)"),
         (cfg.model.kind in ("momentum",), "model.kind must be 'momentum'"),
         (cfg.indicators.bar_seconds > 0, "indicators.bar_seconds must be > 0"),
-        (all(n >= 1 for n in cfg.indicators.ema_periods) and len(cfg.indicators.ema_periods) >= 2,
-         "indicators.ema_periods needs at least two periods >= 1"),
-        (cfg.indicators.rsi_period >= 1, "indicators.rsi_period must be >= 1"),
+        (len(cfg.indicators.ema) >= 2,
+         "indicators.ema needs at least two periods (the momentum model compares the first and last)"),
         (cfg.execution.order_notional > 0, "execution.order_notional must be > 0"),
         (cfg.execution.fee_bps >= 0 and cfg.execution.slippage_bps >= 0,
          "execution.fee_bps and slippage_bps must be >= 0"),
@@ -254,6 +283,23 @@ def validate(cfg: Config) -> None:
         checks.append((ok or cfg.bus.allow_remote,
                        f"bus.tap_bind '{cfg.bus.tap_bind}' listens beyond this host; "
                        "set bus.allow_remote = true to allow it"))
+    ind = cfg.indicators
+    for kind, n in PARAM_COUNTS.items():
+        for k, p in enumerate(getattr(ind, kind)):
+            params = p if isinstance(p, list) else [p]
+            where = f"indicators.{kind}[{k}]"
+            checks.append((len(params) == n, f"{where} needs {n} parameters, got {params}"))
+            checks.append((all(x >= 1 for x in params[:1]) and all(x > 0 for x in params),
+                           f"{where}: parameters must be positive, got {params}"))
+            if kind in ("bbands",):
+                checks.append((float(params[0]).is_integer(), f"{where}: the period must be whole"))
+    for kind, n in (("macd", 3),):
+        for k, p in enumerate(getattr(ind, kind)):
+            if len(p) == 3:
+                checks.append((p[0] < p[1], f"indicators.macd[{k}]: fast ({p[0]}) must be below slow ({p[1]})"))
+    checks.append((ind.alert_volatility >= 0, "indicators.alert_volatility must be >= 0 (0 = off)"))
+    checks.append((not ind.alert_volatility or (ind.volatility and ind.volume_z),
+                   "indicators.alert_volatility needs a volatility and a volume_z set"))
     for ok, msg in checks:
         if not ok:
             raise ConfigError(msg)

@@ -16,14 +16,16 @@ import time
 
 import zmq
 
-from shm.records import to_dicts
+from shm.records import FLAG_ALERT, to_dicts
 from shm.ring import Ring, RingFollower
 
 from . import bus
 from .config import BusConfig
 from .topology import Topology
 
-STREAMS = ("ticks", "features", "signals", "orders", "fills")
+STREAMS = ("ticks", "features", "signals", "orders", "fills", "alerts")
+# a stream read from another stream's rings, keeping only the flagged records
+DERIVED = {"alerts": ("features", FLAG_ALERT)}
 HEALTH = "health"   # not a ring: each feed's exchange health, once per report interval
 
 
@@ -42,7 +44,7 @@ class TapPublisher:
         self.rings = rings
         self.rate = cfg.tap_max_rate
         self.topics: set[bytes] = set()
-        self.followers: dict[str, RingFollower] = {}
+        self.followers: dict[tuple[str, str], RingFollower] = {}   # (stream, ring name)
         self.tokens = {s: float(self.rate) for s in STREAMS}
         self.last_refill = time.monotonic()
         self.sent = {s: 0 for s in STREAMS}
@@ -64,12 +66,16 @@ class TapPublisher:
                 self.topics.add(topic)
             else:
                 self.topics.discard(topic)
-        for name, ring in self.rings.items():
-            wanted = self._subscribed(stream_of(name))
-            if wanted and name not in self.followers:
-                self.followers[name] = ring.follower()
-            elif not wanted:
-                self.followers.pop(name, None)
+        for stream in STREAMS:
+            source = DERIVED.get(stream, (stream, 0))[0]
+            wanted = self._subscribed(stream)
+            for name, ring in self.rings.items():
+                if stream_of(name) != source:
+                    continue
+                if wanted and (stream, name) not in self.followers:
+                    self.followers[(stream, name)] = ring.follower()
+                elif not wanted:
+                    self.followers.pop((stream, name), None)
 
     def _subscribed(self, stream: str) -> bool:
         s = stream.encode()
@@ -85,16 +91,18 @@ class TapPublisher:
         for s in STREAMS:
             self.tokens[s] = min(float(self.rate), self.tokens[s] + dt * self.rate)
         name_of = self.topo.symbols.name
-        for name, follower in self.followers.items():
+        for (stream, name), follower in self.followers.items():
             batch = follower.read()
             if batch is None:
                 continue
-            stream = stream_of(name)
-            n_send = min(len(batch.records), int(self.tokens[stream]))
-            skipped = len(batch.records) - n_send + batch.dropped
+            records = batch.records
+            if stream in DERIVED:
+                records = records[(records["flags"] & DERIVED[stream][1]) != 0]
+            n_send = min(len(records), int(self.tokens[stream]))
+            skipped = len(records) - n_send + batch.dropped
             if n_send:
                 self.tokens[stream] -= n_send
-                for d in to_dicts(batch.records[-n_send:], name_of):
+                for d in to_dicts(records[-n_send:], name_of):
                     d = _clean(d)
                     d["ring"] = name
                     topic = f"{stream}|{d.get('symbol', '')}".encode()

@@ -14,7 +14,7 @@ from shm.ring import LOSSLESS, LOSSY, RingSpec
 from shm.segment import segment_name
 from shm.table import TableSpec
 
-from .config import Config
+from .config import Config, indicator_specs
 from .symbols import SymbolRegistry
 
 # the order of stages, upstream first; a clean stop goes in this order so
@@ -24,8 +24,9 @@ STAGES = ["feed", "indicators", "recorder", "model", "execution"]
 
 
 def feature_names(cfg: Config) -> list[str]:
-    ind = cfg.indicators
-    return [f"ema_{p}" for p in ind.ema_periods] + [f"rsi_{ind.rsi_period}", "ret_1", "volume"]
+    """The indicator columns of a feature row, in the engine's order."""
+    from workers.ta import Engine
+    return Engine(0, indicator_specs(cfg.indicators)).columns
 
 
 @dataclass

@@ -15,6 +15,7 @@ CACHE_LINE = 64
 FLAG_GAP = 1 << 0        # data was lost before this record (lapped reader, reconnect)
 FLAG_TIMER_CLOSE = 1 << 1  # a bar closed on the clock, not on a tick of the next bar
 FLAG_RECOVERED = 1 << 2  # re-emitted by a restarted worker
+FLAG_ALERT = 1 << 3      # a features row that raised the desk alert (volatility with a volume surge)
 
 # tick kinds
 TICK_TRADE = 1
@@ -108,7 +109,7 @@ FILL = _padded("fill", [
 ])
 
 
-BAR_FIELDS = ("open", "high", "low", "close")
+BAR_FIELDS = ("open", "high", "low", "close", "volume")
 
 
 def features_dtype(names: list[str]) -> np.dtype:

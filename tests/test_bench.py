@@ -42,3 +42,11 @@ def test_feeds_bench_quick(tmp_path):
         if r.get("skipped"):
             continue
         assert r["ours_msgs_per_s"] > 0
+
+
+def test_indicators_bench_quick(tmp_path):
+    res = run_bench("indicators.py", tmp_path / "indicators.json")
+    assert [r["symbols"] for r in res["per_update"]] == [1, 100, 1000]
+    for r in res["per_update"]:
+        assert r["ours_ns"] > 0 and r["talipp_ns"] > 0 and r["pandas_ns"] > 0
+    assert res["batch"]["ours_ms"] > 0 and res["batch"]["talib_ms"] > 0

@@ -33,8 +33,8 @@ max_restarts = {max_restarts}
 restart_backoff_s = 0.2
 [indicators]
 bar_seconds = 0.2
-ema_periods = [2, 4]
-rsi_period = 3
+ema = [2, 4]
+rsi = [3]
 close_grace_s = 0.05
 [model]
 threshold = 0.00001

@@ -641,7 +641,7 @@ def test_recorder_writes_every_tick_once(tmp_path, how):
     summary = re.search(r"ticks \d+, bars (\d+)", output)
     assert summary and bars.num_rows == int(summary.group(1)) > 0
     assert {"ts_bar_ns", "open", "high", "low", "close", "volume", "n_ticks", "ema_12", "ema_26",
-            "rsi_14", "ret_1", "venue", "symbol", "date"} <= set(bars.column_names)
+            "rsi_14", "macd_12_26_9", "atr_14", "venue", "symbol", "date"} <= set(bars.column_names)
     o, h, lo, c = (np.array(bars.column(k).to_pylist()) for k in ("open", "high", "low", "close"))
     assert np.all(h >= np.maximum(o, c)) and np.all(lo <= np.minimum(o, c)) and np.all(lo > 0)
     keys = list(zip(bars.column("symbol").to_pylist(), bars.column("ts_bar_ns").to_pylist()))

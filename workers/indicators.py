@@ -3,12 +3,17 @@
 A shard owns the symbols with ``symbol_id % n_shards == index``. State lives
 in numpy arrays indexed by symbol id, so one call updates every symbol of a
 batch. A bar closes when a tick of a later bar arrives for that symbol (its
-``ts_origin_ns`` is that tick's) or, for a quiet symbol, when the wall clock
-passes the bar's end plus a grace period. On close the shard writes the
-symbol's row in the latest-features table and appends it to its features ring.
+``ts_origin_ns`` is that tick's) or, for a quiet symbol, when the market clock
+passes the bar's end plus a grace period. The market clock is the newest
+exchange time seen, advanced by the wall clock since: live it is the wall
+clock, and a replay of old data never closes its bars early.
 
-The indicators here (EMA, Wilder RSI, 1-bar return) are seeded like TA-Lib
-(SMA of the first ``period`` values); the full indicator engine replaces them.
+On close, the indicator engine (workers/ta.py, the same code `pipeline
+features` runs over a file) computes every configured indicator for all the
+closing symbols in one call; the shard writes each symbol's row in the
+latest-features table and appends it to its features ring. A row whose
+rolling volatility and volume z-score both pass the configured thresholds is
+flagged FLAG_ALERT and logged: the desk alert, also on `pipeline tap alerts`.
 """
 from __future__ import annotations
 
@@ -16,72 +21,27 @@ import time
 
 import numpy as np
 
-from pipeline.topology import feature_names, shard_of
-from shm.records import FLAG_GAP, FLAG_TIMER_CLOSE, TICK_GAP, TICK_TRADE
+from pipeline.config import indicator_specs
+from pipeline.topology import shard_of
+from shm.records import FLAG_ALERT, FLAG_GAP, FLAG_TIMER_CLOSE, TICK_GAP, TICK_TRADE
 
 from .base import Worker
+from .ta import Engine
 
 
 class BarState:
-    """Open bars and indicator state for all symbols (arrays indexed by id)."""
+    """The open bar of every symbol (arrays indexed by symbol id)."""
 
-    def __init__(self, n: int, ema_periods: list[int], rsi_period: int):
+    def __init__(self, n: int):
         self.open_ns = np.full(n, -1, np.int64)   # -1: no open bar
-        self.o = np.zeros(n); self.h = np.zeros(n); self.l = np.zeros(n); self.c = np.zeros(n)
+        self.closed_ns = np.full(n, -1, np.int64) # open time of the last bar closed
+        self.o = np.zeros(n)
+        self.h = np.zeros(n)
+        self.l = np.zeros(n)
+        self.c = np.zeros(n)
         self.v = np.zeros(n)
         self.n_ticks = np.zeros(n, np.int64)
         self.flags = np.zeros(n, np.uint16)
-        self.ema_periods = ema_periods
-        self.ema = np.full((len(ema_periods), n), np.nan)
-        self.ema_sum = np.zeros((len(ema_periods), n))
-        self.n_bars = np.zeros(n, np.int64)
-        self.prev_close = np.full(n, np.nan)
-        self.rsi_period = rsi_period
-        self.gain_sum = np.zeros(n); self.loss_sum = np.zeros(n)
-        self.avg_gain = np.full(n, np.nan); self.avg_loss = np.full(n, np.nan)
-
-    def update_indicators(self, ids: np.ndarray) -> dict[str, np.ndarray]:
-        """Fold the just-closed bars of ``ids`` into the indicators; return values."""
-        close = self.c[ids]
-        self.n_bars[ids] += 1
-        nb = self.n_bars[ids]
-        out = {}
-        for k, p in enumerate(self.ema_periods):
-            ema, s = self.ema[k], self.ema_sum[k]
-            seeding = nb <= p
-            s[ids[seeding]] += close[seeding]
-            at_seed = nb == p
-            ema[ids[at_seed]] = s[ids[at_seed]] / p
-            later = nb > p
-            a = 2.0 / (p + 1)
-            li = ids[later]
-            ema[li] = ema[li] + a * (close[later] - ema[li])
-            out[f"ema_{p}"] = ema[ids].copy()
-        prev = self.prev_close[ids]
-        change = close - prev                         # NaN for the first bar
-        gain = np.where(change > 0, change, 0.0)
-        loss = np.where(change < 0, -change, 0.0)
-        p = self.rsi_period
-        nchg = nb - 1                                 # number of changes seen
-        seeding = (nchg >= 1) & (nchg <= p)
-        self.gain_sum[ids[seeding]] += gain[seeding]
-        self.loss_sum[ids[seeding]] += loss[seeding]
-        at_seed = nchg == p
-        self.avg_gain[ids[at_seed]] = self.gain_sum[ids[at_seed]] / p
-        self.avg_loss[ids[at_seed]] = self.loss_sum[ids[at_seed]] / p
-        later = nchg > p
-        li = ids[later]
-        self.avg_gain[li] = (self.avg_gain[li] * (p - 1) + gain[later]) / p
-        self.avg_loss[li] = (self.avg_loss[li] * (p - 1) + loss[later]) / p
-        ag, al = self.avg_gain[ids], self.avg_loss[ids]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            rsi = np.where(al == 0, np.where(ag == 0, 50.0, 100.0), 100.0 - 100.0 / (1.0 + ag / al))
-        rsi[np.isnan(ag)] = np.nan
-        out[f"rsi_{p}"] = rsi
-        with np.errstate(invalid="ignore"):
-            out["ret_1"] = close / prev - 1.0
-        self.prev_close[ids] = close
-        return out
 
 
 class IndicatorWorker(Worker):
@@ -94,12 +54,19 @@ class IndicatorWorker(Worker):
                                for i in range(n)], bool)
         self.bar_ns = int(ic.bar_seconds * 1e9)
         self.grace_ns = int(ic.close_grace_s * 1e9)
-        self.bars = BarState(n, ic.ema_periods, ic.rsi_period)
-        self.names = feature_names(self.cfg)
+        self.bars = BarState(n)
+        self.engine = Engine(n, indicator_specs(ic))
+        self.names = self.engine.columns
+        self.alert = None
+        if ic.alert_volatility > 0:
+            self.alert = (self.names.index(f"vol_{ic.volatility[0]}"), ic.alert_volatility,
+                          self.names.index(f"volz_{ic.volume_z[0]}"), ic.alert_volume_z)
+        self.market_ns = 0        # newest exchange time seen ...
+        self.market_wall_ns = 0   # ... and the wall time when it was seen
         self.out = self.spec.outputs[0]
         self.features = self.table("features")
         self.fdtype = self.topo.rings[self.out].dtype
-        self.counters.update(bars=0, timer_closes=0, gaps=0)
+        self.counters.update(bars=0, timer_closes=0, gaps=0, alerts=0)
         self._timer_due_ns = np.iinfo(np.int64).max   # earliest clock close of an open bar
 
     def step(self) -> bool:
@@ -111,7 +78,7 @@ class IndicatorWorker(Worker):
                 self.bars.flags[self.owned] |= FLAG_GAP
             self.on_ticks(batch.records)
             reader.commit()
-        if time.time_ns() >= self._timer_due_ns:
+        if self.market_clock() >= self._timer_due_ns:
             did = self.close_due() or did
         return did
 
@@ -130,11 +97,15 @@ class IndicatorWorker(Worker):
         if len(trades) == 0:
             return
         st = self.bars
+        newest = int(trades["ts_exchange_ns"].max())
+        if newest > self.market_ns:
+            self.market_ns, self.market_wall_ns = newest, time.time_ns()
         bars = trades["ts_exchange_ns"] // self.bar_ns * self.bar_ns
         for period in np.unique(bars):
             t = trades[bars == period]
             sym = t["symbol_id"].astype(np.intp)
-            late = (st.open_ns[sym] > period)        # out of order: belongs to a closed bar
+            # out of order: the tick belongs to a bar already closed or older than the open one
+            late = (st.open_ns[sym] > period) | (st.closed_ns[sym] >= period)
             if late.any():
                 self.counters["rejected"] += int(late.sum())
                 t, sym = t[~late], sym[~late]
@@ -163,7 +134,7 @@ class IndicatorWorker(Worker):
 
     def close_bars(self, ids: np.ndarray, origin_ns: np.ndarray, extra_flags: int) -> None:
         st = self.bars
-        values = st.update_indicators(ids)
+        values = self.engine.update(ids, st.o[ids], st.h[ids], st.l[ids], st.c[ids], st.v[ids])
         rows = np.zeros(len(ids), self.fdtype)
         rows["ts_origin_ns"] = origin_ns
         rows["ts_bar_ns"] = st.open_ns[ids]
@@ -174,8 +145,12 @@ class IndicatorWorker(Worker):
         rows["high"] = st.h[ids]
         rows["low"] = st.l[ids]
         rows["close"] = st.c[ids]
-        for name in self.names:
-            rows[name] = values[name] if name in values else st.v[ids]
+        rows["volume"] = st.v[ids]
+        for k, name in enumerate(self.names):
+            rows[name] = values[:, k]
+        if self.alert is not None:
+            self._alerts(rows, values)
+        st.closed_ns[ids] = st.open_ns[ids]
         st.open_ns[ids] = -1
         st.flags[ids] = 0
         self.features.write(ids, rows)
@@ -183,15 +158,35 @@ class IndicatorWorker(Worker):
         self.record_latency(rows["ts_origin_ns"])
         self.counters["bars"] += len(ids)
 
+    def _alerts(self, rows: np.ndarray, values: np.ndarray) -> None:
+        """Volatility above its threshold together with a volume surge."""
+        vol_col, vol_max, z_col, z_max = self.alert
+        with np.errstate(invalid="ignore"):
+            hit = (values[:, vol_col] > vol_max) & (values[:, z_col] > z_max)
+        if not hit.any():
+            return
+        rows["flags"][hit] |= FLAG_ALERT
+        self.counters["alerts"] += int(hit.sum())
+        for r, v in zip(rows[hit], values[hit]):
+            self.log.warning("alert: %s volatility %.4g > %g with volume z-score %.2f > %g "
+                             "(bar %d)", self.topo.symbols.name(int(r["symbol_id"])),
+                             v[vol_col], vol_max, v[z_col], z_max, int(r["ts_bar_ns"]))
+
+    def market_clock(self) -> int:
+        """Newest exchange time seen, advanced by the wall clock since then."""
+        if not self.market_ns:
+            return time.time_ns()
+        return self.market_ns + (time.time_ns() - self.market_wall_ns)
+
     def close_due(self) -> bool:
         """Close bars of quiet symbols once their end plus grace has passed."""
         st = self.bars
-        now = time.time_ns()
+        now = self.market_clock()
         is_open = self.owned & (st.open_ns >= 0)
         due = np.flatnonzero(is_open & (st.open_ns + self.bar_ns + self.grace_ns <= now))
         if len(due):
             self.counters["timer_closes"] += len(due)
-            self.close_bars(due, np.full(len(due), now, np.int64), FLAG_TIMER_CLOSE)
+            self.close_bars(due, np.full(len(due), time.time_ns(), np.int64), FLAG_TIMER_CLOSE)
         still = st.open_ns[self.owned & (st.open_ns >= 0)]
         self._timer_due_ns = (int(still.min()) + self.bar_ns + self.grace_ns if len(still)
                               else np.iinfo(np.int64).max)
@@ -199,7 +194,7 @@ class IndicatorWorker(Worker):
 
     def idle_wait(self, timeout: float) -> None:
         # wake in time to close the next bar on the clock
-        left = (self._timer_due_ns - time.time_ns()) / 1e9
+        left = (self._timer_due_ns - self.market_clock()) / 1e9
         super().idle_wait(max(0.0, min(timeout, left)))
 
     def stats(self) -> dict:

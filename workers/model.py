@@ -38,7 +38,7 @@ class ModelWorker(Worker):
     role = "model"
 
     def setup(self) -> None:
-        ema = [f"ema_{p}" for p in self.cfg.indicators.ema_periods]
+        ema = [f"ema_{p}" for p in self.cfg.indicators.ema]
         self.model = MomentumModel(ema[0], ema[-1], self.cfg.model.threshold)
         self.features = self.table("features")
         self.out = self.spec.outputs[0]
