@@ -29,6 +29,22 @@ from .base import Worker
 from .ta import Engine
 
 
+def _late_in_batch(sym: np.ndarray, bars: np.ndarray) -> np.ndarray:
+    """Ticks that arrive after a tick of the same symbol from a later bar (in
+    arrival order, within one batch): that later tick closed their bar."""
+    late = np.zeros(len(sym), bool)
+    if len(bars) < 2 or (bars[1:] >= bars[:-1]).all():   # the usual case: nothing goes back
+        return late
+    order = np.argsort(sym, kind="stable")            # per symbol, still in arrival order
+    b = bars[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(sym[order])) + 1]
+    for lo, hi in zip(starts, np.r_[starts[1:], len(b)]):
+        seg = b[lo:hi]
+        if hi - lo > 1 and (seg[1:] < seg[:-1]).any():
+            late[order[lo:hi]] = seg < np.maximum.accumulate(seg)
+    return late
+
+
 class BarState:
     """The open bar of every symbol (arrays indexed by symbol id)."""
 
@@ -101,6 +117,10 @@ class IndicatorWorker(Worker):
         if newest > self.market_ns:
             self.market_ns, self.market_wall_ns = newest, time.time_ns()
         bars = trades["ts_exchange_ns"] // self.bar_ns * self.bar_ns
+        late = _late_in_batch(trades["symbol_id"], bars)
+        if late.any():
+            self.counters["rejected"] += int(late.sum())
+            trades, bars = trades[~late], bars[~late]
         for period in np.unique(bars):
             t = trades[bars == period]
             sym = t["symbol_id"].astype(np.intp)
