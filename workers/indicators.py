@@ -71,6 +71,11 @@ class IndicatorWorker(Worker):
         self.bar_ns = int(ic.bar_seconds * 1e9)
         self.grace_ns = int(ic.close_grace_s * 1e9)
         self.bars = BarState(n)
+        # compile the kernels now, inside the start-up allowance and before the feeds
+        # start: a first compile (no numba cache yet) takes seconds, longer than a
+        # heartbeat timeout, and would lap the tick ring if it came with the first bar
+        warm = np.ones(1)
+        Engine(1, indicator_specs(ic)).update(np.zeros(1, np.int64), warm, warm, warm, warm, warm)
         self.engine = Engine(n, indicator_specs(ic))
         self.names = self.engine.columns
         self.alert = None

@@ -248,7 +248,7 @@ def market_columns(path: str | Path) -> list[str]:
         import gzip
         opener = gzip.open if path.name.endswith(".gz") else open
         with opener(path, "rt") as f:
-            return f.readline().strip().split(",")
+            return [c.strip().strip('"') for c in f.readline().strip().split(",")]
     if path.is_dir():
         import pyarrow.dataset as ds
         return ds.dataset(path, format="parquet").schema.names

@@ -1,0 +1,1 @@
+"""Training and serving of the model ensemble: dataset builder, tree models, registry of artifacts."""

@@ -1,0 +1,118 @@
+"""Random forest and XGBoost on a slice of real candles: 3-class probabilities,
+the random forest's fast path equal to scikit-learn's, save/load identical,
+a class absent from training, NaN refused."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from workers.ta import Engine
+
+ROOT = Path(__file__).resolve().parent.parent
+CANDLES = ROOT.parent / "shared" / "data" / "candles" / "binance_BTC-USDT_5m.csv"
+pytestmark = pytest.mark.skipif(
+    not CANDLES.exists(), reason=f"../shared/data not present: real candles are needed ({CANDLES})")
+
+ROWS = 3000
+HORIZON = 5
+THRESHOLD = 0.001          # |5-bar return| under 0.1 % is "flat"
+SPECS = [("ema", (12,)), ("rsi", (14,)), ("macd", (12, 26, 9)), ("bbands", (20, 2.0)),
+         ("atr", (14,)), ("volatility", (20,)), ("volume_z", (20,))]
+RF = dict(n_estimators=30, max_depth=8, min_samples_leaf=5)
+XGB = dict(n_estimators=50, max_depth=4, learning_rate=0.2)
+
+
+@pytest.fixture(scope="module")
+def data():
+    """Features (price levels made relative to the close) and labels 0/1/2 =
+    down/flat/up by the next-5-bar return; warm-up and the last 5 rows dropped."""
+    raw = np.loadtxt(CANDLES, delimiter=",", skiprows=1, max_rows=ROWS)
+    o, h, l, c, v = raw[:, 1:6].T
+    engine = Engine(1, SPECS)
+    f = engine.update(np.zeros(len(c), dtype=np.int64), o, h, l, c, v).copy()
+    for j, name in enumerate(engine.columns):
+        if name.startswith(("ema", "bb_", "atr", "macd")):
+            f[:, j] /= c
+    ret1 = np.r_[np.nan, c[1:] / c[:-1] - 1]
+    X = np.column_stack([f, ret1])
+    future = np.r_[c[HORIZON:] / c[:-HORIZON] - 1, np.full(HORIZON, np.nan)]
+    y = np.where(future > THRESHOLD, 2, np.where(future < -THRESHOLD, 0, 1))
+    keep = np.isfinite(X).all(axis=1) & np.isfinite(future)
+    X, y = X[keep], y[keep]
+    assert len(X) > 2500 and set(np.unique(y)) == {0, 1, 2}
+    return X, y
+
+
+@pytest.fixture(scope="module")
+def models(data):
+    from models.boost import XGBoostModel
+    from models.forest import RandomForestModel
+    X, y = data
+    return {"rf": RandomForestModel(**RF).fit(X[:2000], y[:2000], seed=1),
+            "xgb": XGBoostModel(**XGB).fit(X[:2000], y[:2000], seed=1)}
+
+
+@pytest.mark.parametrize("name", ["rf", "xgb"])
+def test_probabilities(models, data, name):
+    X, _ = data
+    p = models[name].predict_proba(X[2000:])
+    assert p.shape == (len(X) - 2000, 3) and p.dtype == np.float64
+    assert (p >= 0).all()
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-6)     # XGBoost computes in float32
+    assert models[name].predict_proba(X[:1]).shape == (1, 3)
+
+
+def test_fast_forest_equals_sklearn(models, data):
+    X, _ = data
+    rf = models["rf"]
+    assert list(rf.estimator.classes_) == [0, 1, 2]
+    for batch in (X[:1], X[2000:2064], X[2000:]):
+        np.testing.assert_allclose(rf.predict_proba(batch), rf.estimator.predict_proba(batch),
+                                   rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["rf", "xgb"])
+def test_save_load_identical(models, data, name, tmp_path):
+    X, _ = data
+    model = models[name]
+    model.save(tmp_path)
+    loaded = type(model).load(tmp_path)
+    assert loaded.params == model.params
+    np.testing.assert_array_equal(loaded.predict_proba(X), model.predict_proba(X))
+    if name == "rf":
+        assert loaded.estimator is None                 # served without sklearn objects
+        assert {p.name for p in tmp_path.iterdir()} == {"forest.npz", "params.json"}
+
+
+@pytest.mark.parametrize("name", ["rf", "xgb"])
+def test_class_absent_from_training(data, name):
+    from models.boost import XGBoostModel
+    from models.forest import RandomForestModel
+    X, y = data
+    sel = y[:2000] != 1                                  # no "flat" in training
+    cls = RandomForestModel if name == "rf" else XGBoostModel
+    model = cls(**(RF if name == "rf" else XGB)).fit(X[:2000][sel], y[:2000][sel])
+    p = model.predict_proba(X[2000:])
+    assert p.shape == (len(X) - 2000, 3)
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-6)
+    if name == "rf":
+        assert (p[:, 1] == 0).all()
+        np.testing.assert_allclose(p[:, [0, 2]], model.estimator.predict_proba(X[2000:]),
+                                   rtol=0, atol=1e-12)
+    else:
+        assert p[:, 1].max() < 0.05
+
+
+@pytest.mark.parametrize("name", ["rf", "xgb"])
+def test_nan_refused(models, data, name):
+    X, y = data
+    bad = X[:4].copy()
+    bad[2, 3] = np.nan
+    with pytest.raises(ValueError, match=r"NaN or infinity \(feature columns \[3\]\)"):
+        models[name].predict_proba(bad)
+    with pytest.raises(ValueError, match="NaN"):
+        type(models[name])().fit(bad, y[:4])
+    with pytest.raises(ValueError, match="trained on"):
+        models[name].predict_proba(X[:4, :-1])
