@@ -609,8 +609,9 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.json).write_text(json.dumps(out, indent=2, default=_json_default) + "\n")
     for e in errors:
         print(f"ERROR {e}")
-    ok = ((not trials or best is not None) and (lat is None or lat["passed"])
-          and not leftovers and not errors)
+    # a trial with drops is a measurement (the machine could not sustain that rate),
+    # not a failure of the bench: fail only on crashes, leftovers or a broken latency run
+    ok = (lat is None or lat["passed"]) and not leftovers and not errors
     return 0 if ok else 1
 
 

@@ -30,7 +30,10 @@ from typing import Union
 
 METADATA = "metadata.json"
 REQUIRED = ("feature_names", "parameters", "data_range", "metrics")
-LIBRARIES = ("numpy", "scikit-learn", "xgboost", "tensorflow", "pyarrow", "tickpipe")
+# a library and the distribution names it may be installed under
+LIBRARIES = {"numpy": ("numpy",), "scikit-learn": ("scikit-learn",),
+             "xgboost": ("xgboost", "xgboost-cpu"), "tensorflow": ("tensorflow", "tensorflow-cpu"),
+             "gymnasium": ("gymnasium",), "pyarrow": ("pyarrow",), "tickpipe": ("tickpipe",)}
 
 # what `save` accepts: a function that writes the files into the directory it is
 # given, a mapping {relative name: bytes or a file to copy}, or files to copy
@@ -45,11 +48,13 @@ def library_versions() -> dict[str, str]:
     """Versions of python and of the installed libraries a model may depend on
     (read from package metadata: nothing is imported)."""
     out = {"python": platform.python_version()}
-    for name in LIBRARIES:
-        try:
-            out[name] = importlib_metadata.version(name)
-        except importlib_metadata.PackageNotFoundError:
-            pass
+    for name, dists in LIBRARIES.items():
+        for dist in dists:
+            try:
+                out[name] = importlib_metadata.version(dist)
+                break
+            except importlib_metadata.PackageNotFoundError:
+                pass
     return out
 
 

@@ -111,6 +111,20 @@ def cmd_features(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    cfg = _load(args)
+    from models.train import REPORT, TrainError, format_report, model_names, train
+    try:
+        model_names(cfg)                       # an unknown model fails before the data is read
+        report = train(args.data, cfg, args.out, progress=not args.no_progress)
+    except TrainError as e:
+        raise UserError(str(e)) from None
+    print(format_report(report))
+    saved = ", ".join(f"{name} v{v}" for name, v in report["artifacts"].items())
+    print(f"saved in {args.out}: {saved}; report {Path(args.out) / REPORT}")
+    return 0
+
+
 def format_summary(status: dict, rep: dict) -> str:
     stats = {w["id"]: w.get("stats", {}) for w in status["workers"]}
     ticks = sum(s.get("emitted", 0) for w, s in stats.items() if w.startswith("feed."))
@@ -342,6 +356,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--data", required=True, metavar="FILE", help="candles, CSV or Parquet")
     sp.add_argument("--out", required=True, metavar="OUT.parquet")
     sp.set_defaults(func=cmd_features)
+
+    sp = sub.add_parser("train", help="train the models and the ensemble on a candle file",
+                        description="Walk-forward training of the models in [model] models on a candle "
+                                    "file (CSV or Parquet), the ensemble on their out-of-fold "
+                                    "predictions, a report (table here, JSON in OUT/report.json) and "
+                                    "versioned artifacts in OUT.")
+    sp.add_argument("--config", metavar="PATH",
+                    help="TOML config (default: conf/default.toml if present, else built-in defaults)")
+    sp.add_argument("--data", required=True, metavar="FILE", help="candles, CSV or Parquet")
+    sp.add_argument("--out", default="models", metavar="DIR",
+                    help="model registry directory (default: models)")
+    sp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sp.set_defaults(func=cmd_train)
 
     sp = sub.add_parser("status", help="is it running, since when, per-worker state and restarts")
     common(sp)

@@ -125,10 +125,28 @@ def indicator_specs(ind: IndicatorsConfig) -> list[tuple[str, tuple]]:
     return specs
 
 
+ENSEMBLE_METHODS = ("soft_vote", "stacking")
+
+
 @dataclass
 class ModelConfig:
+    # the live model worker (until the trained ensemble is served)
     kind: str = "momentum"
     threshold: float = 0.0005           # relative EMA spread that counts as a trend
+    # training (`pipeline train`); model names are checked against models/train.py's MODELS
+    models: list[str] = field(default_factory=lambda: ["forest", "xgboost"])
+    horizon: int = 6                    # bars ahead of the label's future return (also the purge gap)
+    label_threshold: float = 0.0        # |return| above this is up/down; 0 = round-trip cost from [execution]
+    folds: int = 4                      # walk-forward validation folds
+    seed: int = 0                       # every model's random seed
+    ensemble: str = "soft_vote"         # soft_vote (weights >= 0 summing to 1) or stacking (logistic regression)
+    long_only: bool = False             # report's strategy: up -> long, else flat (default: down -> short too)
+    forest_trees: int = 100
+    forest_depth: int = 8
+    forest_min_leaf: int = 5            # min samples per leaf
+    xgb_rounds: int = 300
+    xgb_depth: int = 6
+    xgb_learning_rate: float = 0.1
 
 
 @dataclass
@@ -234,6 +252,7 @@ def validate(cfg: Config) -> None:
         (cfg.execution.mode in ("paper",),
          "execution.mode must be 'paper' (live trading needs an explicit flag and arrives later)"),
         (cfg.model.kind in ("momentum",), "model.kind must be 'momentum'"),
+        *_model_checks(cfg.model),
         (cfg.indicators.bar_seconds > 0, "indicators.bar_seconds must be > 0"),
         (len(cfg.indicators.ema) >= 2,
          "indicators.ema needs at least two periods (the momentum model compares the first and last)"),
@@ -303,6 +322,29 @@ def validate(cfg: Config) -> None:
     for ok, msg in checks:
         if not ok:
             raise ConfigError(msg)
+
+
+def _model_checks(m: ModelConfig) -> list[tuple[bool, str]]:
+    """The training fields; model names are checked by `pipeline train`, which knows the models."""
+    dup = sorted({n for n in m.models if m.models.count(n) > 1})
+    return [
+        (len(m.models) >= 1, "model.models must name at least one model, e.g. [\"forest\", \"xgboost\"]"),
+        (not dup, f"model.models lists {', '.join(dup)} twice"),
+        (m.horizon >= 1, f"model.horizon must be >= 1 bar, got {m.horizon}"),
+        (m.label_threshold >= 0,
+         f"model.label_threshold must be >= 0 (0 = the round-trip cost), got {m.label_threshold:g}"),
+        (m.folds >= 1, f"model.folds must be >= 1, got {m.folds}"),
+        (0 <= m.seed < 2**32, f"model.seed must be in 0 .. 2**32 - 1, got {m.seed}"),
+        (m.ensemble in ENSEMBLE_METHODS,
+         f"model.ensemble must be one of {', '.join(ENSEMBLE_METHODS)}, got '{m.ensemble}'"),
+        (m.forest_trees >= 1, f"model.forest_trees must be >= 1, got {m.forest_trees}"),
+        (m.forest_depth >= 1, f"model.forest_depth must be >= 1, got {m.forest_depth}"),
+        (m.forest_min_leaf >= 1, f"model.forest_min_leaf must be >= 1, got {m.forest_min_leaf}"),
+        (m.xgb_rounds >= 1, f"model.xgb_rounds must be >= 1, got {m.xgb_rounds}"),
+        (m.xgb_depth >= 1, f"model.xgb_depth must be >= 1, got {m.xgb_depth}"),
+        (0 < m.xgb_learning_rate <= 1,
+         f"model.xgb_learning_rate must be in (0, 1], got {m.xgb_learning_rate:g}"),
+    ]
 
 
 def _replay_problem(f: FeedConfig) -> str | None:

@@ -1,0 +1,357 @@
+"""`pipeline train`: walk-forward training of every configured model, the ensemble, a report.
+
+Steps (all settings from ``[model]`` in the config):
+
+1. `build_dataset`: features and down / flat / up labels over ``horizon`` bars,
+   the threshold ``label_threshold`` (0 = the round-trip cost from [execution]).
+2. `walk_forward` folds, purge = ``horizon`` (no training label reaches into a
+   validation block). In each fold every model is fitted on the training rows
+   with the fixed ``seed`` and predicts the validation rows: the out-of-fold
+   (OOF) predictions. A model with ``predict_sequence`` (a sequence model with
+   a ``window`` of rows) is given the window-1 rows before the block as input
+   context (inputs only: features at a row use no later data; no label of those
+   rows is used), and its NaN rows, if any, are left out for every model: all
+   models and the ensemble are scored on the same rows.
+3. The ensemble (models/ensemble.py) is fitted on all OOF predictions. Its
+   per-fold figures are therefore **in-sample for its weights**: the weights
+   saw those validation rows (the members did not). The report says so. With a
+   soft vote over two to four members that is a handful of parameters fitted on
+   thousands of rows, so the optimism is small, but it is there.
+4. Every model is refitted on all rows and saved in the registry at ``out_dir``
+   (``<out>/<model>/<version>/``) with its metadata; the ensemble is saved as
+   ``ensemble`` with the members' names, order and versions. The report goes to
+   ``<out>/report.json`` and is returned.
+
+Metrics per model and fold, on the scored validation rows:
+
+* accuracy and log loss (scikit-learn, labels 0, 1, 2);
+* ``strategy_return``: trading the model's signals after fees. The position at
+  a row is the argmax class mapped down -> -1 (short), flat -> 0, up -> +1
+  (``long_only``: down -> 0). It is taken at that row's close and held to the
+  next row's close; the last row's signal is not traded. Every change of
+  position pays ``(fee_bps + slippage_bps) / 1e4`` per unit changed (a flip
+  from short to long pays twice), including entering from flat at the fold's
+  first row and going flat after its last: each fold is one complete trading
+  episode. Equity compounds bar by bar: ``prod((1 - cost * |change|) * (1 +
+  position * bar_return)) * (1 - cost * |last position|) - 1``.
+* ``buy_hold_return``: the price return over the same rows, ``close[last] /
+  close[first] - 1``, without fees (the market, as usually quoted).
+* ``all`` folds: accuracy and log loss over all scored rows together; the
+  returns are the folds' returns compounded (the bar between two adjacent
+  folds belongs to neither, for the strategy and buy-and-hold alike).
+
+The signals are evaluated one bar at a time while the labels look ``horizon``
+bars ahead: a model is scored on what trading its latest signal would have
+earned, not on a return it was trained to predict.
+"""
+from __future__ import annotations
+
+import difflib
+import inspect
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from models.boost import XGBoostModel
+from models.dataset import CLASSES, Dataset, build_dataset, walk_forward
+from models.ensemble import Ensemble, log_loss
+from models.forest import RandomForestModel
+from models.registry import Registry
+from models.rl import RLAgent
+from pipeline.config import Config, ModelConfig
+
+# model name in the config -> class with fit(X, y, seed) / predict_proba(X) / save(dir) / load(dir)
+MODELS: dict[str, type] = {"forest": RandomForestModel, "xgboost": XGBoostModel, "rl": RLAgent}
+
+# model name -> its constructor parameters from the flat [model] fields; a model
+# missing here is built with its own defaults
+PARAMS = {
+    "forest": lambda m: dict(n_estimators=m.forest_trees, max_depth=m.forest_depth,
+                             min_samples_leaf=m.forest_min_leaf),
+    "xgboost": lambda m: dict(n_estimators=m.xgb_rounds, max_depth=m.xgb_depth,
+                              learning_rate=m.xgb_learning_rate),
+}
+
+ENSEMBLE = "ensemble"                  # its name in the registry
+REPORT = "report.json"
+ENSEMBLE_NOTE = ("the ensemble's weights were learned on these validation folds' predictions, "
+                 "so its per-fold figures are in-sample for the weights (not for the members)")
+
+
+class TrainError(ValueError):
+    """A user mistake (missing file, too few rows, unknown model); printed in one line."""
+
+
+# -- models -------------------------------------------------------------------------------
+def model_names(cfg: Config) -> list[str]:
+    """The configured models, checked against MODELS."""
+    for name in cfg.model.models:
+        if name not in MODELS:
+            near = difflib.get_close_matches(name, list(MODELS), n=1)
+            hint = f"did you mean '{near[0]}'? " if near else ""
+            raise TrainError(f"{cfg.source}: model.models: unknown model '{name}' "
+                             f"({hint}available: {', '.join(MODELS)})")
+    return list(cfg.model.models)
+
+
+def make_model(name: str, m: ModelConfig):
+    params = PARAMS[name](m) if name in PARAMS else {}
+    return MODELS[name](**params)
+
+
+def _fit(name: str, m: ModelConfig, X: np.ndarray, y: np.ndarray, close: np.ndarray, where: str):
+    """A new model fitted with the configured seed; a ValueError (data the model cannot
+    take, e.g. fewer rows than a sequence model's window) becomes a one-line TrainError."""
+    try:
+        model = make_model(name, m)
+        # a model that learns from rewards (the RL agent) also needs the prices
+        extra = {"close": close} if "close" in inspect.signature(model.fit).parameters else {}
+        return model.fit(X, y, seed=m.seed, **extra)
+    except ValueError as e:
+        raise TrainError(f"{name}, {where} ({len(X)} training rows): {e}") from None
+
+
+def predict_rows(model, X: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """(len(rows), 3) probabilities for the contiguous ``rows`` of ``X``.
+
+    A model with ``predict_sequence`` gets the ``window - 1`` rows before the first
+    one as context; rows it cannot predict come back NaN."""
+    rows = np.asarray(rows)
+    if hasattr(model, "predict_sequence"):
+        window = int(getattr(model, "window", 1) or 1)
+        start = max(0, int(rows[0]) - (window - 1))
+        p = np.asarray(model.predict_sequence(X[start:int(rows[-1]) + 1]), dtype=np.float64)
+        p = p[rows - start]
+    else:
+        p = np.asarray(model.predict_proba(X[rows]), dtype=np.float64)
+    if p.shape != (len(rows), 3):
+        raise RuntimeError(f"{type(model).__name__} returned probabilities of shape {p.shape}, "
+                           f"expected ({len(rows)}, 3)")
+    return p
+
+
+def load_artifact(root: str | Path, name: str, version: int | None = None):
+    """(model or Ensemble, metadata) of a saved artifact, checksums verified."""
+    path, meta = Registry(root).load(name, version)
+    kind = meta.get("model", name)
+    if kind == ENSEMBLE:
+        return Ensemble.load(path), meta
+    if kind not in MODELS:
+        raise TrainError(f"{path}: model kind '{kind}' is not known to this build "
+                         f"(known: {', '.join(MODELS)}, {ENSEMBLE})")
+    return MODELS[kind].load(path), meta
+
+
+# -- trading and metrics ---------------------------------------------------------------
+def positions(proba: np.ndarray, long_only: bool = False) -> np.ndarray:
+    """Position per row from the argmax class: down -> -1 (0 when long_only), flat -> 0, up -> +1."""
+    cls = np.argmax(proba, axis=1)
+    pos = np.where(cls == 2, 1.0, np.where(cls == 0, 0.0 if long_only else -1.0, 0.0))
+    return pos
+
+
+def strategy_return(pos: np.ndarray, close: np.ndarray, cost_per_side: float) -> tuple[float, int]:
+    """(compounded return after fees, number of position changes) of holding ``pos[i]``
+    from ``close[i]`` to ``close[i+1]``; flat before the first row and after the last
+    (the last row's position is never held). See the module docstring."""
+    pos = np.asarray(pos, dtype=np.float64)
+    close = np.asarray(close, dtype=np.float64)
+    if len(pos) != len(close):
+        raise ValueError(f"{len(pos)} positions for {len(close)} closes")
+    if len(close) < 2:
+        return 0.0, 0
+    held = pos[:-1]
+    bar = close[1:] / close[:-1] - 1.0
+    change = np.abs(np.diff(np.concatenate([[0.0], held, [0.0]])))   # entries, changes, final exit
+    equity = np.prod((1.0 - cost_per_side * change[:-1]) * (1.0 + held * bar))
+    equity *= 1.0 - cost_per_side * change[-1]
+    return float(equity - 1.0), int(np.count_nonzero(change))
+
+
+def buy_hold_return(close: np.ndarray) -> float:
+    close = np.asarray(close, dtype=np.float64)
+    return float(close[-1] / close[0] - 1.0) if len(close) >= 2 else 0.0
+
+
+def _metrics(y: np.ndarray, p: np.ndarray, close: np.ndarray, cost: float, long_only: bool) -> dict:
+    from sklearn.metrics import accuracy_score
+    ret, trades = strategy_return(positions(p, long_only), close, cost)
+    return {"rows": int(len(y)),
+            "accuracy": float(accuracy_score(y, np.argmax(p, axis=1))),
+            "log_loss": log_loss(y, p),
+            "strategy_return": ret, "buy_hold_return": buy_hold_return(close), "trades": trades}
+
+
+def _all_folds(y: np.ndarray, p: np.ndarray, folds: list[dict]) -> dict:
+    from sklearn.metrics import accuracy_score
+    return {"rows": int(len(y)),
+            "accuracy": float(accuracy_score(y, np.argmax(p, axis=1))),
+            "log_loss": log_loss(y, p),
+            "strategy_return": float(np.prod([1 + f["strategy_return"] for f in folds]) - 1),
+            "buy_hold_return": float(np.prod([1 + f["buy_hold_return"] for f in folds]) - 1),
+            "trades": int(sum(f["trades"] for f in folds))}
+
+
+# -- training ---------------------------------------------------------------------------
+def _dataset(data: str | Path | pa.Table, cfg: Config) -> Dataset:
+    from pipeline.features import FeaturesError
+    m = cfg.model
+    try:
+        return build_dataset(data, cfg, m.horizon, m.label_threshold or None)
+    except FeaturesError as e:
+        raise TrainError(str(e)) from None
+    except FileNotFoundError as e:
+        raise TrainError(f"{data}: no such file ({e.strerror})") from None
+
+
+def train(data_path: str | Path | pa.Table, cfg: Config, out_dir: str | Path,
+          progress: bool = True) -> dict:
+    """Train, evaluate and save every configured model and the ensemble; return the report."""
+    from tqdm import tqdm
+    m = cfg.model
+    names = model_names(cfg)
+    ds = _dataset(data_path, cfg)
+    try:
+        splits = walk_forward(len(ds), m.folds, purge=m.horizon)
+    except ValueError as e:
+        raise TrainError(f"{data_path}: {e} (after dropping {ds.warmup_rows} warm-up rows and the "
+                         f"last {m.horizon}); use more data or fewer model.folds") from None
+    cost = (cfg.execution.fee_bps + cfg.execution.slippage_bps) / 1e4
+    n = len(ds)
+
+    oof = {name: np.full((n, 3), np.nan) for name in names}
+    bar = tqdm(total=(len(splits) + 1) * len(names), desc="train", unit="fit", file=sys.stderr,
+               disable=not progress, dynamic_ncols=True)
+    try:
+        for k, (tr, va) in enumerate(splits):
+            for name in names:
+                bar.set_postfix_str(f"fold {k + 1}/{len(splits)} {name}")
+                model = _fit(name, m, ds.X[tr], ds.y[tr], ds.close[tr], f"fold {k + 1}")
+                oof[name][va] = predict_rows(model, ds.X, va)
+                bar.update()
+
+        # rows every model predicts: all models and the ensemble are scored on these
+        fold_rows = [va[np.all([np.isfinite(oof[name][va]).all(axis=1) for name in names], axis=0)]
+                     for _, va in splits]
+        for k, rows in enumerate(fold_rows):
+            if len(rows) < 2:
+                raise TrainError(f"{data_path}: fold {k + 1} has {len(rows)} rows where every model "
+                                 "predicts; use more data or fewer model.folds")
+        scored = np.concatenate(fold_rows)
+
+        ensemble = Ensemble(m.ensemble, seed=m.seed)
+        try:
+            ensemble.fit({name: oof[name][scored] for name in names}, ds.y[scored])
+        except ValueError as e:
+            raise TrainError(str(e)) from None
+        preds = dict(oof)
+        preds[ENSEMBLE] = np.full((n, 3), np.nan)
+        preds[ENSEMBLE][scored] = ensemble.predict_proba({name: oof[name][scored] for name in names})
+
+        results: dict[str, dict] = {}
+        for name in [*names, ENSEMBLE]:
+            folds = [{"fold": k + 1, **_metrics(ds.y[rows], preds[name][rows], ds.close[rows], cost,
+                                                 m.long_only)}
+                     for k, rows in enumerate(fold_rows)]
+            results[name] = {"folds": folds, "all": _all_folds(ds.y[scored], preds[name][scored], folds)}
+
+        # the artifacts: every model refitted on all rows, then the ensemble over them
+        registry = Registry(out_dir)
+        versions: dict[str, int] = {}
+        training = _training_meta(cfg, ds, data_path, cost)
+        for name in names:
+            bar.set_postfix_str(f"all rows {name}")
+            model = _fit(name, m, ds.X, ds.y, ds.close, "all rows")
+            versions[name] = registry.save(name, model.save, {
+                "model": name, "class": f"{type(model).__module__}.{type(model).__name__}",
+                "feature_names": list(ds.feature_names), "input_names": list(ds.input_names),
+                "classes": list(CLASSES), "parameters": dict(model.params),
+                "data_range": ds.data_range(), "metrics": results[name], "training": training})
+            bar.update()
+        versions[ENSEMBLE] = registry.save(ENSEMBLE, ensemble.save, {
+            "model": ENSEMBLE, "members": list(names),
+            "member_versions": {name: versions[name] for name in names},
+            "feature_names": list(ds.feature_names), "input_names": list(ds.input_names),
+            "classes": list(CLASSES), "parameters": ensemble.describe(),
+            "data_range": ds.data_range(), "metrics": results[ENSEMBLE], "note": ENSEMBLE_NOTE,
+            "training": training})
+    finally:
+        bar.close()
+
+    report = {
+        "data": {"source": _source(data_path), **ds.data_range(), "dropped": ds.dropped,
+                 "warmup_rows": ds.warmup_rows},
+        "training": training,
+        "folds": [{"fold": k + 1, "train_rows": int(len(tr)), "val_rows": int(len(va)),
+                   "scored_rows": int(len(rows)),
+                   "first_ms": int(ds.timestamps_ms[rows[0]]), "last_ms": int(ds.timestamps_ms[rows[-1]]),
+                   "labels": {c: int((ds.y[rows] == i).sum()) for i, c in enumerate(CLASSES)}}
+                  for k, ((tr, va), rows) in enumerate(zip(splits, fold_rows))],
+        "models": {name: results[name] for name in names},
+        "ensemble": {**ensemble.describe(), "note": ENSEMBLE_NOTE, **results[ENSEMBLE]},
+        "artifacts": versions,
+    }
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / REPORT).write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _source(data: Any) -> str:
+    return "<table>" if isinstance(data, pa.Table) else str(data)
+
+
+def _training_meta(cfg: Config, ds: Dataset, data: Any, cost: float) -> dict:
+    m = cfg.model
+    return {"data": _source(data), "models": list(m.models), "horizon": ds.horizon,
+            "label_threshold": ds.threshold, "folds": m.folds, "purge": m.horizon, "seed": m.seed,
+            "ensemble": m.ensemble, "positions": "long_flat" if m.long_only else "long_short",
+            "cost_per_side": cost}
+
+
+# -- the readable table -----------------------------------------------------------------
+def _day(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    return datetime.fromtimestamp(ms / 1e3, tz=timezone.utc).strftime("%Y-%m-%d %H:%M")
+
+
+def format_report(report: dict) -> str:
+    """The report as a table: one row per model per fold and an "all" row, then the ensemble."""
+    t, d = report["training"], report["data"]
+    lines = [
+        f"data {d['source']}: {d['rows']} rows, {_day(d['first_ms'])} to {_day(d['last_ms'])} UTC",
+        f"labels: return over {t['horizon']} bars beyond +/-{t['label_threshold'] * 100:.3g}% is "
+        f"up/down; {t['folds']} walk-forward folds, purge {t['purge']} rows; seed {t['seed']}",
+        f"strategy: {'long/flat' if t['positions'] == 'long_flat' else 'long/short'} on the argmax "
+        f"signal, held bar to bar, {t['cost_per_side'] * 1e4:.3g} bps per side at each change; "
+        "buy & hold without fees",
+        "",
+        f"{'model':<10}{'fold':>5}{'rows':>7}{'accuracy':>10}{'log loss':>10}"
+        f"{'strategy':>11}{'buy&hold':>11}{'trades':>8}",
+    ]
+
+    def row(name, fold, r):
+        lines.append(f"{name:<10}{fold:>5}{r['rows']:>7}{r['accuracy']:>10.3f}{r['log_loss']:>10.4f}"
+                     f"{r['strategy_return'] * 100:>+10.2f}%{r['buy_hold_return'] * 100:>+10.2f}%"
+                     f"{r['trades']:>8}")
+
+    for name, res in [*report["models"].items(), (ENSEMBLE, report["ensemble"])]:
+        for f in res["folds"]:
+            row(name, str(f["fold"]), f)
+        row(name, "all", res["all"])
+    ens = report["ensemble"]
+    lines.append("")
+    if ens["method"] == "soft_vote":
+        weights = ", ".join(f"{k} {w:.3f}" for k, w in ens["weights"].items())
+        lines.append(f"ensemble: soft vote, weights {weights}")
+    else:
+        lines.append(f"ensemble: stacking (logistic regression on {', '.join(ens['members'])} "
+                     "probabilities; coefficients in report.json)")
+    lines.append(f"note: {ens['note']}")
+    return "\n".join(lines)
