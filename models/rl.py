@@ -76,6 +76,8 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 
+from models.tfruntime import tensorflow
+
 N_ACTIONS = 3                        # short / flat / long = down / flat / up
 POSITIONS = np.array([-1.0, 0.0, 1.0])
 DEFAULT_FEE = (10.0 + 2.0) / 1e4     # [execution] fee_bps + slippage_bps, per unit changed
@@ -278,7 +280,7 @@ class RLAgent:
         ``fit`` in this process. For checking the numpy path."""
         if self._tf_policy is None:
             raise RuntimeError("RLAgent: the TensorFlow policy exists only after fit")
-        import tensorflow as tf
+        tf = tensorflow()
         X = check_X(X, self.n_features)
         return tf.nn.softmax(self._tf_forward(self._tf_policy, self._inputs(X, position))).numpy()
 
@@ -286,7 +288,7 @@ class RLAgent:
 
     @staticmethod
     def _tf_forward(variables, x):
-        import tensorflow as tf
+        tf = tensorflow()
         x = tf.convert_to_tensor(x, tf.float32)
         for k in range(0, len(variables) - 2, 2):
             x = tf.tanh(tf.matmul(x, variables[k]) + variables[k + 1])
@@ -302,7 +304,7 @@ class RLAgent:
             raise ValueError(f"y must have shape ({len(X)},), got {np.shape(y)}")
         env = TradingEnv(X, close=close, future_return=future_return, fee=p["fee"],
                          episode_length=p["episode_length"])
-        import tensorflow as tf                       # training only, after the input checks
+        tf = tensorflow()                             # training only, after the input checks
         self.n_features = X.shape[1]
         self.x_mean = X.mean(axis=0)
         std = X.std(axis=0)

@@ -61,12 +61,14 @@ from models.boost import XGBoostModel
 from models.dataset import CLASSES, Dataset, build_dataset, walk_forward
 from models.ensemble import Ensemble, log_loss
 from models.forest import RandomForestModel
+from models.lstm import LSTMModel
 from models.registry import Registry
 from models.rl import RLAgent
 from pipeline.config import Config, ModelConfig
 
 # model name in the config -> class with fit(X, y, seed) / predict_proba(X) / save(dir) / load(dir)
-MODELS: dict[str, type] = {"forest": RandomForestModel, "xgboost": XGBoostModel, "rl": RLAgent}
+MODELS: dict[str, type] = {"forest": RandomForestModel, "xgboost": XGBoostModel, "lstm": LSTMModel,
+                           "rl": RLAgent}
 
 # model name -> its constructor parameters from the flat [model] fields; a model
 # missing here is built with its own defaults
@@ -75,6 +77,7 @@ PARAMS = {
                              min_samples_leaf=m.forest_min_leaf),
     "xgboost": lambda m: dict(n_estimators=m.xgb_rounds, max_depth=m.xgb_depth,
                               learning_rate=m.xgb_learning_rate),
+    "lstm": lambda m: dict(window=m.lstm_window, units=m.lstm_units, epochs=m.lstm_epochs),
 }
 
 ENSEMBLE = "ensemble"                  # its name in the registry

@@ -134,7 +134,7 @@ class ModelConfig:
     kind: str = "momentum"
     threshold: float = 0.0005           # relative EMA spread that counts as a trend
     # training (`pipeline train`); model names are checked against models/train.py's MODELS
-    models: list[str] = field(default_factory=lambda: ["forest", "xgboost"])
+    models: list[str] = field(default_factory=lambda: ["lstm", "forest", "xgboost", "rl"])
     horizon: int = 6                    # bars ahead of the label's future return (also the purge gap)
     label_threshold: float = 0.0        # |return| above this is up/down; 0 = round-trip cost from [execution]
     folds: int = 4                      # walk-forward validation folds
@@ -147,6 +147,9 @@ class ModelConfig:
     xgb_rounds: int = 300
     xgb_depth: int = 6
     xgb_learning_rate: float = 0.1
+    lstm_window: int = 32               # rows of history per LSTM prediction
+    lstm_units: int = 32
+    lstm_epochs: int = 5
 
 
 @dataclass
@@ -342,6 +345,9 @@ def _model_checks(m: ModelConfig) -> list[tuple[bool, str]]:
         (m.forest_min_leaf >= 1, f"model.forest_min_leaf must be >= 1, got {m.forest_min_leaf}"),
         (m.xgb_rounds >= 1, f"model.xgb_rounds must be >= 1, got {m.xgb_rounds}"),
         (m.xgb_depth >= 1, f"model.xgb_depth must be >= 1, got {m.xgb_depth}"),
+        (m.lstm_window >= 2, f"model.lstm_window must be >= 2, got {m.lstm_window}"),
+        (m.lstm_units >= 1 and m.lstm_epochs >= 1,
+         "model.lstm_units and model.lstm_epochs must be >= 1"),
         (0 < m.xgb_learning_rate <= 1,
          f"model.xgb_learning_rate must be in (0, 1], got {m.xgb_learning_rate:g}"),
     ]

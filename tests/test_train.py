@@ -349,22 +349,30 @@ def test_default_config_file_matches_defaults():
 
 
 @needs_data
-def test_rl_agent_trains_in_the_ensemble(trained, tmp_path):
-    """The RL agent learns from the prices (reward = equity after fees) inside the
-    same walk-forward loop, and is saved and reloaded like the other members."""
-    pytest.importorskip("tensorflow", reason="TensorFlow is needed to train the RL agent")
+def test_all_four_models_train_into_the_ensemble(trained, tmp_path):
+    """LSTM (sequences), forest, XGBoost and the RL agent (learning from prices)
+    in one walk-forward run, scored on the same rows, saved and reloaded."""
+    pytest.importorskip("tensorflow", reason="TensorFlow is needed for the LSTM and the RL agent")
     _, _, data, _, _ = trained
-    path = tmp_path / "rl.toml"
-    path.write_text(TINY.replace('models = ["forest", "xgboost"]', 'models = ["xgboost", "rl"]')
+    path = tmp_path / "all.toml"
+    path.write_text(TINY.replace('models = ["forest", "xgboost"]',
+                                 'models = ["lstm", "forest", "xgboost", "rl"]\n'
+                                 'lstm_window = 8\nlstm_units = 8\nlstm_epochs = 1')
                     .replace("folds = 3", "folds = 2"))
     cfg = load_config(path)
     report = train(data, cfg, tmp_path / "out", progress=False)
-    assert list(report["models"]) == ["xgboost", "rl"]
-    assert report["artifacts"] == {"xgboost": 1, "rl": 1, ENSEMBLE: 1}
-    assert all(math.isfinite(f["log_loss"]) for f in report["models"]["rl"]["folds"])
-    assert set(report["ensemble"]["weights"]) == {"xgboost", "rl"}
-    model, meta = load_artifact(tmp_path / "out", "rl")
+    assert list(report["models"]) == ["lstm", "forest", "xgboost", "rl"]
+    assert report["artifacts"] == {"lstm": 1, "forest": 1, "xgboost": 1, "rl": 1, ENSEMBLE: 1}
+    for name in report["models"]:
+        assert all(math.isfinite(f["log_loss"]) for f in report["models"][name]["folds"])
+    # every model is scored on the same rows: those where the LSTM has its window
+    rows = {name: [f["rows"] for f in report["models"][name]["folds"]] for name in report["models"]}
+    assert len({tuple(r) for r in rows.values()}) == 1
+    assert [f["scored_rows"] for f in report["folds"]] == rows["lstm"]
+    assert abs(sum(report["ensemble"]["weights"].values()) - 1) < 1e-9
     ds = build_dataset(data, cfg, cfg.model.horizon)
-    p = model.predict_proba(ds.X)
-    assert p.shape == (len(ds.X), 3) and np.allclose(p.sum(axis=1), 1.0)
-    assert meta["class"] == "models.rl.RLAgent"
+    lstm, meta = load_artifact(tmp_path / "out", "lstm")
+    p = lstm.predict_sequence(ds.X)
+    assert np.isnan(p[:7]).all() and np.allclose(p[7:].sum(axis=1), 1.0)
+    rl, meta = load_artifact(tmp_path / "out", "rl")
+    assert meta["class"] == "models.rl.RLAgent" and rl.predict_proba(ds.X).shape == (len(ds.X), 3)
