@@ -50,3 +50,16 @@ def test_indicators_bench_quick(tmp_path):
     for r in res["per_update"]:
         assert r["ours_ns"] > 0 and r["talipp_ns"] > 0 and r["pandas_ns"] > 0
     assert res["batch"]["ours_ms"] > 0 and res["batch"]["talib_ms"] > 0
+
+
+def test_models_bench_quick(tmp_path):
+    res = run_bench("models.py", tmp_path / "models.json")
+    rows = {(r["model"], r["batch"]): r for r in res["results"]}
+    assert set(rows) == {(m, b) for m in ("forest", "xgboost", "lstm", "rl", "ensemble")
+                         for b in (1, 64, 256)}
+    for r in rows.values():
+        assert 0 < r["ours_p50_ms"] <= r["ours_p99_ms"]
+        assert 0 < r["naive_p50_ms"] <= r["naive_p99_ms"]
+        assert r["max_abs_diff"] < 1e-3            # ours and naive are the same model
+    assert rows[("forest", 64)]["naive_njobs_all_p50_ms"] > 0
+    assert {"p99_met", "ratio_met"} <= set(res["aims"])
