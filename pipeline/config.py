@@ -128,10 +128,15 @@ def indicator_specs(ind: IndicatorsConfig) -> list[tuple[str, tuple]]:
 ENSEMBLE_METHODS = ("soft_vote", "stacking")
 
 
+MODEL_KINDS = ("momentum", "ensemble")
+
+
 @dataclass
 class ModelConfig:
-    # the live model worker (until the trained ensemble is served)
+    # the live model worker: "momentum" (EMA-spread rule) or "ensemble" (the trained
+    # models in the registry at ``artifacts``, as `pipeline train --out` wrote it)
     kind: str = "momentum"
+    artifacts: str = "models"           # registry directory for kind = "ensemble"
     threshold: float = 0.0005           # relative EMA spread that counts as a trend
     # training (`pipeline train`); model names are checked against models/train.py's MODELS
     models: list[str] = field(default_factory=lambda: ["lstm", "forest", "xgboost", "rl"])
@@ -254,7 +259,10 @@ def validate(cfg: Config) -> None:
         (len(cfg.feeds) >= 1, "at least one [[feeds]] table is needed"),
         (cfg.execution.mode in ("paper",),
          "execution.mode must be 'paper' (live trading needs an explicit flag and arrives later)"),
-        (cfg.model.kind in ("momentum",), "model.kind must be 'momentum'"),
+        (cfg.model.kind in MODEL_KINDS,
+         f"model.kind must be one of {', '.join(MODEL_KINDS)}, got '{cfg.model.kind}'"),
+        (cfg.model.kind != "ensemble" or bool(cfg.model.artifacts.strip()),
+         "model.artifacts must name the registry directory (pipeline train --out) when kind = 'ensemble'"),
         *_model_checks(cfg.model),
         (cfg.indicators.bar_seconds > 0, "indicators.bar_seconds must be > 0"),
         (len(cfg.indicators.ema) >= 2,

@@ -30,6 +30,7 @@ from .config import Config
 from .metrics import LatencyHistogram
 from .tap import TapPublisher
 from workers.base import WorkerArgs, run_worker
+from workers.model import CONFIG_EXIT
 
 log = logging.getLogger("supervisor")
 
@@ -256,6 +257,9 @@ class Supervisor:
             if proc.exitcode is not None:
                 ws.last_exit = proc.exitcode
                 proc.join(0)
+                if proc.exitcode == CONFIG_EXIT:
+                    self._on_config_error(ws)
+                    return
                 self._on_death(ws, f"exited with code {proc.exitcode}")
                 continue
             silent = now - (ws.last_hb or ws.started_at)
@@ -265,6 +269,19 @@ class Supervisor:
                 proc.kill()
                 proc.join(5)
                 self._on_death(ws, "stopped heartbeating")
+
+    def _on_config_error(self, ws: WorkerState) -> None:
+        """A worker exited with CONFIG_EXIT: restarting it would meet the same error
+        (a bad artifact, a feature mismatch), so the pipeline stops with its message."""
+        self._drain_heartbeats()             # its last heartbeat carries the message
+        hb = ws.hb or {}
+        why = hb.get("stats", {}).get("error") if hb.get("pid") == ws.proc.pid else None
+        ws.proc = None
+        ws.psproc = None
+        ws.state = "failed"
+        self.stop_reason = f"{ws.spec.id} configuration error: {why or 'see its log above'}"
+        self.exit_code = CONFIG_EXIT
+        log.error("%s", self.stop_reason)
 
     def _on_death(self, ws: WorkerState, why: str) -> None:
         pc = self.cfg.pipeline

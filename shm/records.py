@@ -67,6 +67,7 @@ BAR = _padded("bar", [
 ])
 
 SIGNAL_CLASSES = 3  # down / flat / up
+SIGNAL_MEMBERS = 4  # ensemble members whose own outputs a signal carries
 
 SIGNAL = _padded("signal", [
     ("ts_origin_ns", "<i8"),
@@ -79,6 +80,10 @@ SIGNAL = _padded("signal", [
     ("confidence", "<f4"),
     ("probs", "<f4", (SIGNAL_CLASSES,)),
     ("ref_price", "<f8"),
+    # each ensemble member's own probabilities, in the ensemble's member order
+    # (the model worker's stats list the names); zeros where a member did not run
+    ("member_probs", "<f4", (SIGNAL_MEMBERS, SIGNAL_CLASSES)),
+    ("model_versions", "<u2", (SIGNAL_MEMBERS,)),  # registry version per member; 0 = did not run
 ])
 
 ORDER = _padded("order", [
@@ -146,7 +151,7 @@ def to_dicts(records: np.ndarray, symbol_name=None) -> list[dict]:
         for name in records.dtype.names:
             v = rec[name]
             if isinstance(v, np.ndarray):
-                v = [float(x) for x in v]
+                v = v.tolist()          # nested lists of Python floats / ints (any shape)
             elif isinstance(v, np.floating):
                 v = float(v)
             elif isinstance(v, np.integer):

@@ -1,0 +1,154 @@
+"""Serving the trained ensemble in the live pipeline ([model] kind = "ensemble").
+
+A tiny ensemble of all four models is trained on a slice of the real candles
+with the very [indicators] the pipeline then runs; the pipeline runs it on the
+synthetic feed with 0.2 s bars, and the tap shows signals carrying every
+member's probabilities and fills following them. Artifacts trained on other
+indicators stop the pipeline at once with one clear line (no restart loop).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from models.train import train
+from pipeline.config import load_config
+
+from test_pipeline import TIMEOUT, Pipeline, leftovers
+from test_train import CANDLES, write_slice
+
+CONFIG = """
+[pipeline]
+name = "{name}"
+workers = 4
+heartbeat_interval_s = 0.25
+heartbeat_timeout_s = 10
+max_restarts = 5
+restart_backoff_s = 0.2
+startup_timeout_s = 120
+[indicators]
+bar_seconds = 0.2
+ema = {ema}
+rsi = [3]
+close_grace_s = 0.05
+[model]
+kind = "ensemble"
+artifacts = "{artifacts}"
+models = {models}
+folds = 2
+horizon = 6
+seed = 3
+forest_trees = 8
+forest_depth = 4
+xgb_rounds = 8
+xgb_depth = 3
+lstm_window = 8
+lstm_units = 8
+lstm_epochs = 1
+[execution]
+max_position_notional = 1e12
+[[feeds]]
+name = "synthetic"
+symbols = ["BTC/USDT", "ETH/USDT", "SOL/USDT", "XRP/USDT", "BNB/USDT", "DOGE/USDT"]
+ticks_per_s = 3000
+"""
+ALL_FOUR = '["lstm", "forest", "xgboost", "rl"]'
+FLAG_PARTIAL, FLAG_WARMUP = 1 << 4, 1 << 5
+
+
+def _skip_without_data():
+    if not CANDLES.exists():
+        pytest.skip(f"../shared/data not present: real candles are needed ({CANDLES})")
+
+
+def write_config(tmp: Path, name: str, artifacts: Path, ema: str = "[2, 4]",
+                 models: str = ALL_FOUR) -> Path:
+    path = tmp / f"{name}.toml"
+    path.write_text(CONFIG.format(name=name, artifacts=artifacts, ema=ema, models=models))
+    return path
+
+
+def serving_pipeline(tmp: Path, config: Path) -> Pipeline:
+    p = Pipeline(tmp, name=f"{config.stem}-fast")   # writes test_pipeline's config beside ours
+    p.config = config                                # and runs ours
+    return p
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    _skip_without_data()
+    tmp = tmp_path_factory.mktemp("serving-data")
+    return write_slice(tmp / "candles.csv", 2000, 1500)
+
+
+@pytest.fixture
+def pipe(tmp_path):
+    made = []
+
+    def make(config: Path) -> Pipeline:
+        p = serving_pipeline(tmp_path, config)
+        made.append(p)
+        return p
+    yield make
+    for p in made:
+        p.kill()
+
+
+def test_ensemble_signals_carry_members_and_trade(data, tmp_path, pipe):
+    pytest.importorskip("tensorflow", reason="TensorFlow is needed for the LSTM and the RL agent")
+    models = tmp_path / "models"
+    cfg_path = write_config(tmp_path, "serve", models)
+    report = train(data, load_config(cfg_path), models, progress=False)
+    assert report["artifacts"] == {"lstm": 1, "forest": 1, "xgboost": 1, "rl": 1, "ensemble": 1}
+
+    p = pipe(cfg_path).start()
+    p.wait_running()                       # the model worker loads and compiles first
+    # the first signals are warm-up (NaN features) or partial (LSTM window filling)
+    complete = []
+    deadline = time.monotonic() + TIMEOUT
+    while len(complete) < 6 and time.monotonic() < deadline:
+        for s in p.tap("signals", limit=30):
+            assert s["model_id"] == 1
+            assert abs(sum(s["probs"]) - 1) < 1e-5 and abs(s["confidence"] - max(s["probs"])) < 1e-6
+            if s["flags"] & FLAG_WARMUP:
+                assert s["action"] == 0 and s["model_versions"] == [0, 0, 0, 0]
+            elif not s["flags"] & FLAG_PARTIAL:
+                complete.append(s)
+    assert len(complete) >= 6, f"no complete ensemble signals\n{p.output()}"
+    for s in complete:
+        assert s["model_versions"] == [1, 1, 1, 1]
+        for member in s["member_probs"]:
+            assert abs(sum(member) - 1) < 1e-5 and min(member) >= 0
+        best = max(range(3), key=lambda k: s["probs"][k])
+        assert s["action"] == (-1, 0, 1)[best]
+
+    st = p.status()
+    (model,) = [w["stats"] for w in st["workers"] if w["id"].startswith("model.")]
+    assert model["members"] == ["lstm", "forest", "xgboost", "rl"]
+    assert model["versions"] == {"ensemble": 1, "lstm": 1, "forest": 1, "xgboost": 1, "rl": 1}
+    assert model["device"] and model["infer_ms_p50"] is not None
+
+    assert len(p.tap("fills", limit=2)) == 2
+    assert p.cli("stop").returncode == 0
+    assert p.wait_exit() == 0
+    assert leftovers(st["run_id"], p.tmp / "run") == []
+
+
+def test_artifacts_for_other_indicators_stop_the_pipeline(data, tmp_path, pipe):
+    models = tmp_path / "models"
+    # trained with ema = [3, 5] (forest and XGBoost only: no TensorFlow needed) ...
+    train_cfg = write_config(tmp_path, "trained", models, ema="[3, 5]", models='["forest", "xgboost"]')
+    train(data, load_config(train_cfg), models, progress=False)
+    # ... served by a pipeline running ema = [2, 4]
+    p = pipe(write_config(tmp_path, "mismatch", models)).start()
+    code = p.wait_exit()
+    out = p.output()
+    assert code == 2, out
+    stopped = [line for line in out.splitlines() if line.startswith("stopped:")]
+    assert len(stopped) == 1, out
+    line = stopped[0]
+    assert "model.0 configuration error" in line and "trained on other features" in line, line
+    assert "ema_3" in line and "ema_2" in line, line
+    assert "restarting" not in out, out
