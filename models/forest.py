@@ -53,8 +53,9 @@ def _forest_proba(X, roots, children, feature, threshold, proba, out):
     out /= n_trees
 
 
-def check_X(X, n_features: int | None = None) -> np.ndarray:
-    """2-D float64 array, all finite, with ``n_features`` columns when given."""
+def check_X(X, n_features: int | None = None, who: str = "the tree models") -> np.ndarray:
+    """2-D float64 array, all finite, with ``n_features`` columns when given; the
+    one input check of every model that takes rows (the error names ``who``)."""
     X = np.asarray(X, dtype=np.float64)
     if X.ndim != 2:
         raise ValueError(f"X must be 2-D (rows x features), got shape {X.shape}")
@@ -62,8 +63,8 @@ def check_X(X, n_features: int | None = None) -> np.ndarray:
         raise ValueError(f"X has {X.shape[1]} features, the model was trained on {n_features}")
     if not np.isfinite(X).all():
         bad = sorted({int(j) for j in np.nonzero(~np.isfinite(X))[1]})
-        raise ValueError(f"X contains NaN or infinity (feature columns {bad}): the tree models "
-                         "refuse missing values; drop warm-up rows before training or predicting")
+        raise ValueError(f"X contains NaN or infinity (feature columns {bad}): {who} "
+                         "cannot use missing values; drop warm-up rows before training or predicting")
     return X
 
 

@@ -76,6 +76,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 
+from models.forest import check_X as check_rows_of
 from models.tfruntime import tensorflow
 
 N_ACTIONS = 3                        # short / flat / long = down / flat / up
@@ -89,17 +90,7 @@ PARAMS = "params.json"
 
 
 def check_X(X, n_features: int | None = None) -> np.ndarray:
-    """2-D float64 array, all finite, with ``n_features`` columns when given."""
-    X = np.asarray(X, dtype=np.float64)
-    if X.ndim != 2:
-        raise ValueError(f"X must be 2-D (rows x features), got shape {X.shape}")
-    if n_features is not None and X.shape[1] != n_features:
-        raise ValueError(f"X has {X.shape[1]} features, the model was trained on {n_features}")
-    if not np.isfinite(X).all():
-        bad = sorted({int(j) for j in np.nonzero(~np.isfinite(X))[1]})
-        raise ValueError(f"X contains NaN or infinity (feature columns {bad}): the RL agent "
-                         "refuses missing values; drop warm-up rows before training or predicting")
-    return X
+    return check_rows_of(X, n_features, who="the RL agent")
 
 
 def step_returns(n_rows: int, close=None, future_return=None) -> np.ndarray:
