@@ -365,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--config", metavar="PATH",
                     help="TOML config (default: conf/default.toml if present, else built-in defaults)")
     sp.add_argument("--data", required=True, metavar="FILE", help="candles, CSV or Parquet")
-    sp.add_argument("--out", default="models", metavar="DIR",
+    sp.add_argument("--out", default="artifacts", metavar="DIR",
                     help="model registry directory (default: models)")
     sp.add_argument("--no-progress", action="store_true", help="no progress bar")
     sp.set_defaults(func=cmd_train)

@@ -136,7 +136,7 @@ class ModelConfig:
     # the live model worker: "momentum" (EMA-spread rule) or "ensemble" (the trained
     # models in the registry at ``artifacts``, as `pipeline train --out` wrote it)
     kind: str = "momentum"
-    artifacts: str = "models"           # registry directory for kind = "ensemble"
+    artifacts: str = "artifacts"        # registry directory for kind = "ensemble" (pipeline train --out)
     threshold: float = 0.0005           # relative EMA spread that counts as a trend
     # training (`pipeline train`); model names are checked against models/train.py's MODELS
     models: list[str] = field(default_factory=lambda: ["lstm", "forest", "xgboost", "rl"])
