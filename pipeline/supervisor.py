@@ -22,6 +22,7 @@ import psutil
 import zmq
 
 from shm import segment
+from shm.doorbell import Doorbell
 from shm.ring import Ring
 from shm.table import Table
 
@@ -172,7 +173,10 @@ class Supervisor:
               "pid_start": self._me.create_time(), "started": self.started,
               "config": self.cfg.source, "endpoints": self.endpoints.__dict__,
               "tap_bind": self.cfg.bus.tap_bind,
-              "workers": [w.id for w in self.topo.workers]}
+              "workers": [w.id for w in self.topo.workers],
+              # doorbells are named POSIX semaphores: if the whole process group is
+              # killed (the resource tracker with it), the next start unlinks these
+              "semaphores": [b.name for b in self.topo.bells.values()]}
         path = state_path(self.run_dir, self.cfg.pipeline.name)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(st, indent=1))
@@ -495,6 +499,8 @@ class Supervisor:
                 Path(ep[6:]).unlink(missing_ok=True)
         state_path(self.run_dir, st["name"]).unlink(missing_ok=True)
         segment.remove_run(st["run_id"])
+        for name in st.get("semaphores", []):
+            Doorbell.unlink(name)
 
 
 def install_signal_handlers(sup: Supervisor) -> None:

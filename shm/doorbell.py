@@ -30,6 +30,21 @@ class Doorbell:
             sem = mp.get_context("spawn").Semaphore(0)
         self._sem = sem
 
+    @property
+    def name(self) -> str:
+        """The semaphore's POSIX name (/mp-...)."""
+        return self._sem._semlock.name
+
+    @staticmethod
+    def unlink(name: str) -> bool:
+        """Remove a doorbell left behind by a run whose processes were all killed."""
+        import _multiprocessing
+        try:
+            _multiprocessing.sem_unlink(name)
+            return True
+        except FileNotFoundError:
+            return False
+
     def ring(self) -> None:
         self._sem.release()
 

@@ -333,6 +333,23 @@ def test_supervisor_kill9_leaves_nothing_after_next_start(pipe):
     assert leftovers(st["run_id"], p.tmp / "run") == []
 
 
+def test_whole_group_kill9_is_cleaned_by_the_next_start(pipe):
+    """kill -9 of every process at once (the resource tracker too): the next start
+    removes the dead run's segments, sockets, state file and doorbell semaphores."""
+    p = pipe().start()
+    st = p.wait_running()
+    state = json.loads((p.tmp / "run" / "t.json").read_text())
+    sems = ["/dev/shm/sem." + name.lstrip("/") for name in state["semaphores"]]
+    assert sems and all(os.path.exists(x) for x in sems)
+    os.killpg(p.proc.pid, signal.SIGKILL)
+    p.proc.wait(TIMEOUT)
+    assert_gone(p.pids(st).values())
+    p2 = pipe().start("--duration", "1")
+    assert p2.wait_exit() == 0
+    assert leftovers(st["run_id"], p.tmp / "run") == []
+    assert [x for x in sems if os.path.exists(x)] == []
+
+
 def test_second_start_with_same_name_is_refused(pipe):
     p = pipe().start()
     p.wait_running()
