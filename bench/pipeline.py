@@ -92,6 +92,7 @@ def make_config(args, name: str, rate: float, n_ticks: int, latency: bool):
     cfg.pipeline.name = name
     cfg.pipeline.workers = args.workers
     cfg.bus.metrics_bind = ""                # trials come and go; nothing scrapes them
+    cfg.model.kind = "momentum"              # the engine's throughput (bench/models.py: the ensemble)
     feed = cfg.feeds[0]
     feed.symbols = list(SYMBOLS[:args.symbols]) if args.symbols <= len(SYMBOLS) else \
         [f"S{i:03d}/USDT" for i in range(args.symbols)]

@@ -213,8 +213,9 @@ def _dataset(data: str | Path | pa.Table, cfg: Config) -> Dataset:
 
 
 def train(data_path: str | Path | pa.Table, cfg: Config, out_dir: str | Path,
-          progress: bool = True) -> dict:
-    """Train, evaluate and save every configured model and the ensemble; return the report."""
+          progress: bool = True, source: str | None = None) -> dict:
+    """Train, evaluate and save every configured model and the ensemble; return the report.
+    ``source`` names the data in the report and metadata (default: the path, or "<table>")."""
     from tqdm import tqdm
     m = cfg.model
     names = model_names(cfg)
@@ -266,7 +267,7 @@ def train(data_path: str | Path | pa.Table, cfg: Config, out_dir: str | Path,
         # the artifacts: every model refitted on all rows, then the ensemble over them
         registry = Registry(out_dir)
         versions: dict[str, int] = {}
-        training = _training_meta(cfg, ds, data_path, cost)
+        training = _training_meta(cfg, ds, source or _source(data_path), cost)
         for name in names:
             bar.set_postfix_str(f"all rows {name}")
             model = _fit(name, m, ds.X, ds.y, ds.close, "all rows")
@@ -287,7 +288,7 @@ def train(data_path: str | Path | pa.Table, cfg: Config, out_dir: str | Path,
         bar.close()
 
     report = {
-        "data": {"source": _source(data_path), **ds.data_range(), "dropped": ds.dropped,
+        "data": {"source": source or _source(data_path), **ds.data_range(), "dropped": ds.dropped,
                  "warmup_rows": ds.warmup_rows},
         "training": training,
         "folds": [{"fold": k + 1, "train_rows": int(len(tr)), "val_rows": int(len(va)),
@@ -309,9 +310,9 @@ def _source(data: Any) -> str:
     return "<table>" if isinstance(data, pa.Table) else str(data)
 
 
-def _training_meta(cfg: Config, ds: Dataset, data: Any, cost: float) -> dict:
+def _training_meta(cfg: Config, ds: Dataset, source: str, cost: float) -> dict:
     m = cfg.model
-    return {"data": _source(data), "models": list(m.models), "horizon": ds.horizon,
+    return {"data": source, "models": list(m.models), "horizon": ds.horizon,
             "label_threshold": ds.threshold, "folds": m.folds, "purge": m.horizon, "seed": m.seed,
             "ensemble": m.ensemble, "positions": "long_flat" if m.long_only else "long_short",
             "cost_per_side": cost}

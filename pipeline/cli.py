@@ -68,6 +68,8 @@ def cmd_start(args) -> int:
             validate(cfg)
         except ConfigError as e:
             raise ConfigError(f"--workers {args.workers}: {e}") from None
+    if not cfg.model.remote:                   # else the models live on the model host
+        _bootstrap_models(cfg)
     from .supervisor import Supervisor, SupervisorError, install_signal_handlers
     logging.basicConfig(level=os.environ.get("TICKPIPE_LOG_LEVEL", "INFO"), stream=sys.stderr,
                         format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
@@ -92,6 +94,61 @@ def cmd_start(args) -> int:
     if rep:
         print(format_summary(sup.status(), rep))
     return code
+
+
+def _bootstrap_models(cfg: Config) -> None:
+    """The default config serves the ensemble: train it on synthetic history at first start."""
+    if cfg.model.kind != "ensemble" or not cfg.model.bootstrap:
+        return
+    from models.synthetic import bootstrap
+    from models.train import TrainError
+    try:
+        bootstrap(cfg)
+    except TrainError as e:
+        raise UserError(f"training the synthetic ensemble failed: {e}") from None
+
+
+def cmd_serve_model(args) -> int:
+    """The remote model host (workers/model_host.py)."""
+    cfg = _load(args)
+    if cfg.model.kind != "ensemble":
+        raise UserError(f"{cfg.source}: serve-model serves the trained ensemble; set [model] kind = "
+                        "\"ensemble\"")
+    keys = args.keys or cfg.model.remote_keys
+    logging.basicConfig(level=os.environ.get("TICKPIPE_LOG_LEVEL", "INFO"), stream=sys.stderr,
+                        format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
+    _bootstrap_models(cfg)
+    from workers.model import ConfigurationError
+    from workers.model_host import KeysError, ModelHost
+    try:
+        host = ModelHost(cfg, args.bind, keys)
+    except (KeysError, ConfigurationError) as e:
+        raise UserError(str(e)) from None
+    info = host.ready_info()
+    print(f"model host serving the ensemble {info['versions']} on {info['device']} at {args.bind} "
+          f"(CURVE keys from {keys}); stop with Ctrl-C", flush=True)
+    try:
+        host.serve(args.duration)
+    finally:
+        host.close()
+    c = host.counters
+    print(f"stopped: {c['batches']} batches, {c['rows']} rows, {c['clients']} clients, "
+          f"{c['errors']} refused", flush=True)
+    return 0
+
+
+def cmd_keys(args) -> int:
+    from workers.model_host import CLIENTS, SERVER_KEY, SERVER_SECRET, KeysError, make_keys
+    try:
+        made = make_keys(args.dir)
+    except KeysError as e:
+        raise UserError(str(e)) from None
+    d = Path(args.dir)
+    print("\n".join(str(p) for p in made))
+    print(f"model host: needs {d / SERVER_SECRET} and {d / CLIENTS}/*.key (the clients it accepts)\n"
+          f"main host:  needs {d / SERVER_KEY} and {d / CLIENTS}/client.key_secret; set "
+          f"[model] remote_keys = \"{d}\"")
+    return 0
 
 
 def cmd_features(args) -> int:
@@ -238,6 +295,14 @@ def format_report(rep: dict) -> str:
                    f"{'-' if age is None else f'{age:.1f}s':>10}{_fmt(h.get('reconnects')):>8}"
                    f"{_fmt(h.get('errors')):>8}{_fmt(h.get('malformed')):>10}"
                    f"{_fmt(h.get('rest_latency_ms')):>9}")
+    out += ["", "models",
+            f"  {'worker':<10}{'model':<10}{'state':<10}{'where':<26}{'p50 ms':>8}{'p99 ms':>8}{'stale':>7}"]
+    for m in rep.get("models", []):
+        where = m["remote"] or (f"local, {m['device']}" if m.get("device") else "local")
+        out.append(f"  {m['id']:<10}{m['model']:<10}{m['state']:<10}{where:<26}"
+                   f"{_fmt(m['infer_ms_p50']):>8}{_fmt(m['infer_ms_p99']):>8}{m['stale_signals']:>7}")
+        if m["reason"]:
+            out.append(f"    {m['reason']}")
     out += ["", "latency from tick receipt (us)",
             f"  {'stage':<18}{'count':>10}{'p50':>10}{'p99':>10}{'p99.9':>10}"]
     for stage, s in rep["latency"].items():
@@ -348,6 +413,27 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--duration", type=float, metavar="SECONDS", help="stop cleanly after this long")
     sp.set_defaults(func=cmd_start)
 
+    sp = sub.add_parser("serve-model", help="serve the model ensemble to pipelines on other hosts",
+                        description="Run the remote model host: the ensemble from [model] artifacts "
+                                    "answers the model workers of pipelines whose [model] remote "
+                                    "points here, over ZeroMQ with CURVE keys (pipeline keys). "
+                                    "Run it with the pipeline's own config: the host refuses a "
+                                    "pipeline with other features or symbols.")
+    common(sp)
+    sp.add_argument("--bind", required=True, metavar="ENDPOINT",
+                    help="where to listen, e.g. tcp://0.0.0.0:5560")
+    sp.add_argument("--keys", metavar="DIR", help="CURVE keys (default: [model] remote_keys)")
+    sp.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long")
+    sp.set_defaults(func=cmd_serve_model)
+
+    sp = sub.add_parser("keys", help="make CURVE keys for a remote model host and its pipelines",
+                        description="Write a key pair for the model host (DIR/server.key, "
+                                    "server.key_secret) and one for the pipeline's model workers "
+                                    "(DIR/clients/client.key, client.key_secret). Existing keys "
+                                    "are never overwritten.")
+    sp.add_argument("dir", metavar="DIR", nargs="?", default="keys", help="default: keys")
+    sp.set_defaults(func=cmd_keys)
+
     sp = sub.add_parser("features", help="compute every configured indicator over a candle file",
                         description="Compute the configured indicators over a candle file (CSV or "
                                     "Parquet: timestamp_ms,open,high,low,close,volume) with the "
@@ -366,7 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="TOML config (default: conf/default.toml if present, else built-in defaults)")
     sp.add_argument("--data", required=True, metavar="FILE", help="candles, CSV or Parquet")
     sp.add_argument("--out", default="artifacts", metavar="DIR",
-                    help="model registry directory (default: models)")
+                    help="model registry directory (default: artifacts)")
     sp.add_argument("--no-progress", action="store_true", help="no progress bar")
     sp.set_defaults(func=cmd_train)
 

@@ -129,14 +129,24 @@ ENSEMBLE_METHODS = ("soft_vote", "stacking")
 
 
 MODEL_KINDS = ("momentum", "ensemble")
+BOOTSTRAP_KINDS = ("synthetic", "")
 
 
 @dataclass
 class ModelConfig:
     # the live model worker: "momentum" (EMA-spread rule) or "ensemble" (the trained
     # models in the registry at ``artifacts``, as `pipeline train --out` wrote it)
-    kind: str = "momentum"
+    kind: str = "ensemble"
     artifacts: str = "artifacts"        # registry directory for kind = "ensemble" (pipeline train --out)
+    # "synthetic": with no ensemble in ``artifacts``, `pipeline start` first trains one on
+    # ``bootstrap_bars`` bars of the synthetic market and keeps it; "" = a missing ensemble is an error
+    bootstrap: str = "synthetic"
+    bootstrap_bars: int = 3000
+    # "tcp://HOST:PORT": the model stage runs on `pipeline serve-model` there and the local model
+    # workers are bridges to it (CURVE keys from ``remote_keys``, made by `pipeline keys`); "" = local
+    remote: str = ""
+    remote_keys: str = "keys"
+    remote_timeout_s: float = 2.0       # a batch unanswered this long: stage degraded, signals HOLD
     threshold: float = 0.0005           # relative EMA spread that counts as a trend
     # training (`pipeline train`); model names are checked against models/train.py's MODELS
     models: list[str] = field(default_factory=lambda: ["lstm", "forest", "xgboost", "rl"])
@@ -164,6 +174,7 @@ class ExecutionConfig:
     max_position_notional: float = 1000.0
     fee_bps: float = 10.0
     slippage_bps: float = 2.0
+    max_signal_age_s: float = 10.0      # an older signal (from its tick) never opens or grows a position
 
 
 @dataclass
@@ -263,11 +274,20 @@ def validate(cfg: Config) -> None:
          f"model.kind must be one of {', '.join(MODEL_KINDS)}, got '{cfg.model.kind}'"),
         (cfg.model.kind != "ensemble" or bool(cfg.model.artifacts.strip()),
          "model.artifacts must name the registry directory (pipeline train --out) when kind = 'ensemble'"),
+        (cfg.model.bootstrap in BOOTSTRAP_KINDS,
+         f"model.bootstrap must be \"synthetic\" or \"\" (off), got '{cfg.model.bootstrap}'"),
+        (cfg.model.bootstrap_bars >= 500, f"model.bootstrap_bars must be >= 500, got {cfg.model.bootstrap_bars}"),
+        (not cfg.model.remote or cfg.model.kind == "ensemble",
+         "model.remote serves the trained ensemble: it needs model.kind = 'ensemble'"),
+        (not cfg.model.remote or cfg.model.remote.startswith("tcp://"),
+         f"model.remote must be a tcp://HOST:PORT address, got '{cfg.model.remote}'"),
+        (cfg.model.remote_timeout_s > 0, "model.remote_timeout_s must be > 0"),
         *_model_checks(cfg.model),
         (cfg.indicators.bar_seconds > 0, "indicators.bar_seconds must be > 0"),
         (len(cfg.indicators.ema) >= 2,
          "indicators.ema needs at least two periods (the momentum model compares the first and last)"),
         (cfg.execution.order_notional > 0, "execution.order_notional must be > 0"),
+        (cfg.execution.max_signal_age_s > 0, "execution.max_signal_age_s must be > 0"),
         (cfg.execution.fee_bps >= 0 and cfg.execution.slippage_bps >= 0,
          "execution.fee_bps and slippage_bps must be >= 0"),
         (cfg.bus.tap_max_rate > 0, "bus.tap_max_rate must be > 0"),

@@ -237,8 +237,8 @@ class Supervisor:
             ws.hb = msg
             # "stopped" is the supervisor's word alone: a worker that leaves without
             # being asked is restarted like any other dead worker
-            if ws.state in ("starting", "running", "blocked") and msg.get("state") in (
-                    "running", "blocked"):
+            if ws.state in ("starting", "running", "blocked", "degraded") and msg.get("state") in (
+                    "running", "blocked", "degraded"):
                 ws.state = msg["state"]
 
     def _watch_children(self) -> None:
@@ -400,7 +400,22 @@ class Supervisor:
         return {"name": self.cfg.pipeline.name, "run_id": self.run_id,
                 "uptime_s": round(time.time() - self.started, 1),
                 "processes": procs, "rings": rings, "latency": stages,
-                "feeds": self.feed_health(), "tap": self.tap.stats()}
+                "feeds": self.feed_health(), "models": self.model_health(), "tap": self.tap.stats()}
+
+    def model_health(self) -> list[dict]:
+        """Each model worker's stage: state ("degraded" while a remote host does not
+        answer), where it runs, and its inference latency, as its last heartbeat told it."""
+        out = []
+        for ws in self.workers.values():
+            if ws.spec.role != "model":
+                continue
+            st = ws.hb.get("stats", {})
+            out.append({"id": ws.spec.id, "state": ws.state, "model": st.get("model", "momentum"),
+                        "remote": st.get("remote", ""), "reason": st.get("remote_reason", ""),
+                        "device": st.get("device"), "versions": st.get("versions", {}),
+                        "infer_ms_p50": st.get("infer_ms_p50"), "infer_ms_p99": st.get("infer_ms_p99"),
+                        "stale_signals": st.get("stale_signals", 0)})
+        return out
 
     def feed_health(self) -> list[dict]:
         """Each feed's exchange health, as its last heartbeat told it."""

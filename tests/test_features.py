@@ -71,6 +71,8 @@ def test_features_cli_one_line_errors(tmp_path):
 
 
 LIVE = """
+[model]
+kind = "momentum"
 [pipeline]
 name = "live"
 workers = 2
@@ -185,6 +187,8 @@ def test_alert_on_volatility_with_volume_surge(tmp_path):
 
 
 SYNTH_ALERTS = """
+[model]
+kind = "momentum"
 [pipeline]
 name = "alerts"
 workers = 2

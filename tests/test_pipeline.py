@@ -37,6 +37,7 @@ ema = [2, 4]
 rsi = [3]
 close_grace_s = 0.05
 [model]
+kind = "momentum"
 threshold = 0.00001
 [execution]
 max_position_notional = 1e12

@@ -529,6 +529,8 @@ def test_write_parts_numbers_parts_and_never_overwrites(tmp_path):
 
 # -- the recorder in a running pipeline -------------------------------------------------------
 RECORDER_CONF = """
+[model]
+kind = "momentum"
 [pipeline]
 name = "rec"
 workers = 2

@@ -6,6 +6,10 @@ positions in the positions table. Idempotent across restarts: an order
 records the (model ring, signal seq) it acts on, so a restarted execution
 skips signals it already acted on, fills an order left without a fill, and
 replays into the positions table any fill it had not applied yet.
+
+A stale signal (FLAG_STALE from a model stage that could not answer, or older
+than ``[execution] max_signal_age_s`` from the tick that caused it) never
+opens or grows a position; it may still reduce one.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from shm.records import (ACTION_BUY, ACTION_SELL, FILL, FLAG_GAP, FLAG_RECOVERED
 from shm.ring import W_WRITE
 
 from .base import Worker
+from .model import FLAG_STALE
 
 SEQ_BITS = 48
 
@@ -34,7 +39,8 @@ class ExecutionWorker(Worker):
         self.pos = rows.copy()
         unset = seqs == 0
         self.pos["symbol_id"][unset] = np.arange(n)[unset]
-        self.counters.update(orders=0, fills=0, rejected_risk=0, skipped_replay=0)
+        self.counters.update(orders=0, fills=0, rejected_risk=0, rejected_stale=0, skipped_replay=0)
+        self.max_age_ns = int(self.ec.max_signal_age_s * 1e9)
         self.ring_index = {r.ring.spec.name: i for i, r in enumerate(self.readers)}
         self.last_acted = np.full(len(self.readers), -1, np.int64)
         self.recover()
@@ -94,6 +100,10 @@ class ExecutionWorker(Worker):
         sid = int(sig["symbol_id"])
         pos = float(self.pos[sid]["qty"])
         qty = self.ec.order_notional / price
+        stale = bool(sig["flags"] & FLAG_STALE) or time.time_ns() - int(sig["ts_origin_ns"]) > self.max_age_ns
+        if stale and abs(pos + action * qty) > abs(pos):
+            self.counters["rejected_stale"] += 1     # a stale signal may reduce a position, never open one
+            return
         new_notional = abs(pos + action * qty) * price
         if new_notional > self.ec.max_position_notional + 1e-9:
             self.counters["rejected_risk"] += 1

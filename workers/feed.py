@@ -20,6 +20,7 @@ from .base import Worker
 from .venues.base import Health, MalformedMessage, TickBuffer, flush_ticks
 
 MAX_BATCH = 4096
+REGIME_TICKS = 4000     # mean ticks of one symbol between drift regime switches
 
 
 class SyntheticMarket:
@@ -39,9 +40,10 @@ class SyntheticMarket:
         rng = self.rng
         n = len(symbol_ids)
         local = rng.integers(0, n, k)
-        # regime switch: occasionally a symbol picks a new drift
-        flip = rng.random(n) < 0.002
-        self.drift[flip] = rng.normal(0.0, 2e-5, flip.sum())
+        # regime switch: a symbol picks a new drift every REGIME_TICKS of its ticks on
+        # average, whatever the batch size (so generated history matches the live feed)
+        flip = rng.random(n) < -np.expm1(-(k / n) / REGIME_TICKS)
+        self.drift[flip] = rng.normal(0.0, 5e-6, flip.sum())
         z = rng.standard_normal(k) * np.sqrt(self.var[local]) + self.drift[local]
         # per-symbol cumulative sum of returns within the batch
         order = np.argsort(local, kind="stable")

@@ -48,6 +48,7 @@ CONFIG_EXIT = 2                # exit status of a configuration error: the super
 MODEL_MOMENTUM, MODEL_ENSEMBLE = 0, 1     # SIGNAL model_id
 FLAG_PARTIAL = 1 << 4          # signal: some ensemble members had no input yet (LSTM window filling)
 FLAG_WARMUP = 1 << 5           # signal: features still in warm-up (NaN inputs): HOLD, no model ran
+FLAG_STALE = 1 << 6            # signal: the (remote) model stage did not answer: HOLD, no model ran
 
 
 class ConfigurationError(Exception):
@@ -250,6 +251,9 @@ class ModelWorker(Worker):
         self.out = self.spec.outputs[0]
         self.counters.update(batches=0, signals=0)
         self.ensemble: EnsembleModel | None = None
+        if self.cfg.model.remote:
+            self.ensemble = self._bridge()
+            return
         if self.cfg.model.kind == "ensemble":
             from pipeline.topology import feature_names
             try:
@@ -262,6 +266,35 @@ class ModelWorker(Worker):
             return
         ema = [f"ema_{p}" for p in self.cfg.indicators.ema]
         self.model = MomentumModel(ema[0], ema[-1], self.cfg.model.threshold)
+
+    def _bridge(self):
+        """The remote model host's ensemble (workers/model_host.py); not answering is a
+        degraded stage, refusing this pipeline is a configuration error."""
+        from pipeline.topology import feature_names
+        from .model_host import KeysError, RemoteEnsemble, RemoteError
+        try:
+            remote = RemoteEnsemble(self.cfg, feature_names(self.cfg), self.topo.symbols.keys)
+        except KeysError as e:
+            self.config_error(str(e))
+        try:
+            remote.hello()
+        except RemoteError as e:
+            remote.close()
+            self.config_error(str(e))
+        self.state = remote.state
+        self.log.info("bridge to the model host %s: %s", remote.endpoint,
+                      remote.info["versions"] if remote.info else remote.reason)
+        return remote
+
+    def on_idle(self) -> None:
+        # a bridge's state is the remote stage's: "degraded" while the host does not answer
+        if self.cfg.model.remote and self.ensemble is not None and self.state != "blocked":
+            self.state = self.ensemble.state
+
+    def close(self) -> None:
+        if self.cfg.model.remote and getattr(self, "ensemble", None) is not None:
+            self.ensemble.close()
+        super().close()
 
     def config_error(self, message: str) -> None:
         """Log it, tell the supervisor in a last heartbeat (stats ``error``) and exit
@@ -296,7 +329,12 @@ class ModelWorker(Worker):
         sig = np.zeros(len(ids), SIGNAL)
         flags = newest["flags"] & FLAG_GAP
         if self.ensemble is not None:
-            probs, member, versions, extra, hold = self.ensemble.predict(ids.astype(np.intp), rows)
+            try:
+                probs, member, versions, extra, hold = self.ensemble.predict(ids.astype(np.intp), rows)
+            except ConfigurationError as e:            # the model host refused this pipeline
+                self.config_error(str(e))
+            if self.cfg.model.remote and self.state != "blocked":
+                self.state = self.ensemble.state
             sig["model_id"] = MODEL_ENSEMBLE
             sig["member_probs"] = member
             sig["model_versions"] = versions
