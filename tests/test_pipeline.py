@@ -382,3 +382,16 @@ def test_workers_8(pipe):
     assert len(p.tap("fills", limit=2)) == 2
     assert p.cli("stop").returncode == 0
     assert p.wait_exit() == 0
+
+
+def test_old_signals_never_open_a_position(pipe):
+    """[execution] max_signal_age_s: a signal older than that (from its tick) is refused
+    for anything that opens or grows a position; with an impossible 1 us every one is."""
+    p = pipe()
+    p.config.write_text(p.config.read_text().replace(
+        "max_position_notional = 1e12", "max_position_notional = 1e12\nmax_signal_age_s = 1e-6"))
+    p.start()
+    ex = lambda st: next(w["stats"] for w in st["workers"] if w["id"] == "execution.0")
+    st = p.wait_status(lambda st: ex(st).get("rejected_stale", 0) >= 20, "stale signals refused")
+    assert ex(st)["orders"] == 0 and ex(st)["fills"] == 0
+    assert p.cli("stop").returncode == 0 and p.wait_exit() == 0
