@@ -25,8 +25,9 @@ Paths ("ours" is what the model worker calls; "naive" the library's usual call)
               with its default ``n_jobs=None``; also with ``n_jobs=-1`` (JSON
               ``naive_njobs_all_*``, table line "forest n_jobs=-1"), the setting
               people reach for to make it faster.
-    xgboost   ours: `XGBoostModel.predict_proba` (``inplace_predict``). naive:
-              ``booster.predict(xgboost.DMatrix(X))``.
+    xgboost   ours: `XGBoostModel.predict_proba` (the booster's trees exported to flat
+              arrays, one numba kernel, one thread; equal to ``inplace_predict``).
+              naive: ``booster.predict(xgboost.DMatrix(X))``.
     lstm      ours: `LSTMModel.predict_proba` (XLA-compiled concrete function per
               batch size, compiled in warm-up). naive: Keras ``model.predict(
               standardised windows, verbose=0)``.

@@ -138,8 +138,17 @@ class ReportCollector:
         for w in st["workers"]:
             up.add_metric([w["id"]], 1.0 if w["state"] == "running" else 0.0)
             restarts.add_metric([w["id"]], w["restarts"])
+        degraded = GaugeMetricFamily("tickpipe_model_degraded",
+                                     "1 while the model stage cannot answer (remote host unreachable)",
+                                     labels=["id"])
+        stale = CounterMetricFamily("tickpipe_model_stale_signals",
+                                    "HOLD signals written because the model stage did not answer",
+                                    labels=["id"])
+        for m in rep.get("models", []):
+            degraded.add_metric([m["id"]], 1.0 if m["state"] == "degraded" else 0.0)
+            stale.add_metric([m["id"]], m["stale_signals"])
         yield from (cpu, rss, thr, fds, written, rate, bp_waits, bp_secs, lag, dropped, lat, cnt,
-                    up, restarts)
+                    up, restarts, degraded, stale)
 
 
 def serve_prometheus(bind: str, report, status):

@@ -203,6 +203,7 @@ def test_ticks_flow_to_fills_and_clean_stop(pipe):
     assert 'tickpipe_process_rss_bytes{id="execution.0",role="execution"}' in metrics
     assert 'tickpipe_stage_latency_seconds{quantile="0.99",stage="tick_to_fill"}' in metrics
     assert 'tickpipe_worker_up{id="model.0"} 1.0' in metrics
+    assert 'tickpipe_model_degraded{id="model.0"} 0.0' in metrics
 
     run_id = st["run_id"]
     pids = list(p.pids(st).values())
