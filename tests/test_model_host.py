@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import selectors
 import signal
 import subprocess
 import sys
@@ -96,34 +97,39 @@ def host_setup(tmp_path_factory):
 
 
 class Host:
-    """`pipeline serve-model` in a subprocess."""
+    """`pipeline serve-model` in a subprocess; ready when it prints its serving line."""
 
     def __init__(self, tmp: Path, config: Path, keys: Path, port: int):
         self.endpoint = f"tcp://127.0.0.1:{port}"
-        self.log = open(tmp / f"host-{port}.log", "a+")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pipeline", "serve-model", "--bind", self.endpoint,
              "--config", str(config), "--keys", str(keys)],
-            cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-            env={**os.environ, "TICKPIPE_LOG_LEVEL": "WARNING"})
-        deadline = time.monotonic() + TIMEOUT
-        while "model host serving" not in self.output():
-            assert self.proc.poll() is None, self.output()
-            assert time.monotonic() < deadline, self.output()
-            time.sleep(0.1)         # polling a log file: the host writes its ready line there
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True, env={**os.environ, "TICKPIPE_LOG_LEVEL": "WARNING"})
+        self.lines: list[str] = []
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.proc.stdout, selectors.EVENT_READ)
+            deadline = time.monotonic() + TIMEOUT
+            while not any("model host serving" in line for line in self.lines):
+                assert sel.select(max(0.0, deadline - time.monotonic())), self.output()
+                line = self.proc.stdout.readline()
+                assert line, f"the model host exited:\n{self.output()}"
+                self.lines.append(line)
 
     def output(self) -> str:
-        self.log.seek(0)
-        return self.log.read()
+        return "".join(self.lines)
 
     def kill(self) -> None:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(TIMEOUT)
+        self.proc.stdout.close()
 
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(TIMEOUT)
+        rest, _ = self.proc.communicate(timeout=TIMEOUT)
+        self.lines.append(rest)
+        return self.proc.returncode
 
 
 def feature_batches(cfg, n_bars: int) -> list[tuple[np.ndarray, np.ndarray]]:

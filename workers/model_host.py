@@ -219,6 +219,11 @@ class ModelHost:
             self.counters["errors"] += 1
             log.warning("malformed request: %s", e)
             return [b"error", json.dumps({"error": f"malformed request: {e}"}).encode()]
+        except Exception as e:                 # a model failing on one batch must not end the host
+            self.counters["errors"] += 1
+            log.exception("batch failed")
+            return [b"error", json.dumps({"error": f"the model host failed on this batch: "
+                                                   f"{type(e).__name__}: {e}"}).encode()]
 
     def serve(self, duration: float | None = None) -> None:
         """Answer requests until SIGINT / SIGTERM (or ``duration`` seconds)."""
