@@ -3,7 +3,7 @@
 Importing TensorFlow costs seconds, so it happens on first use only, never at
 import time of models/ or workers/; the first importer sets the runtime up
 (quiet logs, one intra-op and one inter-op thread: as fast or faster, and a
-steadier latency when the other cores are busy).
+steadier latency when the other cores are busy; GPU memory taken as needed).
 """
 from __future__ import annotations
 
@@ -23,6 +23,10 @@ def tensorflow():
         try:
             tf.config.threading.set_intra_op_parallelism_threads(1)
             tf.config.threading.set_inter_op_parallelism_threads(1)
+            # several model workers (or a model host and a training run) share one GPU: by
+            # default each process would map nearly all of its memory at start
+            for gpu in tf.config.list_physical_devices("GPU"):
+                tf.config.experimental.set_memory_growth(gpu, True)
         except RuntimeError:        # the runtime was started before us: its settings stay
             pass
         import keras
