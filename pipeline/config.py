@@ -282,6 +282,10 @@ def validate(cfg: Config) -> None:
         (not cfg.model.remote or cfg.model.remote.startswith("tcp://"),
          f"model.remote must be a tcp://HOST:PORT address, got '{cfg.model.remote}'"),
         (cfg.model.remote_timeout_s > 0, "model.remote_timeout_s must be > 0"),
+        # a bridge waits up to twice that (connection, then answer) between heartbeats
+        (not cfg.model.remote or 2 * cfg.model.remote_timeout_s < p.heartbeat_timeout_s,
+         f"model.remote_timeout_s ({cfg.model.remote_timeout_s:g}) must be under half of "
+         f"pipeline.heartbeat_timeout_s ({p.heartbeat_timeout_s:g}), or a waiting bridge looks hung"),
         *_model_checks(cfg.model),
         (cfg.indicators.bar_seconds > 0, "indicators.bar_seconds must be > 0"),
         (len(cfg.indicators.ema) >= 2,

@@ -336,6 +336,11 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     ("forest_trees = 0", "model.forest_trees must be >= 1"),
     ("seed = -1", "model.seed must be in"),
     ("xgb_rounds = 1.5", "model.xgb_rounds must be an integer"),
+    ('bootstrap = "synth"', 'model.bootstrap must be "synthetic" or "" (off)'),
+    ("bootstrap_bars = 100", "model.bootstrap_bars must be >= 500"),
+    ('remote = "gpu-host:5560"', "model.remote must be a tcp://HOST:PORT address"),
+    ('kind = "momentum"\nremote = "tcp://gpu:5560"', "model.remote serves the trained ensemble"),
+    ('remote = "tcp://gpu:5560"\nremote_timeout_s = 6', "must be under half of pipeline.heartbeat_timeout_s"),
 ])
 def test_config_validation(tmp_path, line, match):
     path = tmp_path / "c.toml"
