@@ -31,32 +31,44 @@ START_MS = 1_767_225_600_000           # 2026-01-01 00:00 UTC: the generated his
 BATCHES_PER_BAR = 10
 
 
-def synthetic_candles(feed: FeedConfig, bar_seconds: float, bars: int, seed: int,
-                      symbol: int = 0) -> pa.Table:
-    """OHLCV bars of one symbol of ``feed``'s synthetic market, built from its trades
-    as the indicator shards build live bars (trades only; a bar without trades is absent).
-    Tick times are spread evenly at ``feed.ticks_per_s`` over all the feed's symbols."""
+def synthetic_trades(feed: FeedConfig, bar_seconds: float, bars: int,
+                     seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(symbol index, bar index, price, size) of every trade of ``feed``'s synthetic
+    market over ``bars`` bars, in time order. Tick times are spread evenly at
+    ``feed.ticks_per_s`` over all the feed's symbols; the market makes them in
+    BATCHES_PER_BAR batches per bar."""
     from shm.records import TICK_TRADE
     from workers.feed import SyntheticMarket
     n = len(feed.symbols)
-    if not 0 <= symbol < n:
-        raise ValueError(f"symbol index {symbol} outside the feed's {n} symbols")
     market = SyntheticMarket(n, feed.start_price, seed)
     ids = np.arange(n)
     ticks_per_bar = feed.ticks_per_s * bar_seconds
     total = int(round(ticks_per_bar * bars))
     batch = max(1, int(round(ticks_per_bar / BATCHES_PER_BAR)))
-    prices, sizes, bar_of = [], [], []
+    parts: list[tuple[np.ndarray, ...]] = []
     emitted = 0
     while emitted < total:
         k = min(batch, total - emitted)
         t = market.make(k, ids)
-        sel = np.flatnonzero((t["symbol_id"] == symbol) & (t["kind"] == TICK_TRADE))
-        prices.append(t["price"][sel])
-        sizes.append(t["size"][sel])
-        bar_of.append(((emitted + sel) / ticks_per_bar).astype(np.int64))
+        sel = np.flatnonzero(t["kind"] == TICK_TRADE)
+        parts.append((t["symbol_id"][sel].astype(np.int64),
+                      ((emitted + sel) / ticks_per_bar).astype(np.int64),
+                      t["price"][sel], t["size"][sel]))
         emitted += k
-    price, size, bar = np.concatenate(prices), np.concatenate(sizes), np.concatenate(bar_of)
+    sym, bar, price, size = (np.concatenate(cols) for cols in zip(*parts))
+    return sym, bar, price, size
+
+
+def synthetic_candles(feed: FeedConfig, bar_seconds: float, bars: int, seed: int,
+                      symbol: int = 0) -> pa.Table:
+    """OHLCV bars of one symbol of ``feed``'s synthetic market, built from its trades
+    as the indicator shards build live bars (trades only; a bar without trades is absent)."""
+    n = len(feed.symbols)
+    if not 0 <= symbol < n:
+        raise ValueError(f"symbol index {symbol} outside the feed's {n} symbols")
+    sym, bar, price, size = synthetic_trades(feed, bar_seconds, bars, seed)
+    mine = sym == symbol
+    bar, price, size = bar[mine], price[mine], size[mine]
     first = np.r_[0, np.flatnonzero(np.diff(bar)) + 1]
     last = np.r_[first[1:] - 1, len(bar) - 1]
     return pa.table({

@@ -3,9 +3,12 @@ Figures are not asserted: speed is measured in bench/, not in tests."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -63,3 +66,30 @@ def test_models_bench_quick(tmp_path):
         assert r["max_abs_diff"] < 1e-3            # ours and naive are the same model
     assert rows[("forest", 64)]["naive_njobs_all_p50_ms"] > 0
     assert {"p99_met", "ratio_met"} <= set(res["aims"])
+
+
+def test_model_host_bench_quick(tmp_path, monkeypatch):
+    pytest.importorskip("tensorflow", reason="TensorFlow is needed for the LSTM and the RL agent")
+    scratch = tmp_path / "scratch"             # the bench's temporary directory goes here
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    res = run_bench("model_host.py", tmp_path / "model_host.json")
+    rows = {r["batch"]: r for r in res["results"]}
+    assert set(rows) == {1, 64, 256} and res["symbols"] == 256
+    assert res["members"] == ["lstm", "forest", "xgboost", "rl"]
+    assert res["equal"] is True and all(r["equal"] is True for r in rows.values())
+    for r in rows.values():
+        assert 0 < r["local_p50_ms"] <= r["local_p99_ms"]
+        assert 0 < r["remote_p50_ms"] <= r["remote_p99_ms"]
+        assert 0 < r["host_infer_p50_ms"] <= r["host_infer_p99_ms"]
+        assert r["warmup_calls_to_fill"] <= res["model"]["lstm_window"]
+        assert r["first_ts_bar_ns"] < r["last_ts_bar_ns"]
+    assert rows[1]["last_ts_bar_ns"] < rows[64]["first_ts_bar_ns"]   # a new bar per call
+    # the host served every call and stopped cleanly; nothing of it is left behind
+    assert res["bridge"]["remote_batches"] == res["calls_compared"] == res["bars_used"]
+    assert res["bridge"]["stale_batches"] == 0
+    assert res["host_exit"] == 0
+    assert res["host_stopped"].startswith(f"stopped: {res['calls_compared']} batches")
+    with pytest.raises(ProcessLookupError):
+        os.kill(res["host_pid"], 0)
+    assert not [p for p in scratch.iterdir() if p.name.startswith("tickpipe-bench-model-host-")]

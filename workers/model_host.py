@@ -272,6 +272,7 @@ class RemoteEnsemble:
         self.sock.connect(self.endpoint)
         self.req = 0
         self.info: dict | None = None                 # the host's "ready" answer
+        self.answered = False                         # has the host ever answered
         self.state, self.reason = "degraded", f"connecting to {self.endpoint}"
         self.degraded_since: float | None = time.time()
         self.counters = {"remote_batches": 0, "stale_batches": 0, "stale_signals": 0,
@@ -292,8 +293,9 @@ class RemoteEnsemble:
         self.state, self.reason = "degraded", reason
 
     def _recover(self) -> None:
-        if self.state != "running":
+        if self.state != "running" and self.answered:
             log.warning("model host %s answering again", self.endpoint)
+        self.answered = True
         self.state, self.reason, self.degraded_since = "running", "", None
 
     def _ask(self, frames: list[bytes], want: bytes, req: int | None) -> list[bytes] | None:
