@@ -106,6 +106,9 @@ def _bootstrap_models(cfg: Config) -> None:
         bootstrap(cfg)
     except TrainError as e:
         raise UserError(f"training the synthetic ensemble failed: {e}") from None
+    except KeyboardInterrupt:
+        raise UserError("interrupted while training the synthetic ensemble; nothing was started, "
+                        "and the next start trains it again") from None
 
 
 def cmd_serve_model(args) -> int:
