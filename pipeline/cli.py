@@ -99,7 +99,7 @@ def cmd_start(args) -> int:
 def _bootstrap_models(cfg: Config) -> None:
     """The default config serves the ensemble: train it on synthetic history at first start."""
     if cfg.model.kind != "ensemble" or not cfg.model.bootstrap:
-        return
+        return                         # not even the import: models.train loads xgboost and sklearn
     from models.synthetic import bootstrap
     from models.train import TrainError
     try:

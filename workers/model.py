@@ -3,11 +3,13 @@ whose bars closed, written as signal records.
 
 The bar-close events come from the features rings; the values are read from
 the latest-features table (seqlock), so a symbol whose bar closed twice in a
-batch is scored once, on its newest row. The model here is a transparent
-momentum rule on the EMA spread (the ML ensemble replaces it): probabilities
-for down / flat / up from a logistic of the spread in units of ``threshold``.
+batch is scored once, on its newest row. ``[model] kind = "momentum"`` is a
+transparent rule on the EMA spread: probabilities for down / flat / up from a
+logistic of the spread in units of ``threshold``. ``[model] remote`` makes the
+worker a bridge to a remote model host (workers/model_host.py): the same
+ensemble, run there; its state is the host's ("degraded" while it does not answer).
 
-``[model] kind = "ensemble"`` serves the trained models instead (`EnsembleModel`):
+``[model] kind = "ensemble"`` (the default) serves the trained models (`EnsembleModel`):
 the ensemble and its members are loaded once from the registry at
 ``[model] artifacts`` (the member versions the ensemble's metadata records),
 every artifact's feature names are checked against the running config, and
@@ -333,8 +335,6 @@ class ModelWorker(Worker):
                 probs, member, versions, extra, hold = self.ensemble.predict(ids.astype(np.intp), rows)
             except ConfigurationError as e:            # the model host refused this pipeline
                 self.config_error(str(e))
-            if self.cfg.model.remote and self.state != "blocked":
-                self.state = self.ensemble.state
             sig["model_id"] = MODEL_ENSEMBLE
             sig["member_probs"] = member
             sig["model_versions"] = versions

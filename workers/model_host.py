@@ -39,6 +39,7 @@ import json
 import logging
 import signal
 import time
+from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -277,8 +278,8 @@ class RemoteEnsemble:
         self.degraded_since: float | None = time.time()
         self.counters = {"remote_batches": 0, "stale_batches": 0, "stale_signals": 0,
                          "late_replies": 0}
-        self.infer_ms: list[float] = []
-        self.rtt_ms: list[float] = []
+        self.infer_ms: deque = deque(maxlen=1000)     # the host's inference, per answered batch
+        self.rtt_ms: deque = deque(maxlen=1000)       # the round trip the worker waited
 
     # what the worker's stats show
     @property
@@ -369,7 +370,6 @@ class RemoteEnsemble:
         self._recover()
         self.rtt_ms.append((time.perf_counter() - t0) * 1e3)
         self.infer_ms.append(infer_ms)
-        del self.rtt_ms[:-1000], self.infer_ms[:-1000]
         self.counters["remote_batches"] += 1
         return probs, member, versions, flags, hold
 
