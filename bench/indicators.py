@@ -1,11 +1,11 @@
-"""Benchmark: the incremental indicator engine (``workers/ta.py``) per update
+"""Benchmark: the incremental indicator engine (``models/ta.py``) per update
 against talipp and against recomputing with pandas, and its batch path against TA-Lib.
 
 Indicators
     The default configuration's parameter sets (``pipeline.config.IndicatorsConfig``:
     ema 12 and 26, sma 20, rsi 14, macd 12/26/9, bbands 20/2, atr 14, stoch 14/3/3,
     vwap 20, volatility 20, volume_z 20, obv), restricted to the kinds
-    ``workers.ta.INDICATORS`` has when the benchmark runs. Each comparison uses
+    ``models.ta.INDICATORS`` has when the benchmark runs. Each comparison uses
     the kinds both sides have, and our engine is timed again with exactly that
     set: talipp has no rolling volatility of log returns or volume z-score (and
     its closest to our rolling VWAP is VWMA, close x volume over the window; its
@@ -86,7 +86,7 @@ if str(_HERE.parent) not in sys.path:
 import numpy as np  # noqa: E402
 
 from pipeline.config import IndicatorsConfig, indicator_specs  # noqa: E402
-from workers.ta import INDICATORS, Engine  # noqa: E402
+from models.ta import INDICATORS, Engine  # noqa: E402
 
 ROOT = _HERE.parent
 DATA = ROOT.parent / "shared" / "data" / "candles" / "binance_BTC-USDT_5m.csv"
@@ -132,7 +132,7 @@ def engine_specs() -> tuple[list[Spec], list[str]]:
     specs, notes = [], []
     for kind, params in indicator_specs(IndicatorsConfig()):
         if kind not in INDICATORS:
-            notes.append(f"{kind}: not in workers.ta.INDICATORS yet")
+            notes.append(f"{kind}: not in models.ta.INDICATORS yet")
             continue
         try:
             Engine(1, [(kind, params)])
@@ -504,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  note: {source}", file=sys.stderr)
     specs, notes = engine_specs()
     if not specs:
-        print("no indicator of the configuration is in workers.ta.INDICATORS", file=sys.stderr)
+        print("no indicator of the configuration is in models.ta.INDICATORS", file=sys.stderr)
         return 1
     talipp_kinds = set(_talipp_makers())
     talib_kinds = set(_talib_calls())

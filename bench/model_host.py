@@ -24,7 +24,7 @@ Paths
 Inputs
     The live feed's own market (the feed seed, not the training history's) for
     all 256 symbols at once, built into bars as `synthetic_candles` builds one
-    symbol's, then through `workers.ta.Engine` as an indicator shard computes
+    symbol's, then through `models.ta.Engine` as an indicator shard computes
     them, into rows of the features table (``shm.records.features_dtype``). The
     indicator warm-up bars are skipped: every model input is finite. Batch b is the
     first b symbols' rows of one bar. Every call carries the next bar (a larger
@@ -171,9 +171,9 @@ def feature_rows(cfg, bars: int) -> tuple[np.ndarray, int]:
     for all symbols, as the indicator shards compute them."""
     from models.dataset import model_inputs
     from pipeline.config import indicator_specs
-    from pipeline.topology import feature_names
+    from pipeline.config import feature_names
     from shm.records import features_dtype
-    from workers.ta import Engine
+    from models.ta import Engine
     names = feature_names(cfg)
     feed = cfg.feeds[0]
     m = market_bars(feed, cfg.indicators.bar_seconds, bars, feed.seed)
@@ -293,7 +293,7 @@ class Walk:
 
 def bench_batch(b: int, local, remote, walk: Walk, window: int,
                 args: argparse.Namespace) -> dict:
-    from workers.model import FLAG_PARTIAL
+    from shm.records import FLAG_PARTIAL
 
     def both(i: int, ids: np.ndarray, rows: np.ndarray) -> tuple[tuple, tuple]:
         """((local out, ns), (remote out, ns)); which goes first alternates, so neither
@@ -417,8 +417,8 @@ def main(argv: list[str] | None = None) -> int:
         from models.synthetic import bootstrap
         from pipeline.config import load_config
         from pipeline.symbols import SymbolRegistry
-        from pipeline.topology import feature_names
-        from workers.model import EnsembleModel
+        from pipeline.config import feature_names
+        from models.serving import EnsembleModel
         from workers.model_host import RemoteEnsemble, make_keys
 
         make_keys(tmp / "keys")

@@ -1,6 +1,6 @@
 """Training data from historical candles: features, labels, walk-forward splits.
 
-Features are `pipeline features` (pipeline.features.compute), the indicator
+Features are `pipeline features` (models.features.compute), the indicator
 engine the live shards run, so a model sees in training exactly the columns a
 live feature row holds. Those columns go through ONE function, `model_inputs`,
 both here and in the model worker, so the transforms cannot drift apart.
@@ -44,7 +44,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.config import Config, ExecutionConfig
-from pipeline.features import compute
+from models.features import compute
 
 DOWN, FLAT, UP = 0, 1, 2
 CLASSES = ("down", "flat", "up")

@@ -28,6 +28,17 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Union
 
+from models.boost import XGBoostModel
+from models.forest import RandomForestModel
+from models.lstm import LSTMModel
+from models.rl import RLAgent
+
+# model name in the config -> class with fit(X, y, seed) / predict_proba(X) / save(dir) / load(dir):
+# what training makes and serving loads (serving never imports training)
+MODELS: dict[str, type] = {"forest": RandomForestModel, "xgboost": XGBoostModel, "lstm": LSTMModel,
+                           "rl": RLAgent}
+ENSEMBLE = "ensemble"                  # the ensemble's name in the registry
+
 METADATA = "metadata.json"
 REQUIRED = ("feature_names", "parameters", "data_range", "metrics")
 # a library and the distribution names it may be installed under

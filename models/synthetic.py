@@ -3,9 +3,10 @@
 `pipeline start` on the default config serves the full ensemble with no network
 and no data files. When ``[model] artifacts`` holds no ensemble and ``[model]
 bootstrap = "synthetic"``, `bootstrap` generates ``bootstrap_bars`` bars of the
-synthetic market (workers/feed.SyntheticMarket with the synthetic feed's symbols,
-start price and tick rate, so the bars have the statistics the live feed will
-produce, on a seed of their own so the live run is not the training history),
+synthetic market (`SyntheticMarket`, the very generator the synthetic feed runs,
+with its symbols, start price and tick rate, so the bars have the statistics the
+live feed will produce, on a seed of their own so the live run is not the
+training history),
 trains every configured model on the first symbol's bars with
 `models.train.train` (progress bar, walk-forward report) and keeps the result in
 the registry; later starts load it.
@@ -23,12 +24,68 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from pipeline.config import Config, FeedConfig
+from pipeline.config import Config, FeedConfig, feature_names
+from shm.records import SIDE_BUY, SIDE_SELL, TICK, TICK_QUOTE, TICK_TRADE
 
 SOURCE = "synthetic"                   # prefix of training.data in bootstrapped artifacts
 SEED_OFFSET = 1_000_003                # training history != the live feed's path (same feed seed)
 START_MS = 1_767_225_600_000           # 2026-01-01 00:00 UTC: the generated history's first bar
 BATCHES_PER_BAR = 10
+REGIME_TICKS = 4000     # mean ticks of one symbol between drift regime switches
+
+
+class SyntheticMarket:
+    """Vectorised random market for a fixed set of symbols."""
+
+    def __init__(self, n_symbols: int, start_price: float, seed: int):
+        self.rng = np.random.default_rng(seed)
+        n = n_symbols
+        self.logp = np.log(start_price * self.rng.uniform(0.5, 2.0, n))
+        self.var = np.full(n, 1e-8)          # per-tick variance of log returns
+        self.omega, self.alpha, self.beta = 2e-10, 0.08, 0.90
+        self.drift = np.zeros(n)
+        self.trade_seq = 0
+
+    def make(self, k: int, symbol_ids: np.ndarray) -> np.ndarray:
+        """k ticks for symbols drawn uniformly from ``symbol_ids`` (registry ids)."""
+        rng = self.rng
+        n = len(symbol_ids)
+        local = rng.integers(0, n, k)
+        # regime switch: a symbol picks a new drift every REGIME_TICKS of its ticks on
+        # average, whatever the batch size (so generated history matches the live feed)
+        flip = rng.random(n) < -np.expm1(-(k / n) / REGIME_TICKS)
+        self.drift[flip] = rng.normal(0.0, 5e-6, flip.sum())
+        z = rng.standard_normal(k) * np.sqrt(self.var[local]) + self.drift[local]
+        # per-symbol cumulative sum of returns within the batch
+        order = np.argsort(local, kind="stable")
+        ls, zs = local[order], z[order]
+        cs = np.cumsum(zs)
+        starts = np.r_[0, np.flatnonzero(np.diff(ls)) + 1]
+        counts = np.diff(np.r_[starts, k])
+        cs -= np.repeat(cs[starts] - zs[starts], counts)
+        logp = self.logp[ls] + cs
+        ends = starts + counts - 1
+        touched = ls[starts]
+        self.logp[touched] = logp[ends]
+        last_ret = zs[ends]
+        self.var[touched] = self.omega + self.alpha * last_ret ** 2 + self.beta * self.var[touched]
+        self.var = np.clip(self.var, 1e-10, 1e-4)
+
+        out = np.zeros(k, TICK)
+        price = np.empty(k)
+        price[order] = np.exp(logp)
+        half_spread = price * (0.5e-4 + 5.0 * np.sqrt(self.var[local]))
+        is_trade = rng.random(k) < 0.75
+        out["symbol_id"] = np.asarray(symbol_ids)[local]
+        out["kind"] = np.where(is_trade, TICK_TRADE, TICK_QUOTE)
+        out["side"] = np.where(rng.random(k) < 0.5, SIDE_BUY, SIDE_SELL)
+        out["bid"] = price - half_spread
+        out["ask"] = price + half_spread
+        out["price"] = np.where(out["side"] == SIDE_BUY, out["ask"], out["bid"])
+        out["size"] = np.round(rng.lognormal(-1.0, 1.0, k), 6)
+        out["seq"] = self.trade_seq + np.arange(1, k + 1)
+        self.trade_seq += k
+        return out
 
 
 def synthetic_trades(feed: FeedConfig, bar_seconds: float, bars: int,
@@ -37,8 +94,6 @@ def synthetic_trades(feed: FeedConfig, bar_seconds: float, bars: int,
     market over ``bars`` bars, in time order. Tick times are spread evenly at
     ``feed.ticks_per_s`` over all the feed's symbols; the market makes them in
     BATCHES_PER_BAR batches per bar."""
-    from shm.records import TICK_TRADE
-    from workers.feed import SyntheticMarket
     n = len(feed.symbols)
     market = SyntheticMarket(n, feed.start_price, seed)
     ids = np.arange(n)
@@ -85,9 +140,7 @@ def _synthetic_feed(cfg: Config) -> FeedConfig:
 
 def needs_bootstrap(cfg: Config) -> str | None:
     """Why `bootstrap` would train now (a sentence), or None when it would not."""
-    from models.registry import ArtifactError, Registry
-    from models.train import ENSEMBLE
-    from pipeline.topology import feature_names
+    from models.registry import ENSEMBLE, ArtifactError, Registry
     m = cfg.model
     if m.kind != "ensemble" or m.bootstrap != SOURCE:
         return None

@@ -57,18 +57,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from models.boost import XGBoostModel
 from models.dataset import CLASSES, Dataset, build_dataset, walk_forward
 from models.ensemble import Ensemble, log_loss
-from models.forest import RandomForestModel
-from models.lstm import LSTMModel
-from models.registry import Registry
-from models.rl import RLAgent
+from models.registry import ENSEMBLE, MODELS, Registry
 from pipeline.config import Config, ModelConfig
-
-# model name in the config -> class with fit(X, y, seed) / predict_proba(X) / save(dir) / load(dir)
-MODELS: dict[str, type] = {"forest": RandomForestModel, "xgboost": XGBoostModel, "lstm": LSTMModel,
-                           "rl": RLAgent}
 
 # model name -> its constructor parameters from the flat [model] fields; a model
 # missing here is built with its own defaults
@@ -80,7 +72,6 @@ PARAMS = {
     "lstm": lambda m: dict(window=m.lstm_window, units=m.lstm_units, epochs=m.lstm_epochs),
 }
 
-ENSEMBLE = "ensemble"                  # its name in the registry
 REPORT = "report.json"
 ENSEMBLE_NOTE = ("the ensemble's weights were learned on these validation folds' predictions, "
                  "so its per-fold figures are in-sample for the weights (not for the members)")
@@ -202,7 +193,7 @@ def _all_folds(y: np.ndarray, p: np.ndarray, folds: list[dict]) -> dict:
 
 # -- training ---------------------------------------------------------------------------
 def _dataset(data: str | Path | pa.Table, cfg: Config) -> Dataset:
-    from pipeline.features import FeaturesError
+    from models.features import FeaturesError
     m = cfg.model
     try:
         return build_dataset(data, cfg, m.horizon, m.label_threshold or None)

@@ -13,14 +13,11 @@ import sys
 import time
 from pathlib import Path
 
-from .config import Config, ConfigError, load_config
+from .config import Config, load_config
+from .errors import ConfigError, ConfigurationError, UserError
 
 DEFAULT_CONFIG = Path("conf/default.toml")
 STREAMS = ("ticks", "features", "signals", "orders", "fills", "alerts", "health")
-
-
-class UserError(Exception):
-    """Printed as 'pipeline: <message>' with exit status 2."""
 
 
 def _load(args) -> Config:
@@ -121,7 +118,6 @@ def cmd_serve_model(args) -> int:
     logging.basicConfig(level=os.environ.get("TICKPIPE_LOG_LEVEL", "INFO"), stream=sys.stderr,
                         format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
     _bootstrap_models(cfg)
-    from workers.model import ConfigurationError
     from workers.model_host import KeysError, ModelHost
     try:
         host = ModelHost(cfg, args.bind, keys)
@@ -155,7 +151,8 @@ def cmd_keys(args) -> int:
 
 
 def cmd_features(args) -> int:
-    from .features import FeaturesError, run
+    from models.features import FeaturesError
+    from .features import run
     cfg = _load(args)
     try:
         summary = run(args.data, args.out, cfg)

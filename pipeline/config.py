@@ -14,9 +14,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
-class ConfigError(ValueError):
-    """A user mistake in a config file; printed as is, without a traceback."""
+from .errors import ConfigError
 
 
 @dataclass
@@ -123,6 +121,37 @@ def indicator_specs(ind: IndicatorsConfig) -> list[tuple[str, tuple]]:
     if ind.obv:
         specs.append(("obv", ()))
     return specs
+
+
+def _param(x) -> str:
+    """A parameter in a column name: 2.0 -> "2", 2.5 -> "2.5"."""
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+# indicator kind -> the prefixes of its columns (macd, bbands and stoch have several)
+_COLUMN_PREFIXES = {"ema": ["ema"], "sma": ["sma"], "rsi": ["rsi"], "atr": ["atr"], "vwap": ["vwap"],
+                    "volatility": ["vol"], "volume_z": ["volz"], "obv": ["obv"],
+                    "macd": ["macd", "macd_signal", "macd_hist"],
+                    "bbands": ["bb_upper", "bb_middle", "bb_lower"]}
+
+
+def indicator_columns(kind: str, params: tuple) -> list[str]:
+    """The column names of one indicator, in the order its kernel (models/ta.py) writes
+    them: ``ema_12``, ``macd_signal_12_26_9``, ``bb_upper_20_2``, ``stoch_d_14_3_3``."""
+    p = [_param(x) for x in params]
+    if kind == "stoch":              # %K names its own two periods only
+        return [f"stoch_k_{p[0]}_{p[1]}", f"stoch_d_{'_'.join(p)}"]
+    if kind not in _COLUMN_PREFIXES:
+        raise ValueError(f"unknown indicator kind '{kind}'")
+    suffix = "_".join(p)
+    return [f"{prefix}_{suffix}" if suffix else prefix for prefix in _COLUMN_PREFIXES[kind]]
+
+
+def feature_names(cfg: Config) -> list[str]:
+    """The indicator columns of a feature row, in the engine's order: what every stage,
+    artifact and model host agrees on (the topology carries them)."""
+    return [c for kind, params in indicator_specs(cfg.indicators)
+            for c in indicator_columns(kind, params)]
 
 
 ENSEMBLE_METHODS = ("soft_vote", "stacking")
@@ -395,7 +424,7 @@ def _replay_problem(f: FeedConfig) -> str | None:
         return "path is needed for a replay feed (a CSV or Parquet file of candles or trades)"
     if not Path(f.path).expanduser().exists():
         return f"path '{f.path}' does not exist"
-    from workers.storage import detect_kind, market_columns
+    from .storage import detect_kind, market_columns
     try:
         detect_kind(market_columns(f.path))
     except Exception as e:  # unreadable, or columns of neither kind: say which, in one line

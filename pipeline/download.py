@@ -38,10 +38,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from workers.storage import (OHLCV_COLUMNS, append_ohlcv, append_trades, check_candles,
+from .storage import (OHLCV_COLUMNS, append_ohlcv, append_trades, check_candles,
                              check_trades, ohlcv_bounds, ohlcv_dir, trades_bounds, trades_dir)
 
-from .cli import UserError
+from .errors import UserError
 
 # options that keep a venue's market loading to the spot markets we download
 # (binance would otherwise also ask its futures hosts)

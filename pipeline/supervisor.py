@@ -28,10 +28,10 @@ from shm.table import Table
 
 from . import bus, topology
 from .config import Config
+from .errors import CONFIG_EXIT
 from .metrics import LatencyHistogram
 from .tap import TapPublisher
 from workers.base import WorkerArgs, run_worker
-from workers.model import CONFIG_EXIT
 
 log = logging.getLogger("supervisor")
 

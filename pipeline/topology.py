@@ -14,19 +14,13 @@ from shm.ring import LOSSLESS, LOSSY, RingSpec
 from shm.segment import segment_name
 from shm.table import TableSpec
 
-from .config import Config, indicator_specs
+from .config import Config, feature_names
 from .symbols import SymbolRegistry
 
 # the order of stages, upstream first; a clean stop goes in this order so
 # every record already in flight is processed before its consumer stops.
 # The recorder stops after the indicators: it writes every tick and every bar.
 STAGES = ["feed", "indicators", "recorder", "model", "execution"]
-
-
-def feature_names(cfg: Config) -> list[str]:
-    """The indicator columns of a feature row, in the engine's order."""
-    from workers.ta import Engine
-    return Engine(0, indicator_specs(cfg.indicators)).columns
 
 
 @dataclass
@@ -49,6 +43,7 @@ class Topology:
     rings: dict[str, RingSpec]
     tables: dict[str, TableSpec]
     symbols: SymbolRegistry
+    feature_names: list[str]                            # indicator columns of a feature row
     bells: dict[str, Doorbell] = field(default_factory=dict)  # worker id -> its doorbell
 
     def worker(self, wid: str) -> WorkerSpec:
@@ -85,7 +80,8 @@ def build(cfg: Config, run_id: str, with_bells: bool = False) -> Topology:
         # lossless features rings, so a slow disk never holds the indicators back
         workers.append(WorkerSpec("recorder", 0, inputs=[f"ticks.{f.name}" for f in cfg.feeds]
                                   + [f"features.{i}" for i in range(n_shards)]))
-    fdt = features_dtype(feature_names(cfg))
+    names = feature_names(cfg)
+    fdt = features_dtype(names)
     for i in range(n_shards):
         out = f"features.{i}"
         ring(out, fdt, rc.features_capacity, LOSSLESS, [f"model.{i % n_models}"], recorder)
@@ -106,7 +102,7 @@ def build(cfg: Config, run_id: str, with_bells: bool = False) -> Topology:
         "positions": TableSpec("positions", segment_name(run_id, "tbl.positions"), POSITION,
                                len(symbols)),
     }
-    topo = Topology(run_id, workers, rings, tables, symbols)
+    topo = Topology(run_id, workers, rings, tables, symbols, names)
     if with_bells:
         bells = topo.bells = {w.id: Doorbell() for w in workers}
         for w in workers:

@@ -16,6 +16,10 @@ FLAG_GAP = 1 << 0        # data was lost before this record (lapped reader, reco
 FLAG_TIMER_CLOSE = 1 << 1  # a bar closed on the clock, not on a tick of the next bar
 FLAG_RECOVERED = 1 << 2  # re-emitted by a restarted worker
 FLAG_ALERT = 1 << 3      # a features row that raised the desk alert (volatility with a volume surge)
+# set by the model stage on signals (one bit space with the flags above)
+FLAG_PARTIAL = 1 << 4    # some ensemble members had no input yet (LSTM window filling)
+FLAG_WARMUP = 1 << 5     # features still in warm-up (NaN inputs): HOLD, no model ran
+FLAG_STALE = 1 << 6      # the (remote) model stage did not answer: HOLD, no model ran
 
 # tick kinds
 TICK_TRADE = 1
@@ -66,6 +70,7 @@ BAR = _padded("bar", [
     ("volume", "<f8"),
 ])
 
+MODEL_MOMENTUM, MODEL_ENSEMBLE = 0, 1   # SIGNAL model_id: which model stage made it
 SIGNAL_CLASSES = 3  # down / flat / up
 SIGNAL_MEMBERS = 4  # ensemble members whose own outputs a signal carries
 

@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.registry import Registry
+from models.registry import ENSEMBLE, Registry
 from models.synthetic import SOURCE, bootstrap, needs_bootstrap, synthetic_candles
-from models.train import ENSEMBLE, train
+from models.train import train
 from pipeline.config import FeedConfig, load_config
-from workers.storage import OHLCV_COLUMNS, check_candles
+from pipeline.storage import OHLCV_COLUMNS, check_candles
 
 from test_pipeline import TIMEOUT
 

@@ -14,7 +14,7 @@ import pytest
 from models.dataset import DOWN, FLAT, UP, build_dataset, input_names, model_inputs, \
     round_trip_cost, walk_forward
 from pipeline.config import Config
-from pipeline.features import compute
+from models.features import compute
 from shm.records import features_dtype
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -73,7 +73,7 @@ def bars_of(features, sid):
 def test_bad_ticks_are_rejected_and_other_symbols_untouched(shard):
     worker, feed, features, topo = shard
     a, b = topo.symbols.id("AAA/USDT"), topo.symbols.id("BBB/USDT")
-    assert worker.owned[a] and worker.owned[b]            # one shard owns both (2 workers: 1 shard)
+    assert worker.bars.owned[a] and worker.bars.owned[b]            # one shard owns both (2 workers: 1 shard)
     clean = [(b, 0.1, 10.0, 1.0), (b, 0.5, 12.0, 2.0), (b, 0.9, 11.0, 1.0)]
     bad = [(a, 0.1, 100.0, 1.0), (a, 0.2, float("nan"), 1.0), (a, 0.3, 0.0, 1.0),
            (a, 0.4, -5.0, 1.0), (a, 0.5, 101.0, float("inf")), (a, 0.6, 102.0, -1.0),

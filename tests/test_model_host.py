@@ -25,11 +25,12 @@ import zmq
 from models.synthetic import bootstrap, synthetic_candles
 from pipeline.config import FeedConfig, indicator_specs, load_config
 from pipeline.symbols import SymbolRegistry
-from pipeline.topology import feature_names
+from pipeline.config import feature_names
 from shm.records import features_dtype
-from workers.model import FLAG_STALE, EnsembleModel
+from models.serving import EnsembleModel
+from shm.records import FLAG_STALE
 from workers.model_host import RemoteEnsemble, RemoteError, client_keys, make_keys
-from workers.ta import Engine
+from models.ta import Engine
 
 from test_pipeline import TIMEOUT, Pipeline, free_port, leftovers
 

@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import cli
-from workers.storage import (append_ohlcv, append_trades, ohlcv_dir, read_ohlcv, read_trades,
+from pipeline.storage import (append_ohlcv, append_trades, ohlcv_dir, read_ohlcv, read_trades,
                              trades_dir, write_parts)
 from venue_servers import PAYLOADS, SHARED, HttpReplayServer, capture_lines
 

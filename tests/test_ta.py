@@ -1,4 +1,4 @@
-"""The indicator engine (workers/ta.py) against TA-Lib on real candles, and live
+"""The indicator engine (models/ta.py) against TA-Lib on real candles, and live
 (streaming, many symbols, one bar each per call) against batch.
 
 Oracles: the TA-Lib functions of the ``ta-lib`` wheel, except VWAP (numpy sums
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from workers.ta import INDICATORS, Engine
+from models.ta import INDICATORS, Engine
 
 talib = pytest.importorskip("talib", reason="ta-lib (the test oracle) is not installed")
 
@@ -129,7 +129,7 @@ def assert_agrees(name: str, ours: np.ndarray, ref: np.ndarray, lookback: int) -
 # -- against TA-Lib / the oracles ----------------------------------------------------------
 def test_every_indicator_has_an_oracle_and_parameter_sets():
     assert set(ORACLES) == set(INDICATORS) == set(PARAMS), (
-        "each kind in workers.ta.INDICATORS needs an oracle and parameter sets here")
+        "each kind in models.ta.INDICATORS needs an oracle and parameter sets here")
 
 
 @needs_data

@@ -11,9 +11,9 @@ import pytest
 
 from models.dataset import build_dataset
 from models.ensemble import Ensemble, log_loss
-from models.registry import Registry
-from models.train import ENSEMBLE, MODELS, REPORT, TrainError, format_report, load_artifact, \
-    make_model, positions, strategy_return, train
+from models.registry import ENSEMBLE, MODELS, Registry
+from models.train import REPORT, TrainError, format_report, load_artifact, make_model, positions, \
+    strategy_return, train
 from pipeline.cli import main
 from pipeline.config import Config, ConfigError, load_config
 

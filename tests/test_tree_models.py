@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from workers.ta import Engine
+from models.ta import Engine
 
 ROOT = Path(__file__).resolve().parent.parent
 CANDLES = ROOT.parent / "shared" / "data" / "candles" / "binance_BTC-USDT_5m.csv"

@@ -21,6 +21,7 @@ import numpy as np
 import zmq
 
 from pipeline import bus
+from pipeline.clock import Clock, LiveClock
 from pipeline.config import Config
 from pipeline.metrics import LatencyHistogram
 from pipeline.topology import Topology, WorkerSpec
@@ -29,7 +30,7 @@ from shm.ring import Ring, RingFullError, RingReader, RingWriter, wait_any
 from shm.table import Table
 
 ROLE_MODULES = {"feed": "workers.feed", "indicators": "workers.indicators",
-                "model": "workers.model", "execution": "workers.execution",
+                "model": "workers.model", "execution": "workers.execution.worker",
                 "recorder": "workers.recorder"}
 
 
@@ -58,6 +59,7 @@ class Worker:
         self.stopping = False
         self.state = "starting"
         self.latency = LatencyHistogram()
+        self.clock: Clock = LiveClock()   # what the cores are given; a backtest gives a SimClock
         self.counters: dict[str, int] = {"in": 0, "out": 0, "dropped": 0, "rejected": 0}
         self._rings: list[Ring] = []
         self._tables: list[Table] = []
@@ -233,7 +235,7 @@ class Worker:
         self.counters["out"] += total
 
     def record_latency(self, ts_origin_ns: np.ndarray) -> None:
-        self.latency.add(time.time_ns() - ts_origin_ns.astype(np.int64))
+        self.latency.add(self.clock.time_ns() - ts_origin_ns.astype(np.int64))
 
 
 def _configure_logging(worker_id: str) -> None:

@@ -14,67 +14,13 @@ import time
 
 import numpy as np
 
-from shm.records import SIDE_BUY, SIDE_SELL, TICK, TICK_QUOTE, TICK_TRADE
+from models.synthetic import SyntheticMarket
+from shm.records import SIDE_BUY, SIDE_SELL, TICK, TICK_TRADE
 
 from .base import Worker
 from .venues.base import Health, MalformedMessage, TickBuffer, flush_ticks
 
 MAX_BATCH = 4096
-REGIME_TICKS = 4000     # mean ticks of one symbol between drift regime switches
-
-
-class SyntheticMarket:
-    """Vectorised random market for a fixed set of symbols."""
-
-    def __init__(self, n_symbols: int, start_price: float, seed: int):
-        self.rng = np.random.default_rng(seed)
-        n = n_symbols
-        self.logp = np.log(start_price * self.rng.uniform(0.5, 2.0, n))
-        self.var = np.full(n, 1e-8)          # per-tick variance of log returns
-        self.omega, self.alpha, self.beta = 2e-10, 0.08, 0.90
-        self.drift = np.zeros(n)
-        self.trade_seq = 0
-
-    def make(self, k: int, symbol_ids: np.ndarray) -> np.ndarray:
-        """k ticks for symbols drawn uniformly from ``symbol_ids`` (registry ids)."""
-        rng = self.rng
-        n = len(symbol_ids)
-        local = rng.integers(0, n, k)
-        # regime switch: a symbol picks a new drift every REGIME_TICKS of its ticks on
-        # average, whatever the batch size (so generated history matches the live feed)
-        flip = rng.random(n) < -np.expm1(-(k / n) / REGIME_TICKS)
-        self.drift[flip] = rng.normal(0.0, 5e-6, flip.sum())
-        z = rng.standard_normal(k) * np.sqrt(self.var[local]) + self.drift[local]
-        # per-symbol cumulative sum of returns within the batch
-        order = np.argsort(local, kind="stable")
-        ls, zs = local[order], z[order]
-        cs = np.cumsum(zs)
-        starts = np.r_[0, np.flatnonzero(np.diff(ls)) + 1]
-        counts = np.diff(np.r_[starts, k])
-        cs -= np.repeat(cs[starts] - zs[starts], counts)
-        logp = self.logp[ls] + cs
-        ends = starts + counts - 1
-        touched = ls[starts]
-        self.logp[touched] = logp[ends]
-        last_ret = zs[ends]
-        self.var[touched] = self.omega + self.alpha * last_ret ** 2 + self.beta * self.var[touched]
-        self.var = np.clip(self.var, 1e-10, 1e-4)
-
-        out = np.zeros(k, TICK)
-        price = np.empty(k)
-        price[order] = np.exp(logp)
-        half_spread = price * (0.5e-4 + 5.0 * np.sqrt(self.var[local]))
-        is_trade = rng.random(k) < 0.75
-        out["symbol_id"] = np.asarray(symbol_ids)[local]
-        out["kind"] = np.where(is_trade, TICK_TRADE, TICK_QUOTE)
-        out["side"] = np.where(rng.random(k) < 0.5, SIDE_BUY, SIDE_SELL)
-        out["bid"] = price - half_spread
-        out["ask"] = price + half_spread
-        out["price"] = np.where(out["side"] == SIDE_BUY, out["ask"], out["bid"])
-        out["size"] = np.round(rng.lognormal(-1.0, 1.0, k), 6)
-        out["seq"] = self.trade_seq + np.arange(1, k + 1)
-        self.trade_seq += k
-        return out
 
 
 class SyntheticSource:
@@ -208,7 +154,7 @@ class ReplaySource:
     follows the tick rule (up or unchanged: buy). A candle with zero volume
     had no trades and makes no ticks. Trades keep their time, price, size,
     trade id and side (``side`` buy/sell, or ``buyer_maker``: the taker
-    sold), else the tick rule. Bad rows (workers/storage.check_candles and
+    sold), else the tick rule. Bad rows (pipeline/storage.check_candles and
     check_trades: NaN, <= 0, out of order) are skipped and counted.
     """
 
@@ -272,7 +218,7 @@ class ReplaySource:
 
 def replay_ticks(path: str, symbol_id: int) -> tuple[np.ndarray, dict[str, int]]:
     """The ticks a replay feed plays from ``path`` and the bad rows it skips, by reason."""
-    from .storage import check_candles, check_trades, detect_kind, numeric, read_market_table
+    from pipeline.storage import check_candles, check_trades, detect_kind, numeric, read_market_table
     table = read_market_table(path)
     ts = numeric(table, "timestamp_ms")
     if detect_kind(table.column_names) == "candles":

@@ -3,32 +3,18 @@ whose bars closed, written as signal records.
 
 The bar-close events come from the features rings; the values are read from
 the latest-features table (seqlock), so a symbol whose bar closed twice in a
-batch is scored once, on its newest row. ``[model] kind = "momentum"`` is a
-transparent rule on the EMA spread: probabilities for down / flat / up from a
-logistic of the spread in units of ``threshold``. ``[model] remote`` makes the
-worker a bridge to a remote model host (workers/model_host.py): the same
-ensemble, run there; its state is the host's ("degraded" while it does not answer).
+batch is scored once, on its newest row. The models themselves are served by
+models/serving.py: ``[model] kind = "ensemble"`` (the default) runs
+`EnsembleModel`, ``kind = "momentum"`` the transparent `MomentumModel`.
+``[model] remote`` makes the worker a bridge to a remote model host
+(workers/model_host.py): the same ensemble, run there; its state is the
+host's ("degraded" while it does not answer).
 
-``[model] kind = "ensemble"`` (the default) serves the trained models (`EnsembleModel`):
-the ensemble and its members are loaded once from the registry at
-``[model] artifacts`` (the member versions the ensemble's metadata records),
-every artifact's feature names are checked against the running config, and
-the LSTM is compiled for the padded batch sizes it will see. A missing,
-corrupt or mismatching artifact is a configuration error: the worker logs the
-one-line ArtifactError, reports it in a last heartbeat and exits with
+A missing, corrupt or mismatching artifact is a configuration error: the
+worker logs the one-line error, reports it in a last heartbeat and exits with
 `CONFIG_EXIT` (2); the supervisor then stops the pipeline with that message
 instead of restarting the worker into the same error.
 
-Per batch (ensemble): X = models.dataset.model_inputs(rows) for the closing
-symbols; rows with a NaN input (indicator warm-up) give HOLD with uniform
-probabilities and FLAG_WARMUP, and are not fed to any model; every member
-predicts the remaining rows in one call; the ensemble combines them. The LSTM
-needs the last ``window`` input rows of a symbol (a numpy ring per symbol, fed
-one row per newly closed bar); until a symbol has them, a soft-vote ensemble
-combines the other members with their weights renormalised and the signal gets
-FLAG_PARTIAL (a stacking ensemble, which cannot drop an input, gives HOLD with
-FLAG_PARTIAL). A symbol whose bar closed twice in one batch is scored on its
-newest row only, so the older bar is also missing from its LSTM history.
 Action: argmax down / flat / up -> SELL / HOLD / BUY, confidence = max prob.
 The signal carries each member's own probabilities (``member_probs``, in the
 ensemble's member order, listed in the worker's stats) and its registry
@@ -36,213 +22,15 @@ version (``model_versions``, 0 where the member did not run for that row).
 """
 from __future__ import annotations
 
-import time
-from collections import deque
-from pathlib import Path
-
 import numpy as np
 
-from shm.records import ACTION_BUY, ACTION_HOLD, ACTION_SELL, FLAG_GAP, SIGNAL, SIGNAL_MEMBERS
+from models.serving import EnsembleModel, MomentumModel
+from pipeline.errors import CONFIG_EXIT, ConfigurationError
+from shm.records import (ACTION_BUY, ACTION_HOLD, ACTION_SELL, FLAG_GAP, MODEL_ENSEMBLE,
+                         MODEL_MOMENTUM, SIGNAL)
 
 from .base import Worker
-
-CONFIG_EXIT = 2                # exit status of a configuration error: the supervisor does not restart
-MODEL_MOMENTUM, MODEL_ENSEMBLE = 0, 1     # SIGNAL model_id
-FLAG_PARTIAL = 1 << 4          # signal: some ensemble members had no input yet (LSTM window filling)
-FLAG_WARMUP = 1 << 5           # signal: features still in warm-up (NaN inputs): HOLD, no model ran
-FLAG_STALE = 1 << 6            # signal: the (remote) model stage did not answer: HOLD, no model ran
-
-
-class ConfigurationError(Exception):
-    """Something only a change of config or artifacts fixes; printed in one line."""
-
-
-class MomentumModel:
-    """Scores feature rows; NaN features (warm-up) give a flat, hold signal."""
-
-    def __init__(self, fast: str, slow: str, threshold: float):
-        self.fast, self.slow, self.threshold = fast, slow, threshold
-
-    def predict(self, rows: np.ndarray) -> np.ndarray:
-        """Class probabilities (n, 3) for down / flat / up."""
-        with np.errstate(invalid="ignore", divide="ignore"):
-            x = (rows[self.fast] - rows[self.slow]) / rows["close"] / self.threshold
-        x = np.clip(np.nan_to_num(x, nan=0.0), -50.0, 50.0)
-        up = 1.0 / (1.0 + np.exp(-2.0 * (x - 1.0)))
-        down = 1.0 / (1.0 + np.exp(-2.0 * (-x - 1.0)))
-        flat = np.clip(1.0 - up - down, 0.0, 1.0)
-        p = np.stack([down, flat, up], axis=1)
-        return p / p.sum(axis=1, keepdims=True)
-
-
-def _pad_sizes(n_symbols: int, cap: int) -> list[int]:
-    """Batch sizes the LSTM is compiled for: powers of two up to the first >= n_symbols
-    (at most ``cap``); a batch is padded up to the next one."""
-    sizes, b = [], 1
-    while True:
-        sizes.append(min(b, cap))
-        if b >= n_symbols or b >= cap:
-            return sizes
-        b *= 2
-
-
-class EnsembleModel:
-    """The trained ensemble and its members, loaded once from the registry, with a
-    per-symbol history of model-input rows for sequence members (the LSTM)."""
-
-    def __init__(self, root: str | Path, feature_names: list[str], n_symbols: int):
-        from models.dataset import input_names
-        from models.lstm import CHUNK
-        from models.registry import ArtifactError, Registry, check_features
-        from models.train import ENSEMBLE, MODELS, TrainError
-        from models.ensemble import Ensemble
-
-        self.root = Path(root).expanduser()
-        self.feature_names = list(feature_names)
-        try:
-            self.input_names = input_names(self.feature_names)
-        except ValueError as e:
-            raise ConfigurationError(str(e)) from None
-        reg = Registry(self.root)
-        try:
-            path, meta = reg.load(ENSEMBLE)
-            check_features(meta, self.feature_names)
-            try:
-                self.ensemble = Ensemble.load(path)
-            except (OSError, ValueError, KeyError, TypeError) as e:
-                raise ArtifactError(f"corrupt artifact: {path}: {e}") from None
-            self.members: list[str] = list(self.ensemble.members)
-            if len(self.members) > SIGNAL_MEMBERS:
-                raise ConfigurationError(f"{path}: the ensemble has {len(self.members)} members; a signal "
-                                         f"record carries at most {SIGNAL_MEMBERS}")
-            recorded = meta.get("member_versions", {}) or {}
-            self.versions = {ENSEMBLE: int(meta["version"])}
-            self.models: dict = {}
-            self.windows: dict[str, int] = {}
-            self.sizes = _pad_sizes(n_symbols, CHUNK)
-            for name in self.members:
-                mpath, mmeta = reg.load(name, recorded.get(name))
-                check_features(mmeta, self.feature_names)
-                kind = mmeta.get("model", name)
-                if kind not in MODELS:
-                    raise ArtifactError(f"{mpath}: model kind '{kind}' is not known to this build "
-                                        f"(known: {', '.join(MODELS)})")
-                cls = MODELS[kind]
-                try:
-                    if kind == "lstm":
-                        model = cls.load(mpath, warmup=tuple(self.sizes))
-                    else:
-                        model = cls.load(mpath)
-                except (OSError, ValueError, KeyError, TypeError) as e:
-                    raise ArtifactError(f"corrupt artifact: {mpath}: {e}") from None
-                self.models[name] = model
-                self.versions[name] = int(mmeta["version"])
-                if hasattr(model, "predict_sequence"):
-                    self.windows[name] = int(getattr(model, "window", 1) or 1)
-        except (ArtifactError, TrainError) as e:
-            raise ConfigurationError(str(e)) from None
-        self.method = self.ensemble.method
-        self.device = "cpu"
-        if self.windows:
-            from models.lstm import devices
-            self.device = ", ".join(devices()) or "cpu"
-        # per-symbol ring of the last `window` input rows (for sequence members)
-        self.window = max(self.windows.values(), default=0)
-        f = len(self.input_names)
-        self.hist = np.zeros((n_symbols, max(self.window, 1), f))
-        self.count = np.zeros(n_symbols, np.int64)         # rows appended so far
-        self.last_bar = np.full(n_symbols, np.iinfo(np.int64).min, np.int64)
-        self.slot_versions = np.array([self.versions[m] for m in self.members], np.uint16)
-        self.infer_ms: deque = deque(maxlen=1000)
-        # warm the non-sequence members too (first-call allocations, lazy imports)
-        z = np.zeros((1, f))
-        for name, model in self.models.items():
-            if name not in self.windows:
-                model.predict_proba(z)
-
-    def _push(self, ids: np.ndarray, X: np.ndarray, bar_ns: np.ndarray) -> None:
-        """Append each symbol's newly closed row to its history (a bar seen again, e.g.
-        re-read after a restart, is not appended twice)."""
-        if not self.window:
-            return
-        new = bar_ns > self.last_bar[ids]
-        ids, X = ids[new], X[new]
-        self.hist[ids, self.count[ids] % self.window] = X
-        self.count[ids] += 1
-        self.last_bar[ids] = bar_ns[new]
-
-    def _windows(self, ids: np.ndarray, window: int) -> np.ndarray:
-        """(len(ids), window, f) of each symbol's last ``window`` rows, oldest first."""
-        end = self.count[ids] % self.window                                 # slot after the newest
-        idx = (end[:, None] + np.arange(self.window - window, self.window)[None, :]) % self.window
-        return self.hist[ids[:, None], idx]
-
-    def _predict_seq(self, model, W: np.ndarray) -> np.ndarray:
-        """Padded up to a warmed-up batch size, so no compile happens while serving."""
-        m = len(W)
-        size = next((b for b in self.sizes if b >= m), None)
-        if size is None or size == m:
-            return model.predict_proba(W)
-        pad = np.concatenate([W, np.repeat(W[-1:], size - m, axis=0)])
-        return model.predict_proba(pad)[:m]
-
-    def predict(self, ids: np.ndarray, rows: np.ndarray):
-        """(probs (n, 3), member_probs (n, M, 3), versions (n, M), flags (n,), hold (n,) bool)."""
-        from models.dataset import model_inputs
-        t0 = time.perf_counter()
-        n, M = len(ids), len(self.members)
-        X = model_inputs(rows, self.feature_names)
-        ok = np.isfinite(X).all(axis=1)
-        probs = np.full((n, 3), 1.0 / 3.0)
-        member = np.zeros((n, SIGNAL_MEMBERS, 3))
-        versions = np.zeros((n, SIGNAL_MEMBERS), np.uint16)
-        flags = np.where(ok, 0, FLAG_WARMUP).astype(np.uint16)
-        hold = ~ok
-        okr = np.flatnonzero(ok)
-        if len(okr):
-            self._push(ids[okr], X[okr], rows["ts_bar_ns"][okr].astype(np.int64))
-            Xo = X[okr]
-            have = np.ones((len(okr), M), bool)
-            for j, name in enumerate(self.members):
-                model = self.models[name]
-                if name in self.windows:
-                    w = self.windows[name]
-                    full = self.count[ids[okr]] >= w
-                    have[:, j] = full
-                    if full.any():
-                        member[okr[full], j] = self._predict_seq(model, self._windows(ids[okr][full], w))
-                else:
-                    member[okr, j] = model.predict_proba(Xo)
-            versions[okr] = np.where(have, self.slot_versions[None, :], 0)
-            P = member[okr, :M]                                   # (k, M, 3)
-            complete = have.all(axis=1)
-            out = np.full((len(okr), 3), 1.0 / 3.0)
-            if complete.any():
-                c = np.flatnonzero(complete)
-                out[c] = self.ensemble.predict_proba({name: P[c, j] for j, name in enumerate(self.members)})
-            part = np.flatnonzero(~complete)
-            if len(part):
-                flags[okr[part]] |= FLAG_PARTIAL
-                if self.method == "soft_vote":
-                    w = self.ensemble.weights[None, :] * have[part]          # (p, M)
-                    tot = w.sum(axis=1)
-                    good = tot > 0
-                    out[part[good]] = np.einsum("pm,pmk->pk", w[good] / tot[good, None], P[part[good]])
-                    hold[okr[part[~good]]] = True
-                else:
-                    hold[okr[part]] = True
-            probs[okr] = out
-            probs[hold] = 1.0 / 3.0
-        self.infer_ms.append((time.perf_counter() - t0) * 1e3)
-        return probs, member, versions, flags, hold
-
-    def stats(self) -> dict:
-        lat = np.asarray(self.infer_ms) if self.infer_ms else None
-        return {"model": "ensemble", "method": self.method, "members": list(self.members),
-                "versions": dict(self.versions), "device": self.device, "artifacts": str(self.root),
-                "infer_ms_p50": round(float(np.percentile(lat, 50)), 3) if lat is not None else None,
-                "infer_ms_p99": round(float(np.percentile(lat, 99)), 3) if lat is not None else None,
-                "infer_ms_max": round(float(lat.max()), 3) if lat is not None else None}
+from .model_host import KeysError, RemoteEnsemble, RemoteError
 
 
 class ModelWorker(Worker):
@@ -257,9 +45,8 @@ class ModelWorker(Worker):
             self.ensemble = self._bridge()
             return
         if self.cfg.model.kind == "ensemble":
-            from pipeline.topology import feature_names
             try:
-                self.ensemble = EnsembleModel(self.cfg.model.artifacts, feature_names(self.cfg),
+                self.ensemble = EnsembleModel(self.cfg.model.artifacts, self.topo.feature_names,
                                               self.topo.tables["features"].rows)
             except ConfigurationError as e:
                 self.config_error(str(e))
@@ -272,10 +59,8 @@ class ModelWorker(Worker):
     def _bridge(self):
         """The remote model host's ensemble (workers/model_host.py); not answering is a
         degraded stage, refusing this pipeline is a configuration error."""
-        from pipeline.topology import feature_names
-        from .model_host import KeysError, RemoteEnsemble, RemoteError
         try:
-            remote = RemoteEnsemble(self.cfg, feature_names(self.cfg), self.topo.symbols.keys)
+            remote = RemoteEnsemble(self.cfg, self.topo.feature_names, self.topo.symbols.keys)
         except KeysError as e:
             self.config_error(str(e))
         try:

@@ -1,7 +1,7 @@
 """Remote model host: the ensemble served over ZeroMQ, for a host with a GPU.
 
 ``pipeline serve-model --bind tcp://0.0.0.0:PORT`` runs `ModelHost` on the
-model host: the same `workers.model.EnsembleModel` the local model worker
+model host: the same `models.serving.EnsembleModel` the local model worker
 runs, loaded from that host's ``[model] artifacts``. On the main host each
 model worker is then a bridge (`RemoteEnsemble`, ``[model] remote =
 "tcp://HOST:PORT"``): it reads the bar closes from shared memory as always,
@@ -45,9 +45,10 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from shm.records import SIGNAL_MEMBERS, features_dtype
-
-from .model import FLAG_STALE, ConfigurationError
+from pipeline.config import feature_names
+from pipeline.errors import ConfigurationError
+from pipeline.symbols import SymbolRegistry
+from shm.records import FLAG_STALE, SIGNAL_MEMBERS, features_dtype
 
 SERVER_KEY = "server.key"              # the host's public key (the bridge needs it)
 SERVER_SECRET = "server.key_secret"    # the host's key pair (the host only)
@@ -134,9 +135,7 @@ class ModelHost:
     """`pipeline serve-model`: one EnsembleModel answering every bridge in turn."""
 
     def __init__(self, cfg, bind: str, keys_dir: str | Path):
-        from pipeline.symbols import SymbolRegistry
-        from pipeline.topology import feature_names
-        from .model import EnsembleModel
+        from models.serving import EnsembleModel      # the trained models: loaded by the host only
         self.sock = None
         server_public, server_secret, clients = server_keys(keys_dir)
         self.cfg = cfg

@@ -6,7 +6,7 @@ A registered reader on each ticks ring and an observer of each features ring
 and written when ``recorder.flush_records`` are held or
 ``recorder.flush_seconds`` have passed since the last write: one part file
 per (dataset, venue, symbol, UTC day), under ``recorder.dir`` (layout in
-workers/storage.py).
+pipeline/storage.py).
 
 Nothing held is lost on a stop: the supervisor stops the feeds first, then
 the recorder, which drains its rings and writes what it holds (``finish``);
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .base import Worker
-from .storage import NS_PER_DAY, day_dir, records_table, utc_day, write_parts
+from pipeline.storage import NS_PER_DAY, day_dir, records_table, utc_day, write_parts
 
 
 class RecorderWorker(Worker):

@@ -27,13 +27,10 @@ import numpy as np
 from numba.core import types
 from numba.extending import intrinsic
 
+from pipeline.config import indicator_columns
+
 NAN = math.nan
 JIT = dict(nopython=True, cache=True, nogil=True)
-
-
-def _fmt(x) -> str:
-    """Parameter in a column name: 2.0 -> "2", 2.5 -> "2.5"."""
-    return str(int(x)) if float(x).is_integer() else str(x)
 
 
 def _check_periods(name: str, minimum: int = 1, **periods) -> None:
@@ -159,7 +156,7 @@ class EMA(Indicator):
         super().__init__(n_symbols)
         _check_periods("ema", period=period)
         self.period = int(period)
-        self.columns = [f"ema_{self.period}"]
+        self.columns = indicator_columns("ema", (period,))
         self.lookback = self.period - 1
         self.count = np.zeros(n_symbols, np.int64)
         self.acc = np.zeros(n_symbols)
@@ -199,7 +196,7 @@ class SMA(Indicator):
         super().__init__(n_symbols)
         _check_periods("sma", period=period)
         self.period = int(period)
-        self.columns = [f"sma_{self.period}"]
+        self.columns = indicator_columns("sma", (period,))
         self.lookback = self.period - 1
         self.count = np.zeros(n_symbols, np.int64)
         self.window = np.zeros((n_symbols, self.period))
@@ -251,7 +248,7 @@ class RSI(Indicator):
         super().__init__(n_symbols)
         _check_periods("rsi", 2, period=period)
         self.period = int(period)
-        self.columns = [f"rsi_{self.period}"]
+        self.columns = indicator_columns("rsi", (period,))
         self.lookback = self.period
         self.count = np.zeros(n_symbols, np.int64)
         self.prev = np.zeros(n_symbols)
@@ -327,8 +324,7 @@ class MACD(Indicator):
         super().__init__(n_symbols)
         _check_periods("macd", 2, fast=fast, slow=slow)
         _check_periods("macd", 1, signal=signal)
-        name = f"{int(fast)}_{int(slow)}_{int(signal)}"
-        self.columns = [f"macd_{name}", f"macd_signal_{name}", f"macd_hist_{name}"]
+        self.columns = indicator_columns("macd", (fast, slow, signal))
         if slow < fast:
             fast, slow = slow, fast
         self.fast, self.slow, self.signal = int(fast), int(slow), int(signal)
@@ -394,8 +390,7 @@ class BBANDS(Indicator):
         super().__init__(n_symbols)
         _check_periods("bbands", 2, period=period)
         self.period, self.nbdev = int(period), float(nbdev)
-        name = f"{self.period}_{_fmt(nbdev)}"
-        self.columns = [f"bb_upper_{name}", f"bb_middle_{name}", f"bb_lower_{name}"]
+        self.columns = indicator_columns("bbands", (period, nbdev))
         self.lookback = self.period - 1
         self.count = np.zeros(n_symbols, np.int64)
         self.window = np.zeros((n_symbols, self.period))
@@ -451,7 +446,7 @@ class ATR(Indicator):
         super().__init__(n_symbols)
         _check_periods("atr", period=period)
         self.period = int(period)
-        self.columns = [f"atr_{self.period}"]
+        self.columns = indicator_columns("atr", (period,))
         self.lookback = self.period
         self.count = np.zeros(n_symbols, np.int64)
         self.prev_close = np.zeros(n_symbols)
@@ -548,8 +543,7 @@ class STOCH(Indicator):
         super().__init__(n_symbols)
         _check_periods("stoch", fastk=fastk, slowk=slowk, slowd=slowd)
         self.fastk, self.slowk, self.slowd = int(fastk), int(slowk), int(slowd)
-        self.columns = [f"stoch_k_{self.fastk}_{self.slowk}",
-                        f"stoch_d_{self.fastk}_{self.slowk}_{self.slowd}"]
+        self.columns = indicator_columns("stoch", (fastk, slowk, slowd))
         self.lookback = self.fastk - 1 + self.slowk - 1 + self.slowd - 1
         self.count = np.zeros(n_symbols, np.int64)
         self.hi_val = np.zeros(n_symbols)
@@ -597,7 +591,7 @@ class OBV(Indicator):
 
     def __init__(self, n_symbols: int):
         super().__init__(n_symbols)
-        self.columns = ["obv"]
+        self.columns = indicator_columns("obv", ())
         self.lookback = 0
         self.count = np.zeros(n_symbols, np.int64)
         self.prev_close = np.zeros(n_symbols)
@@ -665,7 +659,7 @@ class VWAP(Indicator):
         super().__init__(n_symbols)
         _check_periods("vwap", period=period)
         self.period = int(period)
-        self.columns = [f"vwap_{self.period}"]
+        self.columns = indicator_columns("vwap", (period,))
         self.lookback = self.period - 1
         self.count = np.zeros(n_symbols, np.int64)
         self.win_pv = np.zeros((n_symbols, self.period))
@@ -724,7 +718,7 @@ class Volatility(Indicator):
         super().__init__(n_symbols)
         _check_periods("volatility", 2, period=period)
         self.period = int(period)
-        self.columns = [f"vol_{self.period}"]
+        self.columns = indicator_columns("volatility", (period,))
         self.lookback = self.period
         self.count = np.zeros(n_symbols, np.int64)
         self.prev_close = np.zeros(n_symbols)
@@ -784,7 +778,7 @@ class VolumeZ(Indicator):
         super().__init__(n_symbols)
         _check_periods("volume_z", 2, period=period)
         self.period = int(period)
-        self.columns = [f"volz_{self.period}"]
+        self.columns = indicator_columns("volume_z", (period,))
         self.lookback = self.period - 1
         self.count = np.zeros(n_symbols, np.int64)
         self.window = np.zeros((n_symbols, self.period))

@@ -1,0 +1,184 @@
+"""Time bars from ticks, for the symbols one indicator shard owns.
+
+A pure core (numpy in, numpy out, a clock passed in) that the indicator shard
+(workers/indicators.py) drives live and a backtest drives on a simulated clock.
+
+A bar closes when a trade of a later bar arrives for that symbol (the closed
+bar's ``origin_ns`` is that trade's ``ts_origin_ns``) or, for a quiet symbol,
+when the market clock passes the bar's end plus a grace period. The market
+clock is the newest exchange time seen, advanced by the clock since: live it
+is the wall clock, and a replay of old data never closes its bars early.
+Trades with a NaN, zero or negative price, a bad size, or a time in a bar
+already closed are rejected and counted; a gap marker (or a lapped ring)
+flags the open bars it touches with FLAG_GAP.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.clock import Clock
+from shm.records import FLAG_GAP, FLAG_TIMER_CLOSE, TICK_GAP, TICK_TRADE
+
+NEVER = np.iinfo(np.int64).max
+
+
+@dataclass
+class ClosedBars:
+    """Bars closed together, one per symbol (arrays in the order of ``ids``)."""
+    ids: np.ndarray          # symbol ids
+    open_ns: np.ndarray      # bar open times
+    origin_ns: np.ndarray    # ts_origin_ns of what closed them (a tick, or the clock)
+    o: np.ndarray
+    h: np.ndarray
+    l: np.ndarray
+    c: np.ndarray
+    v: np.ndarray
+    n_ticks: np.ndarray
+    flags: np.ndarray        # FLAG_GAP, FLAG_TIMER_CLOSE
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def _late_in_batch(sym: np.ndarray, bars: np.ndarray) -> np.ndarray:
+    """Ticks that arrive after a tick of the same symbol from a later bar (in
+    arrival order, within one batch): that later tick closed their bar."""
+    late = np.zeros(len(sym), bool)
+    if len(bars) < 2 or (bars[1:] >= bars[:-1]).all():   # the usual case: nothing goes back
+        return late
+    order = np.argsort(sym, kind="stable")            # per symbol, still in arrival order
+    b = bars[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(sym[order])) + 1]
+    for lo, hi in zip(starts, np.r_[starts[1:], len(b)]):
+        seg = b[lo:hi]
+        if hi - lo > 1 and (seg[1:] < seg[:-1]).any():
+            late[order[lo:hi]] = seg < np.maximum.accumulate(seg)
+    return late
+
+
+class BarBuilder:
+    """The open bar of every symbol (arrays indexed by symbol id); only the symbols
+    in ``owned`` are built, the others' ticks are ignored."""
+
+    def __init__(self, owned: np.ndarray, bar_ns: int, grace_ns: int, clock: Clock):
+        n = len(owned)
+        self.owned = np.asarray(owned, bool)
+        self.bar_ns, self.grace_ns = int(bar_ns), int(grace_ns)
+        self.clock = clock
+        self.open_ns = np.full(n, -1, np.int64)    # -1: no open bar
+        self.closed_ns = np.full(n, -1, np.int64)  # open time of the last bar closed
+        self.o = np.zeros(n)
+        self.h = np.zeros(n)
+        self.l = np.zeros(n)
+        self.c = np.zeros(n)
+        self.v = np.zeros(n)
+        self.n_ticks = np.zeros(n, np.int64)
+        self.flags = np.zeros(n, np.uint16)
+        self.market_ns = 0         # newest exchange time seen ...
+        self.market_at_ns = 0      # ... and the clock's time when it was seen
+        self.timer_due_ns = NEVER  # earliest clock close of an open bar
+        self.counters = {"in": 0, "rejected": 0, "timer_closes": 0}
+
+    # -- input --------------------------------------------------------------------------
+    def mark_gap(self) -> None:
+        """Data was lost upstream (a lapped ring): every open bar of ours missed some."""
+        self.flags[self.owned] |= FLAG_GAP
+
+    def on_ticks(self, ticks: np.ndarray) -> list[ClosedBars]:
+        """Fold a batch of TICK records in arrival order; the bars it closed, in the
+        order they closed (each list element one engine call's worth)."""
+        closed: list[ClosedBars] = []
+        ticks = ticks[self.owned[ticks["symbol_id"]]]
+        self.counters["in"] += len(ticks)
+        gaps = ticks["kind"] == TICK_GAP
+        if gaps.any():
+            self.flags[ticks["symbol_id"][gaps]] |= FLAG_GAP
+        trades = ticks[ticks["kind"] == TICK_TRADE]
+        price, size = trades["price"], trades["size"]
+        ok = np.isfinite(price) & (price > 0) & np.isfinite(size) & (size >= 0)
+        if not ok.all():
+            self.counters["rejected"] += int((~ok).sum())
+            trades = trades[ok]
+        if len(trades) == 0:
+            return closed
+        newest = int(trades["ts_exchange_ns"].max())
+        if newest > self.market_ns:
+            self.market_ns, self.market_at_ns = newest, self.clock.time_ns()
+        bars = trades["ts_exchange_ns"] // self.bar_ns * self.bar_ns
+        late = _late_in_batch(trades["symbol_id"], bars)
+        if late.any():
+            self.counters["rejected"] += int(late.sum())
+            trades, bars = trades[~late], bars[~late]
+        for period in np.unique(bars):
+            t = trades[bars == period]
+            sym = t["symbol_id"].astype(np.intp)
+            # out of order: the tick belongs to a bar already closed or older than the open one
+            late = (self.open_ns[sym] > period) | (self.closed_ns[sym] >= period)
+            if late.any():
+                self.counters["rejected"] += int(late.sum())
+                t, sym = t[~late], sym[~late]
+                if len(t) == 0:
+                    continue
+            uniq, first = np.unique(sym, return_index=True)
+            last = len(sym) - 1 - np.unique(sym[::-1], return_index=True)[1]
+            closing = (self.open_ns[uniq] >= 0) & (self.open_ns[uniq] < period)
+            if closing.any():
+                closed.append(self._close(uniq[closing], t["ts_origin_ns"][first[closing]], 0))
+            new = uniq[self.open_ns[uniq] < 0]
+            if len(new):
+                fi = first[np.isin(uniq, new)]
+                self.open_ns[new] = period
+                self.o[new] = t["price"][fi]
+                self.h[new] = -np.inf
+                self.l[new] = np.inf
+                self.v[new] = 0.0
+                self.n_ticks[new] = 0
+                self.timer_due_ns = min(self.timer_due_ns, int(period) + self.bar_ns + self.grace_ns)
+            np.maximum.at(self.h, sym, t["price"])
+            np.minimum.at(self.l, sym, t["price"])
+            np.add.at(self.v, sym, t["size"])
+            np.add.at(self.n_ticks, sym, 1)
+            self.c[uniq] = t["price"][last]
+        return closed
+
+    # -- the clock ----------------------------------------------------------------------
+    def market_clock(self) -> int:
+        """Newest exchange time seen, advanced by the clock since then."""
+        now = self.clock.time_ns()
+        if not self.market_ns:
+            return now
+        return self.market_ns + (now - self.market_at_ns)
+
+    def close_due(self) -> ClosedBars | None:
+        """Close the bars of quiet symbols whose end plus grace the market clock has
+        passed (flagged FLAG_TIMER_CLOSE, origin = the clock's time)."""
+        now = self.market_clock()
+        if now < self.timer_due_ns:
+            return None
+        is_open = self.owned & (self.open_ns >= 0)
+        due = np.flatnonzero(is_open & (self.open_ns + self.bar_ns + self.grace_ns <= now))
+        out = None
+        if len(due):
+            self.counters["timer_closes"] += len(due)
+            out = self._close(due, np.full(len(due), self.clock.time_ns(), np.int64),
+                              FLAG_TIMER_CLOSE)
+        still = self.open_ns[self.owned & (self.open_ns >= 0)]
+        self.timer_due_ns = (int(still.min()) + self.bar_ns + self.grace_ns if len(still)
+                             else NEVER)
+        return out
+
+    def seconds_to_due(self) -> float:
+        """How long until the next timer close, on the market clock."""
+        return (self.timer_due_ns - self.market_clock()) / 1e9
+
+    def _close(self, ids: np.ndarray, origin_ns: np.ndarray, extra_flags: int) -> ClosedBars:
+        bars = ClosedBars(ids=ids, open_ns=self.open_ns[ids].copy(), origin_ns=origin_ns,
+                          o=self.o[ids], h=self.h[ids], l=self.l[ids], c=self.c[ids],
+                          v=self.v[ids], n_ticks=self.n_ticks[ids],
+                          flags=self.flags[ids] | np.uint16(extra_flags))
+        self.closed_ns[ids] = self.open_ns[ids]
+        self.open_ns[ids] = -1
+        self.flags[ids] = 0
+        return bars

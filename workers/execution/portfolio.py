@@ -1,0 +1,58 @@
+"""Positions per symbol: quantity, average entry price, realised P&L, fees.
+
+Pure arithmetic on rows of the POSITION record (shm/records.py), one per
+symbol id: execution folds each fill into its row and publishes the row; a
+backtest folds the same fills with the same code.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from shm.records import POSITION
+
+
+class Portfolio:
+    """The position rows of every symbol; ``apply`` folds one fill in."""
+
+    def __init__(self, rows: np.ndarray):
+        if rows.dtype != POSITION:
+            raise TypeError(f"position rows must have the POSITION dtype, got {rows.dtype}")
+        self.rows = rows
+
+    @classmethod
+    def empty(cls, n_symbols: int) -> "Portfolio":
+        rows = np.zeros(n_symbols, POSITION)
+        rows["symbol_id"] = np.arange(n_symbols)
+        return cls(rows)
+
+    def qty(self, symbol_id: int) -> float:
+        return float(self.rows[symbol_id]["qty"])
+
+    def apply(self, fill) -> int:
+        """Fold one FILL record into its symbol's row (average price, realised P&L,
+        fees, fill count); returns the symbol id. A fill that crosses zero closes the
+        old position at the fill price and opens the rest at that price."""
+        sid = int(fill["symbol_id"])
+        row = self.rows[sid]
+        q, avg = float(row["qty"]), float(row["avg_price"])
+        dq = int(fill["side"]) * float(fill["qty"])
+        px = float(fill["price"])
+        if q == 0 or np.sign(q) == np.sign(dq):
+            avg = (abs(q) * avg + abs(dq) * px) / (abs(q) + abs(dq))
+        else:
+            closed = min(abs(q), abs(dq))
+            row["realized_pnl"] += closed * (px - avg) * np.sign(q)
+            if abs(dq) > abs(q):
+                avg = px
+        row["qty"] = q + dq
+        row["avg_price"] = avg if row["qty"] != 0 else 0.0
+        row["fees"] += float(fill["fee"])
+        row["n_fills"] = min(int(row["n_fills"]) + 1, 65535)
+        row["last_order_id"] = fill["order_id"]
+        row["ts_ns"] = fill["ts_ns"]
+        return sid
+
+    def stats(self) -> dict:
+        return {"open_positions": int((self.rows["qty"] != 0).sum()),
+                "realized_pnl": float(self.rows["realized_pnl"].sum()),
+                "fees": float(self.rows["fees"].sum())}
