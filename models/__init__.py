@@ -1,1 +1,3 @@
-"""Training and serving of the model ensemble: dataset builder, tree models, registry of artifacts."""
+"""Pure computation (floor 3): the indicator engine, features over files, model
+serving, the four models, the ensemble, dataset, training, registry, and the
+synthetic market. Imports only shm/ and the plan in pipeline/."""

@@ -108,8 +108,32 @@ class IndicatorsConfig:
     alert_volume_z: float = 3.0
 
 
-PARAM_COUNTS = {"ema": 1, "sma": 1, "rsi": 1, "macd": 3, "bbands": 2, "atr": 1, "stoch": 3,
-                "vwap": 1, "volatility": 1, "volume_z": 1}
+# indicator kind -> its parameters and the least whole value of each (TA-Lib's ranges;
+# None: any positive number), in the order of their columns in a feature row
+INDICATOR_PARAMS = {
+    "ema": (("period", 1),), "sma": (("period", 1),), "rsi": (("period", 2),),
+    "macd": (("fast", 2), ("slow", 2), ("signal", 1)), "bbands": (("period", 2), ("nbdev", None)),
+    "atr": (("period", 1),), "stoch": (("fastk", 1), ("slowk", 1), ("slowd", 1)),
+    "vwap": (("period", 1),), "volatility": (("period", 2),), "volume_z": (("period", 2),),
+}
+PARAM_COUNTS = {kind: len(params) for kind, params in INDICATOR_PARAMS.items()}
+
+
+def check_indicator(kind: str, params: tuple) -> None:
+    """A ValueError naming the parameter unless ``params`` are in the indicator's range:
+    the one check behind both the config's validation and models/ta.py's constructors."""
+    names = INDICATOR_PARAMS.get(kind, ())
+    if len(params) != len(names):
+        raise ValueError(f"{kind} needs {len(names)} parameters "
+                         f"({', '.join(n for n, _ in names)}), got {list(params)}")
+    for (key, minimum), value in zip(names, params):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{kind}: {key} must be a number, got {value!r}")
+        if minimum is None:
+            if not value > 0:
+                raise ValueError(f"{kind}: {key} must be > 0, got {value!r}")
+        elif int(value) != value or value < minimum:
+            raise ValueError(f"{kind}: {key} must be an integer >= {minimum}, got {value!r}")
 
 
 def indicator_specs(ind: IndicatorsConfig) -> list[tuple[str, tuple]]:
@@ -367,19 +391,20 @@ def validate(cfg: Config) -> None:
                        f"bus.tap_bind '{cfg.bus.tap_bind}' listens beyond this host; "
                        "set bus.allow_remote = true to allow it"))
     ind = cfg.indicators
-    for kind, n in PARAM_COUNTS.items():
+    for kind in PARAM_COUNTS:
         for k, p in enumerate(getattr(ind, kind)):
-            params = p if isinstance(p, list) else [p]
-            where = f"indicators.{kind}[{k}]"
-            checks.append((len(params) == n, f"{where} needs {n} parameters, got {params}"))
-            checks.append((all(x >= 1 for x in params[:1]) and all(x > 0 for x in params),
-                           f"{where}: parameters must be positive, got {params}"))
-            if kind in ("bbands",):
-                checks.append((float(params[0]).is_integer(), f"{where}: the period must be whole"))
-    for kind, n in (("macd", 3),):
-        for k, p in enumerate(getattr(ind, kind)):
-            if len(p) == 3:
-                checks.append((p[0] < p[1], f"indicators.macd[{k}]: fast ({p[0]}) must be below slow ({p[1]})"))
+            try:
+                check_indicator(kind, tuple(p) if isinstance(p, list) else (p,))
+                problem = None
+            except ValueError as e:
+                problem = str(e)
+            checks.append((problem is None, f"indicators.{kind}[{k}]: {problem}"))
+    for k, p in enumerate(ind.macd):
+        if len(p) == 3:
+            checks.append((p[0] < p[1], f"indicators.macd[{k}]: fast ({p[0]}) must be below slow ({p[1]})"))
+    columns = [c for kind, params in indicator_specs(ind) for c in indicator_columns(kind, params)]
+    dup = sorted({c for c in columns if columns.count(c) > 1})
+    checks.append((not dup, f"indicators: columns configured twice: {', '.join(dup)}"))
     checks.append((ind.alert_volatility >= 0, "indicators.alert_volatility must be >= 0 (0 = off)"))
     checks.append((not ind.alert_volatility or (ind.volatility and ind.volume_z),
                    "indicators.alert_volatility needs a volatility and a volume_z set"))

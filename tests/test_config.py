@@ -38,6 +38,13 @@ def test_shipped_configs_load(path):
     ("[bus]\nmetrics_bind = '0.0.0.0:9464'\n", "set bus.allow_remote = true"),
     ("[bus]\nmetrics_bind = '9464'\n", "bus.metrics_bind must be HOST:PORT, got '9464'"),
     ("surprise = 1\n", "unknown key 'surprise'"),
+    # indicator parameters outside TA-Lib's ranges, and columns that would collide
+    ("[indicators]\nvolatility = [1]\n", "indicators.volatility[0]: volatility: period must be an integer >= 2, got 1"),
+    ("[indicators]\nbbands = [[20, 0]]\n", "indicators.bbands[0]: bbands: nbdev must be > 0"),
+    ("[indicators]\nmacd = [[12, 26]]\n", "indicators.macd[0]: macd needs 3 parameters (fast, slow, signal)"),
+    ("[indicators]\nrsi = [1]\n", "rsi: period must be an integer >= 2"),
+    ("[indicators]\nema = [12, 12]\n", "indicators: columns configured twice: ema_12"),
+    ("[indicators]\nstoch = [[14, 3, 3], [14, 3, 5]]\n", "columns configured twice: stoch_k_14_3"),
 ])
 def test_bad_config_names_file_and_key(tmp_path, text, message):
     path = tmp_path / "bad.toml"
