@@ -6,12 +6,16 @@ run directory (owner-only) unless the config asks for tcp on loopback.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 import zmq
+
+from .errors import UserError
 
 
 @dataclass
@@ -29,6 +33,65 @@ class Endpoints:
     def ipc_paths(self) -> list[str]:
         return [e[len("ipc://"):] for e in (self.control, self.heartbeat, self.command, self.tap)
                 if e.startswith("ipc://")]
+
+
+def check_run_dir(path: Path, create: bool = False) -> Path:
+    """The run directory, made owner-only when ``create``; a UserError (one line) when it
+    is a link, not a directory, not ours, or writable by others: state files and sockets
+    there steer every command, so nobody else may plant or swap them."""
+    path = Path(path)
+    if create and not os.path.lexists(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            pass                               # made meanwhile: checked below like any other
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return path
+    why = None
+    if stat.S_ISLNK(st.st_mode):
+        why = "is a symbolic link"
+    elif not stat.S_ISDIR(st.st_mode):
+        why = "is not a directory"
+    elif st.st_uid != os.getuid():
+        why = f"belongs to uid {st.st_uid}, not to this user (uid {os.getuid()})"
+    elif st.st_mode & 0o022:
+        why = f"is writable by others (mode {stat.S_IMODE(st.st_mode):04o})"
+    if why:
+        raise UserError(f"run directory {path} {why}; refusing to use it (remove it, or set "
+                        "TICKPIPE_RUN_DIR or pipeline.run_dir to a directory of your own, mode 0700)")
+    if create and stat.S_IMODE(st.st_mode) != 0o700:
+        os.chmod(path, 0o700)
+    return path
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write ``path`` whole, owner-only, never through a link: a new temporary file
+    (O_EXCL | O_NOFOLLOW, mode 0600) renamed over it."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)                         # a leftover (or a planted link) goes, not its target
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def private_umask():
+    """Files made meanwhile (ipc sockets bound by ZeroMQ) are owner-only from the start."""
+    old = os.umask(0o077)
+    try:
+        yield
+    finally:
+        os.umask(old)
 
 
 def socket(ctx: zmq.Context, kind: int, **opts) -> zmq.Socket:

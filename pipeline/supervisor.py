@@ -28,7 +28,7 @@ from shm.table import Table
 
 from . import bus, topology
 from .config import Config
-from .errors import CONFIG_EXIT
+from .errors import CONFIG_EXIT, UserError
 from .metrics import LatencyHistogram
 from .tap import TapPublisher
 from workers.base import WorkerArgs, run_worker
@@ -64,10 +64,16 @@ def state_path(run_dir: Path, name: str) -> Path:
 
 def read_state(run_dir: Path, name: str) -> dict | None:
     """The state file of a pipeline, with ``alive`` set from its supervisor pid."""
+    bus.check_run_dir(run_dir)
     path = state_path(run_dir, name)
     try:
-        st = json.loads(path.read_text())
+        with open(path, "rb", opener=lambda p, flags: os.open(p, flags | os.O_NOFOLLOW)) as f:
+            st = json.loads(f.read())
     except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    except OSError as e:                       # a link planted in place of the state file
+        raise UserError(f"{path}: cannot read the state file ({e.strerror})") from None
+    if not isinstance(st, dict):
         return None
     pid = st.get("pid", 0)
     try:
@@ -100,7 +106,7 @@ class Supervisor:
 
     # -- start ----------------------------------------------------------------------
     def start(self) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        bus.check_run_dir(self.run_dir, create=True)
         existing = read_state(self.run_dir, self.cfg.pipeline.name)
         if existing and existing["alive"]:
             raise SupervisorError(
@@ -129,22 +135,24 @@ class Supervisor:
             self.tables[name] = Table.create(spec)
         self.ctx = zmq.Context()
         ep = self.endpoints
-        self.control = bus.socket(self.ctx, zmq.REP)
-        self.control.bind(ep.control)
-        self.heartbeats = bus.socket(self.ctx, zmq.PULL, RCVHWM=10000)
-        self.heartbeats.bind(ep.heartbeat)
-        self.command = bus.socket(self.ctx, zmq.PUB)
-        self.command.bind(ep.command)
-        for path in ep.ipc_paths():
+        with bus.private_umask():               # every ipc socket owner-only from its creation
+            self.control = bus.socket(self.ctx, zmq.REP)
+            self.control.bind(ep.control)
+            self.heartbeats = bus.socket(self.ctx, zmq.PULL, RCVHWM=10000)
+            self.heartbeats.bind(ep.heartbeat)
+            self.command = bus.socket(self.ctx, zmq.PUB)
+            self.command.bind(ep.command)
+            self.tap = TapPublisher(self.ctx, self.topo, self.rings, cfg.bus)
+            self.tap.bind(ep.tap)
+            if cfg.bus.tap_bind:
+                try:
+                    self.tap.bind(cfg.bus.tap_bind)
+                except zmq.ZMQError as e:
+                    raise SupervisorError(f"cannot bind bus.tap_bind {cfg.bus.tap_bind}: {e}") from None
+        extra = [cfg.bus.tap_bind[len("ipc://"):]] if cfg.bus.tap_bind.startswith("ipc://") else []
+        for path in ep.ipc_paths() + extra:
             if os.path.exists(path):
                 os.chmod(path, 0o600)
-        self.tap = TapPublisher(self.ctx, self.topo, self.rings, cfg.bus)
-        self.tap.bind(ep.tap)
-        if cfg.bus.tap_bind:
-            try:
-                self.tap.bind(cfg.bus.tap_bind)
-            except zmq.ZMQError as e:
-                raise SupervisorError(f"cannot bind bus.tap_bind {cfg.bus.tap_bind}: {e}") from None
         self.metrics_server = None
         if cfg.bus.metrics_bind:
             from .metrics import serve_prometheus
@@ -177,11 +185,8 @@ class Supervisor:
               # doorbells are named POSIX semaphores: if the whole process group is
               # killed (the resource tracker with it), the next start unlinks these
               "semaphores": [b.name for b in self.topo.bells.values()]}
-        path = state_path(self.run_dir, self.cfg.pipeline.name)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(st, indent=1))
-        os.chmod(tmp, 0o600)
-        tmp.replace(path)
+        bus.write_private(state_path(self.run_dir, self.cfg.pipeline.name),
+                          json.dumps(st, indent=1).encode())
 
     def _spawn(self, ws: WorkerState) -> None:
         args = WorkerArgs(self.cfg, self.topo, ws.spec.id, self.endpoints, os.getpid(),
