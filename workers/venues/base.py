@@ -262,27 +262,45 @@ def need(obj, key):
         raise MalformedMessage("missing field", str(key)) from None
 
 
-def number(obj, key) -> float:
-    """A numeric field sent as a JSON number or a decimal string (venues do both).
-    NaN passes through on purpose: TickBuffer rejects it and counts it."""
-    v = need(obj, key)
+def to_number(v, what: str = "number") -> float:
+    """A JSON number or a decimal string as a float (venues send both); a boolean, a
+    container or a non-numeric string is MalformedMessage (``float(True)`` would be a
+    price of 1.0). NaN passes through on purpose: TickBuffer rejects it and counts it."""
     if isinstance(v, (int, float, str)) and not isinstance(v, bool):
         try:
             return float(v)
+        except (ValueError, OverflowError):
+            pass
+    raise MalformedMessage("bad number", f"{what}={v!r:.40}")
+
+
+def number(obj, key) -> float:
+    """The numeric field ``obj[key]`` (see `to_number`)."""
+    return to_number(need(obj, key), str(key))
+
+
+MAX_EXACT = 1 << 53        # a float is an exact integer only below this
+
+
+def to_integer(v, what: str = "integer") -> int:
+    """An integer sent as a JSON integer, a string of digits or an integral float small
+    enough to be exact; anything else (a boolean, 1.2e29, "12.5") is MalformedMessage,
+    so an id or a time never comes from a rounded or absurd number."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        return v
+    if isinstance(v, float) and v.is_integer() and abs(v) < MAX_EXACT:
+        return int(v)
+    if isinstance(v, str):
+        try:
+            return int(v)
         except ValueError:
             pass
-    raise MalformedMessage("bad number", f"{key}={v!r:.40}")
+    raise MalformedMessage("bad integer", f"{what}={v!r:.40}")
 
 
 def integer(obj, key) -> int:
-    """An integer field (a time, a sequence number) sent as a JSON number or a string."""
-    v = need(obj, key)
-    if not isinstance(v, bool):
-        try:
-            return int(v)
-        except (TypeError, ValueError, OverflowError):
-            pass
-    raise MalformedMessage("bad integer", f"{key}={v!r:.40}")
+    """The integer field ``obj[key]`` (a time, a sequence number; see `to_integer`)."""
+    return to_integer(need(obj, key), str(key))
 
 
 def requested_channels(cfg, supported: tuple[str, ...]) -> set[str]:

@@ -34,7 +34,8 @@ from typing import Iterable
 
 from shm.records import SIDE_BUY, SIDE_SELL
 
-from .base import MalformedMessage, TickBuffer, VenueFeed, decode_json, requested_channels
+from .base import (MalformedMessage, TickBuffer, VenueFeed, decode_json, integer, number,
+                   requested_channels, to_integer, to_number)
 
 log = logging.getLogger("feed.binance")
 
@@ -154,7 +155,7 @@ def _levels(raw) -> Levels:
     the book is touched, so a bad diff never half-applies)."""
     out = []
     for p, q in raw:
-        price, size = float(p), float(q)
+        price, size = to_number(p, "price"), to_number(q, "qty")
         if not (math.isfinite(price) and math.isfinite(size) and price > 0 and size >= 0):
             raise MalformedMessage("bad depth level", f"{p} {q}")
         out.append((price, size))
@@ -233,32 +234,34 @@ class BinanceFeed(VenueFeed):
         """One aggregate trade (websocket event or REST row, same keys); False if
         its id was seen already."""
         sid = self.symbol_id(native)
-        tid = int(d["a"])
+        tid = integer(d, "a")
         maker = d["m"]
         if not isinstance(maker, bool):
             raise MalformedMessage("bad aggTrade", f"m={maker!r}")
-        price, size, ts_ms = float(d["p"]), float(d["q"]), int(d["T"])
+        price, size, ts_ms = number(d, "p"), number(d, "q"), integer(d, "T")
         last = self.last_trade_id.get(native)
         if last is not None and tid <= last:
             self.health.duplicates += 1
             return False
+        # buyer is the maker => the seller crossed the spread. Remembered only once the
+        # buffer took it: a rejected id (out of range, say) must not shadow later trades
+        if not out.trade(sid, recv_ns, ts_ms * 1_000_000, tid, price, size,
+                         SIDE_SELL if maker else SIDE_BUY):
+            return False
         self.last_trade_id[native] = tid
-        # buyer is the maker => the seller crossed the spread
-        out.trade(sid, recv_ns, ts_ms * 1_000_000, tid, price, size,
-                  SIDE_SELL if maker else SIDE_BUY)
         return True
 
     # -- quotes -----------------------------------------------------------------
     def _on_book_ticker(self, d: dict, recv_ns: int, out: TickBuffer) -> None:
         # spot bookTicker carries no event time: the receive time stands in
-        out.quote(self.symbol_id(d["s"]), recv_ns, recv_ns, int(d["u"]), float(d["b"]),
-                  float(d["a"]))
+        out.quote(self.symbol_id(d["s"]), recv_ns, recv_ns, integer(d, "u"), number(d, "b"),
+                  number(d, "a"))
 
     # -- depth ------------------------------------------------------------------
     def _on_depth(self, d: dict, recv_ns: int, out: TickBuffer) -> None:
         native = d["s"]
         sid = self.symbol_id(native)
-        diff = Diff(int(d["U"]), int(d["u"]), int(d["E"]) * 1_000_000, _levels(d["b"]),
+        diff = Diff(integer(d, "U"), integer(d, "u"), integer(d, "E") * 1_000_000, _levels(d["b"]),
                     _levels(d["a"]))
         st = self.depth[native]
         if not st.book.ready:
@@ -300,7 +303,7 @@ class BinanceFeed(VenueFeed):
             return
         try:
             snap = self.rest.call("publicGetDepth", {"symbol": native, "limit": DEPTH_LIMIT})
-            last_id = int(snap["lastUpdateId"])
+            last_id = to_integer(snap["lastUpdateId"], "lastUpdateId")
             bids, asks = _levels(snap["bids"]), _levels(snap["asks"])
         except Exception as e:  # network, HTTP error or a bad body: retried on the next diff
             if not st.failing:

@@ -1,0 +1,104 @@
+"""A hostile venue: real Binance frames (../shared/data/payloads/binance), mutated
+the way a broken or malicious peer would send them. One bad message is counted
+and dropped; it must never silence the symbol it names."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pipeline.config import FeedConfig
+from shm.records import TICK_TRADE
+from venue_servers import PAYLOADS
+from workers.venues.base import MalformedMessage, TickBuffer, to_integer, to_number
+from workers.venues.binance import BinanceFeed
+from workers.venues.capture import recv_messages
+
+BINANCE = PAYLOADS / "binance"
+WS_CAPTURE = BINANCE / "ws" / "spot_depth100ms_bookTicker_kline1m_aggTrade_2021-10-12.capture.jsonl"
+AGG_TRADES = BINANCE / "rest" / "aggTrades_XRPETH_2019-10-11_info_objects.json"
+SYMBOLS = {"XRP/ETH": 1, "NKN/USDT": 2}
+RECV_NS = 1_633_998_600_000_000_000
+
+needs_capture = pytest.mark.skipif(
+    not (WS_CAPTURE.exists() and AGG_TRADES.exists()),
+    reason=f"../shared/data not present: the Binance captures under {BINANCE} are replayed here")
+
+
+def agg_trades(n: int = 400) -> list[dict]:
+    """Real XRPETH aggregate trades (REST rows carry the websocket event's fields), each in
+    the combined-stream envelope of a real aggTrade frame from the websocket capture."""
+    frames = [json.loads(m) for m in recv_messages(WS_CAPTURE)]
+    env = next(f for f in frames if isinstance(f, dict) and f.get("stream", "").endswith("@aggTrade"))
+    rows = json.loads(AGG_TRADES.read_text())[:n]
+    return [{"stream": "xrpeth@aggTrade",
+             "data": {"e": env["data"]["e"], "E": r["T"], "s": "XRPETH", **r}} for r in rows]
+
+
+def run(frames: list) -> tuple[np.ndarray, dict, list[str]]:
+    """Every frame through the real parser: (ticks, buffer rejections and duplicates,
+    malformed kinds)."""
+    feed = BinanceFeed(FeedConfig(name="binance", kind="binance", symbols=list(SYMBOLS),
+                                  channels=["trades"]), SYMBOLS)
+    out, malformed = TickBuffer(), []
+    for f in frames:
+        raw = f if isinstance(f, (str, bytes)) else json.dumps(f)
+        try:
+            feed.parse(raw, RECV_NS, out)
+        except MalformedMessage as e:
+            malformed.append(e.kind)
+    rejected = dict(out.rejected)
+    if feed.health.duplicates:
+        rejected["duplicate"] = feed.health.duplicates
+    return out.take(), rejected, malformed
+
+
+def mutated(frames: list[dict], index: int, raw_value: str, key: str) -> list:
+    """The frames with ``data[key]`` of frame ``index`` replaced by a raw JSON text (so a
+    number such as 1.2e29 stays a JSON number, as a peer would send it)."""
+    out: list = list(frames)
+    f = json.loads(json.dumps(frames[index]))
+    f["data"][key] = "__X__"
+    out[index] = json.dumps(f).replace('"__X__"', raw_value)
+    return out
+
+
+@needs_capture
+@pytest.mark.parametrize("bad_id", [str(2 ** 64 + 1), "1.2e29", "-5", "true", "12.5"])
+def test_a_bad_trade_id_does_not_silence_the_symbol(bad_id):
+    frames = agg_trades()
+    base, _, _ = run(frames)
+    assert len(base) == len(frames) == 400
+    idx = 2
+    ticks, rejected, malformed = run(mutated(frames, idx, bad_id, "a"))
+    lost = len(base) - len(ticks)
+    assert lost == 1, f"{lost} trades lost after one bad id {bad_id}"
+    assert sum(rejected.values()) + len(malformed) == 1
+    # every later trade of every symbol still came through, ids intact
+    keep = np.ones(len(base), bool)
+    keep[idx] = False
+    assert np.array_equal(ticks["seq"], base["seq"][keep])
+
+
+@needs_capture
+@pytest.mark.parametrize("key, value", [("p", "true"), ("q", "false"), ("p", "[1]"), ("T", "true"),
+                                        ("p", '"abc"'), ("T", "1.2e29")])
+def test_booleans_and_junk_are_not_numbers(key, value):
+    frames = agg_trades()
+    base, _, _ = run(frames)
+    ticks, rejected, malformed = run(mutated(frames, 3, value, key))
+    assert len(ticks) == len(base) - 1
+    assert malformed == ["bad number" if key in "pq" else "bad integer"] and not rejected
+    assert not (ticks["price"] == 1.0).any() and (ticks["kind"] == TICK_TRADE).all()
+
+
+def test_number_and_integer_conversions():
+    assert to_number("0.35") == 0.35 and to_number(7) == 7.0
+    for bad in (True, False, None, [1], {"a": 1}, "x"):
+        with pytest.raises(MalformedMessage, match="bad number"):
+            to_number(bad)
+    assert to_integer(12) == 12 and to_integer("12") == 12 and to_integer(1.634e12) == 1_634_000_000_000
+    for bad in (True, 1.2e29, 12.5, "12.5", None, [3], float("nan"), float("inf")):
+        with pytest.raises(MalformedMessage, match="bad integer"):
+            to_integer(bad)
