@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import os
 import sys
 import time
 from pathlib import Path
 
+from . import logs
 from .config import Config, load_config
 from .errors import ConfigError, ConfigurationError, UserError
 
@@ -68,8 +67,7 @@ def cmd_start(args) -> int:
     if not cfg.model.remote:                   # else the models live on the model host
         _bootstrap_models(cfg)
     from .supervisor import Supervisor, SupervisorError, install_signal_handlers
-    logging.basicConfig(level=os.environ.get("TICKPIPE_LOG_LEVEL", "INFO"), stream=sys.stderr,
-                        format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
+    logs.configure()
     sup = Supervisor(cfg)
     install_signal_handlers(sup)
     try:
@@ -115,8 +113,7 @@ def cmd_serve_model(args) -> int:
         raise UserError(f"{cfg.source}: serve-model serves the trained ensemble; set [model] kind = "
                         "\"ensemble\"")
     keys = args.keys or cfg.model.remote_keys
-    logging.basicConfig(level=os.environ.get("TICKPIPE_LOG_LEVEL", "INFO"), stream=sys.stderr,
-                        format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
+    logs.configure()
     _bootstrap_models(cfg)
     from workers.model_host import KeysError, ModelHost
     try:

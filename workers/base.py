@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import zmq
 
-from pipeline import bus
+from pipeline import bus, logs
 from pipeline.clock import Clock, LiveClock
 from pipeline.config import Config
 from pipeline.metrics import LatencyHistogram
@@ -238,17 +238,12 @@ class Worker:
         self.latency.add(self.clock.time_ns() - ts_origin_ns.astype(np.int64))
 
 
-def _configure_logging(worker_id: str) -> None:
-    logging.basicConfig(level=os.environ.get("TICKPIPE_LOG_LEVEL", "INFO"), stream=sys.stderr,
-                        format=f"%(asctime)s {worker_id}[%(process)d] %(levelname)s %(message)s")
-
-
 def run_worker(args: WorkerArgs) -> None:
     """Spawn target. Ctrl-C in the terminal reaches the whole process group, so
     workers ignore SIGINT and stop only when the supervisor says so; a direct
     SIGTERM also stops the worker cleanly."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _configure_logging(args.worker_id)
+    logs.configure(args.worker_id)
     role = args.worker_id.split(".")[0]
     module = importlib.import_module(ROLE_MODULES[role])
     worker: Worker = module.WORKER(args)

@@ -31,6 +31,7 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Iterable
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from shm.records import SIDE_BUY, SIDE_SELL
 
@@ -182,12 +183,17 @@ class BinanceFeed(VenueFeed):
         return symbol.replace("/", "").upper()
 
     def url(self) -> str:
-        base = self.ws_url.rstrip("/")
+        """The combined-stream URL: ``ws_url``'s path ends in ``/stream`` and ``streams``
+        joins the query it may already carry (a testnet token, say)."""
+        parts = urlsplit(self.ws_url)
+        path = parts.path.rstrip("/")
         for suffix in ("/stream", "/ws"):
-            base = base.removesuffix(suffix)
+            path = path.removesuffix(suffix)
         streams = [f"{n.lower()}@{CHANNEL_STREAMS[c]}" for c in self.cfg.channels
                    for n in self.by_native]
-        return f"{base}/stream?streams={'/'.join(streams)}"
+        query = parse_qsl(parts.query, keep_blank_values=True) + [("streams", "/".join(streams))]
+        return urlunsplit((parts.scheme, parts.netloc, f"{path}/stream",
+                           urlencode(query, safe="@/"), ""))
 
     # -- parsing ------------------------------------------------------------------
     def parse(self, raw: str | bytes, recv_ns: int, out: TickBuffer) -> None:
