@@ -71,6 +71,10 @@ class FeedConfig:
     reconnect_backoff_max_s: float = 60.0
     rest_rate_per_s: float = 5.0        # token bucket for REST calls of this feed
     poll_interval_s: float = 1.0        # kind "ccxt": each symbol's trades and book polled this often
+    # guards on every tick a venue feed passes on (rejected and counted otherwise)
+    max_ahead_s: float = 30.0           # an event time at most this far after its receive time
+    price_band: float = 0.5             # a price within x(1 + band) and /(1 + band) of the last one
+    max_size: float = 1e12              # base units in one trade
     # synthetic feed
     ticks_per_s: float = 2000.0         # across all symbols of the feed
     max_ticks: int = 0                  # stop producing after this many (0 = unlimited)
@@ -366,6 +370,9 @@ def validate(cfg: Config) -> None:
              f"feeds[{i}].reconnect_backoff_s must be > 0 and <= reconnect_backoff_max_s"),
             (f.rest_rate_per_s > 0, f"feeds[{i}].rest_rate_per_s must be > 0"),
             (f.poll_interval_s > 0, f"feeds[{i}].poll_interval_s must be > 0"),
+            (f.max_ahead_s > 0, f"feeds[{i}].max_ahead_s must be > 0"),
+            (f.price_band > 0, f"feeds[{i}].price_band must be > 0"),
+            (f.max_size > 0, f"feeds[{i}].max_size must be > 0"),
             (f.kind != "ccxt" or bool(f.venue),
              f"feeds[{i}].venue must name a ccxt exchange (e.g. 'kraken') when kind = 'ccxt'"),
             (len(f.symbols) >= 1, f"feeds[{i}].symbols must not be empty"),

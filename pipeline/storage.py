@@ -286,24 +286,34 @@ def _verdict(checks: list[tuple[str, np.ndarray]]) -> tuple[np.ndarray, Counter]
     return ok, reasons
 
 
+# no market trades outside these: a value beyond them is a broken row (1e300, 1e-300), and
+# would overflow the float32 a model takes
+MIN_PRICE, MAX_PRICE = 1e-12, 1e12
+MAX_VOLUME = 1e18
+
+
 def check_candles(ts, o, h, l, c, v, after: float = -np.inf) -> tuple[np.ndarray, Counter]:
     """Mask of good candles and the count of bad ones per reason: a NaN, a
-    price <= 0 or volume < 0, high/low that do not bracket open and close, or
-    a time not after the previous good candle (out of order or duplicate)."""
+    price <= 0 or volume < 0, a price or volume outside what any market trades
+    (MIN_PRICE..MAX_PRICE, MAX_VOLUME), high/low that do not bracket open and
+    close, or a time not after the previous good candle (out of order or
+    duplicate)."""
     prices = np.vstack([o, h, l, c])
     finite = np.isfinite(prices).all(0) & np.isfinite(v) & np.isfinite(ts)
     with np.errstate(invalid="ignore"):
         positive = (prices > 0).all(0) & (v >= 0)
+        in_range = ((prices >= MIN_PRICE) & (prices <= MAX_PRICE)).all(0) & (v <= MAX_VOLUME)
         consistent = (h >= np.maximum(o, c)) & (l <= np.minimum(o, c))
-    valid = finite & positive & consistent
-    return _verdict([("nan", finite), ("non-positive", positive), ("inconsistent ohlc", consistent),
+    valid = finite & positive & in_range & consistent
+    return _verdict([("nan", finite), ("non-positive", positive), ("out of range", in_range),
+                     ("inconsistent ohlc", consistent),
                      ("out of order", _in_order(ts, valid, True, after))])
 
 
 def check_trades(ts, price, size, after: float = -np.inf, ids=None,
                  after_id: float = -np.inf) -> tuple[np.ndarray, Counter]:
     """Mask of good trades and bad counts per reason: a NaN, price or size <= 0,
-    or a time before the previous good trade (equal times are fine). With
+    a price or size outside MIN_PRICE..MAX_PRICE, MAX_VOLUME, or a time before the previous good trade (equal times are fine). With
     ``ids`` (trade ids in the venue's order), a missing id is a NaN and an id
     not after the previous good trade's (and ``after_id``) is out of order."""
     finite = np.isfinite(ts) & np.isfinite(price) & np.isfinite(size)
@@ -311,8 +321,10 @@ def check_trades(ts, price, size, after: float = -np.inf, ids=None,
         finite &= np.isfinite(ids)
     with np.errstate(invalid="ignore"):
         positive = (price > 0) & (size > 0)
-    valid = finite & positive
+        in_range = (price >= MIN_PRICE) & (price <= MAX_PRICE) & (size <= MAX_VOLUME)
+    valid = finite & positive & in_range
     order = _in_order(ts, valid, False, after)
     if ids is not None:
         order &= _in_order(ids, valid, True, after_id)
-    return _verdict([("nan", finite), ("non-positive", positive), ("out of order", order)])
+    return _verdict([("nan", finite), ("non-positive", positive), ("out of range", in_range),
+                     ("out of order", order)])

@@ -138,3 +138,17 @@ def test_same_ticks_same_bars_in_any_batching():
             expected.append((sid, T0 + s * SEC, prices[0], max(prices), min(prices), prices[-1],
                              pytest.approx(sum(r[3] for r in mine if int(r[1]) == s))))
     assert whole == sorted(expected, key=lambda r: (r[0], r[1]))
+
+
+def test_a_trade_dated_far_ahead_of_its_receipt_closes_nothing():
+    """A broken venue clock a year ahead must not close a bar a year ahead (which would
+    reject every later tick as late and move the market clock a year on)."""
+    b = builder(SimClock(T0))
+    year = 365 * 86400
+    far = ticks([(0, year, 100.0, 1.0)])
+    far["ts_origin_ns"] = T0                                   # received now
+    b.on_ticks(ticks([(0, 0.1, 100.0, 1.0)]))
+    assert b.on_ticks(far) == [] and b.counters["rejected"] == 1
+    assert b.market_ns == T0 + int(0.1 * SEC)                  # the market clock did not jump
+    closed = b.on_ticks(ticks([(0, 1.2, 101.0, 1.0)]))
+    assert len(closed) == 1 and closed[0].open_ns[0] == T0     # later ticks still make bars

@@ -234,3 +234,23 @@ def test_alerts_on_the_tap(tmp_path):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(TIMEOUT)
+
+
+def test_absurd_candles_are_dropped_and_counted(tmp_path):
+    """high = 1e300 (or a price of 1e-300) is a broken row: dropped, never kept to overflow
+    the float32 a model takes."""
+    from models.features import compute
+    from pipeline.config import load_config
+    n = 300
+    ts = 1_600_000_000_000 + 60_000 * np.arange(n)
+    close = 100 + np.cumsum(np.random.default_rng(1).standard_normal(n) * 0.1)
+    rows = [[int(t), c, c + 0.5, c - 0.5, c, 10.0] for t, c in zip(ts, close)]
+    rows[50][2] = 1e300
+    rows[60][3] = 1e-300
+    rows[70][5] = 1e30
+    path = tmp_path / "c.csv"
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows([["timestamp_ms", "open", "high", "low", "close", "volume"]] + rows)
+    table, summary = compute(path, load_config(None))
+    assert summary["rows"] == n - 3 and summary["dropped"] == {"out of range": 3}
+    assert max(table.column("high").to_pylist()) < 1e6

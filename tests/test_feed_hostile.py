@@ -102,3 +102,60 @@ def test_number_and_integer_conversions():
     for bad in (True, 1.2e29, 12.5, "12.5", None, [3], float("nan"), float("inf")):
         with pytest.raises(MalformedMessage, match="bad integer"):
             to_integer(bad)
+
+
+# -- implausible times, prices and sizes ---------------------------------------------------------
+YEAR_MS = 365 * 86400 * 1000
+
+
+@needs_capture
+@pytest.mark.parametrize("key, value, why", [
+    ("T", str(RECV_NS // 1_000_000 + YEAR_MS), "time ahead of receipt"),
+    ("p", "1e300", "price out of band"), ("p", '"99999999"', "price out of band"),
+    ("p", "1e-300", "price out of band"), ("q", "1e300", "bad size")])
+def test_one_implausible_trade_is_rejected_and_the_rest_pass(key, value, why):
+    frames = agg_trades()
+    base, _, _ = run(frames)
+    ticks, rejected, malformed = run(mutated(frames, 5, value, key))
+    assert rejected == {why: 1} and not malformed
+    keep = np.ones(len(base), bool)
+    keep[5] = False
+    assert np.array_equal(ticks["seq"], base["seq"][keep]) and np.array_equal(ticks["price"], base["price"][keep])
+
+
+@needs_capture
+def test_a_real_level_shift_is_taken_after_a_run_of_agreeing_prices():
+    """Prices that jump x3 and stay there: the first REANCHOR - 1 are held back, then the
+    new level is the reference (a feed never stays deaf to a market that really moved)."""
+    from workers.venues.base import REANCHOR
+    frames = agg_trades()
+    shifted = json.loads(json.dumps(frames))
+    for f in shifted[100:]:
+        f["data"]["p"] = repr(float(f["data"]["p"]) * 3)
+    ticks, rejected, _ = run(shifted)
+    assert rejected == {"price out of band": REANCHOR - 1}
+    assert len(ticks) == len(frames) - (REANCHOR - 1)
+
+
+@needs_capture
+def test_a_quote_with_one_absurd_side_is_rejected():
+    frames = [json.loads(m) for m in recv_messages(WS_CAPTURE)]
+    quotes = [f for f in frames if isinstance(f, dict) and f.get("stream", "").endswith("@bookTicker")]
+    assert len(quotes) > 20
+    feed_cfg = FeedConfig(name="binance", kind="binance", symbols=["NKN/USDT", "BLZ/ETH", "LRC/BTC",
+                                                                   "RUNE/EUR"], channels=["quotes"])
+    ids = {s: i + 1 for i, s in enumerate(feed_cfg.symbols)}
+
+    def parse(fs):
+        feed, out = BinanceFeed(feed_cfg, ids), TickBuffer()
+        for f in fs:
+            feed.parse(json.dumps(f), RECV_NS, out)
+        return out.take(), dict(out.rejected)
+
+    base, rejected = parse(quotes)
+    assert rejected == {} and len(base) == len(quotes)
+    bad = json.loads(json.dumps(quotes))
+    bad[10]["data"]["a"] = "1e300"
+    ticks, rejected = parse(bad)
+    assert rejected == {"quote out of band": 1} and len(ticks) == len(quotes) - 1
+    assert np.nanmax(ticks["ask"]) < 1e6

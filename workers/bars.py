@@ -8,8 +8,10 @@ bar's ``origin_ns`` is that trade's ``ts_origin_ns``) or, for a quiet symbol,
 when the market clock passes the bar's end plus a grace period. The market
 clock is the newest exchange time seen, advanced by the clock since: live it
 is the wall clock, and a replay of old data never closes its bars early.
-Trades with a NaN, zero or negative price, a bad size, or a time in a bar
-already closed are rejected and counted; a gap marker (or a lapped ring)
+Trades with a NaN, zero or negative price, a bad size, an event time more than
+``max_ahead_ns`` after their receipt (a broken clock would otherwise close a bar
+a year ahead and reject everything after it), or a time in a bar already
+closed are rejected and counted; a gap marker (or a lapped ring)
 flags the open bars it touches with FLAG_GAP.
 """
 from __future__ import annotations
@@ -62,8 +64,10 @@ class BarBuilder:
     """The open bar of every symbol (arrays indexed by symbol id); only the symbols
     in ``owned`` are built, the others' ticks are ignored."""
 
-    def __init__(self, owned: np.ndarray, bar_ns: int, grace_ns: int, clock: Clock):
+    def __init__(self, owned: np.ndarray, bar_ns: int, grace_ns: int, clock: Clock,
+                 max_ahead_ns: int = 30 * 10**9):
         n = len(owned)
+        self.max_ahead_ns = int(max_ahead_ns)
         self.owned = np.asarray(owned, bool)
         self.bar_ns, self.grace_ns = int(bar_ns), int(grace_ns)
         self.clock = clock
@@ -98,6 +102,7 @@ class BarBuilder:
         trades = ticks[ticks["kind"] == TICK_TRADE]
         price, size = trades["price"], trades["size"]
         ok = np.isfinite(price) & (price > 0) & np.isfinite(size) & (size >= 0)
+        ok &= trades["ts_exchange_ns"] - trades["ts_origin_ns"] <= self.max_ahead_ns
         if not ok.all():
             self.counters["rejected"] += int((~ok).sum())
             trades = trades[ok]

@@ -85,7 +85,7 @@ class VenueSource:
         self.health = Health()
         self.venue = feed_class(feed.kind)(feed, symbol_ids)
         self.venue.health = self.health
-        self.buffer = TickBuffer()
+        self.buffer = TickBuffer.for_feed(feed)
         self.limiter = RateLimiter(feed.rest_rate_per_s)
         self.venue.rest = None
         if self.venue.rest_url or self.venue.default_rest_url:

@@ -32,8 +32,9 @@ class IndicatorWorker(Worker):
         ic = self.cfg.indicators
         n = len(self.topo.symbols)
         owned = np.array([shard_of(i, self.cfg.n_shards) == self.spec.index for i in range(n)], bool)
+        ahead_s = max(f.max_ahead_s for f in self.cfg.feeds)     # each feed checked its own first
         self.bars = BarBuilder(owned, int(ic.bar_seconds * 1e9), int(ic.close_grace_s * 1e9),
-                               self.clock)
+                               self.clock, int(ahead_s * 1e9))
         # compile the kernels now, inside the start-up allowance and before the feeds
         # start: a first compile (no numba cache yet) takes seconds, longer than a
         # heartbeat timeout, and would lap the tick ring if it came with the first bar

@@ -34,30 +34,101 @@ def _fits(exch_ns: int, seq: int) -> bool:
     return 0 <= exch_ns < 1 << 63 and 0 <= seq < 1 << 64
 
 
+# the defaults of FeedConfig's guards, for a TickBuffer made without a config
+MAX_AHEAD_S = 30.0        # an event time this far past its receive time is a broken clock
+PRICE_BAND = 0.5          # a price this fraction above (or 1/(1+band) below) the reference
+MAX_SIZE = 1e12           # base units in one trade
+REANCHOR = 50             # consecutive out-of-band prices that agree: the level really moved
+
+
+class PriceBand:
+    """Per symbol, the last accepted price; a price outside ``[ref / (1 + band), ref *
+    (1 + band)]`` is implausible (1e300, 99999999 against 0.35, 1e-300). If ``REANCHOR``
+    prices in a row fall outside and agree with each other within the band, the level
+    really moved (or the first reference was the bad one): the newest becomes the
+    reference. The first price of a symbol is its first reference."""
+
+    def __init__(self, band: float = PRICE_BAND, reanchor: int = REANCHOR):
+        self.factor = 1.0 + band
+        self.reanchor = reanchor
+        self.ref: dict[int, float] = {}
+        self.outside: dict[int, list[float]] = {}
+
+    def accept(self, symbol_id: int, low: float, high: float | None = None) -> bool:
+        """Whether a trade's price (``low``), or a quote's bid and ask (``low``, ``high``),
+        lie in the band; an accepted one (its midpoint) is the new reference."""
+        high = low if high is None else high
+        price = (low + high) / 2
+        ref = self.ref.get(symbol_id)
+        if ref is None or (ref / self.factor <= low and high <= ref * self.factor):
+            self.ref[symbol_id] = price
+            self.outside.pop(symbol_id, None)
+            return True
+        run = self.outside.setdefault(symbol_id, [])
+        run.append(price)
+        del run[:-self.reanchor]
+        if len(run) == self.reanchor and max(run) <= min(run) * self.factor:
+            log.warning("symbol %d: %d prices in a row near %.10g, outside the band around %.10g: "
+                        "taking that as the new level", symbol_id, len(run), price, ref)
+            self.ref[symbol_id] = price
+            self.outside.pop(symbol_id, None)
+            return True
+        return False
+
+
 class TickBuffer:
     """Collects ticks from parsed messages, rejecting bad values, until flushed
-    into one numpy batch for the ring."""
+    into one numpy batch for the ring. Rejected: times or ids that do not fit the
+    record, event times more than ``max_ahead_s`` past their receive time, NaN or
+    non-positive prices and sizes, sizes above ``max_size``, prices outside the
+    symbol's `PriceBand`, crossed quotes. Each reason is counted and its first
+    occurrence logged."""
 
-    def __init__(self):
+    def __init__(self, max_ahead_s: float = MAX_AHEAD_S, price_band: float = PRICE_BAND,
+                 max_size: float = MAX_SIZE):
         self.rows: list[tuple] = []
         self.rejected: dict[str, int] = {}
+        self.max_ahead_ns = int(max_ahead_s * 1e9)
+        self.band = PriceBand(price_band)
+        self.max_size = max_size
+
+    @classmethod
+    def for_feed(cls, feed) -> "TickBuffer":
+        """With the guards of a FeedConfig."""
+        return cls(feed.max_ahead_s, feed.price_band, feed.max_size)
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def _reject(self, why: str) -> None:
-        self.rejected[why] = self.rejected.get(why, 0) + 1
+    def _reject(self, why: str, detail: str = "") -> None:
+        n = self.rejected.get(why, 0)
+        self.rejected[why] = n + 1
+        if n == 0:
+            log.warning("rejected a tick (%s), first of its kind%s", why, f": {detail}" if detail else "")
+
+    def _time_ok(self, symbol_id: int, recv_ns: int, exch_ns: int, seq: int) -> bool:
+        if not _fits(exch_ns, seq):
+            self._reject("bad time or seq", f"symbol {symbol_id} time {exch_ns} seq {seq}")
+            return False
+        if exch_ns - recv_ns > self.max_ahead_ns:
+            self._reject("time ahead of receipt",
+                         f"symbol {symbol_id} event {(exch_ns - recv_ns) / 1e9:.0f} s after receipt")
+            return False
+        return True
 
     def trade(self, symbol_id: int, recv_ns: int, exch_ns: int, seq: int, price: float,
               size: float, side: int) -> bool:
-        if not _fits(exch_ns, seq):
-            self._reject("bad time or seq")
+        if not self._time_ok(symbol_id, recv_ns, exch_ns, seq):
             return False
         if not (math.isfinite(price) and price > 0):
-            self._reject("bad price")
+            self._reject("bad price", f"symbol {symbol_id} price {price!r}")
             return False
-        if not (math.isfinite(size) and size > 0):
-            self._reject("bad size")
+        if not (math.isfinite(size) and 0 < size <= self.max_size):
+            self._reject("bad size", f"symbol {symbol_id} size {size!r}")
+            return False
+        ref = self.band.ref.get(symbol_id)
+        if not self.band.accept(symbol_id, price):
+            self._reject("price out of band", f"symbol {symbol_id} price {price!r} against {ref!r}")
             return False
         self.rows.append((recv_ns, exch_ns, seq, symbol_id, TICK_TRADE, side, 0, price, size,
                           math.nan, math.nan))
@@ -65,14 +136,18 @@ class TickBuffer:
 
     def quote(self, symbol_id: int, recv_ns: int, exch_ns: int, seq: int, bid: float,
               ask: float) -> bool:
-        if not _fits(exch_ns, seq):
-            self._reject("bad time or seq")
+        if not self._time_ok(symbol_id, recv_ns, exch_ns, seq):
             return False
         if not (math.isfinite(bid) and math.isfinite(ask) and bid > 0 and ask > 0):
-            self._reject("bad quote")
+            self._reject("bad quote", f"symbol {symbol_id} bid {bid!r} ask {ask!r}")
             return False
         if bid > ask:
-            self._reject("crossed quote")
+            self._reject("crossed quote", f"symbol {symbol_id} bid {bid!r} ask {ask!r}")
+            return False
+        ref = self.band.ref.get(symbol_id)
+        if not self.band.accept(symbol_id, bid, ask):        # both sides: no ask of 1e300
+            self._reject("quote out of band", f"symbol {symbol_id} bid {bid!r} ask {ask!r} "
+                                              f"against {ref!r}")
             return False
         self.rows.append((recv_ns, exch_ns, seq, symbol_id, TICK_QUOTE, 0, 0, (bid + ask) / 2,
                           0.0, bid, ask))

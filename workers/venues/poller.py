@@ -33,7 +33,7 @@ class PollSource:
         self.limiter = RateLimiter(min(feed.rest_rate_per_s, venue_rate))
         self.rest = RestClient(ex, self.limiter, self.health)
         self.symbol_ids = symbol_ids
-        self.buffer = TickBuffer()
+        self.buffer = TickBuffer.for_feed(feed)
         self.tasks = deque((sym, kind) for sym in symbol_ids for kind in ("trades", "book")
                            if (kind == "trades" and "trades" in feed.channels)
                            or (kind == "book" and "quotes" in feed.channels))
