@@ -244,6 +244,13 @@ class RingWriter:
         self._many_readers = len(ring.reader_names) > 8
         self._fence_acquire, self._fence_release = _fence_lock.acquire, _fence_lock.release
 
+    def tail(self, n: int | None = None) -> np.ndarray:
+        """The newest records still in the ring (at most ``n``), oldest first: what a
+        restarted writer resumes from (its last order, its last tick per symbol)."""
+        w = int(self.seq)
+        keep = min(w, self.ring.capacity if n is None else min(n, self.ring.capacity))
+        return self.ring._copy_out(w - keep, keep) if keep else np.zeros(0, self.ring.dtype)
+
     def _min_cursor(self) -> int:
         q = self._q
         return min((q[w] for w in self._registered), default=self.seq)

@@ -55,6 +55,21 @@ def ring_factory(shm_names):
         ring.close()
 
 
+def test_writer_tail_is_the_newest_records_still_held(ring_factory):
+    """What a restarted writer resumes from: a new writer on the same ring sees them."""
+    spec, ring = ring_factory(16, LOSSY, readers=())
+    w = ring.writer()
+    assert len(w.tail()) == 0
+    w.write(make_ticks(0, 5))
+    assert tick_errors(w.tail(), 0) is None and len(w.tail()) == 5
+    w.write(make_ticks(5, 40))                      # wraps: the oldest 24 are gone
+    successor = Ring.attach(spec)                   # as a restarted writer process does
+    again = successor.writer()
+    assert len(again.tail()) == 16 and tick_errors(again.tail(), 24) is None
+    assert tick_errors(again.tail(3), 37) is None
+    successor.close()
+
+
 # -- ordering ---------------------------------------------------------------------
 def test_batched_write_and_read_in_order_across_wrap(ring_factory):
     spec, ring = ring_factory(8, LOSSLESS)

@@ -23,13 +23,25 @@ from .venues.base import Health, MalformedMessage, TickBuffer, flush_ticks
 MAX_BATCH = 4096
 
 
+def newest_per_symbol(ticks: np.ndarray) -> dict[int, np.void]:
+    """The last record of each symbol id in ``ticks`` (arrival order)."""
+    ids, last = np.unique(ticks["symbol_id"][::-1], return_index=True)
+    return {int(sid): ticks[len(ticks) - 1 - i] for sid, i in zip(ids, last)}
+
+
 class SyntheticSource:
     """Ticks from SyntheticMarket on a wall-clock schedule at ``ticks_per_s``."""
 
-    def __init__(self, feed, symbol_ids: np.ndarray, start_count: int, restart: int, bell):
+    def __init__(self, feed, symbol_ids: np.ndarray, start_count: int, restart: int, bell,
+                 last: dict[int, np.void] | None = None):
         self.feed = feed
         self.symbol_ids = symbol_ids
         self.market = SyntheticMarket(len(symbol_ids), feed.start_price, feed.seed + 1000 * restart)
+        # a restarted feed goes on from its predecessor's last prices, not from new random ones
+        for i, sid in enumerate(symbol_ids.tolist()):
+            tick = (last or {}).get(sid)
+            if tick is not None and tick["bid"] > 0 and tick["ask"] > 0:
+                self.market.logp[i] = np.log((float(tick["bid"]) + float(tick["ask"])) / 2)
         self.emitted = start_count       # resume the count where an earlier incarnation stopped
         self.base = start_count
         self.t0 = time.monotonic()
@@ -77,7 +89,10 @@ class SyntheticSource:
 class VenueSource:
     """A venue's websocket through WsConnection, parsed by its venue module."""
 
-    def __init__(self, feed, symbol_ids: dict[str, int]):
+    def __init__(self, feed, symbol_ids: dict[str, int], resume: dict[int, np.void] | None = None):
+        """``resume``: None for a first start; for a restarted feed process, the newest
+        trade per symbol id its predecessor wrote (maybe none): its first connection is
+        then a reconnect, with gap markers and a backfill from those trades."""
         from .venues import feed_class
         from .venues.rest import RateLimiter, RestClient, make_exchange
         from .venues.ws import WsConnection
@@ -97,6 +112,12 @@ class VenueSource:
                                  backoff_s=feed.reconnect_backoff_s,
                                  backoff_max_s=feed.reconnect_backoff_max_s)
         self.emitted = 0
+        if resume is not None:
+            native = {sid: self.venue.native(sym) for sym, sid in symbol_ids.items()}
+            for sid, trade in resume.items():
+                if sid in native:
+                    self.venue.resume(native[sid], trade)
+            self.conn.connected_once = True
 
     def step(self) -> np.ndarray | None:
         out = self.buffer
@@ -284,10 +305,12 @@ class FeedWorker(Worker):
         self.out = self.spec.outputs[0]
         keys = {s: f"{s}@{self.feed.venue_name}" for s in self.feed.symbols}
         ids = {s: self.topo.symbols.id(k) for s, k in keys.items()}
+        writer = self.writers[self.out]
+        restarted = writer.seq > 0            # the ring holds what a predecessor wrote
         if self.feed.kind == "synthetic":
             self.source = SyntheticSource(self.feed, np.array(list(ids.values()), np.uint32),
-                                          int(self.writers[self.out].seq), self.args.restart_count,
-                                          self.bell)
+                                          int(writer.seq), self.args.restart_count, self.bell,
+                                          newest_per_symbol(writer.tail()) if restarted else None)
         elif self.feed.kind == "replay":
             self.source = ReplaySource(self.feed, next(iter(ids.values())),
                                        int(self.writers[self.out].seq), self.bell)
@@ -295,7 +318,13 @@ class FeedWorker(Worker):
             from .venues.poller import PollSource
             self.source = PollSource(self.feed, ids)
         else:
-            self.source = VenueSource(self.feed, ids)
+            resume = None
+            if restarted:
+                tail = writer.tail()
+                resume = newest_per_symbol(tail[tail["kind"] == TICK_TRADE])
+                self.log.info("restarted: the first connection marks the gap and backfills from "
+                              "the last trade in the ring of %d of %d symbols", len(resume), len(ids))
+            self.source = VenueSource(self.feed, ids, resume)
 
     def step(self) -> bool:
         ticks = self.source.step()

@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from shm.records import ACTION_BUY, ACTION_SELL, FILL, FLAG_GAP, FLAG_RECOVERED, FLAG_STALE, ORDER
-from shm.ring import W_WRITE
+from shm.records import ACTION_BUY, ACTION_SELL, FLAG_GAP, FLAG_RECOVERED, FLAG_STALE, ORDER
 
 from ..base import Worker
 from .paper import paper_fill
@@ -48,15 +47,9 @@ class ExecutionWorker(Worker):
         self.recover()
 
     # -- restart recovery -------------------------------------------------------
-    def _tail(self, ring_name: str, dtype) -> np.ndarray:
-        ring = self.writers[ring_name].ring
-        w = ring._q[W_WRITE]
-        start = max(0, w - ring.capacity)
-        return ring._copy_out(start, w - start) if w > start else np.zeros(0, dtype)
-
     def recover(self) -> None:
-        orders = self._tail("orders", ORDER)
-        fills = self._tail("fills", FILL)
+        orders = self.writers["orders"].tail()
+        fills = self.writers["fills"].tail()
         if len(orders) == 0:
             return
         for o in orders:

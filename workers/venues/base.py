@@ -244,6 +244,11 @@ class VenueFeed:
         """Turn one message into ticks; raise MalformedMessage for what can't be used."""
         raise NotImplementedError
 
+    def resume(self, native: str, trade) -> None:
+        """A restarted feed process: ``trade`` (a TICK record) is the newest trade of
+        ``native`` its predecessor passed on, read back from the ticks ring. The venue
+        takes it as the last trade seen, so the first connection backfills from there."""
+
     def on_connected(self, out: TickBuffer, recv_ns: int, reconnect: bool) -> None:
         """After (re)connecting and subscribing: snapshots, gap markers, backfill."""
         if reconnect:

@@ -339,6 +339,9 @@ class BinanceFeed(VenueFeed):
         out.quote(sid, recv_ns, exch_ns, seq, bid, ask)
 
     # -- (re)connection -----------------------------------------------------------
+    def resume(self, native: str, trade) -> None:
+        self.last_trade_id[native] = int(trade["seq"])          # seq is the aggregate trade id
+
     def on_connected(self, out: TickBuffer, recv_ns: int, reconnect: bool) -> None:
         """After a reconnect: gap markers (base), books resync from fresh snapshots
         as their diffs arrive, and missed trades come over REST."""

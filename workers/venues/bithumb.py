@@ -117,6 +117,11 @@ class BithumbFeed(VenueFeed):
             types += ["orderbooksnapshot", "orderbookdepth"]
         return [json.dumps({"type": t, "symbols": symbols}) for t in types]
 
+    def resume(self, native: str, trade) -> None:
+        ts_us = int(trade["ts_exchange_ns"]) // 1000
+        key = (ts_us, float(trade["price"]), float(trade["size"]), int(trade["side"]))
+        self.seen.add(native, key, ts_us)
+
     def on_connected(self, out: TickBuffer, recv_ns: int, reconnect: bool) -> None:
         """After a reconnect: books forgotten, gap markers (base), missed trades over REST."""
         self.books.clear()    # whatever we held may have changed while we were away

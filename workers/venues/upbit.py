@@ -142,6 +142,9 @@ class UpbitFeed(VenueFeed):
                   number(best, k.bid), number(best, k.ask))
 
     # -- (re)connection -----------------------------------------------------------
+    def resume(self, native: str, trade) -> None:
+        self.seen.add(native, int(trade["seq"]), int(trade["ts_exchange_ns"]) // 1_000_000)
+
     def on_connected(self, out: TickBuffer, recv_ns: int, reconnect: bool) -> None:
         """After a reconnect: gap markers (base), then the missed trades over REST."""
         super().on_connected(out, recv_ns, reconnect)
