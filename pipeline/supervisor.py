@@ -56,6 +56,47 @@ class WorkerState:
     restart_at: float | None = None
     last_exit: int | None = None
     psproc: psutil.Process | None = None
+    carried: dict = field(default_factory=dict)      # counters of the incarnations before this one
+
+    def stats(self) -> dict:
+        """The last heartbeat's stats, counters summed over every incarnation."""
+        return add_counters(self.carried, self.hb.get("stats", {}))
+
+    def retire(self) -> None:
+        """The process is gone: keep its counters, forget its heartbeat."""
+        self.carried = counters_of(self.stats())
+        self.hb = {}
+
+
+# counts a worker keeps per process: a restarted worker starts them at zero, and the
+# supervisor adds what its predecessors counted, so status and the exit summary count
+# the whole run. Other stats (positions, P&L, latencies, states) are as last reported.
+COUNTERS = {"in", "out", "dropped", "rejected", "gaps", "emitted", "bars", "timer_closes", "alerts",
+            "batches", "signals", "stale_signals", "orders", "fills", "rejected_risk",
+            "rejected_stale", "skipped_replay"}
+HEALTH_COUNTERS = {"messages", "malformed", "reconnects", "errors", "rest_calls", "rejected",
+                   "backfilled", "duplicates"}
+
+
+def add_counters(total: dict, stats: dict, keys: set = COUNTERS) -> dict:
+    """``stats`` with ``total``'s counters added to its own (a feed's health too)."""
+    out = dict(stats)
+    for key, value in total.items():
+        if key == "health" and isinstance(value, dict):
+            out[key] = add_counters(value, stats.get(key, {}), HEALTH_COUNTERS)
+        elif key in keys and isinstance(value, (int, float)) and not isinstance(value, bool):
+            mine = stats.get(key, 0)
+            out[key] = value + (mine if isinstance(mine, (int, float)) and not isinstance(mine, bool) else 0)
+    return out
+
+
+def counters_of(stats: dict, keys: set = COUNTERS) -> dict:
+    """The counters among a worker's stats (the ones `add_counters` sums)."""
+    out = {k: v for k, v in stats.items() if k in keys and isinstance(v, (int, float))
+           and not isinstance(v, bool)}
+    if isinstance(stats.get("health"), dict) and keys is COUNTERS:
+        out["health"] = counters_of(stats["health"], HEALTH_COUNTERS)
+    return out
 
 
 def state_path(run_dir: Path, name: str) -> Path:
@@ -295,6 +336,8 @@ class Supervisor:
     def _on_death(self, ws: WorkerState, why: str) -> None:
         pc = self.cfg.pipeline
         now = time.monotonic()
+        self._drain_heartbeats()             # its last words, if any, count
+        ws.retire()
         ws.proc = None
         ws.psproc = None
         while ws.restart_times and now - ws.restart_times[0] > pc.restart_window_s:
@@ -347,7 +390,7 @@ class Supervisor:
             "workers": [{"id": ws.spec.id, "role": ws.spec.role, "state": ws.state,
                          "pid": ws.proc.pid if ws.proc else None, "restarts": ws.restarts,
                          "heartbeat_age_s": round(now - ws.last_hb, 2) if ws.last_hb else None,
-                         "stats": ws.hb.get("stats", {})}
+                         "stats": ws.stats()}
                         for ws in self.workers.values()],
         }
 
@@ -414,7 +457,7 @@ class Supervisor:
         for ws in self.workers.values():
             if ws.spec.role != "model":
                 continue
-            st = ws.hb.get("stats", {})
+            st = ws.stats()
             out.append({"id": ws.spec.id, "state": ws.state, "model": st.get("model", "momentum"),
                         "remote": st.get("remote", ""), "reason": st.get("remote_reason", ""),
                         "device": st.get("device"), "versions": st.get("versions", {}),
@@ -429,7 +472,7 @@ class Supervisor:
             if ws.spec.role != "feed":
                 continue
             feed = self.cfg.feeds[ws.spec.feed]
-            stats = ws.hb.get("stats", {})
+            stats = ws.stats()
             out.append({"id": ws.spec.id, "name": feed.name, "kind": feed.kind,
                         "venue": feed.venue_name, "emitted": stats.get("emitted", 0),
                         "health": stats.get("health", {"state": ws.state})})

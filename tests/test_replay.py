@@ -153,7 +153,7 @@ def test_bad_rows_are_skipped_and_counted(tmp_path):
     src = ReplaySource(feed(path), 0, 0, None)
     assert src.stats()["rejected_rows"] == {"nan": 2, "non-positive": 2, "inconsistent ohlc": 1,
                                             "out of order": 1}
-    assert src.stats()["rejected"] == 6
+    assert src.stats()["bad_rows"] == 6
     ticks = play_all(src)
     good = [r for i, r in enumerate(rows) if i not in (10, 20, 30, 40, 50, 60)]
     assert ticks["ts_exchange_ns"].tolist() == expected_candle_ticks(good)["ts"]

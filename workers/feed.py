@@ -80,7 +80,7 @@ class SyntheticSource:
         pass
 
     def stats(self) -> dict:
-        return {"emitted": self.emitted}
+        return {"emitted": self.emitted - self.base}    # by this process; the supervisor sums
 
     def close(self) -> None:
         pass
@@ -184,7 +184,7 @@ class ReplaySource:
         self.speed = feed.speed
         self.ticks, self.rejected = replay_ticks(feed.path, symbol_id)
         self.ts = self.ticks["ts_exchange_ns"]
-        self.pos = min(start_index, len(self.ticks))
+        self.pos = self.start = min(start_index, len(self.ticks))
         self.bell = bell
         self.t0 = time.monotonic()
         self.x0 = int(self.ts[self.pos]) if self.pos < len(self.ts) else 0
@@ -230,8 +230,11 @@ class ReplaySource:
                                            self.feed.path, len(self.ticks), self.rejected or "none")
 
     def stats(self) -> dict:
-        return {"emitted": self.pos, "replay_total": len(self.ticks), "replay_done": self.done,
-                "rejected": sum(self.rejected.values()), "rejected_rows": dict(self.rejected)}
+        # emitted by this process (the supervisor adds its predecessors'); the file's bad
+        # rows are the file's, the same for every process that reads it
+        return {"emitted": self.pos - self.start, "replay_position": self.pos,
+                "replay_total": len(self.ticks), "replay_done": self.done,
+                "bad_rows": sum(self.rejected.values()), "rejected_rows": dict(self.rejected)}
 
     def close(self) -> None:
         pass
