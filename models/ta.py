@@ -72,11 +72,11 @@ def _fma(typingctx, a, b, c):
 # (below 1e-6 of the mean square), a leaving square dwarfs what remains (1e6 times),
 # or every 32 * period steps, it re-centres: shift = the window's mean, both sums
 # recomputed over the window, and a variance under 1e-12 of the mean square is 0.
-# BBANDS, volatility and volume_z run it over a ring of the last `period` values.
+# BBANDS, volatility and volume_z run it over a ring of the last `period` values,
+# each value through ``_ring_var``.
 @numba.jit(inline="always", **JIT)
 def _var_warm(x, shift, s1, s2):
-    """Warm-up: add one value to the sums (scalars only: passing arrays to an inlined
-    helper costs a reference-count update per event)."""
+    """Warm-up: add one value to the sums."""
     d = x - shift
     return s1 + d, s2 + d * d
 
@@ -99,11 +99,12 @@ def _var_step(x_new, x_old, shift, s1, s2, left, inv_p):
     return var, s1 - leaving, s2, left, recentre
 
 
-@numba.jit(**JIT)
+@numba.jit(inline="always", **JIT)
 def _var_recentre(win, s, oldest, p, inv_p):
     """Re-centre on the window ``win[s]`` (a ring, oldest value at slot `oldest`):
     O(p), about once per 32 * p steps. Returns (variance, shift, s1, s2) with the
-    oldest value already taken out of the sums, as a step does."""
+    oldest value already taken out of the sums, as a step does. Inlined although
+    rarely run: see ``_ring_var``."""
     total = 0.0
     k = oldest
     for _ in range(p):                     # oldest to newest, as TA-Lib sums them
@@ -124,6 +125,42 @@ def _var_recentre(win, s, oldest, p, inv_p):
         var = 0.0
     leaving = win[s, oldest] - shift
     return var, shift, s1 - leaving, s2 - leaving * leaving
+
+
+@numba.jit(inline="always", **JIT)
+def _ring_var(win, s, slot, j, x, p, inv_p, total, shift, s1, s2, left):
+    """Put x, value j (from 0) of symbol s's series, in the ring ``win[s]`` of its last
+    `p` values at `slot` and advance VAR and a running total (TA-Lib's SMA) by it:
+    warm-up while j < p - 1, then a step, re-centring when it asks to (``left``
+    starting again at 32 * p). Returns (std, wsum, total, shift, s1, s2, left, slot
+    for the next value): std = sqrt(VAR) and wsum = the sum of the window with x in
+    (the SMA is wsum / p; `total` has the oldest value already dropped, TA-Lib's
+    order), both NaN during the warm-up, so that values computed from them are NaN
+    there.
+
+    Inlined, as everything it calls: an array passed to an inlined helper costs a
+    reference-count increment and decrement per event unless numba can prune them,
+    which it cannot with a call (which might raise) between them; so the kernels'
+    per-event loop has no call, not even the rare ``_var_recentre``."""
+    oldest = slot + 1 if slot + 1 < p else 0
+    win[s, slot] = x
+    total += x
+    if j == 0:
+        shift = x
+    if j < p - 1:
+        s1, s2 = _var_warm(x, shift, s1, s2)
+        std = NAN
+        wsum = NAN
+    else:
+        var, s1, s2, left, recentre = _var_step(x, win[s, oldest], shift, s1, s2, left,
+                                                inv_p)
+        if recentre:
+            var, shift, s1, s2 = _var_recentre(win, s, oldest, p, inv_p)
+            left = 32 * p
+        std = math.sqrt(var)
+        wsum = total
+        total -= win[s, oldest]
+    return std, wsum, total, shift, s1, s2, left, oldest
 
 
 # -- EMA --------------------------------------------------------------------------------
@@ -351,30 +388,13 @@ def _bbands_kernel(sym, x, period, nbdev, count, window, total, shift, sum1, sum
         t, tot, sh, s1, s2, lft = count[s], total[s], shift[s], sum1[s], sum2[s], left[s]
         slot = t % period                  # the ring holds the last `period` closes
         while i < n_ev and sym[i] == s:
-            xi = x[i]
-            oldest = slot + 1 if slot + 1 < period else 0
-            window[s, slot] = xi
-            tot += xi
-            if t == 0:
-                sh = xi
-            if t < period - 1:
-                s1, s2 = _var_warm(xi, sh, s1, s2)
-                out_up[i] = NAN
-                out_mid[i] = NAN
-                out_low[i] = NAN
-            else:
-                var, s1, s2, lft, recentre = _var_step(xi, window[s, oldest], sh, s1, s2,
-                                                       lft, inv_p)
-                if recentre:
-                    var, sh, s1, s2 = _var_recentre(window, s, oldest, period, inv_p)
-                    lft = 32 * period
-                mid = tot / period         # TA-Lib's SMA: add, take the mean, drop the oldest
-                tot -= window[s, oldest]
-                dev = math.sqrt(var) * nbdev
-                out_up[i] = dev + mid
-                out_mid[i] = mid
-                out_low[i] = mid - dev
-            slot = oldest
+            std, wsum, tot, sh, s1, s2, lft, slot = _ring_var(window, s, slot, t, x[i], period,
+                                                             inv_p, tot, sh, s1, s2, lft)
+            mid = wsum / period            # NaN, as std, during the warm-up
+            dev = std * nbdev
+            out_up[i] = dev + mid
+            out_mid[i] = mid
+            out_low[i] = mid - dev
             t += 1
             i += 1
         count[s], total[s], shift[s], sum1[s], sum2[s], left[s] = t, tot, sh, s1, s2, lft
@@ -685,23 +705,10 @@ def _volatility_kernel(sym, c, period, count, prev_close, window, shift, sum1, s
         slot = (t - 1) % period if t > 0 else 0   # ring of the last `period` returns
         while i < n_ev and sym[i] == s:
             out[i] = NAN
-            if t > 0:
-                j = t - 1                  # index in the series of returns
-                r = math.log(c[i] / p)
-                oldest = slot + 1 if slot + 1 < period else 0
-                window[s, slot] = r
-                if j == 0:
-                    sh = r
-                if j < period - 1:
-                    s1, s2 = _var_warm(r, sh, s1, s2)
-                else:
-                    var, s1, s2, lft, recentre = _var_step(r, window[s, oldest], sh, s1, s2,
-                                                           lft, inv_p)
-                    if recentre:
-                        var, sh, s1, s2 = _var_recentre(window, s, oldest, period, inv_p)
-                        lft = 32 * period
-                    out[i] = math.sqrt(var)
-                slot = oldest
+            if t > 0:                      # return t - 1 enters (no SMA: total unused)
+                out[i], _, _, sh, s1, s2, lft, slot = _ring_var(
+                    window, s, slot, t - 1, math.log(c[i] / p), period, inv_p, 0.0, sh, s1, s2,
+                    lft)
             p = c[i]
             t += 1
             i += 1
@@ -743,25 +750,10 @@ def _volume_z_kernel(sym, vol, period, count, window, total, shift, sum1, sum2, 
         slot = t % period                  # the ring holds the last `period` volumes
         while i < n_ev and sym[i] == s:
             vi = vol[i]
-            oldest = slot + 1 if slot + 1 < period else 0
-            window[s, slot] = vi
-            tot += vi
-            if t == 0:
-                sh = vi
-            if t < period - 1:
-                s1, s2 = _var_warm(vi, sh, s1, s2)
-                out[i] = NAN
-            else:
-                var, s1, s2, lft, recentre = _var_step(vi, window[s, oldest], sh, s1, s2,
-                                                       lft, inv_p)
-                if recentre:
-                    var, sh, s1, s2 = _var_recentre(window, s, oldest, period, inv_p)
-                    lft = 32 * period
-                mean = tot / period        # TA-Lib's SMA: add, take the mean, drop the oldest
-                tot -= window[s, oldest]
-                std = math.sqrt(var)
-                out[i] = (vi - mean) / std if std != 0.0 else 0.0
-            slot = oldest
+            std, wsum, tot, sh, s1, s2, lft, slot = _ring_var(window, s, slot, t, vi, period,
+                                                             inv_p, tot, sh, s1, s2, lft)
+            mean = wsum / period           # NaN, as std, during the warm-up
+            out[i] = (vi - mean) / std if std != 0.0 else 0.0
             t += 1
             i += 1
         count[s], total[s], shift[s], sum1[s], sum2[s], left[s] = t, tot, sh, s1, s2, lft
