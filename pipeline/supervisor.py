@@ -74,8 +74,8 @@ class WorkerState:
 COUNTERS = {"in", "out", "dropped", "rejected", "gaps", "emitted", "bars", "timer_closes", "alerts",
             "batches", "signals", "stale_signals", "orders", "fills", "rejected_risk",
             "rejected_stale", "skipped_replay"}
-HEALTH_COUNTERS = {"messages", "malformed", "reconnects", "errors", "rest_calls", "rejected",
-                   "backfilled", "duplicates"}
+HEALTH_COUNTERS = {"messages", "malformed", "reconnects", "errors", "rest_calls", "rest_retries",
+                   "rejected", "backfilled", "duplicates"}
 
 
 def add_counters(total: dict, stats: dict, keys: set = COUNTERS) -> dict:

@@ -8,11 +8,13 @@ alive. Heartbeats come from the main loop itself, so a stuck loop is noticed.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -71,8 +73,11 @@ class Worker:
         self._hb = bus.socket(self._ctx, zmq.PUSH, SNDHWM=100, LINGER=1000)
         self._cmd = bus.socket(self._ctx, zmq.SUB)
         self._hb_seq = 0
+        self._hb_lock = threading.Lock()      # the main loop and the network-wait pulse share _hb
         self._next_house = 0.0
         self._blocked_since: float | None = None
+        self._net_wait: tuple[str, float, float] | None = None   # (what, since, deadline)
+        self._pulse: threading.Thread | None = None
 
     # -- lifecycle --------------------------------------------------------------
     def attach(self) -> None:
@@ -184,13 +189,56 @@ class Worker:
         return dict(self.counters)
 
     def _send_heartbeat(self) -> None:
-        self._hb_seq += 1
-        msg = {"id": self.id, "pid": os.getpid(), "seq": self._hb_seq, "state": self.state,
-               "stats": self.stats(), "latency": self.latency.to_sparse()}
+        with self._hb_lock:
+            self._hb_seq += 1
+            msg = {"id": self.id, "pid": os.getpid(), "seq": self._hb_seq, "state": self.state,
+                   "stats": self.stats(), "latency": self.latency.to_sparse()}
+            if self._net_wait is not None:
+                what, since, _ = self._net_wait
+                msg["waiting_on"] = {"what": what, "seconds": round(time.monotonic() - since, 1)}
+            try:
+                bus.send_json(self._hb, msg, zmq.NOBLOCK)
+            except zmq.Again:
+                pass
+
+    @contextlib.contextmanager
+    def network_wait(self, what: str, limit_s: float):
+        """Around a call that waits on a peer (a REST request with its retries, a
+        websocket connect) and that gives up by itself within ``limit_s``: heartbeats go
+        on from a helper thread meanwhile, so a slow venue does not get a healthy feed
+        killed. For one heartbeat timeout past ``limit_s`` at most: a call stuck beyond
+        its own limit stops the pulse, and the supervisor restarts the worker as hung."""
+        if self._net_wait is not None:              # nested: the outer wait covers it
+            yield
+            return
+        now = time.monotonic()
+        self._net_wait = (what, now, now + limit_s + self.cfg.pipeline.heartbeat_timeout_s)
+        if self._pulse is None or not self._pulse.is_alive():
+            self._pulse = threading.Thread(target=self._pulse_loop, name="heartbeat-pulse",
+                                           daemon=True)
+            self._pulse.start()
         try:
-            bus.send_json(self._hb, msg, zmq.NOBLOCK)
-        except zmq.Again:
-            pass
+            yield
+        finally:
+            self._net_wait = None
+
+    def _pulse_loop(self) -> None:
+        interval = self.cfg.pipeline.heartbeat_interval_s
+        while True:
+            wait = self._net_wait
+            if wait is None or self.stopping:
+                return
+            what, since, deadline = wait
+            if time.monotonic() > deadline:
+                self.log.error("waiting on %s for %.0f s, past its own limit; heartbeats stop",
+                               what, time.monotonic() - since)
+                return
+            time.sleep(interval)          # a pacing timer between heartbeats, not a sync
+            if self._net_wait is wait:
+                try:
+                    self._send_heartbeat()
+                except RuntimeError:      # a stats dict changed under us: the next beat will do
+                    pass
 
     # -- helpers for subclasses -----------------------------------------------------
     def drain(self):

@@ -21,6 +21,14 @@ from .base import Worker
 from .venues.base import Health, MalformedMessage, TickBuffer, flush_ticks
 
 MAX_BATCH = 4096
+NETWORK_TIMEOUT_S = 10.0     # the longest any one network call may take (less with a short
+                             # heartbeat timeout: see network_timeout)
+
+
+def network_timeout(cfg) -> float:
+    """Every network call's limit: well under the heartbeat timeout (a third of it), so
+    that even a call the heartbeat pulse did not cover cannot get the feed killed."""
+    return min(NETWORK_TIMEOUT_S, cfg.pipeline.heartbeat_timeout_s / 3)
 
 
 def newest_per_symbol(ticks: np.ndarray) -> dict[int, np.void]:
@@ -89,10 +97,13 @@ class SyntheticSource:
 class VenueSource:
     """A venue's websocket through WsConnection, parsed by its venue module."""
 
-    def __init__(self, feed, symbol_ids: dict[str, int], resume: dict[int, np.void] | None = None):
+    def __init__(self, feed, symbol_ids: dict[str, int], resume: dict[int, np.void] | None = None,
+                 timeout_s: float = NETWORK_TIMEOUT_S, wait_hook=None):
         """``resume``: None for a first start; for a restarted feed process, the newest
         trade per symbol id its predecessor wrote (maybe none): its first connection is
-        then a reconnect, with gap markers and a backfill from those trades."""
+        then a reconnect, with gap markers and a backfill from those trades.
+        ``timeout_s`` bounds every network call; ``wait_hook`` wraps those that wait on
+        the venue (the worker's network_wait)."""
         from .venues import feed_class
         from .venues.rest import RateLimiter, RestClient, make_exchange
         from .venues.ws import WsConnection
@@ -104,13 +115,15 @@ class VenueSource:
         self.limiter = RateLimiter(feed.rest_rate_per_s)
         self.venue.rest = None
         if self.venue.rest_url or self.venue.default_rest_url:
-            ex = make_exchange(feed.kind, self.venue.rest_url if feed.rest_url else "")
-            self.venue.rest = RestClient(ex, self.limiter, self.health)
+            ex = make_exchange(feed.kind, self.venue.rest_url if feed.rest_url else "", timeout_s)
+            self.venue.rest = RestClient(ex, self.limiter, self.health,
+                                         wait_hook)
         self.conn = WsConnection(self.venue.url(), self.venue.subscribe_messages(), self.health,
                                  ping_interval_s=feed.ping_interval_s,
                                  no_message_timeout_s=feed.no_message_timeout_s,
                                  backoff_s=feed.reconnect_backoff_s,
-                                 backoff_max_s=feed.reconnect_backoff_max_s)
+                                 backoff_max_s=feed.reconnect_backoff_max_s,
+                                 connect_timeout_s=timeout_s, wait_hook=wait_hook)
         self.emitted = 0
         if resume is not None:
             native = {sid: self.venue.native(sym) for sym, sid in symbol_ids.items()}
@@ -319,7 +332,7 @@ class FeedWorker(Worker):
                                        int(self.writers[self.out].seq), self.bell)
         elif self.feed.kind == "ccxt":
             from .venues.poller import PollSource
-            self.source = PollSource(self.feed, ids)
+            self.source = PollSource(self.feed, ids, network_timeout(self.cfg), self.network_wait)
         else:
             resume = None
             if restarted:
@@ -327,7 +340,8 @@ class FeedWorker(Worker):
                 resume = newest_per_symbol(tail[tail["kind"] == TICK_TRADE])
                 self.log.info("restarted: the first connection marks the gap and backfills from "
                               "the last trade in the ring of %d of %d symbols", len(resume), len(ids))
-            self.source = VenueSource(self.feed, ids, resume)
+            self.source = VenueSource(self.feed, ids, resume, network_timeout(self.cfg),
+                                      self.network_wait)
 
     def step(self) -> bool:
         ticks = self.source.step()

@@ -187,6 +187,7 @@ class Health:
     errors: int = 0
     last_message_ns: int = 0
     rest_calls: int = 0
+    rest_retries: int = 0      # calls tried again after a 5xx, a 429 or a timeout
     rest_latency_ms: float = 0.0
     rejected: int = 0
     backfilled: int = 0
@@ -198,7 +199,8 @@ class Health:
         return {"state": self.state, "messages": self.messages, "malformed": self.malformed,
                 "reconnects": self.reconnects, "errors": self.errors,
                 "last_message_age_s": None if age is None else round(age, 3),
-                "rest_calls": self.rest_calls, "rest_latency_ms": round(self.rest_latency_ms, 2),
+                "rest_calls": self.rest_calls, "rest_retries": self.rest_retries,
+                "rest_latency_ms": round(self.rest_latency_ms, 2),
                 "rejected": self.rejected, "backfilled": self.backfilled,
                 "duplicates": self.duplicates}
 
@@ -261,7 +263,7 @@ class VenueFeed:
         the gap marker has gone out already, and a reconnect never waits on a
         backfill that cannot be had."""
         try:
-            return self.rest.call(method, params)
+            return self.rest.call(method, params, retries=REST_RETRIES)
         except Exception as e:  # network, HTTP error, the venue's error answer
             log.warning("%s %s failed: %s: %.200s", self.venue, what, type(e).__name__, e)
             return None
@@ -277,6 +279,7 @@ class VenueFeed:
 
 
 SEEN_TRADES = 10_000   # keys kept per symbol: more than one backfill brings
+REST_RETRIES = 3       # a backfill page is tried again after a 5xx, a 429 or a timeout
 
 
 class SeenTrades:

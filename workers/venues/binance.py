@@ -35,8 +35,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from shm.records import SIDE_BUY, SIDE_SELL
 
-from .base import (MalformedMessage, TickBuffer, VenueFeed, decode_json, integer, number,
-                   requested_channels, to_integer, to_number)
+from .base import (REST_RETRIES, MalformedMessage, TickBuffer, VenueFeed, decode_json, integer,
+                   number, requested_channels, to_integer, to_number)
 
 log = logging.getLogger("feed.binance")
 
@@ -361,7 +361,8 @@ class BinanceFeed(VenueFeed):
             from_id = self.last_trade_id[native] + 1
             try:
                 rows = self.rest.call("publicGetAggTrades", {"symbol": native, "fromId": from_id,
-                                                             "limit": BACKFILL_LIMIT})
+                                                             "limit": BACKFILL_LIMIT},
+                                      retries=REST_RETRIES)
             except Exception as e:
                 log.warning("%s trade backfill from id %d failed: %s: %.200s", native, from_id,
                             type(e).__name__, e)

@@ -25,13 +25,14 @@ log = logging.getLogger("feed.poll")
 
 
 class PollSource:
-    def __init__(self, feed, symbol_ids: dict[str, int]):
+    def __init__(self, feed, symbol_ids: dict[str, int], timeout_s: float = 10.0, wait_hook=None):
         self.feed = feed
         self.health = Health(state="polling")
-        ex = make_exchange(feed.venue, feed.rest_url)
+        ex = make_exchange(feed.venue, feed.rest_url, timeout_s)
         venue_rate = 1000.0 / ex.rateLimit if getattr(ex, "rateLimit", 0) else feed.rest_rate_per_s
         self.limiter = RateLimiter(min(feed.rest_rate_per_s, venue_rate))
-        self.rest = RestClient(ex, self.limiter, self.health)
+        self.rest = RestClient(ex, self.limiter, self.health,
+                               wait_hook)
         self.symbol_ids = symbol_ids
         self.buffer = TickBuffer.for_feed(feed)
         self.tasks = deque((sym, kind) for sym in symbol_ids for kind in ("trades", "book")

@@ -6,6 +6,7 @@ token bucket shared by everything one feed process sends to a venue.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from urllib.parse import urlsplit
 
@@ -67,16 +68,47 @@ def make_exchange(venue: str, rest_url: str = "", timeout_s: float = 10.0):
     return ex
 
 
-class RestClient:
-    """ccxt calls behind the rate limiter, timed into the venue's health."""
+RETRY_BACKOFF_S = 0.5
 
-    def __init__(self, exchange, limiter: RateLimiter, health: Health):
+
+def no_wait_hook(what: str, limit_s: float):
+    return contextlib.nullcontext()
+
+
+class RestClient:
+    """ccxt calls behind the rate limiter, timed into the venue's health. ``wait_hook``
+    wraps each call (the feed worker's `network_wait`, which keeps its heartbeats
+    going while a slow venue answers)."""
+
+    def __init__(self, exchange, limiter: RateLimiter, health: Health, wait_hook=None):
         self.exchange = exchange
         self.limiter = limiter
         self.health = health
+        self.wait_hook = wait_hook or no_wait_hook
 
-    def call(self, method: str, *args, **kwargs):
-        self.limiter.acquire()
+    def call(self, method: str, *args, retries: int = 0, **kwargs):
+        """One ccxt call; with ``retries``, a failure worth trying again (a timeout, a 5xx,
+        a 429) is tried again that many times, after 0.5, 1, 2 ... s and inside the rate limit (a
+        backfill that gives up at the first 500 loses what a second try would fetch)."""
+        import ccxt
+        # what the call may take by its own limits: each try's timeout and its turn in
+        # the rate limit (the bucket empty), the backoffs between tries
+        limit_s = ((self.exchange.timeout / 1000 + self.limiter.capacity / self.limiter.rate)
+                   * (retries + 1) + sum(RETRY_BACKOFF_S * 2 ** k for k in range(retries)))
+        with self.wait_hook(f"REST {method}", limit_s):
+            for attempt in range(retries + 1):
+                self.limiter.acquire()
+                try:
+                    return self._timed(method, *args, **kwargs)
+                # ccxt's "may succeed if tried again": timeouts, 5xx, 429, a venue's
+                # "internal error" code; never a bad request or a bad symbol
+                except ccxt.OperationFailed:
+                    if attempt == retries:
+                        raise
+                    self.health.rest_retries += 1
+                    time.sleep(RETRY_BACKOFF_S * 2 ** attempt)   # a backoff timer, not a sync
+
+    def _timed(self, method: str, *args, **kwargs):
         t0 = time.perf_counter()
         try:
             return getattr(self.exchange, method)(*args, **kwargs)

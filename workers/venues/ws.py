@@ -8,6 +8,7 @@ when the time has come. websocket-client does the protocol.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import select
@@ -19,13 +20,17 @@ from .base import Health
 
 log = logging.getLogger("feed.ws")
 
+READ_TIMEOUT_S = 1.0       # a peer that stalls in the middle of a frame is dropped after this
+
 
 class WsConnection:
     def __init__(self, url: str, subscribe: list[str], health: Health, *,
                  ping_interval_s: float = 20.0, no_message_timeout_s: float = 30.0,
                  backoff_s: float = 1.0, backoff_max_s: float = 60.0,
-                 connect_timeout_s: float = 10.0, seed: int | None = None):
+                 connect_timeout_s: float = 10.0, seed: int | None = None, wait_hook=None):
         self.url = url
+        # wraps what may wait on the peer (the feed worker's network_wait: heartbeats go on)
+        self.wait_hook = wait_hook or (lambda what, limit_s: contextlib.nullcontext())
         self.subscribe = subscribe
         self.health = health
         self.ping_interval_s = ping_interval_s
@@ -53,11 +58,14 @@ class WsConnection:
             return False
         self.health.state = "connecting"
         try:
-            ws = websocket.create_connection(self.url, timeout=self.connect_timeout_s,
-                                             enable_multithread=False)
-            for msg in self.subscribe:
-                ws.send(msg)
-            ws.settimeout(self.connect_timeout_s)
+            # the timeout bounds each step: the TCP connect, the TLS and HTTP handshake
+            with self.wait_hook("websocket connect", 3 * self.connect_timeout_s):
+                ws = websocket.create_connection(self.url, timeout=self.connect_timeout_s,
+                                                 enable_multithread=False)
+                for msg in self.subscribe:
+                    ws.send(msg)
+            # a frame that stalls halfway blocks a read for at most this long per chunk
+            ws.settimeout(min(self.connect_timeout_s, READ_TIMEOUT_S))
         except Exception as e:  # any failure to connect is retried, never fatal
             self._failed(f"connect to {self.url} failed: {e}")
             return False
@@ -130,6 +138,7 @@ class WsConnection:
             try:
                 opcode, data = ws.recv_data(control_frame=True)
             except websocket.WebSocketTimeoutException:
+                self.drop(f"{self.url} stalled in the middle of a frame")   # its rest is lost
                 break
             except Exception as e:
                 self.drop(f"connection to {self.url} lost: {e or type(e).__name__}")
