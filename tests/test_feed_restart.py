@@ -3,7 +3,9 @@ ring: the synthetic market from its last prices (no jump), a venue feed with
 gap markers and a backfill from the last trade id."""
 from __future__ import annotations
 
+import json
 import os
+import time
 import uuid
 
 import numpy as np
@@ -11,7 +13,7 @@ import pytest
 
 from pipeline import bus, topology
 from pipeline.config import load_config
-from shm.records import TICK_QUOTE, TICK_TRADE
+from shm.records import TICK_GAP, TICK_QUOTE, TICK_TRADE
 from shm.ring import Ring
 from shm.segment import remove_run
 from shm.table import Table
@@ -21,40 +23,50 @@ from workers.feed import FeedWorker, newest_per_symbol
 SYMBOLS = ["AAA/USDT", "BBB/USDT", "CCC/USDT"]
 
 
+class Run:
+    """A run's segments for ``feeds`` (a [[feeds]] table in TOML), and its feed worker
+    made as the supervisor makes it: ``worker(restart)``."""
+
+    def __init__(self, tmp_path, feeds: str):
+        path = tmp_path / "c.toml"
+        path.write_text("[pipeline]\nworkers = 2\n" + feeds)
+        self.cfg = load_config(path)
+        self.tmp_path = tmp_path
+        self.run_id = "t" + uuid.uuid4().hex[:8]
+        self.topo = topology.build(self.cfg, self.run_id)
+        self.made = ([Ring.create(s) for s in self.topo.rings.values()]
+                     + [Table.create(s) for s in self.topo.tables.values()])
+        self.workers: list[FeedWorker] = []
+
+    def worker(self, restart: int) -> FeedWorker:
+        args = WorkerArgs(self.cfg, self.topo, "feed.0",
+                          bus.Endpoints.for_run(self.tmp_path, self.run_id), os.getppid(), restart)
+        w = FeedWorker(args)
+        w.attach()
+        w.setup()
+        self.workers.append(w)
+        return w
+
+    def close(self) -> None:
+        for w in self.workers:
+            w.close()
+        for obj in self.made:
+            obj.close()
+        remove_run(self.run_id)
+
+
 @pytest.fixture
 def feed_ring(tmp_path):
-    """A run's segments, and a function that makes its feed worker (as a restart would)."""
-    path = tmp_path / "c.toml"
-    path.write_text(f"""
-[pipeline]
-workers = 2
+    """A synthetic feed's run: (its worker maker, the topology)."""
+    run = Run(tmp_path, f"""
 [[feeds]]
 name = "synthetic"
 symbols = {SYMBOLS!r}
 ticks_per_s = 1000000
 start_price = 100.0
 """.replace("'", '"'))
-    cfg = load_config(path)
-    run_id = "t" + uuid.uuid4().hex[:8]
-    topo = topology.build(cfg, run_id)
-    made = [Ring.create(s) for s in topo.rings.values()] + [Table.create(s) for s in topo.tables.values()]
-    workers = []
-
-    def worker(restart: int) -> FeedWorker:
-        args = WorkerArgs(cfg, topo, "feed.0", bus.Endpoints.for_run(tmp_path, run_id), os.getppid(),
-                          restart)
-        w = FeedWorker(args)
-        w.attach()
-        w.setup()
-        workers.append(w)
-        return w
-
-    yield worker, topo
-    for w in workers:
-        w.close()
-    for obj in made:
-        obj.close()
-    remove_run(run_id)
+    yield run.worker, run.topo
+    run.close()
 
 
 def produce(w: FeedWorker, n: int) -> None:
@@ -89,3 +101,63 @@ def test_a_restarted_synthetic_feed_goes_on_from_the_last_prices(feed_ring):
         mine = new[(new["symbol_id"] == sid) & np.isin(new["kind"], [TICK_TRADE, TICK_QUOTE])]
         mid = (mine["bid"][0] + mine["ask"][0]) / 2
         assert abs(mid / price - 1) < 0.01, f"symbol {sid} jumped from {price} to {mid}"
+
+
+def test_a_restarted_venue_feed_marks_the_gap_and_backfills_from_the_ring(tmp_path):
+    """A Binance feed process writes 50 XRPETH trades and dies. Meanwhile the venue
+    trades 100 more. Its successor knows nothing but the ticks ring: its first
+    connection is a reconnect, with a gap marker per symbol and a backfill from the
+    last trade id in the ring; the new connection brings trades 150 to 199."""
+    from test_feed_binance import (SYMBOLS as BN_SYMBOLS, rest_routes, ws_messages,
+                                   xrp_agg_trades, xrp_ws_events)
+    from venue_servers import Behaviour, HttpReplayServer, WsReplayServer
+    capture, xrp = list(ws_messages()), xrp_ws_events(200)
+    first_id = xrp_agg_trades()[0]["a"]
+    symbols = BN_SYMBOLS + ["XRP/ETH"]
+    behaviours = {0: Behaviour(silent_after=len(capture) + 50),
+                  1: Behaviour(skip=len(capture) + 150)}
+    with WsReplayServer(capture + xrp, behaviours, expect_subscribe=0) as ws, \
+            HttpReplayServer(rest_routes(150)) as http:
+        run = Run(tmp_path, f"""
+[[feeds]]
+name = "binance"
+kind = "binance"
+symbols = {json.dumps(symbols)}
+channels = ["trades"]
+ws_url = "{ws.url}"
+rest_url = "{http.url}"
+reconnect_backoff_s = 0.05
+rest_rate_per_s = 1000.0
+""")
+        try:
+            ring = lambda w: w.writers["ticks.binance"]
+            ids = {s: run.topo.symbols.id(f"{s}@binance") for s in symbols}
+
+            def xrp_trades(w: FeedWorker) -> np.ndarray:
+                t = ring(w).tail()
+                return t[(t["symbol_id"] == ids["XRP/ETH"]) & (t["kind"] == TICK_TRADE)]["seq"]
+            first = run.worker(0)
+            step_until(first, lambda: len(xrp_trades(first)) == 50, "50 XRPETH trades")
+            first.close()                      # as if killed: nothing else is handed over
+            second = run.worker(1)
+            seq0 = int(ring(second).seq)
+            step_until(second, lambda: xrp_trades(second).max(initial=0) == first_id + 199,
+                       "the last XRPETH trade")
+            assert xrp_trades(second).tolist() == list(range(first_id, first_id + 200))
+            new = ring(second).tail(int(ring(second).seq) - seq0)
+            gaps = new[new["kind"] == TICK_GAP]
+            assert sorted(gaps["symbol_id"]) == sorted(ids.values())
+            assert new["kind"][0] == TICK_GAP          # before anything the new process got
+            asked = [q for path, q in http.requests
+                     if path == "/api/v3/aggTrades" and q["symbol"] == "XRPETH"]
+            assert [q["fromId"] for q in asked] == [str(first_id + 50)]
+            assert second.source.health.backfilled == 100
+        finally:
+            run.close()
+
+
+def step_until(w: FeedWorker, cond, what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        w.step()

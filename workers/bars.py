@@ -86,6 +86,15 @@ class BarBuilder:
         self.counters = {"in": 0, "rejected": 0, "timer_closes": 0}
 
     # -- input --------------------------------------------------------------------------
+    def resume(self, ids: np.ndarray, bar_open_ns: np.ndarray) -> None:
+        """A restarted shard's builder, from the bars its predecessor closed (symbol ids
+        and open times): ticks of those bars, re-read from the ring, are late, not a
+        second bar; and the next bar of every owned symbol is flagged FLAG_GAP, since the
+        predecessor took whatever ticks of it it had already read."""
+        ids = np.asarray(ids, np.intp)
+        np.maximum.at(self.closed_ns, ids, np.asarray(bar_open_ns, np.int64))
+        self.mark_gap()
+
     def mark_gap(self) -> None:
         """Data was lost upstream (a lapped ring): every open bar of ours missed some."""
         self.flags[self.owned] |= FLAG_GAP

@@ -11,6 +11,11 @@ closing symbols in one call; the shard writes each symbol's row in the
 latest-features table and appends it to its features ring. A row whose
 rolling volatility and volume z-score both pass the configured thresholds is
 flagged FLAG_ALERT and logged: the desk alert, also on `pipeline tap alerts`.
+
+A restarted shard rebuilds its indicators from the bars still in its features
+ring (`resume`), so its symbols do not warm up again; the first bar of each
+symbol after the restart is flagged FLAG_GAP (the predecessor took the ticks
+it had read), and execution never trades on it.
 """
 from __future__ import annotations
 
@@ -50,6 +55,25 @@ class IndicatorWorker(Worker):
         self.features = self.table("features")
         self.fdtype = self.topo.rings[self.out].dtype
         self.counters.update(bars=0, timer_closes=0, gaps=0, alerts=0)
+        writer = self.writers[self.out]
+        if writer.seq > 0:                   # a restart: the ring holds what we closed before
+            self.resume(writer.tail())
+
+    def resume(self, rows: np.ndarray) -> None:
+        """Rebuild the indicators' state from the bars a predecessor closed, the newest
+        ones still in this shard's features ring, so its symbols do not start a new
+        warm-up (hours at 5-minute bars); the bar builder learns which bars are closed
+        and flags each symbol's next bar, which may have lost ticks, FLAG_GAP."""
+        ids = rows["symbol_id"].astype(np.int64)
+        self.engine.update(ids, rows["open"], rows["high"], rows["low"], rows["close"],
+                           rows["volume"])
+        self.bars.resume(ids, rows["ts_bar_ns"])
+        owned = np.flatnonzero(self.bars.owned)
+        bars = np.bincount(ids, minlength=len(self.bars.owned))[owned]
+        full = int((bars > self.engine.lookback).sum())
+        self.log.info("restarted: indicator state rebuilt from the %d bars in the features ring; "
+                      "%d of %d symbols have their full lookback of %d bars, the others warm up "
+                      "from what there was", len(rows), full, len(owned), self.engine.lookback + 1)
 
     def step(self) -> bool:
         did = False
