@@ -4,15 +4,22 @@
   with a check that the test left nothing behind in /dev/shm.
 * ``children``: start processes with the spawn method; results come back on a
   queue; anything still running at teardown is killed.
+* ``config_file``: write a config of the fast test pipeline into the test's
+  tmp_path; ``write_config`` does the same into any folder and ``fast_config``
+  returns its text. FAST is that pipeline (a momentum rule on the synthetic
+  feed, 0.2 s bars, fast heartbeats), TINY_ENSEMBLE its ensemble of four tiny
+  models; ``toml`` writes any such dict of sections.
 """
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
 import queue
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -130,3 +137,73 @@ def children():
     c = Children()
     yield c
     c.kill_all()
+
+
+# -- the fast test pipeline ----------------------------------------------------------
+
+SYNTHETIC_SYMBOLS = ["BTC/USDT", "ETH/USDT", "SOL/USDT", "XRP/USDT", "BNB/USDT", "DOGE/USDT"]
+ALL_FOUR = ["lstm", "forest", "xgboost", "rl"]
+TINY_TREES = {"forest_trees": 8, "forest_depth": 4, "xgb_rounds": 8, "xgb_depth": 3}
+TINY_LSTM = {"lstm_window": 8, "lstm_units": 8, "lstm_epochs": 1}
+TINY_ENSEMBLE = {"kind": "ensemble", "models": ALL_FOUR, "folds": 2, "horizon": 6,
+                 **TINY_TREES, **TINY_LSTM}
+
+FAST = {
+    "pipeline": {"name": "t", "workers": 4, "heartbeat_interval_s": 0.25, "heartbeat_timeout_s": 10.0,
+                 "max_restarts": 5, "restart_backoff_s": 0.2},
+    "indicators": {"bar_seconds": 0.2, "ema": [2, 4], "rsi": [3], "close_grace_s": 0.05},
+    "model": {"kind": "momentum", "threshold": 0.00001},
+    "execution": {"max_position_notional": 1e12},
+    "bus": {"tap_bind": "", "metrics_bind": ""},
+    "feeds": [{"name": "synthetic", "symbols": SYNTHETIC_SYMBOLS, "ticks_per_s": 3000}],
+}
+
+
+def toml(sections: dict) -> str:
+    """TOML text of {section: {key: value}}; a list of tables is an array ([[feeds]]).
+    A section or key whose value is None is left out. Values are written as JSON,
+    which is valid TOML for strings, numbers, booleans and lists of them; paths as strings."""
+    lines = []
+    for name, body in sections.items():
+        if body is None:
+            continue
+        for table in body if isinstance(body, list) else [body]:
+            lines.append(f"[[{name}]]" if isinstance(body, list) else f"[{name}]")
+            lines += [f"{k} = {json.dumps(v, default=str)}" for k, v in table.items() if v is not None]
+    return "\n".join(lines) + "\n"
+
+
+def fast_config(name: str = "t", *, ensemble: bool = False, **sections) -> str:
+    """FAST named ``name``, with TINY_ENSEMBLE for its model when ``ensemble``. Each
+    keyword names a section and updates its keys (``feeds`` updates the one synthetic
+    feed); None for a key leaves it out, None for a section leaves the whole section out:
+    either way the config's default applies."""
+    base = {**FAST, "model": TINY_ENSEMBLE if ensemble else FAST["model"]}
+    out = {}
+    for section, body in base.items():
+        change = sections.pop(section, {})
+        if change is None:
+            continue
+        if section == "feeds":
+            out[section] = [{**body[0], **change}]
+        else:
+            out[section] = {**body, **change}
+    assert not sections, f"no such section in FAST: {sorted(sections)}"
+    if "pipeline" in out:
+        out["pipeline"]["name"] = name
+    return toml(out)
+
+
+def write_config(folder: Path, name: str, **overrides) -> Path:
+    """``fast_config(name, **overrides)`` written to ``folder/<name>.toml``."""
+    path = Path(folder) / f"{name}.toml"
+    path.write_text(fast_config(name, **overrides))
+    return path
+
+
+@pytest.fixture
+def config_file(tmp_path):
+    """``config_file(name, **overrides)``: write_config into this test's tmp_path."""
+    def write(name: str = "t", **overrides) -> Path:
+        return write_config(tmp_path, name, **overrides)
+    return write

@@ -23,28 +23,18 @@ from models.train import train
 from pipeline.config import FeedConfig, load_config
 from pipeline.storage import OHLCV_COLUMNS, check_candles
 
+from conftest import TINY_TREES, toml
 from test_pipeline import TIMEOUT
 
 ROOT = Path(__file__).resolve().parent.parent
 
-TINY = """
-[indicators]
-ema = {ema}
-[model]
-artifacts = "{artifacts}"
-models = ["forest", "xgboost"]
-bootstrap_bars = 600
-folds = 2
-forest_trees = 8
-forest_depth = 4
-xgb_rounds = 8
-xgb_depth = 3
-"""
 
-
-def tiny(tmp: Path, artifacts: Path, ema: str = "[12, 26]", name: str = "tiny"):
+def tiny(tmp: Path, artifacts: Path, ema=(12, 26), name: str = "tiny"):
+    """A tiny forest + XGBoost ensemble; every other setting but the EMAs is the default."""
     path = tmp / f"{name}.toml"
-    path.write_text(TINY.format(ema=ema, artifacts=artifacts))
+    path.write_text(toml({"indicators": {"ema": list(ema)},
+                          "model": {"artifacts": artifacts, "models": ["forest", "xgboost"],
+                                    "bootstrap_bars": 600, "folds": 2, **TINY_TREES}}))
     return load_config(path)
 
 
@@ -78,7 +68,7 @@ def test_bootstrap_trains_once_and_keeps_it(tmp_path):
     assert Registry(arts).versions(ENSEMBLE) == [1]
 
     # the indicators change: the synthetic ensemble is ours to replace, as a new version
-    other = tiny(tmp_path, arts, ema="[5, 9]", name="other")
+    other = tiny(tmp_path, arts, ema=(5, 9), name="other")
     assert "trained for other indicators" in needs_bootstrap(other)
     bootstrap(other, progress=False, out=open(os.devnull, "w"))
     assert Registry(arts).versions(ENSEMBLE) == [1, 2]
@@ -93,7 +83,7 @@ def test_bootstrap_never_replaces_the_users_artifacts(tmp_path):
     train(user_data, cfg, arts, progress=False)
     # trained by the user for ema [12, 26]; a run with other indicators is refused by
     # the model worker (test_serving), never silently retrained over
-    assert needs_bootstrap(tiny(tmp_path, arts, ema="[5, 9]", name="other")) is None
+    assert needs_bootstrap(tiny(tmp_path, arts, ema=(5, 9), name="other")) is None
     off = tiny(tmp_path, tmp_path / "empty")
     off.model.bootstrap = ""
     assert needs_bootstrap(off) is None

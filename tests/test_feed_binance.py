@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import json
+import threading
 import time
 from collections import Counter
 
@@ -23,10 +24,9 @@ import numpy as np
 import pytest
 
 from pipeline.config import FeedConfig
-from shm.records import SIDE_BUY, SIDE_SELL, TICK, TICK_GAP, TICK_QUOTE, TICK_TRADE
+from shm.records import SIDE_BUY, SIDE_SELL, TICK_GAP, TICK_QUOTE, TICK_TRADE
 from venue_servers import (PAYLOADS, Behaviour, HttpReplayServer, WsReplayServer, capture_lines,
-                           recv_messages, run_until)
-from workers.feed import VenueSource
+                           collect_ticks, recv_messages)
 from workers.venues.base import MalformedMessage, TickBuffer
 from workers.venues.binance import BinanceFeed, L2Book, SequenceGap
 from workers.venues.rest import RateLimiter, RestClient, make_exchange
@@ -152,11 +152,12 @@ def rest_routes(trades_upto: int = 0) -> dict:
     return {"/api/v3/depth": depth, "/api/v3/aggTrades": agg_trades}
 
 
-def source(ws, http, channels=ALL, symbols=SYMBOLS, **kw) -> VenueSource:
-    opts = dict(reconnect_backoff_s=0.05, reconnect_backoff_max_s=0.2, ping_interval_s=60.0,
-                no_message_timeout_s=30.0, rest_rate_per_s=1000.0)
-    cfg = feed_config(channels, symbols, ws_url=ws.url, rest_url=http.url, **{**opts, **kw})
-    return VenueSource(cfg, {s: IDS[s] for s in symbols})
+def collect(ws, until, what: str, routes: dict | None = None, symbols=SYMBOLS, **kw):
+    """The real connection code on ``ws``, every channel, REST on ``routes``
+    (rest_routes() unless given), until ``until(ticks, source)``."""
+    opts = dict(channels=list(ALL), ping_interval_s=60.0, no_message_timeout_s=30.0)
+    return collect_ticks("binance", ws, {s: IDS[s] for s in symbols}, until,
+                         rest_routes() if routes is None else routes, what, **{**opts, **kw})
 
 
 def of(ticks: np.ndarray, symbol: str, kind: int | None = None) -> np.ndarray:
@@ -198,7 +199,7 @@ def test_every_trade_and_book_ticker_of_the_capture_parses():
     ('{"stream":"x","data":{}}', "unknown stream"),
     ('{"stream":"nknusdt@aggTrade","data":{}}', "bad aggTrade"),
     ('{"stream":"nknusdt@bookTicker","data":{"u":1,"s":"NKNUSDT","b":"x","a":"0.3"}}',
-     "bad bookTicker"),
+     "bad number"),
     ('{"stream":"nknusdt@depth@100ms","data":{"e":"depthUpdate","E":1,"s":"NKNUSDT","U":1,'
      '"u":2,"b":[["-1","2"]],"a":[]}}', "bad depth level"),
     ('{"stream":"btcusdt@aggTrade","data":{"s":"BTCUSDT","a":1,"p":"1","q":"1","T":1,"m":true}}',
@@ -376,11 +377,9 @@ def test_dropped_connection_reconnects_backfills_and_drops_duplicates():
     messages = capture + xrp
     first = xrp_agg_trades()[0]["a"]
     symbols = SYMBOLS + ["XRP/ETH"]
-    with WsReplayServer(messages, {0: Behaviour(drop_after=len(capture) + 50)},
-                        expect_subscribe=0) as ws, HttpReplayServer(rest_routes(150)) as http:
-        src = source(ws, http, symbols=symbols)
-        ticks = run_until(src, lambda t: of(t, "XRP/ETH", TICK_TRADE)["seq"].max(initial=0)
-                          == first + 199, "the last XRPETH trade")
+    ws = WsReplayServer(messages, {0: Behaviour(drop_after=len(capture) + 50)}, expect_subscribe=0)
+    ticks, src, http = collect(ws, lambda t, src: of(t, "XRP/ETH", TICK_TRADE)["seq"].max(initial=0)
+                               == first + 199, "the last XRPETH trade", rest_routes(150), symbols)
     h = src.health
     assert (h.reconnects, ws.connections, h.state) == (1, 2, "closed")
     assert h.malformed == 0 and h.rejected == 0
@@ -414,18 +413,58 @@ def test_dropped_connection_reconnects_backfills_and_drops_duplicates():
     assert (after_gap["kind"] == TICK_QUOTE).any()
 
 
+def test_backfill_is_retried_after_a_500_and_a_429():
+    """The venue answers the XRPETH backfill with a 500, then a 429, then the trades:
+    the feed tries again (after a backoff, inside the rate limit) rather than leave the
+    gap marker alone."""
+    capture, xrp = list(ws_messages()), xrp_ws_events(200)
+    first = xrp_agg_trades()[0]["a"]
+    routes = rest_routes(150)
+    served, failures = routes["/api/v3/aggTrades"], [
+        (500, '{"code":-1000,"msg":"An unknown error occured while processing the request."}'),
+        (429, '{"code":-1003,"msg":"Too many requests."}')]
+
+    def agg_trades(q):
+        return failures.pop(0) if q["symbol"] == "XRPETH" and failures else served(q)
+    routes["/api/v3/aggTrades"] = agg_trades
+    ws = WsReplayServer(capture + xrp, {0: Behaviour(drop_after=len(capture) + 50)},
+                        expect_subscribe=0)
+    ticks, src, http = collect(ws, lambda t, src: of(t, "XRP/ETH", TICK_TRADE)["seq"].max(initial=0)
+                               == first + 199, "the last XRPETH trade", routes,
+                               SYMBOLS + ["XRP/ETH"])
+    asked = [q["fromId"] for path, q in http.requests
+             if path == "/api/v3/aggTrades" and q["symbol"] == "XRPETH"]
+    assert asked == [str(first + 50)] * 3 and not failures
+    assert src.health.backfilled == 100 and src.health.rest_retries == 2
+    trades = of(ticks, "XRP/ETH", TICK_TRADE)
+    assert trades["seq"].tolist() == list(range(first, first + 200))
+
+
+def test_a_frame_that_stalls_halfway_drops_the_connection_not_the_feed():
+    """Connection 0 sends 50 XRPETH trades and then half a frame, and nothing more: the
+    read gives up after READ_TIMEOUT_S, the connection is dropped and made again, and
+    the trades missed meanwhile are backfilled."""
+    capture, xrp = list(ws_messages()), xrp_ws_events(200)
+    first = xrp_agg_trades()[0]["a"]
+    ws = WsReplayServer(capture + xrp, {0: Behaviour(stall_mid_frame_after=len(capture) + 50)},
+                        expect_subscribe=0)
+    ticks, src, _ = collect(ws, lambda t, src: of(t, "XRP/ETH", TICK_TRADE)["seq"].max(initial=0)
+                            == first + 199, "the last XRPETH trade", rest_routes(150),
+                            SYMBOLS + ["XRP/ETH"])
+    assert (src.health.reconnects, ws.connections) == (1, 2)
+    assert of(ticks, "XRP/ETH", TICK_TRADE)["seq"].tolist() == list(range(first, first + 200))
+
+
 def test_malformed_frames_mid_stream_are_counted_and_the_feed_goes_on():
     messages = ws_messages()
     bad = {10: "{not json", 20: '{"stream":"x","data":{}}',
            30: '{"stream":"nknusdt@aggTrade","data":{"e":"aggTrade","s":"NKNUSDT"}}'}
-    with WsReplayServer(messages, {0: Behaviour(malformed=bad)}, expect_subscribe=0) as ws, \
-            HttpReplayServer(rest_routes()) as http:
-        src = source(ws, http)
-        ticks = run_until(src, lambda t: src.health.messages == len(messages) + len(bad),
-                          "every frame")
+    ws = WsReplayServer(messages, {0: Behaviour(malformed=bad)}, expect_subscribe=0)
+    ticks, src, _ = collect(ws, lambda t, src: src.health.messages == len(messages) + len(bad),
+                            "every frame")
     h = src.health
     assert h.malformed == 3 and h.reconnects == 0
-    assert h.malformed_kinds == {"bad json": 1, "unknown stream": 1, "bad aggTrade": 1}
+    assert h.malformed_kinds == {"bad json": 1, "unknown stream": 1, "missing field": 1}
     # everything after the bad frames still arrived: both trades, all four books
     assert sorted(ticks[ticks["kind"] == TICK_TRADE]["seq"]) == [9213679, 15683430]
     assert src.venue.stats()["depth_gaps"] == 0
@@ -439,12 +478,11 @@ def test_silent_server_is_detected_by_the_watchdog_and_reconnected():
     websocket layer still answers our pings: the watchdog must count data, not
     pongs, and reconnect."""
     messages = ws_messages()
-    with WsReplayServer(messages, {0: Behaviour(silent_after=60)}, expect_subscribe=0) as ws, \
-            HttpReplayServer(rest_routes()) as http:
-        src = source(ws, http, ping_interval_s=0.2, no_message_timeout_s=1.5)
-        t0 = time.monotonic()
-        ticks = run_until(src, lambda t: src.health.messages == 60 + len(messages),
-                          "the replay on a second connection")
+    ws = WsReplayServer(messages, {0: Behaviour(silent_after=60)}, expect_subscribe=0)
+    t0 = time.monotonic()
+    ticks, src, _ = collect(ws, lambda t, src: src.health.messages == 60 + len(messages),
+                            "the replay on a second connection", ping_interval_s=0.2,
+                            no_message_timeout_s=1.5)
     h = src.health
     assert h.reconnects >= 1 and ws.connections >= 2
     assert time.monotonic() - t0 >= 1.5                  # not before the timeout
@@ -511,4 +549,43 @@ def test_pipeline_runs_a_binance_feed_from_local_servers(tmp_path):
             assert p.wait_exit() == 0
             assert "Traceback" not in p.output()
         finally:
+            p.kill()
+
+
+def test_a_hanging_backfill_does_not_get_the_feed_killed(tmp_path):
+    """The venue's REST hangs on every backfill. With a 2 s heartbeat timeout each try
+    gives up after a third of it and is tried three more times: about 6 s per symbol,
+    in the feed's only thread. Heartbeats go on meanwhile, so the supervisor never
+    takes the feed for hung, and its stream goes on after each backfill gives up."""
+    from test_pipeline import Pipeline
+    release = threading.Event()
+
+    def hang(q):
+        release.wait(60)             # answers when the test ends
+        return "[]"
+    routes = {**rest_routes(), "/api/v3/aggTrades": hang}
+    messages = ws_messages()
+    feed_of = lambda st: next(w for w in st["workers"] if w["id"].startswith("feed."))
+    with WsReplayServer(messages, {0: Behaviour(drop_after=len(messages))}, expect_subscribe=0) as ws, \
+            HttpReplayServer(routes) as http:
+        p = Pipeline(tmp_path, name="slow", workers=2, hb_timeout=2.0)
+        base = p.config.read_text().split("[[feeds]]")[0]
+        p.config.write_text(base + BINANCE_FEED.format(symbols=json.dumps(SYMBOLS),
+                                                       ws_url=ws.url, rest_url=http.url))
+        try:
+            p.start()
+            # NKNUSDT and LRCBTC had traded before the drop: two backfills, four tries each
+            st = p.wait_status(lambda s: feed_of(s)["stats"].get("health", {}).get("rest_retries", 0)
+                               >= 6, "two backfills tried four times each")
+            feed = feed_of(st)
+            assert feed["restarts"] == 0 and feed["state"] == "running"
+            asked = [q["symbol"] for path, q in http.requests if path == "/api/v3/aggTrades"]
+            assert Counter(asked)["NKNUSDT"] >= 4
+            release.set()
+            r = p.cli("stop")
+            assert r.returncode == 0, r.stderr
+            assert p.wait_exit() == 0
+            assert "hung" not in p.output() and "Traceback" not in p.output()
+        finally:
+            release.set()
             p.kill()

@@ -19,32 +19,26 @@ from __future__ import annotations
 
 import calendar
 import json
-import time
 from datetime import datetime
 
 import numpy as np
 import pytest
 
-from pipeline.config import FeedConfig
 from shm.records import SIDE_BUY, SIDE_SELL, TICK_GAP, TICK_QUOTE, TICK_TRADE
-from venue_servers import (PAYLOADS, SHARED, Behaviour, HttpReplayServer, WsReplayServer,
-                           capture_lines, run_until)
+from venue_servers import (PAYLOADS, Behaviour, WsReplayServer, captured, collect_ticks, needs_capture,
+                           RECV_NS, parse_all, reconnect_twice, venue_feed)
 
 CAPTURE = PAYLOADS / "bithumb" / "ws" / "transaction_2021-06-01.capture.jsonl"
 CCXT_REST = PAYLOADS / "bithumb" / "rest" / "ccxt_static_httpResponses.json"
-pytestmark = pytest.mark.skipif(not (SHARED / "data").exists() or not CAPTURE.exists(),
-                                reason="../shared/data not present: the Bithumb capture is needed")
+pytestmark = needs_capture(CAPTURE, "Bithumb")
 
 
 # -- the capture, read independently of the parser ---------------------------------
 
 def capture() -> tuple[list[str], list[dict], list[float], list[str]]:
     """(raw texts, decoded messages, receive times, subscribed symbols) of the capture."""
-    lines = capture_lines(CAPTURE)
-    recv = [r for r in lines if r["dir"] == "recv"]
-    send = next(r for r in lines if r["dir"] == "send")
-    return ([r["raw"] for r in recv], [r["msg"] for r in recv], [r["recv_ts"] for r in recv],
-            send["msg"]["symbols"])
+    raws, msgs, recv_ts, sent = captured(CAPTURE)
+    return raws, msgs, recv_ts, sent[0]["symbols"]
 
 
 def captured_trades() -> list[tuple[dict, float]]:
@@ -70,17 +64,7 @@ def symbol_ids(natives: list[str]) -> dict[str, int]:
 
 
 def make_feed(natives: list[str], **cfg):
-    from workers.venues.bithumb import FEED
-    return FEED(FeedConfig(name="bithumb", kind="bithumb",
-                           symbols=[symbol_of(n) for n in natives], **cfg), symbol_ids(natives))
-
-
-def parse_all(feed, raws) -> tuple[np.ndarray, dict]:
-    from workers.venues.base import TickBuffer
-    out = TickBuffer()
-    for i, raw in enumerate(raws):
-        feed.parse(raw, 1_000 + i, out)
-    return out.take(), out.rejected
+    return venue_feed("bithumb", symbol_ids(natives), **cfg)
 
 
 # -- the parser on the real capture ---------------------------------------------------
@@ -172,12 +156,12 @@ def test_bad_messages_are_counted_never_raised_further():
     }
     for raw, kind in malformed.items():
         with pytest.raises(MalformedMessage) as e:
-            feed.parse(raw, 1, TickBuffer())
+            feed.parse(raw, RECV_NS, TickBuffer())
         assert e.value.kind == kind, raw
     out = TickBuffer()
     for raw in (variant(contPrice="NaN"), variant(contPrice="0"), variant(contQty="-1"),
                 variant(contQty="inf")):
-        feed.parse(raw, 1, out)
+        feed.parse(raw, RECV_NS, out)
     assert len(out) == 0 and out.rejected == {"bad price": 2, "bad size": 2}
 
 
@@ -213,32 +197,32 @@ def test_order_book_seeded_by_snapshot_quotes_when_the_top_changes():
 
     # the documented depth example, before any snapshot: cannot be trusted, dropped
     feed.parse(depth(t0, ("BTC_KRW", "ask", 10593000, 1.11223318),
-                     ("BTC_KRW", "bid", 10572000, 2.3324)), 1, out)
+                     ("BTC_KRW", "bid", 10572000, 2.3324)), RECV_NS, out)
     assert quotes() == [] and feed.stats()["unseeded_depth"] == 2
 
     feed.parse(snapshot("BTC_KRW", t0 + 10, bids=[(10572000, 2.3), (10571000, 1.4)],
-                        asks=[(10593000, 1.1), (10596000, 0.5)]), 1, out)
+                        asks=[(10593000, 1.1), (10596000, 0.5)]), RECV_NS, out)
     q = out.take()
     assert q["symbol_id"].tolist() == [btc] and q["ts_exchange_ns"][0] == (t0 + 10) * 1000
     assert (q["bid"][0], q["ask"][0]) == (10572000, 10593000)
 
-    feed.parse(depth(t0 + 5, ("BTC_KRW", "bid", 10580000, 1.0)), 1, out)   # older than the snapshot
-    feed.parse(depth(t0 + 20, ("BTC_KRW", "bid", 10571000, 9.0)), 1, out)  # below the top
-    feed.parse(depth(t0 + 30, ("BTC_KRW", "ask", 10593000, 0.7)), 1, out)  # size only
+    feed.parse(depth(t0 + 5, ("BTC_KRW", "bid", 10580000, 1.0)), RECV_NS, out)   # older than the snapshot
+    feed.parse(depth(t0 + 20, ("BTC_KRW", "bid", 10571000, 9.0)), RECV_NS, out)  # below the top
+    feed.parse(depth(t0 + 30, ("BTC_KRW", "ask", 10593000, 0.7)), RECV_NS, out)  # size only
     assert quotes() == []
-    feed.parse(depth(t0 + 40, ("BTC_KRW", "bid", 10572000, 0)), 1, out)    # best bid gone
+    feed.parse(depth(t0 + 40, ("BTC_KRW", "bid", 10572000, 0)), RECV_NS, out)    # best bid gone
     assert quotes() == [(10571000, 10593000)]
     feed.parse(depth(t0 + 50, ("BTC_KRW", "ask", 10590000, 0.2),
-                     ("BTC_KRW", "bid", 10575000, 0.3)), 1, out)           # both improve, one quote
+                     ("BTC_KRW", "bid", 10575000, 0.3)), RECV_NS, out)           # both improve, one quote
     assert quotes() == [(10575000, 10590000)]
     feed.parse(depth(t0 + 60, ("BTC_KRW", "ask", 10590000, 0),
-                     ("BTC_KRW", "ask", 10593000, 0), ("BTC_KRW", "ask", 10596000, 0)), 1, out)
+                     ("BTC_KRW", "ask", 10593000, 0), ("BTC_KRW", "ask", 10596000, 0)), RECV_NS, out)
     assert quotes() == []                                                  # no ask side: no quote
 
     # a reconnect forgets the books: depth alone is not trusted again until a snapshot
-    feed.on_connected(out, 5, reconnect=True)
+    feed.on_connected(out, RECV_NS + 5, reconnect=True)
     assert (out.take()["kind"] == TICK_GAP).all()
-    feed.parse(depth(t0 + 70, ("BTC_KRW", "ask", 10600000, 1.0)), 1, out)
+    feed.parse(depth(t0 + 70, ("BTC_KRW", "ask", 10600000, 1.0)), RECV_NS, out)
     assert quotes() == []
 
 
@@ -254,22 +238,15 @@ def test_bad_book_levels_are_malformed():
         '{"type":"orderbooksnapshot","content":{"symbol":"BTC_KRW","datetime":"x"}}': "bad integer",
     }.items():
         with pytest.raises(MalformedMessage) as e:
-            feed.parse(raw, 1, TickBuffer())
+            feed.parse(raw, RECV_NS, TickBuffer())
         assert e.value.kind == kind, raw
 
 
 # -- end to end through the real connection code ----------------------------------
 
-def make_source(server, natives, http=None, **cfg):
-    """A VenueSource on the websocket server; REST (ccxt) on the local HTTP
-    server where a test reconnects, so nothing ever reaches the real venue."""
-    from workers.feed import VenueSource
-    defaults = dict(reconnect_backoff_s=0.05, reconnect_backoff_max_s=0.2,
-                    no_message_timeout_s=10.0, rest_rate_per_s=1000.0)
-    feed = FeedConfig(name="bithumb", kind="bithumb", ws_url=server.url,
-                      rest_url=http.url if http else "",
-                      symbols=[symbol_of(n) for n in natives], **{**defaults, **cfg})
-    return VenueSource(feed, symbol_ids(natives))
+def collect(server, natives, until, routes=None, **cfg):
+    """The real connection code on ``server`` (and REST on ``routes``) until ``until(ticks, source)``."""
+    return collect_ticks("bithumb", server, symbol_ids(natives), until, routes, **cfg)
 
 
 def history_row(t: dict) -> dict:
@@ -324,12 +301,7 @@ def trades(ticks: np.ndarray) -> np.ndarray:
 def test_ticks_come_out_of_the_real_connection():
     server, natives = replay()
     n = len(captured_trades())
-    with server:
-        src = make_source(server, natives)
-        try:
-            ticks = run_until(src, lambda t: len(t) >= n)
-        finally:
-            src.close()
+    ticks, src, _ = collect(server, natives, lambda t, src: len(t) >= n)
     assert len(ticks) == len(trades(ticks)) == n
     assert server.received[0] == src.venue.subscribe_messages()
     assert src.stats()["acks"] == 2 and src.health.malformed == 0
@@ -344,22 +316,18 @@ def test_backfill_of_the_recorded_real_rest_trade():
     """ccxt's recorded answer of the legacy transaction_history, served verbatim:
     after a reconnect it is the one trade newer than the last one seen; on a second
     reconnect it is no longer newer than the newest trade passed on."""
-    from workers.venues.base import TickBuffer
-    from workers.venues.rest import RateLimiter, RestClient, make_exchange
     recorded = json.loads(CCXT_REST.read_text())["fetchTrades"]["httpResponse"]
     raws, _, _, _ = capture()
-    # a real trade of the capture moved to BTC_KRW: the feed saw it before the drop
-    seen = next(r for r in raws if '"CON_KRW"' in r).replace('"CON_KRW"', '"BTC_KRW"')
+    # a real trade of the capture moved to BTC_KRW at the recorded trade's price (the
+    # feed's price band would refuse a jump from CON's 3.9 KRW): the feed saw it before
+    # the drop
+    msg = json.loads(next(r for r in raws if '"CON_KRW"' in r))
+    msg["content"]["list"] = [{**item, "symbol": "BTC_KRW", "contPrice": recorded["data"][0]["price"]}
+                              for item in msg["content"]["list"][:1]]
+    seen = json.dumps(msg)
     feed = make_feed(["BTC_KRW"])
     path = "/public/transaction_history/BTC_KRW"
-    with HttpReplayServer({path: json.dumps(recorded)}) as http:
-        feed.rest = RestClient(make_exchange("bithumb", http.url), RateLimiter(1000), feed.health)
-        out = TickBuffer()
-        feed.parse(seen, 1, out)
-        feed.on_connected(out, 2, reconnect=True)
-        ticks = out.take()
-        feed.on_connected(out, 3, reconnect=True)
-        again = out.take()
+    ticks, again, http = reconnect_twice("bithumb", feed, seen, {path: json.dumps(recorded)})
     assert http.requests == [(path, {"count": "100"})] * 2
     assert ticks["kind"].tolist() == [TICK_TRADE, TICK_GAP, TICK_TRADE]
     row, t = recorded["data"][0], ticks[2]       # 2024-08-08 17:14:33 KST, "ask"
@@ -376,12 +344,8 @@ def test_dropped_connection_backfills_missed_trades_and_drops_duplicates():
     connection replays all of it, so every trade comes again."""
     server, natives = replay({0: Behaviour(drop_after=4)})
     items = [t for t, _ in captured_trades()]
-    with server, HttpReplayServer(history_routes(natives, items)) as http:
-        src = make_source(server, natives, http)
-        try:
-            ticks = run_until(src, lambda t: src.health.messages >= 4 + 6)
-        finally:
-            src.close()
+    ticks, src, http = collect(server, natives, lambda t, src: src.health.messages >= 4 + 6,
+                               history_routes(natives, items))
     h = src.health
     assert (server.connections, server.sent[0], h.reconnects, h.errors) == (2, 4, 1, 1)
     assert server.received[1] == server.received[0] == src.venue.subscribe_messages()
@@ -417,12 +381,8 @@ def test_trades_in_the_second_of_the_last_one_seen_are_left_to_the_gap_marker():
     newer), and the new connection's copy of that one is dropped."""
     server, natives = replay({0: Behaviour(drop_after=5), 1: Behaviour(skip=5)})
     items = [t for t, _ in captured_trades()]
-    with server, HttpReplayServer(history_routes(natives, items)) as http:
-        src = make_source(server, natives, http)
-        try:
-            ticks = run_until(src, lambda t: src.health.messages >= 5 + 1)
-        finally:
-            src.close()
+    ticks, src, http = collect(server, natives, lambda t, src: src.health.messages >= 5 + 1,
+                               history_routes(natives, items))
     h = src.health
     assert h.reconnects == 1 and len(http.requests) == 2
     assert (h.backfilled, h.duplicates) == (1, 1)
@@ -440,12 +400,7 @@ def test_failed_backfill_never_holds_up_the_reconnect():
     server, natives = replay({0: Behaviour(drop_after=4)})
     error = (500, json.dumps({"status": "5600", "message": "unavailable"}))
     routes = {f"/public/transaction_history/{n}": error for n in natives}
-    with server, HttpReplayServer(routes) as http:
-        src = make_source(server, natives, http)
-        try:
-            ticks = run_until(src, lambda t: src.health.messages >= 4 + 6)
-        finally:
-            src.close()
+    ticks, src, http = collect(server, natives, lambda t, src: src.health.messages >= 4 + 6, routes)
     h = src.health
     assert len(http.requests) == 2                       # CON_KRW and GOM2_KRW
     assert h.reconnects == 1 and h.errors == 1 + 2       # the drop, both backfills
@@ -456,12 +411,7 @@ def test_failed_backfill_never_holds_up_the_reconnect():
 def test_malformed_frame_is_counted_and_the_feed_goes_on():
     server, natives = replay({0: Behaviour(malformed={3: '{"type":"transaction","content":'})})
     n = len(captured_trades())
-    with server:
-        src = make_source(server, natives)
-        try:
-            ticks = run_until(src, lambda t: len(t) >= n)
-        finally:
-            src.close()
+    ticks, src, _ = collect(server, natives, lambda t, src: len(t) >= n)
     assert len(trades(ticks)) == n
     assert src.health.malformed == 1 and src.health.malformed_kinds == {"bad json": 1}
     assert src.health.reconnects == 0
@@ -471,12 +421,8 @@ def test_silent_server_trips_the_watchdog():
     server, natives = replay({0: Behaviour(silent_after=3)})
     # the venue has traded nothing since connection 0 fell silent after CON's trade
     items = [t for t, _ in captured_trades()][:1]
-    with server, HttpReplayServer(history_routes(natives, items)) as http:
-        src = make_source(server, natives, http, no_message_timeout_s=0.5)
-        try:
-            ticks = run_until(src, lambda t: src.health.messages >= 3 + 6)
-        finally:
-            src.close()
+    ticks, src, http = collect(server, natives, lambda t, src: src.health.messages >= 3 + 6,
+                               history_routes(natives, items), no_message_timeout_s=0.5)
     assert server.sent[0] == 3 and server.connections >= 2
     assert server.received[1] == src.venue.subscribe_messages()
     assert src.health.reconnects >= 1

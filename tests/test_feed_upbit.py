@@ -18,31 +18,26 @@ it had traded them.
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
 
-from pipeline.config import FeedConfig
 from shm.records import SIDE_BUY, SIDE_SELL, TICK_GAP, TICK_QUOTE, TICK_TRADE
-from venue_servers import (PAYLOADS, SHARED, Behaviour, HttpReplayServer, WsReplayServer,
-                           capture_lines, run_until)
+from venue_servers import (PAYLOADS, Behaviour, WsReplayServer, captured, collect_ticks, needs_capture,
+                           RECV_NS, parse_all, reconnect_twice, venue_feed)
 
 CAPTURE = PAYLOADS / "upbit" / "ws" / "trade_orderbook_SIMPLE-format_2021-04-17.capture.jsonl"
 CCXT_REST = PAYLOADS / "upbit" / "rest" / "ccxt_static_httpResponses.json"
-pytestmark = pytest.mark.skipif(not (SHARED / "data").exists() or not CAPTURE.exists(),
-                                reason="../shared/data not present: the Upbit capture is needed")
+pytestmark = needs_capture(CAPTURE, "Upbit")
 
 
 # -- the capture, read independently of the parser ---------------------------------
 
 def capture() -> tuple[list[str], list[dict], list[float], list[str]]:
     """(raw texts, decoded messages, receive times, subscribed codes) of the capture."""
-    lines = capture_lines(CAPTURE)
-    recv = [r for r in lines if r["dir"] == "recv"]
-    send = next(r for r in lines if r["dir"] == "send")
-    codes = next(p["codes"] for p in send["msg"] if p.get("type") == "trade")
-    return [r["raw"] for r in recv], [r["msg"] for r in recv], [r["recv_ts"] for r in recv], codes
+    raws, msgs, recv_ts, sent = captured(CAPTURE)
+    codes = next(p["codes"] for p in sent[0] if p.get("type") == "trade")
+    return raws, msgs, recv_ts, codes
 
 
 def symbol_of(code: str) -> str:
@@ -55,17 +50,7 @@ def symbol_ids(codes: list[str]) -> dict[str, int]:
 
 
 def make_feed(codes: list[str], **cfg):
-    from workers.venues.upbit import FEED
-    return FEED(FeedConfig(name="upbit", kind="upbit", symbols=[symbol_of(c) for c in codes],
-                           **cfg), symbol_ids(codes))
-
-
-def parse_all(feed, raws) -> tuple[np.ndarray, dict]:
-    from workers.venues.base import TickBuffer
-    out = TickBuffer()
-    for i, raw in enumerate(raws):
-        feed.parse(raw, 1_000 + i, out)
-    return out.take(), out.rejected
+    return venue_feed("upbit", symbol_ids(codes), **cfg)
 
 
 # -- the parser on the real capture ---------------------------------------------------
@@ -147,8 +132,11 @@ def test_usdt_market_simple_and_default_formats():
                           "trade_timestamp": rest["timestamp"], "trade_price": rest["trade_price"],
                           "trade_volume": rest["trade_volume"], "ask_bid": rest["ask_bid"],
                           "sequential_id": rest["sequential_id"], "stream_type": "REALTIME"})
-    ticks, rejected = parse_all(feed, [simple.encode(), default.encode()])
-    assert rejected == {} and ticks["symbol_id"].tolist() == [usdt, usdt]
+    # one parser each: the two prices (a KRW one moved to USDT) lie far apart, and one
+    # parser's price band would refuse the second
+    parsed = [parse_all(feed, [raw.encode()]) for raw in (simple, default)]
+    ticks = np.concatenate([t for t, _ in parsed])
+    assert [r for _, r in parsed] == [{}, {}] and ticks["symbol_id"].tolist() == [usdt, usdt]
     assert ticks["price"].tolist() == [msgs[i]["tp"], float(rest["trade_price"])]
     assert ticks["side"][1] == SIDE_SELL and ticks["seq"][1] == int(rest["sequential_id"])
     assert ticks["ts_exchange_ns"][1] == int(rest["timestamp"]) * 1_000_000
@@ -190,36 +178,30 @@ def test_bad_messages_are_counted_never_raised_further():
         variant(cd="KRW-NOPE"): "unknown symbol",
         variant(cd=["KRW-LAMB"]): "unknown symbol",
         variant(sid="x"): "bad integer",
+        variant(ttms=10 ** 20): "bad integer",      # beyond 64 bits: decoded as a float
         '{"ty":"orderbook","cd":"KRW-LAMB","tms":1,"obu":[]}': "missing field",
         # a literal NaN is not JSON: refused at decoding
         variant(tp=float("nan")): "bad json",
     }
     for raw, kind in malformed.items():
         with pytest.raises(MalformedMessage) as e:
-            feed.parse(raw, 1, TickBuffer())
+            feed.parse(raw, RECV_NS, TickBuffer())
         assert e.value.kind == kind, raw
     # values that parse but must never reach the ring
     out = TickBuffer()
-    for raw in (variant(tp=0), variant(tv=-1.0), variant(sid=-5), variant(ttms=10 ** 20)):
-        feed.parse(raw, 1, out)
+    for raw in (variant(tp=0), variant(tv=-1.0), variant(sid=-5), variant(ttms=10 ** 17)):
+        feed.parse(raw, RECV_NS, out)
     assert len(out) == 0
     assert out.rejected == {"bad price": 1, "bad size": 1, "bad time or seq": 2}
-    feed.parse('{"status":"UP"}', 1, out)
+    feed.parse('{"status":"UP"}', RECV_NS, out)
     assert feed.stats() == {"status_messages": 1}
 
 
 # -- end to end through the real connection code ----------------------------------
 
-def make_source(server, codes, http=None, **cfg):
-    """A VenueSource on the websocket server; REST (ccxt) on the local HTTP
-    server where a test reconnects, so nothing ever reaches the real venue."""
-    from workers.feed import VenueSource
-    defaults = dict(reconnect_backoff_s=0.05, reconnect_backoff_max_s=0.2,
-                    no_message_timeout_s=10.0, rest_rate_per_s=1000.0)
-    feed = FeedConfig(name="upbit", kind="upbit", ws_url=server.url,
-                      rest_url=http.url if http else "",
-                      symbols=[symbol_of(c) for c in codes], **{**defaults, **cfg})
-    return VenueSource(feed, symbol_ids(codes))
+def collect(server, codes, until, routes=None, **cfg):
+    """The real connection code on ``server`` (and REST on ``routes``) until ``until(ticks, source)``."""
+    return collect_ticks("upbit", server, symbol_ids(codes), until, routes, **cfg)
 
 
 def rest_row(m: dict) -> dict:
@@ -270,12 +252,7 @@ def capture_keys(msgs: list[dict], codes: list[str]) -> list[tuple[int, int]]:
 
 def test_ticks_come_out_of_the_real_connection():
     server, codes, msgs = replay()
-    with server:
-        src = make_source(server, codes)
-        try:
-            ticks = run_until(src, lambda t: len(t) >= len(msgs))
-        finally:
-            src.close()
+    ticks, src, _ = collect(server, codes, lambda t, src: len(t) >= len(msgs))
     assert len(ticks) == len(msgs)
     assert len(kinds(ticks, TICK_TRADE)) == sum(m["ty"] == "trade" for m in msgs)
     assert len(kinds(ticks, TICK_QUOTE)) == sum(m["ty"] == "orderbook" for m in msgs)
@@ -294,23 +271,16 @@ def test_backfill_of_the_recorded_real_rest_trade():
     """ccxt's recorded answer of Upbit's GET /v1/trades/ticks, served verbatim (numbers
     as strings, as ccxt recorded them): after a reconnect it is the one trade newer
     than the last one seen, and on a second reconnect a duplicate."""
-    from workers.venues.base import TickBuffer
-    from workers.venues.rest import RateLimiter, RestClient, make_exchange
     recorded = json.loads(CCXT_REST.read_text())["fetchTrades"]["httpResponse"]
     raws, msgs, _, _ = capture()
-    # a real trade of the capture moved to USDT-BTC: the feed saw it before the drop
+    # a real trade of the capture moved to USDT-BTC at the recorded trade's price (the
+    # feed's price band would refuse the jump from a KRW price): the feed saw it before
+    # the drop
     i = next(i for i, m in enumerate(msgs) if m["ty"] == "trade")
-    seen = raws[i].replace(f'"cd":"{msgs[i]["cd"]}"', '"cd":"USDT-BTC"')
+    seen = json.dumps({**msgs[i], "cd": "USDT-BTC", "tp": float(recorded[0]["trade_price"])})
     feed = make_feed(["USDT-BTC"])
     usdt = symbol_ids(["USDT-BTC"])["BTC/USDT"]
-    with HttpReplayServer({"/v1/trades/ticks": json.dumps(recorded)}) as http:
-        feed.rest = RestClient(make_exchange("upbit", http.url), RateLimiter(1000), feed.health)
-        out = TickBuffer()
-        feed.parse(seen, 1, out)
-        feed.on_connected(out, 2, reconnect=True)
-        ticks = out.take()
-        feed.on_connected(out, 3, reconnect=True)
-        again = out.take()
+    ticks, again, http = reconnect_twice("upbit", feed, seen, {"/v1/trades/ticks": json.dumps(recorded)})
     assert http.requests == [("/v1/trades/ticks", {"market": "USDT-BTC", "count": "200"})] * 2
     assert ticks["kind"].tolist() == [TICK_TRADE, TICK_GAP, TICK_TRADE]
     row, t = recorded[0], ticks[2]
@@ -339,12 +309,8 @@ def test_dropped_connection_backfills_missed_trades_and_drops_duplicates():
     seen_ids = {(m["cd"], m["sid"]) for m in before}
     missed = [m for m in fetched if (m["cd"], m["sid"]) not in seen_ids]
     fetched_ids = {(m["cd"], m["sid"]) for m in fetched}
-    with server, HttpReplayServer({"/v1/trades/ticks": trades_ticks(msgs)}) as http:
-        src = make_source(server, codes, http)
-        try:
-            ticks = run_until(src, lambda t: src.health.messages >= drop + len(msgs) - resume)
-        finally:
-            src.close()
+    ticks, src, http = collect(server, codes, lambda t, src: src.health.messages >= drop + len(msgs) - resume,
+                               {"/v1/trades/ticks": trades_ticks(msgs)})
     h = src.health
     assert (server.connections, server.sent[0], h.reconnects) == (2, drop, 1)
     assert server.received[1] == server.received[0] == src.venue.subscribe_messages()
@@ -388,12 +354,8 @@ def test_failed_backfill_never_holds_up_the_reconnect():
     drop = 100
     server, codes, msgs = replay({0: Behaviour(drop_after=drop)})
     error = (500, json.dumps({"error": {"name": "server_error", "message": "unavailable"}}))
-    with server, HttpReplayServer({"/v1/trades/ticks": error}) as http:
-        src = make_source(server, codes, http)
-        try:
-            ticks = run_until(src, lambda t: src.health.messages >= drop + len(msgs))
-        finally:
-            src.close()
+    ticks, src, http = collect(server, codes, lambda t, src: src.health.messages >= drop + len(msgs),
+                               {"/v1/trades/ticks": error})
     h = src.health
     assert [p for p, _ in http.requests] == ["/v1/trades/ticks"]    # KRW-LAMB, once
     assert h.reconnects == 1 and h.errors == 2 and h.rest_calls == 1   # the drop, the backfill
@@ -404,12 +366,7 @@ def test_failed_backfill_never_holds_up_the_reconnect():
 
 def test_malformed_frame_is_counted_and_the_feed_goes_on():
     server, codes, msgs = replay({0: Behaviour(malformed={7: "{this is not json"})})
-    with server:
-        src = make_source(server, codes)
-        try:
-            ticks = run_until(src, lambda t: len(t) >= len(msgs))
-        finally:
-            src.close()
+    ticks, src, _ = collect(server, codes, lambda t, src: len(t) >= len(msgs))
     assert len(ticks) == len(msgs)
     assert src.health.malformed == 1 and src.health.malformed_kinds == {"bad json": 1}
     assert src.health.reconnects == 0
@@ -418,12 +375,8 @@ def test_malformed_frame_is_counted_and_the_feed_goes_on():
 def test_silent_server_trips_the_watchdog():
     server, codes, msgs = replay({0: Behaviour(silent_after=20)})
     # the venue has traded nothing since connection 0 fell silent
-    with server, HttpReplayServer({"/v1/trades/ticks": trades_ticks(msgs[:20])}) as http:
-        src = make_source(server, codes, http, no_message_timeout_s=0.5)
-        try:
-            ticks = run_until(src, lambda t: src.health.messages >= 20 + len(msgs))
-        finally:
-            src.close()
+    ticks, src, http = collect(server, codes, lambda t, src: src.health.messages >= 20 + len(msgs),
+                               {"/v1/trades/ticks": trades_ticks(msgs[:20])}, no_message_timeout_s=0.5)
     assert server.sent[0] == 20 and server.connections >= 2
     assert server.received[1] == src.venue.subscribe_messages()
     assert src.health.reconnects >= 1

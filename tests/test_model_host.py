@@ -32,57 +32,19 @@ from shm.records import FLAG_STALE
 from workers.model_host import RemoteEnsemble, RemoteError, client_keys, make_keys
 from models.ta import Engine
 
+from conftest import SYNTHETIC_SYMBOLS, write_config
 from test_pipeline import TIMEOUT, Pipeline, free_port, leftovers
 
 ROOT = Path(__file__).resolve().parent.parent
-SYMBOLS = ["BTC/USDT", "ETH/USDT", "SOL/USDT", "XRP/USDT"]
-
-CONFIG = """
-[pipeline]
-name = "{name}"
-workers = 2
-heartbeat_interval_s = 0.25
-heartbeat_timeout_s = 10
-restart_backoff_s = 0.2
-startup_timeout_s = 120
-[bus]
-metrics_bind = ""
-[indicators]
-bar_seconds = 0.2
-ema = [2, 4]
-rsi = [3]
-close_grace_s = 0.05
-[model]
-kind = "ensemble"
-artifacts = "{artifacts}"
-remote = "{remote}"
-remote_keys = "{keys}"
-remote_timeout_s = 1.0
-models = ["lstm", "forest", "xgboost", "rl"]
-bootstrap_bars = 800
-folds = 2
-horizon = 6
-forest_trees = 8
-forest_depth = 4
-xgb_rounds = 8
-xgb_depth = 3
-lstm_window = 8
-lstm_units = 8
-lstm_epochs = 1
-[execution]
-max_position_notional = 1e12
-[[feeds]]
-name = "synthetic"
-symbols = {symbols}
-ticks_per_s = 3000
-"""
+SYMBOLS = SYNTHETIC_SYMBOLS[:4]
 
 
-def write_config(tmp: Path, name: str, artifacts: Path, keys: Path, remote: str = "") -> Path:
-    path = tmp / f"{name}.toml"
-    path.write_text(CONFIG.format(name=name, artifacts=artifacts, keys=keys, remote=remote,
-                                  symbols=json.dumps(SYMBOLS)))
-    return path
+def write_host_config(tmp: Path, name: str, artifacts: Path, keys: Path, remote: str = "") -> Path:
+    """The tiny ensemble on 2 workers and 4 symbols, served by ``remote`` when one is given."""
+    return write_config(tmp, name, ensemble=True, pipeline={"workers": 2, "startup_timeout_s": 120},
+                        bus={"metrics_bind": ""}, feeds={"symbols": SYMBOLS},
+                        model={"artifacts": artifacts, "remote": remote, "remote_keys": keys,
+                               "remote_timeout_s": 1.0, "bootstrap_bars": 800})
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +54,7 @@ def host_setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("model-host")
     keys = tmp / "keys"
     make_keys(keys)
-    cfg_path = write_config(tmp, "host", tmp / "artifacts", keys)
+    cfg_path = write_host_config(tmp, "host", tmp / "artifacts", keys)
     bootstrap(load_config(cfg_path), progress=False, out=open(os.devnull, "w"))
     return tmp, cfg_path, keys
 
@@ -228,10 +190,9 @@ def test_pipeline_on_a_remote_host_degrades_and_recovers(host_setup, tmp_path):
     tmp, cfg_path, keys = host_setup
     port = free_port()
     host = Host(tmp, cfg_path, keys, port)
-    config = write_config(tmp_path, "bridge", tmp_path / "no-artifacts-here", keys,
-                          remote=host.endpoint)
-    p = Pipeline(tmp_path, name="bridge-fast")
-    p.config = config
+    config = write_host_config(tmp_path, "bridge", tmp_path / "no-artifacts-here", keys,
+                               remote=host.endpoint)
+    p = Pipeline(tmp_path, config=config)
     try:
         p.start()
         p.wait_running()

@@ -20,35 +20,10 @@ from pathlib import Path
 import psutil
 import pytest
 
+from conftest import write_config
+
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 90  # generous: a loaded 2-core machine spawning 6+ processes
-
-FAST = """
-[pipeline]
-name = "{name}"
-workers = {workers}
-heartbeat_interval_s = 0.25
-heartbeat_timeout_s = {hb_timeout}
-max_restarts = {max_restarts}
-restart_backoff_s = 0.2
-[indicators]
-bar_seconds = 0.2
-ema = [2, 4]
-rsi = [3]
-close_grace_s = 0.05
-[model]
-kind = "momentum"
-threshold = 0.00001
-[execution]
-max_position_notional = 1e12
-[bus]
-tap_bind = "{tap_bind}"
-metrics_bind = "{metrics_bind}"
-[[feeds]]
-name = "synthetic"
-symbols = ["BTC/USDT", "ETH/USDT", "SOL/USDT", "XRP/USDT", "BNB/USDT", "DOGE/USDT"]
-ticks_per_s = 3000
-"""
 
 
 def free_port() -> int:
@@ -61,13 +36,19 @@ class Pipeline:
     """A `pipeline start` subprocess and the CLI pointed at it."""
 
     def __init__(self, tmp: Path, name: str = "t", workers: int = 4, hb_timeout: float = 10.0,
-                 max_restarts: int = 5, tap_bind: str = "", metrics_bind: str = ""):
+                 max_restarts: int = 5, tap_bind: str = "", metrics_bind: str = "",
+                 config: Path | None = None, **sections):
+        """Runs ``config``, or else the fast test pipeline (conftest's FAST) with these
+        settings and ``sections`` (fast_config's overrides) written to tmp/<name>.toml."""
         self.tmp = tmp
+        if config is None:
+            config = write_config(tmp, name, bus={"tap_bind": tap_bind, "metrics_bind": metrics_bind},
+                                  pipeline={"workers": workers, "heartbeat_timeout_s": hb_timeout,
+                                            "max_restarts": max_restarts}, **sections)
+        else:
+            name = config.stem
         self.name = name
-        self.config = tmp / f"{name}.toml"
-        self.config.write_text(FAST.format(name=name, workers=workers, hb_timeout=hb_timeout,
-                                           max_restarts=max_restarts, tap_bind=tap_bind,
-                                           metrics_bind=metrics_bind))
+        self.config = config
         self.env = {**os.environ, "TICKPIPE_RUN_DIR": str(tmp / "run"),
                     "TICKPIPE_LOG_LEVEL": "WARNING"}
         self.proc: subprocess.Popen | None = None
@@ -249,7 +230,10 @@ def test_kill9_workers_restart_and_resume(pipe):
     p = pipe().start()
     st = p.wait_running()
     p.tap("fills", limit=1)
+    st = p.status()
     before = p.pids(st)
+    counted = {w["id"]: {k: w["stats"].get(k, 0) for k in ("out", "fills", "orders")}
+               for w in st["workers"] if w["id"] in KILLED}
     for wid in KILLED:
         os.kill(before[wid], signal.SIGKILL)
     st = p.wait_status(lambda s: all(w["restarts"] == (1 if w["id"] in KILLED else 0)
@@ -258,6 +242,10 @@ def test_kill9_workers_restart_and_resume(pipe):
                                      for w in s["workers"]), "restarted workers running")
     after = p.pids(st)
     assert all(after[w] != before[w] for w in KILLED)
+    # counters cover the whole run: a new process adds to its predecessors' counts
+    for w in st["workers"]:
+        for key, n in counted.get(w["id"], {}).items():
+            assert w["stats"].get(key, 0) >= n, (w["id"], key, n, w["stats"])
     assert after["indicators.0"] == before["indicators.0"]
     # trading goes on; execution resumed from its rings: order ids continue without
     # reuse, and no signal is acted on twice (signal_seq strictly increasing)
@@ -388,10 +376,7 @@ def test_workers_8(pipe):
 def test_old_signals_never_open_a_position(pipe):
     """[execution] max_signal_age_s: a signal older than that (from its tick) is refused
     for anything that opens or grows a position; with an impossible 1 us every one is."""
-    p = pipe()
-    p.config.write_text(p.config.read_text().replace(
-        "max_position_notional = 1e12", "max_position_notional = 1e12\nmax_signal_age_s = 1e-6"))
-    p.start()
+    p = pipe(execution={"max_signal_age_s": 1e-6}).start()
     ex = lambda st: next(w["stats"] for w in st["workers"] if w["id"] == "execution.0")
     st = p.wait_status(lambda st: ex(st).get("rejected_stale", 0) >= 20, "stale signals refused")
     assert ex(st)["orders"] == 0 and ex(st)["fills"] == 0

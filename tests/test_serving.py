@@ -15,47 +15,11 @@ import pytest
 
 from models.train import train
 from pipeline.config import load_config
+from shm.records import FLAG_PARTIAL, FLAG_WARMUP
 
+from conftest import ALL_FOUR
 from test_pipeline import TIMEOUT, Pipeline, leftovers
 from test_train import CANDLES, write_slice
-
-CONFIG = """
-[pipeline]
-name = "{name}"
-workers = 4
-heartbeat_interval_s = 0.25
-heartbeat_timeout_s = 10
-max_restarts = 5
-restart_backoff_s = 0.2
-startup_timeout_s = 120
-[indicators]
-bar_seconds = 0.2
-ema = {ema}
-rsi = [3]
-close_grace_s = 0.05
-[model]
-kind = "ensemble"
-artifacts = "{artifacts}"
-models = {models}
-folds = 2
-horizon = 6
-seed = 3
-forest_trees = 8
-forest_depth = 4
-xgb_rounds = 8
-xgb_depth = 3
-lstm_window = 8
-lstm_units = 8
-lstm_epochs = 1
-[execution]
-max_position_notional = 1e12
-[[feeds]]
-name = "synthetic"
-symbols = ["BTC/USDT", "ETH/USDT", "SOL/USDT", "XRP/USDT", "BNB/USDT", "DOGE/USDT"]
-ticks_per_s = 3000
-"""
-ALL_FOUR = '["lstm", "forest", "xgboost", "rl"]'
-FLAG_PARTIAL, FLAG_WARMUP = 1 << 4, 1 << 5
 
 
 def _skip_without_data():
@@ -63,17 +27,15 @@ def _skip_without_data():
         pytest.skip(f"../shared/data not present: real candles are needed ({CANDLES})")
 
 
-def write_config(tmp: Path, name: str, artifacts: Path, ema: str = "[2, 4]",
-                 models: str = ALL_FOUR) -> Path:
-    path = tmp / f"{name}.toml"
-    path.write_text(CONFIG.format(name=name, artifacts=artifacts, ema=ema, models=models))
-    return path
-
-
-def serving_pipeline(tmp: Path, config: Path) -> Pipeline:
-    p = Pipeline(tmp, name=f"{config.stem}-fast")   # writes test_pipeline's config beside ours
-    p.config = config                                # and runs ours
-    return p
+@pytest.fixture
+def serving_config(config_file):
+    """``serving_config(name, artifacts, ema, models)``: the tiny ensemble (seed 3) on
+    4 workers and 6 symbols, in this test's tmp_path; no [bus], so its defaults apply."""
+    def write(name: str, artifacts: Path, ema=(2, 4), models=ALL_FOUR) -> Path:
+        return config_file(name, ensemble=True, pipeline={"startup_timeout_s": 120}, bus=None,
+                           indicators={"ema": list(ema)},
+                           model={"artifacts": artifacts, "models": list(models), "seed": 3})
+    return write
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +50,7 @@ def pipe(tmp_path):
     made = []
 
     def make(config: Path) -> Pipeline:
-        p = serving_pipeline(tmp_path, config)
+        p = Pipeline(tmp_path, config=config)
         made.append(p)
         return p
     yield make
@@ -96,10 +58,10 @@ def pipe(tmp_path):
         p.kill()
 
 
-def test_ensemble_signals_carry_members_and_trade(data, tmp_path, pipe):
+def test_ensemble_signals_carry_members_and_trade(data, tmp_path, pipe, serving_config):
     pytest.importorskip("tensorflow", reason="TensorFlow is needed for the LSTM and the RL agent")
     models = tmp_path / "models"
-    cfg_path = write_config(tmp_path, "serve", models)
+    cfg_path = serving_config("serve", models)
     report = train(data, load_config(cfg_path), models, progress=False)
     assert report["artifacts"] == {"lstm": 1, "forest": 1, "xgboost": 1, "rl": 1, "ensemble": 1}
 
@@ -136,13 +98,13 @@ def test_ensemble_signals_carry_members_and_trade(data, tmp_path, pipe):
     assert leftovers(st["run_id"], p.tmp / "run") == []
 
 
-def test_artifacts_for_other_indicators_stop_the_pipeline(data, tmp_path, pipe):
+def test_artifacts_for_other_indicators_stop_the_pipeline(data, tmp_path, pipe, serving_config):
     models = tmp_path / "models"
     # trained with ema = [3, 5] (forest and XGBoost only: no TensorFlow needed) ...
-    train_cfg = write_config(tmp_path, "trained", models, ema="[3, 5]", models='["forest", "xgboost"]')
+    train_cfg = serving_config("trained", models, ema=(3, 5), models=("forest", "xgboost"))
     train(data, load_config(train_cfg), models, progress=False)
     # ... served by a pipeline running ema = [2, 4]
-    p = pipe(write_config(tmp_path, "mismatch", models)).start()
+    p = pipe(serving_config("mismatch", models)).start()
     code = p.wait_exit()
     out = p.output()
     assert code == 2, out

@@ -17,23 +17,20 @@ from models.train import REPORT, TrainError, format_report, load_artifact, make_
 from pipeline.cli import main
 from pipeline.config import Config, ConfigError, load_config
 
+from conftest import ALL_FOUR, TINY_LSTM, TINY_TREES, toml
+
 ROOT = Path(__file__).resolve().parent.parent
 CANDLES = ROOT.parent / "shared" / "data" / "candles" / "binance_BTC-USDT_1h.csv"
 needs_data = pytest.mark.skipif(not CANDLES.exists(),
                                 reason=f"../shared/data not present: real candles are needed ({CANDLES})")
 FIRST, ROWS = 2000, 3000            # a slice of 1h BTC/USDT: Nov 2017 to Mar 2018, up, crash, flat
 
-TINY = """
-[model]
-models = ["forest", "xgboost"]
-folds = 3
-horizon = 6
-seed = 3
-forest_trees = 8
-forest_depth = 4
-xgb_rounds = 8
-xgb_depth = 3
-"""
+TINY = {"models": ["forest", "xgboost"], "folds": 3, "horizon": 6, "seed": 3, **TINY_TREES}
+
+
+def tiny_toml(**model) -> str:
+    """A [model] section alone: TINY with these keys changed."""
+    return toml({"model": {**TINY, **model}})
 
 
 def write_slice(path: Path, first: int, rows: int) -> Path:
@@ -44,10 +41,9 @@ def write_slice(path: Path, first: int, rows: int) -> Path:
     return path
 
 
-def tiny_config(tmp: Path, extra: str = "") -> tuple[Config, Path]:
+def tiny_config(tmp: Path, **model) -> tuple[Config, Path]:
     path = tmp / "tiny.toml"
-    text = TINY if not extra else TINY.replace("[model]\n", f"[model]\n{extra}\n")
-    path.write_text(text)
+    path.write_text(tiny_toml(**model))
     return load_config(path), path
 
 
@@ -209,7 +205,7 @@ def test_fixed_seed_gives_identical_report(trained, tmp_path):
 @needs_data
 def test_stacking_run(trained, tmp_path):
     _, _, data, _, _ = trained
-    cfg, _ = tiny_config(tmp_path, 'ensemble = "stacking"\nlong_only = true')
+    cfg, _ = tiny_config(tmp_path, ensemble="stacking", long_only=True)
     report = train(data, cfg, tmp_path / "out", progress=False)
     assert report["ensemble"]["method"] == "stacking" and report["training"]["positions"] == "long_flat"
     assert np.asarray(report["ensemble"]["coef"]).shape == (3, 6)
@@ -310,15 +306,14 @@ def _one_line_error(capsys, argv: list[str], match: str) -> None:
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
-    cfg_path = tmp_path / "tiny.toml"
-    cfg_path.write_text(TINY)
+    _, cfg_path = tiny_config(tmp_path)
     base = ["train", "--config", str(cfg_path), "--out", str(tmp_path / "m"), "--no-progress"]
     _one_line_error(capsys, [*base, "--data", str(tmp_path / "missing.csv")], "missing.csv: no such file")
     bad = tmp_path / "bad.toml"
-    bad.write_text(TINY.replace('"xgboost"]', '"xgbost"]'))
+    bad.write_text(tiny_toml(models=["forest", "xgbost"]))
     _one_line_error(capsys, ["train", "--config", str(bad), "--data", "x.csv"],
                     "unknown model 'xgbost' (did you mean 'xgboost'?")
-    bad.write_text(TINY + 'ensemble = "vote"\n')
+    bad.write_text(tiny_toml(ensemble="vote"))
     _one_line_error(capsys, ["train", "--config", str(bad), "--data", "x.csv"],
                     "model.ensemble must be one of soft_vote, stacking")
     if CANDLES.exists():
@@ -359,12 +354,7 @@ def test_all_four_models_train_into_the_ensemble(trained, tmp_path):
     in one walk-forward run, scored on the same rows, saved and reloaded."""
     pytest.importorskip("tensorflow", reason="TensorFlow is needed for the LSTM and the RL agent")
     _, _, data, _, _ = trained
-    path = tmp_path / "all.toml"
-    path.write_text(TINY.replace('models = ["forest", "xgboost"]',
-                                 'models = ["lstm", "forest", "xgboost", "rl"]\n'
-                                 'lstm_window = 8\nlstm_units = 8\nlstm_epochs = 1')
-                    .replace("folds = 3", "folds = 2"))
-    cfg = load_config(path)
+    cfg, _ = tiny_config(tmp_path, models=ALL_FOUR, folds=2, **TINY_LSTM)
     report = train(data, cfg, tmp_path / "out", progress=False)
     assert list(report["models"]) == ["lstm", "forest", "xgboost", "rl"]
     assert report["artifacts"] == {"lstm": 1, "forest": 1, "xgboost": 1, "rl": 1, ENSEMBLE: 1}
