@@ -37,8 +37,7 @@ pytestmark = needs_capture(CAPTURE, "Bithumb")
 
 def capture() -> tuple[list[str], list[dict], list[float], list[str]]:
     """(raw texts, decoded messages, receive times, subscribed symbols) of the capture."""
-    raws, msgs, recv_ts, sent = captured(CAPTURE)
-    return raws, msgs, recv_ts, sent[0]["symbols"]
+    return captured(CAPTURE, lambda subscription: subscription["symbols"])
 
 
 def captured_trades() -> list[tuple[dict, float]]:

@@ -35,9 +35,8 @@ pytestmark = needs_capture(CAPTURE, "Upbit")
 
 def capture() -> tuple[list[str], list[dict], list[float], list[str]]:
     """(raw texts, decoded messages, receive times, subscribed codes) of the capture."""
-    raws, msgs, recv_ts, sent = captured(CAPTURE)
-    codes = next(p["codes"] for p in sent[0] if p.get("type") == "trade")
-    return raws, msgs, recv_ts, codes
+    return captured(CAPTURE, lambda tickets: next(t["codes"] for t in tickets
+                                                  if t.get("type") == "trade"))
 
 
 def symbol_of(code: str) -> str:

@@ -160,13 +160,15 @@ class HttpReplayServer(_Served):
         self.httpd.server_close()
 
 
-def captured(path) -> tuple[list[str], list[dict], list[float], list]:
+def captured(path, symbols) -> tuple[list[str], list[dict], list[float], list]:
     """What the venue sent in a capture, as raw texts, decoded messages and receive
-    times, and the payloads the client sent (its subscriptions), in order."""
+    times, and the venue's symbols the client subscribed to: ``symbols`` picks them
+    out of its first subscription message."""
     lines = capture_lines(path)
     recv = [r for r in lines if r["dir"] == "recv"]
+    first_sent = next(r["msg"] for r in lines if r["dir"] == "send")
     return ([r["raw"] for r in recv], [r["msg"] for r in recv], [r["recv_ts"] for r in recv],
-            [r["msg"] for r in lines if r["dir"] == "send"])
+            symbols(first_sent))
 
 
 def needs_capture(path: Path, venue: str):
