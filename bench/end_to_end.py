@@ -55,7 +55,7 @@ JSON); on 2 cores, 10 pipeline processes share two CPUs.
 
 Usage::
 
-    python bench/pipeline.py [--json OUT.json] [--workers 8] [--ticks N] [--quick]
+    python bench/end_to_end.py [--json OUT.json] [--workers 8] [--ticks N] [--quick]
 """
 from __future__ import annotations
 
@@ -68,14 +68,7 @@ import time
 import traceback
 from pathlib import Path
 
-# This file is called pipeline.py: as a script, its own directory comes first
-# on sys.path and would shadow the ``pipeline`` package. Put the repository
-# root first instead (spawned workers inherit this sys.path).
-_HERE = Path(__file__).resolve().parent
-_ROOT = _HERE.parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-if str(_ROOT) not in sys.path:
-    sys.path.insert(0, str(_ROOT))
+import common
 
 SYMBOLS = [f"S{i:02d}/USDT" for i in range(16)]
 LAT_STAGES = ("tick_to_features", "tick_to_signal", "tick_to_fill")
@@ -88,11 +81,11 @@ STARTUP_SLACK_S = 0.25
 def make_config(args, name: str, rate: float, n_ticks: int, latency: bool):
     from pipeline.config import validate, load_config
     cfg = load_config(None)                  # built-in defaults, no file
-    cfg.source = "<bench/pipeline.py>"
+    cfg.source = "<bench/end_to_end.py>"
     cfg.pipeline.name = name
     cfg.pipeline.workers = args.workers
     cfg.bus.metrics_bind = ""                # trials come and go; nothing scrapes them
-    cfg.model.kind = "momentum"              # the engine's throughput (bench/models.py: the ensemble)
+    cfg.model.kind = "momentum"              # the engine's throughput (bench/inference.py: the ensemble)
     feed = cfg.feeds[0]
     feed.symbols = list(SYMBOLS[:args.symbols]) if args.symbols <= len(SYMBOLS) else \
         [f"S{i:03d}/USDT" for i in range(args.symbols)]
@@ -308,16 +301,15 @@ def run_pipeline(args, cfg, n_ticks: int, deadline_s: float, settle_s: float = 0
 
 
 def stage_histograms(sup) -> dict:
-    """Per-stage latency histograms merged from the workers' latest heartbeats."""
+    """Per-stage latency histograms merged from the workers' latest heartbeats: what
+    ``Supervisor.report()["latency"]`` summarises, kept whole to be subtracted."""
     from pipeline.metrics import LatencyHistogram
     from pipeline.supervisor import LATENCY_STAGES
-    out = {}
-    for role, stage in LATENCY_STAGES.items():
-        h = LatencyHistogram()
-        for ws in sup.workers.values():
-            if ws.spec.role == role and ws.hb.get("latency"):
-                h.merge(LatencyHistogram.from_sparse(ws.hb["latency"]))
-        out[stage] = h
+    out = {stage: LatencyHistogram() for stage in LATENCY_STAGES.values()}
+    for ws in sup.workers.values():
+        stage = LATENCY_STAGES.get(ws.spec.role)
+        if stage is not None and ws.hb.get("latency"):
+            out[stage].merge(LatencyHistogram.from_sparse(ws.hb["latency"]))
     return out
 
 
@@ -401,10 +393,7 @@ def latency_run(args) -> dict:
 
 
 # -- output ------------------------------------------------------------------------
-def _rate(x) -> str:
-    if x is None:
-        return "-"
-    return f"{x / 1e6:.2f} M" if x >= 1e6 else f"{x / 1e3:.1f} k"
+_rate = common.rate
 
 
 def _fmt_trial(r: dict) -> str:
@@ -413,14 +402,6 @@ def _fmt_trial(r: dict) -> str:
             f"consumed {r['consumed_by_shards']}/{r['ticks']}, dropped {r['dropped']}, "
             f"max lag {r['max_tick_lag']}, {r['wall_s']:.1f} s: {ok}"
             + (f" ({r['error']})" if r["error"] else ""))
-
-
-def table(rows: list[list[str]]) -> str:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = [" | ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
-             for row in rows]
-    lines.insert(1, "-+-".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 def trial_table(trials: list[dict]) -> str:
@@ -443,7 +424,7 @@ def trial_table(trials: list[dict]) -> str:
                      "-" if r["startup_s"] is None else f"{r['startup_s']:.1f}",
                      f"{feed_cpu:.2f} / {shard_cpu:.2f} / {rest:.2f}",
                      "pass" if r["passed"] else "FAIL"])
-    return table(rows)
+    return common.table(rows, "lr")
 
 
 def latency_table(run: dict) -> str:
@@ -456,19 +437,12 @@ def latency_table(run: dict) -> str:
     for stage in LAT_STAGES:
         rows.append([stage, *cells(run["latency"][stage]),
                      *(cells(warm[stage]) if warm else ["-"] * 4)])
-    return table(rows)
-
-
-def machine() -> dict:
-    from pipeline.metrics import machine_info
-    return machine_info()
+    return common.table(rows, "lr")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--json", metavar="PATH", help="write results as JSON here")
-    ap.add_argument("--quick", action="store_true",
-                    help="about 40 s: fewer ticks, x4 rate steps, no bisection, shorter latency run")
+    ap = common.parser(__doc__, "about 40 s: fewer ticks, x4 rate steps, no bisection, "
+                                "shorter latency run")
     ap.add_argument("--workers", type=int, default=8,
                     help="pipeline.workers: indicator shards + model workers (default 8)")
     ap.add_argument("--ticks", type=int, metavar="N",
@@ -489,15 +463,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          "is left out of the 'after warm-up' figures")
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--skip-latency", action="store_true")
-    args = ap.parse_args(argv)
-    if args.ticks is None:
-        args.ticks = 100_000 if args.quick else 300_000
-    if args.start_rate is None:
-        args.start_rate = 40_000.0 if args.quick else 20_000.0
-    if args.latency_seconds is None:
-        args.latency_seconds = 5.0 if args.quick else 10.0
-    if args.search_budget_s is None:
-        args.search_budget_s = 25.0 if args.quick else 75.0
+    args = common.defaults(ap.parse_args(argv), (
+        ("ticks", 300_000, 100_000), ("start_rate", 20_000.0, 40_000.0),
+        ("latency_seconds", 10.0, 5.0), ("search_budget_s", 75.0, 25.0)))
     if args.ticks < 1 or args.workers < 2 or args.start_rate <= 0 or args.latency_rate <= 0:
         ap.error("--ticks must be >= 1, --workers >= 2, --start-rate > 0")
     return args
@@ -509,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = tempfile.mkdtemp(prefix="tickpipe-bench-")
     os.environ["TICKPIPE_RUN_DIR"] = run_dir
     os.environ.setdefault("TICKPIPE_LOG_LEVEL", "WARNING")
-    info = machine()
+    info = common.machine()
     t0 = time.monotonic()
     trials: list[dict] = []
     lat: dict | None = None
@@ -531,9 +499,6 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as e:
                 traceback.print_exc()
                 errors.append(f"latency: {type(e).__name__}: {e}")
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
     finally:
         try:
             for p in Path(run_dir).iterdir():
@@ -541,13 +506,13 @@ def main(argv: list[str] | None = None) -> int:
             os.rmdir(run_dir)
         except OSError:
             pass
-    info["loadavg_end"] = list(os.getloadavg())
+    common.finish(info)
     info["total_s"] = round(time.monotonic() - t0, 1)
 
     passing = [t for t in trials if t["passed"]]
     best = max(passing, key=lambda t: t["target_ticks_per_s"]) if passing else None
     all_passed = bool(trials) and all(t["passed"] for t in trials)
-    out = {"machine": info, "workers": args.workers, "quick": args.quick, "args": vars(args),
+    out = {"workers": args.workers,
            "sustained_ticks_per_s": best["target_ticks_per_s"] if best else None,
            "sustained_achieved_ticks_per_s": best["achieved_ticks_per_s"] if best else None,
            "sustained_is_lower_bound": all_passed,
@@ -606,8 +571,7 @@ def main(argv: list[str] | None = None) -> int:
           f"loadavg {info['loadavg_start'][0]:.2f} -> {info['loadavg_end'][0]:.2f}, "
           f"total {info['total_s']:.0f} s"
           + (f"; LEFTOVERS: {leftovers}" if leftovers else "; no leftover segments or processes"))
-    if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=2, default=_json_default) + "\n")
+    common.save(args, info, out, default=_json_default)
     for e in errors:
         print(f"ERROR {e}")
     # a trial with drops is a measurement (the machine could not sustain that rate),
@@ -629,4 +593,4 @@ def _json_default(o):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    common.run(main)

@@ -82,32 +82,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import signal
 import sys
 import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
-# As a script, bench/ comes first on sys.path, where pipeline.py would shadow the
-# ``pipeline`` package: put the repository root there instead.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-if str(_HERE.parent) not in sys.path:
-    sys.path.insert(0, str(_HERE.parent))
-
-from pipeline.config import FeedConfig  # noqa: E402
-from shm import segment  # noqa: E402
-from shm.records import TICK  # noqa: E402
-from shm.ring import LOSSY, Ring, RingSpec  # noqa: E402
+import common
+from pipeline.config import FeedConfig
+from shm import segment
+from shm.records import TICK
+from shm.ring import LOSSY, Ring, RingSpec
 from workers.venues import feed_class
-from workers.venues.capture import capture_lines as read_capture  # noqa: E402
-from workers.venues.base import MalformedMessage, TickBuffer  # noqa: E402
+from workers.venues.base import MalformedMessage, TickBuffer
+from workers.venues.capture import capture_lines as read_capture
 
-PAYLOADS = _HERE.parent.parent / "shared" / "data" / "payloads"
+PAYLOADS = common.SHARED_DATA / "payloads"
 BINANCE_WS = "binance/ws/spot_depth100ms_bookTicker_kline1m_aggTrade_2021-10-12.capture.jsonl"
 BINANCE_INFO = "binance/rest/exchangeInfo_2021-10-12.capture.jsonl"
 BINANCE_DEPTH = "binance/rest/depth_limit1000_snapshots_2021-10-12.capture.jsonl"
@@ -146,6 +138,24 @@ class Side:
     warmup_events: int = 0
     warmup_errors: int = 0
 
+    def passes(self, seconds: float, passes: int | None = None) -> Iterator[list]:
+        """The frames, once per pass, until the passes took ``seconds`` (or ``passes``
+        times): ``reset`` before each pass, outside the clock; the time spent in the
+        passes and their messages are added to ``ns`` and ``messages``."""
+        perf = time.perf_counter_ns
+        budget = int(seconds * 1e9)
+        spent = done = 0
+        n = len(self.frames)
+        while (spent < budget) if passes is None else (done < passes * n):
+            if self.reset is not None:
+                self.reset()
+            t0 = perf()
+            yield self.frames
+            spent += perf() - t0
+            done += n
+        self.ns += spent
+        self.messages += done
+
 
 @dataclass
 class Case:
@@ -171,15 +181,10 @@ class Ours:
     def run(self, side: Side, seconds: float, passes: int | None = None) -> None:
         parse, buf, write = self.venue.parse, self.buf, self.writer.write
         now, perf = time.time_ns, time.perf_counter_ns
-        budget = int(seconds * 1e9)
-        spent = done = errors = ticks = 0
+        errors = ticks = 0
         pending = 0           # messages since the last write
-        n = len(side.frames)
-        while (spent < budget) if passes is None else (done < passes * n):
-            if side.reset is not None:
-                side.reset()
-            t0 = perf()
-            for raw in side.frames:
+        for frames in side.passes(seconds, passes):
+            for raw in frames:
                 try:
                     parse(raw, now(), buf)
                 except MalformedMessage:
@@ -188,13 +193,9 @@ class Ours:
                 if pending == FLUSH_EVERY:
                     ticks += write(buf.take())
                     pending = 0
-            spent += perf() - t0
-            done += n
         t0 = perf()
         ticks += write(buf.take())        # the end of a run flushes too
-        spent += perf() - t0
-        side.ns += spent
-        side.messages += done
+        side.ns += perf() - t0
         side.events += ticks
         side.errors += errors
 
@@ -211,24 +212,15 @@ class CfCounter:
 
 async def cf_run(handler: Any, counter: CfCounter, side: Side, seconds: float,
                  passes: int | None = None) -> None:
-    now, perf = time.time, time.perf_counter_ns
-    budget = int(seconds * 1e9)
-    spent = done = errors = 0
-    n = len(side.frames)
+    now = time.time
+    errors = 0
     start = counter.n
-    while (spent < budget) if passes is None else (done < passes * n):
-        if side.reset is not None:
-            side.reset()
-        t0 = perf()
-        for raw in side.frames:
+    for frames in side.passes(seconds, passes):
+        for raw in frames:
             try:
                 await handler(raw, None, now())
             except Exception:
                 errors += 1
-        spent += perf() - t0
-        done += n
-    side.ns += spent
-    side.messages += done
     side.events += counter.n - start
     side.errors += errors
 
@@ -430,24 +422,9 @@ def run_case(name: str, setup: Callable, payloads: Path, writer: Any, loop: Any,
     return res
 
 
-def machine() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    from pipeline.metrics import machine_info
-    info = machine_info()
-    for pkg in ("cryptofeed", "yapic.json"):
-        try:
-            info[pkg] = version(pkg)
-        except PackageNotFoundError:
-            info[pkg] = None
-    return info
-
-
 # -- output --------------------------------------------------------------------
 def _rate(x: float | None) -> str:
-    if x is None:
-        return "n/a"
-    return f"{x / 1e6:.2f} M" if x >= 1e6 else f"{x / 1e3:.1f} k"
+    return common.rate(x, none="n/a")
 
 
 def table(results: list[dict]) -> str:
@@ -466,38 +443,24 @@ def table(results: list[dict]) -> str:
                      "n/a" if r["ratio"] is None else f"{r['ratio']:.2f}"])
         if r["notes"]:
             notes.append(f"{r['venue']}: {r['notes']}")
-    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    lines = [" | ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
-    lines.insert(1, "-+-".join("-" * w for w in widths))
-    return "\n".join(lines + ["", "notes:"] + [f"  {n}" for n in notes])
+    return "\n".join([common.table(rows), "", "notes:"] + [f"  {n}" for n in notes])
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--json", metavar="PATH", help="write results as JSON here")
-    ap.add_argument("--quick", action="store_true", help="0.5 s per side and venue, 2 rounds")
+    ap = common.parser(__doc__, "0.5 s per side and venue, 2 rounds")
     ap.add_argument("--only", nargs="+", metavar="NAME", help="substrings of case names")
     ap.add_argument("--duration", type=float, default=None,
                     help="timed seconds per side and case (default 2, 0.5 with --quick)")
     ap.add_argument("--rounds", type=int, default=None,
                     help="alternations of ours and cryptofeed (default 4, 2 with --quick)")
     ap.add_argument("--payloads", type=Path, default=PAYLOADS, help="captures directory")
-    return ap.parse_args(argv)
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+    return common.defaults(ap.parse_args(argv), (("duration", 2.0, 0.5), ("rounds", 4, 2)))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)  # clean up on kill/timeout too
-    seconds = args.duration if args.duration is not None else (0.5 if args.quick else 2.0)
-    rounds = args.rounds if args.rounds is not None else (2 if args.quick else 4)
-    info = machine()
-    if info["loadavg_start"][0] >= 0.75 * (os.cpu_count() or 1):
-        print(f"  note: load average {info['loadavg_start'][0]:.1f} on {os.cpu_count()} CPUs "
-              "before starting: other work is running, expect noisy figures", file=sys.stderr)
+    seconds, rounds = args.duration, args.rounds
+    info = common.machine("cryptofeed", "yapic.json")
     try:
         cf_import()
     except Unavailable as e:
@@ -525,26 +488,18 @@ def main(argv: list[str] | None = None) -> int:
             del writer
         finally:
             ring.close()
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
     finally:
         loop.close()
         segment.unlink(name)
-    info["loadavg_end"] = list(os.getloadavg())
+    load = common.finish(info)
     print(table(results))
-    print("ratio = ours msg/s / cryptofeed msg/s (above 1: ours is faster); "
-          f"load average {info['loadavg_start'][0]:.1f} before, "
-          f"{info['loadavg_end'][0]:.1f} after, on {info['cpu_count']} CPUs")
-    if args.json:
-        report = {"machine": info, "quick": args.quick,
-                  "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-                  "seconds_per_side": seconds, "rounds": rounds,
-                  "ring": {"capacity": RING_CAPACITY, "policy": "lossy", "ticks_written": written},
-                  "results": results}
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"ratio = ours msg/s / cryptofeed msg/s (above 1: ours is faster); {load}")
+    common.save(args, info, {
+        "seconds_per_side": seconds, "rounds": rounds,
+        "ring": {"capacity": RING_CAPACITY, "policy": "lossy", "ticks_written": written},
+        "results": results})
     return 1 if any("error" in r for r in results) else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    common.run(main)

@@ -68,30 +68,23 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-# As a script, bench/ comes first on sys.path, where pipeline.py would shadow the
-# ``pipeline`` package: put the repository root there instead.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-if str(_HERE.parent) not in sys.path:
-    sys.path.insert(0, str(_HERE.parent))
+import numpy as np
 
-import numpy as np  # noqa: E402
+import common
+from models.ta import INDICATORS, Engine
+from pipeline.config import IndicatorsConfig, indicator_specs
 
-from pipeline.config import IndicatorsConfig, indicator_specs  # noqa: E402
-from models.ta import INDICATORS, Engine  # noqa: E402
-
-ROOT = _HERE.parent
-DATA = ROOT.parent / "shared" / "data" / "candles" / "binance_BTC-USDT_5m.csv"
 FIELDS = ("open", "high", "low", "close", "volume")
 Spec = tuple[str, tuple]
+JSON_NOTE = ("per_update: ns per symbol-update; ratio_X = X_ns / ours_ns_X_set "
+             "(times faster than X, each on the indicators both have); "
+             "batch.ratio = ours_ms / talib_ms")
 
 clock = time.perf_counter_ns
 
@@ -103,16 +96,7 @@ def load_candles(path: Path) -> tuple[dict[str, np.ndarray], str]:
         import pandas as pd
         df = pd.read_csv(path, usecols=list(FIELDS))
         return {f: np.ascontiguousarray(df[f].to_numpy(np.float64)) for f in FIELDS}, str(path)
-    rng = np.random.default_rng(42)
-    n = 120_000
-    close = 50_000.0 * np.exp(np.cumsum(rng.normal(0.0, 0.002, n)))
-    open_ = np.concatenate(([close[0]], close[:-1]))
-    wick = np.abs(rng.normal(0.0, 0.001, (2, n)))
-    high = np.maximum(open_, close) * (1 + wick[0])
-    low = np.minimum(open_, close) * (1 - wick[1])
-    volume = rng.lognormal(3.0, 1.0, n)
-    return ({"open": open_, "high": high, "low": low, "close": close, "volume": volume},
-            f"random walk, {n} bars (seed 42): {path} is absent")
+    return common.random_walk(120_000, path)
 
 
 def symbol_rows(base: dict[str, np.ndarray], n_symbols: int, rows: int) -> dict[str, np.ndarray]:
@@ -453,24 +437,12 @@ def table(per_update: list[dict]) -> str:
                      _ns(r.get("pandas_ns")), _r(r.get("ratio_pandas")),
                      "/".join(f"{r[k]:,}" if k in r else "-"
                               for k in ("ours_updates", "talipp_updates", "pandas_updates"))])
-    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    lines = [" | ".join(c.rjust(w) if i else c.ljust(w)
-                        for i, (c, w) in enumerate(zip(row, widths))) for row in rows]
-    lines.insert(1, "-+-".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def machine() -> dict:
-    from pipeline.metrics import machine_info
-    return machine_info()
+    return common.table(rows, "lr")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--json", metavar="PATH", help="write results as JSON here")
-    ap.add_argument("--quick", action="store_true", help="about 20 s: shorter budgets")
+    ap = common.parser(__doc__, "about 20 s: shorter budgets", candles=True)
     ap.add_argument("--symbols", type=int, nargs="+", default=[1, 100, 1000])
-    ap.add_argument("--data", type=Path, default=DATA, help="candle CSV (timestamp,o,h,l,c,v)")
     ap.add_argument("--window", type=int, default=200,
                     help="bars pandas recomputes over; also the warm-up history")
     ap.add_argument("--budget", type=float, default=None,
@@ -480,25 +452,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="symbol-updates per timed block of ours")
     ap.add_argument("--peer-updates", type=int, default=None,
                     help="most symbol-updates prepared for a peer")
-    args = ap.parse_args(argv)
-    quick = args.quick
-    if args.budget is None:
-        args.budget = 0.7 if quick else 4.0
-    if args.repeats is None:
-        args.repeats = 3 if quick else 5
-    if args.ours_updates is None:
-        args.ours_updates = 50_000 if quick else 300_000
-    if args.peer_updates is None:
-        args.peer_updates = 20_000 if quick else 100_000
-    return args
+    return common.defaults(ap.parse_args(argv), (
+        ("budget", 4.0, 0.7), ("repeats", 5, 3), ("ours_updates", 300_000, 50_000),
+        ("peer_updates", 100_000, 20_000)))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    info = machine()
-    if info["loadavg_start"][0] >= 0.75 * (os.cpu_count() or 1):
-        print(f"  note: load average {info['loadavg_start'][0]:.1f} on {os.cpu_count()} CPUs "
-              "before starting: other work is running, expect noisy figures", file=sys.stderr)
+    info = common.machine()
     base, source = load_candles(args.data)
     if not args.data.exists():
         print(f"  note: {source}", file=sys.stderr)
@@ -527,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
         per_update.append(bench_symbols(base, n, specs, sets, args, lookback))
     print(f"  batch, {len(base['close']):,} bars ...", file=sys.stderr, flush=True)
     batch = bench_batch(base, sets["talib"], 5 * args.repeats) if sets["talib"] else None
-    info["loadavg_end"] = list(os.getloadavg())
+    load = common.finish(info)
 
     print(f"data: {source}")
     print(f"indicators: {', '.join(names)}")
@@ -553,23 +514,14 @@ def main(argv: list[str] | None = None) -> int:
                     f"{'met' if batch['ratio'] <= 2 else 'MISSED'})")
     if aims:
         print("aims: " + "; ".join(aims))
-    print(f"load average {info['loadavg_start'][0]:.1f} before, {info['loadavg_end'][0]:.1f} "
-          f"after, on {info['cpu_count']} CPUs")
-    if args.json:
-        report = {
-            "machine": info, "quick": args.quick,
-            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-            "data": source, "indicators": names, "columns": Engine(1, specs).columns,
-            "sets": {side: [spec_name(s) for s in chosen] for side, chosen in sets.items()},
-            "skipped": notes,
-            "per_update": per_update, "batch": batch,
-            "note": ("per_update: ns per symbol-update; ratio_X = X_ns / ours_ns_X_set "
-                     "(times faster than X, each on the indicators both have); "
-                     "batch.ratio = ours_ms / talib_ms"),
-        }
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    print(load)
+    common.save(args, info, {
+        "data": source, "indicators": names, "columns": Engine(1, specs).columns,
+        "sets": {side: [spec_name(s) for s in chosen] for side, chosen in sets.items()},
+        "skipped": notes,
+        "per_update": per_update, "batch": batch, "note": JSON_NOTE})
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    common.run(main)

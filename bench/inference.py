@@ -59,32 +59,26 @@ figure depends on what else runs; the JSON records the load average before and a
 
 Usage::
 
-    python3 bench/models.py [--quick] [--json OUT.json] [--batches 1 64 256]
+    python3 bench/inference.py [--quick] [--json OUT.json] [--batches 1 64 256]
 """
 from __future__ import annotations
 
 import argparse
 import gc
-import json
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-# As a script, bench/ comes first on sys.path, where pipeline.py would shadow the
-# ``pipeline`` package: put the repository root there instead.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-if str(_HERE.parent) not in sys.path:
-    sys.path.insert(0, str(_HERE.parent))
+import numpy as np
 
-import numpy as np  # noqa: E402
+import common
 
-ROOT = _HERE.parent
-DATA = ROOT.parent / "shared" / "data" / "candles" / "binance_BTC-USDT_5m.csv"
 MEMBERS = ("forest", "xgboost", "lstm", "rl")
 N_BATCHES = 8                     # distinct input batches per size, used in turn
+JSON_NOTE = ("ms per call for a whole batch; ratio_* = naive / ours; forest naive = "
+             "scikit-learn predict_proba with n_jobs=None (naive_njobs_all_*: n_jobs=-1); "
+             "ensemble = four members in sequence + combine")
 
 clock = time.perf_counter_ns
 
@@ -97,16 +91,10 @@ def load_candles(path: Path, rows: int):
         import pyarrow.csv as pcsv
         table = pcsv.read_csv(path)
         return table.slice(max(0, table.num_rows - rows)), f"{path} (last {rows} bars)"
-    rng = np.random.default_rng(42)
-    close = 50_000.0 * np.exp(np.cumsum(rng.normal(0.0, 0.002, rows)))
-    open_ = np.concatenate(([close[0]], close[:-1]))
-    wick = np.abs(rng.normal(0.0, 0.001, (2, rows)))
-    table = pa.table({
+    bars, source = common.random_walk(rows, path)
+    return pa.table({
         "timestamp_ms": 1_700_000_000_000 + 300_000 * np.arange(rows, dtype=np.int64),
-        "open": open_, "high": np.maximum(open_, close) * (1 + wick[0]),
-        "low": np.minimum(open_, close) * (1 - wick[1]), "close": close,
-        "volume": rng.lognormal(3.0, 1.0, rows)})
-    return table, f"random walk, {rows} bars (seed 42): {path} is absent"
+        **bars}), source
 
 
 def train_models(table, args: argparse.Namespace) -> tuple[Any, dict, Any, dict]:
@@ -253,62 +241,40 @@ def bench_batch(b: int, table: dict, batches: list[dict], args: argparse.Namespa
 
 
 # -- output ---------------------------------------------------------------------
-def _ms(x: float) -> str:
-    return f"{x:.3f}" if x < 10 else f"{x:.1f}"
-
-
 def table_text(results: list[dict]) -> str:
+    ms = common.ms
     head = ["model", "batch", "ours p50 ms", "ours p99 ms", "naive p50 ms", "naive p99 ms",
             "naive/ours p50", "p99"]
     rows = [head]
     for r in results:
-        rows.append([r["model"], str(r["batch"]), _ms(r["ours_p50_ms"]), _ms(r["ours_p99_ms"]),
-                     _ms(r["naive_p50_ms"]), _ms(r["naive_p99_ms"]), f"{r['ratio_p50']:,.1f}x",
+        rows.append([r["model"], str(r["batch"]), ms(r["ours_p50_ms"]), ms(r["ours_p99_ms"]),
+                     ms(r["naive_p50_ms"]), ms(r["naive_p99_ms"]), f"{r['ratio_p50']:,.1f}x",
                      f"{r['ratio_p99']:,.1f}x"])
         if "naive_njobs_all_p50_ms" in r:
             rows.append(["  forest n_jobs=-1", str(r["batch"]), "", "",
-                         _ms(r["naive_njobs_all_p50_ms"]), _ms(r["naive_njobs_all_p99_ms"]),
+                         ms(r["naive_njobs_all_p50_ms"]), ms(r["naive_njobs_all_p99_ms"]),
                          f"{r['ratio_njobs_all_p50']:,.1f}x", ""])
-    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    lines = [" | ".join(c.rjust(w) if i else c.ljust(w)
-                        for i, (c, w) in enumerate(zip(row, widths))) for row in rows]
-    lines.insert(1, "-+-".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def machine() -> dict:
-    from pipeline.metrics import machine_info
-    return machine_info()
+    return common.table(rows, "lr")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--json", metavar="PATH", help="write results as JSON here")
-    ap.add_argument("--quick", action="store_true",
-                    help="about 35 s: fewer rows, calls and RL episodes (same model sizes)")
+    ap = common.parser(__doc__, "about 35 s: fewer rows, calls and RL episodes (same model sizes)",
+                       candles=True)
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 64, 256])
-    ap.add_argument("--data", type=Path, default=DATA, help="candle CSV (timestamp_ms,o,h,l,c,v)")
     ap.add_argument("--rows", type=int, default=None, help="candles to train on (default 5000)")
     ap.add_argument("--calls", type=int, default=None, help="timed calls of ours (default 200)")
     ap.add_argument("--naive-calls", type=int, default=None,
                     help="timed calls of the naive path (default 40)")
     ap.add_argument("--warmup", type=int, default=None, help="untimed calls first (default 10)")
     ap.add_argument("--rl-episodes", type=int, default=None, help="RL training episodes")
-    args = ap.parse_args(argv)
-    q = args.quick
-    for name, full, quick in (("rows", 5000, 1500), ("calls", 200, 50), ("naive_calls", 40, 6),
-                              ("warmup", 10, 2), ("rl_episodes", 16, 4)):
-        if getattr(args, name) is None:
-            setattr(args, name, quick if q else full)
-    return args
+    return common.defaults(ap.parse_args(argv), (
+        ("rows", 5000, 1500), ("calls", 200, 50), ("naive_calls", 40, 6), ("warmup", 10, 2),
+        ("rl_episodes", 16, 4)))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    info = machine()
-    if info["loadavg_start"][0] >= 0.75 * (os.cpu_count() or 1):
-        print(f"  note: load average {info['loadavg_start'][0]:.1f} on {os.cpu_count()} CPUs "
-              "before starting: other work is running, expect noisy figures", file=sys.stderr)
+    info = common.machine()
     t_start = time.perf_counter()
     candles, source = load_candles(args.data, args.rows)
     if not args.data.exists():
@@ -325,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     for b in args.batches:
         print(f"  batch {b} ...", file=sys.stderr, flush=True)
         results.extend(bench_batch(b, table, make_batches(ds.X, lstm.window, b, rng), args))
-    info["loadavg_end"] = list(os.getloadavg())
+    load = common.finish(info)
 
     print(f"data: {source}; {len(ds)} rows x {ds.X.shape[1]} inputs; trained in "
           + ", ".join(f"{k} {v:.1f} s" for k, v in train_s.items()))
@@ -351,28 +317,20 @@ def main(argv: list[str] | None = None) -> int:
               + f"; Ensemble.predict_proba alone {at64['combine_p50_ms']:.3f} ms; the sequence's p50 "
             f"is {at64['ours_p50_ms'] - sum(parts.values()) - at64['combine_p50_ms']:+.3f} ms off "
             "the sum of these")
-    print(f"load average {info['loadavg_start'][0]:.1f} before, {info['loadavg_end'][0]:.1f} "
-          f"after, on {info['cpu_count']} CPUs; {time.perf_counter() - t_start:.0f} s")
+    print(f"{load}; {time.perf_counter() - t_start:.0f} s")
     if args.json:
         import sklearn
         import xgboost
         from models.tfruntime import tensorflow
         info.update(tensorflow=tensorflow().__version__, sklearn=sklearn.__version__,
                     xgboost=xgboost.__version__, gpus=gpus)
-        report = {
-            "machine": info, "quick": args.quick,
-            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        common.save(args, info, {
             "data": source, "rows": len(ds), "inputs": ds.X.shape[1], "train_s": train_s,
             "params": {k: getattr(models[k], "params", {}) for k in MEMBERS},
             "ensemble": ens.describe(),
-            "results": results, "aims": aims,
-            "note": ("ms per call for a whole batch; ratio_* = naive / ours; forest naive = "
-                     "scikit-learn predict_proba with n_jobs=None (naive_njobs_all_*: n_jobs=-1); "
-                     "ensemble = four members in sequence + combine"),
-        }
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+            "results": results, "aims": aims, "note": JSON_NOTE})
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    common.run(main)

@@ -12,7 +12,7 @@ Models
     the tiny sizes of tests/test_model_host.py instead (800 bars, window 8).
 
 Paths
-    local   `workers.model.EnsembleModel` in this process: what a model worker runs.
+    local   `models.serving.EnsembleModel` in this process: what a model worker runs.
     remote  `workers.model_host.RemoteEnsemble` (the bridge a model worker becomes
             with ``[model] remote``) asking a host started as a user starts it,
             ``python -m pipeline serve-model --bind tcp://127.0.0.1:PORT --config
@@ -68,22 +68,18 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
-# As a script, bench/ comes first on sys.path, where pipeline.py would shadow the
-# ``pipeline`` package: put the repository root there instead.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-if str(_HERE.parent) not in sys.path:
-    sys.path.insert(0, str(_HERE.parent))
+import numpy as np
 
-import numpy as np  # noqa: E402
+import common
 
-ROOT = _HERE.parent
 N_SYMBOLS = 256
 TICKS_PER_S = 5120.0          # 20 ticks (about 15 trades) per symbol per 1 s bar
 HOST_START_S = 300.0          # TensorFlow import and one LSTM compile per padded batch size
 SERVING = "model host serving"
+JSON_NOTE = ("ms per call for a whole batch; remote = round trip through the bridge; "
+             "host_infer = the host's own predict time; wire = remote - host_infer per "
+             "call; overhead = remote p50 - local p50; ratio_* = remote / local")
 
 clock = time.perf_counter_ns
 
@@ -213,7 +209,7 @@ class HostProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pipeline", "serve-model", "--bind", self.endpoint,
              "--config", str(config), "--keys", str(keys)],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            cwd=common.ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             start_new_session=True, env={**os.environ, "TICKPIPE_LOG_LEVEL": "WARNING"})
         self.lines: list[str] = []
         self.ready = threading.Event()           # the serving line, or the end of its output
@@ -359,57 +355,37 @@ def bench_batch(b: int, local, remote, walk: Walk, window: int,
 
 
 # -- output ---------------------------------------------------------------------
-def _ms(x: float) -> str:
-    return f"{x:.3f}" if abs(x) < 10 else f"{x:.1f}"
-
-
 def table_text(results: list[dict]) -> str:
+    ms = common.ms
     head = ["batch", "local p50 ms", "local p99 ms", "remote p50 ms", "remote p99 ms",
             "host infer p50", "wire p50", "overhead p50", "remote/local p50", "p99"]
     rows = [head]
     for r in results:
-        rows.append([str(r["batch"]), _ms(r["local_p50_ms"]), _ms(r["local_p99_ms"]),
-                     _ms(r["remote_p50_ms"]), _ms(r["remote_p99_ms"]), _ms(r["host_infer_p50_ms"]),
-                     _ms(r["wire_p50_ms"]), f"{r['overhead_p50_ms']:+.3f}",
+        rows.append([str(r["batch"]), ms(r["local_p50_ms"]), ms(r["local_p99_ms"]),
+                     ms(r["remote_p50_ms"]), ms(r["remote_p99_ms"]), ms(r["host_infer_p50_ms"]),
+                     ms(r["wire_p50_ms"]), f"{r['overhead_p50_ms']:+.3f}",
                      f"{r['ratio_p50']:.2f}x", f"{r['ratio_p99']:.2f}x"])
-    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    lines = [" | ".join(c.rjust(w) for c, w in zip(row, widths)) for row in rows]
-    lines.insert(1, "-+-".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return common.table(rows, "r")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--json", metavar="PATH", help="write results as JSON here")
-    ap.add_argument("--quick", action="store_true",
-                    help="tiny models (tests/test_model_host.py's sizes), fewer bars and calls")
+    ap = common.parser(__doc__, "tiny models (tests/test_model_host.py's sizes), fewer bars "
+                                "and calls")
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 64, 256])
     ap.add_argument("--calls", type=int, default=None, help="timed calls per batch size (default 200)")
     ap.add_argument("--warmup", type=int, default=None,
                     help="untimed calls once the LSTM windows are full (default 10)")
-    args = ap.parse_args(argv)
-    for name, full, quick in (("calls", 200, 20), ("warmup", 10, 3)):
-        if getattr(args, name) is None:
-            setattr(args, name, quick if args.quick else full)
+    args = common.defaults(ap.parse_args(argv), (("calls", 200, 20), ("warmup", 10, 3)))
     bad = [b for b in args.batches if not 1 <= b <= N_SYMBOLS]
     if bad or args.calls < 1 or args.warmup < 0:
         ap.error(f"batch sizes are 1..{N_SYMBOLS}, --calls >= 1, --warmup >= 0")
     return args
 
 
-def _exit_on_sigterm(signum, frame):
-    raise SystemExit(128 + signum)            # runs the cleanup in main's finally
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from pipeline.metrics import machine_info
-    info = machine_info()
-    if info["loadavg_start"][0] >= 0.75 * (os.cpu_count() or 1):
-        print(f"  note: load average {info['loadavg_start'][0]:.1f} on {os.cpu_count()} CPUs "
-              "before starting: other work is running, expect noisy figures", file=sys.stderr)
+    info = common.machine()
     t_start = time.perf_counter()
-    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     tmp = Path(tempfile.mkdtemp(prefix="tickpipe-bench-model-host-"))
     host: HostProcess | None = None
     local = remote = None
@@ -467,14 +443,13 @@ def main(argv: list[str] | None = None) -> int:
         stopped = next((ln.strip() for ln in host.lines if ln.startswith("stopped:")), "")
         if host_exit != 0 or not stopped:
             raise RuntimeError(f"the model host did not stop cleanly ({host_exit}):\n{host_out}")
-        info["loadavg_end"] = list(os.getloadavg())
+        load = common.finish(info)
     finally:
         if remote is not None:
             remote.close()
         if host is not None:
             host.kill()
         shutil.rmtree(tmp, ignore_errors=True)
-        signal.signal(signal.SIGTERM, previous)
 
     total_calls = sum(r["warmup_calls"] + r["calls"] for r in results)
     print(f"models: {', '.join(local.members)} ({local.method}); LSTM window {m.lstm_window} x "
@@ -489,8 +464,7 @@ def main(argv: list[str] | None = None) -> int:
           "infer per call; overhead = remote p50 - local p50")
     print(table_text(results))
     print(f"outputs equal on all {total_calls} calls (np.array_equal, 5 arrays); host: {stopped}")
-    print(f"load average {info['loadavg_start'][0]:.1f} before, {info['loadavg_end'][0]:.1f} "
-          f"after, on {info['cpu_count']} CPUs; {time.perf_counter() - t_start:.0f} s")
+    print(f"{load}; {time.perf_counter() - t_start:.0f} s")
     if args.json:
         import sklearn
         import xgboost
@@ -498,8 +472,7 @@ def main(argv: list[str] | None = None) -> int:
         info.update(tensorflow=tensorflow().__version__, sklearn=sklearn.__version__,
                     xgboost=xgboost.__version__, device_local=local.device,
                     device_host=st["device"])
-        report: dict[str, Any] = {
-            "machine": info, "quick": args.quick, "args": vars(args),
+        common.save(args, info, {
             "symbols": N_SYMBOLS, "features": len(names), "warmup_bars_skipped": skipped,
             "bars_used": walk.t, "members": list(local.members), "method": local.method,
             "versions": local.versions,
@@ -511,18 +484,9 @@ def main(argv: list[str] | None = None) -> int:
             "host_stopped": stopped, "bridge": {k: st[k] for k in ("remote_batches",
                                                                    "stale_batches", "late_replies")},
             "results": results, "equal": True, "calls_compared": total_calls,
-            "note": ("ms per call for a whole batch; remote = round trip through the bridge; "
-                     "host_infer = the host's own predict time; wire = remote - host_infer per "
-                     "call; overhead = remote p50 - local p50; ratio_* = remote / local"),
-        }
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+            "note": JSON_NOTE})
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("interrupted: the model host is stopped and the temporary files removed",
-              file=sys.stderr)
-        sys.exit(130)
+    common.run(main, "interrupted: the model host is stopped and the temporary files removed")

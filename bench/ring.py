@@ -50,39 +50,29 @@ The JSON records the load average before and after.
 
 Usage::
 
-    PYTHONPATH=. python3 bench/ring.py [--quick] [--json OUT.json] [--only NAME ...]
+    python3 bench/ring.py [--quick] [--json OUT.json] [--only NAME ...]
 """
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import os
 import queue
-import signal
 import struct
 import sys
 import time
 import traceback
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Any, Callable
 
-# As a script, bench/ comes first on sys.path, where pipeline.py would shadow the
-# ``pipeline`` package: put the repository root there instead (spawned children
-# inherit this sys.path).
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-if str(_HERE.parent) not in sys.path:
-    sys.path.insert(0, str(_HERE.parent))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from shm import segment  # noqa: E402
-from shm.doorbell import Doorbell  # noqa: E402
-from shm.records import TICK  # noqa: E402
-from shm.ring import LOSSLESS, Ring, RingSpec  # noqa: E402
+import common
+from shm import segment
+from shm.doorbell import Doorbell
+from shm.records import TICK
+from shm.ring import LOSSLESS, Ring, RingSpec
 
 BATCH = 1000                   # records per batch for the batched transports
 POOL = 4096                    # distinct pre-built per-record payloads
@@ -551,11 +541,6 @@ def ratios(results: list[dict]) -> dict[str, Any]:
     return out
 
 
-def machine() -> dict:
-    from pipeline.metrics import machine_info
-    return machine_info()
-
-
 # -- output --------------------------------------------------------------------
 def _lat(d: dict) -> str:
     if d.get("p50_us") is None:
@@ -587,10 +572,7 @@ def table(results: list[dict], rat: dict) -> str:
                      f"{vb[r['name']]:.1f}" if r["name"] in vb else "-",
                      " / ".join(_x(pr[k]) for k in ("throughput", "awake_p50_latency",
                                                     "sleeping_p50_latency")) if pr else "-"])
-    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    lines = [" | ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
-    lines.insert(1, "-+-".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return common.table(rows)
 
 
 def make_plan(args: argparse.Namespace, t: Transport) -> Plan:
@@ -603,9 +585,7 @@ def make_plan(args: argparse.Namespace, t: Transport) -> Plan:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--json", metavar="PATH", help="write results as JSON here")
-    ap.add_argument("--quick", action="store_true", help="about 15 s: fewer records and samples")
+    ap = common.parser(__doc__, "about 15 s: fewer records and samples")
     ap.add_argument("--only", nargs="+", metavar="NAME", help="substrings of transport names")
     ap.add_argument("--scale", type=float, default=1.0, help="multiply throughput counts")
     ap.add_argument("--samples", type=int, default=8000, help="latency samples per mode")
@@ -615,46 +595,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)  # clean up on kill/timeout too
     ctx = mp.get_context("spawn")
     chosen = [t for t in TRANSPORTS.values()
               if not args.only or any(s.lower() in t.name.lower() for s in args.only)]
-    info = machine()
-    if info["loadavg_start"][0] >= 0.75 * (os.cpu_count() or 1):
-        print(f"  note: load average {info['loadavg_start'][0]:.1f} on {os.cpu_count()} CPUs "
-              "before starting: other work is running, expect noisy figures", file=sys.stderr)
+    info = common.machine()
     tag = f"bench{os.getpid()}"
     results: list[dict] = []
-    try:
-        for t in chosen:
-            plan = make_plan(args, t)
-            print(f"  {t.name}: {plan.count:,} records, {plan.awake_n} + {plan.sleep_n} "
-                  "latency samples ...", file=sys.stderr, flush=True)
-            try:
-                results.append(run_one(ctx, t, plan, tag, 45.0 if args.quick else 120.0))
-            except (RuntimeError, TimeoutError) as e:
-                results.append({"name": t.name, "ours": t.ours, "batched": t.batched,
-                                "error": str(e)})
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    info["loadavg_end"] = list(os.getloadavg())
+    for t in chosen:
+        plan = make_plan(args, t)
+        print(f"  {t.name}: {plan.count:,} records, {plan.awake_n} + {plan.sleep_n} "
+              "latency samples ...", file=sys.stderr, flush=True)
+        try:
+            results.append(run_one(ctx, t, plan, tag, 45.0 if args.quick else 120.0))
+        except (RuntimeError, TimeoutError) as e:
+            results.append({"name": t.name, "ours": t.ours, "batched": t.batched,
+                            "error": str(e)})
+    load = common.finish(info)
     rat = ratios(results)
     print(table(results, rat))
-    print(f"load average {info['loadavg_start'][0]:.1f} before, {info['loadavg_end'][0]:.1f} "
-          f"after, on {info['cpu_count']} CPUs")
-    if args.json:
-        report = {"machine": info, "quick": args.quick, "args": vars(args),
-                  "results": results, "ratios": rat}
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    print(load)
+    common.save(args, info, {"results": results, "ratios": rat})
     return 1 if any("error" in r for r in results) else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    common.run(main)

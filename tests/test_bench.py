@@ -30,8 +30,8 @@ def test_ring_bench_quick(tmp_path):
         assert 0 < r["p50_us"] <= r["p99_us"] <= r["p999_us"]
 
 
-def test_pipeline_bench_quick(tmp_path):
-    res = run_bench("pipeline.py", tmp_path / "pipeline.json")
+def test_end_to_end_bench_quick(tmp_path):
+    res = run_bench("end_to_end.py", tmp_path / "end_to_end.json")
     assert res["workers"] == 8
     assert res["trials"] and "sustained_ticks_per_s" in res   # 0 when a loaded machine drops
     assert res["latency"]["tick_to_fill"]["count"] > 0
@@ -55,8 +55,8 @@ def test_indicators_bench_quick(tmp_path):
     assert res["batch"]["ours_ms"] > 0 and res["batch"]["talib_ms"] > 0
 
 
-def test_models_bench_quick(tmp_path):
-    res = run_bench("models.py", tmp_path / "models.json")
+def test_inference_bench_quick(tmp_path):
+    res = run_bench("inference.py", tmp_path / "inference.json")
     rows = {(r["model"], r["batch"]): r for r in res["results"]}
     assert set(rows) == {(m, b) for m in ("forest", "xgboost", "lstm", "rl", "ensemble")
                          for b in (1, 64, 256)}
