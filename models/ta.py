@@ -27,17 +27,10 @@ import numpy as np
 from numba.core import types
 from numba.extending import intrinsic
 
-from pipeline.config import indicator_columns
+from pipeline.config import check_indicator, indicator_columns
 
 NAN = math.nan
 JIT = dict(nopython=True, cache=True, nogil=True)
-
-
-def _check_periods(name: str, minimum: int = 1, **periods) -> None:
-    """TA-Lib's parameter ranges: integer periods from `minimum` (1 or 2) up."""
-    for key, value in periods.items():
-        if isinstance(value, bool) or int(value) != value or value < minimum:
-            raise ValueError(f"{name}: {key} must be an integer >= {minimum}, got {value!r}")
 
 
 class Indicator:
@@ -191,7 +184,7 @@ def _ema_kernel(sym, x, period, count, acc, ema, out):
 class EMA(Indicator):
     def __init__(self, n_symbols: int, period: int):
         super().__init__(n_symbols)
-        _check_periods("ema", period=period)
+        check_indicator("ema", (period,))
         self.period = int(period)
         self.columns = indicator_columns("ema", (period,))
         self.lookback = self.period - 1
@@ -231,7 +224,7 @@ def _sma_kernel(sym, x, period, count, window, total, out):
 class SMA(Indicator):
     def __init__(self, n_symbols: int, period: int):
         super().__init__(n_symbols)
-        _check_periods("sma", period=period)
+        check_indicator("sma", (period,))
         self.period = int(period)
         self.columns = indicator_columns("sma", (period,))
         self.lookback = self.period - 1
@@ -283,7 +276,7 @@ def _rsi_kernel(sym, x, period, count, prev, gain, loss, out):
 class RSI(Indicator):
     def __init__(self, n_symbols: int, period: int):
         super().__init__(n_symbols)
-        _check_periods("rsi", 2, period=period)
+        check_indicator("rsi", (period,))
         self.period = int(period)
         self.columns = indicator_columns("rsi", (period,))
         self.lookback = self.period
@@ -359,8 +352,7 @@ class MACD(Indicator):
 
     def __init__(self, n_symbols: int, fast: int = 12, slow: int = 26, signal: int = 9):
         super().__init__(n_symbols)
-        _check_periods("macd", 2, fast=fast, slow=slow)
-        _check_periods("macd", 1, signal=signal)
+        check_indicator("macd", (fast, slow, signal))
         self.columns = indicator_columns("macd", (fast, slow, signal))
         if slow < fast:
             fast, slow = slow, fast
@@ -408,7 +400,7 @@ class BBANDS(Indicator):
 
     def __init__(self, n_symbols: int, period: int = 20, nbdev: float = 2.0):
         super().__init__(n_symbols)
-        _check_periods("bbands", 2, period=period)
+        check_indicator("bbands", (period, nbdev))
         self.period, self.nbdev = int(period), float(nbdev)
         self.columns = indicator_columns("bbands", (period, nbdev))
         self.lookback = self.period - 1
@@ -464,7 +456,7 @@ class ATR(Indicator):
 
     def __init__(self, n_symbols: int, period: int = 14):
         super().__init__(n_symbols)
-        _check_periods("atr", period=period)
+        check_indicator("atr", (period,))
         self.period = int(period)
         self.columns = indicator_columns("atr", (period,))
         self.lookback = self.period
@@ -561,7 +553,7 @@ class STOCH(Indicator):
 
     def __init__(self, n_symbols: int, fastk: int = 14, slowk: int = 3, slowd: int = 3):
         super().__init__(n_symbols)
-        _check_periods("stoch", fastk=fastk, slowk=slowk, slowd=slowd)
+        check_indicator("stoch", (fastk, slowk, slowd))
         self.fastk, self.slowk, self.slowd = int(fastk), int(slowk), int(slowd)
         self.columns = indicator_columns("stoch", (fastk, slowk, slowd))
         self.lookback = self.fastk - 1 + self.slowk - 1 + self.slowd - 1
@@ -677,7 +669,7 @@ class VWAP(Indicator):
 
     def __init__(self, n_symbols: int, period: int = 20):
         super().__init__(n_symbols)
-        _check_periods("vwap", period=period)
+        check_indicator("vwap", (period,))
         self.period = int(period)
         self.columns = indicator_columns("vwap", (period,))
         self.lookback = self.period - 1
@@ -723,7 +715,7 @@ class Volatility(Indicator):
 
     def __init__(self, n_symbols: int, period: int = 20):
         super().__init__(n_symbols)
-        _check_periods("volatility", 2, period=period)
+        check_indicator("volatility", (period,))
         self.period = int(period)
         self.columns = indicator_columns("volatility", (period,))
         self.lookback = self.period
@@ -768,7 +760,7 @@ class VolumeZ(Indicator):
 
     def __init__(self, n_symbols: int, period: int = 20):
         super().__init__(n_symbols)
-        _check_periods("volume_z", 2, period=period)
+        check_indicator("volume_z", (period,))
         self.period = int(period)
         self.columns = indicator_columns("volume_z", (period,))
         self.lookback = self.period - 1
