@@ -91,6 +91,37 @@ SIGNAL = _padded("signal", [
     ("model_versions", "<u2", (SIGNAL_MEMBERS,)),  # registry version per member; 0 = did not run
 ])
 
+# order types, times in force and the reasons a strategy gives (INTENT, ORDER)
+ORDER_MARKET = 1
+ORDER_LIMIT = 2
+TIF_GTC = 1              # good till cancelled
+TIF_IOC = 2              # immediate or cancel: what does not fill at once is cancelled
+TIF_FOK = 3              # fill or kill: all at once or nothing
+TIF_POST_ONLY = 4        # a maker order: rejected if it would take liquidity
+REASON_ENTRY = 1
+REASON_EXIT = 2
+REASON_STOP_LOSS = 3
+REASON_TAKE_PROFIT = 4
+REASON_REBALANCE = 5     # a change in size (volatility target) of a held position
+REASON_FLATTEN = 6       # closing everything (a halt, a manual command)
+
+INTENT = _padded("intent", [
+    ("ts_origin_ns", "<i8"),
+    ("ts_ns", "<i8"),           # when the strategy emitted it (its clock)
+    ("seq", "<u8"),             # the strategy's intent sequence: the client order id's root
+    ("signal_seq", "<u8"),      # the signal that caused it (0: a tick, a timer, a command)
+    ("symbol_id", "<u4"),
+    ("strategy_id", "<u2"),
+    ("side", "i1"),             # SIDE_BUY / SIDE_SELL
+    ("order_type", "u1"),       # ORDER_MARKET / ORDER_LIMIT
+    ("tif", "u1"),              # TIF_*
+    ("reason", "u1"),           # REASON_*
+    ("flags", "<u2"),
+    ("qty", "<f8"),             # base-asset quantity, > 0
+    ("limit_price", "<f8"),     # NaN for a market order
+    ("ref_price", "<f8"),       # the price the strategy saw (last trade or mid)
+])
+
 ORDER = _padded("order", [
     ("ts_origin_ns", "<i8"),
     ("ts_ns", "<i8"),
