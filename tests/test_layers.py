@@ -17,7 +17,8 @@ PACKAGES = ("shm", "pipeline", "models", "workers")
 PLAN = {"config", "topology", "symbols", "bus", "metrics", "errors", "storage", "clock", "logs"}
 
 # pure cores: numpy in, numpy out, a clock passed in; no rings, tables, zmq or worker loop
-CORES = ("workers.bars", "workers.execution.portfolio", "workers.execution.paper")
+CORES = ("workers.bars", "workers.execution.portfolio", "workers.execution.paper",
+         "workers.strategy.signals")
 NOT_IN_CORES = ("zmq", "shm.ring", "shm.table", "shm.segment", "shm.doorbell", "pipeline.bus",
                 "workers.base")
 

@@ -1,0 +1,157 @@
+"""The model-signal strategy core: gate, hysteresis, holding period, sizing, stops,
+and intents whose seq comes from what caused them."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pipeline.clock import SimClock
+from shm.records import (FLAG_GAP, FLAG_STALE, FLAG_WARMUP, INTENT, REASON_ENTRY, REASON_EXIT,
+                         REASON_STOP_LOSS, REASON_TAKE_PROFIT, SIDE_BUY, SIDE_SELL, SIGNAL)
+from workers.strategy.signals import SOURCE_BITS, SignalStrategy, SignalStrategyParams
+
+BAR = 60 * 10**9
+NO_VOL = np.full(4, np.nan)
+
+
+def signal(margin: float, bar: int, price: float = 100.0, sid: int = 0, seq: int | None = None,
+           flags: int = 0) -> np.ndarray:
+    """One SIGNAL row whose p(up) - p(down) is ``margin``, on bar number ``bar``."""
+    s = np.zeros(1, SIGNAL)
+    up, down = max(margin, 0.0), max(-margin, 0.0)
+    s["probs"] = [[0.3 + down, 0.4 - abs(margin), 0.3 + up]]
+    s["symbol_id"] = sid
+    s["ts_bar_ns"] = bar * BAR
+    s["ts_origin_ns"] = bar * BAR + 5
+    s["seq"] = bar if seq is None else seq
+    s["ref_price"] = price
+    s["flags"] = flags
+    return s
+
+
+def run(strategy: SignalStrategy, margins, prices=None, vol=NO_VOL) -> list[tuple[int, int, int]]:
+    """(bar, side, reason) of every intent over a run of one signal per bar."""
+    out = []
+    for bar, m in enumerate(margins):
+        price = 100.0 if prices is None else prices[bar]
+        for row in strategy.on_signals(signal(m, bar, price), vol):
+            out.append((bar, int(row["side"]), int(row["reason"])))
+    return out
+
+
+def make(**params) -> SignalStrategy:
+    return SignalStrategy(4, SignalStrategyParams(**params), SimClock(0))
+
+
+def test_hysteresis_and_gate_keep_a_wandering_margin_from_churning():
+    # a margin wandering around 0.1: an argmax would flip every bar
+    margins = [0.11, 0.09, 0.12, 0.08, 0.11, 0.05, 0.03, 0.01, -0.02, 0.04, 0.12]
+    got = run(make(enter_margin=0.10, exit_margin=0.02, min_hold_bars=0), margins)
+    assert got == [(0, SIDE_BUY, REASON_ENTRY), (7, SIDE_SELL, REASON_EXIT),
+                   (10, SIDE_BUY, REASON_ENTRY)]
+
+
+def test_minimum_holding_period_in_bars():
+    margins = [0.2, -0.1, -0.1, -0.1, -0.1, -0.1]
+    assert run(make(min_hold_bars=3), margins) == [(0, SIDE_BUY, REASON_ENTRY),
+                                                   (3, SIDE_SELL, REASON_EXIT)]
+    s = make(min_hold_bars=3)
+    run(s, margins[:3])
+    assert s.counters["held"] == 2
+
+
+def test_short_only_when_allowed_and_a_reversal_waits_a_signal():
+    margins = [-0.3, 0.3, 0.3]
+    assert run(make(min_hold_bars=0), margins) == [(1, SIDE_BUY, REASON_ENTRY)]
+    assert run(make(min_hold_bars=0, allow_short=True), margins) == [
+        (0, SIDE_SELL, REASON_ENTRY), (1, SIDE_BUY, REASON_EXIT), (2, SIDE_BUY, REASON_ENTRY)]
+
+
+def test_volatility_targeted_size_capped_at_max_notional():
+    s = make(notional=100.0, max_notional=400.0, target_vol=0.002)
+    vol = np.array([0.004, 0.001, 1e-9, np.nan])
+    sizes = {}
+    for sid in range(4):
+        rows = s.on_signals(signal(0.5, 0, price=50.0, sid=sid), vol)
+        sizes[sid] = float(rows["qty"][0]) * 50.0
+    assert sizes[0] == pytest.approx(50.0)       # twice the target volatility: half the size
+    assert sizes[1] == pytest.approx(200.0)
+    assert sizes[2] == pytest.approx(400.0)      # capped
+    assert sizes[3] == pytest.approx(100.0)      # unknown volatility: the base notional
+
+
+def test_exit_closes_exactly_what_the_entry_opened():
+    s = make(min_hold_bars=0)
+    entry = s.on_signals(signal(0.5, 0, price=100.0), np.array([0.001, 0, 0, 0]))
+    exit_ = s.on_signals(signal(-0.5, 1, price=90.0), NO_VOL)
+    assert exit_["qty"][0] == entry["qty"][0] and exit_["side"][0] == -entry["side"][0]
+    assert exit_["ref_price"][0] == 90.0
+
+
+def test_stop_loss_and_take_profit_on_prices_and_signals():
+    s = make(stop_loss=0.02, take_profit=0.05, min_hold_bars=100)
+    s.on_signals(signal(0.5, 0, price=100.0), NO_VOL)
+    assert len(s.on_price(0, 98.5, seq=7, ts_origin_ns=1)) == 0
+    stop = s.on_price(0, 97.9, seq=8, ts_origin_ns=1)
+    assert stop["reason"].tolist() == [REASON_STOP_LOSS] and stop["side"][0] == SIDE_SELL
+    assert stop["signal_seq"][0] == 0 and stop["seq"][0] >> SOURCE_BITS == 0xFFFF
+    # a stop overrides the holding period; the next entry comes on a later signal
+    s.on_signals(signal(0.5, 1, price=100.0), NO_VOL)
+    tp = s.on_signals(signal(0.5, 2, price=105.5), NO_VOL)
+    assert tp["reason"].tolist() == [REASON_TAKE_PROFIT]
+
+
+@pytest.mark.parametrize("flags", [FLAG_GAP, FLAG_WARMUP, FLAG_STALE])
+def test_bad_data_opens_nothing_but_may_close(flags):
+    s = make(min_hold_bars=0)
+    assert len(s.on_signals(signal(0.5, 0, flags=flags), NO_VOL)) == 0
+    assert s.counters["no_new_risk"] == 1
+    s.on_signals(signal(0.5, 1), NO_VOL)
+    assert s.on_signals(signal(-0.5, 2, flags=flags), NO_VOL)["reason"].tolist() == [REASON_EXIT]
+
+
+@pytest.mark.parametrize("price", [np.nan, 0.0, -1.0, np.inf])
+def test_bad_prices_and_symbols_are_counted_never_traded(price):
+    s = make()
+    assert len(s.on_signals(signal(0.5, 0, price=price), NO_VOL)) == 0
+    assert len(s.on_signals(signal(0.5, 0, sid=9), NO_VOL)) == 0
+    assert len(s.on_price(0, price, 1, 1)) == 0
+    assert s.counters["bad_input"] == 3
+
+
+def test_intent_seq_comes_from_the_signal_so_a_restart_derives_the_same_intent():
+    a, b = make(), make()
+    first = a.on_signals(signal(0.5, 3, seq=41), NO_VOL, source=2)
+    b.restore(json.loads(json.dumps(make().state())))
+    again = b.on_signals(signal(0.5, 3, seq=41), NO_VOL, source=2)
+    assert first.tobytes() == again.tobytes()
+    assert first["seq"][0] == (2 << SOURCE_BITS) | 41 and first["signal_seq"][0] == 41
+    assert first.dtype == INTENT
+
+
+def test_state_survives_a_json_round_trip():
+    s = make(min_hold_bars=2, stop_loss=0.1)
+    run(s, [0.5, 0.5])
+    restored = make(min_hold_bars=2, stop_loss=0.1)
+    restored.restore(json.loads(json.dumps(s.state())))
+    for name in ("direction", "qty", "held_bars", "last_bar"):
+        assert np.array_equal(getattr(restored, name), getattr(s, name)), name
+    assert restored.entry[0] == s.entry[0]
+    # and it trades on as the original would
+    stop = restored.on_price(0, 89.0, 1, 1)
+    assert stop["reason"].tolist() == [REASON_STOP_LOSS]
+    assert stop.tobytes() == s.on_price(0, 89.0, 1, 1).tobytes()
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(exit_margin=0.2, enter_margin=0.1), "exit_margin must be below enter_margin"),
+    (dict(enter_margin=0.0), "enter_margin must be in"),
+    (dict(min_hold_bars=-1), "min_hold_bars"),
+    (dict(notional=500.0, max_notional=100.0), "notional must be > 0 and at most max_notional"),
+    (dict(stop_loss=float("nan")), "stop_loss must be a finite number"),
+])
+def test_params_are_checked(bad, match):
+    with pytest.raises(ValueError, match=match):
+        SignalStrategyParams(**bad)

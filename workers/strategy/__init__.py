@@ -1,0 +1,2 @@
+"""Strategies: signals (and prices) in, intents out. Pure cores the strategy
+process and a backtest both drive."""

@@ -1,0 +1,245 @@
+"""The model-signal strategy: signals in, intents out.
+
+A pure core (numpy in, numpy out, a clock passed in): the strategy process
+drives it live and a backtest drives it on a simulated clock, so both trade
+by the same rules. What a model's argmax alone gets wrong, and what each rule
+here is for:
+
+* **Confidence gate and hysteresis.** The signal is the probability margin
+  ``p(up) - p(down)``. A position opens only when the margin reaches
+  ``enter_margin`` and closes only when it falls below ``exit_margin`` (lower):
+  a margin wandering around one level would otherwise flip the position every
+  bar, and at 12 bps a side the fees eat the edge.
+* **Minimum holding period.** A position is held at least ``min_hold_bars``
+  bars unless a stop takes it out.
+* **Volatility-targeted size.** The notional is ``notional`` scaled by
+  ``target_vol / vol`` (the bar's ``vol_20``, or ``atr_14 / close``), capped at
+  ``max_notional``: the same risk in a quiet market as in a wild one.
+* **Stop-loss and take-profit** against the entry price, checked on every
+  price the strategy sees (each signal's reference price, and ticks through
+  `on_price`).
+* **Bad data trades nothing new.** A signal flagged FLAG_GAP, FLAG_WARMUP or
+  FLAG_STALE, or with a NaN or non-positive price, opens nothing; a position
+  may still be closed by a stop.
+
+Each intent's ``seq`` is derived from what caused it (the signal's ring and
+sequence, or the price update for a stop), never from a counter, so that a
+restarted strategy that sees the same signal again derives the same intent and
+the order manager's client order id refuses to send it twice.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.clock import Clock
+from shm.records import (FLAG_GAP, FLAG_STALE, FLAG_WARMUP, INTENT, ORDER_MARKET, REASON_ENTRY,
+                         REASON_EXIT, REASON_STOP_LOSS, REASON_TAKE_PROFIT, SIDE_BUY, SIDE_SELL,
+                         TIF_IOC)
+
+NO_NEW_RISK = FLAG_GAP | FLAG_WARMUP | FLAG_STALE
+SOURCE_BITS = 48        # intent seq = source << 48 | the cause's own sequence
+STOP_SOURCE = 0xFFFF    # the source of intents from a stop on a price update
+
+
+@dataclass
+class SignalStrategyParams:
+    """The rules' settings (``[strategy]`` in the config)."""
+    enter_margin: float = 0.10      # p(up) - p(down) that opens a long (its negative: a short)
+    exit_margin: float = 0.02       # a long closes when the margin falls below this
+    min_hold_bars: int = 6          # bars a position is held before a signal may close it
+    allow_short: bool = False       # spot venues: long or flat only
+    notional: float = 100.0         # quote currency per position at the target volatility
+    max_notional: float = 1000.0    # never more than this per position
+    target_vol: float = 0.002       # per-bar volatility at which the size is ``notional``
+    min_vol: float = 1e-5           # a volatility below this is taken as this (no huge sizes)
+    stop_loss: float = 0.0          # close when the price moves this fraction against (0: off)
+    take_profit: float = 0.0        # close when it moves this fraction in favour (0: off)
+
+    def __post_init__(self) -> None:
+        for name in ("enter_margin", "exit_margin", "notional", "max_notional", "target_vol",
+                     "min_vol", "stop_loss", "take_profit"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"strategy.{name} must be a finite number, got {value!r}")
+        if not 0 < self.enter_margin <= 1:
+            raise ValueError(f"strategy.enter_margin must be in (0, 1], got {self.enter_margin}")
+        if not -1 <= self.exit_margin < self.enter_margin:
+            raise ValueError("strategy.exit_margin must be below enter_margin (the hysteresis), "
+                             f"got {self.exit_margin} >= {self.enter_margin}")
+        if isinstance(self.min_hold_bars, bool) or not isinstance(self.min_hold_bars, int) \
+                or self.min_hold_bars < 0:
+            raise ValueError(f"strategy.min_hold_bars must be an integer >= 0, got {self.min_hold_bars!r}")
+        if self.notional <= 0 or self.max_notional < self.notional:
+            raise ValueError("strategy.notional must be > 0 and at most max_notional, "
+                             f"got {self.notional} and {self.max_notional}")
+        if self.target_vol <= 0 or self.min_vol <= 0:
+            raise ValueError("strategy.target_vol and strategy.min_vol must be > 0")
+        if not 0 <= self.stop_loss < 1 or self.take_profit < 0:
+            raise ValueError("strategy.stop_loss must be in [0, 1) and take_profit >= 0")
+
+
+class SignalStrategy:
+    """Per symbol: the direction it holds (-1, 0, 1), the entry price, the bar it
+    entered on and bars held. ``on_signals`` and ``on_price`` return INTENT rows."""
+
+    def __init__(self, n_symbols: int, params: SignalStrategyParams, clock: Clock,
+                 strategy_id: int = 1):
+        self.p = params
+        self.clock = clock
+        self.strategy_id = strategy_id
+        self.n = n_symbols
+        self.direction = np.zeros(n_symbols, np.int8)
+        self.qty = np.zeros(n_symbols)              # what the strategy asked to hold
+        self.entry = np.full(n_symbols, np.nan)
+        self.held_bars = np.zeros(n_symbols, np.int64)
+        self.last_bar = np.full(n_symbols, -1, np.int64)
+        self.counters = {"signals": 0, "intents": 0, "gated": 0, "held": 0, "no_new_risk": 0,
+                         "stops": 0, "bad_input": 0}
+
+    # -- sizing ---------------------------------------------------------------------
+    def size(self, price: float, vol: float) -> float:
+        """Base quantity for a new position at ``price`` with per-bar volatility ``vol``."""
+        vol = vol if math.isfinite(vol) and vol > 0 else self.p.target_vol
+        notional = min(self.p.max_notional,
+                       self.p.notional * self.p.target_vol / max(vol, self.p.min_vol))
+        return notional / price
+
+    # -- inputs ---------------------------------------------------------------------
+    def on_signals(self, signals: np.ndarray, vol: np.ndarray, source: int = 0) -> np.ndarray:
+        """SIGNAL rows (in order) -> INTENT rows. ``vol``: each symbol's per-bar
+        volatility by symbol id (NaN: unknown, sized at the target). ``source``: the
+        index of the signal ring, part of each intent's seq."""
+        out = []
+        for sig in signals:
+            self.counters["signals"] += 1
+            sid = int(sig["symbol_id"])
+            price = float(sig["ref_price"])
+            if sid >= self.n or not math.isfinite(price) or price <= 0:
+                self.counters["bad_input"] += 1
+                continue
+            bar = int(sig["ts_bar_ns"])
+            if bar != self.last_bar[sid]:
+                self.last_bar[sid] = bar
+                if self.direction[sid]:
+                    self.held_bars[sid] += 1
+            seq = (source << SOURCE_BITS) | (int(sig["seq"]) & ((1 << SOURCE_BITS) - 1))
+            stop = self._stop(sid, price)
+            if stop:
+                out.append(self._close(sid, price, stop, seq, sig))
+                continue
+            p_down, _, p_up = (float(x) for x in sig["probs"])
+            margin = p_up - p_down
+            if not math.isfinite(margin):
+                self.counters["bad_input"] += 1
+                continue
+            d = int(self.direction[sid])
+            if d and d * margin < self.p.exit_margin:
+                if self.held_bars[sid] < self.p.min_hold_bars:
+                    self.counters["held"] += 1
+                    continue
+                out.append(self._close(sid, price, REASON_EXIT, seq, sig))
+                continue                     # one intent per signal: a reversal waits a signal
+            want = 1 if margin >= self.p.enter_margin else (
+                -1 if self.p.allow_short and margin <= -self.p.enter_margin else 0)
+            if want == 0 or want == d:
+                if want == 0 and not d:
+                    self.counters["gated"] += 1
+                continue
+            if int(sig["flags"]) & NO_NEW_RISK:
+                self.counters["no_new_risk"] += 1
+                continue
+            v = float(vol[sid]) if sid < len(vol) else math.nan
+            qty = self.size(price, v)
+            self.direction[sid] = want
+            self.qty[sid] = want * qty
+            self.entry[sid] = price
+            self.held_bars[sid] = 0
+            out.append(self._intent(sid, want, qty, price, REASON_ENTRY, seq, sig))
+        rows = np.zeros(len(out), INTENT)     # (np.concatenate would drop the padding)
+        for i, row in enumerate(out):
+            rows[i] = row[0]
+        self.counters["intents"] += len(rows)
+        return rows
+
+    def on_price(self, symbol_id: int, price: float, seq: int, ts_origin_ns: int) -> np.ndarray:
+        """A price update (a trade): the stop-loss and take-profit of a held position.
+        ``seq``: the update's own sequence (the tick ring's), so the intent is the same
+        if a restart sees the same tick again."""
+        if symbol_id >= self.n or not math.isfinite(price) or price <= 0:
+            self.counters["bad_input"] += 1
+            return np.zeros(0, INTENT)
+        stop = self._stop(symbol_id, price)
+        if not stop:
+            return np.zeros(0, INTENT)
+        cause = np.zeros((), [("ts_origin_ns", "<i8"), ("seq", "<u8")])
+        cause["ts_origin_ns"] = ts_origin_ns
+        full = (STOP_SOURCE << SOURCE_BITS) | (int(seq) & ((1 << SOURCE_BITS) - 1))
+        rows = self._close(symbol_id, price, stop, full, cause, signal_seq=0)
+        self.counters["intents"] += len(rows)
+        return rows
+
+    # -- rules ------------------------------------------------------------------------
+    def _stop(self, sid: int, price: float) -> int:
+        """REASON_STOP_LOSS or REASON_TAKE_PROFIT if the held position's stop is hit, else 0."""
+        d = int(self.direction[sid])
+        if not d:
+            return 0
+        move = d * (price / self.entry[sid] - 1)
+        if self.p.stop_loss and move <= -self.p.stop_loss:
+            self.counters["stops"] += 1
+            return REASON_STOP_LOSS
+        if self.p.take_profit and move >= self.p.take_profit:
+            self.counters["stops"] += 1
+            return REASON_TAKE_PROFIT
+        return 0
+
+    def _close(self, sid: int, price: float, reason: int, seq: int, cause,
+               signal_seq: int | None = None) -> np.ndarray:
+        qty = abs(float(self.qty[sid]))
+        side = -int(self.direction[sid])
+        self.direction[sid] = 0
+        self.qty[sid] = 0.0
+        self.entry[sid] = np.nan
+        self.held_bars[sid] = 0
+        return self._intent(sid, side, qty, price, reason, seq, cause, signal_seq)
+
+    def _intent(self, sid: int, side: int, qty: float, price: float, reason: int, seq: int,
+                cause, signal_seq: int | None = None) -> np.ndarray:
+        row = np.zeros(1, INTENT)
+        row["ts_origin_ns"] = cause["ts_origin_ns"]
+        row["ts_ns"] = self.clock.time_ns()
+        row["seq"] = seq
+        row["signal_seq"] = cause["seq"] if signal_seq is None else signal_seq
+        row["symbol_id"] = sid
+        row["strategy_id"] = self.strategy_id
+        row["side"] = SIDE_BUY if side > 0 else SIDE_SELL
+        row["order_type"] = ORDER_MARKET
+        row["tif"] = TIF_IOC
+        row["reason"] = reason
+        row["qty"] = qty
+        row["limit_price"] = np.nan
+        row["ref_price"] = price
+        return row
+
+    # -- persistence --------------------------------------------------------------------
+    def state(self) -> dict:
+        """What a restart needs, JSON-able (the journal keeps it)."""
+        held = np.flatnonzero(self.direction)
+        return {"positions": {int(s): {"direction": int(self.direction[s]), "qty": float(self.qty[s]),
+                                       "entry": float(self.entry[s]),
+                                       "held_bars": int(self.held_bars[s]),
+                                       "last_bar": int(self.last_bar[s])} for s in held}}
+
+    def restore(self, state: dict) -> None:
+        for key, pos in state.get("positions", {}).items():
+            s = int(key)
+            if s >= self.n:
+                raise ValueError(f"strategy state names symbol {s}, this run has {self.n}")
+            self.direction[s] = int(pos["direction"])
+            self.qty[s] = float(pos["qty"])
+            self.entry[s] = float(pos["entry"])
+            self.held_bars[s] = int(pos["held_bars"])
+            self.last_bar[s] = int(pos["last_bar"])
