@@ -1,0 +1,584 @@
+"""The execution journal: an append-only, hash-chained record of everything
+execution decides and learns, the record that money questions are answered from.
+
+One SQLite file per pipeline (``journal/<pipeline name>.sqlite`` unless the
+config says otherwise), written by one process only: execution. Every intent,
+risk verdict, order event, fill, position change, risk state change and manual
+command is a row of ``entries``; at start, execution replays the journal to
+rebuild positions, open orders, balances, realised P&L and risk states.
+
+Why WAL: readers (``pipeline journal show``, ``verify``, ``export``) read a
+consistent snapshot while the writer keeps appending, and neither blocks the
+other. ``synchronous=NORMAL`` makes a commit an append to the WAL without an
+fsync: a committed row survives a crash of the process (kill -9, os._exit), and
+only a power loss or kernel crash can take back the last commits.
+
+Why the chain: each row stores the sha256 of the row before it (``prev_hash``)
+and its own ``hash`` = sha256(prev_hash + the row's canonical content, id
+included; see `row_hash`). A row edited, deleted or moved after the fact breaks
+the chain there, and `verify` names the first bad row. The ``head`` table holds
+the id and hash of the last committed row, so rows cut off the end are found too.
+
+Batching: `Journal.append` only adds to the open transaction; `Journal.commit`
+commits the batch, once per step of the execution loop, so the hot path pays a
+JSON dump, a sha256 and an INSERT per row and one commit per step.
+
+Write-ahead, the caller's part (the journal cannot send orders, so it cannot
+enforce this; execution must):
+
+    journal.append("order", now, order, symbol=sym, venue=v, client_order_id=coid)
+    journal.durable()          # fsync'd: the order is on disk even after a power loss
+    venue.send(order)          # only now may the venue learn of it
+
+    journal.append("fill", now, fill, ...)
+    journal.append("position", now, position, ...)
+    journal.commit()           # the fill is journaled ...
+    publish(positions)         # ... before anyone sees the new positions
+
+`durable` is `commit` with an fsync of the WAL (``synchronous=FULL`` for that one
+commit): use it before anything leaves the process that the journal must not
+forget (an order sent); `commit` is enough for the rest.
+
+Secrets never reach the journal: a payload key that looks like a credential
+(api_key, secret, signature, token, password, ...) is refused. NaN and infinity
+are refused too (a NaN price replayed at start would rebuild wrong positions),
+as is anything JSON cannot hold exactly; numpy scalars and arrays are converted.
+
+The schema is versioned: ``schema_version`` lists the migrations applied, and
+opening a file applies the missing ones from `MIGRATIONS`, in order, each in
+its own transaction. A file is recognised as a journal by its SQLite
+application_id.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import math
+import os
+import re
+import sqlite3
+import time
+import uuid
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping
+from urllib.parse import quote
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .errors import UserError
+
+KINDS = ("intent", "verdict", "order", "fill", "position", "risk_state", "command", "note")
+GENESIS = "0" * 64                 # prev_hash of the first row
+APPLICATION_ID = 0x7469636B        # "tick": SQLite header field that marks a tickpipe journal
+COLUMNS = ("id", "ts_ns", "kind", "symbol", "venue", "client_order_id", "payload",
+           "prev_hash", "hash")
+EXPORT_SCHEMA = pa.schema([
+    ("id", pa.int64()), ("ts_ns", pa.int64()), ("kind", pa.string()), ("symbol", pa.string()),
+    ("venue", pa.string()), ("client_order_id", pa.string()), ("payload", pa.string()),
+    ("prev_hash", pa.string()), ("hash", pa.string()),
+])
+_EXPORT_BATCH = 65_536
+
+# payload keys that name credentials, matched on the key lower-cased without - and _
+_SECRET = re.compile(r"apikey|secret|signature|token|passw(or)?d|passphrase|privatekey|credential"
+                     r"|authorization|listenkey|^sig$|^auth$")
+
+
+class JournalError(UserError):
+    """A journal that cannot be opened, read or written as asked; one line."""
+
+
+def default_path(pipeline: str, base: str | Path = ".") -> Path:
+    """Where a pipeline's journal lives when the config names none."""
+    return Path(base) / "journal" / f"{pipeline}.sqlite"
+
+
+# -- canonical content and the chain -------------------------------------------------
+def _plain(value: Any) -> Any:
+    """json's fallback: numpy values as Python ones; anything else is refused."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"a value of type {type(value).__name__} is not JSON")
+
+
+@lru_cache(maxsize=4096)
+def _is_secret(key: str) -> bool:
+    return bool(_SECRET.search(key.lower().replace("_", "").replace("-", "")))
+
+
+def _check_payload(value: Any, where: str) -> None:
+    """Refuse credential keys and NaN/inf at any depth, naming where they are."""
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            if isinstance(k, str) and _is_secret(k):
+                raise JournalError(f"payload key {where}[{k!r}] looks like a credential; "
+                                   f"keys and signatures never go into the journal")
+            _check_payload(v, f"{where}[{k!r}]")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_payload(v, f"{where}[{i}]")
+    elif isinstance(value, (float, np.floating)) and not math.isfinite(value):
+        raise JournalError(f"payload value {where} is {value}; the journal keeps only finite "
+                           f"numbers (a NaN replayed at start would rebuild wrong state)")
+    elif isinstance(value, np.ndarray) and value.dtype.kind == "f" and not np.isfinite(value).all():
+        raise JournalError(f"payload array {where} holds NaN or infinity; the journal keeps "
+                           f"only finite numbers")
+
+
+def canonical(payload: Mapping[str, Any]) -> str:
+    """The payload as the journal stores and hashes it: JSON, sorted keys, no spaces.
+    Raises JournalError for a credential key, NaN/inf or a value JSON cannot hold."""
+    if not isinstance(payload, Mapping):
+        raise JournalError(f"a journal payload is a dict, not {type(payload).__name__}")
+    _check_payload(payload, "payload")
+    try:
+        return json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False,
+                          default=_plain)
+    except (TypeError, ValueError) as e:
+        raise JournalError(f"payload cannot be journaled: {e}") from None
+
+
+def row_hash(prev_hash: str, id: int, ts_ns: int, kind: str, symbol: str | None,
+             venue: str | None, client_order_id: str | None, payload: str) -> str:
+    """The chain's definition: sha256 hex of prev_hash followed by the row's content as
+    a JSON list (id first, so a row moved to another id no longer matches its hash)."""
+    content = json.dumps([id, ts_ns, kind, symbol, venue, client_order_id, payload],
+                         separators=(",", ":"))
+    return hashlib.sha256((prev_hash + content).encode()).hexdigest()
+
+
+# -- schema and migrations -----------------------------------------------------------
+def _v1(db: sqlite3.Connection) -> None:
+    """The first schema: the entries and the migrations applied."""
+    db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    db.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_ns INTEGER NOT NULL)")
+    db.execute("""CREATE TABLE entries (
+        id INTEGER PRIMARY KEY,
+        ts_ns INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        symbol TEXT,
+        venue TEXT,
+        client_order_id TEXT,
+        payload TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL)""")
+    db.execute("CREATE INDEX entries_client_order_id ON entries (client_order_id)")
+
+
+def _v2(db: sqlite3.Connection) -> None:
+    """The chain's head (so rows cut off the end are found) and the indexes that
+    `journal show --since --symbol` reads by."""
+    db.execute("""CREATE TABLE head (
+        one INTEGER PRIMARY KEY CHECK (one = 1),
+        id INTEGER NOT NULL,
+        hash TEXT NOT NULL)""")
+    last = db.execute("SELECT id, hash FROM entries ORDER BY id DESC LIMIT 1").fetchone()
+    db.execute("INSERT INTO head VALUES (1, ?, ?)", last or (0, GENESIS))
+    db.execute("CREATE INDEX entries_ts_ns ON entries (ts_ns)")
+    db.execute("CREATE INDEX entries_symbol_ts_ns ON entries (symbol, ts_ns)")
+
+
+# (version, migration); a new schema is a new entry at the end, never an edit of one here
+MIGRATIONS: list[tuple[int, Callable[[sqlite3.Connection], None]]] = [(1, _v1), (2, _v2)]
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+
+def _tables(db: sqlite3.Connection) -> set[str]:
+    return {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+def _version(db: sqlite3.Connection, path: Path) -> int:
+    """The schema version of an open file; 0 for a new, empty database. Raises
+    JournalError for a file that is not a tickpipe journal or is newer than this code."""
+    try:
+        app_id = db.execute("PRAGMA application_id").fetchone()[0]
+        tables = _tables(db)
+    except sqlite3.DatabaseError as e:
+        raise JournalError(f"{path} is not a tickpipe journal ({e})") from None
+    if app_id == 0 and not tables:
+        return 0
+    if app_id != APPLICATION_ID or "schema_version" not in tables:
+        raise JournalError(f"{path} is not a tickpipe journal (an SQLite file of another program)")
+    version = db.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] or 0
+    if version > SCHEMA_VERSION:
+        raise JournalError(f"{path} has journal schema version {version}; this tickpipe reads "
+                           f"up to version {SCHEMA_VERSION}: upgrade tickpipe")
+    return version
+
+
+def _migrate(db: sqlite3.Connection, path: Path, now_ns: int) -> None:
+    """Apply the migrations the file lacks, each with its version row in one transaction."""
+    for version, step in MIGRATIONS:
+        if version <= _version(db, path):
+            continue
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            step(db)
+            db.execute("INSERT INTO schema_version VALUES (?, ?)", (version, now_ns))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+
+# -- the writer ----------------------------------------------------------------------
+class Journal:
+    """The single writer of one journal file.
+
+    Opening takes an exclusive lock (flock on ``<file>.lock``), so a second writer,
+    in this process or another, fails at once instead of forking the chain. The lock
+    dies with the process, so a crashed execution does not block its restart.
+    """
+
+    _INSERT = ("INSERT INTO entries (id, ts_ns, kind, symbol, venue, client_order_id, payload,"
+               " prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if self.path.is_dir():
+            raise JournalError(f"journal {self.path} is a directory; give a file path")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise JournalError(f"cannot create the journal's folder {self.path.parent}: "
+                               f"{e.strerror}") from None
+        self._lock_fd = self._lock()
+        try:
+            self._db = self._open()
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
+        self._pending = 0
+
+    def _lock(self) -> int:
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise JournalError(f"cannot create the journal lock {lock_path}: {e.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise JournalError(f"journal {self.path} is already open by another writer "
+                               f"(pid {holder}); execution is its only writer") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        return fd
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as e:
+            raise JournalError(f"cannot open journal {self.path}: {e}") from None
+        try:
+            _version(db, self.path)                 # refuse a foreign file before writing to it
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = NORMAL")
+            db.execute("PRAGMA busy_timeout = 5000")
+            _migrate(db, self.path, time.time_ns())
+            last = db.execute("SELECT id, hash FROM entries ORDER BY id DESC LIMIT 1").fetchone()
+        except sqlite3.Error as e:
+            db.close()
+            raise JournalError(f"cannot open journal {self.path}: {e}") from None
+        except BaseException:
+            db.close()
+            raise
+        self._next_id, self._last_hash = (last[0] + 1, last[1]) if last else (1, GENESIS)
+        return db
+
+    @property
+    def pending(self) -> int:
+        """Rows appended since the last commit."""
+        return self._pending
+
+    @property
+    def last_id(self) -> int:
+        """Id of the last row appended (committed or not); 0 for an empty journal."""
+        return self._next_id - 1
+
+    def append(self, kind: str, ts_ns: int, payload: Mapping[str, Any], symbol: str | None = None,
+               venue: str | None = None, client_order_id: str | None = None) -> int:
+        """Add a row to the open batch and return its id; nothing is on disk before
+        `commit` or `durable`. Bad input raises JournalError and adds nothing."""
+        if kind not in KINDS:
+            raise JournalError(f"journal kind {kind!r} is not one of {', '.join(KINDS)}")
+        if isinstance(ts_ns, bool) or not isinstance(ts_ns, (int, np.integer)) or ts_ns < 0:
+            raise JournalError(f"journal ts_ns must be a non-negative integer of ns, not {ts_ns!r}")
+        for name, value in (("symbol", symbol), ("venue", venue), ("client_order_id", client_order_id)):
+            if value is not None and (not isinstance(value, str) or not value):
+                raise JournalError(f"journal {name} must be a non-empty string or None, not {value!r}")
+        text = canonical(payload)
+        ts_ns = int(ts_ns)
+        row_id = self._next_id
+        digest = row_hash(self._last_hash, row_id, ts_ns, kind, symbol, venue, client_order_id, text)
+        try:
+            if not self._db.in_transaction:
+                self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute(self._INSERT, (row_id, ts_ns, kind, symbol, venue, client_order_id,
+                                            text, self._last_hash, digest))
+        except sqlite3.Error as e:
+            raise JournalError(f"journal {self.path}: cannot append: {e}") from None
+        self._next_id, self._last_hash = row_id + 1, digest
+        self._pending += 1
+        return row_id
+
+    def commit(self) -> int:
+        """Commit the open batch (one transaction per step); returns the rows committed.
+        Survives a process crash; see `durable` for a power loss."""
+        if not self._db.in_transaction:
+            return 0
+        try:
+            self._db.execute("UPDATE head SET id = ?, hash = ? WHERE one = 1",
+                             (self._next_id - 1, self._last_hash))
+            self._db.execute("COMMIT")
+        except sqlite3.Error as e:
+            lost = self._pending
+            if not self._db.in_transaction:          # SQLite rolled the batch back
+                self._resync()
+                raise JournalError(f"journal {self.path}: commit failed and {lost} rows were "
+                                   f"rolled back: {e}") from None
+            raise JournalError(f"journal {self.path}: commit failed, the {lost} rows are still "
+                               f"pending (call commit again): {e}") from None
+        done, self._pending = self._pending, 0
+        return done
+
+    def durable(self) -> int:
+        """`commit`, then fsync the WAL: call it after journaling an order and before
+        sending it, so the order is on disk even if the machine loses power.
+        (SQLite refuses to change ``synchronous`` inside a transaction, so the fsync
+        is ours; any descriptor of the file flushes it.)"""
+        done = self.commit()
+        wal = self.path.with_name(self.path.name + "-wal")
+        try:
+            fd = os.open(wal, os.O_RDONLY)
+        except FileNotFoundError:          # checkpointed and removed: already in the main file
+            return done
+        try:
+            os.fsync(fd)
+        except OSError as e:
+            raise JournalError(f"journal {self.path}: cannot fsync its WAL: {e.strerror}") from None
+        finally:
+            os.close(fd)
+        return done
+
+    def rollback(self) -> int:
+        """Drop the open batch; returns the rows dropped."""
+        if not self._db.in_transaction:
+            return 0
+        self._db.execute("ROLLBACK")
+        dropped = self._pending
+        self._resync()
+        return dropped
+
+    def _resync(self) -> None:
+        last = self._db.execute("SELECT id, hash FROM entries ORDER BY id DESC LIMIT 1").fetchone()
+        self._next_id, self._last_hash = (last[0] + 1, last[1]) if last else (1, GENESIS)
+        self._pending = 0
+
+    def replay(self, kinds: Iterable[str] | None = None) -> Iterator[dict]:
+        """Rows in journal order, as dicts with the payload parsed: what execution reads
+        at start to rebuild its state. Call it before appending."""
+        yield from _select(self._db, kinds=kinds)
+
+    @property
+    def schema_version(self) -> int:
+        return _version(self._db, self.path)
+
+    def close(self) -> None:
+        """Commit what is pending (a clean stop keeps every row) and release the lock."""
+        if self._db is None:
+            return
+        try:
+            self.commit()
+        finally:
+            self._db.close()
+            self._db = None
+            os.close(self._lock_fd)
+
+    def __enter__(self) -> "Journal":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Journal({str(self.path)!r}, last_id={self.last_id}, pending={self._pending})"
+
+
+# -- readers -------------------------------------------------------------------------
+def _read_only(path: str | Path) -> sqlite3.Connection:
+    """A read-only connection (it never creates or changes the file; reads while the
+    writer is live, thanks to WAL). Raises JournalError for a missing or foreign file."""
+    path = Path(path)
+    if path.is_dir():
+        raise JournalError(f"journal {path} is a directory; give a file path")
+    if not path.exists():
+        raise JournalError(f"no journal at {path}")
+    uri = "file:" + quote(str(path.resolve())) + "?mode=ro"
+    try:
+        db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+    except sqlite3.Error as e:
+        raise JournalError(f"cannot open journal {path}: {e}") from None
+    try:
+        if _version(db, path) == 0:
+            raise JournalError(f"{path} is not a tickpipe journal (an empty database)")
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def _check_kinds(kinds: Iterable[str] | None) -> list[str] | None:
+    if kinds is None:
+        return None
+    kinds = [kinds] if isinstance(kinds, str) else list(kinds)
+    bad = [k for k in kinds if k not in KINDS]
+    if bad:
+        raise JournalError(f"journal kind {bad[0]!r} is not one of {', '.join(KINDS)}")
+    return kinds
+
+
+def _select(db: sqlite3.Connection, since_ns: int | None = None, symbol: str | None = None,
+            kinds: Iterable[str] | None = None) -> Iterator[dict]:
+    kinds = _check_kinds(kinds)
+    where, args = [], []
+    if since_ns is not None:
+        where.append("ts_ns >= ?")
+        args.append(int(since_ns))
+    if symbol is not None:
+        where.append("symbol = ?")
+        args.append(symbol)
+    if kinds is not None:
+        where.append(f"kind IN ({', '.join('?' * len(kinds))})")
+        args += kinds
+    sql = f"SELECT {', '.join(COLUMNS)} FROM entries"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    for row in db.execute(sql + " ORDER BY id", args):
+        out = dict(zip(COLUMNS, row))
+        out["payload"] = json.loads(out["payload"])
+        yield out
+
+
+def rows(path: str | Path, since_ns: int | None = None, symbol: str | None = None,
+         kinds: Iterable[str] | None = None) -> Iterator[dict]:
+    """Rows in journal order (ts_ns >= since_ns, of the symbol, of the kinds), as dicts
+    with the payload parsed; for `pipeline journal show` and reconciliation."""
+    db = _read_only(path)
+    try:
+        yield from _select(db, since_ns, symbol, kinds)
+    finally:
+        db.close()
+
+
+def export(path: str | Path, out: str | Path) -> int:
+    """Write every row to a Parquet file (payload as its JSON text) and return the row
+    count. The file appears whole or not at all (written aside, then renamed)."""
+    out = Path(out)
+    if out.is_dir():
+        raise JournalError(f"export target {out} is a directory; give a .parquet file path")
+    db = _read_only(path)
+    tmp = out.with_name(f".tmp-{uuid.uuid4().hex}-{out.name}")
+    count = 0
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        db.execute("BEGIN")                                   # one snapshot for the whole file
+        cursor = db.execute(f"SELECT {', '.join(COLUMNS)} FROM entries ORDER BY id")
+        with pq.ParquetWriter(tmp, EXPORT_SCHEMA) as writer:
+            while batch := cursor.fetchmany(_EXPORT_BATCH):
+                writer.write_table(_table(batch))
+                count += len(batch)
+            if not count:
+                writer.write_table(_table([]))
+        os.replace(tmp, out)
+    except OSError as e:
+        raise JournalError(f"cannot write {out}: {e.strerror or e}") from None
+    finally:
+        db.close()
+        if tmp.exists():
+            tmp.unlink()
+    return count
+
+
+def _table(batch: list[tuple]) -> pa.Table:
+    columns = list(zip(*batch)) if batch else [()] * len(COLUMNS)
+    return pa.Table.from_arrays([pa.array(list(c), type=f.type)
+                                 for c, f in zip(columns, EXPORT_SCHEMA)], schema=EXPORT_SCHEMA)
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """What `verify` found: ok, how many rows it checked, and the first bad row."""
+    ok: bool
+    rows: int
+    first_bad_id: int | None = None
+    problem: str | None = None        # "edited", "deleted", "reordered" or "inserted"
+    reason: str = ""
+
+    def __str__(self) -> str:
+        if self.ok:
+            return f"journal ok: {self.rows} rows, chain intact"
+        return f"journal BROKEN at row {self.first_bad_id} ({self.problem}): {self.reason}"
+
+
+def verify(path: str | Path) -> VerifyResult:
+    """Walk the chain of one snapshot of the journal and name the first row that was
+    edited, deleted or reordered since it was written."""
+    db = _read_only(path)
+    try:
+        db.execute("BEGIN")
+        return _verify(db)
+    finally:
+        db.close()
+
+
+def _verify(db: sqlite3.Connection) -> VerifyResult:
+    expected_id, last_hash, checked = 1, GENESIS, 0
+    cursor = db.execute(f"SELECT {', '.join(COLUMNS)} FROM entries ORDER BY id")
+    for row_id, ts_ns, kind, symbol, venue, coid, payload, prev_hash, digest in cursor:
+        if row_id != expected_id:
+            span = f"row {expected_id}" if row_id == expected_id + 1 else \
+                f"rows {expected_id} to {row_id - 1}"
+            return VerifyResult(False, checked, expected_id, "deleted",
+                                f"{span} missing: ids jump from {expected_id - 1} to {row_id}")
+        if prev_hash != last_hash:
+            owner = db.execute("SELECT id FROM entries WHERE hash = ? AND id != ? LIMIT 1",
+                               (prev_hash, row_id - 1)).fetchone()
+            if owner is not None:
+                return VerifyResult(False, checked, row_id, "reordered",
+                                    f"row {row_id} was written after row {owner[0]}, "
+                                    f"not after row {row_id - 1}")
+            return VerifyResult(False, checked, row_id, "deleted",
+                                f"row {row_id} does not follow row {row_id - 1}: the row written "
+                                f"before it is gone (deleted and ids renumbered) or was rewritten")
+        if row_hash(prev_hash, row_id, ts_ns, kind, symbol, venue, coid, payload) != digest:
+            return VerifyResult(False, checked, row_id, "edited",
+                                f"row {row_id} ({kind}) does not match its hash: it was changed "
+                                f"after it was written")
+        checked += 1
+        expected_id, last_hash = row_id + 1, digest
+    if "head" in _tables(db):
+        head_id, head_hash = db.execute("SELECT id, hash FROM head WHERE one = 1").fetchone()
+        last_id = expected_id - 1
+        if last_id < head_id:
+            return VerifyResult(False, checked, last_id + 1, "deleted",
+                                f"the journal was committed up to row {head_id} but ends at row "
+                                f"{last_id}: rows {last_id + 1} to {head_id} were cut off")
+        if last_id > head_id:
+            return VerifyResult(False, checked, head_id + 1, "inserted",
+                                f"rows {head_id + 1} to {last_id} were not written by the journal "
+                                f"(its head is row {head_id})")
+        if head_hash != last_hash:
+            return VerifyResult(False, checked, last_id, "edited",
+                                f"row {last_id} is not the row the journal committed last "
+                                f"(it was rewritten)")
+    return VerifyResult(True, checked)

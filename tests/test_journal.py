@@ -1,0 +1,478 @@
+"""The execution journal (pipeline/journal.py): batching, the hash chain and what
+`verify` says about a tampered file, secrets and bad numbers refused, readers
+beside a live writer, Parquet export, migrations from version 1, a writer killed
+mid-batch and a second writer refused."""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import traceback
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import journal as J
+from pipeline.errors import UserError
+from pipeline.journal import Journal, JournalError
+
+SYMBOLS = ["BTC/USDT", "ETH/USDT", "SOL/USDT"]
+
+
+def fill_mixed(j: Journal, n: int, start_ns: int = 1_000) -> list[dict]:
+    """n rows of every kind, committed a step (7 rows) at a time; returns what was written."""
+    written = []
+    for i in range(n):
+        kind = J.KINDS[i % len(J.KINDS)]
+        symbol = SYMBOLS[i % 3] if kind != "command" else None
+        coid = f"c{i // 4}" if kind in ("order", "fill") else None
+        payload = {"i": i, "price": 100.0 + i / 8, "qty": (i % 5) - 2, "nested": {"note": f"r{i}"}}
+        row = dict(kind=kind, ts_ns=start_ns + i, payload=payload, symbol=symbol,
+                   venue="binance" if symbol else None, client_order_id=coid)
+        row["id"] = j.append(**row)
+        written.append(row)
+        if i % 7 == 6:
+            j.commit()
+    j.commit()
+    return written
+
+
+@pytest.fixture
+def path(tmp_path):
+    return tmp_path / "journal" / "t.sqlite"
+
+
+# -- writing and reading --------------------------------------------------------------
+def test_mixed_rows_read_back_in_order_and_verify(path):
+    with Journal(path) as j:
+        written = fill_mixed(j, 300)
+        assert [r["id"] for r in written] == list(range(1, 301))
+        assert j.pending == 0 and j.last_id == 300
+    got = list(J.rows(path))
+    assert len(got) == 300
+    for w, g in zip(written, got):
+        assert {k: g[k] for k in w} == w
+    assert got[0]["prev_hash"] == J.GENESIS
+    assert all(b["prev_hash"] == a["hash"] for a, b in zip(got, got[1:]))
+    result = J.verify(path)
+    assert result.ok and result.rows == 300 and result.first_bad_id is None
+    assert "300 rows" in str(result)
+
+
+def test_rows_filter_by_time_symbol_and_kind(path):
+    with Journal(path) as j:
+        written = fill_mixed(j, 120)
+    want = [w["id"] for w in written if w["ts_ns"] >= 1_050 and w["symbol"] == "ETH/USDT"
+            and w["kind"] in ("order", "fill")]
+    got = [r["id"] for r in J.rows(path, since_ns=1_050, symbol="ETH/USDT", kinds=["order", "fill"])]
+    assert got == want and got
+    assert [r["kind"] for r in J.rows(path, kinds="command")] == ["command"] * 15
+    with pytest.raises(JournalError, match="'trade' is not one of"):
+        list(J.rows(path, kinds=["fill", "trade"]))
+
+
+def test_append_never_commits_and_readers_see_only_commits_while_the_writer_is_live(path):
+    j = Journal(path)
+    try:
+        j.append("intent", 1, {"side": "buy"}, symbol="BTC/USDT")
+        j.append("verdict", 2, {"ok": True}, symbol="BTC/USDT")
+        assert j.pending == 2
+        assert list(J.rows(path)) == []                    # a reader beside the live writer
+        assert j.commit() == 2 and j.pending == 0
+        assert [r["kind"] for r in J.rows(path)] == ["intent", "verdict"]
+        j.append("order", 3, {"qty": 1.0}, symbol="BTC/USDT", client_order_id="o1")
+        assert len(list(J.rows(path))) == 2
+        assert j.durable() == 1                             # the write-ahead commit
+        assert [r["client_order_id"] for r in J.rows(path, kinds=["order"])] == ["o1"]
+        assert j.commit() == 0 and j.durable() == 0          # nothing pending: nothing to do
+        assert J.verify(path).ok
+    finally:
+        j.close()
+
+
+def test_rollback_drops_the_batch_and_the_chain_continues(path):
+    with Journal(path) as j:
+        fill_mixed(j, 10)
+        j.append("note", 50, {"a": 1})
+        j.append("note", 51, {"a": 2})
+        assert j.rollback() == 2 and j.pending == 0 and j.last_id == 10
+        assert j.append("note", 52, {"a": 3}) == 11
+        j.commit()
+    assert [r["payload"] for r in J.rows(path, kinds=["note"])][-1] == {"a": 3}
+    assert J.verify(path).ok and J.verify(path).rows == 11
+
+
+def test_close_commits_what_is_pending_and_reopening_continues_the_chain(path):
+    with Journal(path) as j:
+        j.append("command", 1, {"cmd": "pause"})
+    with Journal(path) as j:
+        assert j.last_id == 1
+        assert j.append("command", 2, {"cmd": "resume"}) == 2
+    assert [r["payload"]["cmd"] for r in J.rows(path)] == ["pause", "resume"]
+    assert J.verify(path).ok
+
+
+def test_replay_gives_rows_of_the_asked_kinds_in_order(path):
+    with Journal(path) as j:
+        written = fill_mixed(j, 64)
+    with Journal(path) as j:
+        got = list(j.replay(["fill", "position"]))
+        assert [r["id"] for r in got] == [w["id"] for w in written if w["kind"] in ("fill", "position")]
+        assert got[0]["payload"] == next(w["payload"] for w in written if w["kind"] == "fill")
+        assert len(list(j.replay())) == 64
+        with pytest.raises(JournalError, match="not one of"):
+            list(j.replay(["fills"]))
+
+
+def test_default_path_is_journal_folder_and_pipeline_name(tmp_path):
+    assert J.default_path("alpha", tmp_path) == tmp_path / "journal" / "alpha.sqlite"
+
+
+# -- bad input --------------------------------------------------------------------------
+@pytest.mark.parametrize("key", ["api_key", "apiKey", "X-MBX-APIKEY", "secret", "api_secret",
+                                 "signature", "sig", "token", "access_token", "password",
+                                 "passphrase", "private_key", "listenKey", "Authorization"])
+def test_credential_keys_are_refused_at_any_depth(path, key):
+    with Journal(path) as j:
+        with pytest.raises(JournalError, match="credential"):
+            j.append("order", 1, {key: "abc"})
+        with pytest.raises(JournalError, match="credential") as e:
+            j.append("order", 1, {"request": {"params": [{"qty": 1}, {key: "abc"}]}})
+        assert key in str(e.value) and "abc" not in str(e.value)
+        assert j.pending == 0
+    assert list(J.rows(path)) == []
+
+
+def test_ordinary_keys_that_contain_no_credential_word_pass(path):
+    with Journal(path) as j:
+        j.append("order", 1, {"client_order_id": "x", "price": 1.0, "side": "buy", "signed_qty": -2,
+                              "sight": 1, "status": "new", "time_in_force": "gtc"})
+        j.commit()
+    assert len(list(J.rows(path))) == 1
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf"), np.float32("nan"),
+                                 np.array([1.0, np.nan])])
+def test_nan_and_infinity_are_refused_naming_the_key(path, bad):
+    with Journal(path) as j:
+        with pytest.raises(JournalError, match=r"payload\['fill'\]\['price'\]"):
+            j.append("fill", 1, {"fill": {"price": bad}})
+        assert j.pending == 0
+
+
+def test_numpy_values_are_stored_as_plain_json(path):
+    with Journal(path) as j:
+        j.append("position", np.int64(5), {"qty": np.float64(1.5), "n": np.int32(3),
+                                           "flag": np.bool_(True), "v": np.array([1, 2])})
+        j.commit()
+    row = next(J.rows(path))
+    assert row["ts_ns"] == 5 and row["payload"] == {"flag": True, "n": 3, "qty": 1.5, "v": [1, 2]}
+    assert J.verify(path).ok
+
+
+@pytest.mark.parametrize("args, match", [
+    (("trade", 1, {}), "kind 'trade' is not one of"),
+    (("note", -1, {}), "ts_ns must be a non-negative integer"),
+    (("note", 1.5, {}), "ts_ns must be a non-negative integer"),
+    (("note", True, {}), "ts_ns must be a non-negative integer"),
+    (("note", 1, [1, 2]), "payload is a dict, not list"),
+    (("note", 1, {"x": object()}), "payload cannot be journaled"),
+    (("note", 1, {"x": {1, 2}}), "payload cannot be journaled"),
+])
+def test_bad_rows_are_refused_and_add_nothing(path, args, match):
+    with Journal(path) as j:
+        j.append("note", 0, {"first": 1})
+        with pytest.raises(JournalError, match=match):
+            j.append(*args)
+        assert j.pending == 1 and j.last_id == 1
+    assert J.verify(path).ok and J.verify(path).rows == 1
+
+
+def test_symbol_venue_and_order_id_must_be_text(path):
+    with Journal(path) as j:
+        for field in ("symbol", "venue", "client_order_id"):
+            with pytest.raises(JournalError, match=field):
+                j.append("order", 1, {}, **{field: 7})
+            with pytest.raises(JournalError, match=field):
+                j.append("order", 1, {}, **{field: ""})
+
+
+def test_journal_error_is_a_user_error():
+    assert issubclass(JournalError, UserError)
+
+
+# -- files that are not a journal ---------------------------------------------------------
+def test_a_directory_is_refused_in_one_line(tmp_path):
+    for call in (Journal, J.verify, lambda p: list(J.rows(p))):
+        with pytest.raises(JournalError, match="is a directory") as e:
+            call(tmp_path)
+        assert "\n" not in str(e.value)
+
+
+def test_a_text_file_and_another_programs_database_are_refused(tmp_path):
+    text = tmp_path / "notes.sqlite"
+    text.write_text("not a database at all\n" * 100)
+    other = tmp_path / "other.sqlite"
+    db = sqlite3.connect(other)
+    db.execute("CREATE TABLE t (x)")
+    db.commit()
+    db.close()
+    for p, why in ((text, "not a database"), (other, "another program")):
+        for call in (Journal, J.verify, lambda p: list(J.rows(p))):
+            with pytest.raises(JournalError, match=f"not a tickpipe journal.*{why}") as e:
+                call(p)
+            assert "\n" not in str(e.value)
+    assert text.read_text().startswith("not a database")          # left untouched
+    assert sqlite3.connect(other).execute("SELECT name FROM sqlite_master").fetchall() == [("t",)]
+
+
+def test_readers_do_not_create_a_missing_journal(tmp_path):
+    with pytest.raises(JournalError, match="no journal at"):
+        J.verify(tmp_path / "none.sqlite")
+    with pytest.raises(JournalError, match="no journal at"):
+        J.export(tmp_path / "none.sqlite", tmp_path / "x.parquet")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_journal_from_a_newer_tickpipe_is_refused(path):
+    Journal(path).close()
+    db = sqlite3.connect(path)
+    db.execute("INSERT INTO schema_version VALUES (?, 0)", (J.SCHEMA_VERSION + 1,))
+    db.commit()
+    db.close()
+    with pytest.raises(JournalError, match="upgrade tickpipe"):
+        Journal(path)
+
+
+# -- tampering ------------------------------------------------------------------------
+def _tamper(path, *statements):
+    db = sqlite3.connect(path)
+    for sql, args in statements:
+        db.execute(sql, args)
+    db.commit()
+    db.close()
+
+
+@pytest.mark.parametrize("how, bad_id, problem", [
+    ("edit payload", 137, "edited"),
+    ("edit price by a cent", 42, "edited"),
+    ("edit kind", 1, "edited"),
+    ("delete", 137, "deleted"),
+    ("delete first", 1, "deleted"),
+    ("delete last", 300, "deleted"),
+    ("swap", 120, "reordered"),
+    ("swap neighbours", 200, "reordered"),
+    ("delete and renumber", 137, "deleted"),
+    ("insert at end", 301, "inserted"),
+])
+def test_verify_names_the_first_tampered_row(path, how, bad_id, problem):
+    with Journal(path) as j:
+        fill_mixed(j, 300)
+    assert J.verify(path).ok
+    if how == "edit payload":
+        _tamper(path, ("UPDATE entries SET payload = '{\"i\":0}' WHERE id = ?", (bad_id,)))
+    elif how == "edit price by a cent":
+        row = next(r for r in J.rows(path) if r["id"] == bad_id)
+        payload = dict(row["payload"], price=row["payload"]["price"] + 0.01)
+        _tamper(path, ("UPDATE entries SET payload = ? WHERE id = ?", (J.canonical(payload), bad_id)))
+    elif how == "edit kind":
+        _tamper(path, ("UPDATE entries SET kind = 'note' WHERE id = ?", (bad_id,)))
+    elif how.startswith("delete") and how != "delete and renumber":
+        _tamper(path, ("DELETE FROM entries WHERE id = ?", (bad_id,)))
+    elif how == "swap":
+        _swap_rows(path, bad_id, 250)
+    elif how == "swap neighbours":
+        _swap_rows(path, bad_id, bad_id + 1)
+    elif how == "delete and renumber":
+        _tamper(path, ("DELETE FROM entries WHERE id = ?", (bad_id,)),
+                ("UPDATE entries SET id = id - 1 WHERE id > ?", (bad_id,)))
+    elif how == "insert at end":
+        last = list(J.rows(path))[-1]
+        text = J.canonical({"forged": True})
+        digest = J.row_hash(last["hash"], 301, 9_999, "fill", None, None, None, text)
+        _tamper(path, ("INSERT INTO entries VALUES (301, 9999, 'fill', NULL, NULL, NULL, ?, ?, ?)",
+                       (text, last["hash"], digest)))
+    result = J.verify(path)
+    assert not result.ok
+    assert (result.first_bad_id, result.problem) == (bad_id, problem), str(result)
+    assert f"row {bad_id}" in str(result) and "\n" not in str(result)
+
+
+def _swap_rows(path, a: int, b: int) -> None:
+    """Exchange everything but the ids of rows a and b (what a reordering of ids does)."""
+    db = sqlite3.connect(path)
+    cols = J.COLUMNS[1:]
+    ra = db.execute(f"SELECT {', '.join(cols)} FROM entries WHERE id = ?", (a,)).fetchone()
+    rb = db.execute(f"SELECT {', '.join(cols)} FROM entries WHERE id = ?", (b,)).fetchone()
+    sets = ", ".join(f"{c} = ?" for c in cols)
+    db.execute(f"UPDATE entries SET {sets} WHERE id = ?", (*rb, a))
+    db.execute(f"UPDATE entries SET {sets} WHERE id = ?", (*ra, b))
+    db.commit()
+    db.close()
+
+
+def test_a_forged_row_with_a_recomputed_hash_still_breaks_the_chain(path):
+    """Rewriting a row and its hash breaks the link of the row after it."""
+    with Journal(path) as j:
+        fill_mixed(j, 50)
+    row = next(r for r in J.rows(path) if r["id"] == 20)
+    text = J.canonical(dict(row["payload"], qty=1000))
+    digest = J.row_hash(row["prev_hash"], 20, row["ts_ns"], row["kind"], row["symbol"], row["venue"],
+                        row["client_order_id"], text)
+    _tamper(path, ("UPDATE entries SET payload = ?, hash = ? WHERE id = 20", (text, digest)))
+    result = J.verify(path)
+    assert not result.ok and result.first_bad_id == 21 and result.rows == 20
+
+
+# -- export ------------------------------------------------------------------------------
+def test_export_writes_every_row_with_typed_columns(path, tmp_path):
+    with Journal(path) as j:
+        written = fill_mixed(j, 100)
+    out = tmp_path / "out" / "journal.parquet"
+    assert J.export(path, out) == 100
+    table = pq.read_table(out)
+    assert table.schema.equals(J.EXPORT_SCHEMA)
+    assert table.column("id").to_pylist() == list(range(1, 101))
+    assert [json.loads(p) for p in table.column("payload").to_pylist()] == [w["payload"] for w in written]
+    assert table.column("symbol").null_count == sum(w["symbol"] is None for w in written)
+    assert table.column("hash").to_pylist() == [r["hash"] for r in J.rows(path)]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["journal.parquet"]   # no temporary left
+
+
+def test_export_of_an_empty_journal_and_into_a_directory(path, tmp_path):
+    Journal(path).close()
+    out = tmp_path / "empty.parquet"
+    assert J.export(path, out) == 0
+    table = pq.read_table(out)
+    assert table.num_rows == 0 and table.schema.equals(J.EXPORT_SCHEMA)
+    with pytest.raises(JournalError, match="is a directory"):
+        J.export(path, tmp_path)
+
+
+def test_export_in_batches_keeps_every_row(path, tmp_path, monkeypatch):
+    monkeypatch.setattr(J, "_EXPORT_BATCH", 16)
+    with Journal(path) as j:
+        fill_mixed(j, 70)
+    assert J.export(path, tmp_path / "b.parquet") == 70
+    assert pq.read_table(tmp_path / "b.parquet").column("id").to_pylist() == list(range(1, 71))
+    assert pq.read_table(tmp_path / "b.parquet").column("ts_ns").type == pa.int64()
+
+
+# -- migrations --------------------------------------------------------------------------
+V1_SCHEMA = [     # frozen copy of the first schema: what a version-1 tickpipe wrote
+    f"PRAGMA application_id = {0x7469636B}",
+    "CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_ns INTEGER NOT NULL)",
+    """CREATE TABLE entries (id INTEGER PRIMARY KEY, ts_ns INTEGER NOT NULL, kind TEXT NOT NULL,
+       symbol TEXT, venue TEXT, client_order_id TEXT, payload TEXT NOT NULL,
+       prev_hash TEXT NOT NULL, hash TEXT NOT NULL)""",
+    "CREATE INDEX entries_client_order_id ON entries (client_order_id)",
+    "INSERT INTO schema_version VALUES (1, 0)",
+]
+
+
+def _version_1_file(path, n: int) -> list[str]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA journal_mode = WAL")
+    for sql in V1_SCHEMA:
+        db.execute(sql)
+    prev, hashes = J.GENESIS, []
+    for i in range(1, n + 1):
+        text = json.dumps({"i": i})
+        digest = J.row_hash(prev, i, i * 10, "fill", "BTC/USDT", "binance", f"o{i}", text)
+        db.execute("INSERT INTO entries VALUES (?, ?, 'fill', 'BTC/USDT', 'binance', ?, ?, ?, ?)",
+                   (i, i * 10, f"o{i}", text, prev, digest))
+        prev = digest
+        hashes.append(digest)
+    db.commit()
+    db.close()
+    return hashes
+
+
+def test_a_version_1_journal_is_read_and_migrated_on_open(path):
+    hashes = _version_1_file(path, 25)
+    assert J.verify(path).ok and J.verify(path).rows == 25        # readers take version 1 as is
+    assert len(list(J.rows(path, since_ns=100))) == 16
+    with Journal(path) as j:
+        assert j.schema_version == J.SCHEMA_VERSION == 2
+        assert j.last_id == 25
+        assert j.append("note", 300, {"after": "migration"}) == 26
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT version FROM schema_version ORDER BY version").fetchall() == [(1,), (2,)]
+    indexes = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert {"entries_ts_ns", "entries_symbol_ts_ns", "entries_client_order_id"} <= indexes
+    db.close()
+    got = list(J.rows(path))
+    assert [r["hash"] for r in got[:25]] == hashes and got[25]["prev_hash"] == hashes[-1]
+    result = J.verify(path)
+    assert result.ok and result.rows == 26
+
+
+def test_migration_2_records_the_head_of_a_version_1_file(path):
+    _version_1_file(path, 5)
+    Journal(path).close()                                    # migrates, appends nothing
+    _tamper(path, ("DELETE FROM entries WHERE id = 5", ()))
+    result = J.verify(path)
+    assert (result.ok, result.first_bad_id, result.problem) == (False, 5, "deleted")
+
+
+def test_a_new_journal_gets_every_migration_once(path):
+    Journal(path).close()
+    Journal(path).close()
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT version FROM schema_version").fetchall() == [(v,) for v, _ in J.MIGRATIONS]
+    assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    db.close()
+
+
+# -- crashes and a second writer ----------------------------------------------------------
+def child_crashes_mid_batch(path: str, committed: int, uncommitted: int) -> None:
+    """Commit ``committed`` rows (a durable one among them), append ``uncommitted`` more,
+    then die without closing anything."""
+    j = Journal(path)
+    j.append("order", 0, {"i": 0}, symbol="BTC/USDT", client_order_id="o0")
+    j.durable()
+    for i in range(1, committed):
+        j.append(J.KINDS[i % len(J.KINDS)], i, {"i": i}, symbol="BTC/USDT")
+        if i % 10 == 0:
+            j.commit()
+    j.commit()
+    for i in range(committed, committed + uncommitted):
+        j.append("fill", i, {"i": i}, symbol="BTC/USDT")
+    os._exit(7)
+
+
+def test_a_writer_killed_mid_batch_keeps_every_committed_row_and_no_other(path, children):
+    p = children.start(child_crashes_mid_batch, str(path), 95, 12)
+    assert children.join(p) == 7
+    assert [r["payload"]["i"] for r in J.rows(path)] == list(range(95))
+    result = J.verify(path)
+    assert result.ok and result.rows == 95
+    with Journal(path) as j:                               # the dead writer's lock is gone
+        assert j.last_id == 95
+        assert j.append("note", 200, {"restart": True}) == 96
+    assert J.verify(path).ok and J.verify(path).rows == 96
+
+
+def child_tries_to_write(path: str, q) -> None:
+    try:
+        Journal(path)
+        q.put(("second", "ok", "opened"))
+    except JournalError as e:
+        q.put(("second", "ok", f"refused: {e}"))
+    except Exception:
+        q.put(("second", "error", traceback.format_exc()))
+
+
+def test_a_second_writer_is_refused_in_this_process_and_in_another(path, children):
+    with Journal(path) as j:
+        j.append("note", 1, {"a": 1})
+        with pytest.raises(JournalError, match=f"already open by another writer \\(pid {os.getpid()}\\)"):
+            Journal(path)
+        said = children.run(child_tries_to_write, str(path))
+        assert said.startswith("refused:") and "already open by another writer" in said
+        assert j.append("note", 2, {"a": 2}) == 2          # the first writer is unharmed
+    assert J.verify(path).ok and J.verify(path).rows == 2
+    Journal(path).close()                                   # closed: the next writer may open
