@@ -105,7 +105,15 @@ def _plain(value: Any) -> Any:
         return value.item()
     if isinstance(value, np.ndarray):
         return value.tolist()
+    if isinstance(value, Mapping):
+        return dict(value)
     raise TypeError(f"a value of type {type(value).__name__} is not JSON")
+
+
+# built once: json.dumps with options builds a new encoder at every call
+_PAYLOAD = json.JSONEncoder(sort_keys=True, separators=(",", ":"), allow_nan=False, default=_plain)
+_CONTENT = json.JSONEncoder(separators=(",", ":"))
+_LEAVES = (str, int, bool, type(None))
 
 
 @lru_cache(maxsize=4096)
@@ -114,20 +122,29 @@ def _is_secret(key: str) -> bool:
 
 
 def _check_payload(value: Any, where: str) -> None:
-    """Refuse credential keys and NaN/inf at any depth, naming where they are."""
-    if isinstance(value, Mapping):
+    """Refuse credential keys and NaN/inf at any depth, naming where they are.
+    Plain dicts, lists and leaves take the fast type checks; the rest the slow ones."""
+    t = type(value)
+    if t in _LEAVES:
+        return
+    if t is float:
+        if not math.isfinite(value):
+            raise JournalError(f"payload value {where} is {value}; the journal keeps only finite "
+                               f"numbers (a NaN replayed at start would rebuild wrong state)")
+    elif t is dict or isinstance(value, Mapping):
         for k, v in value.items():
-            if isinstance(k, str) and _is_secret(k):
+            if type(k) is str and _is_secret(k):
                 raise JournalError(f"payload key {where}[{k!r}] looks like a credential; "
                                    f"keys and signatures never go into the journal")
-            _check_payload(v, f"{where}[{k!r}]")
-    elif isinstance(value, (list, tuple)):
+            if type(v) not in _LEAVES:
+                _check_payload(v, f"{where}[{k!r}]")
+    elif t is list or t is tuple:
         for i, v in enumerate(value):
-            _check_payload(v, f"{where}[{i}]")
-    elif isinstance(value, (float, np.floating)) and not math.isfinite(value):
-        raise JournalError(f"payload value {where} is {value}; the journal keeps only finite "
-                           f"numbers (a NaN replayed at start would rebuild wrong state)")
-    elif isinstance(value, np.ndarray) and value.dtype.kind == "f" and not np.isfinite(value).all():
+            if type(v) not in _LEAVES:
+                _check_payload(v, f"{where}[{i}]")
+    elif isinstance(value, (float, np.floating)):
+        _check_payload(float(value), where)
+    elif isinstance(value, np.ndarray) and value.dtype.kind in "fc" and not np.isfinite(value).all():
         raise JournalError(f"payload array {where} holds NaN or infinity; the journal keeps "
                            f"only finite numbers")
 
@@ -139,8 +156,7 @@ def canonical(payload: Mapping[str, Any]) -> str:
         raise JournalError(f"a journal payload is a dict, not {type(payload).__name__}")
     _check_payload(payload, "payload")
     try:
-        return json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False,
-                          default=_plain)
+        return _PAYLOAD.encode(payload if type(payload) is dict else dict(payload))
     except (TypeError, ValueError) as e:
         raise JournalError(f"payload cannot be journaled: {e}") from None
 
@@ -149,8 +165,7 @@ def row_hash(prev_hash: str, id: int, ts_ns: int, kind: str, symbol: str | None,
              venue: str | None, client_order_id: str | None, payload: str) -> str:
     """The chain's definition: sha256 hex of prev_hash followed by the row's content as
     a JSON list (id first, so a row moved to another id no longer matches its hash)."""
-    content = json.dumps([id, ts_ns, kind, symbol, venue, client_order_id, payload],
-                         separators=(",", ":"))
+    content = _CONTENT.encode([id, ts_ns, kind, symbol, venue, client_order_id, payload])
     return hashlib.sha256((prev_hash + content).encode()).hexdigest()
 
 
@@ -286,12 +301,19 @@ class Journal:
             db.execute("PRAGMA busy_timeout = 5000")
             _migrate(db, self.path, time.time_ns())
             last = db.execute("SELECT id, hash FROM entries ORDER BY id DESC LIMIT 1").fetchone()
+            head = db.execute("SELECT id, hash FROM head WHERE one = 1").fetchone()
         except sqlite3.Error as e:
             db.close()
             raise JournalError(f"cannot open journal {self.path}: {e}") from None
         except BaseException:
             db.close()
             raise
+        if tuple(last or (0, GENESIS)) != tuple(head or ()):
+            db.close()
+            raise JournalError(
+                f"journal {self.path} does not end where it was last committed (head row "
+                f"{head[0] if head else 'gone'}, last row {last[0] if last else 0}): rows were cut "
+                f"off or changed; run `pipeline journal verify` before trading on it")
         self._next_id, self._last_hash = (last[0] + 1, last[1]) if last else (1, GENESIS)
         return db
 
@@ -387,7 +409,7 @@ class Journal:
     def replay(self, kinds: Iterable[str] | None = None) -> Iterator[dict]:
         """Rows in journal order, as dicts with the payload parsed: what execution reads
         at start to rebuild its state. Call it before appending."""
-        yield from _select(self._db, kinds=kinds)
+        return _select(self._db, kinds=_check_kinds(kinds))
 
     @property
     def schema_version(self) -> int:
@@ -472,12 +494,17 @@ def _select(db: sqlite3.Connection, since_ns: int | None = None, symbol: str | N
 def rows(path: str | Path, since_ns: int | None = None, symbol: str | None = None,
          kinds: Iterable[str] | None = None) -> Iterator[dict]:
     """Rows in journal order (ts_ns >= since_ns, of the symbol, of the kinds), as dicts
-    with the payload parsed; for `pipeline journal show` and reconciliation."""
+    with the payload parsed; for `pipeline journal show` and reconciliation. A missing
+    or foreign file and a bad kind raise here, not at the first row."""
+    kinds = _check_kinds(kinds)
     db = _read_only(path)
-    try:
-        yield from _select(db, since_ns, symbol, kinds)
-    finally:
-        db.close()
+
+    def read() -> Iterator[dict]:
+        try:
+            yield from _select(db, since_ns, symbol, kinds)
+        finally:
+            db.close()
+    return read()
 
 
 def export(path: str | Path, out: str | Path) -> int:
@@ -560,15 +587,24 @@ def _verify(db: sqlite3.Connection) -> VerifyResult:
             return VerifyResult(False, checked, row_id, "deleted",
                                 f"row {row_id} does not follow row {row_id - 1}: the row written "
                                 f"before it is gone (deleted and ids renumbered) or was rewritten")
-        if row_hash(prev_hash, row_id, ts_ns, kind, symbol, venue, coid, payload) != digest:
+        try:
+            recomputed = row_hash(prev_hash, row_id, ts_ns, kind, symbol, venue, coid, payload)
+        except (TypeError, ValueError):                 # a column rewritten as a blob
+            recomputed = None
+        if recomputed != digest:
             return VerifyResult(False, checked, row_id, "edited",
                                 f"row {row_id} ({kind}) does not match its hash: it was changed "
                                 f"after it was written")
         checked += 1
         expected_id, last_hash = row_id + 1, digest
     if "head" in _tables(db):
-        head_id, head_hash = db.execute("SELECT id, hash FROM head WHERE one = 1").fetchone()
+        head = db.execute("SELECT id, hash FROM head WHERE one = 1").fetchone()
         last_id = expected_id - 1
+        if head is None:
+            return VerifyResult(False, checked, last_id, "deleted",
+                                f"the record of the last commit is gone, so rows cut off after "
+                                f"row {last_id} cannot be ruled out")
+        head_id, head_hash = head
         if last_id < head_id:
             return VerifyResult(False, checked, last_id + 1, "deleted",
                                 f"the journal was committed up to row {head_id} but ends at row "

@@ -4,6 +4,7 @@ beside a live writer, Parquet export, migrations from version 1, a writer killed
 mid-batch and a second writer refused."""
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import sqlite3
@@ -70,7 +71,7 @@ def test_rows_filter_by_time_symbol_and_kind(path):
     assert got == want and got
     assert [r["kind"] for r in J.rows(path, kinds="command")] == ["command"] * 15
     with pytest.raises(JournalError, match="'trade' is not one of"):
-        list(J.rows(path, kinds=["fill", "trade"]))
+        J.rows(path, kinds=["fill", "trade"])                 # raised at the call, not the first row
 
 
 def test_append_never_commits_and_readers_see_only_commits_while_the_writer_is_live(path):
@@ -123,7 +124,7 @@ def test_replay_gives_rows_of_the_asked_kinds_in_order(path):
         assert got[0]["payload"] == next(w["payload"] for w in written if w["kind"] == "fill")
         assert len(list(j.replay())) == 64
         with pytest.raises(JournalError, match="not one of"):
-            list(j.replay(["fills"]))
+            j.replay(["fills"])
 
 
 def test_default_path_is_journal_folder_and_pipeline_name(tmp_path):
@@ -232,6 +233,8 @@ def test_readers_do_not_create_a_missing_journal(tmp_path):
     with pytest.raises(JournalError, match="no journal at"):
         J.verify(tmp_path / "none.sqlite")
     with pytest.raises(JournalError, match="no journal at"):
+        J.rows(tmp_path / "none.sqlite")
+    with pytest.raises(JournalError, match="no journal at"):
         J.export(tmp_path / "none.sqlite", tmp_path / "x.parquet")
     assert list(tmp_path.iterdir()) == []
 
@@ -324,6 +327,38 @@ def test_a_forged_row_with_a_recomputed_hash_still_breaks_the_chain(path):
     _tamper(path, ("UPDATE entries SET payload = ?, hash = ? WHERE id = 20", (text, digest)))
     result = J.verify(path)
     assert not result.ok and result.first_bad_id == 21 and result.rows == 20
+
+
+def test_a_payload_rewritten_as_a_blob_is_an_edit(path):
+    with Journal(path) as j:
+        fill_mixed(j, 20)
+    _tamper(path, ("UPDATE entries SET payload = ? WHERE id = 9", (b"\x00\x01",)))
+    result = J.verify(path)
+    assert (result.first_bad_id, result.problem) == (9, "edited")
+
+
+def test_the_record_of_the_last_commit_deleted_fails_verify(path):
+    with Journal(path) as j:
+        fill_mixed(j, 20)
+    _tamper(path, ("DELETE FROM head", ()))
+    result = J.verify(path)
+    assert not result.ok and result.problem == "deleted" and "last commit is gone" in result.reason
+    with pytest.raises(JournalError, match="does not end where it was last committed"):
+        Journal(path)
+
+
+@pytest.mark.parametrize("tamper", [("DELETE FROM entries WHERE id = 20", ()),
+                                    ("UPDATE entries SET hash = ? WHERE id = 20", ("f" * 64,))])
+def test_the_writer_refuses_a_journal_whose_end_was_cut_or_changed(path, tamper):
+    """Execution must not rebuild its state from, and append to, a truncated journal."""
+    with Journal(path) as j:
+        fill_mixed(j, 20)
+    _tamper(path, tamper)
+    with pytest.raises(JournalError, match="run `pipeline journal verify`"):
+        Journal(path)
+    assert not J.verify(path).ok
+    with open(path.with_name(path.name + ".lock")) as f:   # the refused open let go of the lock
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 # -- export ------------------------------------------------------------------------------
