@@ -17,7 +17,9 @@ Why the chain: each row stores the sha256 of the row before it (``prev_hash``)
 and its own ``hash`` = sha256(prev_hash + the row's canonical content, id
 included; see `row_hash`). A row edited, deleted or moved after the fact breaks
 the chain there, and `verify` names the first bad row. The ``head`` table holds
-the id and hash of the last committed row, so rows cut off the end are found too.
+the id and hash of the last committed row, so rows cut off the end are found too;
+the writer checks it on open (cheap) and refuses a journal that does not end
+where it was last committed, rather than rebuild state from it.
 
 Batching: `Journal.append` only adds to the open transaction; `Journal.commit`
 commits the batch, once per step of the execution loop, so the hot path pays a
@@ -35,9 +37,9 @@ enforce this; execution must):
     journal.commit()           # the fill is journaled ...
     publish(positions)         # ... before anyone sees the new positions
 
-`durable` is `commit` with an fsync of the WAL (``synchronous=FULL`` for that one
-commit): use it before anything leaves the process that the journal must not
-forget (an order sent); `commit` is enough for the rest.
+`durable` is `commit` followed by an fsync of the WAL: use it before anything
+leaves the process that the journal must not forget (an order sent); `commit`
+is enough for the rest.
 
 Secrets never reach the journal: a payload key that looks like a credential
 (api_key, secret, signature, token, password, ...) is refused. NaN and infinity
@@ -271,6 +273,7 @@ class Journal:
             os.close(self._lock_fd)
             raise
         self._pending = 0
+        self._dir_synced = False
 
     def _lock(self) -> int:
         lock_path = self.path.with_name(self.path.name + ".lock")
@@ -386,6 +389,13 @@ class Journal:
             return done
         try:
             os.fsync(fd)
+            if not self._dir_synced:       # the WAL's name itself must survive a power loss
+                dir_fd = os.open(self.path.parent, os.O_RDONLY)
+                try:
+                    os.fsync(dir_fd)
+                finally:
+                    os.close(dir_fd)
+                self._dir_synced = True
         except OSError as e:
             raise JournalError(f"journal {self.path}: cannot fsync its WAL: {e.strerror}") from None
         finally:
