@@ -92,6 +92,17 @@ def test_denials_carry_a_code_and_a_reason(side, qty, price, ref, code):
     assert denied(round_order(btc_usdt(), side, qty, price, ref), code)
 
 
+def test_absurd_magnitudes_are_denied_not_raised():
+    assert denied(round_order(btc_usdt(), SIDE_BUY, 1e30, 50000.0, NAN), vr.BAD_INPUT)
+    assert denied(round_order(btc_usdt(), SIDE_BUY, 0.01, 1e300, NAN), vr.BAD_INPUT)
+
+
+def test_a_market_order_meets_the_lower_of_both_quantity_caps():
+    rules = SymbolRules(symbol="X", lot_step=D("1"), max_qty=D("50"), market_max_qty=D("900"))
+    assert denied(round_order(rules, SIDE_BUY, 60, NAN, 1.0), vr.QTY_ABOVE_MAX)
+    assert round_order(rules, SIDE_BUY, 50, NAN, 1.0) == RoundedOrder(D("50"), None)
+
+
 def test_limit_order_type_needs_a_price_and_market_needs_none():
     assert denied(round_order(btc_usdt(), SIDE_BUY, 0.01, NAN, 50000.0, order_type=ORDER_LIMIT),
                   vr.BAD_INPUT)

@@ -299,7 +299,7 @@ class OrderManager:
         if order.state is S.SUBMITTED:
             self._move(order, S.UNKNOWN, {"event": "no_answer"})
             return True
-        if order.state in (S.CREATED,):
+        if order.state is S.CREATED:
             raise IllegalTransition(f"order {cid}: no answer for an order never submitted")
         return False
 

@@ -131,6 +131,14 @@ def round_order(rules: SymbolRules, side: int, qty, limit_price, ref_price,
     """The order the venue will take for this intent, or why there is none. A NaN
     ``limit_price`` is a market order unless ``order_type`` says otherwise; a market
     order's notional is checked at ``ref_price`` (the price the strategy saw)."""
+    try:
+        return _round_order(rules, side, qty, limit_price, ref_price, order_type)
+    except InvalidOperation:                   # a value past 28 digits of steps: absurd
+        return Denial(BAD_INPUT, f"quantity {qty!r} or price {limit_price!r} is out of any range")
+
+
+def _round_order(rules: SymbolRules, side: int, qty, limit_price, ref_price,
+                 order_type: int | None) -> RoundedOrder | Denial:
     if side not in (SIDE_BUY, SIDE_SELL):
         return Denial(BAD_INPUT, f"side {side!r} is neither buy nor sell")
     q = to_decimal(qty)
@@ -152,8 +160,9 @@ def round_order(rules: SymbolRules, side: int, qty, limit_price, ref_price,
     if rq <= 0 or rq < rules.min_qty:
         return Denial(QTY_BELOW_MIN, f"quantity {q} floors to {rq} lots of {rules.lot_step}, "
                                      f"below the minimum {rules.min_qty}")
-    max_qty = rules.market_max_qty if order_type == ORDER_MARKET and rules.market_max_qty \
-        else rules.max_qty
+    max_qty = rules.max_qty                     # a market order meets both caps: the lower wins
+    if order_type == ORDER_MARKET and rules.market_max_qty is not None:
+        max_qty = rules.market_max_qty if max_qty is None else min(max_qty, rules.market_max_qty)
     if max_qty is not None and rq > max_qty:
         return Denial(QTY_ABOVE_MAX, f"quantity {rq} is above the maximum {max_qty}")
 
