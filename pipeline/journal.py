@@ -241,7 +241,8 @@ def _migrate(db: sqlite3.Connection, path: Path, now_ns: int) -> None:
             db.execute("INSERT INTO schema_version VALUES (?, ?)", (version, now_ns))
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:           # SQLite may have rolled back already
+                db.execute("ROLLBACK")
             raise
 
 
