@@ -360,3 +360,30 @@ def test_an_empty_batch_still_moves_the_tiers():
     g = guard()
     assert len(g.check(np.zeros(0, INTENT), market(venue_connected=np.array([False, True])))) == 0
     assert g.tier_state("venue", "binance") == TradingState.REDUCING
+
+
+def test_the_fast_pass_and_the_one_by_one_finish_agree():
+    """A batch is checked all at once until its first breach, then one intent at a time: a first
+    intent that breaches (too big for the position limit) forces the whole rest down the slow
+    path, and its codes must match the fast path's on the same batch without it."""
+    rng = np.random.default_rng(7)
+    limits = {"max_position_notional": 1_000.0, "max_order_notional": 5_000.0, "max_gross_exposure": 2_500.0,
+              "max_venue_exposure": 1_800.0, "max_route_imbalance": 700.0, "max_open_legs": 1,
+              "max_open_orders": 3, "order_burst": 12}
+    lim = {"type": ORDER_LIMIT, "tif": TIF_GTC}
+    for _ in range(40):
+        rows = []
+        for _ in range(int(rng.integers(1, 25))):
+            row = (buy if rng.random() < 0.6 else sell)(int(rng.integers(4)), float(rng.choice([0.5, 1.0, 3.0])))
+            if rng.random() < 0.3:
+                row.update(lim, limit=100.0)
+            rows.append(row)
+        pos = rng.choice([-4.0, 0.0, 2.0], 4)
+        fast, slow = guard(**limits), guard(**limits)
+        if rng.random() < 0.5:
+            fast.halt("venue", "upbit", reducing=True)
+            slow.halt("venue", "upbit", reducing=True)
+        got = codes(fast, market(position=pos), *rows)
+        ref = codes(slow, market(position=pos), buy(1, 20.0), *rows)
+        assert ref[0] == Denial.POSITION_LIMIT
+        assert got == ref[1:]

@@ -34,13 +34,13 @@ from enum import IntEnum
 import numpy as np
 
 from pipeline.clock import Clock
-from shm.records import (INTENT, ORDER_LIMIT, ORDER_MARKET, SIDE_BUY, SIDE_SELL, TIF_FOK, TIF_GTC,
-                         TIF_IOC, TIF_POST_ONLY)
+from shm.records import INTENT, ORDER_LIMIT, ORDER_MARKET, SIDE_BUY, SIDE_SELL, TIF_GTC, TIF_POST_ONLY
 
 DAY_NS = 86_400 * 1_000_000_000
 FOREVER_NS = 2**62          # a latch that only ``resume`` lifts
 NO_LATCH = -1               # the cause goes as soon as its condition clears
 STATE_VERSION = 1
+_REDUCING, _HALTED = 1, 2   # TradingState as plain ints: numpy compares an IntEnum slowly
 
 
 class TradingState(IntEnum):
@@ -249,6 +249,7 @@ class RiskGuard:
                        Tier.SYMBOL: self.n_symbols}
         self._causes: dict[tuple[Tier, int], dict[Denial, _Cause]] = {}
         self._has: dict[tuple[Tier, Denial], np.ndarray] = {}     # which keys hold a cause, per code
+        self._eff: tuple[np.ndarray, np.ndarray] | None = None      # per symbol, redone on a change
         self._state = {t: np.zeros(n, np.int8) for t, n in self._sizes.items()}
         self._code = {t: np.zeros(n, np.uint8) for t, n in self._sizes.items()}
         self._counts = np.zeros(len(Denial), np.int64)
@@ -291,6 +292,7 @@ class RiskGuard:
             self._state[tier][idx], self._code[tier][idx] = TradingState.ACTIVE, Denial.PASSED
         has = self._has.setdefault((tier, code), np.zeros(self._sizes[tier], bool))
         has[idx] = cause is not None
+        self._eff = None
         new = TradingState(int(self._state[tier][idx]))
         what = cause if cause is not None else gone
         reason = what.reason if cause is not None else f"cleared: {gone.reason}"
@@ -424,6 +426,8 @@ class RiskGuard:
     def _effective(self) -> tuple[np.ndarray, np.ndarray]:
         """Per symbol: the most restrictive state of its four tiers and the code it denies with
         (ties go to the wider tier)."""
+        if self._eff is not None:
+            return self._eff
         on_route = self.route_of >= 0
         ridx = np.where(on_route, self.route_of, 0)
         route_state = (np.where(on_route, self._state[Tier.ROUTE][ridx], 0) if self.n_routes
@@ -436,7 +440,8 @@ class RiskGuard:
                           self._code[Tier.VENUE][self.venue_of], route_code, self._code[Tier.SYMBOL]])
         top = np.argmax(states, axis=0)
         cols = np.arange(self.n_symbols)
-        return states[top, cols], codes[top, cols]
+        self._eff = states[top, cols], codes[top, cols]
+        return self._eff
 
     # -- the check ------------------------------------------------------------------------------
     def check(self, intents: np.ndarray, market: MarketView) -> np.ndarray:
@@ -479,12 +484,12 @@ class RiskGuard:
         with np.errstate(all="ignore"):
             notional_in = qty * own_px
         bad = (~known | ((side != SIDE_BUY) & (side != SIDE_SELL))
-               | ((otype != ORDER_MARKET) & ~is_limit) | ~np.isin(tif, (TIF_GTC, TIF_IOC, TIF_FOK, TIF_POST_ONLY))
+               | ((otype != ORDER_MARKET) & ~is_limit) | ~((tif >= TIF_GTC) & (tif <= TIF_POST_ONLY))
                | ~_valid(qty) | ~_valid(own_px) | ~_valid(ref_px) | ~_valid(notional_in))
-        codes[bad] = Denial.BAD_INPUT
+        codes[bad] = int(Denial.BAD_INPUT)
 
         st, stc = eff_state[s], eff_code[s]
-        codes[(codes == 0) & (st == TradingState.HALTED)] = stc[(codes == 0) & (st == TradingState.HALTED)]
+        codes[(codes == 0) & (st == _HALTED)] = stc[(codes == 0) & (st == _HALTED)]
 
         bid, ask, last = market.bid[s], market.ask[s], market.last[s]
         touch = np.where(side > 0, ask, bid)
@@ -501,7 +506,7 @@ class RiskGuard:
             rules.append((is_mkt & ~(quoted & (spread_bps <= lim.max_spread_bps)), Denial.SPREAD))
         rules.append((~(_valid(last) & (band_bps <= lim.price_band_bps)), Denial.PRICE_BAND))
         for hit, code in rules:
-            codes[(codes == 0) & hit] = code
+            codes[(codes == 0) & hit] = int(code)
 
         cand = np.flatnonzero(codes == 0)
         if len(cand):
@@ -520,49 +525,101 @@ class RiskGuard:
         rkey = np.where(on_route, r, self.n_routes)               # one spare group: no route
         dq = it["side"].astype(np.float64) * it["qty"]
         mark = np.where(_valid(world["mark"][s]), world["mark"][s], px)
-        resting = (it["order_type"] == ORDER_LIMIT) & np.isin(it["tif"], (TIF_GTC, TIF_POST_ONLY))
+        resting = (it["order_type"] == ORDER_LIMIT) & ((it["tif"] == TIF_GTC) | (it["tif"] == TIF_POST_ONLY))
         by_sym, by_venue, by_route = _Grouped(s), _Grouped(v), _Grouped(rkey)
         route_net0 = np.append(world["route_net"], 0.0)
         route_legs0 = np.append(world["route_legs"], 0.0)
         open0 = world["open_orders"]
-        zeros_v = np.zeros(len(self.venues))
 
-        passed = np.ones(n, bool)
+        # the fast pass: every candidate assumed to pass, all rules at once
+        pb = by_sym.before(world["pos"], dq)
+        pa = pb + dq
+        reducing = (pb != 0) & (pa * pb >= 0) & (np.abs(pa) < np.abs(pb))
+        grows = np.abs(pa) > np.abs(pb)
+        d_exp = (np.abs(pa) - np.abs(pb)) * mark
+        gross_after = np.cumsum(np.concatenate(([world["gross"]], d_exp)))[:-1] + d_exp
+        venue_after = by_venue.before(world["venue_expo"], d_exp) + d_exp
+        net_b = by_route.before(route_net0, dq * mark)
+        net_a = net_b + dq * mark
+        opened = (pb == 0) & (pa != 0)
+        legs_b = by_route.before(route_legs0, opened.astype(float) - ((pb != 0) & (pa == 0)))
+        open_b = by_venue.before(open0, resting.astype(float))
+        used_b = by_venue.before(np.zeros(len(self.venues)), np.ones(n))
+        breach = (((st == _REDUCING) & ~reducing)
+                  | (grows & ~(np.abs(pa) * mark <= lim.max_position_notional))
+                  | ((d_exp > 0) & ~(gross_after <= lim.max_gross_exposure))
+                  | ((d_exp > 0) & ~(venue_after <= lim.max_venue_exposure))
+                  | (on_route & (np.abs(net_a) > np.abs(net_b)) & ~(np.abs(net_a) <= lim.max_route_imbalance))
+                  | (on_route & opened & (legs_b >= lim.max_open_legs))
+                  | (resting & (open_b >= lim.max_open_orders))
+                  | (self._tokens[v] - used_b < 1))
         out = np.zeros(n, np.uint8)
-        while True:
-            pb = by_sym.before(world["pos"], np.where(passed, dq, 0.0))
-            pa = pb + dq
-            reducing = (pb != 0) & (pa * pb >= 0) & (np.abs(pa) < np.abs(pb))
-            grows = np.abs(pa) > np.abs(pb)
-            d_exp = (np.abs(pa) - np.abs(pb)) * mark
-            d_kept = np.where(passed, d_exp, 0.0)
-            gross_after = world["gross"] + np.cumsum(d_kept) - d_kept + d_exp
-            venue_after = by_venue.before(world["venue_expo"], d_kept) + d_exp
-            net_b = by_route.before(route_net0, np.where(passed, dq * mark, 0.0))
-            net_a = net_b + dq * mark
-            opened = (pb == 0) & (pa != 0)
-            dlegs = opened.astype(float) - ((pb != 0) & (pa == 0))
-            legs_b = by_route.before(route_legs0, np.where(passed, dlegs, 0.0))
-            open_b = by_venue.before(open0, np.where(passed, resting, 0.0))
-            used_b = by_venue.before(zeros_v, passed.astype(float))
-            code = np.select(
-                [(st == TradingState.REDUCING) & ~reducing,
-                 grows & ~(np.abs(pa) * mark <= lim.max_position_notional),
-                 (d_exp > 0) & ~(gross_after <= lim.max_gross_exposure),
-                 (d_exp > 0) & ~(venue_after <= lim.max_venue_exposure),
-                 on_route & (np.abs(net_a) > np.abs(net_b)) & ~(np.abs(net_a) <= lim.max_route_imbalance),
-                 on_route & opened & (legs_b >= lim.max_open_legs),
-                 resting & (open_b >= lim.max_open_orders),
-                 self._tokens[v] - used_b < 1],
-                [stc, Denial.POSITION_LIMIT, Denial.GROSS_EXPOSURE, Denial.VENUE_EXPOSURE,
-                 Denial.ROUTE_IMBALANCE, Denial.OPEN_LEGS, Denial.OPEN_ORDERS, Denial.ORDER_RATE], 0)
-            breach = passed & (code != 0)
-            if not breach.any():
-                break
-            k = int(np.argmax(breach))
-            passed[k] = False
-            out[k] = code[k]
-        self._tokens -= np.bincount(v[passed], minlength=len(self.venues))
+        if not breach.any():
+            self._tokens -= np.bincount(v, minlength=len(self.venues))
+            return out
+        # everything before the first breach passed; from there on one intent at a time, on the
+        # figures the passed prefix left
+        k = int(np.argmax(breach))
+        acc = {"pos": world["pos"].copy(), "gross": float(gross_after[k - 1]) if k else world["gross"],
+               "venue": world["venue_expo"].copy(), "net": route_net0.copy(), "legs": route_legs0.copy(),
+               "open": open0.copy(), "used": np.zeros(len(self.venues))}
+        if k:
+            first = slice(0, k)
+            np.add.at(acc["venue"], v[first], d_exp[first])
+            np.add.at(acc["net"], rkey[first], (dq * mark)[first])
+            np.add.at(acc["legs"], rkey[first], (opened.astype(float) - ((pb != 0) & (pa == 0)))[first])
+            np.add.at(acc["open"], v[first], resting[first].astype(float))
+            np.add.at(acc["used"], v[first], 1.0)
+            for i in range(k):        # positions in batch order, rounding as the fast pass did
+                acc["pos"][s[i]] = pa[i]
+        out[k:] = self._one_by_one(s[k:], v[k:], rkey[k:], on_route[k:], dq[k:], mark[k:], resting[k:],
+                                   st[k:], stc[k:], acc)
+        self._tokens -= acc["used"]
+        return out
+
+    def _one_by_one(self, s, v, rkey, on_route, dq, mark, resting, st, stc, acc: dict) -> np.ndarray:
+        """The same rules as the fast pass of ``_sequential``, one intent at a time on plain floats
+        (the rest of a batch after its first breach); ``acc`` is updated by each intent that passes."""
+        lim = self.limits
+        pos, venue, net, legs, opn, used = (acc["pos"].tolist(), acc["venue"].tolist(), acc["net"].tolist(),
+                                            acc["legs"].tolist(), acc["open"].tolist(), acc["used"].tolist())
+        gross = acc["gross"]
+        tokens = self._tokens.tolist()
+        out = np.zeros(len(s), np.uint8)
+        for i, (si, vi, ri, routed, q, m, rest, state, scode) in enumerate(zip(
+                s.tolist(), v.tolist(), rkey.tolist(), on_route.tolist(), dq.tolist(), mark.tolist(),
+                resting.tolist(), st.tolist(), stc.tolist())):
+            b = pos[si]
+            a = b + q
+            red = b != 0 and a * b >= 0 and abs(a) < abs(b)
+            d = (abs(a) - abs(b)) * m
+            nb, na = net[ri], net[ri] + q * m
+            opened = b == 0 and a != 0
+            if state == TradingState.REDUCING and not red:
+                code = scode
+            elif abs(a) > abs(b) and not abs(a) * m <= lim.max_position_notional:
+                code = Denial.POSITION_LIMIT
+            elif d > 0 and not gross + d <= lim.max_gross_exposure:
+                code = Denial.GROSS_EXPOSURE
+            elif d > 0 and not venue[vi] + d <= lim.max_venue_exposure:
+                code = Denial.VENUE_EXPOSURE
+            elif routed and abs(na) > abs(nb) and not abs(na) <= lim.max_route_imbalance:
+                code = Denial.ROUTE_IMBALANCE
+            elif routed and opened and legs[ri] >= lim.max_open_legs:
+                code = Denial.OPEN_LEGS
+            elif rest and opn[vi] >= lim.max_open_orders:
+                code = Denial.OPEN_ORDERS
+            elif tokens[vi] - used[vi] < 1:
+                code = Denial.ORDER_RATE
+            else:
+                code = Denial.PASSED
+                pos[si], gross, net[ri] = a, gross + d, na
+                venue[vi] += d
+                legs[ri] += float(opened) - float(b != 0 and a == 0)
+                opn[vi] += float(rest)
+                used[vi] += 1.0
+            out[i] = code
+        acc["used"] = np.array(used)
         return out
 
     # -- counters, events, persistence ------------------------------------------------------------
@@ -616,12 +673,13 @@ class RiskGuard:
         Automatic causes come back too and clear on the next check if their condition is gone."""
         if saved.get("version") != STATE_VERSION:
             raise ValueError(f"risk state version {saved.get('version')!r}, expected {STATE_VERSION}")
+        pending = len(self._events)
         for c in saved.get("causes", []):
             tier, idx = self._index(c["tier"], c["key"])
             cause = _Cause(TradingState[c["state"]], str(c["reason"]), bool(c["manual"]),
                            int(c["since_ns"]), int(c["until_ns"]))
             self._set(tier, idx, Denial[c["code"]], cause)
-        self._events.clear()       # journaled when they happened
+        del self._events[pending:]       # journaled when they happened
         for name, count in saved.get("denials", {}).items():
             self._counts[Denial[name]] = int(count)
         self._counts[Denial.PASSED] = int(saved.get("passed", 0))
