@@ -452,9 +452,10 @@ class RiskGuard:
         spread, price band). The rest depend on the intents before: an intent that passes counts
         toward the limits of the next ones (its position, exposure, resting order and rate token),
         one that is denied does not. They are computed for the whole batch at once as running
-        sums per symbol, venue and route, assuming every candidate passes; the first candidate
-        that breaches is denied and the sums are redone without it. So the Python loop turns once
-        per denial of this kind plus once, never once per intent.
+        sums per symbol, venue and route, assuming every candidate passes (the common case: done).
+        Everything before the first breach did pass; from that intent on the same rules run one
+        intent at a time on plain floats, so a batch full of denials costs one short Python loop,
+        not one numpy pass per denial.
 
         An intent is *reducing* when it moves its symbol's position toward zero without crossing
         it. One that would cross (sell 3 of a long 2) is not reducing, and a REDUCING tier denies
