@@ -38,7 +38,7 @@ tick-to-fill latency
     a few hundred to a few thousand fills. The figures are the supervisor's
     ``report()["latency"]`` after shutdown (histograms merged from the workers'
     final heartbeats): tick_to_features (indicator shards), tick_to_signal
-    (model workers) and tick_to_fill (execution), each measured from the
+    (model workers), tick_to_intent (the strategy) and tick_to_fill (execution), each measured from the
     ``ts_origin_ns`` of the tick that closed the bar (or the clock, for bars
     closed on the timer). The "after warm-up" columns leave out what was
     recorded until ``--warmup-s`` (1 s) after every worker reported running
@@ -71,7 +71,7 @@ from pathlib import Path
 import common
 
 SYMBOLS = [f"S{i:02d}/USDT" for i in range(16)]
-LAT_STAGES = ("tick_to_features", "tick_to_signal", "tick_to_fill")
+LAT_STAGES = ("tick_to_features", "tick_to_signal", "tick_to_intent", "tick_to_fill")
 # a drop first seen before, or this soon after, every shard reported running is
 # a lap of a shard that was still starting (it reads right after its first heartbeat)
 STARTUP_SLACK_S = 0.25
@@ -97,6 +97,7 @@ def make_config(args, name: str, rate: float, n_ticks: int, latency: bool):
         cfg.indicators.rsi = [3]
         cfg.indicators.close_grace_s = 0.05
         cfg.model.threshold = 1e-5
+        cfg.strategy.min_hold_bars = 0         # trade on every change: fills to measure
         cfg.execution.max_position_notional = 1e12
     validate(cfg)
     return cfg

@@ -18,7 +18,7 @@ Environment (`TradingEnv`)
 * Reward for the step t -> t+1: the change in equity after fees,
   ``position * r[t] - fee * |position - previous position|`` with
   ``r[t] = close[t+1] / close[t] - 1``. Equity is counted in units of one fixed
-  notional (the pipeline trades a fixed ``order_notional``), so it adds up:
+  notional (the strategy trades about ``[strategy] notional`` per position), so it adds up:
   ``equity = sum of rewards``. ``fee`` is a fraction of the notional per unit of
   position changed: the taker fee plus slippage, ``(fee_bps + slippage_bps) / 1e4``
   (0.0012 with the default [execution]); going from short to long pays it twice.

@@ -16,7 +16,7 @@ from .config import Config, load_config
 from .errors import ConfigError, ConfigurationError, UserError
 
 DEFAULT_CONFIG = Path("conf/default.toml")
-STREAMS = ("ticks", "features", "signals", "orders", "fills", "alerts", "health")
+STREAMS = ("ticks", "features", "signals", "intents", "orders", "fills", "alerts", "health")
 
 
 def _load(args) -> Config:
@@ -77,7 +77,7 @@ def cmd_start(args) -> int:
     n = len(sup.workers)
     print(f"tickpipe '{cfg.pipeline.name}' run {sup.run_id} started: {n} processes "
           f"({cfg.n_shards} indicator shards, {cfg.n_model_workers} model workers, "
-          f"{len(cfg.feeds)} feeds, 1 execution), config {cfg.source}", flush=True)
+          f"{len(cfg.feeds)} feeds, 1 strategy, 1 execution), config {cfg.source}", flush=True)
     print("stop with Ctrl-C or 'pipeline stop'; inspect with 'pipeline status', "
           "'pipeline report', 'pipeline tap STREAM'", flush=True)
     try:
@@ -184,11 +184,13 @@ def format_summary(status: dict, rep: dict) -> str:
     ticks = sum(s.get("emitted", 0) for w, s in stats.items() if w.startswith("feed."))
     bars = sum(s.get("bars", 0) for w, s in stats.items() if w.startswith("indicators."))
     sigs = sum(s.get("signals", 0) for w, s in stats.items() if w.startswith("model."))
+    intents = stats.get("strategy.0", {}).get("intents", 0)
     ex = stats.get("execution.0", {})
     drops = sum(r["dropped"] for ring in rep["rings"] for r in ring["readers"])
     restarts = sum(w["restarts"] for w in status["workers"])
     lat = rep["latency"].get("tick_to_fill", {})
-    lines = [f"ticks {ticks}, bars {bars}, signals {sigs}, orders {ex.get('orders', 0)}, "
+    lines = [f"ticks {ticks}, bars {bars}, signals {sigs}, intents {intents}, "
+             f"orders {ex.get('orders', 0)}, "
              f"fills {ex.get('fills', 0)}, dropped {drops}, restarts {restarts}",
              f"realized pnl {ex.get('realized_pnl', 0.0):.2f}, fees {ex.get('fees', 0.0):.2f}, "
              f"open positions {ex.get('open_positions', 0)}"]

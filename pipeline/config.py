@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import tomllib
 import typing
@@ -37,6 +38,7 @@ class RingsConfig:
     ticks_capacity: int = 65536
     features_capacity: int = 4096
     signals_capacity: int = 4096
+    intents_capacity: int = 4096
     orders_capacity: int = 4096
     fills_capacity: int = 4096
     lossless_timeout_s: float = 5.0     # a lossless writer reports backpressure after this long
@@ -224,10 +226,53 @@ class ModelConfig:
     lstm_epochs: int = 5
 
 
+STRATEGY_KINDS = ("signals",)
+
+
+@dataclass
+class StrategyConfig:
+    """The strategy stage: model signals -> intents (workers/strategy/signals.py says
+    what each rule is for). Defaults keep a default ensemble from changing position
+    every few bars, which fees would eat."""
+    kind: str = "signals"
+    enter_margin: float = 0.10          # p(up) - p(down) that opens a long (its negative: a short)
+    exit_margin: float = 0.02           # a long closes when the margin falls below this
+    min_hold_bars: int = 6              # bars a position is held before a signal may close it
+    allow_short: bool = False           # spot venues: long or flat only
+    notional: float = 100.0             # quote currency per position at the target volatility
+    max_notional: float = 1000.0        # never more than this per position
+    target_vol: float = 0.002           # per-bar volatility at which the size is `notional`
+    min_vol: float = 1e-5               # a volatility below this counts as this (no huge sizes)
+    stop_loss: float = 0.0              # close at this fractional move against (0: off)
+    take_profit: float = 0.0            # close at this fractional move in favour (0: off)
+
+
+def strategy_checks(sc: StrategyConfig) -> list[tuple[bool, str]]:
+    """The [strategy] section's rules: (ok, message) pairs, as `validate` takes them."""
+    finite = all(math.isfinite(getattr(sc, k)) for k in (
+        "enter_margin", "exit_margin", "notional", "max_notional", "target_vol", "min_vol",
+        "stop_loss", "take_profit"))
+    return [
+        (sc.kind in STRATEGY_KINDS,
+         f"strategy.kind must be one of {', '.join(STRATEGY_KINDS)}, got '{sc.kind}'"),
+        (finite, "strategy: every number must be finite"),
+        (0 < sc.enter_margin <= 1, f"strategy.enter_margin must be in (0, 1], got {sc.enter_margin:g}"),
+        (-1 <= sc.exit_margin < sc.enter_margin,
+         f"strategy.exit_margin ({sc.exit_margin:g}) must be below enter_margin "
+         f"({sc.enter_margin:g}): that gap is the hysteresis"),
+        (sc.min_hold_bars >= 0, f"strategy.min_hold_bars must be >= 0, got {sc.min_hold_bars}"),
+        (0 < sc.notional <= sc.max_notional,
+         f"strategy.notional must be > 0 and at most max_notional, got {sc.notional:g} "
+         f"and {sc.max_notional:g}"),
+        (sc.target_vol > 0 and sc.min_vol > 0, "strategy.target_vol and min_vol must be > 0"),
+        (0 <= sc.stop_loss < 1 and sc.take_profit >= 0,
+         "strategy.stop_loss must be in [0, 1) and take_profit >= 0 (0: off)"),
+    ]
+
+
 @dataclass
 class ExecutionConfig:
     mode: str = "paper"
-    order_notional: float = 100.0       # quote currency per order
     max_position_notional: float = 1000.0
     fee_bps: float = 10.0
     slippage_bps: float = 2.0
@@ -250,6 +295,7 @@ class Config:
     feeds: list[FeedConfig] = field(default_factory=lambda: [FeedConfig()])
     indicators: IndicatorsConfig = field(default_factory=IndicatorsConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
     recorder: RecorderConfig = field(default_factory=RecorderConfig)
     source: str = "<defaults>"
@@ -347,7 +393,8 @@ def validate(cfg: Config) -> None:
         (cfg.indicators.bar_seconds > 0, "indicators.bar_seconds must be > 0"),
         (len(cfg.indicators.ema) >= 2,
          "indicators.ema needs at least two periods (the momentum model compares the first and last)"),
-        (cfg.execution.order_notional > 0, "execution.order_notional must be > 0"),
+        *strategy_checks(cfg.strategy),
+        (cfg.execution.max_position_notional > 0, "execution.max_position_notional must be > 0"),
         (cfg.execution.max_signal_age_s > 0, "execution.max_signal_age_s must be > 0"),
         (cfg.execution.fee_bps >= 0 and cfg.execution.slippage_bps >= 0,
          "execution.fee_bps and slippage_bps must be >= 0"),
@@ -356,7 +403,7 @@ def validate(cfg: Config) -> None:
         (cfg.recorder.flush_seconds > 0, "recorder.flush_seconds must be > 0"),
         (not cfg.recorder.enabled or cfg.recorder.dir != "", "recorder.dir must not be empty"),
     ]
-    for key in ("ticks_capacity", "features_capacity", "signals_capacity",
+    for key in ("ticks_capacity", "features_capacity", "signals_capacity", "intents_capacity",
                 "orders_capacity", "fills_capacity"):
         v = getattr(cfg.rings, key)
         checks.append((v >= 16 and v & (v - 1) == 0, f"rings.{key} must be a power of two >= 16, got {v}"))

@@ -36,7 +36,7 @@ from workers.base import WorkerArgs, run_worker
 log = logging.getLogger("supervisor")
 
 LATENCY_STAGES = {"indicators": "tick_to_features", "model": "tick_to_signal",
-                  "execution": "tick_to_fill"}
+                  "strategy": "tick_to_intent", "execution": "tick_to_fill"}
 
 
 class SupervisorError(RuntimeError):
@@ -72,7 +72,7 @@ class WorkerState:
 # supervisor adds what its predecessors counted, so status and the exit summary count
 # the whole run. Other stats (positions, P&L, latencies, states) are as last reported.
 COUNTERS = {"in", "out", "dropped", "rejected", "gaps", "emitted", "bars", "timer_closes", "alerts",
-            "batches", "signals", "stale_signals", "orders", "fills", "rejected_risk",
+            "batches", "signals", "stale_signals", "intents", "orders", "fills", "rejected_risk",
             "rejected_stale", "skipped_replay"}
 HEALTH_COUNTERS = {"messages", "malformed", "reconnects", "errors", "rest_calls", "rest_retries",
                    "rejected", "backfilled", "duplicates"}

@@ -23,7 +23,7 @@ from . import bus
 from .config import BusConfig
 from .topology import Topology
 
-STREAMS = ("ticks", "features", "signals", "orders", "fills", "alerts")
+STREAMS = ("ticks", "features", "signals", "intents", "orders", "fills", "alerts")
 # a stream read from another stream's rings, keeping only the flagged records
 DERIVED = {"alerts": ("features", FLAG_ALERT)}
 HEALTH = "health"   # not a ring: each feed's exchange health, once per report interval

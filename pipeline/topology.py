@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from shm.doorbell import Doorbell
-from shm.records import FILL, ORDER, POSITION, SIGNAL, TICK, features_dtype
+from shm.records import FILL, INTENT, ORDER, POSITION, SIGNAL, TICK, features_dtype
 from shm.ring import LOSSLESS, LOSSY, RingSpec
 from shm.segment import segment_name
 from shm.table import TableSpec
@@ -20,7 +20,7 @@ from .symbols import SymbolRegistry
 # the order of stages, upstream first; a clean stop goes in this order so
 # every record already in flight is processed before its consumer stops.
 # The recorder stops after the indicators: it writes every tick and every bar.
-STAGES = ["feed", "indicators", "recorder", "model", "execution"]
+STAGES = ["feed", "indicators", "recorder", "model", "strategy", "execution"]
 
 
 @dataclass
@@ -89,14 +89,16 @@ def build(cfg: Config, run_id: str, with_bells: bool = False) -> Topology:
                                   outputs=[out]))
     for j in range(n_models):
         out = f"signals.{j}"
-        ring(out, SIGNAL, rc.signals_capacity, LOSSLESS, ["execution.0"])
+        ring(out, SIGNAL, rc.signals_capacity, LOSSLESS, ["strategy.0"])
         workers.append(WorkerSpec("model", j,
                                   inputs=[f"features.{i}" for i in range(n_shards) if i % n_models == j],
                                   outputs=[out]))
+    ring("intents", INTENT, rc.intents_capacity, LOSSLESS, ["execution.0"])
+    workers.append(WorkerSpec("strategy", 0, inputs=[f"signals.{j}" for j in range(n_models)],
+                              outputs=["intents"]))
     ring("orders", ORDER, rc.orders_capacity, LOSSLESS, [])
     ring("fills", FILL, rc.fills_capacity, LOSSLESS, [])
-    workers.append(WorkerSpec("execution", 0, inputs=[f"signals.{j}" for j in range(n_models)],
-                              outputs=["orders", "fills"]))
+    workers.append(WorkerSpec("execution", 0, inputs=["intents"], outputs=["orders", "fills"]))
     tables = {
         "features": TableSpec("features", segment_name(run_id, "tbl.features"), fdt, len(symbols)),
         "positions": TableSpec("positions", segment_name(run_id, "tbl.positions"), POSITION,

@@ -126,7 +126,7 @@ ORDER = _padded("order", [
     ("ts_origin_ns", "<i8"),
     ("ts_ns", "<i8"),
     ("order_id", "<u8"),
-    ("signal_seq", "<u8"),      # the signal this order acts on (restart dedup)
+    ("intent_seq", "<u8"),      # the intent this order acts on (restart dedup)
     ("symbol_id", "<u4"),
     ("side", "i1"),
     ("order_type", "u1"),       # 1 = market
@@ -167,7 +167,7 @@ def features_dtype(names: list[str]) -> np.dtype:
 
 
 SCHEMAS: dict[str, np.dtype] = {"ticks": TICK, "bars": BAR, "signals": SIGNAL,
-                                "orders": ORDER, "fills": FILL}
+                                "intents": INTENT, "orders": ORDER, "fills": FILL}
 
 
 def schema_id(dtype: np.dtype) -> int:

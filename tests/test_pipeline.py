@@ -146,7 +146,7 @@ def test_ticks_flow_to_fills_and_clean_stop(pipe):
     st = p.wait_running()
     roles = sorted(w["id"] for w in st["workers"])
     assert roles == ["execution.0", "feed.0", "indicators.0", "indicators.1", "indicators.2",
-                     "model.0"]
+                     "model.0", "strategy.0"]
     fills = p.tap("fills")
     assert len(fills) == 3
     for f in fills:
@@ -155,7 +155,7 @@ def test_ticks_flow_to_fills_and_clean_stop(pipe):
     ticks = p.tap("ticks", "--symbol", "ETH/USDT", limit=5)
     assert {t["symbol"] for t in ticks} == {"ETH/USDT@synthetic"}
     assert all(t["bid"] <= t["price"] <= t["ask"] for t in ticks)
-    for stream in ("features", "signals", "orders"):
+    for stream in ("features", "signals", "intents", "orders"):
         assert len(p.tap(stream, limit=1)) == 1
     (health,) = p.tap("health", limit=1)
     assert health["id"] == "feed.0" and health["venue"] == "synthetic" and health["emitted"] > 0
@@ -248,11 +248,12 @@ def test_kill9_workers_restart_and_resume(pipe):
             assert w["stats"].get(key, 0) >= n, (w["id"], key, n, w["stats"])
     assert after["indicators.0"] == before["indicators.0"]
     # trading goes on; execution resumed from its rings: order ids continue without
-    # reuse, and no signal is acted on twice (signal_seq strictly increasing)
+    # reuse, and no intent is acted on twice (intent_seq strictly increasing: one model
+    # worker, so one source of intents)
     orders = p.tap("orders", limit=12)
     ids = [o["order_id"] for o in orders]
     assert ids == list(range(ids[0], ids[0] + len(ids)))
-    sig = [o["signal_seq"] for o in orders]
+    sig = [o["intent_seq"] for o in orders]
     assert sig == sorted(set(sig))
     run_id = st["run_id"]
     assert p.cli("stop").returncode == 0

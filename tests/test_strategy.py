@@ -10,7 +10,8 @@ import pytest
 from pipeline.clock import SimClock
 from shm.records import (FLAG_GAP, FLAG_STALE, FLAG_WARMUP, INTENT, REASON_ENTRY, REASON_EXIT,
                          REASON_STOP_LOSS, REASON_TAKE_PROFIT, SIDE_BUY, SIDE_SELL, SIGNAL)
-from workers.strategy.signals import SOURCE_BITS, SignalStrategy, SignalStrategyParams
+from pipeline.config import Config, ConfigError, StrategyConfig, validate
+from workers.strategy.signals import SOURCE_BITS, SignalStrategy
 
 BAR = 60 * 10**9
 NO_VOL = np.full(4, np.nan)
@@ -42,7 +43,7 @@ def run(strategy: SignalStrategy, margins, prices=None, vol=NO_VOL) -> list[tupl
 
 
 def make(**params) -> SignalStrategy:
-    return SignalStrategy(4, SignalStrategyParams(**params), SimClock(0))
+    return SignalStrategy(4, StrategyConfig(**params), SimClock(0))
 
 
 def test_hysteresis_and_gate_keep_a_wandering_margin_from_churning():
@@ -146,12 +147,29 @@ def test_state_survives_a_json_round_trip():
 
 
 @pytest.mark.parametrize("bad, match", [
-    (dict(exit_margin=0.2, enter_margin=0.1), "exit_margin must be below enter_margin"),
+    (dict(exit_margin=0.2, enter_margin=0.1), r"exit_margin \(0.2\) must be below enter_margin"),
     (dict(enter_margin=0.0), "enter_margin must be in"),
     (dict(min_hold_bars=-1), "min_hold_bars"),
     (dict(notional=500.0, max_notional=100.0), "notional must be > 0 and at most max_notional"),
-    (dict(stop_loss=float("nan")), "stop_loss must be a finite number"),
+    (dict(stop_loss=float("nan")), "every number must be finite"),
 ])
 def test_params_are_checked(bad, match):
-    with pytest.raises(ValueError, match=match):
-        SignalStrategyParams(**bad)
+    with pytest.raises(ConfigError, match=match):
+        validate(Config(strategy=StrategyConfig(**bad)))
+
+
+def test_the_strategy_goes_on_from_what_is_held():
+    """An entry refused downstream (risk, a stale intent) leaves nothing held: the next
+    signal enters again rather than believing it is long; a position held that the
+    strategy did not ask for is closed by its exit rule with the quantity held."""
+    s = make(min_hold_bars=0)
+    flat = np.zeros(4)
+    first = s.on_signals(signal(0.5, 0), NO_VOL, positions=flat)
+    again = s.on_signals(signal(0.5, 1), NO_VOL, positions=flat)
+    assert first["reason"].tolist() == again["reason"].tolist() == [REASON_ENTRY]
+    assert again["seq"][0] != first["seq"][0]
+    held = np.array([0.0, 0.0, 0.0, 0.0])
+    held[0] = 3.5
+    out = s.on_signals(signal(-0.5, 2), NO_VOL, positions=held)
+    assert out["reason"].tolist() == [REASON_EXIT] and out["qty"][0] == 3.5
+    assert s.counters["reconciled"] == 2

@@ -32,7 +32,8 @@ from shm.ring import Ring, RingFullError, RingReader, RingWriter, wait_any
 from shm.table import Table
 
 ROLE_MODULES = {"feed": "workers.feed", "indicators": "workers.indicators",
-                "model": "workers.model", "execution": "workers.execution.worker",
+                "model": "workers.model", "strategy": "workers.strategy.worker",
+                "execution": "workers.execution.worker",
                 "recorder": "workers.recorder"}
 
 

@@ -30,11 +30,10 @@ the order manager's client order id refuses to send it twice.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-
 import numpy as np
 
 from pipeline.clock import Clock
+from pipeline.config import StrategyConfig
 from shm.records import (FLAG_GAP, FLAG_STALE, FLAG_WARMUP, INTENT, ORDER_MARKET, REASON_ENTRY,
                          REASON_EXIT, REASON_STOP_LOSS, REASON_TAKE_PROFIT, SIDE_BUY, SIDE_SELL,
                          TIF_IOC)
@@ -44,48 +43,12 @@ SOURCE_BITS = 48        # intent seq = source << 48 | the cause's own sequence
 STOP_SOURCE = 0xFFFF    # the source of intents from a stop on a price update
 
 
-@dataclass
-class SignalStrategyParams:
-    """The rules' settings (``[strategy]`` in the config)."""
-    enter_margin: float = 0.10      # p(up) - p(down) that opens a long (its negative: a short)
-    exit_margin: float = 0.02       # a long closes when the margin falls below this
-    min_hold_bars: int = 6          # bars a position is held before a signal may close it
-    allow_short: bool = False       # spot venues: long or flat only
-    notional: float = 100.0         # quote currency per position at the target volatility
-    max_notional: float = 1000.0    # never more than this per position
-    target_vol: float = 0.002       # per-bar volatility at which the size is ``notional``
-    min_vol: float = 1e-5           # a volatility below this is taken as this (no huge sizes)
-    stop_loss: float = 0.0          # close when the price moves this fraction against (0: off)
-    take_profit: float = 0.0        # close when it moves this fraction in favour (0: off)
-
-    def __post_init__(self) -> None:
-        for name in ("enter_margin", "exit_margin", "notional", "max_notional", "target_vol",
-                     "min_vol", "stop_loss", "take_profit"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"strategy.{name} must be a finite number, got {value!r}")
-        if not 0 < self.enter_margin <= 1:
-            raise ValueError(f"strategy.enter_margin must be in (0, 1], got {self.enter_margin}")
-        if not -1 <= self.exit_margin < self.enter_margin:
-            raise ValueError("strategy.exit_margin must be below enter_margin (the hysteresis), "
-                             f"got {self.exit_margin} >= {self.enter_margin}")
-        if isinstance(self.min_hold_bars, bool) or not isinstance(self.min_hold_bars, int) \
-                or self.min_hold_bars < 0:
-            raise ValueError(f"strategy.min_hold_bars must be an integer >= 0, got {self.min_hold_bars!r}")
-        if self.notional <= 0 or self.max_notional < self.notional:
-            raise ValueError("strategy.notional must be > 0 and at most max_notional, "
-                             f"got {self.notional} and {self.max_notional}")
-        if self.target_vol <= 0 or self.min_vol <= 0:
-            raise ValueError("strategy.target_vol and strategy.min_vol must be > 0")
-        if not 0 <= self.stop_loss < 1 or self.take_profit < 0:
-            raise ValueError("strategy.stop_loss must be in [0, 1) and take_profit >= 0")
-
-
 class SignalStrategy:
     """Per symbol: the direction it holds (-1, 0, 1), the entry price, the bar it
-    entered on and bars held. ``on_signals`` and ``on_price`` return INTENT rows."""
+    entered on and bars held. ``on_signals`` and ``on_price`` return INTENT rows.
+    ``params``: the config's [strategy], checked by its validation."""
 
-    def __init__(self, n_symbols: int, params: SignalStrategyParams, clock: Clock,
+    def __init__(self, n_symbols: int, params: StrategyConfig, clock: Clock,
                  strategy_id: int = 1):
         self.p = params
         self.clock = clock
@@ -97,7 +60,7 @@ class SignalStrategy:
         self.held_bars = np.zeros(n_symbols, np.int64)
         self.last_bar = np.full(n_symbols, -1, np.int64)
         self.counters = {"signals": 0, "intents": 0, "gated": 0, "held": 0, "no_new_risk": 0,
-                         "stops": 0, "bad_input": 0}
+                         "stops": 0, "bad_input": 0, "reconciled": 0}
 
     # -- sizing ---------------------------------------------------------------------
     def size(self, price: float, vol: float) -> float:
@@ -108,10 +71,14 @@ class SignalStrategy:
         return notional / price
 
     # -- inputs ---------------------------------------------------------------------
-    def on_signals(self, signals: np.ndarray, vol: np.ndarray, source: int = 0) -> np.ndarray:
+    def on_signals(self, signals: np.ndarray, vol: np.ndarray, source: int = 0,
+                   positions: np.ndarray | None = None) -> np.ndarray:
         """SIGNAL rows (in order) -> INTENT rows. ``vol``: each symbol's per-bar
         volatility by symbol id (NaN: unknown, sized at the target). ``source``: the
-        index of the signal ring, part of each intent's seq."""
+        index of the signal ring, part of each intent's seq. ``positions``: what is
+        actually held, by symbol id (execution's positions): where it differs from what
+        the strategy asked for (an intent refused by risk, a fill not yet back), the
+        strategy goes on from what is held."""
         out = []
         for sig in signals:
             self.counters["signals"] += 1
@@ -120,6 +87,8 @@ class SignalStrategy:
             if sid >= self.n or not math.isfinite(price) or price <= 0:
                 self.counters["bad_input"] += 1
                 continue
+            if positions is not None:
+                self._reconcile(sid, float(positions[sid]), price)
             bar = int(sig["ts_bar_ns"])
             if bar != self.last_bar[sid]:
                 self.last_bar[sid] = bar
@@ -180,6 +149,18 @@ class SignalStrategy:
         rows = self._close(symbol_id, price, stop, full, cause, signal_seq=0)
         self.counters["intents"] += len(rows)
         return rows
+
+    def _reconcile(self, sid: int, held: float, price: float) -> None:
+        """Take what is held as the position, if it is not what was asked for."""
+        if held == self.qty[sid]:
+            return
+        self.counters["reconciled"] += 1
+        d = int(np.sign(held))
+        if d != self.direction[sid]:
+            self.entry[sid] = price if d else np.nan
+            self.held_bars[sid] = 0
+        self.direction[sid] = d
+        self.qty[sid] = held
 
     # -- rules ------------------------------------------------------------------------
     def _stop(self, sid: int, price: float) -> int:

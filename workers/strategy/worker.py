@@ -1,0 +1,106 @@
+"""Strategy process: model signals in, intents out, for execution.
+
+A thin adapter around the pure core in signals.py: it drains every model
+worker's signals ring, reads each signalling symbol's volatility from the
+latest-features table (``vol_N``, else ``atr_N / close``) for the size, and
+publishes the intents the core returns to the ``intents`` ring.
+
+A restarted strategy skips the signals its predecessor already turned into
+intents (their sequence is in the intents ring), and takes the positions it
+holds from the positions table, with their average price as the entry; the
+holding period of those positions counts as served. An intent it derives a
+second time anyway carries the same seq, which execution never acts on twice.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..base import Worker
+from .signals import SOURCE_BITS, SignalStrategy
+
+
+class StrategyWorker(Worker):
+    role = "strategy"
+
+    def setup(self) -> None:
+        n = len(self.topo.symbols)
+        self.core = SignalStrategy(n, self.cfg.strategy, self.clock)
+        self.features = self.table("features")
+        self.positions = self.table("positions")
+        names = self.topo.feature_names
+        vols = [c for c in names if c.startswith("vol_")]
+        atrs = [c for c in names if c.startswith("atr_")]
+        self.vol_column = vols[0] if vols else None
+        self.atr_column = None if vols or not atrs else atrs[0]
+        self.last_seen = np.full(len(self.readers), -1, np.int64)
+        self.counters.update(signals=0, intents=0, skipped_replay=0)
+        writer = self.writers["intents"]
+        if writer.seq > 0:
+            self.resume(writer.tail())
+
+    def resume(self, intents: np.ndarray) -> None:
+        """Restarted: the signals already acted on, and the positions held."""
+        mask = (1 << SOURCE_BITS) - 1
+        for row in intents:
+            source = int(row["seq"]) >> SOURCE_BITS
+            if source < len(self.last_seen) and row["signal_seq"]:
+                self.last_seen[source] = max(self.last_seen[source], int(row["seq"]) & mask)
+        rows, seqs = self.positions.read()
+        held = np.flatnonzero((seqs > 0) & (rows["qty"] != 0))
+        self.core.restore({"positions": {int(sid): {
+            "direction": int(np.sign(rows["qty"][sid])), "qty": float(rows["qty"][sid]),
+            "entry": float(rows["avg_price"][sid]), "held_bars": self.cfg.strategy.min_hold_bars,
+            "last_bar": -1} for sid in held}})
+        self.log.info("restarted: %d positions held; signals acted on up to %s", len(held),
+                      self.last_seen.tolist())
+
+    def volatility(self, ids: np.ndarray) -> np.ndarray:
+        """Per-bar volatility by symbol id for ``ids`` (NaN where unknown)."""
+        vol = np.full(len(self.topo.symbols), np.nan)
+        if self.vol_column is None and self.atr_column is None:
+            return vol
+        rows, seqs = self.features.read(ids.astype(np.intp))
+        if self.vol_column is not None:
+            v = rows[self.vol_column]
+        else:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                v = rows[self.atr_column] / rows["close"]
+        vol[ids] = np.where(seqs > 0, v, np.nan)
+        return vol
+
+    def held(self, ids: np.ndarray) -> np.ndarray:
+        """Execution's positions by symbol id (0 where never written), for ``ids``."""
+        qty = np.zeros(len(self.topo.symbols))
+        rows, seqs = self.positions.read(ids)
+        qty[ids] = np.where(seqs > 0, rows["qty"], 0.0)
+        return qty
+
+    def step(self) -> bool:
+        did = False
+        for j, reader in enumerate(self.readers):
+            batch = reader.read()
+            if batch is None:
+                continue
+            did = True
+            sig = batch.records
+            self.counters["in"] += len(sig)
+            fresh = sig["seq"].astype(np.int64) > self.last_seen[j]
+            self.counters["skipped_replay"] += int((~fresh).sum())
+            sig = sig[fresh]
+            if len(sig):
+                ids = np.unique(sig["symbol_id"]).astype(np.intp)
+                intents = self.core.on_signals(sig, self.volatility(ids), j, self.held(ids))
+                self.last_seen[j] = int(sig["seq"][-1])
+                self.counters["signals"] += len(sig)
+                if len(intents):
+                    self.publish("intents", intents)
+                    self.record_latency(intents["ts_origin_ns"])
+                    self.counters["intents"] += len(intents)
+            reader.commit()
+        return did
+
+    def stats(self) -> dict:
+        return {**self.counters, "rules": dict(self.core.counters)}
+
+
+WORKER = StrategyWorker
