@@ -62,11 +62,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
 import traceback
-from pathlib import Path
 
 import common
 
@@ -477,6 +477,8 @@ def main(argv: list[str] | None = None) -> int:
     # a private run directory and quiet workers (warnings and errors still show)
     run_dir = tempfile.mkdtemp(prefix="tickpipe-bench-")
     os.environ["TICKPIPE_RUN_DIR"] = run_dir
+    # each trial's journal there too: a trial starts flat, and nothing is left behind
+    os.environ["TICKPIPE_JOURNAL_DIR"] = run_dir
     os.environ.setdefault("TICKPIPE_LOG_LEVEL", "WARNING")
     info = common.machine()
     t0 = time.monotonic()
@@ -501,12 +503,7 @@ def main(argv: list[str] | None = None) -> int:
                 traceback.print_exc()
                 errors.append(f"latency: {type(e).__name__}: {e}")
     finally:
-        try:
-            for p in Path(run_dir).iterdir():
-                p.unlink()
-            os.rmdir(run_dir)
-        except OSError:
-            pass
+        shutil.rmtree(run_dir, ignore_errors=True)
     common.finish(info)
     info["total_s"] = round(time.monotonic() - t0, 1)
 

@@ -273,6 +273,10 @@ def strategy_checks(sc: StrategyConfig) -> list[tuple[bool, str]]:
 @dataclass
 class ExecutionConfig:
     mode: str = "paper"
+    # the journal (SQLite): every order and fill, positions rebuilt from it at start;
+    # "" = journal/<pipeline name>.sqlite, relative to the working directory (or in
+    # $TICKPIPE_JOURNAL_DIR)
+    journal: str = ""
     max_position_notional: float = 1000.0
     fee_bps: float = 10.0
     slippage_bps: float = 2.0
@@ -308,6 +312,14 @@ class Config:
     @property
     def n_shards(self) -> int:
         return self.pipeline.workers - self.n_model_workers
+
+    def journal_path(self) -> Path:
+        """The pipeline's journal file: ``[execution] journal``, else
+        ``<$TICKPIPE_JOURNAL_DIR or journal>/<pipeline name>.sqlite``."""
+        if self.execution.journal:
+            return Path(self.execution.journal).expanduser()
+        folder = os.environ.get("TICKPIPE_JOURNAL_DIR") or "journal"
+        return Path(folder).expanduser() / f"{self.pipeline.name}.sqlite"
 
     def run_dir(self) -> Path:
         if self.pipeline.run_dir:

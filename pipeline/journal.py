@@ -2,7 +2,7 @@
 execution decides and learns, the record that money questions are answered from.
 
 One SQLite file per pipeline (``journal/<pipeline name>.sqlite`` unless the
-config says otherwise), written by one process only: execution. Every intent,
+config says otherwise: `pipeline.config.Config.journal_path`), written by one process only: execution. Every intent,
 risk verdict, order event, fill, position change, risk state change and manual
 command is a row of ``entries``; at start, execution replays the journal to
 rebuild positions, open orders, balances, realised P&L and risk states.
@@ -93,11 +93,6 @@ _SECRET = re.compile(r"apikey|secret|signature|token|passw(or)?d|passphrase|priv
 
 class JournalError(UserError):
     """A journal that cannot be opened, read or written as asked; one line."""
-
-
-def default_path(pipeline: str, base: str | Path = ".") -> Path:
-    """Where a pipeline's journal lives when the config names none."""
-    return Path(base) / "journal" / f"{pipeline}.sqlite"
 
 
 # -- canonical content and the chain -------------------------------------------------

@@ -9,6 +9,8 @@
   returns its text. FAST is that pipeline (a momentum rule on the synthetic
   feed, 0.2 s bars, fast heartbeats), TINY_ENSEMBLE its ensemble of four tiny
   models; ``toml`` writes any such dict of sections.
+* ``journal_dir`` (every test): TICKPIPE_JOURNAL_DIR in the test's tmp_path, so a
+  pipeline a test starts journals there and never into the repository.
 """
 from __future__ import annotations
 
@@ -199,6 +201,15 @@ def write_config(folder: Path, name: str, **overrides) -> Path:
     path = Path(folder) / f"{name}.toml"
     path.write_text(fast_config(name, **overrides))
     return path
+
+
+@pytest.fixture(autouse=True)
+def journal_dir(tmp_path, monkeypatch):
+    """Every test's pipelines journal into its own folder (the environment that its
+    subprocesses inherit), never into the repository's journal/."""
+    folder = tmp_path / "journal"
+    monkeypatch.setenv("TICKPIPE_JOURNAL_DIR", str(folder))
+    return folder
 
 
 @pytest.fixture

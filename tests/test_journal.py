@@ -9,6 +9,7 @@ import json
 import os
 import sqlite3
 import traceback
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -127,8 +128,16 @@ def test_replay_gives_rows_of_the_asked_kinds_in_order(path):
             j.replay(["fills"])
 
 
-def test_default_path_is_journal_folder_and_pipeline_name(tmp_path):
-    assert J.default_path("alpha", tmp_path) == tmp_path / "journal" / "alpha.sqlite"
+def test_default_path_is_journal_folder_and_pipeline_name(tmp_path, monkeypatch):
+    from pipeline.config import Config
+    cfg = Config()
+    cfg.pipeline.name = "alpha"
+    monkeypatch.delenv("TICKPIPE_JOURNAL_DIR")
+    assert cfg.journal_path() == Path("journal") / "alpha.sqlite"
+    monkeypatch.setenv("TICKPIPE_JOURNAL_DIR", str(tmp_path / "js"))
+    assert cfg.journal_path() == tmp_path / "js" / "alpha.sqlite"
+    cfg.execution.journal = str(tmp_path / "j.sqlite")
+    assert cfg.journal_path() == tmp_path / "j.sqlite"
 
 
 # -- bad input --------------------------------------------------------------------------
