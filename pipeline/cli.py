@@ -392,6 +392,47 @@ def cmd_download(args) -> int:
     return 0
 
 
+def _journal_path(args) -> Path:
+    if args.journal:
+        return Path(args.journal).expanduser()
+    return _load(args).journal_path()
+
+
+def cmd_pnl(args) -> int:
+    from .pnl import format_pnl, pnl_report
+    rep = pnl_report(_journal_path(args))
+    print(json.dumps(rep, indent=1) if args.json else format_pnl(rep))
+    return 1 if rep["mismatches"] else 0
+
+
+def cmd_journal(args) -> int:
+    from . import journal
+    path = _journal_path(args)
+    if args.action == "verify":
+        result = journal.verify(path)
+        print(result)
+        return 0 if result.ok else 1
+    if args.action == "export":
+        if not args.out:
+            raise UserError("journal export needs --out FILE.parquet")
+        n = journal.export(path, args.out)
+        print(f"{n} rows of {path} written to {args.out}")
+        return 0
+    from .download import parse_time
+    from .pnl import format_row
+    since = parse_time(args.since, "--since") * 1_000_000 if args.since else None
+    exact = args.symbol if args.symbol and "@" in args.symbol else None
+    shown = 0
+    for row in journal.rows(path, since_ns=since, symbol=exact, kinds=args.kind or None):
+        if args.symbol and not exact and (row["symbol"] or "").partition("@")[0] != args.symbol:
+            continue
+        print(json.dumps(row) if args.json else format_row(row))
+        shown += 1
+        if args.limit and shown >= args.limit:
+            break
+    return 0
+
+
 # -- entry point --------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -483,6 +524,32 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--timeout", type=float, metavar="SECONDS",
                     help="give up if no record arrives for this long")
     sp.set_defaults(func=cmd_tap)
+
+    sp = sub.add_parser("pnl", help="positions and P&L from the journal, running or not",
+                        description="Recompute positions, realised and unrealised P&L (marked at "
+                                    "the last fill) and fees per symbol and venue from the "
+                                    "journal's fills, and check them against the positions "
+                                    "execution journaled; exit status 1 if they disagree.")
+    common(sp)
+    sp.add_argument("--journal", metavar="PATH", help="the journal (default: the config's)")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_pnl)
+
+    sp = sub.add_parser("journal", help="verify, show or export the execution journal",
+                        description="verify: walk the hash chain and name the first row edited, "
+                                    "deleted or reordered (exit status 1). show: print rows. "
+                                    "export: every row to a Parquet file.")
+    common(sp)
+    sp.add_argument("action", choices=("verify", "show", "export"))
+    sp.add_argument("--journal", metavar="PATH", help="the journal (default: the config's)")
+    sp.add_argument("--since", metavar="DATE", help="show: rows from this UTC time on")
+    sp.add_argument("--symbol", metavar="S", help="show: rows of this symbol (BTC/USDT[@venue])")
+    sp.add_argument("--kind", action="append", metavar="KIND",
+                    help="show: rows of this kind (order, fill, position, ...); repeatable")
+    sp.add_argument("--limit", type=int, metavar="N", help="show: at most N rows")
+    sp.add_argument("--json", action="store_true", help="show: one JSON object per line")
+    sp.add_argument("--out", metavar="FILE.parquet", help="export: where to write")
+    sp.set_defaults(func=cmd_journal)
 
     sp = sub.add_parser("download", help="download OHLCV or trade history from a venue into Parquet",
                         description="Download closed OHLCV bars (--timeframe) through ccxt into "

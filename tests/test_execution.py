@@ -178,3 +178,60 @@ def test_a_second_execution_on_the_same_journal_is_refused(runs):
     run.worker()
     with pytest.raises(journal.JournalError, match="already open by another writer"):
         run.worker(restart=1)
+
+
+def test_pnl_and_journal_commands_read_the_journal(runs, capsys, tmp_path):
+    import json
+    import sqlite3
+
+    import pyarrow.parquet as pq
+
+    from pipeline.cli import main
+    make, path = runs
+    run = make("a")
+    w = run.worker()
+    run.send((1, "AAA/USDT", SIDE_BUY, 2.0, 100.0), (2, "AAA/USDT", SIDE_SELL, 0.5, 110.0),
+             (3, "BBB/USDT", SIDE_BUY, 5.0, 10.0))
+    while w.step():
+        pass
+    stats = w.portfolio.stats()
+    capsys.readouterr()
+
+    assert main(["pnl", "--journal", str(path), "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["fills"] == 3 and rep["mismatches"] == []
+    assert rep["totals"]["realized_pnl"] == pytest.approx(stats["realized_pnl"])
+    assert rep["totals"]["fees"] == pytest.approx(stats["fees"])
+    aaa = next(s for s in rep["symbols"] if s["symbol"] == "AAA/USDT@synthetic")
+    assert aaa["qty"] == 1.5 and aaa["mark"] == pytest.approx(110.0 * (1 - 2e-4))
+    assert set(rep["venues"]) == {"synthetic"}
+    assert main(["pnl", "--journal", str(path)]) == 0
+    assert "the fills add up to the positions journaled" in capsys.readouterr().out
+
+    assert main(["journal", "verify", "--journal", str(path)]) == 0
+    assert "journal ok: 9 rows" in capsys.readouterr().out
+    assert main(["journal", "show", "--journal", str(path), "--kind", "fill",
+                 "--symbol", "AAA/USDT"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2
+    out = tmp_path / "x" / "j.parquet"
+    assert main(["journal", "export", "--journal", str(path), "--out", str(out)]) == 0
+    assert pq.read_table(out).num_rows == 9
+    w.close()
+
+    # a position row rewritten behind execution's back: verify names it, pnl alerts
+    db = sqlite3.connect(path)
+    (row_id, payload), = db.execute("SELECT id, payload FROM entries WHERE kind = 'position' "
+                                    "ORDER BY id LIMIT 1")
+    db.execute("UPDATE entries SET payload = ? WHERE id = ?",
+               (payload.replace('"qty":2.0', '"qty":3.0'), row_id))
+    db.execute("UPDATE entries SET payload = replace(payload, '\"qty\":1.5', '\"qty\":9.5') "
+               "WHERE kind = 'position'")
+    db.commit()
+    db.close()
+    capsys.readouterr()
+    assert main(["journal", "verify", "--journal", str(path)]) == 1
+    assert f"BROKEN at row {row_id} (edited)" in capsys.readouterr().out
+    assert main(["pnl", "--journal", str(path)]) == 1
+    assert "ALERT: the journaled positions disagree with the fills" in capsys.readouterr().out
+    assert main(["pnl", "--journal", str(tmp_path / "missing.sqlite")]) == 2
+    assert "no journal at" in capsys.readouterr().err
