@@ -382,3 +382,43 @@ def test_old_signals_never_open_a_position(pipe):
     st = p.wait_status(lambda st: ex(st).get("rejected_stale", 0) >= 20, "stale signals refused")
     assert ex(st)["orders"] == 0 and ex(st)["fills"] == 0
     assert p.cli("stop").returncode == 0 and p.wait_exit() == 0
+
+
+def test_positions_survive_stop_start_and_a_group_kill9(pipe, journal_dir):
+    """The journal is the positions' memory: after `pipeline stop` and `start`, and
+    after kill -9 of the whole process group, execution starts from exactly the
+    positions the journal's fills add up to, and the journal verifies."""
+    from pipeline import journal
+    from pipeline.pnl import pnl_report
+    path = journal_dir / "t.sqlite"
+
+    def held() -> dict[str, float]:
+        rep = pnl_report(path)
+        assert rep["mismatches"] == []
+        return {s["symbol"]: s["qty"] for s in rep["symbols"]}
+
+    def restored(st: dict) -> dict[str, float]:
+        return next(w["stats"]["restored"] for w in st["workers"] if w["id"] == "execution.0")
+
+    p = pipe().start()
+    p.wait_running()
+    p.tap("fills", limit=3)
+    assert p.cli("stop").returncode == 0 and p.wait_exit() == 0
+    first = held()
+    assert first and journal.verify(path).ok
+
+    p.start()
+    st = p.wait_running()
+    assert restored(st) == pytest.approx(first)
+    p.tap("fills", limit=3)                     # trading goes on from there
+    os.killpg(p.proc.pid, signal.SIGKILL)       # the whole group, mid-run
+    p.proc.wait(TIMEOUT)
+    p._logf.close()
+    second = held()                             # every committed fill, no half-written one
+    assert journal.verify(path).ok and sum(s["fills"] for s in pnl_report(path)["symbols"]) > 3
+
+    p.start()                                   # removes the dead run's segments
+    st = p.wait_running()
+    assert restored(st) == pytest.approx(second)
+    assert p.cli("stop").returncode == 0 and p.wait_exit() == 0
+    assert "Traceback" not in p.output()
