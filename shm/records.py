@@ -98,6 +98,8 @@ TIF_GTC = 1              # good till cancelled
 TIF_IOC = 2              # immediate or cancel: what does not fill at once is cancelled
 TIF_FOK = 3              # fill or kill: all at once or nothing
 TIF_POST_ONLY = 4        # a maker order: rejected if it would take liquidity
+LIQUIDITY_TAKER = 1      # FILL.liquidity: the fill took resting liquidity ...
+LIQUIDITY_MAKER = 2      # ... or was resting liquidity taken by another
 REASON_ENTRY = 1
 REASON_EXIT = 2
 REASON_STOP_LOSS = 3
@@ -141,7 +143,7 @@ FILL = _padded("fill", [
     ("order_id", "<u8"),
     ("symbol_id", "<u4"),
     ("side", "i1"),
-    ("liquidity", "u1"),        # 1 = taker
+    ("liquidity", "u1"),        # LIQUIDITY_TAKER / LIQUIDITY_MAKER
     ("flags", "<u2"),
     ("price", "<f8"),
     ("qty", "<f8"),

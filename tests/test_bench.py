@@ -93,3 +93,12 @@ def test_model_host_bench_quick(tmp_path, monkeypatch):
     with pytest.raises(ProcessLookupError):
         os.kill(res["host_pid"], 0)
     assert not [p for p in scratch.iterdir() if p.name.startswith("tickpipe-bench-model-host-")]
+
+
+def test_execution_bench_quick(tmp_path):
+    res = run_bench("execution.py", tmp_path / "execution.json")
+    steps = res["steps"]
+    assert steps["intents_per_step"] == 64 and steps["fills"] > 0
+    assert 0 < steps["p50_ms"] <= steps["p99_ms"] and steps["intents_per_s"] > 0
+    rates = res["journal_rows_per_s"]
+    assert rates["ours (commit per 64)"] > 0 and rates["sqlite autocommit per row"] > 0

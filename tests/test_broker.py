@@ -13,7 +13,7 @@ import pytest
 from pipeline.clock import SimClock
 from shm.records import (ORDER_LIMIT, ORDER_MARKET, SIDE_BUY, SIDE_SELL, TIF_FOK, TIF_GTC,
                          TIF_IOC, TIF_POST_ONLY)
-from workers.execution.broker import BrokerEvent, LatencyModel, PaperBroker
+from workers.execution.broker import MAKER, TAKER, BrokerEvent, LatencyModel, PaperBroker
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 DEPTH = DATA / "orderbook" / "binance-usdm_BTCUSDT_depth-snap_2022-11-01.csv"
@@ -63,7 +63,7 @@ def test_market_buy_walks_three_levels_at_their_prices_and_pays_the_taker_fee():
     f = [e for e in ev if e.kind == "fill"]
     vwap = sum(e.price * e.qty for e in f) / sum(e.qty for e in f)
     assert vwap == pytest.approx((100 * 1 + 101 * 2 + 102 * 1.5) / 4.5, rel=1e-15)
-    assert [e.liquidity for e in f] == ["taker"] * 3
+    assert [e.liquidity for e in f] == [TAKER] * 3
     assert [e.fee for e in f] == pytest.approx([100 * 5e-4, 202 * 5e-4, 153 * 5e-4], rel=1e-12)
     assert [e.leaves_qty for e in f] == [3.5, 1.5, 0.0]
     assert [e.fill_id for e in f] == ["m1:1", "m1:2", "m1:3"]
@@ -134,7 +134,7 @@ def test_resting_limit_fills_only_from_trades_printing_through_partially_then_fu
     assert at(clock, b, 2) == []
     b.on_trade(7, 99.5, 0.5, SIDE_SELL, 3)
     ev = at(clock, b, 3)
-    assert fills(ev) == [(100.0, 0.5)] and ev[0].liquidity == "maker" and ev[0].leaves_qty == 1.5
+    assert fills(ev) == [(100.0, 0.5)] and ev[0].liquidity == MAKER and ev[0].leaves_qty == 1.5
     assert ev[0].fee == pytest.approx(100 * 0.5 * 2e-4, rel=1e-12)
     b.on_trade(7, 99.0, 3.0, SIDE_SELL, 4)
     ev = at(clock, b, 4)
@@ -183,7 +183,7 @@ def test_opposite_side_crossing_fills_the_resting_order_once_per_lot():
     crossed = lv([99.5, 0.5], [100, 1], [100.5, 3])
     b.on_book(7, lv([99, 1]), crossed, 1)
     ev = at(clock, b, 1)
-    assert fills(ev) == [(100.0, 0.5), (100.0, 1.0)] and {e.liquidity for e in ev} == {"maker"}
+    assert fills(ev) == [(100.0, 0.5), (100.0, 1.0)] and {e.liquidity for e in ev} == {MAKER}
     b.on_book(7, lv([99, 1]), crossed, 2)           # the same lots again: already ours
     assert at(clock, b, 2) == []
     b.on_book(7, lv([99, 1]), lv([99.8, 2]), 3)     # a new lot
@@ -271,7 +271,7 @@ def test_post_only_is_rejected_when_it_would_take_and_rests_otherwise():
     assert kinds(at(clock, b, 0)) == ["ack"]
     b.on_trade(7, 99.0, 1.0, SIDE_SELL, 1)
     ev = at(clock, b, 1)
-    assert fills(ev) == [(99.5, 1.0)] and ev[0].liquidity == "maker"
+    assert fills(ev) == [(99.5, 1.0)] and ev[0].liquidity == MAKER
 
 
 # -- latency ------------------------------------------------------------------------------------
@@ -329,10 +329,10 @@ def test_fees_are_maker_or_taker_bps_of_the_notional_per_venue():
     b.on_trade(7, 106.0, 5.0, SIDE_BUY, 1)
     ev += at(clock, b, 1)
     fee = {e.client_order_id: (e.liquidity, e.fee) for e in ev if e.kind == "fill"}
-    assert fee == {"t_bin": ("taker", pytest.approx(200 * 5e-4, rel=1e-12)),
-                   "t_up": ("taker", pytest.approx(200 * 10e-4, rel=1e-12)),
-                   "m_bin": ("maker", pytest.approx(105 * 2e-4, rel=1e-12)),
-                   "m_up": ("maker", pytest.approx(-105 * 1e-4, rel=1e-12))}   # a rebate
+    assert fee == {"t_bin": (TAKER, pytest.approx(200 * 5e-4, rel=1e-12)),
+                   "t_up": (TAKER, pytest.approx(200 * 10e-4, rel=1e-12)),
+                   "m_bin": (MAKER, pytest.approx(105 * 2e-4, rel=1e-12)),
+                   "m_up": (MAKER, pytest.approx(-105 * 1e-4, rel=1e-12))}   # a rebate
 
 
 # -- bad input ----------------------------------------------------------------------------------
@@ -466,7 +466,7 @@ def test_real_trades_and_quotes_resting_orders_fill_only_where_the_market_went_t
         assert mine[0].kind == "ack" and mine[0].ts_ns == live
         got = [e for e in mine if e.kind == "fill"]
         assert got, f"{coid} never filled: pick another price"
-        assert {e.price for e in got} == {price} and {e.liquidity for e in got} == {"maker"}
+        assert {e.price for e in got} == {price} and {e.liquidity for e in got} == {MAKER}
         assert sum(e.qty for e in got) <= qty * (1 + 1e-12)
 
         def through(ts, kind, x):

@@ -52,11 +52,11 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from pipeline.clock import Clock
-from shm.records import (ORDER_LIMIT, ORDER_MARKET, SIDE_BUY, SIDE_SELL, TIF_FOK, TIF_GTC,
-                         TIF_IOC, TIF_POST_ONLY)
+from shm.records import (LIQUIDITY_MAKER, LIQUIDITY_TAKER, ORDER_LIMIT, ORDER_MARKET, SIDE_BUY,
+                         SIDE_SELL, TIF_FOK, TIF_GTC, TIF_IOC, TIF_POST_ONLY)
 
 ACK, REJECT, FILL, CANCELLED, EXPIRED = "ack", "reject", "fill", "cancelled", "expired"
-MAKER, TAKER = "maker", "taker"
+MAKER, TAKER = LIQUIDITY_MAKER, LIQUIDITY_TAKER
 _DUST = 1e-12   # relative: a remainder this small of a quantity is nothing (float residue)
 
 
@@ -69,7 +69,7 @@ class BrokerEvent:
     qty: float = 0.0            # fill: filled; cancelled / expired: what was still open
     price: float = math.nan     # fill price
     fee: float = 0.0            # quote currency, negative for a rebate
-    liquidity: str = ""         # fill: maker / taker
+    liquidity: int = 0          # fill: LIQUIDITY_MAKER / LIQUIDITY_TAKER (shm/records.py)
     fill_id: str = ""           # fill: "<client order id>:<n>", unique and deterministic
     reason: str = ""            # reject / cancelled / expired: why
     leaves_qty: float = 0.0     # still open after this event
@@ -388,7 +388,7 @@ class PaperBroker:
             return
         self._close(order, CANCELLED, now, "cancelled by request", report=False)
 
-    def _fill(self, order: _Order, price: float, qty: float, liquidity: str, ts: int) -> None:
+    def _fill(self, order: _Order, price: float, qty: float, liquidity: int, ts: int) -> None:
         if qty >= order.remaining * (1 - _DUST):
             qty = order.remaining
         order.remaining -= qty

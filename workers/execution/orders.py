@@ -42,7 +42,7 @@ import base64
 import hashlib
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import IntEnum
 from typing import Iterable, NamedTuple
 
@@ -176,8 +176,7 @@ class Order:
 
     def to_dict(self) -> dict:
         """Plain JSON-able values (the journal's form); ``from_dict`` reads it back."""
-        d = asdict(self)
-        d.pop("duplicate")
+        d = {name: getattr(self, name) for name in _ORDER_FIELDS}   # asdict deep-copies: slow
         d["state"] = self.state.name
         d["fill_ids"] = list(self.fill_ids)
         d["timestamps"] = dict(self.timestamps)
@@ -197,6 +196,9 @@ class Order:
         for k in ("limit_price", "avg_price"):
             d[k] = math.nan if d.get(k) is None else float(d[k])
         return cls(**d)
+
+
+_ORDER_FIELDS = tuple(f.name for f in fields(Order) if f.name != "duplicate")
 
 
 @dataclass
@@ -241,6 +243,7 @@ class OrderManager:
     def __init__(self, clock: Clock):
         self.clock = clock
         self.orders: dict[str, Order] = {}
+        self._live: dict[str, Order] = {}      # not terminal: what the scans look through
         self._events: list[OrderEvent] = []
         self._fill_ids: dict[str, set[str]] = {}
         self.stats = {"duplicate_creates": 0, "duplicate_messages": 0, "late_messages": 0,
@@ -275,6 +278,7 @@ class OrderManager:
         ts = self.clock.time_ns()
         order.timestamps[S.CREATED.name] = ts
         self.orders[cid] = order
+        self._live[cid] = order
         self._fill_ids[cid] = set()
         self._emit(order, S.CREATED, S.CREATED, ts, {"event": "created"})
         return order
@@ -285,7 +289,7 @@ class OrderManager:
         raises SymbolBlocked (check ``blocked_symbols`` first)."""
         order = self._get(cid)
         if order.state is S.CREATED:
-            others = [o.client_id for o in self.orders.values()
+            others = [o.client_id for o in self._live.values()
                       if o.symbol_id == order.symbol_id and o.state in BLOCKING]
             if others:
                 raise SymbolBlocked(f"symbol {order.symbol_id} has unanswered orders {others}: "
@@ -414,13 +418,12 @@ class OrderManager:
 
     def open_orders(self, symbol_id: int | None = None) -> list[Order]:
         """Orders not yet in a terminal state (CREATED included), optionally for one symbol."""
-        return [o for o in self.orders.values() if o.state not in TERMINAL
-                and (symbol_id is None or o.symbol_id == symbol_id)]
+        return [o for o in self._live.values() if symbol_id is None or o.symbol_id == symbol_id]
 
     def blocked_symbols(self) -> set[int]:
         """Symbols with an order SUBMITTED or UNKNOWN: no new order for them until it is
         answered or resolved with the venue."""
-        return {o.symbol_id for o in self.orders.values() if o.state in BLOCKING}
+        return {o.symbol_id for o in self._live.values() if o.state in BLOCKING}
 
     def drain_events(self) -> list[OrderEvent]:
         """The events since the last drain, oldest first, for the journal."""
@@ -437,6 +440,8 @@ class OrderManager:
                 raise ValueError(f"order {order.client_id} restored twice")
             self.orders[order.client_id] = order
             self._fill_ids[order.client_id] = set(order.fill_ids)
+            if order.state not in TERMINAL:
+                self._live[order.client_id] = order
 
     # -- inside ---------------------------------------------------------------------------------
     def _get(self, cid: str) -> Order:
@@ -481,6 +486,8 @@ class OrderManager:
             raise IllegalTransition(f"order {order.client_id}: {old.name} -> {new.name} is not allowed")
         ts = self.clock.time_ns()
         order.state = new
+        if new in TERMINAL:
+            self._live.pop(order.client_id, None)
         order.timestamps.setdefault(new.name, ts)
         self._emit(order, old, new, ts, detail)
 

@@ -6,9 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.clock import Clock
-from shm.records import FILL
-
-LIQUIDITY_TAKER = 1
+from shm.records import FILL, LIQUIDITY_TAKER
 
 
 def paper_fill(order, position_before: float, slippage_bps: float, fee_bps: float,

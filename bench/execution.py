@@ -1,0 +1,267 @@
+"""Benchmark: the trading half's cores in one process, and the journal against the
+ways others keep their trade records, measured in the same run.
+
+Steps
+    One step is what execution does per batch: 64 model signals (one per symbol,
+    their margin flipping every step, so every signal is an entry or an exit)
+    through the strategy core (workers/strategy/signals.py), the four-tier risk
+    guard (workers/execution/risk.py), the order manager (orders.py: create,
+    submitted), the paper broker (broker.py: each symbol's book moved, the market
+    orders matched on it, zero latency) and the fills back into the order manager,
+    with every intent, order and fill appended to the journal (pipeline/journal.py)
+    and one commit per step. Timed per step with ``time.perf_counter_ns``: p50,
+    p99, and intents per second over all steps. The aim (issue 11): a 64-intent
+    step under 1 ms at p99 and 50,000 intents/s or more.
+
+Journal
+    Events per second appending rows of the same size (an order's fields): ours
+    (hash chained, WAL, ``synchronous=NORMAL``, one commit per 64 rows); the same
+    commits made durable (``Journal.durable``: fsync per batch); SQLite with one
+    autocommitted INSERT per row (default settings: rollback journal,
+    ``synchronous=FULL``), what a bot writing each trade as it happens does; and
+    SQLAlchemy ORM objects committed one per row (freqtrade's way), where
+    SQLAlchemy is installed (``pip install -e '.[bench]'``). Every writer works on
+    its own file in a temporary directory, on the same disk.
+
+Usage::
+
+    python3 bench/execution.py [--quick] [--json OUT.json] [--steps N] [--events N]
+"""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import sqlite3
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+import common
+from pipeline.clock import SimClock
+from pipeline.config import StrategyConfig
+from pipeline.journal import Journal
+from shm.records import SIGNAL, TIF_IOC
+from workers.execution.broker import LatencyModel, PaperBroker
+from workers.execution.orders import OrderManager, client_order_id
+from workers.execution.risk import MarketView, RiskGuard, RiskLimits
+from workers.strategy.signals import SignalStrategy
+
+N_SYMBOLS = 64
+VENUE = "paper"
+ORDER_ROW = {"order_id": 123456, "intent_seq": 987654321, "symbol_id": 17, "side": 1,
+             "order_type": 1, "price": 43567.12, "qty": 0.00229, "ts_ns": 1_700_000_000_000_000_000,
+             "ts_origin_ns": 1_699_999_999_999_000_000, "run_id": "r1a2b3c4"}
+
+
+# -- the cores, one step at a time ------------------------------------------------------
+class Desk:
+    """Strategy, risk guard, order manager, paper broker and journal, wired as
+    execution will wire them, on a simulated clock."""
+
+    def __init__(self, folder: str):
+        self.clock = SimClock(1_700_000_000_000_000_000)
+        self.strategy = SignalStrategy(N_SYMBOLS, StrategyConfig(min_hold_bars=0, allow_short=True,
+                                                                 enter_margin=0.1, exit_margin=0.0),
+                                       self.clock)
+        limits = RiskLimits(max_gross_exposure=1e12, max_venue_exposure=1e12,
+                            max_position_notional=1e12, max_order_notional=1e9,
+                            max_orders_per_s=1e9, order_burst=10**9)
+        self.guard = RiskGuard(N_SYMBOLS, np.zeros(N_SYMBOLS, np.intp), [VENUE], limits, self.clock)
+        self.orders = OrderManager(self.clock)
+        self.broker = PaperBroker(self.clock, {VENUE: (1.0, 5.0)}, LatencyModel(0, 0))
+        self.journal = Journal(os.path.join(folder, "desk.sqlite"))
+        self.price = 100.0 * np.exp(np.linspace(0, 1, N_SYMBOLS))
+        self.market = MarketView.empty(N_SYMBOLS, 1)
+        self.market.equity = self.market.equity_peak = self.market.day_start_equity = 1e9
+        self.market.venue_connected[:] = True
+        self.signals = np.zeros(N_SYMBOLS, SIGNAL)
+        self.signals["symbol_id"] = np.arange(N_SYMBOLS)
+        self.vol = np.full(N_SYMBOLS, 0.002)
+        self.step_no = 0
+        self.intents = self.fills = 0
+
+    def step(self) -> int:
+        """One batch; returns the intents it handled."""
+        k = self.step_no = self.step_no + 1
+        self.clock.set(self.clock.time_ns() + 1_000_000)
+        now = self.clock.time_ns()
+        self.price *= 1.0 + 0.001 * np.sin(k + np.arange(N_SYMBOLS))
+        bid, ask = self.price * (1 - 1e-4), self.price * (1 + 1e-4)
+        for sid in range(N_SYMBOLS):
+            self.broker.on_quote(sid, bid[sid], 50.0, ask[sid], 50.0, now)
+        m = self.market
+        m.last[:], m.bid[:], m.ask[:], m.quote_ns[:] = self.price, bid, ask, now
+        m.venue_last_ns[:] = now
+        sig = self.signals
+        margin = 0.5 if k % 2 else -0.5
+        sig["probs"] = [0.25 - margin / 2, 0.5, 0.25 + margin / 2]
+        sig["ref_price"] = self.price
+        sig["seq"] = np.arange(N_SYMBOLS) + k * N_SYMBOLS
+        sig["ts_bar_ns"] = k
+        sig["ts_origin_ns"] = now
+        intents = self.strategy.on_signals(sig, self.vol, 0, m.position)
+        codes = self.guard.check(intents, m)
+        for intent, code in zip(intents, codes):
+            self.journal.append("intent", now, {"seq": int(intent["seq"]), "qty": float(intent["qty"]),
+                                                "side": int(intent["side"]), "code": int(code)})
+            if code:
+                continue
+            cid = client_order_id("bench", 1, int(intent["seq"]))
+            order = self.orders.create(intent, VENUE, "bench", 1)
+            self.journal.append("order", now, order.to_dict(), client_order_id=cid)
+            self.orders.submitted(order.client_id)
+            self.broker.submit(order.client_id, int(intent["symbol_id"]), VENUE, int(intent["side"]),
+                               int(intent["order_type"]), TIF_IOC, float(intent["qty"]))
+        for ev in self.broker.poll():
+            if ev.kind == "ack":
+                self.orders.on_ack(ev.client_order_id, ev.client_order_id)
+            elif ev.kind == "fill":
+                o = self.orders.get(ev.client_order_id)
+                if self.orders.on_fill(ev.client_order_id, ev.fill_id, ev.qty, ev.price, ev.fee,
+                                       ev.liquidity):
+                    m.position[o.symbol_id] += o.side * ev.qty
+                    self.journal.append("fill", ev.ts_ns, {"fill_id": ev.fill_id, "qty": ev.qty,
+                                                           "price": ev.price, "fee": ev.fee},
+                                        client_order_id=ev.client_order_id)
+                    self.fills += 1
+            elif ev.kind == "expired":
+                self.orders.on_expire(ev.client_order_id)
+            elif ev.kind == "reject":
+                self.orders.on_reject(ev.client_order_id, ev.reason)
+        self.orders.drain_events()
+        self.guard.drain_events()
+        self.journal.commit()
+        self.intents += len(intents)
+        return len(intents)
+
+
+def bench_steps(folder: str, steps: int, warmup: int) -> dict:
+    desk = Desk(folder)
+    try:
+        for _ in range(warmup):
+            desk.step()
+        times, handled = [], 0
+        for _ in range(steps):
+            t0 = time.perf_counter_ns()
+            handled += desk.step()
+            times.append(time.perf_counter_ns() - t0)
+        t = np.array(times) / 1e6
+        return {"steps": steps, "intents": handled, "intents_per_step": handled / steps,
+                "fills": desk.fills, "p50_ms": float(np.percentile(t, 50)),
+                "p99_ms": float(np.percentile(t, 99)), "mean_ms": float(t.mean()),
+                "intents_per_s": handled / (t.sum() / 1e3),
+                "denials": {k: v for k, v in desk.guard.denials().items() if v}}
+    finally:
+        desk.journal.close()
+
+
+# -- the journal against others --------------------------------------------------------
+def journal_ours(folder: str, n: int, durable: bool) -> float:
+    j = Journal(os.path.join(folder, f"ours{int(durable)}.sqlite"))
+    try:
+        t0 = time.perf_counter()
+        for i in range(n):
+            j.append("order", i, ORDER_ROW, symbol="BTC/USDT@paper", client_order_id=f"c{i}")
+            if i % 64 == 63:
+                j.durable() if durable else j.commit()
+        j.commit()
+        return n / (time.perf_counter() - t0)
+    finally:
+        j.close()
+
+
+def journal_sqlite_autocommit(folder: str, n: int) -> float:
+    import json
+    db = sqlite3.connect(os.path.join(folder, "autocommit.sqlite"), isolation_level=None)
+    db.execute("CREATE TABLE trades (id INTEGER PRIMARY KEY, ts_ns INTEGER, kind TEXT, symbol TEXT,"
+               " client_order_id TEXT, payload TEXT)")
+    try:
+        t0 = time.perf_counter()
+        for i in range(n):
+            db.execute("INSERT INTO trades (ts_ns, kind, symbol, client_order_id, payload) "
+                       "VALUES (?, ?, ?, ?, ?)", (i, "order", "BTC/USDT@paper", f"c{i}",
+                                                   json.dumps(ORDER_ROW)))
+        return n / (time.perf_counter() - t0)
+    finally:
+        db.close()
+
+
+def journal_sqlalchemy(folder: str, n: int) -> float | None:
+    try:
+        from sqlalchemy import BigInteger, Float, Integer, String, create_engine
+        from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+    except ImportError:
+        return None
+
+    class Base(DeclarativeBase):
+        pass
+
+    class Order(Base):            # the columns freqtrade's Order keeps, roughly
+        __tablename__ = "orders"
+        id: Mapped[int] = mapped_column(Integer, primary_key=True)
+        ts_ns: Mapped[int] = mapped_column(BigInteger)
+        symbol: Mapped[str] = mapped_column(String(32))
+        client_order_id: Mapped[str] = mapped_column(String(40))
+        side: Mapped[int] = mapped_column(Integer)
+        price: Mapped[float] = mapped_column(Float)
+        qty: Mapped[float] = mapped_column(Float)
+
+    engine = create_engine("sqlite:///" + os.path.join(folder, "orm.sqlite"))
+    Base.metadata.create_all(engine)
+    try:
+        with Session(engine) as session:
+            t0 = time.perf_counter()
+            for i in range(n):
+                session.add(Order(ts_ns=i, symbol="BTC/USDT@paper", client_order_id=f"c{i}",
+                                  side=ORDER_ROW["side"], price=ORDER_ROW["price"], qty=ORDER_ROW["qty"]))
+                session.commit()
+            return n / (time.perf_counter() - t0)
+    finally:
+        engine.dispose()
+
+
+def _rate(x: float | None) -> str:
+    return common.rate(x, "not installed")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = common.parser(__doc__, "a few seconds: fewer steps and events")
+    ap.add_argument("--steps", type=int, help="timed steps (default 2000; --quick 200)")
+    ap.add_argument("--events", type=int, help="journal rows per writer (default 20000; --quick 2000)")
+    args = common.defaults(ap.parse_args(argv), [("steps", 2000, 200), ("events", 20000, 2000)])
+    info = common.machine("sqlalchemy")
+    folder = tempfile.mkdtemp(prefix="tickpipe-bench-exec-")
+    try:
+        print(f"  steps of {N_SYMBOLS} signals ...", file=sys.stderr, flush=True)
+        steps = bench_steps(folder, args.steps, max(10, args.steps // 10))
+        print(f"  journal, {args.events} rows per writer ...", file=sys.stderr, flush=True)
+        writers = {"ours (commit per 64)": journal_ours(folder, args.events, False),
+                   "ours (durable per 64)": journal_ours(folder, args.events, True),
+                   "sqlite autocommit per row": journal_sqlite_autocommit(folder, args.events),
+                   "sqlalchemy orm commit per row": journal_sqlalchemy(folder, args.events)}
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    load = common.finish(info)
+    ours = writers["ours (commit per 64)"]
+    print(f"steps: {steps['steps']} of {N_SYMBOLS} signals, {steps['intents_per_step']:.0f} intents "
+          f"each: p50 {common.ms(steps['p50_ms'])} ms, p99 {common.ms(steps['p99_ms'])} ms; "
+          f"{common.rate(steps['intents_per_s'])} intents/s (aim: p99 < 1 ms, >= 50 k/s); "
+          f"{steps['fills']} fills")
+    rows = [["journal writer", "rows/s", "ours / it"]]
+    for name, r in writers.items():
+        ratio = "-" if r is None or name == "ours (commit per 64)" else f"{ours / r:.1f}x"
+        rows.append([name, _rate(r), ratio])
+    print(common.table(rows, "lrr"))
+    print(load)
+    common.save(args, info, {"steps": steps, "journal_rows_per_s": writers,
+                             "journal_ratios": {k: (ours / v if v else None) for k, v in writers.items()
+                                                if k != "ours (commit per 64)"}},
+                default=lambda x: None if isinstance(x, float) and math.isnan(x) else str(x))
+    return 0
+
+
+if __name__ == "__main__":
+    common.run(main)
