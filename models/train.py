@@ -61,6 +61,7 @@ from models.dataset import CLASSES, Dataset, build_dataset, walk_forward
 from models.ensemble import Ensemble, log_loss
 from models.registry import ENSEMBLE, MODELS, Registry
 from pipeline.config import Config, ModelConfig
+from pipeline.storage import rows_note
 
 # model name -> its constructor parameters from the flat [model] fields; a model
 # missing here is built with its own defaults
@@ -192,15 +193,21 @@ def _all_folds(y: np.ndarray, p: np.ndarray, folds: list[dict]) -> dict:
 
 
 # -- training ---------------------------------------------------------------------------
-def _dataset(data: str | Path | pa.Table, cfg: Config) -> Dataset:
-    from models.features import FeaturesError
+def _dataset(data: str | Path | pa.Table, cfg: Config) -> tuple[Dataset, int]:
+    """The dataset and how many rows reading the data sorted. The file is read here
+    (models/features.load_candles: sorted, bad rows counted) so the report can say
+    what reading changed; build_dataset then gets the clean rows."""
+    from models.features import FeaturesError, load_candles
     m = cfg.model
     try:
-        return build_dataset(data, cfg, m.horizon, m.label_threshold or None)
+        rows = load_candles(data)
+        ds = build_dataset(rows.table, cfg, m.horizon, m.label_threshold or None)
     except FeaturesError as e:
         raise TrainError(str(e)) from None
     except FileNotFoundError as e:
         raise TrainError(f"{data}: no such file ({e.strerror})") from None
+    ds.dropped = {k: int(v) for k, v in rows.dropped.items()}
+    return ds, rows.reordered
 
 
 def train(data_path: str | Path | pa.Table, cfg: Config, out_dir: str | Path,
@@ -210,7 +217,7 @@ def train(data_path: str | Path | pa.Table, cfg: Config, out_dir: str | Path,
     from tqdm import tqdm
     m = cfg.model
     names = model_names(cfg)
-    ds = _dataset(data_path, cfg)
+    ds, reordered = _dataset(data_path, cfg)
     try:
         splits = walk_forward(len(ds), m.folds, purge=m.horizon)
     except ValueError as e:
@@ -280,7 +287,7 @@ def train(data_path: str | Path | pa.Table, cfg: Config, out_dir: str | Path,
 
     report = {
         "data": {"source": source or _source(data_path), **ds.data_range(), "dropped": ds.dropped,
-                 "warmup_rows": ds.warmup_rows},
+                 "reordered": reordered, "warmup_rows": ds.warmup_rows},
         "training": training,
         "folds": [{"fold": k + 1, "train_rows": int(len(tr)), "val_rows": int(len(va)),
                    "scored_rows": int(len(rows)),
@@ -319,8 +326,10 @@ def _day(ms: int | None) -> str:
 def format_report(report: dict) -> str:
     """The report as a table: one row per model per fold and an "all" row, then the ensemble."""
     t, d = report["training"], report["data"]
+    note = rows_note(d.get("dropped", {}), d.get("reordered", 0))
     lines = [
-        f"data {d['source']}: {d['rows']} rows, {_day(d['first_ms'])} to {_day(d['last_ms'])} UTC",
+        f"data {d['source']}: {d['rows']} rows, {_day(d['first_ms'])} to {_day(d['last_ms'])} UTC"
+        + (f"; {note}" if note else ""),
         f"labels: return over {t['horizon']} bars beyond +/-{t['label_threshold'] * 100:.3g}% is "
         f"up/down; {t['folds']} walk-forward folds, purge {t['purge']} rows; seed {t['seed']}",
         f"strategy: {'long/flat' if t['positions'] == 'long_flat' else 'long/short'} on the argmax "

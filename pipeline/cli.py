@@ -155,9 +155,9 @@ def cmd_features(args) -> int:
         summary = run(args.data, args.out, cfg)
     except FeaturesError as e:
         raise UserError(str(e)) from None
-    dropped = summary["dropped"]
-    bad = f"; dropped {sum(dropped.values())} bad rows ({', '.join(f'{k} {n}' for k, n in dropped.items())})" \
-        if dropped else ""
+    from .storage import rows_note
+    note = rows_note(summary["dropped"], summary.get("reordered", 0))
+    bad = f"; {note}" if note else ""
     print(f"{summary['rows']} bars, {len(summary['columns'])} indicator columns "
           f"({', '.join(summary['columns'])}) in {summary['seconds'] * 1e3:.1f} ms; "
           f"the first {summary['warmup_rows']} rows are warm-up (NaN where an indicator has "

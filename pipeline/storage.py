@@ -32,6 +32,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections import Counter
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -247,7 +248,9 @@ def market_columns(path: str | Path) -> list[str]:
     if path.suffix == ".csv" or path.name.endswith(".csv.gz"):
         import gzip
         opener = gzip.open if path.name.endswith(".gz") else open
-        with opener(path, "rt") as f:
+        # utf-8-sig: a BOM (Excel, many exporters) is not part of the first name; pyarrow's
+        # reader skips it too
+        with opener(path, "rt", encoding="utf-8-sig") as f:
             return [c.strip().strip('"') for c in f.readline().strip().split(",")]
     if path.is_dir():
         import pyarrow.dataset as ds
@@ -292,22 +295,42 @@ MIN_PRICE, MAX_PRICE = 1e-12, 1e12
 MAX_VOLUME = 1e18
 
 
-def check_candles(ts, o, h, l, c, v, after: float = -np.inf) -> tuple[np.ndarray, Counter]:
-    """Mask of good candles and the count of bad ones per reason: a NaN, a
-    price <= 0 or volume < 0, a price or volume outside what any market trades
-    (MIN_PRICE..MAX_PRICE, MAX_VOLUME), high/low that do not bracket open and
-    close, or a time not after the previous good candle (out of order or
-    duplicate)."""
+def _candle_values(ts, o, h, l, c, v) -> list[tuple[str, np.ndarray]]:
+    """The checks of a candle on its own values (no order), shared by every reader."""
     prices = np.vstack([o, h, l, c])
     finite = np.isfinite(prices).all(0) & np.isfinite(v) & np.isfinite(ts)
     with np.errstate(invalid="ignore"):
         positive = (prices > 0).all(0) & (v >= 0)
         in_range = ((prices >= MIN_PRICE) & (prices <= MAX_PRICE)).all(0) & (v <= MAX_VOLUME)
         consistent = (h >= np.maximum(o, c)) & (l <= np.minimum(o, c))
-    valid = finite & positive & in_range & consistent
-    return _verdict([("nan", finite), ("non-positive", positive), ("out of range", in_range),
-                     ("inconsistent ohlc", consistent),
-                     ("out of order", _in_order(ts, valid, True, after))])
+    return [("nan", finite), ("non-positive", positive), ("out of range", in_range),
+            ("inconsistent ohlc", consistent)]
+
+
+def _trade_values(ts, price, size, ids=None) -> list[tuple[str, np.ndarray]]:
+    """The checks of a trade on its own values (no order), shared by every reader."""
+    finite = np.isfinite(ts) & np.isfinite(price) & np.isfinite(size)
+    if ids is not None:
+        finite &= np.isfinite(ids)
+    with np.errstate(invalid="ignore"):
+        positive = (price > 0) & (size > 0)
+        in_range = (price >= MIN_PRICE) & (price <= MAX_PRICE) & (size <= MAX_VOLUME)
+    return [("nan", finite), ("non-positive", positive), ("out of range", in_range)]
+
+
+def _all_pass(checks: list[tuple[str, np.ndarray]]) -> np.ndarray:
+    return np.logical_and.reduce([ok for _, ok in checks])
+
+
+def check_candles(ts, o, h, l, c, v, after: float = -np.inf) -> tuple[np.ndarray, Counter]:
+    """Mask of good candles and the count of bad ones per reason: a NaN, a
+    price <= 0 or volume < 0, a price or volume outside what any market trades
+    (MIN_PRICE..MAX_PRICE, MAX_VOLUME), high/low that do not bracket open and
+    close, or a time not after the previous good candle (out of order or
+    duplicate). For rows as a venue sent them; a file is read with
+    `tidy_market_rows`, which sorts it first."""
+    checks = _candle_values(ts, o, h, l, c, v)
+    return _verdict(checks + [("out of order", _in_order(ts, _all_pass(checks), True, after))])
 
 
 def check_trades(ts, price, size, after: float = -np.inf, ids=None,
@@ -316,15 +339,88 @@ def check_trades(ts, price, size, after: float = -np.inf, ids=None,
     a price or size outside MIN_PRICE..MAX_PRICE, MAX_VOLUME, or a time before the previous good trade (equal times are fine). With
     ``ids`` (trade ids in the venue's order), a missing id is a NaN and an id
     not after the previous good trade's (and ``after_id``) is out of order."""
-    finite = np.isfinite(ts) & np.isfinite(price) & np.isfinite(size)
-    if ids is not None:
-        finite &= np.isfinite(ids)
-    with np.errstate(invalid="ignore"):
-        positive = (price > 0) & (size > 0)
-        in_range = (price >= MIN_PRICE) & (price <= MAX_PRICE) & (size <= MAX_VOLUME)
-    valid = finite & positive & in_range
+    checks = _trade_values(ts, price, size, ids)
+    valid = _all_pass(checks)
     order = _in_order(ts, valid, False, after)
     if ids is not None:
         order &= _in_order(ids, valid, True, after_id)
-    return _verdict([("nan", finite), ("non-positive", positive), ("out of range", in_range),
-                     ("out of order", order)])
+    return _verdict(checks + [("out of order", order)])
+
+
+# -- reading a market file: sorted, duplicates dropped ----------------------------------------
+@dataclass
+class MarketRows:
+    """A market file's good rows in time order, and what reading it changed."""
+    table: pa.Table        # the good rows, every column of the file, sorted
+    kind: str              # "candles" or "trades"
+    dropped: Counter       # bad rows per reason
+    reordered: int         # kept rows that came after a row that sorts later
+
+
+def _first_rows(table: pa.Table, rows: np.ndarray, key: list[str]) -> np.ndarray:
+    """Mask: the row is the first in file order among ``rows`` with its ``key`` values."""
+    t = table.select(key).take(pa.array(rows)).append_column("__row", pa.array(rows))
+    firsts = t.group_by(key).aggregate([("__row", "min")]).column("__row_min").to_numpy()
+    first = np.zeros(table.num_rows, bool)
+    first[firsts] = True
+    return first
+
+
+def tidy_market_rows(table: pa.Table, kind: str | None = None) -> MarketRows:
+    """The rows of a market file a reader keeps, in time order: a file may be
+    concatenated or exported unsorted, and a model or a replay needs each bar
+    once, in order. Steps: rows failing a value check (`check_candles`,
+    `check_trades`) are dropped; of the good rows sharing a key (candles: the
+    time; trades: the trade id, or without ids the whole row, since many trades
+    share a millisecond) the first in file order is kept and the others are
+    dropped as "duplicate" when every column equals an earlier row's, else as
+    "conflicting duplicate"; the rest are sorted by time (stable; trades by
+    time, then trade id). ``kind`` defaults to `detect_kind`; a non-numeric
+    column is a ValueError."""
+    kind = kind or detect_kind(table.column_names)
+    names = table.column_names
+    ts = numeric(table, "timestamp_ms")
+    ids = None
+    if kind == "candles":
+        checks = _candle_values(ts, *(numeric(table, n) for n in OHLCV_COLUMNS[1:]))
+        key = ["timestamp_ms"]
+    else:
+        size = next(n for n in TRADE_SIZE_COLUMNS if n in names)
+        checks = _trade_values(ts, numeric(table, "price"), numeric(table, size))
+        if "trade_id" in names:
+            ids = numeric(table, "trade_id")
+            if not np.isfinite(ids[_all_pass(checks)]).all():
+                ids = None            # a partial id column orders nothing (as before: ids optional)
+        key = ["trade_id"] if ids is not None else names
+    valid = _all_pass(checks)
+    rows = np.flatnonzero(valid)
+    keys = ts[rows] if kind == "candles" else ids[rows] if ids is not None else None
+    if keys is not None and len(np.unique(keys)) == len(rows):
+        first = valid                 # the usual file: nothing repeats, skip the grouping
+    else:
+        first = _first_rows(table, rows, key)
+    repeat = valid & ~first
+    copy = repeat & ~_first_rows(table, rows, names) if repeat.any() else repeat
+    ok, dropped = _verdict(checks + [("duplicate", ~copy), ("conflicting duplicate", ~(repeat & ~copy))])
+    order = np.lexsort((ids, ts) if ids is not None else (ts,))       # stable
+    keep = order[ok[order]]
+    rank = np.argsort(keep, kind="stable")        # sorted position of each kept row, in file order
+    behind = rank < np.maximum.accumulate(np.r_[-1, rank[:-1]]) if len(rank) else rank
+    return MarketRows(table.take(pa.array(keep, pa.int64())), kind, dropped, int(np.sum(behind)))
+
+
+def read_market_rows(path: str | Path) -> MarketRows:
+    """`read_market_table` then `tidy_market_rows`: how every reader of a market file
+    (features, training, replay) gets its rows."""
+    return tidy_market_rows(read_market_table(path))
+
+
+def rows_note(dropped: dict[str, int], reordered: int = 0) -> str:
+    """What reading a file changed, for a command's summary line ("" when nothing)."""
+    parts = []
+    if dropped:
+        parts.append(f"dropped {sum(dropped.values())} bad rows "
+                     f"({', '.join(f'{k} {n}' for k, n in dropped.items())})")
+    if reordered:
+        parts.append(f"sorted {reordered} rows that were out of order")
+    return "; ".join(parts)

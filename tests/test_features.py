@@ -254,3 +254,68 @@ def test_absurd_candles_are_dropped_and_counted(tmp_path):
     table, summary = compute(path, load_config(None))
     assert summary["rows"] == n - 3 and summary["dropped"] == {"out of range": 3}
     assert max(table.column("high").to_pylist()) < 1e6
+
+
+# -- reading the file: BOM, shuffled rows, duplicates --------------------------------------------
+def _real_rows(start: int, n: int) -> tuple[list[str], list[list[str]]]:
+    with open(CANDLES, newline="") as f:
+        rows = list(csv.reader(f))
+    return rows[0], rows[1 + start:1 + start + n]
+
+
+def _write(path: Path, header: list[str], rows: list[list[str]], bom: bool = False) -> Path:
+    with open(path, "w", newline="", encoding="utf-8-sig" if bom else "utf-8") as f:
+        csv.writer(f).writerows([header] + rows)
+    return path
+
+
+@needs_data
+def test_shuffled_rows_are_sorted_not_dropped(tmp_path):
+    """20 real bars in a shuffled order: all 20 come back in time order, the same
+    features as the file in order, and the summary says how many were moved."""
+    from models.features import compute
+    from pipeline.config import load_config
+    header, rows = _real_rows(1000, 20)
+    mixed = [rows[i] for i in np.random.default_rng(5).permutation(20)]
+    cfg = load_config(None)
+    want, _ = compute(_write(tmp_path / "sorted.csv", header, rows), cfg)
+    got, summary = compute(_write(tmp_path / "shuffled.csv", header, mixed), cfg)
+    assert summary["rows"] == 20 and summary["dropped"] == {}
+    assert got.column("timestamp_ms").to_pylist() == [int(r[0]) for r in rows]
+    assert got.column_names == want.column_names
+    for name in want.column_names:                  # NaN in warm-up: equal where both are NaN
+        np.testing.assert_array_equal(got.column(name).to_numpy(), want.column(name).to_numpy())
+    ts = [int(r[0]) for r in mixed]
+    late = sum(t < max(ts[:k]) for k, t in enumerate(ts) if k)     # came after a later bar
+    assert summary["reordered"] == late > 10
+
+
+@needs_data
+def test_duplicate_rows_are_dropped_and_counted(tmp_path):
+    from models.features import compute
+    from pipeline.config import load_config
+    header, rows = _real_rows(2000, 50)
+    other = list(rows[30])
+    other[4] = str(float(other[4]) * 1.0001)                   # same time, another close
+    other[2] = str(max(float(other[2]), float(other[4])))
+    data = rows[:40] + [rows[5], rows[6], other] + rows[40:] + [rows[49]]
+    table, summary = compute(_write(tmp_path / "dups.csv", header, data), load_config(None))
+    assert summary["dropped"] == {"duplicate": 3, "conflicting duplicate": 1}
+    assert table.column("timestamp_ms").to_pylist() == [int(r[0]) for r in rows]
+    assert table.column("close").to_pylist() == [float(r[4]) for r in rows]   # the first kept
+    assert summary["reordered"] == 0
+
+
+@needs_data
+def test_features_cli_reads_a_bom_csv_and_reports_sorting(tmp_path):
+    header, rows = _real_rows(3000, 100)
+    data = rows[50:] + rows[:50] + [rows[7]]
+    path = _write(tmp_path / "bom.csv", header, data, bom=True)
+    assert path.read_bytes().startswith(b"\xef\xbb\xbf")
+    r = cli("features", "--data", str(path), "--out", str(tmp_path / "o.parquet"))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("100 bars"), r.stdout
+    assert "dropped 1 bad rows (duplicate 1)" in r.stdout
+    assert "sorted 50 rows that were out of order" in r.stdout
+    assert pq.read_table(tmp_path / "o.parquet").column("timestamp_ms").to_pylist() == \
+        [int(r[0]) for r in rows]

@@ -147,12 +147,12 @@ def test_bad_rows_are_skipped_and_counted(tmp_path):
     path = tmp_path / "bad.csv"
     rows = write_slice(CANDLES, path, 0, 200, {
         10: {"open": "nan"}, 20: {"close": "-5"}, 30: {"volume": "-1"}, 40: {"high": "1.0"},
-        50: {"timestamp_ms": "1677631500000"},    # row 45's time again: out of order
+        50: {"timestamp_ms": "1677631500000"},    # row 45's time again: the first one is kept
         60: {"low": ""}})
     assert rows[45][0] == rows[50][0]
     src = ReplaySource(feed(path), 0, 0, None)
     assert src.stats()["rejected_rows"] == {"nan": 2, "non-positive": 2, "inconsistent ohlc": 1,
-                                            "out of order": 1}
+                                            "conflicting duplicate": 1}
     assert src.stats()["bad_rows"] == 6
     ticks = play_all(src)
     good = [r for i, r in enumerate(rows) if i not in (10, 20, 30, 40, 50, 60)]
@@ -165,8 +165,29 @@ def test_bad_rows_are_skipped_and_counted(tmp_path):
                                                 7: {"price": "-39000"},
                                                 8: {"timestamp_ms": "1610064000000"}})
     ticks, rejected = replay_ticks(str(trades), 0)
-    assert rejected == {"nan": 1, "non-positive": 2, "out of order": 1}
-    assert ticks["seq"].tolist() == [int(r[1]) for i, r in enumerate(rows) if i not in (5, 6, 7, 8)]
+    assert rejected == {"nan": 1, "non-positive": 2}      # row 8 is the earliest: sorted first
+    assert ticks["seq"].tolist() == [int(rows[8][1])] + [
+        int(r[1]) for i, r in enumerate(rows) if i not in (5, 6, 7, 8)]
+
+
+def test_shuffled_rows_play_in_time_order(tmp_path):
+    """A shuffled file with repeated rows plays like the file in order: rows sorted,
+    copies dropped and counted."""
+    for src, n in ((CANDLES, 120), (TRADES, 300)):
+        path = tmp_path / "in_order.csv"
+        rows = write_slice(src, path, 0, n)
+        want, none = replay_ticks(str(path), 0)
+        assert none == {}
+        mixed = [rows[i] for i in np.random.default_rng(3).permutation(n)] + rows[10:13]
+        shuffled = tmp_path / "shuffled.csv"
+        with open(path) as f:
+            header = next(csv.reader(f))
+        with open(shuffled, "w", newline="") as f:
+            csv.writer(f).writerows([header] + mixed)
+        got, rejected = replay_ticks(str(shuffled), 0)
+        assert rejected == {"duplicate": 3}, src
+        for name in ("ts_exchange_ns", "seq", "price", "size", "side"):
+            assert got[name].tolist() == want[name].tolist(), (src, name)
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -648,3 +648,71 @@ def test_recorder_writes_every_tick_once(tmp_path, how):
     assert np.all(h >= np.maximum(o, c)) and np.all(lo <= np.minimum(o, c)) and np.all(lo > 0)
     keys = list(zip(bars.column("symbol").to_pylist(), bars.column("ts_bar_ns").to_pylist()))
     assert len(keys) == len(set(keys))
+
+
+# -- reading market files: BOM, sorting, duplicates ---------------------------------------------
+BOM = "\ufeff"
+
+
+@pytest.mark.parametrize("name", ["bom.csv", "bom.csv.gz"])
+def test_a_bom_csv_reads_like_one_without(tmp_path, name):
+    """Excel and many exporters start a UTF-8 CSV with a BOM; it is not part of the first name."""
+    import gzip
+    from pipeline.storage import OHLCV_COLUMNS, detect_kind, market_columns, read_market_table
+    text = BOM + ",".join(OHLCV_COLUMNS) + "\n1000,2,3,1,2,5\n2000,2,3,1,2,5\n"
+    path = tmp_path / name
+    if name.endswith(".gz"):
+        with gzip.open(path, "wt", encoding="utf-8") as f:
+            f.write(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    assert market_columns(path) == OHLCV_COLUMNS
+    assert detect_kind(market_columns(path)) == "candles"
+    assert read_market_table(path).column_names == OHLCV_COLUMNS     # pyarrow skips the BOM
+
+
+def _candles(ts, close) -> pa.Table:
+    close = np.asarray(close, float)
+    return pa.table({"timestamp_ms": np.asarray(ts, np.int64), "open": close, "high": close + 1,
+                     "low": close - 1, "close": close, "volume": np.ones(len(close))})
+
+
+def test_market_rows_are_sorted_then_duplicates_dropped_and_counted():
+    from pipeline.storage import tidy_market_rows
+    t = _candles([3, 1, 2, 5, 4, 2, 4], [30, 10, 20, 50, 40, 20, 41])
+    rows = tidy_market_rows(t)
+    assert rows.kind == "candles"
+    assert rows.table.column("timestamp_ms").to_pylist() == [1, 2, 3, 4, 5]
+    assert rows.table.column("close").to_pylist() == [10, 20, 30, 40, 50]   # the first 4 wins
+    assert rows.dropped == {"duplicate": 1, "conflicting duplicate": 1}
+    assert rows.reordered == 3              # 1, 2 and 4 came after a later time
+    # bad rows are still dropped first: a NaN row never wins a timestamp over a good one
+    t = _candles([1, 2, 2, 3], [10, np.nan, 20, 30])
+    rows = tidy_market_rows(t)
+    assert rows.table.column("close").to_pylist() == [10, 20, 30]
+    assert rows.dropped == {"nan": 1} and rows.reordered == 0
+
+
+def test_market_trades_sort_by_time_then_id_and_share_times():
+    from pipeline.storage import tidy_market_rows
+    t = pa.table({"timestamp_ms": [2, 1, 1, 2, 3], "trade_id": [11, 10, 9, 11, 12],
+                  "price": [1.0, 1.0, 1.0, 1.0, 2.0], "quantity": [1.0] * 5,
+                  "side": ["buy", "sell", "buy", "buy", "sell"]})
+    rows = tidy_market_rows(t)
+    assert rows.table.column("trade_id").to_pylist() == [9, 10, 11, 12]
+    assert rows.dropped == {"duplicate": 1} and rows.reordered == 2
+    t = t.set_column(1, "trade_id", pa.array([11, 10, 9, 11, 11]))     # id 11 again, another trade
+    assert tidy_market_rows(t).dropped == {"duplicate": 1, "conflicting duplicate": 1}
+    # without ids, trades at one time are many trades: only copies of a whole row are dropped
+    rows = tidy_market_rows(t.drop_columns(["trade_id"]))
+    assert rows.table.column("timestamp_ms").to_pylist() == [1, 1, 2, 3]
+    assert rows.table.column("side").to_pylist() == ["sell", "buy", "buy", "sell"]   # file order
+    assert rows.dropped == {"duplicate": 1} and rows.reordered == 2
+
+
+def test_venue_pages_still_drop_out_of_order_rows():
+    """pipeline download checks a page as the venue sent it: out of order is bad there."""
+    from pipeline.storage import check_candles
+    t = _candles([1, 3, 2], [10, 30, 20])
+    ok, bad = check_candles(*(t.column(c).to_numpy().astype(float) for c in t.column_names))
+    assert ok.tolist() == [True, True, False] and bad == {"out of order": 1}

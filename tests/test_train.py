@@ -371,3 +371,24 @@ def test_all_four_models_train_into_the_ensemble(trained, tmp_path):
     assert np.isnan(p[:7]).all() and np.allclose(p[7:].sum(axis=1), 1.0)
     rl, meta = load_artifact(tmp_path / "out", "rl")
     assert meta["class"] == "models.rl.RLAgent" and rl.predict_proba(ds.X).shape == (len(ds.X), 3)
+
+
+@needs_data
+def test_cli_train_sorts_shuffled_rows_and_prints_the_dropped_count(trained, tmp_path, capsys):
+    """The same slice shuffled, with two rows twice: the same training as the file in order,
+    and one line that says what reading the file dropped and sorted."""
+    report, _, data, _, cfg_path = trained
+    lines = data.read_text().splitlines()
+    rows = lines[1:]
+    mixed = [rows[i] for i in np.random.default_rng(8).permutation(len(rows))] + rows[100:102]
+    shuffled = tmp_path / "shuffled.csv"
+    shuffled.write_text("\n".join([lines[0]] + mixed) + "\n")
+    rc = main(["train", "--data", str(shuffled), "--config", str(cfg_path), "--out",
+               str(tmp_path / "m"), "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    said = [line for line in out.splitlines() if "dropped 2 bad rows (duplicate 2)" in line]
+    assert len(said) == 1 and "sorted " in said[0] and "rows that were out of order" in said[0], out
+    got = json.loads((tmp_path / "m" / REPORT).read_text())
+    assert got["data"]["dropped"] == {"duplicate": 2} and got["data"]["reordered"] > 1000
+    assert got["models"] == report["models"] and got["folds"] == report["folds"]

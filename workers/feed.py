@@ -254,31 +254,31 @@ class ReplaySource:
 
 
 def replay_ticks(path: str, symbol_id: int) -> tuple[np.ndarray, dict[str, int]]:
-    """The ticks a replay feed plays from ``path`` and the bad rows it skips, by reason."""
-    from pipeline.storage import check_candles, check_trades, detect_kind, numeric, read_market_table
-    table = read_market_table(path)
+    """The ticks a replay feed plays from ``path`` and the bad rows it skips, by reason
+    (the file's rows as pipeline/storage.read_market_rows gives them: sorted, duplicates dropped)."""
+    from pipeline.storage import numeric, read_market_rows
+    rows = read_market_rows(path)
+    table = rows.table
     ts = numeric(table, "timestamp_ms")
-    if detect_kind(table.column_names) == "candles":
+    if rows.kind == "candles":
         o, h, l, c, v = (numeric(table, n) for n in ("open", "high", "low", "close", "volume"))
-        ok, bad = check_candles(ts, o, h, l, c, v)
-        ticks = candle_ticks(ts[ok], o[ok], h[ok], l[ok], c[ok], v[ok])
+        ticks = candle_ticks(ts, o, h, l, c, v)
     else:
         size = numeric(table, "quantity" if "quantity" in table.column_names else "amount")
         price = numeric(table, "price")
-        ok, bad = check_trades(ts, price, size)
-        ticks = np.zeros(int(ok.sum()), TICK)
-        ticks["ts_exchange_ns"] = ts[ok].astype(np.int64) * 1_000_000
-        ticks["price"], ticks["size"] = price[ok], size[ok]
-        ticks["side"] = _trade_sides(table, ok, price[ok])
+        ticks = np.zeros(len(ts), TICK)
+        ticks["ts_exchange_ns"] = ts.astype(np.int64) * 1_000_000
+        ticks["price"], ticks["size"] = price, size
+        ticks["side"] = _trade_sides(table, np.ones(len(ts), bool), price)
         ticks["seq"] = np.arange(1, len(ticks) + 1)
         if "trade_id" in table.column_names:
-            ids = numeric(table, "trade_id")[ok]
+            ids = numeric(table, "trade_id")
             if np.isfinite(ids).all():
                 ticks["seq"] = ids
     ticks["kind"] = TICK_TRADE
     ticks["bid"] = ticks["ask"] = np.nan
     ticks["symbol_id"] = symbol_id
-    return ticks, dict(bad)
+    return ticks, dict(rows.dropped)
 
 
 def candle_ticks(ts_ms, o, h, l, c, v) -> np.ndarray:
