@@ -9,6 +9,8 @@
   returns its text. FAST is that pipeline (a momentum rule on the synthetic
   feed, 0.2 s bars, fast heartbeats), TINY_ENSEMBLE its ensemble of four tiny
   models; ``toml`` writes any such dict of sections.
+* ``RunSegments``: one run's segments and its workers, made as the supervisor
+  makes them (restarts included), for tests that drive a worker by hand.
 * ``journal_dir`` (every test): TICKPIPE_JOURNAL_DIR in the test's tmp_path, so a
   pipeline a test starts journals there and never into the repository.
 """
@@ -218,3 +220,45 @@ def config_file(tmp_path):
     def write(name: str = "t", **overrides) -> Path:
         return write_config(tmp_path, name, **overrides)
     return write
+
+
+# -- one run's segments, with its workers made as the supervisor makes them -------------
+
+class RunSegments:
+    """The segments of a run of the config text ``toml`` (written to tmp_path/c.toml),
+    and ``worker(cls, worker_id, restart)``: a worker attached and set up as a spawned
+    one is. ``close`` closes the workers and removes the segments."""
+
+    def __init__(self, tmp_path: Path, toml_text: str):
+        from pipeline import topology
+        from pipeline.config import load_config
+        from shm.ring import Ring
+        from shm.table import Table
+        path = Path(tmp_path) / "c.toml"
+        path.write_text(toml_text)
+        self.cfg = load_config(path)
+        self.tmp_path = Path(tmp_path)
+        self.run_id = "t" + uuid.uuid4().hex[:8]
+        self.topo = topology.build(self.cfg, self.run_id)
+        self.made = ([Ring.create(s) for s in self.topo.rings.values()]
+                     + [Table.create(s) for s in self.topo.tables.values()])
+        self.workers: list = []
+
+    def worker(self, cls, worker_id: str, restart: int = 0):
+        from pipeline import bus
+        from workers.base import WorkerArgs
+        args = WorkerArgs(self.cfg, self.topo, worker_id,
+                          bus.Endpoints.for_run(self.tmp_path, self.run_id), os.getppid(), restart)
+        w = cls(args)
+        w.attach()
+        w.setup()
+        self.workers.append(w)
+        return w
+
+    def close(self) -> None:
+        from shm.segment import remove_run
+        for w in self.workers:
+            w.close()
+        for obj in self.made:
+            obj.close()
+        remove_run(self.run_id)

@@ -4,31 +4,26 @@ restart of execution and after a new run, an intent is never acted on twice, and
 order journaled without its fill is filled before anything else."""
 from __future__ import annotations
 
-import os
 import time
-import uuid
 
 import numpy as np
 import pytest
 
-from pipeline import bus, journal, topology
-from pipeline.config import load_config
+from conftest import RunSegments
+from pipeline import journal
 from shm.records import FLAG_RECOVERED, INTENT, ORDER_MARKET, SIDE_BUY, SIDE_SELL
 from shm.ring import Ring
-from shm.segment import remove_run
-from shm.table import Table
-from workers.base import WorkerArgs
 from workers.execution.worker import ExecutionWorker
 
 SYMBOLS = ["AAA/USDT", "BBB/USDT"]
 
 
-class Run:
-    """One run's segments and its execution worker, made as the supervisor makes it."""
+class Run(RunSegments):
+    """One run's segments, its execution worker (``worker(restart)``) and a writer of
+    its intents ring (``send``)."""
 
     def __init__(self, tmp_path, journal_path):
-        path = tmp_path / "c.toml"
-        path.write_text(f"""
+        super().__init__(tmp_path, f"""
 [pipeline]
 name = "ex"
 workers = 2
@@ -39,24 +34,11 @@ max_position_notional = 1e9
 name = "synthetic"
 symbols = {SYMBOLS!r}
 """.replace("'", '"'))
-        self.cfg = load_config(path)
-        self.tmp_path = tmp_path
-        self.run_id = "t" + uuid.uuid4().hex[:8]
-        self.topo = topology.build(self.cfg, self.run_id)
-        self.made = ([Ring.create(s) for s in self.topo.rings.values()]
-                     + [Table.create(s) for s in self.topo.tables.values()])
         self.intents_ring = Ring.attach(self.topo.rings["intents"])
         self.intents = self.intents_ring.writer()
-        self.workers: list[ExecutionWorker] = []
 
     def worker(self, restart: int = 0) -> ExecutionWorker:
-        args = WorkerArgs(self.cfg, self.topo, "execution.0",
-                          bus.Endpoints.for_run(self.tmp_path, self.run_id), os.getppid(), restart)
-        w = ExecutionWorker(args)
-        w.attach()
-        w.setup()
-        self.workers.append(w)
-        return w
+        return super().worker(ExecutionWorker, "execution.0", restart)
 
     def send(self, *intents: tuple[int, str, int, float, float]) -> None:
         """(seq, symbol, side, qty, price) intents into the ring."""
@@ -71,12 +53,8 @@ symbols = {SYMBOLS!r}
         self.intents.write(rows)
 
     def close(self) -> None:
-        for w in self.workers:
-            w.close()
         self.intents_ring.close()
-        for obj in self.made:
-            obj.close()
-        remove_run(self.run_id)
+        super().close()
 
 
 @pytest.fixture

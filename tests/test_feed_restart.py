@@ -4,55 +4,27 @@ gap markers and a backfill from the last trade id."""
 from __future__ import annotations
 
 import json
-import os
 import time
-import uuid
 
 import numpy as np
 import pytest
 
-from pipeline import bus, topology
-from pipeline.config import load_config
+from conftest import RunSegments
 from shm.records import TICK_GAP, TICK_QUOTE, TICK_TRADE
-from shm.ring import Ring
-from shm.segment import remove_run
-from shm.table import Table
-from workers.base import WorkerArgs
 from workers.feed import FeedWorker, newest_per_symbol
 
 SYMBOLS = ["AAA/USDT", "BBB/USDT", "CCC/USDT"]
 
 
-class Run:
-    """A run's segments for ``feeds`` (a [[feeds]] table in TOML), and its feed worker
-    made as the supervisor makes it: ``worker(restart)``."""
+class Run(RunSegments):
+    """A run whose [[feeds]] table is ``feeds`` (TOML); ``worker(restart)`` makes its
+    feed worker."""
 
     def __init__(self, tmp_path, feeds: str):
-        path = tmp_path / "c.toml"
-        path.write_text("[pipeline]\nworkers = 2\n" + feeds)
-        self.cfg = load_config(path)
-        self.tmp_path = tmp_path
-        self.run_id = "t" + uuid.uuid4().hex[:8]
-        self.topo = topology.build(self.cfg, self.run_id)
-        self.made = ([Ring.create(s) for s in self.topo.rings.values()]
-                     + [Table.create(s) for s in self.topo.tables.values()])
-        self.workers: list[FeedWorker] = []
+        super().__init__(tmp_path, "[pipeline]\nworkers = 2\n" + feeds)
 
-    def worker(self, restart: int) -> FeedWorker:
-        args = WorkerArgs(self.cfg, self.topo, "feed.0",
-                          bus.Endpoints.for_run(self.tmp_path, self.run_id), os.getppid(), restart)
-        w = FeedWorker(args)
-        w.attach()
-        w.setup()
-        self.workers.append(w)
-        return w
-
-    def close(self) -> None:
-        for w in self.workers:
-            w.close()
-        for obj in self.made:
-            obj.close()
-        remove_run(self.run_id)
+    def worker(self, restart: int = 0) -> FeedWorker:
+        return super().worker(FeedWorker, "feed.0", restart)
 
 
 @pytest.fixture
