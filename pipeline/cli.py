@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 import time
+import uuid
 from pathlib import Path
 
 from . import logs
@@ -16,7 +17,9 @@ from .config import Config, load_config
 from .errors import ConfigError, ConfigurationError, UserError
 
 DEFAULT_CONFIG = Path("conf/default.toml")
-STREAMS = ("ticks", "features", "signals", "intents", "orders", "fills", "alerts", "health")
+STREAMS = ("ticks", "features", "signals", "intents", "orders", "fills", "alerts", "health",
+           "risk")
+CONFIRM_TIMEOUT_S = 10.0     # how long halt / resume wait for execution to apply the command
 
 
 def _load(args) -> Config:
@@ -42,11 +45,13 @@ def _running(cfg: Config) -> dict:
     return st
 
 
-def _request(cfg: Config, cmd: str, timeout: float = 5.0) -> dict:
+def _request(cfg: Config, cmd: str | dict, timeout: float = 5.0) -> dict:
+    """One request to the running supervisor: a command name, or a whole request dict."""
     from . import bus
     st = _running(cfg)
+    req = cmd if isinstance(cmd, dict) else {"cmd": cmd}
     try:
-        reply = bus.request(st["endpoints"]["control"], {"cmd": cmd}, timeout)
+        reply = bus.request(st["endpoints"]["control"], req, timeout)
     except TimeoutError as e:
         raise UserError(str(e)) from None
     if not reply.get("ok"):
@@ -221,6 +226,9 @@ def cmd_status(args) -> int:
     for w in st["workers"]:
         age = "-" if w["heartbeat_age_s"] is None else f"{w['heartbeat_age_s']:.1f}s ago"
         print(f"{w['id']:<16}{w['state']:<12}{w['pid'] or '-':>8}{w['restarts']:>10}{age:>11}")
+    states = risk_states(st)
+    if states:
+        print("risk: " + "; ".join(format_risk_state(s) for s in states))
     return 0
 
 
@@ -307,7 +315,162 @@ def format_report(rep: dict) -> str:
     for stage, s in rep["latency"].items():
         out.append(f"  {stage:<18}{s['count']:>10}{_fmt(s['p50_us']):>10}{_fmt(s['p99_us']):>10}"
                    f"{_fmt(s['p999_us']):>10}")
+    out += format_risk_report(rep.get("risk"), rep.get("trade_latency"))
     return "\n".join(out)
+
+
+def format_risk_report(risk: dict | None, trade_latency: dict | None) -> list[str]:
+    """The report's risk lines (states, passed, denials per non-zero code) and
+    execution's trade latency per venue and stage."""
+    from .metrics import TRADE_STAGES
+    out = ["", "risk"]
+    if not risk or not risk.get("reported"):
+        out.append("  not reported by execution yet")
+    else:
+        denied = {c: n for c, n in (risk.get("denials") or {}).items() if n}
+        detail = ", ".join(f"{c} {n}" for c, n in sorted(denied.items(), key=lambda x: -x[1]))
+        out.append(f"  passed {risk.get('passed', 0)}, denied {sum(denied.values())}"
+                   + (f" ({detail})" if detail else ""))
+        states = risk.get("states") or []
+        out += [f"  {format_risk_state(s)}" for s in states] or ["  every tier ACTIVE"]
+    if trade_latency:
+        order = {st: i for i, st in enumerate(TRADE_STAGES)}
+        out += ["", "trade latency by venue (us)",
+                f"  {'venue':<12}{'stage':<18}{'count':>10}{'p50':>10}{'p99':>10}{'p99.9':>10}"]
+        for venue, stages in sorted(trade_latency.items()):
+            for stage, s in sorted(stages.items(), key=lambda x: (order.get(x[0], 99), x[0])):
+                out.append(f"  {venue:<12}{stage:<18}{s['count']:>10}{_fmt(s['p50_us']):>10}"
+                           f"{_fmt(s['p99_us']):>10}{_fmt(s['p999_us']):>10}")
+    return out
+
+
+# -- halt / resume --------------------------------------------------------------------
+def risk_target(cfg: Config, venue: str | None, symbol: str | None) -> tuple[str, str | None]:
+    """(tier, key) of a halt or resume: global without --venue / --symbol; a venue the
+    config trades; a symbol key "BTC/USDT@binance", or a bare "BTC/USDT" that exactly
+    one configured venue has. Anything else is a UserError."""
+    from .supervisor import risk_venues
+    from .symbols import SymbolRegistry
+    if venue is not None and symbol is not None:
+        raise UserError("give --venue or --symbol, not both")
+    if venue is not None:
+        venues = risk_venues(cfg)
+        if venue not in venues:
+            raise UserError(f"venue {venue!r} is not traded by this pipeline "
+                            f"(venues: {', '.join(venues)}; config {cfg.source})")
+        return "venue", venue
+    if symbol is not None:
+        reg = SymbolRegistry.from_config(cfg)
+        try:
+            return "symbol", reg.name(reg.id(symbol))
+        except KeyError as e:
+            raise UserError(f"{e.args[0]}; config {cfg.source}") from None
+    return "global", None
+
+
+def risk_payload(cfg: Config, action: str, venue: str | None = None, symbol: str | None = None,
+                 reducing: bool = False, reason: str = "") -> dict:
+    """The command sent to the supervisor (or journaled when nothing runs), checked as
+    the supervisor checks it."""
+    from .supervisor import check_risk_command
+    tier, key = risk_target(cfg, venue, symbol)
+    payload = {"cmd": "risk", "action": action, "tier": tier, "key": key,
+               "reducing": bool(reducing), "reason": reason, "id": uuid.uuid4().hex}
+    why = check_risk_command(cfg, payload)
+    if why:
+        raise UserError(why)
+    return payload
+
+
+def execution_stats(status: dict) -> list[dict]:
+    """The stats of the execution workers in a `status` reply."""
+    return [w.get("stats") or {} for w in status.get("workers", []) if w.get("role") == "execution"
+            or str(w.get("id", "")).startswith("execution.")]
+
+
+def risk_states(status: dict) -> list[dict]:
+    """Every non-ACTIVE risk cause the execution workers report in a `status` reply."""
+    return [s for st in execution_stats(status) for s in st.get("risk_states") or []
+            if isinstance(s, dict)]
+
+
+def risk_confirmed(status: dict, cmd_id: str) -> bool:
+    """True once every execution worker of a `status` reply lists ``cmd_id`` among the
+    risk commands it applied."""
+    stats = execution_stats(status)
+    return bool(stats) and all(cmd_id in (st.get("risk_commands") or []) for st in stats)
+
+
+def format_risk_state(s: dict) -> str:
+    """"global HALTED (manual: fat finger)", "venue binance REDUCING (DAILY_LOSS: ...)"."""
+    where = s.get("tier", "?") if s.get("key") is None else f"{s.get('tier', '?')} {s['key']}"
+    why = "manual" if s.get("manual") else str(s.get("code") or "?")
+    if s.get("reason"):
+        why += f": {s['reason']}"
+    until = s.get("until_ns")
+    if isinstance(until, int) and 0 < until < 2**62:      # a latch that ends by itself
+        why += f", until {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(until / 1e9))}"
+    return f"{where} {s.get('state', '?')} ({why})"
+
+
+def wait_risk_applied(get_status, cmd_id: str, timeout: float, poll_s: float = 0.1) -> dict | None:
+    """Poll ``get_status()`` (a `status` reply) until execution lists ``cmd_id``; the
+    confirming status, or None after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        st = get_status()
+        if risk_confirmed(st, cmd_id):
+            return st
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(poll_s)          # pacing between status requests
+
+
+def cmd_risk(args) -> int:
+    from .supervisor import read_state
+    cfg = _load(args)
+    action = args.command
+    reason = args.reason if args.reason is not None else ""
+    payload = risk_payload(cfg, action, args.venue, args.symbol,
+                           getattr(args, "reducing", False), reason)
+    st = read_state(cfg.run_dir(), cfg.pipeline.name)
+    if st is None or not st["alive"]:
+        _journal_risk(cfg, payload)
+        print(f"not running: the {action} is journaled and applies when `pipeline start` runs")
+        return 0
+    reply = _request(cfg, payload)
+    confirmed = wait_risk_applied(lambda: _request(cfg, "status"), payload["id"], args.timeout)
+    if confirmed is None:
+        states = reply.get("execution") or {}
+        down = [f"{wid} is {state}" for wid, state in states.items() if state != "running"]
+        note = f" ({', '.join(down)})" if down else ""
+        print(f"pipeline: the execution process did not confirm the {action} within "
+              f"{args.timeout:g} s{note}; check `pipeline status`", file=sys.stderr)
+        return 1
+    what = payload["tier"] if payload["key"] is None else f"{payload['tier']} {payload['key']}"
+    mode = " (reducing only)" if payload["reducing"] else ""
+    print(f"{action} of {what}{mode} applied by execution (id {payload['id']})")
+    states = risk_states(confirmed)
+    print("risk: " + ("; ".join(format_risk_state(s) for s in states) if states
+                      else "every tier ACTIVE"))
+    return 0
+
+
+def _journal_risk(cfg: Config, payload: dict) -> None:
+    """Nothing runs: append the command to the journal, where execution finds it at start."""
+    from .journal import Journal, JournalError
+    try:
+        j = Journal(cfg.journal_path())
+    except JournalError as e:
+        if "already open by another writer" in str(e):
+            raise UserError(f"{e}: a pipeline is running on this journal (under another "
+                            f"--name?); the {payload['action']} was not journaled") from None
+        raise
+    try:
+        j.append("command", time.time_ns(), payload)
+        j.commit()
+    finally:
+        j.close()
 
 
 # -- tap --------------------------------------------------------------------------------
@@ -346,8 +509,8 @@ def cmd_tap(args) -> int:
             rec = json.loads(payload)
             if "skipped" in rec:
                 if not args.json:
-                    print(f"# {rec['skipped']} records of {rec['ring']} not shown (tap rate limit "
-                          "or lapped)", file=sys.stderr)
+                    print(f"# {rec['skipped']} records of {rec.get('ring', stream)} not shown (tap "
+                          "rate limit or lapped)", file=sys.stderr)
                 continue
             sym = rec.get("symbol", "")
             if args.symbol and not (sym == args.symbol or sym.startswith(args.symbol + "@")):
@@ -510,6 +673,32 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp)
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_report)
+
+    for action in ("halt", "resume"):
+        if action == "halt":
+            sp = sub.add_parser("halt", help="halt trading (or let only reducing orders through)",
+                                description="Halt trading: globally, on one venue (--venue) or "
+                                            "one symbol (--symbol). HALTED lets only cancels "
+                                            "through; --reducing lets through only intents that "
+                                            "move a position toward zero. Sent to execution "
+                                            "when the pipeline runs (and confirmed), else "
+                                            "journaled to apply at the next start. Lasts until "
+                                            "'pipeline resume' of the same tier.")
+            sp.add_argument("--reducing", action="store_true",
+                            help="REDUCING instead of HALTED: exposure-reducing intents pass")
+        else:
+            sp = sub.add_parser("resume", help="lift a halt made by 'pipeline halt'",
+                                description="Lift the manual halt of a tier (global, --venue "
+                                            "or --symbol): the same way as 'pipeline halt'.")
+        common(sp)
+        sp.add_argument("--venue", metavar="V", help="only this venue (e.g. binance)")
+        sp.add_argument("--symbol", metavar="S",
+                        help="only this symbol: BTC/USDT@binance, or BTC/USDT if one venue has it")
+        sp.add_argument("--reason", metavar="TEXT", help="why, for the journal and status")
+        sp.add_argument("--timeout", type=float, default=CONFIRM_TIMEOUT_S, metavar="SECONDS",
+                        help=f"how long to wait for execution to confirm "
+                             f"(default {CONFIRM_TIMEOUT_S:g})")
+        sp.set_defaults(func=cmd_risk)
 
     sp = sub.add_parser("tap", help="print records flowing through a stream",
                         description="Attach read-only to a running pipeline and print decoded "

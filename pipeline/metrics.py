@@ -9,6 +9,12 @@ from __future__ import annotations
 
 import numpy as np
 
+# execution's per-venue stages of a trade (heartbeat stats "trade_latency"), in order
+TRADE_STAGES = ("signal_to_intent", "intent_to_submit", "submit_to_ack", "ack_to_fill",
+                "tick_to_fill")
+# the risk guard's trading states, as `tickpipe_risk_state` reports them
+RISK_STATE_VALUES = {"ACTIVE": 0, "REDUCING": 1, "HALTED": 2}
+
 PER_OCTAVE = 32
 MIN_LOG2 = 6            # 64 ns
 OCTAVES = 30
@@ -149,6 +155,36 @@ class ReportCollector:
             stale.add_metric([m["id"]], m["stale_signals"])
         yield from (cpu, rss, thr, fds, written, rate, bp_waits, bp_secs, lag, dropped, lat, cnt,
                     up, restarts, degraded, stale)
+        yield from risk_metrics(rep)
+
+
+def risk_metrics(rep: dict) -> list:
+    """The risk guard's figures of a report: denials per code, intents passed, each
+    listed tier's state (the global tier always) and execution's per-venue trade latency."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+    risk = rep.get("risk") or {}
+    denials = CounterMetricFamily("tickpipe_risk_denials", "intents refused by the risk guard, "
+                                  "by denial code", labels=["code"])
+    for code, n in sorted((risk.get("denials") or {}).items()):
+        denials.add_metric([code], n)
+    passed = CounterMetricFamily("tickpipe_risk_passed", "intents the risk guard passed")
+    passed.add_metric([], risk.get("passed") or 0)
+    state = GaugeMetricFamily("tickpipe_risk_state", "trading state of a risk tier: "
+                              "0 ACTIVE, 1 REDUCING, 2 HALTED", labels=["tier", "key"])
+    tiers = {("global", ""): 0}
+    for s in risk.get("states") or []:
+        key = (str(s.get("tier")), "" if s.get("key") is None else str(s.get("key")))
+        tiers[key] = max(tiers.get(key, 0), RISK_STATE_VALUES.get(s.get("state"), 0))
+    for (tier, key), value in tiers.items():
+        state.add_metric([tier, key], value)
+    lat = GaugeMetricFamily("tickpipe_trade_latency_seconds", "execution's latency per venue "
+                            "and stage of a trade", labels=["venue", "stage", "quantile"])
+    for venue, stages in (rep.get("trade_latency") or {}).items():
+        for stage, s in stages.items():
+            for q, key in (("0.5", "p50_us"), ("0.99", "p99_us"), ("0.999", "p999_us")):
+                if s.get(key) is not None:
+                    lat.add_metric([venue, stage, q], s[key] / 1e6)
+    return [denials, passed, state, lat]
 
 
 def serve_prometheus(bind: str, report, status):

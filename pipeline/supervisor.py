@@ -30,6 +30,7 @@ from . import bus, topology
 from .config import Config
 from .errors import CONFIG_EXIT, UserError
 from .metrics import LatencyHistogram
+from .symbols import SymbolRegistry
 from .tap import TapPublisher
 from workers.base import WorkerArgs, run_worker
 
@@ -97,6 +98,81 @@ def counters_of(stats: dict, keys: set = COUNTERS) -> dict:
     if isinstance(stats.get("health"), dict) and keys is COUNTERS:
         out["health"] = counters_of(stats["health"], HEALTH_COUNTERS)
     return out
+
+
+# -- manual risk commands (`pipeline halt` / `pipeline resume`) ---------------------------
+RISK_ACTIONS = ("halt", "resume")
+RISK_TIERS = ("global", "venue", "symbol")
+RISK_FIELDS = ("cmd", "action", "tier", "key", "reducing", "reason", "id")
+MAX_REASON = 500
+
+
+def risk_venues(cfg: Config) -> list[str]:
+    """The venues the config trades (its feeds' venue names), in config order."""
+    return list(dict.fromkeys(f.venue_name for f in cfg.feeds))
+
+
+def check_risk_command(cfg: Config, req: dict) -> str | None:
+    """Why a {"cmd": "risk", ...} request is malformed, or None if it is sound: the action,
+    the tier and its key (a venue of the config, a full symbol key "BTC/USDT@binance" of
+    the config, None for global), ``reducing`` a bool, ``reason`` a string, ``id`` a
+    non-empty string."""
+    action, tier, key = req.get("action"), req.get("tier"), req.get("key")
+    if action not in RISK_ACTIONS:
+        return f"unknown risk action {action!r}; one of {', '.join(RISK_ACTIONS)}"
+    if tier not in RISK_TIERS:
+        return f"unknown risk tier {tier!r}; one of {', '.join(RISK_TIERS)}"
+    if tier == "global" and key is not None:
+        return f"the global tier takes no key, not {key!r}"
+    if tier == "venue" and key not in risk_venues(cfg):
+        return (f"venue {key!r} is not traded by this pipeline "
+                f"(venues: {', '.join(risk_venues(cfg))})")
+    if tier == "symbol" and key not in SymbolRegistry.from_config(cfg).ids:
+        return (f"symbol {key!r} is not traded by this pipeline (give the full key, e.g. "
+                f"{SymbolRegistry.from_config(cfg).keys[0]!r})")
+    if not isinstance(req.get("reducing"), bool):
+        return f"risk 'reducing' must be true or false, not {req.get('reducing')!r}"
+    if req.get("reducing") and action != "halt":
+        return "'reducing' goes with halt only"
+    reason = req.get("reason")
+    if not isinstance(reason, str) or len(reason) > MAX_REASON:
+        return f"risk 'reason' must be a string of at most {MAX_REASON} characters"
+    cid = req.get("id")
+    if not isinstance(cid, str) or not cid or len(cid) > 64:
+        return "risk 'id' must be a non-empty string (a uuid4 hex)"
+    return None
+
+
+def risk_summary(exec_stats: list[dict]) -> dict:
+    """The risk guard as the execution workers last reported it: ``states`` (every
+    non-ACTIVE cause), ``denials`` per code and ``passed`` (totals of the run, which the
+    worker restores across restarts, so taken as reported and added across workers only),
+    ``commands`` (ids of the manual commands applied). ``reported`` is False until an
+    execution heartbeat carries these figures."""
+    out = {"reported": False, "states": [], "denials": {}, "passed": 0, "commands": []}
+    for st in exec_stats:
+        if not any(k in st for k in ("risk_states", "denials", "passed")):
+            continue
+        out["reported"] = True
+        out["states"] += [s for s in st.get("risk_states") or [] if isinstance(s, dict)]
+        for code, n in (st.get("denials") or {}).items():
+            out["denials"][code] = out["denials"].get(code, 0) + int(n)
+        out["passed"] += int(st.get("passed") or 0)
+        out["commands"] += list(st.get("risk_commands") or [])
+    return out
+
+
+def trade_latency(exec_stats: list[dict]) -> dict:
+    """Per venue and stage (signal_to_intent, ..., tick_to_fill): count and p50 / p99 /
+    p99.9 in us, the execution workers' histograms merged."""
+    merged: dict[str, dict[str, LatencyHistogram]] = {}
+    for st in exec_stats:
+        for venue, stages in (st.get("trade_latency") or {}).items():
+            for stage, sparse in (stages or {}).items():
+                h = merged.setdefault(venue, {}).setdefault(stage, LatencyHistogram())
+                h.merge(LatencyHistogram.from_sparse(sparse or {}))
+    return {venue: {stage: h.summary_us() for stage, h in stages.items()}
+            for venue, stages in merged.items()}
 
 
 def state_path(run_dir: Path, name: str) -> Path:
@@ -281,6 +357,10 @@ class Supervisor:
                 continue  # a heartbeat from an incarnation we already replaced
             ws.last_hb = now
             ws.hb = msg
+            stats = msg.get("stats")
+            if isinstance(stats, dict) and (stats.get("risk_events") or stats.get("risk_events_dropped")):
+                self.tap.publish_risk(ws.spec.id, stats.get("risk_events") or [],
+                                      stats.get("risk_events_dropped") or 0)
             # "stopped" is the supervisor's word alone: a worker that leaves without
             # being asked is restarted like any other dead worker
             if ws.state in ("starting", "running", "blocked", "degraded") and msg.get("state") in (
@@ -377,9 +457,28 @@ class Supervisor:
         elif cmd == "stop":
             self.request_stop("stop requested by 'pipeline stop'")
             reply = {"ok": True, "stopping": True}
+        elif cmd == "risk":
+            reply = self.risk_command(req)
         else:
             reply = {"ok": False, "error": f"unknown command {cmd!r}"}
         bus.send_json(self.control, reply)
+
+    def risk_command(self, req: dict) -> dict:
+        """A halt or resume from the CLI: checked, then published to execution, whose
+        heartbeat lists the ids it applied (``risk_commands``) once it has."""
+        why = check_risk_command(self.cfg, req)
+        if why:
+            return {"ok": False, "error": why}
+        msg = {k: req[k] for k in RISK_FIELDS}
+        bus.send_json(self.command, {**msg, "target": "execution"})
+        execs = [ws for ws in self.workers.values() if ws.spec.role == "execution"]
+        for ws in execs:                     # an idle execution worker sees it now
+            self.topo.bells[ws.spec.id].ring()
+        log.warning("risk %s%s of %s %s sent to execution (id %s): %s", msg["action"],
+                    " (reducing)" if msg["reducing"] else "", msg["tier"], msg["key"] or "",
+                    msg["id"], msg["reason"] or "no reason given")
+        return {"ok": True, "id": msg["id"],
+                "execution": {ws.spec.id: ws.state for ws in execs}}
 
     def status(self) -> dict:
         now = time.monotonic()
@@ -445,10 +544,13 @@ class Supervisor:
                 if ws.spec.role == role and ws.hb.get("latency"):
                     h.merge(LatencyHistogram.from_sparse(ws.hb["latency"]))
             stages[stage] = h.summary_us()
+        execs = [ws.stats() for ws in self.workers.values() if ws.spec.role == "execution"]
         return {"name": self.cfg.pipeline.name, "run_id": self.run_id,
                 "uptime_s": round(time.time() - self.started, 1),
                 "processes": procs, "rings": rings, "latency": stages,
-                "feeds": self.feed_health(), "models": self.model_health(), "tap": self.tap.stats()}
+                "feeds": self.feed_health(), "models": self.model_health(),
+                "risk": risk_summary(execs), "trade_latency": trade_latency(execs),
+                "tap": self.tap.stats()}
 
     def model_health(self) -> list[dict]:
         """Each model worker's stage: state ("degraded" while a remote host does not

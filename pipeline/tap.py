@@ -7,6 +7,11 @@ Records go out as JSON under the topic ``<stream>|<symbol>@<venue>`` (so a
 subscriber can filter by symbol on the publisher side), at most
 ``bus.tap_max_rate`` records per second per stream; the rest are counted as
 skipped and announced under ``<stream>|`` with ``{"skipped": n}``.
+
+Two streams come from heartbeats, not rings: ``health`` (each feed's exchange
+health, once per report interval) and ``risk`` (the risk guard's state changes
+and denials, as execution reports them in each heartbeat's ``risk_events``;
+topic ``risk|<symbol>`` for a denial or a symbol tier, ``risk|`` otherwise).
 """
 from __future__ import annotations
 
@@ -27,6 +32,8 @@ STREAMS = ("ticks", "features", "signals", "intents", "orders", "fills", "alerts
 # a stream read from another stream's rings, keeping only the flagged records
 DERIVED = {"alerts": ("features", FLAG_ALERT)}
 HEALTH = "health"   # not a ring: each feed's exchange health, once per report interval
+RISK = "risk"       # not a ring: execution's risk events, from its heartbeats
+LIMITED = STREAMS + (RISK,)   # the streams held to tap_max_rate
 
 
 def stream_of(ring_name: str) -> str:
@@ -45,10 +52,10 @@ class TapPublisher:
         self.rate = cfg.tap_max_rate
         self.topics: set[bytes] = set()
         self.followers: dict[tuple[str, str], RingFollower] = {}   # (stream, ring name)
-        self.tokens = {s: float(self.rate) for s in STREAMS}
+        self.tokens = {s: float(self.rate) for s in LIMITED}
         self.last_refill = time.monotonic()
-        self.sent = {s: 0 for s in STREAMS}
-        self.skipped = {s: 0 for s in STREAMS}
+        self.sent = {s: 0 for s in LIMITED}
+        self.skipped = {s: 0 for s in LIMITED}
 
     def bind(self, endpoint: str) -> None:
         self.socket.bind(endpoint)
@@ -85,11 +92,7 @@ class TapPublisher:
     def publish(self) -> None:
         if not self.followers:
             return
-        now = time.monotonic()
-        dt = now - self.last_refill
-        self.last_refill = now
-        for s in STREAMS:
-            self.tokens[s] = min(float(self.rate), self.tokens[s] + dt * self.rate)
+        self._refill()
         name_of = self.topo.symbols.name
         for (stream, name), follower in self.followers.items():
             batch = follower.read()
@@ -118,6 +121,51 @@ class TapPublisher:
                         {"ring": name, "skipped": skipped}).encode()], zmq.NOBLOCK)
                 except zmq.Again:
                     pass
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        dt = now - self.last_refill
+        self.last_refill = now
+        for s in LIMITED:
+            self.tokens[s] = min(float(self.rate), self.tokens[s] + dt * self.rate)
+
+    def publish_risk(self, source: str, events: list, dropped: int = 0) -> None:
+        """One heartbeat's risk events of ``source`` (the execution worker's id), each as
+        its own message: the event dict plus ``source`` (and ``symbol`` = the key for a
+        symbol tier's state change). State changes always go out; denials past the rate
+        limit, and the events the worker could not fit in its heartbeat (``dropped``),
+        are announced as skipped."""
+        if not self._subscribed(RISK):
+            return
+        self._refill()
+        budget = int(self.tokens[RISK])
+        chosen = []
+        for e in events:
+            if isinstance(e, dict) and (e.get("kind") == "state" or budget > 0):
+                chosen.append(e)
+                budget -= e.get("kind") != "state"
+        n_send = len(chosen)
+        skipped = len(events) - n_send + (dropped if isinstance(dropped, int) else 0)
+        if n_send:
+            self.tokens[RISK] = max(0.0, self.tokens[RISK] - n_send)
+            for event in chosen:
+                d = _clean(event)
+                if "symbol" not in d and d.get("tier") == "symbol" and isinstance(d.get("key"), str):
+                    d["symbol"] = d["key"]
+                d["source"] = source
+                topic = f"{RISK}|{d.get('symbol') or ''}".encode()
+                try:
+                    self.socket.send_multipart([topic, json.dumps(d).encode()], zmq.NOBLOCK)
+                except zmq.Again:
+                    skipped += 1
+            self.sent[RISK] += n_send
+        if skipped:
+            self.skipped[RISK] += skipped
+            try:
+                self.socket.send_multipart([f"{RISK}|".encode(), json.dumps(
+                    {"ring": source, "skipped": skipped}).encode()], zmq.NOBLOCK)
+            except zmq.Again:
+                pass
 
     def publish_health(self, feeds: list[dict]) -> None:
         if not self._subscribed(HEALTH):

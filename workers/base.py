@@ -173,9 +173,16 @@ class Worker:
                 msg = bus.recv_json(self._cmd, zmq.NOBLOCK)
             except zmq.Again:
                 return
-            target = msg.get("target", "*")
-            if msg.get("cmd") == "stop" and target in ("*", self.spec.role, self.id):
+            if msg.get("target", "*") not in ("*", self.spec.role, self.id):
+                continue
+            if msg.get("cmd") == "stop":
                 self.stopping = True
+            else:
+                self.on_command(msg)
+
+    def on_command(self, msg: dict) -> None:
+        """A supervisor command other than stop, addressed to this worker (``target``
+        "*", its role or its id), e.g. {"cmd": "risk", ...} to execution."""
 
     def _check_parent(self) -> None:
         if os.getppid() != self.args.supervisor_pid:
