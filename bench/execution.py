@@ -2,14 +2,15 @@
 ways others keep their trade records, measured in the same run.
 
 Steps
-    One step is what execution does per batch: 64 model signals (one per symbol,
-    their margin flipping every step, so every signal is an entry or an exit)
-    through the strategy core (workers/strategy/signals.py), the four-tier risk
-    guard (workers/execution/risk.py), the order manager (orders.py: create,
-    submitted), the paper broker (broker.py: each symbol's book moved, the market
-    orders matched on it, zero latency) and the fills back into the order manager,
-    with every intent, order and fill appended to the journal (pipeline/journal.py)
-    and one commit per step. Timed per step with ``time.perf_counter_ns``: p50,
+    One step is what the strategy and execution processes do per batch: a trade
+    and quote per symbol into execution's desk (workers/execution/desk.py), then
+    64 model signals (one per symbol, their margin flipping every step, so every
+    signal is an entry or an exit) through the strategy core
+    (workers/strategy/signals.py) and the desk: the four-tier risk guard, the
+    order manager, the paper broker (zero latency: the market orders fill on the
+    quote at once) and the portfolio, with every intent, order event, fill and
+    position journaled (pipeline/journal.py) and committed before it is sent or
+    published, as the execution process runs it. Timed per step with ``time.perf_counter_ns``: p50,
     p99, and intents per second over all steps. The aim (issue 11): a 64-intent
     step under 1 ms at p99 and 50,000 intents/s or more.
 
@@ -41,12 +42,10 @@ import numpy as np
 
 import common
 from pipeline.clock import SimClock
-from pipeline.config import StrategyConfig
+from pipeline.config import ExecutionConfig, RiskConfig, StrategyConfig
 from pipeline.journal import Journal
-from shm.records import SIGNAL, TIF_IOC
-from workers.execution.broker import LatencyModel, PaperBroker
-from workers.execution.orders import OrderManager, client_order_id
-from workers.execution.risk import MarketView, RiskGuard, RiskLimits
+from shm.records import SIGNAL, TICK, TICK_TRADE
+from workers.execution.desk import Desk
 from workers.strategy.signals import SignalStrategy
 
 N_SYMBOLS = 64
@@ -57,44 +56,42 @@ ORDER_ROW = {"order_id": 123456, "intent_seq": 987654321, "symbol_id": 17, "side
 
 
 # -- the cores, one step at a time ------------------------------------------------------
-class Desk:
-    """Strategy, risk guard, order manager, paper broker and journal, wired as
-    execution will wire them, on a simulated clock."""
+class Bench:
+    """The strategy core and execution's desk (risk guard, order manager, paper broker,
+    portfolio, journal), wired as the processes wire them, on a simulated clock."""
 
     def __init__(self, folder: str):
         self.clock = SimClock(1_700_000_000_000_000_000)
         self.strategy = SignalStrategy(N_SYMBOLS, StrategyConfig(min_hold_bars=0, allow_short=True,
                                                                  enter_margin=0.1, exit_margin=0.0),
                                        self.clock)
-        limits = RiskLimits(max_gross_exposure=1e12, max_venue_exposure=1e12,
+        limits = RiskConfig(max_gross_exposure=1e12, max_venue_exposure=1e12,
                             max_position_notional=1e12, max_order_notional=1e9,
                             max_orders_per_s=1e9, order_burst=10**9)
-        self.guard = RiskGuard(N_SYMBOLS, np.zeros(N_SYMBOLS, np.intp), [VENUE], limits, self.clock)
-        self.orders = OrderManager(self.clock)
-        self.broker = PaperBroker(self.clock, {VENUE: (1.0, 5.0)}, LatencyModel(0, 0))
         self.journal = Journal(os.path.join(folder, "desk.sqlite"))
+        self.desk = Desk([f"S{i}/USDT@{VENUE}" for i in range(N_SYMBOLS)], np.zeros(N_SYMBOLS, np.int64),
+                         [VENUE], ExecutionConfig(capital=1e9), limits, self.clock, self.journal,
+                         "bench", "r0")
         self.price = 100.0 * np.exp(np.linspace(0, 1, N_SYMBOLS))
-        self.market = MarketView.empty(N_SYMBOLS, 1)
-        self.market.equity = self.market.equity_peak = self.market.day_start_equity = 1e9
-        self.market.venue_connected[:] = True
+        self.ticks = np.zeros(N_SYMBOLS, TICK)
+        self.ticks["symbol_id"] = np.arange(N_SYMBOLS)
+        self.ticks["kind"], self.ticks["side"], self.ticks["size"] = TICK_TRADE, 1, 1.0
         self.signals = np.zeros(N_SYMBOLS, SIGNAL)
         self.signals["symbol_id"] = np.arange(N_SYMBOLS)
         self.vol = np.full(N_SYMBOLS, 0.002)
         self.step_no = 0
-        self.intents = self.fills = 0
 
     def step(self) -> int:
-        """One batch; returns the intents it handled."""
+        """One batch: the market moves (a trade and quote per symbol), 64 signals, their
+        intents through the desk; returns the intents handled."""
         k = self.step_no = self.step_no + 1
         self.clock.set(self.clock.time_ns() + 1_000_000)
         now = self.clock.time_ns()
         self.price *= 1.0 + 0.001 * np.sin(k + np.arange(N_SYMBOLS))
-        bid, ask = self.price * (1 - 1e-4), self.price * (1 + 1e-4)
-        for sid in range(N_SYMBOLS):
-            self.broker.on_quote(sid, bid[sid], 50.0, ask[sid], 50.0, now)
-        m = self.market
-        m.last[:], m.bid[:], m.ask[:], m.quote_ns[:] = self.price, bid, ask, now
-        m.venue_last_ns[:] = now
+        t = self.ticks
+        t["price"], t["bid"], t["ask"] = self.price, self.price * (1 - 1e-4), self.price * (1 + 1e-4)
+        t["ts_origin_ns"] = now
+        self.desk.on_ticks(t)
         sig = self.signals
         margin = 0.5 if k % 2 else -0.5
         sig["probs"] = [0.25 - margin / 2, 0.5, 0.25 + margin / 2]
@@ -102,44 +99,13 @@ class Desk:
         sig["seq"] = np.arange(N_SYMBOLS) + k * N_SYMBOLS
         sig["ts_bar_ns"] = k
         sig["ts_origin_ns"] = now
-        intents = self.strategy.on_signals(sig, self.vol, 0, m.position)
-        codes = self.guard.check(intents, m)
-        for intent, code in zip(intents, codes):
-            self.journal.append("intent", now, {"seq": int(intent["seq"]), "qty": float(intent["qty"]),
-                                                "side": int(intent["side"]), "code": int(code)})
-            if code:
-                continue
-            cid = client_order_id("bench", 1, int(intent["seq"]))
-            order = self.orders.create(intent, VENUE, "bench", 1)
-            self.journal.append("order", now, order.to_dict(), client_order_id=cid)
-            self.orders.submitted(order.client_id)
-            self.broker.submit(order.client_id, int(intent["symbol_id"]), VENUE, int(intent["side"]),
-                               int(intent["order_type"]), TIF_IOC, float(intent["qty"]))
-        for ev in self.broker.poll():
-            if ev.kind == "ack":
-                self.orders.on_ack(ev.client_order_id, ev.client_order_id)
-            elif ev.kind == "fill":
-                o = self.orders.get(ev.client_order_id)
-                if self.orders.on_fill(ev.client_order_id, ev.fill_id, ev.qty, ev.price, ev.fee,
-                                       ev.liquidity):
-                    m.position[o.symbol_id] += o.side * ev.qty
-                    self.journal.append("fill", ev.ts_ns, {"fill_id": ev.fill_id, "qty": ev.qty,
-                                                           "price": ev.price, "fee": ev.fee},
-                                        client_order_id=ev.client_order_id)
-                    self.fills += 1
-            elif ev.kind == "expired":
-                self.orders.on_expire(ev.client_order_id)
-            elif ev.kind == "reject":
-                self.orders.on_reject(ev.client_order_id, ev.reason)
-        self.orders.drain_events()
-        self.guard.drain_events()
-        self.journal.commit()
-        self.intents += len(intents)
+        intents = self.strategy.on_signals(sig, self.vol, 0, self.desk.portfolio.rows["qty"].copy())
+        self.desk.on_intents(intents)
         return len(intents)
 
 
 def bench_steps(folder: str, steps: int, warmup: int) -> dict:
-    desk = Desk(folder)
+    desk = Bench(folder)
     try:
         for _ in range(warmup):
             desk.step()
@@ -150,10 +116,10 @@ def bench_steps(folder: str, steps: int, warmup: int) -> dict:
             times.append(time.perf_counter_ns() - t0)
         t = np.array(times) / 1e6
         return {"steps": steps, "intents": handled, "intents_per_step": handled / steps,
-                "fills": desk.fills, "p50_ms": float(np.percentile(t, 50)),
+                "fills": desk.desk.counters["fills"], "p50_ms": float(np.percentile(t, 50)),
                 "p99_ms": float(np.percentile(t, 99)), "mean_ms": float(t.mean()),
                 "intents_per_s": handled / (t.sum() / 1e3),
-                "denials": {k: v for k, v in desk.guard.denials().items() if v}}
+                "denials": {k: v for k, v in desk.desk.guard.denials().items() if v}}
     finally:
         desk.journal.close()
 

@@ -273,14 +273,70 @@ def strategy_checks(sc: StrategyConfig) -> list[tuple[bool, str]]:
 @dataclass
 class ExecutionConfig:
     mode: str = "paper"
-    # the journal (SQLite): every order and fill, positions rebuilt from it at start;
-    # "" = journal/<pipeline name>.sqlite, relative to the working directory (or in
-    # $TICKPIPE_JOURNAL_DIR)
+    # the journal (SQLite): every intent, verdict, order event, fill, position and risk
+    # state; everything rebuilt from it at start. "" = journal/<pipeline name>.sqlite,
+    # relative to the working directory (or in $TICKPIPE_JOURNAL_DIR)
     journal: str = ""
-    max_position_notional: float = 1000.0
-    fee_bps: float = 10.0
-    slippage_bps: float = 2.0
-    max_signal_age_s: float = 10.0      # an older signal (from its tick) never opens or grows a position
+    capital: float = 10_000.0           # the paper account's equity (quote currency) at its first start
+    fee_bps: float = 10.0               # taker fee, every venue
+    maker_fee_bps: float = 2.0          # maker fee (a resting limit order filled); negative: a rebate
+    slippage_bps: float = 2.0           # a market order beyond a top of book with no size known
+    ack_latency_ms: float = 0.0         # paper venue: submit -> ack (the order meets the book then)
+    fill_latency_ms: float = 0.0        # paper venue: a match -> its report reaching us
+    latency_jitter_ms: float = 0.0      # added to both, uniform in [0, this], deterministic per order
+
+
+RISK_STATES = ("reducing", "halted")
+
+
+@dataclass
+class RiskConfig:
+    """The four-tier risk guard's limits (workers/execution/risk.py says what each tier
+    does). Money figures are notionals in the quote currency; 0 turns off the two checks
+    that say so."""
+    max_daily_loss_frac: float = 0.03      # loss since the UTC day's start, of day-start equity
+    daily_loss_state: str = "halted"       # a blown day stops everything until the next UTC day
+    max_drawdown_frac: float = 0.10        # fall from the equity peak, of the peak
+    drawdown_state: str = "reducing"       # unwinding stays possible, until `pipeline resume`
+    max_gross_exposure: float = 10_000.0   # sum over symbols of |position| x mark
+    max_venue_exposure: float = 10_000.0   # the same over one venue's symbols
+    max_open_orders: int = 50              # resting orders per venue
+    max_orders_per_s: float = 10.0         # order rate per venue (token bucket refill)
+    order_burst: int = 20                  # token bucket size per venue
+    max_feed_silence_s: float = 10.0       # a venue feed silent longer: venue REDUCING
+    max_route_imbalance: float = 5_000.0   # |net notional| over a route's legs
+    max_open_legs: int = 4                 # legs of a route holding a position
+    max_position_notional: float = 2_000.0   # |position| x mark per symbol
+    max_order_notional: float = 2_000.0    # qty x price per order (fat-finger guard)
+    max_spread_bps: float = 50.0           # market orders need a two-sided quote this tight (0: off)
+    price_band_bps: float = 200.0          # order price vs the last trade
+    max_quote_age_s: float = 5.0           # an older quote: symbol REDUCING (0: off)
+    max_intent_age_s: float = 10.0         # an older intent (from its tick), or one from a stale
+    #                                        model stage, may only reduce a position
+
+
+def risk_checks(rc: RiskConfig) -> list[tuple[bool, str]]:
+    """The [risk] section's rules: (ok, message) pairs, as `validate` takes them."""
+    out = []
+    for f in dataclasses.fields(rc):
+        v = getattr(rc, f.name)
+        if f.name.endswith("_state"):
+            out.append((isinstance(v, str) and v.lower() in RISK_STATES,
+                        f"risk.{f.name} must be one of {', '.join(RISK_STATES)}, got {v!r}"))
+            continue
+        off_ok = f.name in ("max_spread_bps", "max_quote_age_s")
+        ok = (not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+              and (v > 0 or (off_ok and v == 0)))
+        out.append((ok, f"risk.{f.name} must be a finite number > 0{' (0: off)' if off_ok else ''}, "
+                        f"got {v!r}"))
+    return out
+
+
+def check_risk(rc: RiskConfig) -> None:
+    """A ValueError for the first broken rule: for a RiskConfig built in code."""
+    for ok, msg in risk_checks(rc):
+        if not ok:
+            raise ValueError(msg)
 
 
 @dataclass
@@ -301,6 +357,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
+    risk: RiskConfig = field(default_factory=RiskConfig)
     recorder: RecorderConfig = field(default_factory=RecorderConfig)
     source: str = "<defaults>"
 
@@ -406,10 +463,15 @@ def validate(cfg: Config) -> None:
         (len(cfg.indicators.ema) >= 2,
          "indicators.ema needs at least two periods (the momentum model compares the first and last)"),
         *strategy_checks(cfg.strategy),
-        (cfg.execution.max_position_notional > 0, "execution.max_position_notional must be > 0"),
-        (cfg.execution.max_signal_age_s > 0, "execution.max_signal_age_s must be > 0"),
+        *risk_checks(cfg.risk),
+        (cfg.execution.capital > 0 and math.isfinite(cfg.execution.capital),
+         f"execution.capital must be a finite number > 0, got {cfg.execution.capital:g}"),
         (cfg.execution.fee_bps >= 0 and cfg.execution.slippage_bps >= 0,
          "execution.fee_bps and slippage_bps must be >= 0"),
+        (abs(cfg.execution.maker_fee_bps) < 100, "execution.maker_fee_bps must be within +-100"),
+        (min(cfg.execution.ack_latency_ms, cfg.execution.fill_latency_ms,
+             cfg.execution.latency_jitter_ms) >= 0,
+         "execution.ack_latency_ms, fill_latency_ms and latency_jitter_ms must be >= 0"),
         (cfg.bus.tap_max_rate > 0, "bus.tap_max_rate must be > 0"),
         (cfg.recorder.flush_records >= 1, "recorder.flush_records must be >= 1"),
         (cfg.recorder.flush_seconds > 0, "recorder.flush_seconds must be > 0"),

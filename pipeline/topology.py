@@ -73,7 +73,7 @@ def build(cfg: Config, run_id: str, with_bells: bool = False) -> Topology:
     recorder = ["recorder.0"] if cfg.recorder.enabled else []
     for i, feed in enumerate(cfg.feeds):
         out = f"ticks.{feed.name}"
-        ring(out, TICK, rc.ticks_capacity, LOSSY, shard_ids + recorder)
+        ring(out, TICK, rc.ticks_capacity, LOSSY, shard_ids + recorder + ["execution.0"])
         workers.append(WorkerSpec("feed", i, outputs=[out], feed=i))
     if recorder:
         # ticks as a reader of the lossy tick rings; bars as an observer of the
@@ -98,7 +98,9 @@ def build(cfg: Config, run_id: str, with_bells: bool = False) -> Topology:
                               outputs=["intents"]))
     ring("orders", ORDER, rc.orders_capacity, LOSSLESS, [])
     ring("fills", FILL, rc.fills_capacity, LOSSLESS, [])
-    workers.append(WorkerSpec("execution", 0, inputs=["intents"], outputs=["orders", "fills"]))
+    # the ticks (lossy) for the market its risk checks and paper fills see, then the intents
+    workers.append(WorkerSpec("execution", 0, inputs=[f"ticks.{f.name}" for f in cfg.feeds] + ["intents"],
+                              outputs=["orders", "fills"]))
     tables = {
         "features": TableSpec("features", segment_name(run_id, "tbl.features"), fdt, len(symbols)),
         "positions": TableSpec("positions", segment_name(run_id, "tbl.positions"), POSITION,

@@ -157,7 +157,8 @@ FAST = {
                  "max_restarts": 5, "restart_backoff_s": 0.2},
     "indicators": {"bar_seconds": 0.2, "ema": [2, 4], "rsi": [3], "close_grace_s": 0.05},
     "model": {"kind": "momentum", "threshold": 0.00001},
-    "execution": {"max_position_notional": 1e12},
+    "risk": {"max_position_notional": 1e12, "max_order_notional": 1e12, "max_gross_exposure": 1e12,
+             "max_venue_exposure": 1e12, "max_orders_per_s": 1e6, "order_burst": 1000000},
     "bus": {"tap_bind": "", "metrics_bind": ""},
     "feeds": [{"name": "synthetic", "symbols": SYNTHETIC_SYMBOLS, "ticks_per_s": 3000}],
 }

@@ -150,7 +150,7 @@ def test_bad_candles_dropped_and_counted(candles):
     cols["timestamp_ms"][900] = cols["timestamp_ms"][899]     # a repeated time
     cols["timestamp_ms"] = cols["timestamp_ms"].astype(np.int64)
     d = build_dataset(pa.table(cols), Config(), H)
-    assert d.dropped == {"nan": 2, "out of order": 1}
+    assert d.dropped == {"nan": 2, "conflicting duplicate": 1}   # same time, other values: first kept
     assert len(d) == N - 3 - d.warmup_rows - H
     assert np.isfinite(d.X).all() and np.all(np.diff(d.timestamps_ms) > 0)
 

@@ -1,7 +1,8 @@
 """The execution process on real rings and a journal on disk: orders and fills are
 journaled before they are published, positions come back from the journal after a
-restart of execution and after a new run, an intent is never acted on twice, and an
-order journaled without its fill is filled before anything else."""
+restart of execution and after a new run, an intent is never acted on twice, an
+order a crash left open is resolved before anything else, and the risk guard's
+verdicts and states are journaled and survive restarts."""
 from __future__ import annotations
 
 import time
@@ -11,49 +12,71 @@ import pytest
 
 from conftest import RunSegments
 from pipeline import journal
-from shm.records import FLAG_RECOVERED, INTENT, ORDER_MARKET, SIDE_BUY, SIDE_SELL
+from shm.records import INTENT, ORDER_MARKET, SIDE_BUY, SIDE_SELL, TICK, TICK_TRADE
 from shm.ring import Ring
+from workers.execution.desk import PAPER_LOST
 from workers.execution.worker import ExecutionWorker
 
 SYMBOLS = ["AAA/USDT", "BBB/USDT"]
+HALF_SPREAD = 0.0005          # of the price: a 10 bps quote around each trade
 
 
 class Run(RunSegments):
-    """One run's segments, its execution worker (``worker(restart)``) and a writer of
-    its intents ring (``send``)."""
+    """One run's segments, its execution worker (``worker(restart)``), and writers of
+    its ticks (``tick``) and intents (``send``) rings."""
 
-    def __init__(self, tmp_path, journal_path):
+    def __init__(self, tmp_path, journal_path, extra: str = ""):
         super().__init__(tmp_path, f"""
 [pipeline]
 name = "ex"
 workers = 2
 [execution]
 journal = "{journal_path}"
+{extra}
+[risk]
 max_position_notional = 1e9
+max_order_notional = 1e9
+max_gross_exposure = 1e9
+max_venue_exposure = 1e9
 [[feeds]]
 name = "synthetic"
 symbols = {SYMBOLS!r}
 """.replace("'", '"'))
-        self.intents_ring = Ring.attach(self.topo.rings["intents"])
-        self.intents = self.intents_ring.writer()
+        self.rings = [Ring.attach(self.topo.rings[name]) for name in ("intents", "ticks.synthetic")]
+        self.intents, self.ticks = (r.writer() for r in self.rings)
 
     def worker(self, restart: int = 0) -> ExecutionWorker:
         return super().worker(ExecutionWorker, "execution.0", restart)
 
+    def tick(self, *trades: tuple[str, float]) -> None:
+        """(symbol, price) trades, each with a quote HALF_SPREAD either side, received now."""
+        rows = np.zeros(len(trades), TICK)
+        for row, (sym, price) in zip(rows, trades):
+            row["symbol_id"] = self.topo.symbols.id(f"{sym}@synthetic")
+            row["kind"], row["side"], row["price"], row["size"] = TICK_TRADE, SIDE_BUY, price, 1.0
+            row["bid"], row["ask"] = price * (1 - HALF_SPREAD), price * (1 + HALF_SPREAD)
+        rows["ts_origin_ns"] = rows["ts_exchange_ns"] = time.time_ns()
+        self.ticks.write(rows)
+
     def send(self, *intents: tuple[int, str, int, float, float]) -> None:
-        """(seq, symbol, side, qty, price) intents into the ring."""
+        """(seq, symbol, side, qty, price) market intents into the ring, with a trade at
+        that price just before each (the market the risk guard checks them against)."""
+        self.tick(*[(sym, price) for _, sym, _, _, price in intents])
         rows = np.zeros(len(intents), INTENT)
         for row, (seq, sym, side, qty, price) in zip(rows, intents):
             row["seq"] = seq
             row["symbol_id"] = self.topo.symbols.id(f"{sym}@synthetic")
             row["side"], row["qty"], row["ref_price"] = side, qty, price
             row["order_type"] = ORDER_MARKET
+            row["limit_price"] = np.nan
+            row["tif"] = 2
             row["strategy_id"] = 1
         rows["ts_origin_ns"] = rows["ts_ns"] = time.time_ns()   # fresh: not stale
         self.intents.write(rows)
 
     def close(self) -> None:
-        self.intents_ring.close()
+        for r in self.rings:
+            r.close()
         super().close()
 
 
@@ -61,10 +84,10 @@ symbols = {SYMBOLS!r}
 def runs(tmp_path):
     made = []
 
-    def run(sub: str = "a") -> Run:
+    def run(sub: str = "a", extra: str = "") -> Run:
         folder = tmp_path / sub
         folder.mkdir()
-        r = Run(folder, tmp_path / "ex.sqlite")
+        r = Run(folder, tmp_path / "ex.sqlite", extra)
         made.append(r)
         return r
     yield run, tmp_path / "ex.sqlite"
@@ -73,12 +96,17 @@ def runs(tmp_path):
 
 
 def positions(w: ExecutionWorker) -> dict[str, float]:
-    rows = w.portfolio.rows
+    rows = w.desk.portfolio.rows
     return {w.topo.symbols.name(int(i)): float(rows["qty"][i]) for i in np.flatnonzero(rows["n_fills"])}
 
 
-def journaled(path) -> list[dict]:
-    return list(journal.rows(path))
+def journaled(path, *kinds: str) -> list[dict]:
+    return list(journal.rows(path, kinds=kinds or None))
+
+
+def drain(w: ExecutionWorker) -> None:
+    while w.step():
+        pass
 
 
 def test_orders_and_fills_are_journaled_and_positions_survive_restarts(runs):
@@ -86,68 +114,143 @@ def test_orders_and_fills_are_journaled_and_positions_survive_restarts(runs):
     run = make("a")
     w = run.worker()
     run.send((1, "AAA/USDT", SIDE_BUY, 2.0, 100.0), (2, "BBB/USDT", SIDE_BUY, 5.0, 10.0),
-             (3, "AAA/USDT", SIDE_SELL, 0.5, 110.0))
-    while w.step():
-        pass
+             (3, "AAA/USDT", SIDE_SELL, 0.5, 100.0))     # two for AAA in one step: both go
+    drain(w)
+    run.send((4, "AAA/USDT", SIDE_SELL, 0.5, 110.0), (5, "AAA/USDT", SIDE_BUY, 0.5, 110.0))
+    drain(w)
     held = positions(w)
     assert held == {"AAA/USDT@synthetic": 1.5, "BBB/USDT@synthetic": 5.0}
-    rows = journaled(path)
-    assert [r["kind"] for r in rows] == ["order", "fill", "position"] * 3
-    # write-ahead: each order's row comes before its fill's
-    orders = [r for r in rows if r["kind"] == "order"]
-    assert len({r["client_order_id"] for r in orders}) == 3
-    assert all(r["payload"]["run_id"] == run.run_id for r in orders)
-    pnl = w.portfolio.stats()
+    rows = journaled(path, "intent", "order", "fill", "position")
+    # write-ahead: an intent, its order created and submitted, then what the venue said,
+    # then the fill with the position it makes
+    first = [(r["kind"], r["payload"].get("new")) for r in rows[:3]]
+    assert first == [("intent", None), ("order", "CREATED"), ("order", "SUBMITTED")]
+    for i, r in enumerate(rows):
+        if r["kind"] == "fill":
+            cid = r["client_order_id"]
+            sent = next(x["id"] for x in rows if x["client_order_id"] == cid
+                        and x["payload"].get("new") == "SUBMITTED")
+            assert sent < r["id"] and rows[i + 1]["kind"] == "position"
+    fills = journaled(path, "fill")
+    assert len(fills) == 5 and len({r["client_order_id"] for r in fills}) == 5
+    # a market buy pays the ask plus slippage (2 bps), a sell gets the bid less it
+    assert fills[0]["payload"]["price"] == pytest.approx(100.0 * (1 + HALF_SPREAD) * (1 + 2e-4))
+    assert fills[3]["payload"]["price"] == pytest.approx(110.0 * (1 - HALF_SPREAD) * (1 - 2e-4))
+    assert all(r["payload"]["run_id"] == run.run_id for r in journaled(path, "order"))
+    pnl = w.desk.portfolio.stats()
 
     # execution killed and restarted in the same run: the same positions and P&L, and
-    # the intents it saw again (its reader had not committed) are not acted on twice
+    # an intent it sees again is not acted on twice
     w.close()
     again = run.worker(restart=1)
-    assert positions(again) == held and again.portfolio.stats() == pnl
-    assert again.restored == held
-    run.send((3, "AAA/USDT", SIDE_SELL, 0.5, 110.0))       # seen before: skipped
-    while again.step():
-        pass
-    assert again.counters["skipped_replay"] >= 1 and positions(again) == held
+    assert positions(again) == held and again.desk.portfolio.stats() == pnl
+    assert again.desk.restored == held
+    run.send((5, "AAA/USDT", SIDE_BUY, 0.5, 110.0))       # seen before: skipped
+    drain(again)
+    assert again.desk.counters["skipped_replay"] == 1 and positions(again) == held
     again.close()
 
     # a new run (pipeline stop, start): the positions come back from the journal
     run.close()
     second = make("b")
     w2 = second.worker()
-    assert positions(w2) == held and w2.portfolio.stats() == pnl
+    assert positions(w2) == held and w2.desk.portfolio.stats() == pnl
     rows_table, seqs = w2.positions.read()
     aaa = second.topo.symbols.id("AAA/USDT@synthetic")
     assert seqs[aaa] > 0 and rows_table["qty"][aaa] == 1.5   # published for the strategy
     # new intents of the new run trade on (their seqs start again: another run)
     second.send((1, "AAA/USDT", SIDE_SELL, 1.5, 120.0))
-    while w2.step():
-        pass
+    drain(w2)
     assert positions(w2)["AAA/USDT@synthetic"] == 0.0
     assert journal.verify(path).ok
 
 
-def test_an_order_journaled_without_its_fill_is_filled_first(runs):
+def test_an_order_a_crash_left_open_is_resolved_before_anything_else(runs):
+    """The paper venue lives in the execution process: an order still unanswered when it
+    dies can fill no more. The restarted desk expires it (journaled, with the reason)
+    before it reads an intent, and the symbol trades again."""
+    make, path = runs
+    run = make("a", "ack_latency_ms = 3600000.0")       # the venue never answers in this test
+    w = run.worker()
+    run.send((1, "AAA/USDT", SIDE_BUY, 2.0, 100.0))
+    drain(w)
+    order = w.desk.orders.open_orders()[0]
+    assert order.state.name == "SUBMITTED" and positions(w) == {}
+    run.send((2, "AAA/USDT", SIDE_BUY, 1.0, 100.0))       # unanswered order: refused
+    drain(w)
+    assert w.desk.guard.denials()["IN_FLIGHT"] == 1
+    w.close()                                             # a crash: nothing more written
+    again = run.worker(restart=1)
+    assert again.desk.orders.open_orders() == []
+    assert again.desk.orders.get(order.client_id).state.name == "EXPIRED"
+    last = journaled(path, "order")[-1]
+    assert last["client_order_id"] == order.client_id and last["payload"]["new"] == "EXPIRED"
+    assert last["payload"]["detail"]["order"]["reason"] == PAPER_LOST
+    assert again.desk.counters["resolved_at_start"] == 1
+    assert again.desk.guard.denials()["IN_FLIGHT"] == 1   # counters survive the restart too
+    assert journal.verify(path).ok
+
+
+def test_risk_verdicts_and_a_halt_are_journaled_and_survive_a_restart(runs):
+    make, path = runs
+    run = make("a")
+    w = run.worker()
+    w.on_command({"cmd": "risk", "action": "halt", "tier": "symbol", "key": "AAA/USDT@synthetic",
+                  "reducing": False, "reason": "desk says no", "id": "c1"})
+    run.send((1, "AAA/USDT", SIDE_BUY, 1.0, 100.0), (2, "BBB/USDT", SIDE_BUY, 1.0, 10.0),
+             (3, "AAA/USDT", SIDE_BUY, float("nan"), 100.0))
+    drain(w)
+    assert positions(w) == {"BBB/USDT@synthetic": 1.0}
+    verdicts = [(r["symbol"], r["payload"]["code"]) for r in journaled(path, "verdict")]
+    assert verdicts == [("AAA/USDT@synthetic", "HALTED"), ("AAA/USDT@synthetic", "BAD_INPUT")]
+    assert "desk says no" in journaled(path, "verdict")[0]["payload"]["reason"]
+    stats = w.stats()
+    assert stats["risk_commands"] == ["c1"] and stats["denials"]["HALTED"] == 1
+    assert any(s["tier"] == "symbol" and s["state"] == "HALTED" for s in stats["risk_states"])
+    assert any(e["kind"] == "denial" for e in stats["risk_events"])
+    assert stats["trade_latency"]["synthetic"]["tick_to_fill"]
+    w.close()
+    # a new run: still halted, by the journal
+    run.close()
+    w2 = make("b").worker()
+    assert w2.desk.guard.tier_state("symbol", 0).name == "HALTED"
+    w2.on_command({"cmd": "risk", "action": "resume", "tier": "symbol", "key": "AAA/USDT@synthetic",
+                   "id": "c2"})
+    assert w2.desk.guard.tier_state("symbol", 0).name == "ACTIVE"
+    assert [r["payload"]["action"] for r in journaled(path, "command")] == ["halt", "resume"]
+    assert journal.verify(path).ok
+
+
+def test_a_halt_journaled_while_stopped_applies_at_start(runs):
+    """`pipeline halt` with no pipeline running appends a command row; execution applies it
+    before it reads any intent."""
+    make, path = runs
+    j = journal.Journal(path)
+    j.append("command", time.time_ns(), {"cmd": "risk", "action": "halt", "tier": "global", "key": None,
+                                         "reducing": True, "reason": "offline", "id": "c0"})
+    j.commit()
+    j.close()
+    run = make("a")
+    w = run.worker()
+    assert w.desk.guard.tier_state("global").name == "REDUCING"
+    run.send((1, "AAA/USDT", SIDE_BUY, 1.0, 100.0))
+    drain(w)
+    assert positions(w) == {} and w.desk.guard.denials()["REDUCING_ONLY"] == 1
+
+
+def test_positions_the_fills_do_not_explain_halt_everything(runs):
     make, path = runs
     run = make("a")
     w = run.worker()
     run.send((1, "AAA/USDT", SIDE_BUY, 2.0, 100.0))
-    while w.step():
-        pass
-    # a crash between the order and its fill: the journal holds an order alone
-    order = next(r for r in journaled(path) if r["kind"] == "order")
-    p = {**order["payload"], "order_id": 2, "intent_seq": 9}
-    w.journal.append("order", order["ts_ns"], p, symbol=order["symbol"],
-                     client_order_id="tp-test-orphan")
+    drain(w)
+    pos = journaled(path, "position")[-1]
+    w.journal.append("position", pos["ts_ns"], {**pos["payload"], "qty": 7.0}, symbol=pos["symbol"])
     w.journal.commit()
     w.close()
     again = run.worker(restart=1)
-    assert positions(again) == {"AAA/USDT@synthetic": 4.0}
-    fills = [r for r in journaled(path) if r["kind"] == "fill"]
-    assert [f["payload"]["order_id"] for f in fills] == [1, 2]
-    assert fills[1]["payload"]["flags"] & FLAG_RECOVERED
-    assert again.next_order_id == 3
-    assert journal.verify(path).ok
+    assert again.desk.guard.tier_state("global").name == "HALTED"
+    assert "pnl check failed" in again.desk.guard.describe(np.zeros(1, INTENT)[0], 2)
 
 
 def test_a_second_execution_on_the_same_journal_is_refused(runs):
@@ -170,9 +273,9 @@ def test_pnl_and_journal_commands_read_the_journal(runs, capsys, tmp_path):
     w = run.worker()
     run.send((1, "AAA/USDT", SIDE_BUY, 2.0, 100.0), (2, "AAA/USDT", SIDE_SELL, 0.5, 110.0),
              (3, "BBB/USDT", SIDE_BUY, 5.0, 10.0))
-    while w.step():
-        pass
-    stats = w.portfolio.stats()
+    drain(w)
+    stats = w.desk.portfolio.stats()
+    n_rows = len(journaled(path))
     capsys.readouterr()
 
     assert main(["pnl", "--journal", str(path), "--json"]) == 0
@@ -181,19 +284,19 @@ def test_pnl_and_journal_commands_read_the_journal(runs, capsys, tmp_path):
     assert rep["totals"]["realized_pnl"] == pytest.approx(stats["realized_pnl"])
     assert rep["totals"]["fees"] == pytest.approx(stats["fees"])
     aaa = next(s for s in rep["symbols"] if s["symbol"] == "AAA/USDT@synthetic")
-    assert aaa["qty"] == 1.5 and aaa["mark"] == pytest.approx(110.0 * (1 - 2e-4))
+    assert aaa["qty"] == 1.5 and aaa["mark"] == pytest.approx(110.0 * (1 - HALF_SPREAD) * (1 - 2e-4))
     assert set(rep["venues"]) == {"synthetic"}
     assert main(["pnl", "--journal", str(path)]) == 0
     assert "the fills add up to the positions journaled" in capsys.readouterr().out
 
     assert main(["journal", "verify", "--journal", str(path)]) == 0
-    assert "journal ok: 9 rows" in capsys.readouterr().out
+    assert f"journal ok: {n_rows} rows" in capsys.readouterr().out
     assert main(["journal", "show", "--journal", str(path), "--kind", "fill",
                  "--symbol", "AAA/USDT"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 2
     out = tmp_path / "x" / "j.parquet"
     assert main(["journal", "export", "--journal", str(path), "--out", str(out)]) == 0
-    assert pq.read_table(out).num_rows == 9
+    assert pq.read_table(out).num_rows == n_rows
     w.close()
 
     # a position row rewritten behind execution's back: verify names it, pnl alerts

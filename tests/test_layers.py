@@ -18,7 +18,7 @@ PLAN = {"config", "topology", "symbols", "bus", "metrics", "errors", "storage", 
         "journal"}
 
 # pure cores: numpy in, numpy out, a clock passed in; no rings, tables, zmq or worker loop
-CORES = ("workers.bars", "workers.execution.portfolio", "workers.execution.paper",
+CORES = ("workers.bars", "workers.execution.portfolio", "workers.execution.desk",
          "workers.execution.broker",
          "workers.strategy.signals", "workers.execution.venue_rules",
          "workers.execution.orders", "workers.execution.risk")

@@ -168,7 +168,7 @@ def test_ticks_flow_to_fills_and_clean_stop(pipe):
     rings = {r["name"]: r for r in rep["rings"]}
     assert rings["ticks.synthetic"]["policy"] == "lossy"
     assert [r["name"] for r in rings["ticks.synthetic"]["readers"]] == [
-        "indicators.0", "indicators.1", "indicators.2"]
+        "indicators.0", "indicators.1", "indicators.2", "execution.0"]   # execution: the market it checks
     assert rings["fills"]["write_seq"] > 0
     assert rep["latency"]["tick_to_fill"]["count"] > 0
     assert rep["latency"]["tick_to_fill"]["p50_us"] > 0
@@ -375,11 +375,12 @@ def test_workers_8(pipe):
 
 
 def test_old_signals_never_open_a_position(pipe):
-    """[execution] max_signal_age_s: a signal older than that (from its tick) is refused
-    for anything that opens or grows a position; with an impossible 1 us every one is."""
-    p = pipe(execution={"max_signal_age_s": 1e-6}).start()
+    """[risk] max_intent_age_s: an intent older than that (from its tick) is refused for
+    anything that opens or grows a position; with an impossible 1 us every one is."""
+    p = pipe(risk={"max_intent_age_s": 1e-6}).start()
     ex = lambda st: next(w["stats"] for w in st["workers"] if w["id"] == "execution.0")
-    st = p.wait_status(lambda st: ex(st).get("rejected_stale", 0) >= 20, "stale signals refused")
+    st = p.wait_status(lambda st: ex(st).get("denials", {}).get("STALE_INTENT", 0) >= 20,
+                       "stale intents refused")
     assert ex(st)["orders"] == 0 and ex(st)["fills"] == 0
     assert p.cli("stop").returncode == 0 and p.wait_exit() == 0
 

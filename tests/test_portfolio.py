@@ -1,13 +1,10 @@
-"""Execution's pure cores: position arithmetic (workers/execution/portfolio.py) and
-the paper broker's fill (workers/execution/paper.py), on a simulated clock."""
+"""Execution's position arithmetic (workers/execution/portfolio.py)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from pipeline.clock import SimClock
 from shm.records import FILL, ORDER, POSITION, SIDE_BUY, SIDE_SELL
-from workers.execution.paper import paper_fill
 from workers.execution.portfolio import Portfolio
 
 
@@ -45,15 +42,3 @@ def test_rows_must_be_position_records():
         Portfolio(np.zeros(2, ORDER))
     rows = np.zeros(3, POSITION)
     assert Portfolio(rows).rows is rows                         # the caller's rows, not a copy
-
-
-def test_paper_fill_slippage_fee_and_the_clock():
-    order = np.zeros(1, ORDER)[0]
-    order["order_id"], order["symbol_id"], order["side"], order["qty"], order["price"] = 9, 1, SIDE_SELL, 2.0, 50.0
-    order["ts_origin_ns"] = 123
-    f = paper_fill(order, position_before=3.0, slippage_bps=10.0, fee_bps=5.0,
-                   clock=SimClock(1_000), flags=4)[0]
-    assert f["price"] == pytest.approx(50.0 * (1 - 10 / 1e4))  # a sell fills lower
-    assert f["fee"] == pytest.approx(f["price"] * 2.0 * 5 / 1e4)
-    assert f["position"] == pytest.approx(1.0) and f["ts_ns"] == 1_000 and f["ts_origin_ns"] == 123
-    assert (f["order_id"], f["symbol_id"], f["side"], f["flags"]) == (9, 1, SIDE_SELL, 4)

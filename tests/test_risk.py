@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from pipeline.clock import SimClock
-from shm.records import INTENT, ORDER_LIMIT, ORDER_MARKET, SIDE_BUY, SIDE_SELL, TIF_GTC, TIF_IOC
-from workers.execution.risk import (DAY_NS, Denial, MarketView, RiskGuard, RiskLimits, Tier,
-                                    TradingState)
+from shm.records import FLAG_STALE, INTENT, ORDER_LIMIT, ORDER_MARKET, SIDE_BUY, SIDE_SELL, TIF_GTC, TIF_IOC
+from pipeline.config import RiskConfig
+from workers.execution.risk import DAY_NS, Denial, MarketView, RiskGuard, Tier, TradingState
 
 T0 = 1_700_000_000 * 1_000_000_000 + 3_600 * 1_000_000_000   # an hour into a UTC day
 VENUES = ["binance", "upbit"]
@@ -18,8 +18,17 @@ VENUE_OF = np.array([0, 0, 1, 1])
 ROUTE_OF = np.array([0, -1, 0, -1])      # symbols 0 and 2: one asset on two venues
 
 
-def guard(clock=None, **limits) -> RiskGuard:
-    return RiskGuard(4, VENUE_OF, VENUES, RiskLimits(**limits), clock or SimClock(T0), route_of=ROUTE_OF)
+# a desk of 100,000 equity: the limits these tests reason about, whatever the config's defaults
+DESK = {"max_gross_exposure": 100_000.0, "max_venue_exposure": 50_000.0, "max_position_notional": 20_000.0,
+        "max_order_notional": 5_000.0}
+
+
+def limits(**over) -> RiskConfig:
+    return RiskConfig(**{**DESK, **over})
+
+
+def guard(clock=None, **over) -> RiskGuard:
+    return RiskGuard(4, VENUE_OF, VENUES, limits(**over), clock or SimClock(T0), route_of=ROUTE_OF)
 
 
 def market(clock_ns: int = T0, **over) -> MarketView:
@@ -33,7 +42,8 @@ def market(clock_ns: int = T0, **over) -> MarketView:
     return mv
 
 
-def intents(*rows: dict) -> np.ndarray:
+def intents(*rows: dict, now_ns: int = T0) -> np.ndarray:
+    """Intent rows caused by a tick at ``now_ns`` (``age`` seconds before it, and ``flags``, if given)."""
     out = np.zeros(len(rows), INTENT)
     for i, r in enumerate(rows):
         out[i]["symbol_id"] = r.get("sym", 0)
@@ -44,6 +54,8 @@ def intents(*rows: dict) -> np.ndarray:
         out[i]["limit_price"] = r.get("limit", np.nan)
         out[i]["ref_price"] = r.get("ref", 100.0)
         out[i]["seq"] = i + 1
+        out[i]["ts_origin_ns"] = now_ns - int(r.get("age", 0.0) * 1e9)
+        out[i]["flags"] = r.get("flags", 0)
     return out
 
 
@@ -56,7 +68,7 @@ def sell(sym=0, qty=1.0, **kw) -> dict:
 
 
 def codes(g: RiskGuard, mv: MarketView, *rows: dict) -> list[Denial]:
-    return [Denial(int(c)) for c in g.check(intents(*rows), mv)]
+    return [Denial(int(c)) for c in g.check(intents(*rows, now_ns=g.clock.time_ns()), mv)]
 
 
 # -- plain passing and bad input ------------------------------------------------------------------
@@ -118,7 +130,7 @@ def test_daily_loss_halts_everything_latched_to_the_next_utc_day():
 
 
 def test_daily_loss_state_is_configurable():
-    g = guard(daily_loss_state=TradingState.REDUCING)
+    g = guard(daily_loss_state="reducing")
     mv = market(position=np.array([1.0, 0, 0, 0]), equity=96_000.0)
     assert codes(g, mv, buy(1), sell(0)) == [Denial.DAILY_LOSS, Denial.PASSED]
     assert g.tier_state("global") == TradingState.REDUCING
@@ -330,7 +342,7 @@ def test_states_survive_a_restart_through_json():
     g.halt("venue", "upbit", reducing=True)
     codes(g, market(equity=96_000.0), buy(0))                       # daily loss, latched
     saved = json.loads(json.dumps(g.state()))
-    g2 = RiskGuard(4, VENUE_OF, VENUES, RiskLimits(), clock, route_of=ROUTE_OF, saved=saved)
+    g2 = RiskGuard(4, VENUE_OF, VENUES, limits(), clock, route_of=ROUTE_OF, saved=saved)
     assert g2.drain_events() == []
     assert g2.tier_state("symbol", 3) == TradingState.HALTED
     assert g2.tier_state("venue", "upbit") == TradingState.REDUCING
@@ -341,19 +353,19 @@ def test_states_survive_a_restart_through_json():
     g2.resume("global")
     assert codes(g2, market(position=pos), sell(3), buy(0), buy(2)) == \
         [Denial.HALTED, Denial.PASSED, Denial.REDUCING_ONLY]
-    other = RiskGuard(4, VENUE_OF, ["binance", "okx"], RiskLimits(), clock, route_of=ROUTE_OF)
+    other = RiskGuard(4, VENUE_OF, ["binance", "okx"], limits(), clock, route_of=ROUTE_OF)
     with pytest.raises(ValueError):
         other.restore(saved)
 
 
 def test_limits_are_checked():
-    with pytest.raises(ValueError):
-        RiskLimits(max_order_notional=0.0)
-    with pytest.raises(ValueError):
-        RiskLimits(max_drawdown_frac=np.nan)
-    with pytest.raises(ValueError):
-        RiskLimits(drawdown_state=TradingState.ACTIVE)
-    RiskLimits(max_spread_bps=None, max_quote_age_s=None)
+    with pytest.raises(ValueError, match="max_order_notional"):
+        guard(max_order_notional=0.0)
+    with pytest.raises(ValueError, match="max_drawdown_frac"):
+        guard(max_drawdown_frac=np.nan)
+    with pytest.raises(ValueError, match="drawdown_state"):
+        guard(drawdown_state="active")
+    guard(max_spread_bps=0, max_quote_age_s=0)        # 0: those two checks off
 
 
 def test_an_empty_batch_still_moves_the_tiers():
@@ -387,3 +399,14 @@ def test_the_fast_pass_and_the_one_by_one_finish_agree():
         ref = codes(slow, market(position=pos), buy(1, 20.0), *rows)
         assert ref[0] == Denial.POSITION_LIMIT
         assert got == ref[1:]
+
+
+def test_a_stale_intent_only_reduces():
+    """From a stale model stage (FLAG_STALE) or older than max_intent_age_s: it may close or
+    shrink a position, never open, grow or flip one."""
+    g = guard(max_intent_age_s=5.0)
+    pos = np.array([2.0, 0.0, 0.0, 0.0])
+    assert codes(g, market(position=pos), buy(1, age=6.0), buy(0, flags=FLAG_STALE), sell(0, 3.0, age=6.0),
+                 sell(0, 1.0, age=6.0), sell(0, 1.0, flags=FLAG_STALE), buy(1, age=4.0)) == \
+        [Denial.STALE_INTENT, Denial.STALE_INTENT, Denial.STALE_INTENT, Denial.PASSED, Denial.PASSED,
+         Denial.PASSED]

@@ -139,6 +139,8 @@ class _Book:
         return self.bids if side == SIDE_BUY else self.asks
 
     def available(self, side: int, price: float, qty: float) -> float:
+        if qty == math.inf:                         # a top of book of unknown size
+            return math.inf
         left = qty - self.taken[side].get(price, 0.0)
         return left if left > _DUST * qty else 0.0
 
@@ -203,7 +205,7 @@ class PaperBroker:
         A malformed book (NaN, price <= 0, qty < 0, unsorted, crossed) is ignored and
         counted, keeping the last good one; returns whether it was taken."""
         ts = self._enter(ts_ns)
-        bids, asks = _clean(bids, SIDE_BUY), _clean(asks, SIDE_SELL)
+        bids, asks = _clean(bids, SIDE_BUY, top_only), _clean(asks, SIDE_SELL, top_only)
         if bids is None or asks is None or (len(bids) and len(asks) and bids[0, 0] >= asks[0, 0]):
             self.ignored["books"] += 1
             return False
@@ -220,7 +222,9 @@ class PaperBroker:
 
     def on_quote(self, symbol_id: int, bid: float, bid_qty: float, ask: float, ask_qty: float,
                  ts_ns: int) -> bool:
-        """A top of book (book ticker): no depth is known behind it."""
+        """A top of book (book ticker): no depth is known behind it. A size of ``math.inf``
+        is a quote whose size the feed does not carry (the pipeline's tick records): the
+        top is taken to hold any order, at the top price moved by slippage_bps."""
         return self.on_book(symbol_id, np.array([[bid, bid_qty]], float),
                             np.array([[ask, ask_qty]], float), ts_ns, top_only=True)
 
@@ -306,6 +310,12 @@ class PaperBroker:
         self._run(ts, inclusive=False)
         self._now = ts
         return ts
+
+    def next_due_ns(self) -> int | None:
+        """When the next request arrives at the venue or the next report reaches us (None:
+        nothing in flight): a live caller sleeps no longer than this."""
+        due = [q[0][0] for q in (self._actions, self._events) if q]
+        return min(due) if due else None
 
     def _run(self, until: int, inclusive: bool) -> None:
         while self._actions and (self._actions[0][0] < until
@@ -472,13 +482,15 @@ def _hashable(x) -> bool:
     return True
 
 
-def _clean(levels, side: int) -> np.ndarray | None:
-    """The levels as an (n, 2) float array without empty rows, or None if malformed."""
+def _clean(levels, side: int, top_only: bool = False) -> np.ndarray | None:
+    """The levels as an (n, 2) float array without empty rows, or None if malformed
+    (a size of +inf is allowed in a top of book: size unknown)."""
     try:
         lv = np.asarray(levels, dtype=float).reshape(-1, 2)
     except (TypeError, ValueError):
         return None
-    if not np.isfinite(lv).all() or (lv[:, 0] <= 0).any() or (lv[:, 1] < 0).any():
+    sizes_ok = (np.isfinite(lv[:, 1]) | (top_only & (lv[:, 1] == np.inf))).all()
+    if not np.isfinite(lv[:, 0]).all() or not sizes_ok or (lv[:, 0] <= 0).any() or (lv[:, 1] < 0).any():
         return None
     lv = lv[lv[:, 1] > 0]
     step = np.diff(lv[:, 0])

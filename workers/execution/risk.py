@@ -17,7 +17,8 @@ Two kinds of rule, each with its own ``Denial`` code:
   ``kill_switch(False)``. A tier blocks with the code of the cause that set it (HALTED /
   REDUCING_ONLY for a manual halt), so the counters say *why* trading stopped.
 * order rules deny one intent and move nothing: bad input, order notional, spread, price band,
-  and the limits an intent would push past (position, gross and venue exposure, route
+  a stale intent that does not reduce (its model stage stale, or older than ``max_intent_age_s``
+  from its tick), and the limits an intent would push past (position, gross and venue exposure, route
   imbalance, open legs, open orders, order rate). An intent that reduces exposure never breaches
   an exposure limit; open orders and order rate bind every intent, since a venue ban is worse.
 
@@ -28,13 +29,14 @@ out, a clock passed in.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from enum import IntEnum
 
 import numpy as np
 
 from pipeline.clock import Clock
-from shm.records import INTENT, ORDER_LIMIT, ORDER_MARKET, SIDE_BUY, SIDE_SELL, TIF_GTC, TIF_POST_ONLY
+from pipeline.config import RiskConfig, check_risk
+from shm.records import FLAG_STALE, INTENT, ORDER_LIMIT, ORDER_MARKET, SIDE_BUY, SIDE_SELL, TIF_GTC, TIF_POST_ONLY
 
 DAY_NS = 86_400 * 1_000_000_000
 FOREVER_NS = 2**62          # a latch that only ``resume`` lifts
@@ -79,6 +81,9 @@ class Denial(IntEnum):
     SPREAD = 16
     PRICE_BAND = 17
     STALE_QUOTE = 18
+    STALE_INTENT = 19
+    IN_FLIGHT = 20          # the desk's own rules, after the guard: counted here, one table of codes
+    VENUE_RULES = 21
 
 
 DENIAL_TEXT = {
@@ -102,43 +107,16 @@ DENIAL_TEXT = {
     Denial.SPREAD: "spread too wide (or no two-sided quote) for a market order",
     Denial.PRICE_BAND: "price outside the band around the last trade (or no last trade)",
     Denial.STALE_QUOTE: "quote of the symbol is stale",
+    Denial.STALE_INTENT: "stale intent (from a stale model stage, or older than risk.max_intent_age_s "
+                         "from its tick): it may only reduce a position",
+    Denial.IN_FLIGHT: "an order for the symbol is still unanswered (or a crash left it unresolved)",
+    Denial.VENUE_RULES: "no valid order after the venue's tick, lot and notional rules",
 }
 
 
-@dataclass
-class RiskLimits:
-    """The desk's limits. Money figures are notionals in the account currency (the caller
-    converts quote currencies before filling the ``MarketView``)."""
-    max_daily_loss_frac: float = 0.03      # loss since the UTC day's start, as a fraction of day-start equity
-    daily_loss_state: TradingState = TradingState.HALTED   # a blown day stops everything, latched to day end
-    max_drawdown_frac: float = 0.10        # fall from the equity peak, as a fraction of the peak
-    drawdown_state: TradingState = TradingState.REDUCING   # unwinding stays possible, latched until resume
-    max_gross_exposure: float = 100_000.0  # sum over symbols of |position| x mark price
-    max_venue_exposure: float = 50_000.0   # the same sum over one venue's symbols (counterparty risk)
-    max_open_orders: int = 50              # resting orders (limit GTC / post-only) per venue
-    max_orders_per_s: float = 10.0         # token bucket refill per venue
-    order_burst: int = 20                  # token bucket size per venue
-    max_feed_silence_s: float = 10.0       # a venue feed silent longer than this is stale
-    max_route_imbalance: float = 5_000.0   # |sum over a route's legs of position x mark|
-    max_open_legs: int = 4                 # legs of a route holding a position
-    max_position_notional: float = 20_000.0  # |position| x mark per symbol
-    max_order_notional: float = 5_000.0    # qty x price per intent (fat-finger guard)
-    max_spread_bps: float | None = 50.0    # market orders only; None: no quotes on this desk, no check
-    price_band_bps: float = 200.0          # limit price (market: the touch) vs the last trade
-    max_quote_age_s: float | None = 5.0    # quote older than this: symbol REDUCING; None: no check
-
-    def __post_init__(self):
-        self.daily_loss_state = TradingState(self.daily_loss_state)
-        self.drawdown_state = TradingState(self.drawdown_state)
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if f.name.endswith("_state") or (v is None and f.name in ("max_spread_bps", "max_quote_age_s")):
-                continue
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-                raise ValueError(f"RiskLimits.{f.name} must be a finite number > 0, got {v!r}")
-        for name in ("daily_loss_state", "drawdown_state"):
-            if getattr(self, name) == TradingState.ACTIVE:
-                raise ValueError(f"RiskLimits.{name} must be REDUCING or HALTED")
+def _state(x) -> TradingState:
+    """A configured state: "reducing" / "halted" (or a TradingState)."""
+    return x if isinstance(x, TradingState) else TradingState[str(x).upper()]
 
 
 @dataclass
@@ -230,7 +208,7 @@ class RiskGuard:
     per-venue order-rate buckets. ``venue_of`` maps symbol id -> venue index into ``venues``;
     ``route_of`` maps symbol id -> route index (-1: the symbol is on no route)."""
 
-    def __init__(self, n_symbols: int, venue_of: np.ndarray, venues: list[str], limits: RiskLimits,
+    def __init__(self, n_symbols: int, venue_of: np.ndarray, venues: list[str], limits: RiskConfig,
                  clock: Clock, route_of: np.ndarray | None = None, saved: dict | None = None):
         self.n_symbols = int(n_symbols)
         self.venues = list(venues)
@@ -243,7 +221,11 @@ class RiskGuard:
         if self.route_of.shape != (self.n_symbols,) or (self.n_symbols and self.route_of.min() < -1):
             raise ValueError("route_of must map every symbol id to a route index or -1")
         self.n_routes = int(self.route_of.max(initial=-1)) + 1
+        check_risk(limits)
         self.limits = limits
+        self._loss_state, self._drawdown_state = _state(limits.daily_loss_state), _state(limits.drawdown_state)
+        if TradingState.ACTIVE in (self._loss_state, self._drawdown_state):
+            raise ValueError("daily_loss_state and drawdown_state must be REDUCING or HALTED")
         self.clock = clock
         self._sizes = {Tier.GLOBAL: 1, Tier.VENUE: len(self.venues), Tier.ROUTE: self.n_routes,
                        Tier.SYMBOL: self.n_symbols}
@@ -386,9 +368,9 @@ class RiskGuard:
         loss = (day - eq) / day if acct_ok else 0.0
         dd = (peak - eq) / peak if acct_ok else 0.0
         self._sync(Tier.GLOBAL, Denial.DAILY_LOSS, one & (loss >= lim.max_daily_loss_frac),
-                   lim.daily_loss_state, lambda _: f"daily loss {loss:.2%} >= {lim.max_daily_loss_frac:.2%}",
+                   self._loss_state, lambda _: f"daily loss {loss:.2%} >= {lim.max_daily_loss_frac:.2%}",
                    now, (now // DAY_NS + 1) * DAY_NS)
-        self._sync(Tier.GLOBAL, Denial.DRAWDOWN, one & (dd >= lim.max_drawdown_frac), lim.drawdown_state,
+        self._sync(Tier.GLOBAL, Denial.DRAWDOWN, one & (dd >= lim.max_drawdown_frac), self._drawdown_state,
                    lambda _: f"drawdown {dd:.2%} from peak {peak} >= {lim.max_drawdown_frac:.2%}",
                    now, FOREVER_NS)
         self._sync(Tier.GLOBAL, Denial.GROSS_EXPOSURE, one & (not gross <= lim.max_gross_exposure),
@@ -408,7 +390,7 @@ class RiskGuard:
         self._sync(Tier.SYMBOL, Denial.POSITION_LIMIT, ~(expo <= lim.max_position_notional),
                    TradingState.REDUCING,
                    lambda s: f"symbol {s} position notional {expo[s]:.2f} > {lim.max_position_notional}", now)
-        if lim.max_quote_age_s is not None:
+        if lim.max_quote_age_s:
             age_ns = now - np.asarray(mv.quote_ns, np.int64)
             self._sync(Tier.SYMBOL, Denial.STALE_QUOTE, age_ns > lim.max_quote_age_s * 1e9,
                        TradingState.REDUCING,
@@ -502,7 +484,7 @@ class RiskGuard:
             spread_bps = (ask - bid) / mid * 1e4
             band_bps = np.abs(px - last) / last * 1e4
         rules = [(~(order_notional <= lim.max_order_notional), Denial.ORDER_NOTIONAL)]
-        if lim.max_spread_bps is not None:
+        if lim.max_spread_bps:
             quoted = _valid(bid) & _valid(ask) & (ask >= bid)
             rules.append((is_mkt & ~(quoted & (spread_bps <= lim.max_spread_bps)), Denial.SPREAD))
         rules.append((~(_valid(last) & (band_bps <= lim.price_band_bps)), Denial.PRICE_BAND))
@@ -511,12 +493,17 @@ class RiskGuard:
 
         cand = np.flatnonzero(codes == 0)
         if len(cand):
-            codes[cand] = self._sequential(intents[cand], s[cand], px[cand], st[cand], stc[cand], world)
+            with np.errstate(all="ignore"):
+                age_ns = now - intents["ts_origin_ns"][cand].astype(np.int64)
+            stale = (((intents["flags"][cand] & FLAG_STALE) != 0)
+                     | (age_ns > lim.max_intent_age_s * 1e9))
+            codes[cand] = self._sequential(intents[cand], s[cand], px[cand], st[cand], stc[cand], stale,
+                                           world)
         self._counts += np.bincount(codes, minlength=len(Denial))
         return codes
 
     def _sequential(self, it: np.ndarray, s: np.ndarray, px: np.ndarray, st: np.ndarray, stc: np.ndarray,
-                    world: dict) -> np.ndarray:
+                    stale: np.ndarray, world: dict) -> np.ndarray:
         """The rules that depend on the intents before in the batch (see ``check``)."""
         lim = self.limits
         n = len(it)
@@ -547,6 +534,7 @@ class RiskGuard:
         open_b = by_venue.before(open0, resting.astype(float))
         used_b = by_venue.before(np.zeros(len(self.venues)), np.ones(n))
         breach = (((st == _REDUCING) & ~reducing)
+                  | (stale & ~reducing)
                   | (grows & ~(np.abs(pa) * mark <= lim.max_position_notional))
                   | ((d_exp > 0) & ~(gross_after <= lim.max_gross_exposure))
                   | ((d_exp > 0) & ~(venue_after <= lim.max_venue_exposure))
@@ -574,11 +562,11 @@ class RiskGuard:
             for i in range(k):        # positions in batch order, rounding as the fast pass did
                 acc["pos"][s[i]] = pa[i]
         out[k:] = self._one_by_one(s[k:], v[k:], rkey[k:], on_route[k:], dq[k:], mark[k:], resting[k:],
-                                   st[k:], stc[k:], acc)
+                                   st[k:], stc[k:], stale[k:], acc)
         self._tokens -= acc["used"]
         return out
 
-    def _one_by_one(self, s, v, rkey, on_route, dq, mark, resting, st, stc, acc: dict) -> np.ndarray:
+    def _one_by_one(self, s, v, rkey, on_route, dq, mark, resting, st, stc, stale, acc: dict) -> np.ndarray:
         """The same rules as the fast pass of ``_sequential``, one intent at a time on plain floats
         (the rest of a batch after its first breach); ``acc`` is updated by each intent that passes."""
         lim = self.limits
@@ -587,9 +575,9 @@ class RiskGuard:
         gross = acc["gross"]
         tokens = self._tokens.tolist()
         out = np.zeros(len(s), np.uint8)
-        for i, (si, vi, ri, routed, q, m, rest, state, scode) in enumerate(zip(
+        for i, (si, vi, ri, routed, q, m, rest, state, scode, old) in enumerate(zip(
                 s.tolist(), v.tolist(), rkey.tolist(), on_route.tolist(), dq.tolist(), mark.tolist(),
-                resting.tolist(), st.tolist(), stc.tolist())):
+                resting.tolist(), st.tolist(), stc.tolist(), stale.tolist())):
             b = pos[si]
             a = b + q
             red = b != 0 and a * b >= 0 and abs(a) < abs(b)
@@ -598,6 +586,8 @@ class RiskGuard:
             opened = b == 0 and a != 0
             if state == TradingState.REDUCING and not red:
                 code = scode
+            elif old and not red:
+                code = Denial.STALE_INTENT
             elif abs(a) > abs(b) and not abs(a) * m <= lim.max_position_notional:
                 code = Denial.POSITION_LIMIT
             elif d > 0 and not gross + d <= lim.max_gross_exposure:
@@ -628,6 +618,19 @@ class RiskGuard:
         """Denial name -> count since start (or since the restored state), every code listed so
         a metrics series exists before its first denial."""
         return {d.name: int(self._counts[d]) for d in Denial if d != Denial.PASSED}
+
+    def count(self, code: Denial, passed_before: bool = True) -> None:
+        """Count a denial made after the guard passed an intent (the desk's own rules), so one
+        table of codes counts every refusal."""
+        self._counts[int(code)] += 1
+        if passed_before:
+            self._counts[Denial.PASSED] -= 1
+
+    def add_counts(self, denials: dict[str, int], passed: int) -> None:
+        """Add counts made after the last saved state (the journal's verdicts since it)."""
+        for name, n in denials.items():
+            self._counts[Denial[name]] += int(n)
+        self._counts[Denial.PASSED] += int(passed)
 
     def passed(self) -> int:
         return int(self._counts[Denial.PASSED])

@@ -1,0 +1,542 @@
+"""The desk: what execution does with market data and intents, as one pure core.
+
+A step's intents go through the four-tier risk guard (risk.py) in one batch, then
+one by one through the venue's order rules (venue_rules.py, where the desk knows
+the venue's markets), into the order manager (orders.py: a client order id
+derived from the pipeline, the strategy, the run and the intent seq) and out to
+the paper broker (broker.py), which matches them on the book the feed shows, with
+latency and maker/taker fees. What comes back (acks, fills, expiries, rejects)
+moves the orders and, for fills, the portfolio (portfolio.py).
+
+Money rules, as the desk keeps them:
+
+* Every intent is journaled, with a verdict row when it is refused (a Denial code
+  and the cause); every order event, fill, position change, risk state change
+  and manual command is journaled too (pipeline/journal.py).
+* Write-ahead: a step's orders are committed to the journal (created, then
+  submitted) before the broker sees any of them; a fill is committed with the
+  position it makes before the caller may publish either.
+* ``recover`` rebuilds everything from the journal at start: positions, realised
+  P&L and fees from every fill of every run; the orders still open and those of
+  this run (so a restarted execution never sends an intent twice); the risk
+  tiers and the account's equity peak and day start from the last snapshot, and
+  the manual commands journaled after it (`pipeline halt` while stopped). An
+  order a crash left open is resolved before any new order: the paper venue
+  lived in the crashed process, so nothing more of it can fill, and it is
+  expired with that reason. Positions journaled that the fills do not explain
+  halt the global tier.
+
+Pure: numpy records in, records out, a clock and a journal passed in, so a
+backtest drives the same desk as the execution process.
+"""
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipeline.clock import Clock
+from pipeline.config import ExecutionConfig, RiskConfig
+from pipeline.journal import Journal
+from pipeline.metrics import LatencyHistogram
+from shm.records import (FILL, INTENT, ORDER, ORDER_LIMIT, TICK_GAP, TICK_TRADE, TIF_GTC,
+                         TIF_POST_ONLY)
+
+from .broker import LatencyModel, PaperBroker
+from .orders import BLOCKING, TERMINAL, OrderManager, OrderState, VenueStatus, orders_from_events
+from .portfolio import Portfolio
+from .risk import DAY_NS, Denial, MarketView, RiskGuard, TradingState
+from .venue_rules import Denial as RuleDenial, SymbolRules, round_order
+
+PAPER_LOST = "the paper venue ran inside the process that stopped: nothing more of it can fill"
+STAGES = ("tick_to_intent", "intent_to_submit", "submit_to_ack", "ack_to_fill", "tick_to_fill")
+SNAPSHOT_EVERY_NS = 60 * 1_000_000_000
+EVENTS_KEPT = 200
+POSITION_TOLERANCE = 1e-9
+
+
+@dataclass
+class StepOut:
+    """What a step produced, for the caller to publish (everything in it is journaled)."""
+    orders: list = field(default_factory=list)      # ORDER records
+    fills: list = field(default_factory=list)       # FILL records
+    symbols: set = field(default_factory=set)       # symbol ids whose position changed
+
+    def extend(self, other: "StepOut") -> "StepOut":
+        self.orders += other.orders
+        self.fills += other.fills
+        self.symbols |= other.symbols
+        return self
+
+
+class Desk:
+    """Risk guard, order manager, paper broker and portfolio of one execution process.
+    ``symbols`` are the symbol keys by id ("BTC/USDT@binance"), ``venue_of`` each one's
+    index into ``venues``; ``rules`` the venue order rules by symbol id, where known."""
+
+    def __init__(self, symbols: list[str], venue_of: np.ndarray, venues: list[str],
+                 ec: ExecutionConfig, rc: RiskConfig, clock: Clock, journal: Journal,
+                 pipeline: str, run_id: str, rules: dict[int, SymbolRules] | None = None, log=None):
+        n = len(symbols)
+        self.symbols = list(symbols)
+        self.index = {key: i for i, key in enumerate(self.symbols)}
+        self.venues = list(venues)
+        self.venue_of = np.asarray(venue_of, np.int64)
+        self.clock, self.journal, self.log = clock, journal, log
+        self.pipeline, self.run_id = pipeline, run_id
+        self.rules = rules or {}
+        self.capital = float(ec.capital)
+        self.portfolio = Portfolio.empty(n)
+        self.market = MarketView.empty(n, len(self.venues))
+        self.guard = RiskGuard(n, self.venue_of, self.venues, rc, clock)
+        self.orders = OrderManager(clock)
+        ms = 1_000_000
+        self.broker = PaperBroker(clock, {v: (ec.maker_fee_bps, ec.fee_bps) for v in self.venues},
+                                  LatencyModel(int(ec.ack_latency_ms * ms), int(ec.fill_latency_ms * ms),
+                                               int(ec.latency_jitter_ms * ms)), ec.slippage_bps)
+        self.order_ids: dict[str, int] = {}
+        self.next_order_id = 1
+        self.equity_peak = self.day_start_equity = self.capital
+        self.day = clock.time_ns() // DAY_NS
+        self.latency = {(v, s): LatencyHistogram() for v in self.venues for s in STAGES}
+        self._samples: dict[tuple[str, str], list[int]] = {k: [] for k in self.latency}
+        self.feed: deque[dict] = deque(maxlen=EVENTS_KEPT)     # risk events for the tap
+        self.feed_dropped = 0
+        self.restored: dict[str, float] = {}
+        self._why = ""
+        self._shown: dict[int, int] = {}        # symbol -> time of the quote the broker last saw
+        self.counters = {"intents": 0, "orders": 0, "fills": 0, "skipped_replay": 0,
+                         "resolved_at_start": 0}
+        self._next_snapshot = 0
+
+    # -- market data ------------------------------------------------------------------------
+    def on_ticks(self, ticks: np.ndarray) -> None:
+        """The last trade, quote and feed health per symbol and venue; the paper broker
+        sees the ticks of symbols with open orders (the rest it is shown before a submit)."""
+        if len(ticks) == 0:
+            return
+        sid = ticks["symbol_id"].astype(np.int64)
+        ok = sid < len(self.symbols)
+        ticks, sid = ticks[ok], sid[ok]
+        ts = ticks["ts_origin_ns"].astype(np.int64)
+        m = self.market
+        price, bid, ask = ticks["price"], ticks["bid"], ticks["ask"]
+        with np.errstate(invalid="ignore"):
+            trade = (ticks["kind"] == TICK_TRADE) & np.isfinite(price) & (price > 0)
+            quote = np.isfinite(bid) & np.isfinite(ask) & (bid > 0) & (ask >= bid)
+        m.last[sid[trade]] = price[trade]             # numpy assigns in order: the last one stays
+        m.bid[sid[quote]], m.ask[sid[quote]], m.quote_ns[sid[quote]] = bid[quote], ask[quote], ts[quote]
+        v = self.venue_of[sid]
+        for vi in np.unique(v):
+            mine = np.flatnonzero(v == vi)
+            m.venue_last_ns[vi] = max(int(m.venue_last_ns[vi]), int(ts[mine].max()))
+            m.venue_connected[vi] = ticks["kind"][mine[-1]] != TICK_GAP
+        active = {o.symbol_id for o in self.orders._live.values()}
+        if active:
+            for i in np.flatnonzero(np.isin(sid, list(active))):
+                s = int(sid[i])
+                if quote[i]:
+                    self.broker.on_quote(s, float(bid[i]), math.inf, float(ask[i]), math.inf, int(ts[i]))
+                    self._shown[s] = ts[i]
+                if trade[i]:
+                    self.broker.on_trade(s, float(price[i]), float(ticks["size"][i]), int(ticks["side"][i]),
+                                         int(ts[i]))
+
+    # -- intents ----------------------------------------------------------------------------
+    def on_intents(self, intents: np.ndarray) -> StepOut:
+        """Check, journal and send a step's intents; what the broker answered by now comes back."""
+        if intents.dtype != INTENT:
+            raise TypeError(f"intents must have the INTENT dtype, got {intents.dtype}")
+        now = self.clock.time_ns()
+        m = self.market
+        m.position[:] = self.portfolio.rows["qty"] + self._working()
+        m.open_orders[:] = self._resting_per_venue()
+        self._account(now)
+        codes = self.guard.check(intents, m)
+        blocked = self.orders.blocked_symbols()
+        out, sent = StepOut(), []
+        for intent, code in zip(intents, codes.tolist()):
+            sid = int(intent["symbol_id"])
+            key = self.symbols[sid] if sid < len(self.symbols) else f"#{sid}"
+            self.counters["intents"] += 1
+            strategy = f"{int(intent['strategy_id'])}.{self.run_id}"
+            self.journal.append("intent", now, _fields(intent), symbol=key)
+            qty, limit = float(intent["qty"]), float(intent["limit_price"])
+            if code == 0 and sid in blocked and any(o.symbol_id == sid for o in sent):
+                out.extend(self._send(sent))   # a second intent for a symbol in one step:
+                sent = []                       # the first one's answer comes first
+                blocked = self.orders.blocked_symbols()
+            if code == 0 and sid in blocked:
+                code = self._deny_after(Denial.IN_FLIGHT)
+            if code == 0 and sid in self.rules:
+                r = round_order(self.rules[sid], int(intent["side"]), qty, limit, float(intent["ref_price"]),
+                                int(intent["order_type"]))
+                if isinstance(r, RuleDenial):
+                    code = self._deny_after(Denial.VENUE_RULES, f"{r.code}: {r.reason}")
+                else:
+                    qty, limit = float(r.qty), (math.nan if r.price is None else float(r.price))
+            if code:
+                self._verdict(intent, key, code, now)
+                continue
+            order = self.orders.create(intent, self.venues[self.venue_of[sid]], self.pipeline, strategy,
+                                       qty=qty, limit_price=limit)
+            if order.duplicate:
+                self.counters["skipped_replay"] += 1
+                continue
+            self.orders.submitted(order.client_id)
+            self.order_ids[order.client_id] = oid = self.next_order_id
+            self.next_order_id += 1
+            self._journal_order_events()
+            blocked.add(sid)
+            out.orders.append(_order_record(order, oid, now, float(intent["ref_price"])))
+            sent.append(order)
+            self._observe(order.venue, "tick_to_intent", int(intent["ts_ns"]) - int(intent["ts_origin_ns"]))
+        return out.extend(self._send(sent))
+
+    def _send(self, sent: list) -> StepOut:
+        """Write-ahead: the orders are committed to the journal (created, submitted) before
+        the venue hears of any; then what it answered by now."""
+        self._journal_order_events()
+        self.journal.commit()
+        m = self.market
+        for order in sent:
+            s = order.symbol_id
+            if math.isfinite(m.bid[s]) and math.isfinite(m.ask[s]) and self._shown.get(s) != m.quote_ns[s]:
+                self.broker.on_quote(s, float(m.bid[s]), math.inf, float(m.ask[s]), math.inf, int(m.quote_ns[s]))
+                self._shown[s] = m.quote_ns[s]
+            self.broker.submit(order.client_id, s, order.venue, order.side, order.order_type, order.tif,
+                               order.qty, order.limit_price)
+            self._observe(order.venue, "intent_to_submit", self.clock.time_ns() - order.timestamps["CREATED"])
+            self.counters["orders"] += 1
+        return self.poll()
+
+    def _deny_after(self, code: Denial, reason: str = "") -> int:
+        """A refusal after the guard passed the intent: counted with the guard's."""
+        self.guard.count(code)
+        self._why = reason
+        return int(code)
+
+    def _verdict(self, intent, key: str, code: int, now: int) -> None:
+        reason = getattr(self, "_why", "") or self.guard.describe(intent, code)
+        self._why = ""
+        payload = {"intent_seq": int(intent["seq"]), "code": Denial(code).name, "reason": reason}
+        self.journal.append("verdict", now, payload, symbol=key)
+        self._tap({"kind": "denial", "symbol": key, "code": Denial(code).name, "reason": reason,
+                   "intent_seq": int(intent["seq"]), "ts_ns": now})
+
+    # -- what the venue says ------------------------------------------------------------------
+    def poll(self) -> StepOut:
+        """The broker's reports due by now: orders moved, fills journaled with their position
+        (committed) and returned for publishing."""
+        out = StepOut()
+        for ev in self.broker.poll():
+            cid = ev.client_order_id
+            order = self.orders.get(cid)
+            if ev.kind == "ack":
+                if self.orders.on_ack(cid, cid):
+                    self._observe(order.venue, "submit_to_ack", ev.ts_ns - order.timestamps["SUBMITTED"])
+            elif ev.kind == "fill":
+                first = order.fills_qty == 0
+                if self.orders.on_fill(cid, ev.fill_id, ev.qty, ev.price, ev.fee, ev.liquidity):
+                    rec = self._apply_fill(order, ev.fill_id, ev.qty, ev.price, ev.fee, ev.liquidity, ev.ts_ns)
+                    out.fills.append(rec)
+                    out.symbols.add(order.symbol_id)
+                    if first:
+                        since = order.timestamps.get("ACCEPTED", order.timestamps["SUBMITTED"])
+                        self._observe(order.venue, "ack_to_fill", max(ev.ts_ns - since, 0))
+                    self._observe(order.venue, "tick_to_fill", ev.ts_ns - order.ts_origin_ns)
+            elif ev.kind == "expired":
+                self.orders.on_expire(cid, ev.reason)
+            elif ev.kind == "cancelled":
+                self.orders.on_cancel(cid, ev.reason)
+            elif ev.kind == "reject":
+                if order.state in BLOCKING:
+                    self.orders.on_reject(cid, ev.reason)
+                elif self.log:                  # a cancel refused: the order stays as it is
+                    self.log.info("order %s: venue refused a request: %s", cid, ev.reason)
+        self._journal_order_events()
+        self._journal_risk_events()
+        if self.journal.pending:
+            self.journal.commit()
+        return out
+
+    def _apply_fill(self, order, fill_id: str, qty: float, price: float, fee: float, liquidity: int,
+                    ts_ns: int, flags: int = 0) -> np.ndarray:
+        sid = order.symbol_id
+        rec = np.zeros(1, FILL)
+        rec["ts_origin_ns"], rec["ts_ns"] = order.ts_origin_ns, ts_ns
+        rec["order_id"] = self.order_ids.get(order.client_id, 0)
+        rec["symbol_id"], rec["side"], rec["liquidity"], rec["flags"] = sid, order.side, liquidity, flags
+        rec["price"], rec["qty"], rec["fee"] = price, qty, fee
+        rec["position"] = self.portfolio.qty(sid) + order.side * qty
+        self.portfolio.apply(rec[0])
+        key = self.symbols[sid]
+        self.journal.append("fill", ts_ns, {**_fields(rec[0]), "fill_id": fill_id}, symbol=key,
+                            venue=order.venue, client_order_id=order.client_id)
+        self.journal.append("position", ts_ns, _fields(self.portfolio.rows[sid]), symbol=key)
+        self.counters["fills"] += 1
+        return rec[0]
+
+    # -- commands and state ----------------------------------------------------------------------
+    def command(self, cmd: dict) -> str:
+        """`pipeline halt` / `resume`: applied, journaled with the state it makes, committed.
+        Returns '' or why the command cannot apply (nothing changes then)."""
+        try:
+            tier, key = _tier_key(cmd, self.index)
+            action = cmd.get("action")
+            if action == "halt":
+                self.guard.halt(tier, key, reducing=bool(cmd.get("reducing")),
+                                reason=str(cmd.get("reason") or "halted by hand"))
+            elif action == "resume":
+                self.guard.resume(tier, key)
+            else:
+                raise ValueError(f"unknown action {action!r}")
+        except (ValueError, KeyError) as e:
+            return str(e)
+        self.journal.append("command", self.clock.time_ns(), {k: cmd[k] for k in cmd if k != "target"})
+        self._journal_risk_events()
+        self.snapshot()
+        return ""
+
+    def snapshot(self) -> None:
+        """The risk tiers and the account's reference figures, journaled and committed:
+        what ``recover`` starts from."""
+        now = self.clock.time_ns()
+        self.journal.append("risk_state", now, {"snapshot": self.guard.state(),
+                                                "equity_peak": self.equity_peak,
+                                                "day_start_equity": self.day_start_equity, "day": self.day})
+        self.journal.commit()
+        self._next_snapshot = now + SNAPSHOT_EVERY_NS
+
+    def housekeeping(self) -> StepOut:
+        """Between steps: reports due, and a snapshot now and then (the equity peak moves)."""
+        out = self.poll()
+        if self.clock.time_ns() >= self._next_snapshot:
+            self._account(self.clock.time_ns())
+            self.snapshot()
+        return out
+
+    def risk_states(self) -> list[dict]:
+        return self.guard.state()["causes"]
+
+    def drain_feed(self) -> tuple[list[dict], int]:
+        out, dropped = list(self.feed), self.feed_dropped
+        self.feed.clear()
+        self.feed_dropped = 0
+        return out, dropped
+
+    def latency_sparse(self) -> dict:
+        """Per venue and stage, the histogram of every sample so far (LatencyHistogram.to_sparse)."""
+        out: dict = {}
+        for key, h in self.latency.items():
+            if self._samples[key]:
+                h.add(np.array(self._samples[key], np.int64))
+                self._samples[key].clear()
+        for (venue, stage), h in self.latency.items():
+            if h.total:
+                out.setdefault(venue, {})[stage] = h.to_sparse()
+        return out
+
+    # -- recovery ---------------------------------------------------------------------------
+    def recover(self) -> None:
+        """Rebuild from the journal (see the module's docstring); commits what it resolves."""
+        events, snapshot, commands, journaled, missing = [], None, [], {}, {}
+        denied: dict[str, int] = {}          # verdicts and orders since the snapshot: counted
+        passed = 0
+        for row in self.journal.replay():
+            kind, p = row["kind"], row["payload"]
+            if kind == "fill":
+                sid = self.index.get(row["symbol"])
+                if sid is None:
+                    missing[row["symbol"]] = missing.get(row["symbol"], 0.0) + p["side"] * p["qty"]
+                    continue
+                self.portfolio.apply(_record(FILL, p, symbol_id=sid)[0])
+                self.market.last[sid] = p["price"]   # the mark until the feed trades (as `pipeline pnl`)
+            elif kind == "position":
+                journaled[row["symbol"]] = p
+            elif kind == "order" and "cid" in p:
+                events.append(p)
+                passed += p["new"] == "CREATED" and p["old"] == "CREATED"
+            elif kind == "verdict":
+                denied[p["code"]] = denied.get(p["code"], 0) + 1
+                if "order_id" in p:
+                    self.next_order_id = max(self.next_order_id, int(p["order_id"]) + 1)
+            elif kind == "order" and "order_id" in p:           # a journal of the first format
+                self.next_order_id = max(self.next_order_id, int(p["order_id"]) + 1)
+            elif kind == "risk_state" and "snapshot" in p:
+                snapshot, commands, denied, passed = p, [], {}, 0
+            elif kind == "command":
+                commands.append(p)
+        keep = []
+        for d in events:
+            if d["cid"] not in self.order_ids and "order_id" in d:
+                self.order_ids[d["cid"]] = int(d["order_id"])
+        runs = {d["cid"]: d.get("run_id") for d in events}
+        for o in orders_from_events(events):
+            if runs.get(o["client_id"]) == self.run_id or OrderState[o["state"]] not in TERMINAL:
+                keep.append(o)
+        self.orders.restore(keep)
+        if snapshot is not None:
+            self.guard.restore(snapshot["snapshot"])
+            self.equity_peak = float(snapshot["equity_peak"])
+            self.day_start_equity = float(snapshot["day_start_equity"])
+            self.day = int(snapshot["day"])
+        self.guard.add_counts(denied, passed)
+        for cmd in commands:                     # journaled while execution was not running
+            why = self.command(cmd)
+            if why and self.log:
+                self.log.error("journaled command %s cannot apply: %s", cmd, why)
+        for sym, qty in missing.items():
+            if abs(qty) > 1e-12 and self.log:
+                self.log.error("the journal holds a position of %g in %s, which this config does "
+                               "not trade: it is kept in the journal, not traded here", qty, sym)
+        self._check_positions(journaled)
+        self._resolve_open_orders()
+        held = np.flatnonzero(self.portfolio.rows["n_fills"] > 0)
+        self.restored = {self.symbols[int(i)]: float(self.portfolio.rows["qty"][i]) for i in held}
+        self._journal_risk_events()
+        self.snapshot()
+
+    def _check_positions(self, journaled: dict[str, dict]) -> None:
+        """The positions journaled after each fill must be what the fills add up to: if not,
+        something lost or invented a fill, and nothing new trades until a person looks."""
+        bad = []
+        for key, p in journaled.items():
+            sid = self.index.get(key)
+            if sid is None:
+                continue
+            row = self.portfolio.rows[sid]
+            for name in ("qty", "realized_pnl", "fees"):
+                want, got = float(p[name]), float(row[name])
+                if abs(want - got) > POSITION_TOLERANCE * max(1.0, abs(want), abs(got)):
+                    bad.append(f"{key} {name}: journaled {want:.10g}, from fills {got:.10g}")
+        if bad:
+            why = "pnl check failed: " + "; ".join(bad[:5])
+            if self.log:
+                self.log.error("ALERT %s: the global tier is HALTED until `pipeline resume`", why)
+            self.guard.halt("global", None, reason=why)
+
+    def _resolve_open_orders(self) -> None:
+        """Orders a stop or crash left open: the paper venue is gone with the process, so
+        each is settled as the venue would now answer: nothing more filled."""
+        for order in list(self.orders.open_orders()):
+            cid, was = order.client_id, order.state.name
+            if order.state is OrderState.CREATED:
+                self.orders.on_reject(cid, "never sent: " + PAPER_LOST)
+            elif order.state in BLOCKING:
+                self.orders.resolve_unknown(cid, VenueStatus(OrderState.EXPIRED, order.fills_qty, reason=PAPER_LOST))
+            else:
+                self.orders.on_expire(cid, PAPER_LOST)
+            self.counters["resolved_at_start"] += 1
+            if self.log:
+                self.log.warning("order %s was left %s: resolved (%s)", cid, was, PAPER_LOST)
+        self._journal_order_events()
+
+    # -- inside ---------------------------------------------------------------------------------
+    def _working(self) -> np.ndarray:
+        """Signed quantity still open per symbol: what may yet fill counts toward the limits."""
+        w = np.zeros(len(self.symbols))
+        for o in self.orders._live.values():
+            w[o.symbol_id] += o.side * o.remaining_qty
+        return w
+
+    def _resting_per_venue(self) -> np.ndarray:
+        n = np.zeros(len(self.venues), np.int64)
+        for o in self.orders._live.values():
+            if o.order_type == ORDER_LIMIT and o.tif in (TIF_GTC, TIF_POST_ONLY):
+                n[self.venues.index(o.venue)] += 1
+        return n
+
+    def _account(self, now: int) -> None:
+        """Equity marked to the last price: capital + realised - fees + unrealised; its peak,
+        and its value at the start of the UTC day."""
+        rows, m = self.portfolio.rows, self.market
+        mid = (m.bid + m.ask) / 2
+        mark = np.where(np.isfinite(m.last), m.last, np.where(np.isfinite(mid), mid, rows["avg_price"]))
+        unreal = np.where(rows["qty"] != 0, rows["qty"] * (mark - rows["avg_price"]), 0.0)
+        equity = self.capital + float(rows["realized_pnl"].sum() - rows["fees"].sum() + unreal.sum())
+        if now // DAY_NS != self.day:
+            self.day, self.day_start_equity = now // DAY_NS, equity
+        self.equity_peak = max(self.equity_peak, equity)
+        m.equity, m.equity_peak, m.day_start_equity = equity, self.equity_peak, self.day_start_equity
+
+    def equity(self) -> float:
+        return float(self.market.equity)
+
+    def _observe(self, venue: str, stage: str, ns: int) -> None:
+        """One latency sample; folded into the histograms when they are read."""
+        samples = self._samples[(venue, stage)]
+        samples.append(max(int(ns), 0))
+        if len(samples) >= 4096:
+            self.latency[(venue, stage)].add(np.array(samples, np.int64))
+            samples.clear()
+
+    def _tap(self, event: dict) -> None:
+        if len(self.feed) == self.feed.maxlen:
+            self.feed_dropped += 1
+        self.feed.append(event)
+
+    def _journal_order_events(self) -> None:
+        for ev in self.orders.drain_events():
+            d = ev.to_dict()
+            d["order_id"] = self.order_ids.get(ev.cid, 0)
+            d["run_id"] = self.run_id
+            o = ev.detail["order"]
+            self.journal.append("order", ev.ts_ns, d, symbol=self.symbols[o["symbol_id"]], venue=o["venue"],
+                                client_order_id=ev.cid)
+
+    def _journal_risk_events(self) -> None:
+        events = self.guard.drain_events()
+        for ev in events:
+            d = ev.as_dict()
+            self.journal.append("risk_state", ev.ts_ns, d)
+            self._tap({"kind": "state", **d})
+            if self.log:
+                (self.log.warning if ev.new != TradingState.ACTIVE.name else self.log.info)(
+                    "risk: %s%s %s -> %s (%s: %s)", ev.tier, "" if ev.key is None else f" {ev.key}",
+                    ev.old, ev.new, ev.code, ev.reason)
+        if events:
+            self._next_snapshot = 0              # the next housekeeping snapshots the new states
+
+
+def _tier_key(cmd: dict, index: dict[str, int]) -> tuple[str, object]:
+    """(tier, key) of a command; a symbol key by its id."""
+    tier = str(cmd.get("tier", "global"))
+    key = cmd.get("key")
+    if tier == "symbol":
+        if key not in index:
+            raise ValueError(f"unknown symbol {key!r}")
+        key = index[key]
+    return tier, key
+
+
+def _order_record(order, order_id: int, now: int, ref_price: float) -> np.ndarray:
+    rec = np.zeros(1, ORDER)
+    rec["ts_origin_ns"], rec["ts_ns"], rec["order_id"] = order.ts_origin_ns, now, order_id
+    rec["intent_seq"], rec["symbol_id"], rec["side"] = order.intent_seq, order.symbol_id, order.side
+    rec["order_type"] = order.order_type
+    rec["price"] = order.limit_price if order.order_type == ORDER_LIMIT else ref_price
+    rec["qty"] = order.qty
+    return rec[0]
+
+
+def _fields(rec) -> dict:
+    """A record's fields as plain values, for the journal (NaN, which JSON cannot hold: None)."""
+    out = dict(zip(rec.dtype.names, rec.tolist()))
+    for name, v in out.items():
+        if type(v) is float and not math.isfinite(v):
+            out[name] = None
+    return out
+
+
+def _record(dtype: np.dtype, fields: dict, **override) -> np.ndarray:
+    """A one-row record of ``dtype`` from journaled fields."""
+    out = np.zeros(1, dtype)
+    for name in dtype.names:
+        if fields.get(name) is not None:
+            out[name] = fields[name]
+    for name, value in override.items():
+        out[name] = value
+    return out
