@@ -328,11 +328,6 @@ def test_a_worker_gets_the_commands_addressed_to_it(tmp_path):
 
 
 # -- a running pipeline ----------------------------------------------------------------
-def execution_handles_commands() -> bool:
-    from workers.execution.worker import WORKER
-    return WORKER.on_command is not Worker.on_command
-
-
 def test_a_running_pipeline_forwards_halt_to_execution(tmp_path):
     from test_pipeline import Pipeline
     p = Pipeline(tmp_path, name="h").start()
@@ -365,18 +360,19 @@ def test_a_running_pipeline_forwards_halt_to_execution(tmp_path):
         r = p.cli("halt", "--symbol", "NOPE/USDT")
         assert r.returncode == 2 and "unknown symbol 'NOPE/USDT'" in r.stderr
         # execution may have applied the venue halts: lift them (confirmed, or not yet)
-        r = p.cli("resume", "--venue", "synthetic", "--timeout", "5")
-        if execution_handles_commands():
-            assert r.returncode == 0, r.stderr
-            r = p.cli("halt", "--reason", "e2e", "--timeout", "30")
-            assert r.returncode == 0, r.stderr
-            assert "risk: " in r.stdout and "global HALTED (manual: e2e)" in r.stdout
-            assert "risk: global HALTED (manual: e2e)" in p.cli("status").stdout
-            assert p.cli("resume", "--timeout", "30").returncode == 0
-        else:
-            assert r.returncode == 1 and r.stderr.strip() == (
-                "pipeline: the execution process did not confirm the resume within 5 s; "
-                "check `pipeline status`")
+        r = p.cli("resume", "--venue", "synthetic", "--timeout", "30")
+        assert r.returncode == 0, r.stderr
+        ex = lambda st: next(w["stats"] for w in st["workers"] if w["id"] == "execution.0")
+        p.wait_status(lambda st: ex(st).get("orders", 0) > 0, "orders before the halt")
+        r = p.cli("halt", "--reason", "e2e", "--timeout", "30")
+        assert r.returncode == 0, r.stderr
+        assert "risk: " in r.stdout and "global HALTED (manual: e2e)" in r.stdout
+        # confirmed means applied: from then on not one new order, only denials
+        orders = ex(p.status())["orders"]
+        st = p.wait_status(lambda st: ex(st)["denials"]["HALTED"] >= 5, "intents denied while halted")
+        assert ex(st)["orders"] == orders
+        assert "risk: global HALTED (manual: e2e)" in p.cli("status").stdout
+        assert p.cli("resume", "--timeout", "30").returncode == 0
         rep = json.loads(p.cli("report", "--json").stdout)
         assert set(rep["risk"]) == {"reported", "states", "denials", "passed", "commands"}
         assert isinstance(rep["trade_latency"], dict)
