@@ -439,6 +439,8 @@ class Journal:
         self.close()
 
     def __repr__(self) -> str:
+        if not hasattr(self, "_next_id"):         # not opened (the lock refused it)
+            return f"Journal({str(self.path)!r}, not open)"
         return f"Journal({str(self.path)!r}, last_id={self.last_id}, pending={self._pending})"
 
 

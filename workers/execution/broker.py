@@ -38,7 +38,9 @@ Resting orders fill as maker at their own price, from
     later book shows less; unknown, a price beyond the shown depth or behind a
     top-of-book feed, counts as an endless queue, so then only trades through fill);
   * a book whose other side crosses the price: the crossing quantity (levels
-    exactly at the price only when nothing stands ahead).
+    exactly at the price only when nothing stands ahead); a top of book of unknown
+    size (``on_quote`` with ``math.inf``) fills nothing this way: how much crossed
+    is not known, so only the trades count.
 A trade by an aggressor on the order's own side never fills it: such a print means
 the other side crossed the price, and that volume is counted from the book.
 """
@@ -381,6 +383,8 @@ class PaperBroker:
                 for level_price, level_qty in book.levels(-side):
                     level_price = float(level_price)
                     if order.state == "closed" or not _crosses(side, order.limit, level_price):
+                        break
+                    if level_qty == math.inf:   # a quote of unknown size: only trades fill a resting order
                         break
                     if level_price == order.limit and order.ahead > 0:
                         break

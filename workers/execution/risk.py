@@ -42,6 +42,7 @@ DAY_NS = 86_400 * 1_000_000_000
 FOREVER_NS = 2**62          # a latch that only ``resume`` lifts
 NO_LATCH = -1               # the cause goes as soon as its condition clears
 STATE_VERSION = 1
+DUST_NOTIONAL = 1e-8        # a notional below this (quote currency) is zero: below any venue's minimum
 _REDUCING, _HALTED = 1, 2   # TradingState as plain ints: numpy compares an IntEnum slowly
 
 
@@ -468,7 +469,7 @@ class RiskGuard:
             notional_in = qty * own_px
         bad = (~known | ((side != SIDE_BUY) & (side != SIDE_SELL))
                | ((otype != ORDER_MARKET) & ~is_limit) | ~((tif >= TIF_GTC) & (tif <= TIF_POST_ONLY))
-               | ~_valid(qty) | ~_valid(own_px) | ~_valid(ref_px) | ~_valid(notional_in))
+               | ~_valid(qty) | ~_valid(own_px) | ~_valid(ref_px) | ~(notional_in >= DUST_NOTIONAL))
         codes[bad] = int(Denial.BAD_INPUT)
 
         st, stc = eff_state[s], eff_code[s]
