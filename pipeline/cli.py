@@ -435,7 +435,7 @@ def cmd_risk(args) -> int:
                            getattr(args, "reducing", False), reason)
     st = read_state(cfg.run_dir(), cfg.pipeline.name)
     if st is None or not st["alive"]:
-        _journal_risk(cfg, payload)
+        _journal_risk(cfg.journal_path(), payload)
         print(f"not running: the {action} is journaled and applies when `pipeline start` runs")
         return 0
     reply = _request(cfg, payload)
@@ -456,11 +456,11 @@ def cmd_risk(args) -> int:
     return 0
 
 
-def _journal_risk(cfg: Config, payload: dict) -> None:
+def _journal_risk(path: Path, payload: dict) -> None:
     """Nothing runs: append the command to the journal, where execution finds it at start."""
     from .journal import Journal, JournalError
     try:
-        j = Journal(cfg.journal_path())
+        j = Journal(path)
     except JournalError as e:
         if "already open by another writer" in str(e):
             raise UserError(f"{e}: a pipeline is running on this journal (under another "
@@ -563,9 +563,39 @@ def _journal_path(args) -> Path:
 
 def cmd_pnl(args) -> int:
     from .pnl import format_pnl, pnl_report
-    rep = pnl_report(_journal_path(args))
+    path = _journal_path(args)
+    rep = pnl_report(path)
     print(json.dumps(rep, indent=1) if args.json else format_pnl(rep))
-    return 1 if rep["mismatches"] else 0
+    if rep["mismatches"]:
+        _halt_on_mismatch(args, path, rep["mismatches"])
+        return 1
+    return 0
+
+
+def _halt_on_mismatch(args, path: Path, mismatches: list[dict]) -> None:
+    """Positions the fills do not explain: the global tier goes HALTED (on the running
+    pipeline of this journal, or journaled for its next start) until a person resumes."""
+    from .journal import JournalError
+    from .supervisor import read_state
+    reason = "pnl check failed: " + "; ".join(f"{m['symbol']} {m['field']} journaled {m['journaled']:.10g}, "
+                                             f"from fills {m['from_fills']:.10g}" for m in mismatches[:3])
+    payload = {"cmd": "risk", "action": "halt", "tier": "global", "key": None, "reducing": False,
+               "reason": reason[:500], "id": uuid.uuid4().hex}
+    cfg = _load(args)
+    st = read_state(cfg.run_dir(), cfg.pipeline.name)
+    if st is not None and st["alive"] and path.resolve() == cfg.journal_path().resolve():
+        _request(cfg, payload)
+        where = f"pipeline '{cfg.pipeline.name}': global tier HALTED"
+    else:
+        if not path.exists():
+            return
+        try:
+            _journal_risk(path, payload)
+        except (UserError, JournalError) as e:
+            print(f"ALERT: could not journal the halt: {e}", file=sys.stderr)
+            return
+        where = "a global halt is journaled for the next start"
+    print(f"ALERT: {where} until `pipeline resume` ({reason})", file=sys.stderr)
 
 
 def cmd_journal(args) -> int:

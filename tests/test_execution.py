@@ -313,6 +313,10 @@ def test_pnl_and_journal_commands_read_the_journal(runs, capsys, tmp_path):
     assert main(["journal", "verify", "--journal", str(path)]) == 1
     assert f"BROKEN at row {row_id} (edited)" in capsys.readouterr().out
     assert main(["pnl", "--journal", str(path)]) == 1
-    assert "ALERT: the journaled positions disagree with the fills" in capsys.readouterr().out
+    out = capsys.readouterr()
+    assert "ALERT: the journaled positions disagree with the fills" in out.out
+    assert "ALERT: a global halt is journaled for the next start" in out.err
+    halt = journaled(path, "command")[-1]["payload"]
+    assert (halt["action"], halt["tier"]) == ("halt", "global") and "pnl check failed" in halt["reason"]
     assert main(["pnl", "--journal", str(tmp_path / "missing.sqlite")]) == 2
     assert "no journal at" in capsys.readouterr().err

@@ -423,3 +423,14 @@ def test_positions_survive_stop_start_and_a_group_kill9(pipe, journal_dir):
     assert restored(st) == pytest.approx(second)
     assert p.cli("stop").returncode == 0 and p.wait_exit() == 0
     assert "Traceback" not in p.output()
+    # over the three runs: no client order id created twice, no fill applied twice, and
+    # every order the stops and the kill left open was resolved
+    created = [r["client_order_id"] for r in journal.rows(path, kinds=("order",))
+               if r["payload"]["old"] == r["payload"]["new"] == "CREATED"]
+    assert created and len(created) == len(set(created))
+    fill_ids = [r["payload"]["fill_id"] for r in journal.rows(path, kinds=("fill",))]
+    assert len(fill_ids) == len(set(fill_ids))
+    last = {}
+    for r in journal.rows(path, kinds=("order",)):
+        last[r["client_order_id"]] = r["payload"]["new"]
+    assert set(last.values()) <= {"FILLED", "EXPIRED", "CANCELLED", "REJECTED"}

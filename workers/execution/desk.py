@@ -418,20 +418,27 @@ class Desk:
                 self.log.error("ALERT %s: the global tier is HALTED until `pipeline resume`", why)
             self.guard.halt("global", None, reason=why)
 
-    def _resolve_open_orders(self) -> None:
+    def close(self) -> None:
+        """A clean stop: the paper venue stops with the process, so its open orders end
+        now (expired, journaled) rather than at the next start; then a snapshot."""
+        self.poll()
+        self._resolve_open_orders("the pipeline stopped: the paper venue stopped with it")
+        self.snapshot()
+
+    def _resolve_open_orders(self, reason: str = PAPER_LOST) -> None:
         """Orders a stop or crash left open: the paper venue is gone with the process, so
         each is settled as the venue would now answer: nothing more filled."""
         for order in list(self.orders.open_orders()):
             cid, was = order.client_id, order.state.name
             if order.state is OrderState.CREATED:
-                self.orders.on_reject(cid, "never sent: " + PAPER_LOST)
+                self.orders.on_reject(cid, "never sent: " + reason)
             elif order.state in BLOCKING:
-                self.orders.resolve_unknown(cid, VenueStatus(OrderState.EXPIRED, order.fills_qty, reason=PAPER_LOST))
+                self.orders.resolve_unknown(cid, VenueStatus(OrderState.EXPIRED, order.fills_qty, reason=reason))
             else:
-                self.orders.on_expire(cid, PAPER_LOST)
-            self.counters["resolved_at_start"] += 1
+                self.orders.on_expire(cid, reason)
+            self.counters["resolved_at_start"] += reason == PAPER_LOST
             if self.log:
-                self.log.warning("order %s was left %s: resolved (%s)", cid, was, PAPER_LOST)
+                self.log.warning("order %s was left %s: resolved (%s)", cid, was, reason)
         self._journal_order_events()
 
     # -- inside ---------------------------------------------------------------------------------

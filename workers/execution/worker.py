@@ -111,7 +111,8 @@ class ExecutionWorker(Worker):
         self._publish(self.desk.poll())
 
     def finish(self) -> None:
-        self.desk.snapshot()
+        self._publish(self.desk.poll())
+        self.desk.close()
         self.journal.close()
 
     def close(self) -> None:
