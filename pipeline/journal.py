@@ -21,9 +21,9 @@ the id and hash of the last committed row, so rows cut off the end are found too
 the writer checks it on open (cheap) and refuses a journal that does not end
 where it was last committed, rather than rebuild state from it.
 
-Batching: `Journal.append` only adds to the open transaction; `Journal.commit`
-commits the batch, once per step of the execution loop, so the hot path pays a
-JSON dump, a sha256 and an INSERT per row and one commit per step.
+Batching: `Journal.append` only adds a row to the batch in memory (its JSON and
+hash made then, so bad input fails at once); `Journal.commit` writes the batch in
+one transaction, once per step of the execution loop.
 
 Write-ahead, the caller's part (the journal cannot send orders, so it cannot
 enforce this; execution must):
@@ -89,6 +89,9 @@ _EXPORT_BATCH = 65_536
 # payload keys that name credentials, matched on the key lower-cased without - and _
 _SECRET = re.compile(r"apikey|secret|signature|token|passw(or)?d|passphrase|privatekey|credential"
                      r"|authorization|listenkey|^sig$|^auth$")
+# the same words anywhere in a payload's JSON (keys and values): a cheap first look; only
+# a hit pays for the walk over the keys that decides
+_SECRET_IN_TEXT = re.compile(_SECRET.pattern.replace("^sig$", '"sig"').replace("^auth$", '"auth"'))
 
 
 class JournalError(UserError):
@@ -151,11 +154,14 @@ def canonical(payload: Mapping[str, Any]) -> str:
     Raises JournalError for a credential key, NaN/inf or a value JSON cannot hold."""
     if not isinstance(payload, Mapping):
         raise JournalError(f"a journal payload is a dict, not {type(payload).__name__}")
-    _check_payload(payload, "payload")
     try:
-        return _PAYLOAD.encode(payload if type(payload) is dict else dict(payload))
+        text = _PAYLOAD.encode(payload if type(payload) is dict else dict(payload))
     except (TypeError, ValueError) as e:
+        _check_payload(payload, "payload")          # NaN or a credential: say where
         raise JournalError(f"payload cannot be journaled: {e}") from None
+    if _SECRET_IN_TEXT.search(text.lower().replace("_", "").replace("-", "")):
+        _check_payload(payload, "payload")          # a credential key raises, naming it
+    return text
 
 
 def row_hash(prev_hash: str, id: int, ts_ns: int, kind: str, symbol: str | None,
@@ -268,7 +274,7 @@ class Journal:
         except BaseException:
             os.close(self._lock_fd)
             raise
-        self._pending = 0
+        self._rows: list[tuple] = []        # appended, not yet committed
         self._dir_synced = False
 
     def _lock(self) -> int:
@@ -319,7 +325,7 @@ class Journal:
     @property
     def pending(self) -> int:
         """Rows appended since the last commit."""
-        return self._pending
+        return len(self._rows)
 
     @property
     def last_id(self) -> int:
@@ -341,35 +347,31 @@ class Journal:
         ts_ns = int(ts_ns)
         row_id = self._next_id
         digest = row_hash(self._last_hash, row_id, ts_ns, kind, symbol, venue, client_order_id, text)
-        try:
-            if not self._db.in_transaction:
-                self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute(self._INSERT, (row_id, ts_ns, kind, symbol, venue, client_order_id,
-                                            text, self._last_hash, digest))
-        except sqlite3.Error as e:
-            raise JournalError(f"journal {self.path}: cannot append: {e}") from None
+        self._rows.append((row_id, ts_ns, kind, symbol, venue, client_order_id, text, self._last_hash,
+                           digest))
         self._next_id, self._last_hash = row_id + 1, digest
-        self._pending += 1
         return row_id
 
     def commit(self) -> int:
-        """Commit the open batch (one transaction per step); returns the rows committed.
-        Survives a process crash; see `durable` for a power loss."""
-        if not self._db.in_transaction:
+        """Write the batch appended since the last commit in one transaction (one per
+        step); returns the rows committed. Survives a process crash; see `durable` for a
+        power loss. If SQLite refuses the batch, nothing of it is written and the rows
+        stay pending: ``commit`` may be called again."""
+        if not self._rows:
             return 0
         try:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany(self._INSERT, self._rows)
             self._db.execute("UPDATE head SET id = ?, hash = ? WHERE one = 1",
                              (self._next_id - 1, self._last_hash))
             self._db.execute("COMMIT")
         except sqlite3.Error as e:
-            lost = self._pending
-            if not self._db.in_transaction:          # SQLite rolled the batch back
-                self._resync()
-                raise JournalError(f"journal {self.path}: commit failed and {lost} rows were "
-                                   f"rolled back: {e}") from None
-            raise JournalError(f"journal {self.path}: commit failed, the {lost} rows are still "
-                               f"pending (call commit again): {e}") from None
-        done, self._pending = self._pending, 0
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise JournalError(f"journal {self.path}: commit failed, the {len(self._rows)} rows are "
+                               f"still pending (call commit again): {e}") from None
+        done = len(self._rows)
+        self._rows = []
         return done
 
     def durable(self) -> int:
@@ -399,18 +401,15 @@ class Journal:
         return done
 
     def rollback(self) -> int:
-        """Drop the open batch; returns the rows dropped."""
-        if not self._db.in_transaction:
-            return 0
-        self._db.execute("ROLLBACK")
-        dropped = self._pending
+        """Drop the batch appended since the last commit; returns the rows dropped."""
+        dropped = len(self._rows)
+        self._rows = []
         self._resync()
         return dropped
 
     def _resync(self) -> None:
         last = self._db.execute("SELECT id, hash FROM entries ORDER BY id DESC LIMIT 1").fetchone()
         self._next_id, self._last_hash = (last[0] + 1, last[1]) if last else (1, GENESIS)
-        self._pending = 0
 
     def replay(self, kinds: Iterable[str] | None = None) -> Iterator[dict]:
         """Rows in journal order, as dicts with the payload parsed: what execution reads
@@ -439,9 +438,9 @@ class Journal:
         self.close()
 
     def __repr__(self) -> str:
-        if not hasattr(self, "_next_id"):         # not opened (the lock refused it)
+        if not hasattr(self, "_rows"):            # not opened (the lock refused it)
             return f"Journal({str(self.path)!r}, not open)"
-        return f"Journal({str(self.path)!r}, last_id={self.last_id}, pending={self._pending})"
+        return f"Journal({str(self.path)!r}, last_id={self.last_id}, pending={self.pending})"
 
 
 # -- readers -------------------------------------------------------------------------
