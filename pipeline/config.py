@@ -284,6 +284,9 @@ class ExecutionConfig:
     ack_latency_ms: float = 0.0         # paper venue: submit -> ack (the order meets the book then)
     fill_latency_ms: float = 0.0        # paper venue: a match -> its report reaching us
     latency_jitter_ms: float = 0.0      # added to both, uniform in [0, this], deterministic per order
+    # fetch each venue feed's tick, lot and notional rules (binance, upbit) at start and
+    # hold its orders until they are in; false: paper orders skip the venues' rules
+    venue_rules: bool = True
 
 
 RISK_STATES = ("reducing", "halted")

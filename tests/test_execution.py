@@ -6,6 +6,7 @@ verdicts and states are journaled and survive restarts."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -320,3 +321,80 @@ def test_pnl_and_journal_commands_read_the_journal(runs, capsys, tmp_path):
     assert (halt["action"], halt["tier"]) == ("halt", "global") and "pnl check failed" in halt["reason"]
     assert main(["pnl", "--journal", str(tmp_path / "missing.sqlite")]) == 2
     assert "no journal at" in capsys.readouterr().err
+
+
+EXCHANGE_INFO = Path("/work/shared/data/payloads/binance/rest/exchangeInfo_2021-10-12.capture.jsonl")
+
+
+@pytest.mark.skipif(not EXCHANGE_INFO.exists(), reason="/work/shared/data is absent: no real exchangeInfo")
+def test_orders_follow_the_venues_rules_fetched_at_start(tmp_path):
+    """A Binance feed: execution fetches exchangeInfo (a local server replaying the real
+    one) in a thread, holds the venue's orders until it is in, then rounds each order
+    to the lot step and denies one under the minimum notional; a venue that does not
+    answer keeps its orders held, with the reason."""
+    import json
+
+    from venue_servers import HttpReplayServer
+    from workers.venues.capture import capture_lines
+    info = json.dumps(capture_lines(EXCHANGE_INFO)[0]["msg"])
+
+    def run(folder, rest_url) -> RunSegments:
+        folder.mkdir()
+        return RunSegments(folder, f"""
+[pipeline]
+name = "vr"
+workers = 2
+[execution]
+journal = "{folder / 'vr.sqlite'}"
+[[feeds]]
+name = "binance"
+kind = "binance"
+symbols = ["BTC/USDT", "ETH/USDT"]
+rest_url = "{rest_url}"
+""")
+
+    def send(r: RunSegments, ticks, intents: list[tuple[int, int, float, float]]) -> None:
+        rows = np.zeros(len(intents), TICK)
+        for row, (_, sid, _, price) in zip(rows, intents):
+            row["symbol_id"], row["kind"], row["side"], row["price"], row["size"] = sid, TICK_TRADE, 1, price, 1.0
+            row["bid"], row["ask"] = price * 0.9999, price * 1.0001
+        rows["ts_origin_ns"] = time.time_ns()
+        ticks.write(rows)
+        its = np.zeros(len(intents), INTENT)
+        for it, (seq, sid, qty, price) in zip(its, intents):
+            it["seq"], it["symbol_id"], it["side"], it["qty"], it["ref_price"] = seq, sid, SIDE_BUY, qty, price
+            it["order_type"], it["tif"], it["limit_price"], it["strategy_id"] = ORDER_MARKET, 2, np.nan, 1
+        its["ts_origin_ns"] = its["ts_ns"] = time.time_ns()
+        r.intents.write(its)
+
+    with HttpReplayServer({"/api/v3/exchangeInfo": info}) as http:
+        r = run(tmp_path / "up", http.url)
+        rings = [Ring.attach(r.topo.rings[n]) for n in ("intents", "ticks.binance")]
+        r.intents, ticks = (x.writer() for x in rings)
+        try:
+            w = r.worker(ExecutionWorker, "execution.0")
+            assert w.rules.join(60), w.rules.failures
+            btc = r.topo.symbols.id("BTC/USDT@binance")
+            send(r, ticks, [(1, btc, 0.0012345, 50_000.0), (2, btc, 0.0001, 50_000.0)])
+            drain(w)
+            orders = [o["payload"]["detail"]["order"] for o in journaled(tmp_path / "up" / "vr.sqlite", "order")]
+            assert {o["qty"] for o in orders} == {0.00123}           # floored to the 0.00001 lot
+            verdict = journaled(tmp_path / "up" / "vr.sqlite", "verdict")[0]["payload"]
+            assert verdict["code"] == "VENUE_RULES" and "NOTIONAL_BELOW_MIN" in verdict["reason"]
+        finally:
+            for x in rings:
+                x.close()
+            r.close()
+    down = run(tmp_path / "down", "http://127.0.0.1:9")              # nothing listens there
+    rings = [Ring.attach(down.topo.rings[n]) for n in ("intents", "ticks.binance")]
+    down.intents, ticks = (x.writer() for x in rings)
+    try:
+        w = down.worker(ExecutionWorker, "execution.0")
+        send(down, ticks, [(1, down.topo.symbols.id("BTC/USDT@binance"), 0.01, 50_000.0)])
+        drain(w)
+        verdict = journaled(tmp_path / "down" / "vr.sqlite", "verdict")[0]["payload"]
+        assert verdict["code"] == "VENUE_RULES" and "not loaded yet" in verdict["reason"]
+    finally:
+        for x in rings:
+            x.close()
+        down.close()

@@ -87,6 +87,7 @@ class Desk:
         self.clock, self.journal, self.log = clock, journal, log
         self.pipeline, self.run_id = pipeline, run_id
         self.rules = rules or {}
+        self.held: dict[int, str] = {}          # venue index -> why its orders wait (no rules yet)
         self.capital = float(ec.capital)
         self.portfolio = Portfolio.empty(n)
         self.market = MarketView.empty(n, len(self.venues))
@@ -170,6 +171,8 @@ class Desk:
                 blocked = self.orders.blocked_symbols()
             if code == 0 and sid in blocked:
                 code = self._deny_after(Denial.IN_FLIGHT)
+            if code == 0 and int(self.venue_of[sid]) in self.held:
+                code = self._deny_after(Denial.VENUE_RULES, self.held[int(self.venue_of[sid])])
             if code == 0 and sid in self.rules:
                 r = round_order(self.rules[sid], int(intent["side"]), qty, limit, float(intent["ref_price"]),
                                 int(intent["order_type"]))
@@ -211,6 +214,16 @@ class Desk:
             self._observe(order.venue, "intent_to_submit", self.clock.time_ns() - order.timestamps["CREATED"])
             self.counters["orders"] += 1
         return self.poll()
+
+    def hold_venue(self, venue: str, reason: str) -> None:
+        """Deny the venue's orders (VENUE_RULES, ``reason``) until ``set_rules``."""
+        self.held[self.venues.index(venue)] = reason
+
+    def set_rules(self, venue: str, rules: dict) -> None:
+        """The venue's order rules by symbol id (venue_rules.SymbolRules); its orders go
+        through them from now on. Safe from another thread: two plain rebinds."""
+        self.rules = {**self.rules, **rules}
+        self.held.pop(self.venues.index(venue), None)
 
     def _deny_after(self, code: Denial, reason: str = "") -> int:
         """A refusal after the guard passed the intent: counted with the guard's."""

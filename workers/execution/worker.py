@@ -24,6 +24,7 @@ from shm.records import FILL, ORDER
 
 from ..base import Worker
 from .desk import Desk, StepOut
+from .markets import RulesLoader, needs_rules
 
 COMMANDS_KEPT = 32
 
@@ -43,6 +44,7 @@ class ExecutionWorker(Worker):
         self.desk = Desk(keys, venue_of, venues, self.cfg.execution, self.cfg.risk, self.clock, self.journal,
                          self.cfg.pipeline.name, self.topo.run_id, log=self.log)
         self.desk.recover()
+        self.rules = self._load_rules(keys) if self.cfg.execution.venue_rules else None
         held = np.flatnonzero(self.desk.portfolio.rows["n_fills"] > 0)
         if len(held):
             self.positions.write(held, self.desk.portfolio.rows[held])
@@ -52,6 +54,17 @@ class ExecutionWorker(Worker):
         self.log.info("journal %s: %d positions rebuilt, %d open orders resolved, next order id %d",
                       self.journal.path, len(held), self.desk.counters["resolved_at_start"],
                       self.desk.next_order_id)
+
+    def _load_rules(self, keys: list[str]) -> RulesLoader:
+        """Each venue feed's order rules, fetched in a thread; its orders wait for them."""
+        feeds = []
+        for feed in self.cfg.feeds:
+            ids = {k.partition("@")[0]: i for i, k in enumerate(keys) if k.endswith("@" + feed.venue_name)}
+            if needs_rules(feed) and ids:
+                self.desk.hold_venue(feed.venue_name, f"the order rules of {feed.venue_name} (tick, lot, "
+                                                      f"notional) are not loaded yet")
+                feeds.append((feed, ids))
+        return RulesLoader(feeds, self.desk.set_rules, self.log).start()
 
     def step(self) -> bool:
         did = False
@@ -116,6 +129,8 @@ class ExecutionWorker(Worker):
         self.journal.close()
 
     def close(self) -> None:
+        if getattr(self, "rules", None) is not None:
+            self.rules.close()
         if getattr(self, "journal", None) is not None:
             self.journal.close()
         super().close()
@@ -132,7 +147,8 @@ class ExecutionWorker(Worker):
                 "risk_command_errors": {k: v for k, v in self.command_errors.items() if k in self.applied},
                 "risk_events": events, "risk_events_dropped": dropped,
                 "trade_latency": d.latency_sparse(), "orders_open": len(d.orders.open_orders()),
-                "order_stats": dict(d.orders.stats)}
+                "order_stats": dict(d.orders.stats),
+                "venue_rules_missing": sorted(self.rules.failures) if self.rules else []}
 
 
 WORKER = ExecutionWorker

@@ -179,7 +179,8 @@ class BinanceFeed(VenueFeed):
                           "depthUpdate": self._on_depth}
 
     # -- subscription -----------------------------------------------------------
-    def native(self, symbol: str) -> str:
+    @staticmethod
+    def native(symbol: str) -> str:
         return symbol.replace("/", "").upper()
 
     def url(self) -> str:

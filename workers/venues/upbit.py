@@ -73,7 +73,8 @@ class UpbitFeed(VenueFeed):
         self.status_messages = 0
         self.seen = SeenTrades()      # by sequential_id, times in ms
 
-    def native(self, symbol: str) -> str:
+    @staticmethod
+    def native(symbol: str) -> str:
         base, quote = symbol.split("/")
         return f"{quote}-{base}"
 
