@@ -195,3 +195,21 @@ def test_the_journal_is_the_desks_memory(make):
     other = make(clock, run="r2")                         # a new run: new ids, same book
     np.testing.assert_array_equal(other.portfolio.rows["qty"], rows["qty"])
     assert journal.verify(other.journal.path).ok
+
+
+def test_a_feed_without_quotes_trades_at_its_last_trade(make):
+    """A replay of trades or candles has no quotes: the last trade stands for the quote
+    (spread 0), so a market order fills there moved by slippage_bps; once the symbol
+    is quoted, only quotes count."""
+    d = make()
+    t = np.zeros(1, TICK)
+    t["symbol_id"], t["kind"], t["price"], t["size"], t["side"] = 0, TICK_TRADE, 100.0, 1.0, SIDE_BUY
+    t["bid"] = t["ask"] = math.nan
+    t["ts_origin_ns"] = d.clock.time_ns()
+    d.on_ticks(t)
+    out = d.on_intents(intent(d, 0, SIDE_BUY, 1.0, 1))
+    assert [f["price"] for f in out.fills] == [pytest.approx(100.0 * (1 + 2e-4))]
+    market(d, 0, 101.0, kind=TICK_QUOTE)                  # quoted from now on
+    t["price"] = 90.0
+    d.on_ticks(t)                                          # a trade no longer moves the quote
+    assert d.market.bid[0] == pytest.approx(101.0 * (1 - 0.0005))

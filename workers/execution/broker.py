@@ -204,11 +204,12 @@ class PaperBroker:
     def on_book(self, symbol_id: int, bids: np.ndarray, asks: np.ndarray, ts_ns: int,
                 top_only: bool = False) -> bool:
         """A book (price, qty rows, best first); the full shown depth unless ``top_only``.
-        A malformed book (NaN, price <= 0, qty < 0, unsorted, crossed) is ignored and
+        A malformed book (NaN, price <= 0, qty < 0, unsorted, crossed; locked, bid = ask,
+        is taken: a trade standing in for a quote is one) is ignored and
         counted, keeping the last good one; returns whether it was taken."""
         ts = self._enter(ts_ns)
         bids, asks = _clean(bids, SIDE_BUY, top_only), _clean(asks, SIDE_SELL, top_only)
-        if bids is None or asks is None or (len(bids) and len(asks) and bids[0, 0] >= asks[0, 0]):
+        if bids is None or asks is None or (len(bids) and len(asks) and bids[0, 0] > asks[0, 0]):
             self.ignored["books"] += 1
             return False
         old = self._books.get(symbol_id)

@@ -91,6 +91,7 @@ class Desk:
         self.capital = float(ec.capital)
         self.portfolio = Portfolio.empty(n)
         self.market = MarketView.empty(n, len(self.venues))
+        self.quoted = np.zeros(n, bool)          # symbols whose feed has sent a quote
         self.guard = RiskGuard(n, self.venue_of, self.venues, rc, clock)
         self.orders = OrderManager(clock)
         ms = 1_000_000
@@ -127,6 +128,12 @@ class Desk:
         with np.errstate(invalid="ignore"):
             trade = (ticks["kind"] == TICK_TRADE) & np.isfinite(price) & (price > 0)
             quote = np.isfinite(bid) & np.isfinite(ask) & (bid > 0) & (ask >= bid)
+        self.quoted[sid[quote]] = True
+        # a symbol whose feed never quotes (a replay of trades or candles): its last trade
+        # stands for the quote, so market orders fill there, moved by slippage_bps
+        stand_in = trade & ~quote & ~self.quoted[sid]
+        quote = quote | stand_in
+        bid, ask = np.where(stand_in, price, bid), np.where(stand_in, price, ask)
         m.last[sid[trade]] = price[trade]             # numpy assigns in order: the last one stays
         m.bid[sid[quote]], m.ask[sid[quote]], m.quote_ns[sid[quote]] = bid[quote], ask[quote], ts[quote]
         v = self.venue_of[sid]
