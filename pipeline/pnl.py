@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from shm.records import FILL
-from workers.execution.portfolio import Portfolio
+from workers.execution.portfolio import Portfolio, balances
 
 from . import journal
 
@@ -72,7 +72,7 @@ def pnl_report(path: str | Path) -> dict:
                                        "from_fills": got})
     totals = {k: sum(s[k] for s in symbols) for k in ("realized_pnl", "unrealized_pnl", "fees")}
     return {"journal": str(path), "symbols": symbols, "venues": venues, "totals": totals,
-            "fills": len(fills), "mismatches": mismatches}
+            "balances": balances(keys, book.rows), "fills": len(fills), "mismatches": mismatches}
 
 
 def format_pnl(rep: dict) -> str:
@@ -86,6 +86,9 @@ def format_pnl(rep: dict) -> str:
     for venue, v in rep["venues"].items():
         lines.append(f"venue {venue}: realized {v['realized_pnl']:.2f}, unrealized "
                      f"{v['unrealized_pnl']:.2f}, fees {v['fees']:.2f}")
+    for venue, assets in rep.get("balances", {}).items():
+        moved = ", ".join(f"{a} {x:+.8g}" for a, x in sorted(assets.items()))
+        lines.append(f"balances on {venue} (moved by the fills): {moved}")
     t = rep["totals"]
     lines.append(f"total: realized {t['realized_pnl']:.2f}, unrealized {t['unrealized_pnl']:.2f} "
                  f"(marked at the last fill), fees {t['fees']:.2f}")

@@ -287,6 +287,11 @@ def test_pnl_and_journal_commands_read_the_journal(runs, capsys, tmp_path):
     aaa = next(s for s in rep["symbols"] if s["symbol"] == "AAA/USDT@synthetic")
     assert aaa["qty"] == 1.5 and aaa["mark"] == pytest.approx(110.0 * (1 - HALF_SPREAD) * (1 - 2e-4))
     assert set(rep["venues"]) == {"synthetic"}
+    bal = rep["balances"]["synthetic"]                   # what the fills moved, per asset
+    assert bal["AAA"] == 1.5 and bal["BBB"] == 5.0
+    cash = sum(-f["payload"]["side"] * f["payload"]["qty"] * f["payload"]["price"] - f["payload"]["fee"]
+               for f in journaled(path, "fill"))
+    assert bal["USDT"] == pytest.approx(cash)
     assert main(["pnl", "--journal", str(path)]) == 0
     assert "the fills add up to the positions journaled" in capsys.readouterr().out
 

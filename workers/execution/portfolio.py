@@ -56,3 +56,19 @@ class Portfolio:
         return {"open_positions": int((self.rows["qty"] != 0).sum()),
                 "realized_pnl": float(self.rows["realized_pnl"].sum()),
                 "fees": float(self.rows["fees"].sum())}
+
+
+def balances(keys: list[str], rows: np.ndarray) -> dict[str, dict[str, float]]:
+    """What the fills moved per venue and asset: the base asset by the position, the
+    quote asset by realised P&L less fees less the open position's cost (qty x average
+    price), so every figure is a change since the journal's first fill. ``keys`` are the
+    symbol keys ("BTC/USDT@binance") of the POSITION ``rows``, by index."""
+    out: dict[str, dict[str, float]] = {}
+    for key, row in zip(keys, rows):
+        pair, _, venue = key.partition("@")
+        base, _, quote = pair.partition("/")
+        v = out.setdefault(venue or "?", {})
+        v[base] = v.get(base, 0.0) + float(row["qty"])
+        cash = float(row["realized_pnl"]) - float(row["fees"]) - float(row["qty"]) * float(row["avg_price"])
+        v[quote] = v.get(quote, 0.0) + cash
+    return out

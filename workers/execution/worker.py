@@ -25,6 +25,7 @@ from shm.records import FILL, ORDER
 from ..base import Worker
 from .desk import Desk, StepOut
 from .markets import RulesLoader, needs_rules
+from .portfolio import balances
 
 COMMANDS_KEPT = 32
 
@@ -148,7 +149,8 @@ class ExecutionWorker(Worker):
                 "risk_events": events, "risk_events_dropped": dropped,
                 "trade_latency": d.latency_sparse(), "orders_open": len(d.orders.open_orders()),
                 "order_stats": dict(d.orders.stats),
-                "venue_rules_missing": sorted(self.rules.failures) if self.rules else []}
+                "venue_rules_missing": sorted(self.rules.failures) if self.rules else [],
+                "balances": balances(d.symbols, d.portfolio.rows)}
 
 
 WORKER = ExecutionWorker
