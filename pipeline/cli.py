@@ -32,6 +32,30 @@ def _load(args) -> Config:
     return cfg
 
 
+def _target(args) -> Config:
+    """The config of the pipeline a command is about. With neither --config nor --name,
+    the one pipeline running here (its own config and name), whatever it is called;
+    several running: a UserError listing them; none: the default config (whose command
+    then says nothing runs)."""
+    if getattr(args, "config", None) is not None or getattr(args, "name", None):
+        return _load(args)
+    from .supervisor import running_pipelines
+    cfg = _load(args)
+    alive = running_pipelines(cfg.run_dir())
+    if len(alive) > 1:
+        listed = ", ".join(f"'{st['name']}' ({st.get('config', '?')})" for st in alive)
+        raise UserError(f"{len(alive)} pipelines are running here: {listed}; say which with "
+                        f"--name NAME or --config FILE")
+    if not alive or alive[0]["name"] == cfg.pipeline.name:
+        return cfg
+    st = alive[0]
+    source = st.get("config")
+    if source and source != "<defaults>" and Path(source).is_file():
+        cfg = load_config(source)
+    cfg.pipeline.name = st["name"]
+    return cfg
+
+
 def _running(cfg: Config) -> dict:
     from .supervisor import read_state
     st = read_state(cfg.run_dir(), cfg.pipeline.name)
@@ -207,7 +231,7 @@ def format_summary(status: dict, rep: dict) -> str:
 
 # -- status / stop / report ---------------------------------------------------------------
 def cmd_status(args) -> int:
-    cfg = _load(args)
+    cfg = _target(args)
     try:
         st = _request(cfg, "status")
     except UserError as e:
@@ -233,7 +257,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_stop(args) -> int:
-    cfg = _load(args)
+    cfg = _target(args)
     st = _running(cfg)
     _request(cfg, "stop")
     if not _wait_gone(st["pid"], args.timeout):
@@ -262,7 +286,7 @@ def _wait_gone(pid: int, timeout: float) -> bool:
 
 
 def cmd_report(args) -> int:
-    cfg = _load(args)
+    cfg = _target(args)
     rep = _request(cfg, "report")
     rep.pop("ok", None)
     if args.json:
@@ -428,7 +452,7 @@ def wait_risk_applied(get_status, cmd_id: str, timeout: float, poll_s: float = 0
 
 def cmd_risk(args) -> int:
     from .supervisor import read_state
-    cfg = _load(args)
+    cfg = _target(args)
     action = args.command
     reason = args.reason if args.reason is not None else ""
     payload = risk_payload(cfg, action, args.venue, args.symbol,
@@ -483,7 +507,7 @@ def cmd_tap(args) -> int:
     if args.connect:
         endpoint = args.connect
     else:
-        cfg = _load(args)
+        cfg = _target(args)
         endpoint = _running(cfg)["endpoints"]["tap"]
     ctx = zmq.Context.instance()
     sub = bus.socket(ctx, zmq.SUB)
@@ -558,7 +582,7 @@ def cmd_download(args) -> int:
 def _journal_path(args) -> Path:
     if args.journal:
         return Path(args.journal).expanduser()
-    return _load(args).journal_path()
+    return _target(args).journal_path()
 
 
 def cmd_pnl(args) -> int:
@@ -581,7 +605,7 @@ def _halt_on_mismatch(args, path: Path, mismatches: list[dict]) -> None:
                                              f"from fills {m['from_fills']:.10g}" for m in mismatches[:3])
     payload = {"cmd": "risk", "action": "halt", "tier": "global", "key": None, "reducing": False,
                "reason": reason[:500], "id": uuid.uuid4().hex}
-    cfg = _load(args)
+    cfg = _target(args)
     st = read_state(cfg.run_dir(), cfg.pipeline.name)
     if st is not None and st["alive"] and path.resolve() == cfg.journal_path().resolve():
         _request(cfg, payload)

@@ -179,6 +179,14 @@ def state_path(run_dir: Path, name: str) -> Path:
     return run_dir / f"{name}.json"
 
 
+def running_pipelines(run_dir: Path) -> list[dict]:
+    """The state of every pipeline whose supervisor is alive in ``run_dir``, by name."""
+    if not run_dir.is_dir():
+        return []
+    states = (read_state(run_dir, p.stem) for p in sorted(run_dir.glob("*.json")))
+    return [st for st in states if st is not None and st.get("alive") and "name" in st]
+
+
 def read_state(run_dir: Path, name: str) -> dict | None:
     """The state file of a pipeline, with ``alive`` set from its supervisor pid."""
     bus.check_run_dir(run_dir)
