@@ -828,6 +828,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, UserError) as e:
         print(f"pipeline: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:                   # Ctrl-C in a command that has no stop of its own
+        print(f"pipeline: {args.command} interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

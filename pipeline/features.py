@@ -2,21 +2,14 @@
 to Parquet whole (a reader never sees half a file)."""
 from __future__ import annotations
 
-from pathlib import Path
-
-import pyarrow.parquet as pq
-
 from models.features import compute
 
 from .config import Config
+from .storage import output_file, write_parquet_whole
 
 
 def run(data: str, out: str, cfg: Config) -> dict:
+    output_file(out)                   # a bad --out fails before the work, not after
     table, summary = compute(data, cfg)
-    out_path = Path(out).expanduser()
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(out_path)          # a reader never sees half a file
-    summary["out"] = str(out_path)
+    summary["out"] = str(write_parquet_whole(table, out))
     return summary

@@ -517,14 +517,15 @@ def rows(path: str | Path, since_ns: int | None = None, symbol: str | None = Non
 def export(path: str | Path, out: str | Path) -> int:
     """Write every row to a Parquet file (payload as its JSON text) and return the row
     count. The file appears whole or not at all (written aside, then renamed)."""
-    out = Path(out)
-    if out.is_dir():
-        raise JournalError(f"export target {out} is a directory; give a .parquet file path")
+    from .storage import output_file
+    try:
+        out = output_file(out)
+    except UserError as e:
+        raise JournalError(f"export: {e}") from None
     db = _read_only(path)
     tmp = out.with_name(f".tmp-{uuid.uuid4().hex}-{out.name}")
     count = 0
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
         db.execute("BEGIN")                                   # one snapshot for the whole file
         cursor = db.execute(f"SELECT {', '.join(COLUMNS)} FROM entries ORDER BY id")
         with pq.ParquetWriter(tmp, EXPORT_SCHEMA) as writer:

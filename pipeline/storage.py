@@ -40,6 +40,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .errors import UserError
+
 OHLCV_COLUMNS = ["timestamp_ms", "open", "high", "low", "close", "volume"]
 OHLCV_SCHEMA = pa.schema([("timestamp_ms", pa.int64())] +
                          [(c, pa.float64()) for c in OHLCV_COLUMNS[1:]])
@@ -229,17 +231,122 @@ def detect_kind(columns: list[str]) -> str:
                      f"({','.join(OHLCV_COLUMNS)}) nor trades (timestamp_ms, price, quantity or amount)")
 
 
+def output_file(out: str | Path) -> Path:
+    """A file a command is asked to write: not a directory, and in a folder that exists
+    or whose own parent does (that one folder is made); anything else is a UserError,
+    so a typo never builds a tree of folders."""
+    path = Path(out).expanduser()
+    if path.is_dir():
+        raise UserError(f"{path} is a directory; give a file path, e.g. {path / 'out.parquet'}")
+    if not path.parent.exists():
+        if not path.parent.parent.exists():
+            raise UserError(f"cannot write {path}: its folder {path.parent} does not exist, nor "
+                            f"does {path.parent.parent}")
+        path.parent.mkdir()
+    return path
+
+
+def write_parquet_whole(table: pa.Table, out: str | Path) -> Path:
+    """``table`` to the Parquet file ``out`` (checked by `output_file`), written aside and
+    renamed: a reader never sees half a file, and a failure leaves nothing behind."""
+    path = output_file(out)
+    tmp = path.with_name(f".tmp-{os.getpid()}-{uuid.uuid4().hex}-{path.name}")
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+NUMERIC_COLUMNS = (*OHLCV_COLUMNS, "price", *TRADE_SIZE_COLUMNS, "trade_id")
+BAD_LINES_SHOWN = 5
+MALFORMED = "malformed line"          # a CSV line of the wrong width: skipped, counted
+
+
 def read_market_table(path: str | Path) -> pa.Table:
     """A CSV file, a Parquet file, or a directory of Parquet files (e.g. a
-    downloaded OHLCV dataset), in file order."""
+    downloaded OHLCV dataset), in file order. In a CSV, a line of the wrong width is
+    skipped and a cell that is not a number where one belongs is read as NaN (its row
+    is then dropped as bad by `tidy_market_rows`); both are counted, and the first few
+    line numbers said in a warning. The skipped lines' count travels in the table's
+    schema metadata (``tickpipe.malformed``), where `tidy_market_rows` counts it."""
     path = Path(path).expanduser()
     if path.suffix == ".csv" or path.name.endswith(".csv.gz"):
-        import pyarrow.csv as pcsv
-        return pcsv.read_csv(path)
+        return _read_csv(path)
     if path.is_dir():
         import pyarrow.dataset as ds
         return ds.dataset(path, format="parquet").to_table()
     return pq.read_table(path)
+
+
+def _read_csv(path: Path) -> pa.Table:
+    import logging
+
+    import pyarrow.csv as pcsv
+    log = logging.getLogger("tickpipe.storage")
+    skipped: list = []
+
+    def skip(row) -> str:                      # pyarrow's InvalidRow: number is the line (1 = header)
+        skipped.append(row.number)
+        return "skip"
+    parse = pcsv.ParseOptions(invalid_row_handler=skip)
+    one_thread = pcsv.ReadOptions(use_threads=False)      # so that a bad line's number is known
+    try:
+        table = pcsv.read_csv(path, read_options=one_thread, parse_options=parse)
+    except pa.ArrowInvalid:                    # a numeric column met text past its first block
+        skipped.clear()
+        names = set(market_columns(path))
+        as_text = {n: pa.string() for n in NUMERIC_COLUMNS if n in names}
+        table = pcsv.read_csv(path, read_options=one_thread, parse_options=parse,
+                              convert_options=pcsv.ConvertOptions(column_types=as_text))
+    textual = [n for n in NUMERIC_COLUMNS if n in table.column_names
+               and pa.types.is_string(table.schema.field(n).type)]
+    table, text = _numbers_from_text(table, textual, skipped)
+    if skipped:
+        lines = ", ".join(str(n) for n in skipped[:BAD_LINES_SHOWN] if n is not None)
+        log.warning("%s: %d line%s of the wrong width skipped (line %s%s)", path, len(skipped),
+                    "s" * (len(skipped) != 1), lines,
+                    ", ..." if len(skipped) > BAD_LINES_SHOWN else "")
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                               b"tickpipe.malformed": str(len(skipped)).encode()})
+    for name, lines in text.items():
+        log.warning("%s: %d cell%s of %s not a number (line %s%s): the row is dropped", path,
+                    len(lines), "s" * (len(lines) != 1), name, ", ".join(map(str, lines[:BAD_LINES_SHOWN])),
+                    ", ..." if len(lines) > BAD_LINES_SHOWN else "")
+    return table
+
+
+def _numbers_from_text(table: pa.Table, names: list[str], skipped: list) -> tuple[pa.Table, dict]:
+    """The columns ``names`` (read as text) as float64, a cell that is no number as NaN;
+    and the file lines of those cells per column (line 1 is the header; lines skipped
+    before a row shift its number)."""
+    import pyarrow.compute as pc
+    bad: dict[str, list[int]] = {}
+    gaps = np.array(sorted(n for n in skipped if n is not None), np.int64)
+    for name in names:
+        col = pc.utf8_trim_whitespace(table.column(name))
+        try:
+            values = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
+        except pa.ArrowInvalid:
+            values = np.array([_number(x) for x in col.to_pylist()], np.float64)
+            rows = np.flatnonzero(np.isnan(values) & pc.is_valid(col).to_numpy(zero_copy_only=False)
+                                  & ~np.isin(np.array(col.to_pylist(), object), ["nan", "NaN", "NAN"]))
+            lines = rows + 2                      # the header is line 1
+            for g in gaps:                        # a skipped line before a row pushes it down
+                lines = lines + (lines >= g)
+            bad[name] = lines.tolist()
+        table = table.set_column(table.column_names.index(name), name, pa.array(values, pa.float64()))
+    return table, bad
+
+
+def _number(text) -> float:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return float("nan")
 
 
 def market_columns(path: str | Path) -> list[str]:
@@ -393,6 +500,7 @@ def tidy_market_rows(table: pa.Table, kind: str | None = None) -> MarketRows:
                 ids = None            # a partial id column orders nothing (as before: ids optional)
         key = ["trade_id"] if ids is not None else names
     valid = _all_pass(checks)
+    malformed = int((table.schema.metadata or {}).get(b"tickpipe.malformed", b"0"))
     rows = np.flatnonzero(valid)
     keys = ts[rows] if kind == "candles" else ids[rows] if ids is not None else None
     if keys is not None and len(np.unique(keys)) == len(rows):
@@ -402,6 +510,8 @@ def tidy_market_rows(table: pa.Table, kind: str | None = None) -> MarketRows:
     repeat = valid & ~first
     copy = repeat & ~_first_rows(table, rows, names) if repeat.any() else repeat
     ok, dropped = _verdict(checks + [("duplicate", ~copy), ("conflicting duplicate", ~(repeat & ~copy))])
+    if malformed:
+        dropped[MALFORMED] = malformed
     order = np.lexsort((ids, ts) if ids is not None else (ts,))       # stable
     keep = order[ok[order]]
     rank = np.argsort(keep, kind="stable")        # sorted position of each kept row, in file order
