@@ -608,7 +608,7 @@ def test_recorder_writes_every_tick_once(tmp_path, how):
         rep = json.loads(run.cli("report", "--json").stdout)
         ring = next(r for r in rep["rings"] if r["name"] == "ticks.synthetic")
         assert ring["write_seq"] == n
-        assert [r["name"] for r in ring["readers"]] == ["indicators.0", "recorder.0"]
+        assert [r["name"] for r in ring["readers"]] == ["indicators.0", "recorder.0", "execution.0"]
         assert all(r["dropped"] == 0 for r in ring["readers"])
         assert not (tmp_path / "data").exists()          # all held: thresholds not reached
         if how == "sigterm":
