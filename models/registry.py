@@ -9,15 +9,24 @@ never overwritten (a rename onto an existing, non-empty version fails; the
 writer then takes the next number).
 
 metadata.json holds what the caller gives (feature names in their order,
-parameters, data range, metrics, ...) plus what the registry adds: name,
-version, creation time, library versions and the sha256 of every artifact
-file. `load` checks those checksums, so a truncated or edited artifact is an
-`ArtifactError` naming the file, not a model that silently predicts garbage.
+the bar length in seconds, the market, parameters, data range, metrics, ...)
+plus what the registry adds: name, version, creation time, library versions
+and the sha256 of every artifact file. `load` checks those checksums, so a
+truncated or edited artifact is an `ArtifactError` naming the file, not a model
+that silently predicts garbage.
+
+What a model may be served on is checked against the running config here, in
+one line each: `check_features` (the same indicator columns in the same order)
+and `check_bars` (the same bar length: an RSI over 14 bars, a volatility of
+log returns per bar, a label over ``horizon`` bars are other quantities at
+another bar length, so a mismatch is refused). `market_notes` compares the
+venue and quote currency and only warns (see there why).
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 import shutil
@@ -41,6 +50,8 @@ ENSEMBLE = "ensemble"                  # the ensemble's name in the registry
 
 METADATA = "metadata.json"
 REQUIRED = ("feature_names", "parameters", "data_range", "metrics")
+# what a new version must record besides (older artifacts may lack it: `check_bars` refuses them)
+SAVE_REQUIRED = (*REQUIRED, "bar_seconds")
 # a library and the distribution names it may be installed under
 LIBRARIES = {"numpy": ("numpy",), "scikit-learn": ("scikit-learn",),
              "xgboost": ("xgboost", "xgboost-cpu"), "tensorflow": ("tensorflow", "tensorflow-cpu"),
@@ -122,12 +133,17 @@ class Registry:
         """Store a new version of ``model_name`` and return its number.
 
         ``metadata`` must hold feature_names (the configured feature columns in
-        order), parameters, data_range and metrics; anything else is kept too."""
+        order), bar_seconds (the length of the bars trained on, > 0), parameters,
+        data_range and metrics; anything else is kept too (``market``: {venue,
+        symbol, quote, synthetic}, see `market_notes`)."""
         if not model_name or not model_name.replace("-", "").replace("_", "").isalnum():
             raise ValueError(f"model name must be letters, digits, '-' and '_', got {model_name!r}")
-        missing = [k for k in REQUIRED if k not in metadata]
+        missing = [k for k in SAVE_REQUIRED if k not in metadata]
         if missing:
-            raise ValueError(f"metadata lacks {', '.join(missing)} (needed: {', '.join(REQUIRED)})")
+            raise ValueError(f"metadata lacks {', '.join(missing)} (needed: {', '.join(SAVE_REQUIRED)})")
+        bar = metadata["bar_seconds"]
+        if isinstance(bar, bool) or not isinstance(bar, (int, float)) or not math.isfinite(bar) or bar <= 0:
+            raise ValueError(f"metadata bar_seconds must be a number of seconds > 0, got {bar!r}")
         names = metadata["feature_names"]
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise ValueError("metadata feature_names must be a list of column names")
@@ -219,3 +235,113 @@ def check_features(metadata: dict, running_feature_names: list[str]) -> None:
     raise ArtifactError(f"{who} was trained on other features than the running config: "
                         + "; ".join(problems)
                         + ". Retrain it with pipeline train on this config, or run the config it was trained with.")
+
+
+# -- the bars and the market a model was trained on ---------------------------------------
+def bar_text(seconds: float) -> str:
+    """A bar length as a trader writes it: 0.2 s, 1 s, 1 min, 5 min, 1 h, 1 d."""
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size and math.isclose(seconds / size, round(seconds / size), abs_tol=1e-9):
+            return f"{round(seconds / size)} {unit}"
+    return f"{seconds:.6g} s"
+
+
+def same_bars(a: float, b: float) -> bool:
+    return math.isclose(float(a), float(b), rel_tol=1e-6, abs_tol=1e-9)
+
+
+def _mean_step(metadata: dict) -> float | None:
+    """Seconds per bar of an artifact's data range (first to last kept row): a hint for
+    artifacts that do not record their bar length; gaps make it longer than the bars."""
+    r = metadata.get("data_range") or {}
+    try:
+        first, last, rows = int(r["first_ms"]), int(r["last_ms"]), int(r["rows"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return (last - first) / 1e3 / (rows - 1) if rows > 1 and last > first else None
+
+
+_USUAL_BARS = (0.1, 0.2, 0.5, 1, 5, 10, 15, 30, 60, 180, 300, 900, 1800, 3600, 7200, 14400, 21600, 43200,
+               86400)
+
+
+def _about(seconds: float) -> str:
+    """An estimated bar length: the usual length within 10 % of it, else 3 digits."""
+    near = min(_USUAL_BARS, key=lambda b: abs(math.log(seconds / b)))
+    return bar_text(near) if abs(seconds / near - 1) <= 0.1 else f"{seconds:.3g} s"
+
+
+def check_bars(metadata: dict, running_bar_seconds: float) -> None:
+    """Refuse a model trained on bars of another length than the running config's
+    ``[indicators] bar_seconds``, or one that does not record its bar length (saved
+    before artifacts did): an ArtifactError in one line saying what to do.
+
+    Why refuse: every input is counted in bars (RSI-14 is 14 bars, vol_20 is the
+    spread of per-bar log returns, which grows with the square root of the bar
+    length), and so is the label horizon; the same columns at another bar length are
+    other numbers, and the model's probabilities mean nothing. An artifact without
+    the field is refused rather than served with a warning: serving it is how a
+    5-minute model ended up on 1 s bars unnoticed, and retraining is one command."""
+    who = f"model '{metadata.get('name', '?')}' version {metadata.get('version', '?')}"
+    running = float(running_bar_seconds)
+    trained = metadata.get("bar_seconds")
+    if trained is None:
+        step = _mean_step(metadata)
+        hint = f"; its data averages about {_about(step)} per bar" if step else ""
+        raise ArtifactError(f"{who} does not record the bar length it was trained on (saved by an older "
+                            f"tickpipe{hint}); retrain it with pipeline train on {bar_text(running)} bars, "
+                            f"this config's [indicators] bar_seconds = {running:g}")
+    try:
+        trained = float(trained)
+    except (TypeError, ValueError):
+        raise ArtifactError(f"corrupt artifact: {who}: bar_seconds {trained!r} is not a number") from None
+    if not same_bars(trained, running):
+        raise ArtifactError(f"{who} was trained on {bar_text(trained)} bars but this config closes "
+                            f"{bar_text(running)} bars ([indicators] bar_seconds = {running:g}); its inputs "
+                            f"and labels are counted in bars, so retrain it with pipeline train on "
+                            f"{bar_text(running)} bars, or run it with bar_seconds = {trained:g}")
+
+
+def split_symbol(key: str) -> tuple[str, str, str]:
+    """``BTC/USDT@binance`` -> (BTC, USDT, binance); a part not given is ""."""
+    symbol, _, venue = key.partition("@")
+    base, _, quote = symbol.partition("/")
+    quote = quote.split(":")[0].split("-")[0]          # BTC/USDT:USDT (ccxt swaps), BTC/USDT-PERP
+    return base.upper(), quote.upper(), venue.lower()
+
+
+def market_notes(metadata: dict, symbol_keys: list[str]) -> list[str]:
+    """Warnings (never refusals) when the symbols served (``BASE/QUOTE@venue``) are
+    on another venue or in another quote currency than the model's training data
+    (``metadata["market"]``: venue, symbol, quote, synthetic; unknown parts are None).
+
+    Not refused, because the inputs are scale-free (models/dataset.py: price levels
+    enter as ratios to the close, volume as z-scores; tests/test_dataset checks
+    that ten times the prices give the same inputs): a model trained on BTC/KRW
+    prices computes the same inputs for the same relative moves on BTC/USDT, and
+    serving one model to every symbol of the pipeline, not just the one it was
+    trained on, is how the ensemble is meant to run. What can differ is the
+    market's behaviour (a synthetic market, another venue's flow), which a trader
+    should know but may choose: so one warning line each, logged at load."""
+    market = metadata.get("market") or {}
+    who = f"model '{metadata.get('name', '?')}' version {metadata.get('version', '?')}"
+    served = [split_symbol(k) for k in symbol_keys]
+    venues = sorted({v for _, _, v in served if v})
+    quotes = sorted({q for _, q, _ in served if q})
+    trained_on = market.get("symbol") or "?"
+    notes = []
+    if market.get("synthetic"):
+        real = [v for v in venues if v != "synthetic"]
+        if real:
+            notes.append(f"{who} was trained on the synthetic market and serves {', '.join(real)}: "
+                         "what it learned there says nothing about these markets; train it on their "
+                         "candles with pipeline train")
+        return notes
+    venue, quote = (market.get("venue") or "").lower(), (market.get("quote") or "").upper()
+    if quote and quotes and quote not in quotes:
+        notes.append(f"{who} was trained on {trained_on} (quoted in {quote}) and serves symbols quoted "
+                     f"in {', '.join(quotes)}: its inputs are scale-free, so the price level does not "
+                     "matter, but that market's behaviour may differ")
+    if venue and venues and venue not in venues:
+        notes.append(f"{who} was trained on {venue} data ({trained_on}) and serves {', '.join(venues)}")
+    return notes

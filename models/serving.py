@@ -2,9 +2,13 @@
 
 `EnsembleModel` is the trained ensemble and its members, loaded once from the
 registry (the member versions the ensemble's metadata records), every
-artifact's feature names checked against the running config, the LSTM
-compiled for the padded batch sizes it will see. A missing, corrupt or
-mismatching artifact is a `ConfigurationError` (one line). The model worker
+artifact's feature names and bar length checked against the running config
+(models/registry.py: check_features, check_bars), the LSTM compiled for the
+padded batch sizes it will see. A missing, corrupt or mismatching artifact is
+a `ConfigurationError` (one line). Another venue or quote currency than the
+training data's is not refused (the inputs are scale-free; see
+registry.market_notes): ``notes`` holds one warning line per difference, for
+the caller to log. The model worker
 (workers/model.py) and the remote model host (workers/model_host.py) run this
 same object, and so will a backtest.
 
@@ -35,7 +39,8 @@ from shm.records import FLAG_PARTIAL, FLAG_WARMUP, SIGNAL_MEMBERS
 from .dataset import input_names, model_inputs
 from .ensemble import Ensemble
 from .lstm import CHUNK, devices
-from .registry import ENSEMBLE, MODELS, ArtifactError, Registry, check_features
+from .registry import ENSEMBLE, MODELS, ArtifactError, Registry, check_bars, check_features, \
+    market_notes
 
 
 class MomentumModel:
@@ -71,9 +76,16 @@ class EnsembleModel:
     """The trained ensemble and its members, loaded once from the registry, with a
     per-symbol history of model-input rows for sequence members (the LSTM)."""
 
-    def __init__(self, root: str | Path, feature_names: list[str], n_symbols: int):
+    def __init__(self, root: str | Path, feature_names: list[str], n_symbols: int,
+                 bar_seconds: float | None = None, symbols: list[str] | None = None):
+        """``bar_seconds``: the running config's [indicators] bar_seconds; every artifact
+        must have been trained on bars of that length (the model worker and the model
+        host always pass it; None skips the check, for tools that only read a model).
+        ``symbols``: the served symbol keys (``BTC/USDT@binance``), for `notes`."""
         self.root = Path(root).expanduser()
         self.feature_names = list(feature_names)
+        self.bar_seconds = bar_seconds
+        self.notes: list[str] = []
         try:
             self.input_names = input_names(self.feature_names)
         except ValueError as e:
@@ -82,6 +94,10 @@ class EnsembleModel:
         try:
             path, meta = reg.load(ENSEMBLE)
             check_features(meta, self.feature_names)
+            if bar_seconds is not None:
+                check_bars(meta, bar_seconds)
+            if symbols is not None:
+                self.notes = market_notes(meta, list(symbols))
             try:
                 self.ensemble = Ensemble.load(path)
             except (OSError, ValueError, KeyError, TypeError) as e:
@@ -98,6 +114,8 @@ class EnsembleModel:
             for name in self.members:
                 mpath, mmeta = reg.load(name, recorded.get(name))
                 check_features(mmeta, self.feature_names)
+                if bar_seconds is not None:
+                    check_bars(mmeta, bar_seconds)
                 kind = mmeta.get("model", name)
                 if kind not in MODELS:
                     raise ArtifactError(f"{mpath}: model kind '{kind}' is not known to this build "

@@ -22,6 +22,22 @@ Steps (all settings from ``[model]`` in the config):
    ``ensemble`` with the members' names, order and versions. The report goes to
    ``<out>/report.json`` and is returned.
 
+What the artifacts were trained on, for serving to check (models/registry.py):
+``bar_seconds``, the data's median step between bars (a gap or a missing bar
+does not move a median; the bootstrap passes the length it generated), and
+``market``: venue, symbol and quote currency as far as the data says (the
+``venue=``/``symbol=`` folders `pipeline download` and the recorder write, or a
+file named ``<venue>_<BASE>-<QUOTE>_...``; None when unknown) and whether the
+market is synthetic. A pipeline serves the artifacts only on bars of that length.
+
+What the report's returns are (format_report says it above the table): every
+member's per-fold figures are walk-forward out-of-sample (each fold's model saw
+only rows before its validation block, less the purge); the ensemble's are
+in-sample for its weights (step 3); the saved models are refitted on all rows,
+so for them every row here is in-sample. On the synthetic market (the
+bootstrap) the figures measure the generator the models were trained on, whose
+drift regimes are made to be learnable: they say nothing about a real market.
+
 Metrics per model and fold, on the scored validation rows:
 
 * accuracy and log loss (scikit-learn, labels 0, 1, 2);
@@ -49,6 +65,8 @@ from __future__ import annotations
 import difflib
 import inspect
 import json
+import math
+import re
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -59,7 +77,7 @@ import pyarrow as pa
 
 from models.dataset import CLASSES, Dataset, build_dataset, walk_forward
 from models.ensemble import Ensemble, log_loss
-from models.registry import ENSEMBLE, MODELS, Registry
+from models.registry import ENSEMBLE, MODELS, Registry, bar_text, same_bars
 from pipeline.config import Config, ModelConfig
 from pipeline.storage import rows_note
 
@@ -193,10 +211,47 @@ def _all_folds(y: np.ndarray, p: np.ndarray, folds: list[dict]) -> dict:
 
 
 # -- training ---------------------------------------------------------------------------
-def _dataset(data: str | Path | pa.Table, cfg: Config) -> tuple[Dataset, int]:
-    """The dataset and how many rows reading the data sorted. The file is read here
-    (models/features.load_candles: sorted, bad rows counted) so the report can say
-    what reading changed; build_dataset then gets the clean rows."""
+def median_step_seconds(timestamps_ms: np.ndarray) -> float | None:
+    """The bar length of candles: the median step between their (sorted, distinct) times,
+    in seconds; None with fewer than two bars."""
+    ts = np.asarray(timestamps_ms, dtype=np.int64)
+    if len(ts) < 2:
+        return None
+    return float(np.median(np.diff(ts))) / 1e3
+
+
+_FILE_MARKET = re.compile(r"^(?P<venue>[a-z][a-z0-9.-]*)_(?P<base>[A-Za-z0-9]+)-(?P<quote>[A-Za-z0-9]+)(?:[-_.]|$)")
+
+
+def market_of(data: Any) -> dict:
+    """Venue, symbol and quote currency of a candle file as far as its path says: the
+    ``venue=``/``symbol=BASE-QUOTE`` folders of `pipeline download` and the recorder, or
+    a name ``<venue>_<BASE>-<QUOTE>_...`` (binance_BTC-USDT_1h.csv); None where unknown."""
+    out = {"venue": None, "symbol": None, "quote": None, "synthetic": False}
+    if isinstance(data, pa.Table):
+        return out
+    parts = Path(data).expanduser().parts
+    for part in parts:
+        key, eq, value = part.partition("=")
+        if eq and key == "venue" and value:
+            out["venue"] = value.lower()
+        elif eq and key == "symbol" and "-" in value:
+            base, quote = value.split("-")[:2]
+            out["symbol"], out["quote"] = f"{base.upper()}/{quote.upper()}", quote.upper()
+    if out["venue"] is None and out["symbol"] is None and parts:
+        m = _FILE_MARKET.match(parts[-1])
+        if m:
+            out["venue"] = m["venue"]
+            out["symbol"] = f"{m['base'].upper()}/{m['quote'].upper()}"
+            out["quote"] = m["quote"].upper()
+    return out
+
+
+def _dataset(data: str | Path | pa.Table, cfg: Config) -> tuple[Dataset, int, float | None]:
+    """The dataset, how many rows reading the data sorted and the bars' median step in
+    seconds. The file is read here (models/features.load_candles: sorted, bad rows
+    counted) so the report can say what reading changed; build_dataset then gets the
+    clean rows."""
     from models.features import FeaturesError, load_candles
     m = cfg.model
     try:
@@ -207,21 +262,29 @@ def _dataset(data: str | Path | pa.Table, cfg: Config) -> tuple[Dataset, int]:
     except FileNotFoundError as e:
         raise TrainError(f"{data}: no such file ({e.strerror})") from None
     ds.dropped = {k: int(v) for k, v in rows.dropped.items()}
-    return ds, rows.reordered
+    step = median_step_seconds(rows.table.column("timestamp_ms").to_numpy()) if rows.table.num_rows else None
+    return ds, rows.reordered, step
 
 
 def train(data_path: str | Path | pa.Table, cfg: Config, out_dir: str | Path,
-          progress: bool = True, source: str | None = None) -> dict:
+          progress: bool = True, source: str | None = None, bar_seconds: float | None = None,
+          market: dict | None = None) -> dict:
     """Train, evaluate and save every configured model and the ensemble; return the report.
-    ``source`` names the data in the report and metadata (default: the path, or "<table>")."""
+    ``source`` names the data in the report and metadata (default: the path, or "<table>");
+    ``bar_seconds`` the bar length when the caller knows it (default: the data's median
+    step); ``market`` what the caller knows of venue, symbol, quote and synthetic (default:
+    `market_of` the path)."""
     from tqdm import tqdm
     m = cfg.model
     names = model_names(cfg)
-    ds, reordered = _dataset(data_path, cfg)
+    ds, reordered, step = _dataset(data_path, cfg)
+    where = source or _source(data_path)             # a table's repr is many lines: its name instead
+    bar_seconds = float(bar_seconds) if bar_seconds is not None else step
+    market = {**market_of(data_path), **(market or {})}
     try:
         splits = walk_forward(len(ds), m.folds, purge=m.horizon)
     except ValueError as e:
-        raise TrainError(f"{data_path}: {e} (after dropping {ds.warmup_rows} warm-up rows and the "
+        raise TrainError(f"{where}: {e} (after dropping {ds.warmup_rows} warm-up rows and the "
                          f"last {m.horizon}); use more data or fewer model.folds") from None
     cost = (cfg.execution.fee_bps + cfg.execution.slippage_bps) / 1e4
     n = len(ds)
@@ -242,7 +305,7 @@ def train(data_path: str | Path | pa.Table, cfg: Config, out_dir: str | Path,
                      for _, va in splits]
         for k, rows in enumerate(fold_rows):
             if len(rows) < 2:
-                raise TrainError(f"{data_path}: fold {k + 1} has {len(rows)} rows where every model "
+                raise TrainError(f"{where}: fold {k + 1} has {len(rows)} rows where every model "
                                  "predicts; use more data or fewer model.folds")
         scored = np.concatenate(fold_rows)
 
@@ -266,11 +329,15 @@ def train(data_path: str | Path | pa.Table, cfg: Config, out_dir: str | Path,
         registry = Registry(out_dir)
         versions: dict[str, int] = {}
         training = _training_meta(cfg, ds, source or _source(data_path), cost)
+        if bar_seconds is None or not math.isfinite(bar_seconds) or bar_seconds <= 0:
+            raise TrainError(f"{where}: cannot tell the bar length of the candles "
+                             f"(median step {bar_seconds})")
         for name in names:
             bar.set_postfix_str(f"all rows {name}")
             model = _fit(name, m, ds.X, ds.y, ds.close, "all rows")
             versions[name] = registry.save(name, model.save, {
                 "model": name, "class": f"{type(model).__module__}.{type(model).__name__}",
+                "bar_seconds": bar_seconds, "market": market,
                 "feature_names": list(ds.feature_names), "input_names": list(ds.input_names),
                 "classes": list(CLASSES), "parameters": dict(model.params),
                 "data_range": ds.data_range(), "metrics": results[name], "training": training})
@@ -278,6 +345,7 @@ def train(data_path: str | Path | pa.Table, cfg: Config, out_dir: str | Path,
         versions[ENSEMBLE] = registry.save(ENSEMBLE, ensemble.save, {
             "model": ENSEMBLE, "members": list(names),
             "member_versions": {name: versions[name] for name in names},
+            "bar_seconds": bar_seconds, "market": market,
             "feature_names": list(ds.feature_names), "input_names": list(ds.input_names),
             "classes": list(CLASSES), "parameters": ensemble.describe(),
             "data_range": ds.data_range(), "metrics": results[ENSEMBLE], "note": ENSEMBLE_NOTE,
@@ -287,7 +355,8 @@ def train(data_path: str | Path | pa.Table, cfg: Config, out_dir: str | Path,
 
     report = {
         "data": {"source": source or _source(data_path), **ds.data_range(), "dropped": ds.dropped,
-                 "reordered": reordered, "warmup_rows": ds.warmup_rows},
+                 "reordered": reordered, "warmup_rows": ds.warmup_rows, "bar_seconds": bar_seconds,
+                 "market": market, "config_bar_seconds": float(cfg.indicators.bar_seconds)},
         "training": training,
         "folds": [{"fold": k + 1, "train_rows": int(len(tr)), "val_rows": int(len(va)),
                    "scored_rows": int(len(rows)),
@@ -323,25 +392,72 @@ def _day(ms: int | None) -> str:
     return datetime.fromtimestamp(ms / 1e3, tz=timezone.utc).strftime("%Y-%m-%d %H:%M")
 
 
+UNIFORM_LOG_LOSS = math.log(3.0)      # guessing 1/3 for each class
+
+
+def _bars_line(d: dict) -> str | None:
+    """What the models were trained on and what serves them, or None for an older report."""
+    bar_s = d.get("bar_seconds")
+    if not bar_s:
+        return None
+    market = d.get("market") or {}
+    where = ""
+    if market.get("symbol") or market.get("venue"):
+        where = (f"; {market.get('symbol') or 'symbol unknown'} on "
+                 f"{'the synthetic market' if market.get('synthetic') else market.get('venue') or 'an unknown venue'}")
+    how = "generated" if market.get("synthetic") else "the data's median step"
+    line = (f"bars: {bar_text(bar_s)} ({how}){where}; a pipeline serves these artifacts only with "
+            f"[indicators] bar_seconds = {bar_s:g}")
+    cfg_s = d.get("config_bar_seconds")
+    if cfg_s and not same_bars(cfg_s, bar_s):
+        line += f" (this config has {cfg_s:g}: it would refuse them)"
+    return line
+
+
+def _returns_lines(report: dict) -> tuple[str, str | None]:
+    """(the line above the table, a line below it or None): what the returns are."""
+    t, d = report["training"], report["data"]
+    if (d.get("market") or {}).get("synthetic"):
+        return ("SYNTHETIC MARKET: every figure below is in-sample for the market the models were "
+                "trained on (history made by the live feed's own generator, whose drift regimes are "
+                "learnable by design); it means nothing for a real market",
+                "the returns above are on the synthetic market: not a forecast of any real one; "
+                "train on real candles with pipeline train to judge the models")
+    return (f"figures below are walk-forward out-of-sample: each fold's models were trained only on "
+            f"rows before it (purge {t['purge']} rows); the ensemble's weights saw these folds, and the "
+            "saved models were refitted on all rows, these included", None)
+
+
 def format_report(report: dict) -> str:
-    """The report as a table: one row per model per fold and an "all" row, then the ensemble."""
+    """The report as a table: one row per model per fold and an "all" row, then the
+    ensemble; above the table, what the returns are (walk-forward out-of-sample on real
+    data, meaningless for a real market on the synthetic one); a log loss worse than
+    a uniform guess is starred."""
     t, d = report["training"], report["data"]
     note = rows_note(d.get("dropped", {}), d.get("reordered", 0))
+    above, below = _returns_lines(report)
     lines = [
         f"data {d['source']}: {d['rows']} rows, {_day(d['first_ms'])} to {_day(d['last_ms'])} UTC"
         + (f"; {note}" if note else ""),
+        *filter(None, [_bars_line(d)]),
         f"labels: return over {t['horizon']} bars beyond +/-{t['label_threshold'] * 100:.3g}% is "
         f"up/down; {t['folds']} walk-forward folds, purge {t['purge']} rows; seed {t['seed']}",
         f"strategy: {'long/flat' if t['positions'] == 'long_flat' else 'long/short'} on the argmax "
         f"signal, held bar to bar, {t['cost_per_side'] * 1e4:.3g} bps per side at each change; "
         "buy & hold without fees",
         "",
+        above,
         f"{'model':<10}{'fold':>5}{'rows':>7}{'accuracy':>10}{'log loss':>10}"
         f"{'strategy':>11}{'buy&hold':>11}{'trades':>8}",
     ]
+    worse = False
 
     def row(name, fold, r):
-        lines.append(f"{name:<10}{fold:>5}{r['rows']:>7}{r['accuracy']:>10.3f}{r['log_loss']:>10.4f}"
+        nonlocal worse
+        bad = r["log_loss"] > UNIFORM_LOG_LOSS
+        worse |= bad
+        lines.append(f"{name:<10}{fold:>5}{r['rows']:>7}{r['accuracy']:>10.3f}{r['log_loss']:>9.4f}"
+                     f"{'*' if bad else ' '}"
                      f"{r['strategy_return'] * 100:>+10.2f}%{r['buy_hold_return'] * 100:>+10.2f}%"
                      f"{r['trades']:>8}")
 
@@ -349,6 +465,10 @@ def format_report(report: dict) -> str:
         for f in res["folds"]:
             row(name, str(f["fold"]), f)
         row(name, "all", res["all"])
+    if worse:
+        lines.append(f"* log loss above ln 3 = {UNIFORM_LOG_LOSS:.4f}: worse than guessing 1/3 for each class")
+    if below:
+        lines.append(below)
     ens = report["ensemble"]
     lines.append("")
     if ens["method"] == "soft_vote":

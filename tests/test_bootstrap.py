@@ -1,16 +1,21 @@
 """The default config serves the full ensemble with no network and no data files:
 at first start it trains one on the synthetic market's history and keeps it.
 
-The quick tests use a tiny forest + XGBoost config; the last one runs the real
-conf/default.toml as a user does (`pipeline start` from a fresh directory).
+The quick tests use a tiny forest + XGBoost config (a forest + LSTM one where
+TensorFlow must be imported, in the training child and not in the caller); the
+last one runs the real conf/default.toml as a user does (`pipeline start` from
+a fresh directory).
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -18,8 +23,10 @@ import numpy as np
 import pytest
 
 from models.registry import ENSEMBLE, Registry
+from models.serving import EnsembleModel
 from models.synthetic import SOURCE, bootstrap, needs_bootstrap, synthetic_candles
-from models.train import train
+from models.train import TrainError, train
+from pipeline.config import feature_names
 from pipeline.config import FeedConfig, load_config
 from pipeline.storage import OHLCV_COLUMNS, check_candles
 
@@ -29,12 +36,13 @@ from test_pipeline import TIMEOUT
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def tiny(tmp: Path, artifacts: Path, ema=(12, 26), name: str = "tiny"):
-    """A tiny forest + XGBoost ensemble; every other setting but the EMAs is the default."""
+def tiny(tmp: Path, artifacts: Path, ema=(12, 26), name: str = "tiny", bar_seconds: float = 1.0, **model):
+    """A tiny forest + XGBoost ensemble; every other setting but the EMAs and the bar
+    length is the default."""
     path = tmp / f"{name}.toml"
-    path.write_text(toml({"indicators": {"ema": list(ema)},
+    path.write_text(toml({"indicators": {"ema": list(ema), "bar_seconds": bar_seconds},
                           "model": {"artifacts": artifacts, "models": ["forest", "xgboost"],
-                                    "bootstrap_bars": 600, "folds": 2, **TINY_TREES}}))
+                                    "bootstrap_bars": 600, "folds": 2, **TINY_TREES, **model}}))
     return load_config(path)
 
 
@@ -59,11 +67,26 @@ def test_bootstrap_trains_once_and_keeps_it(tmp_path):
     arts = tmp_path / "artifacts"
     cfg = tiny(tmp_path, arts)
     assert "no trained ensemble" in needs_bootstrap(cfg)
-    report = bootstrap(cfg, progress=False, out=open(os.devnull, "w"))
+    out = io.StringIO()                                 # not stdout: the text comes back from the child
+    report = bootstrap(cfg, progress=False, out=out)
     assert report["artifacts"] == {"forest": 1, "xgboost": 1, ENSEMBLE: 1}
     assert report["data"]["source"].startswith(f"{SOURCE}:BTC/USDT")
     _, meta = Registry(arts).load(ENSEMBLE)
     assert meta["training"]["data"] == report["data"]["source"]
+    assert meta["bar_seconds"] == 1.0
+    assert meta["market"] == {"venue": "synthetic", "symbol": "BTC/USDT", "quote": "USDT", "synthetic": True}
+    text = out.getvalue()
+    assert text.startswith("no trained ensemble in")
+    # the report says, in its table, what its figures are worth (issue 12, item 8)
+    lines = text.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("model ") and "log loss" in line)
+    assert lines[header - 1].startswith("SYNTHETIC MARKET: every figure below is in-sample for the market "
+                                        "the models were trained on"), text
+    assert lines[header - 1].endswith("it means nothing for a real market")
+    last_row = max(i for i, line in enumerate(lines) if line.startswith("ensemble ") and " all " in line)
+    assert any(line.startswith("the returns above are on the synthetic market: not a forecast of any "
+                               "real one") for line in lines[last_row + 1:last_row + 3]), text
+    assert "bars: 1 s (generated); BTC/USDT on the synthetic market" in text
     assert needs_bootstrap(cfg) is None and bootstrap(cfg, progress=False) is None
     assert Registry(arts).versions(ENSEMBLE) == [1]
 
@@ -72,6 +95,101 @@ def test_bootstrap_trains_once_and_keeps_it(tmp_path):
     assert "trained for other indicators" in needs_bootstrap(other)
     bootstrap(other, progress=False, out=open(os.devnull, "w"))
     assert Registry(arts).versions(ENSEMBLE) == [1, 2]
+
+
+def test_bootstrap_trains_again_for_other_bars(tmp_path):
+    """The synthetic ensemble is trained for the config's bar length; another bar length
+    (or an older ensemble that does not record it) makes a new version, which serves."""
+    arts = tmp_path / "artifacts"
+    bootstrap(tiny(tmp_path, arts), progress=False, out=open(os.devnull, "w"))
+    slower = tiny(tmp_path, arts, name="slower", bar_seconds=2.0)
+    assert needs_bootstrap(slower) == (f"the synthetic ensemble in {arts} was trained on 1 s bars and this "
+                                       "config closes 2 s bars")
+    report = bootstrap(slower, progress=False, out=open(os.devnull, "w"))
+    assert report["data"]["bar_seconds"] == 2.0 and Registry(arts).versions(ENSEMBLE) == [1, 2]
+    assert needs_bootstrap(slower) is None
+    model = EnsembleModel(arts, feature_names(slower), 4, bar_seconds=2.0, symbols=["BTC/USDT@synthetic"])
+    assert model.versions[ENSEMBLE] == 2 and model.notes == []
+
+    meta_path = arts / ENSEMBLE / "2" / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["bar_seconds"]                             # as the bootstrap saved it before
+    meta_path.write_text(json.dumps(meta))
+    assert "does not record its bar length" in needs_bootstrap(slower)
+
+
+def test_an_error_in_the_training_child_is_one_line_and_leaves_nothing(tmp_path):
+    arts = tmp_path / "artifacts"
+    cfg = tiny(tmp_path, arts, bootstrap_bars=500, folds=100)   # too few bars for 100 folds
+    with pytest.raises(TrainError) as e:
+        bootstrap(cfg, progress=False, out=open(os.devnull, "w"))
+    assert "\n" not in str(e.value) and "too few for 100 folds" in str(e.value)
+    assert type(e.value) is TrainError                  # the class pipeline start prints in one line
+    assert not arts.exists()
+
+
+CHILD_SCRIPT = textwrap.dedent("""
+    import json, sys
+    from pipeline.config import load_config
+    from models.synthetic import bootstrap
+    try:
+        report = bootstrap(load_config(sys.argv[1]), progress=True)
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+        sys.exit(130)
+    print(json.dumps({"tensorflow": "tensorflow" in sys.modules, "artifacts": report["artifacts"]}))
+""")
+
+
+def lstm_config(tmp: Path, artifacts: Path, bars: int = 800, epochs: int = 3):
+    """Forest then LSTM: the LSTM needs TensorFlow, and its final fit comes after the forest's
+    artifact is saved (the moment a Ctrl-C would leave a partial set behind)."""
+    return tiny(tmp, artifacts, name="lstm", bar_seconds=0.5, models=["forest", "lstm"], bootstrap_bars=bars,
+                lstm_window=8, lstm_units=8, lstm_epochs=epochs)
+
+
+def test_training_runs_in_a_child_and_tensorflow_stays_out_of_the_caller(tmp_path):
+    pytest.importorskip("tensorflow", reason="TensorFlow is needed for the LSTM")
+    arts = tmp_path / "artifacts"
+    cfg = lstm_config(tmp_path, arts, bars=500, epochs=1)
+    r = subprocess.run([sys.executable, "-c", CHILD_SCRIPT, cfg.source], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=6 * TIMEOUT)
+    assert r.returncode == 0, r.stdout + r.stderr
+    result = json.loads(r.stdout.splitlines()[-1])
+    assert result == {"tensorflow": False, "artifacts": {"forest": 1, "lstm": 1, ENSEMBLE: 1}}
+    assert f"no trained ensemble in {arts}: training forest, lstm" in r.stdout   # the caller's lines
+    assert "ensemble: soft vote, weights forest" in r.stdout
+    assert "train:" in r.stderr and "all rows lstm" in r.stderr     # the child's progress bar
+    assert "Traceback" not in r.stderr
+
+
+def test_ctrl_c_stops_the_child_and_keeps_no_partial_version(tmp_path):
+    psutil = pytest.importorskip("psutil")
+    pytest.importorskip("tensorflow", reason="TensorFlow is needed for the LSTM")
+    arts = tmp_path / "artifacts"
+    cfg = lstm_config(tmp_path, arts)
+    proc = subprocess.Popen([sys.executable, "-c", CHILD_SCRIPT, cfg.source], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 6 * TIMEOUT
+        while not (arts / "forest" / "1").exists():           # the forest saved, the LSTM fitting
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.01)
+        assert not (arts / ENSEMBLE).exists()
+        trainers = [c for c in psutil.Process(proc.pid).children()
+                    if "resource_tracker" not in " ".join(c.cmdline())]
+        assert len(trainers) == 1
+        os.killpg(proc.pid, signal.SIGINT)                    # Ctrl-C reaches the whole process group
+        out, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130 and out.splitlines()[-1] == "interrupted", out + err
+    assert "Traceback" not in err and "leaked" not in err, err
+    psutil.wait_procs(trainers, timeout=5)
+    assert not any(t.is_running() for t in trainers)          # the training child is gone
+    assert not arts.exists(), sorted(str(p) for p in arts.rglob("*"))   # nothing of it kept
 
 
 def test_bootstrap_never_replaces_the_users_artifacts(tmp_path):

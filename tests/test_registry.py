@@ -1,4 +1,4 @@
-"""Model registry: versioned artifacts, checksums, clear errors, feature checks."""
+"""Model registry: versioned artifacts, checksums, clear errors, feature and bar checks."""
 from __future__ import annotations
 
 import json
@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from models.registry import ArtifactError, Registry, check_features
+from models.registry import ArtifactError, Registry, bar_text, check_bars, check_features, market_notes
 
 FEATURES = ["ema_12", "ema_26", "rsi_14", "obv"]
 
 
 def meta(**extra) -> dict:
-    return {"feature_names": FEATURES, "parameters": {"n_estimators": 10, "seed": 7},
+    return {"feature_names": FEATURES, "bar_seconds": 300.0, "parameters": {"n_estimators": 10, "seed": 7},
             "data_range": {"first_ms": 1_500_000_000_000, "last_ms": 1_600_000_000_000},
             "metrics": {"accuracy": 0.41}, **extra}
 
@@ -52,6 +52,11 @@ def test_writer_callable_and_file_list(tmp_path):
         reg.save("lstm", {"metadata.json": b"{}"}, meta())
     with pytest.raises(ValueError, match="metrics"):
         reg.save("lstm", {"a": b"x"}, {k: v for k, v in meta().items() if k != "metrics"})
+    with pytest.raises(ValueError, match="metadata lacks bar_seconds"):
+        reg.save("lstm", {"a": b"x"}, {k: v for k, v in meta().items() if k != "bar_seconds"})
+    for bad in (0, -1.0, float("nan"), "60", True):
+        with pytest.raises(ValueError, match="bar_seconds must be a number of seconds > 0"):
+            reg.save("lstm", {"a": b"x"}, meta(bar_seconds=bad))
     assert reg.versions("lstm") == [1, 2]
     assert not [p for p in (tmp_path / "lstm").iterdir() if p.name.startswith(".")]   # no temp left
 
@@ -150,3 +155,62 @@ def test_bad_model_name(tmp_path):
     with pytest.raises(ValueError, match="model name"):
         Registry(tmp_path).save("../x", {"m": b"x"}, meta())
     assert not any(Path(tmp_path).iterdir())
+
+
+def test_bar_text():
+    assert [bar_text(s) for s in (0.2, 1.0, 30, 60.0, 300, 90, 3600, 14400, 86400)] == \
+        ["0.2 s", "1 s", "30 s", "1 min", "5 min", "90 s", "1 h", "4 h", "1 d"]
+
+
+def test_bar_mismatch_refused_in_one_line(tmp_path):
+    reg = Registry(tmp_path)
+    reg.save("rf", {"m": b"x"}, meta())                       # 5-minute bars
+    _, m = reg.load("rf")
+    check_bars(m, 300)                                        # the same bars: accepted
+    check_bars(m, 300.0000001)
+    with pytest.raises(ArtifactError) as e:
+        check_bars(m, 1.0)
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert msg.startswith("model 'rf' version 1 was trained on 5 min bars but this config closes 1 s bars "
+                          "([indicators] bar_seconds = 1)"), msg
+    assert "retrain it with pipeline train on 1 s bars, or run it with bar_seconds = 300" in msg
+
+
+def test_artifact_without_bar_length_refused_with_a_hint(tmp_path):
+    """Saved before artifacts recorded their bars: refused, with the data's mean step as a hint."""
+    reg = Registry(tmp_path)
+    reg.save("rf", {"m": b"x"}, meta(data_range={"first_ms": 0, "last_ms": 3_600_000 * 99, "rows": 100}))
+    path = tmp_path / "rf" / "1" / "metadata.json"
+    old = json.loads(path.read_text())
+    del old["bar_seconds"]
+    path.write_text(json.dumps(old))                          # metadata.json is not in the checksum
+    _, m = reg.load("rf")                                     # loads: only serving refuses it
+    with pytest.raises(ArtifactError) as e:
+        check_bars(m, 60)
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert msg == ("model 'rf' version 1 does not record the bar length it was trained on (saved by an "
+                   "older tickpipe; its data averages about 1 h per bar); retrain it with pipeline train on "
+                   "1 min bars, this config's [indicators] bar_seconds = 60")
+
+
+def test_market_notes_warn_and_never_refuse():
+    """Another quote currency or venue is a warning only: the inputs are scale-free."""
+    krw = {"name": "ensemble", "version": 2,
+           "market": {"venue": "upbit", "symbol": "BTC/KRW", "quote": "KRW", "synthetic": False}}
+    assert market_notes(krw, ["BTC/KRW@upbit", "ETH/KRW@upbit"]) == []
+    assert market_notes(krw, ["BTC/KRW@upbit", "BTC/USDT@binance"]) == []     # one shares it
+    (note,) = market_notes(krw, ["BTC/USDT@upbit", "ETH/USDT@upbit"])
+    assert note.startswith("model 'ensemble' version 2 was trained on BTC/KRW (quoted in KRW) and serves "
+                           "symbols quoted in USDT: its inputs are scale-free"), note
+    quote, venue = market_notes(krw, ["BTC/USDT@binance"])
+    assert "quoted in USDT" in quote and venue == ("model 'ensemble' version 2 was trained on upbit data "
+                                                   "(BTC/KRW) and serves binance")
+    synthetic = {**krw, "market": {"venue": "synthetic", "symbol": "BTC/USDT", "quote": "USDT",
+                                   "synthetic": True}}
+    assert market_notes(synthetic, ["BTC/USDT@synthetic", "ETH/USDT@synthetic"]) == []
+    (note,) = market_notes(synthetic, ["BTC/USDT@binance", "BTC/KRW@upbit"])
+    assert "trained on the synthetic market and serves binance, upbit" in note
+    unknown = {**krw, "market": {"venue": None, "symbol": None, "quote": None, "synthetic": False}}
+    assert market_notes(unknown, ["BTC/USDT@binance"]) == [] and market_notes({}, ["X/Y@z"]) == []

@@ -1,10 +1,12 @@
 """Serving the trained ensemble in the live pipeline ([model] kind = "ensemble").
 
-A tiny ensemble of all four models is trained on a slice of the real candles
-with the very [indicators] the pipeline then runs; the pipeline runs it on the
-synthetic feed with 0.2 s bars, and the tap shows signals carrying every
-member's probabilities and fills following them. Artifacts trained on other
-indicators stop the pipeline at once with one clear line (no restart loop).
+A tiny ensemble of all four models is trained on 0.2 s bars of the synthetic
+market (what the feed will produce, on another seed) with the very
+[indicators] the pipeline then runs; the pipeline runs it on the synthetic feed
+with 0.2 s bars, and the tap shows signals carrying every member's
+probabilities and fills following them. Artifacts trained on other indicators,
+or on bars of another length, stop the pipeline at once with one clear line
+(no restart loop).
 """
 from __future__ import annotations
 
@@ -13,18 +15,17 @@ from pathlib import Path
 
 import pytest
 
+import pyarrow.parquet as pq
+
+from models.synthetic import synthetic_candles
 from models.train import train
-from pipeline.config import load_config
+from pipeline.config import FeedConfig, load_config
 from shm.records import FLAG_PARTIAL, FLAG_WARMUP
 
-from conftest import ALL_FOUR
+from conftest import ALL_FOUR, FAST, SYNTHETIC_SYMBOLS
 from test_pipeline import TIMEOUT, Pipeline, leftovers
-from test_train import CANDLES, write_slice
 
-
-def _skip_without_data():
-    if not CANDLES.exists():
-        pytest.skip(f"../shared/data not present: real candles are needed ({CANDLES})")
+BAR_S = FAST["indicators"]["bar_seconds"]          # the test pipeline's bars: 0.2 s
 
 
 @pytest.fixture
@@ -38,11 +39,17 @@ def serving_config(config_file):
     return write
 
 
+def synthetic_file(path: Path, bar_seconds: float, bars: int) -> Path:
+    """Candles of the test pipeline's synthetic market (its symbols and tick rate, another seed)."""
+    feed = FeedConfig(symbols=SYNTHETIC_SYMBOLS, ticks_per_s=FAST["feeds"][0]["ticks_per_s"])
+    pq.write_table(synthetic_candles(feed, bar_seconds, bars, seed=11), path)
+    return path
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    _skip_without_data()
-    tmp = tmp_path_factory.mktemp("serving-data")
-    return write_slice(tmp / "candles.csv", 2000, 1500)
+    """1500 bars of 0.2 s, the bars the test pipeline closes."""
+    return synthetic_file(tmp_path_factory.mktemp("serving-data") / "candles.parquet", BAR_S, 1500)
 
 
 @pytest.fixture
@@ -113,4 +120,24 @@ def test_artifacts_for_other_indicators_stop_the_pipeline(data, tmp_path, pipe, 
     line = stopped[0]
     assert "model.0 configuration error" in line and "trained on other features" in line, line
     assert "ema_3" in line and "ema_2" in line, line
+    assert "restarting" not in out, out
+
+
+def test_artifacts_for_other_bars_stop_the_pipeline(tmp_path, pipe, serving_config):
+    """Trained on 1 s bars with the very indicators it runs, served on 0.2 s bars: refused."""
+    models = tmp_path / "models"
+    cfg_path = serving_config("bars", models, models=("forest", "xgboost"))
+    one_second = synthetic_file(tmp_path / "one-second.parquet", 1.0, 600)
+    report = train(one_second, load_config(cfg_path), models, progress=False)
+    assert report["data"]["bar_seconds"] == 1.0
+    p = pipe(cfg_path).start()
+    code = p.wait_exit()
+    out = p.output()
+    assert code == 2, out
+    stopped = [line for line in out.splitlines() if line.startswith("stopped:")]
+    assert len(stopped) == 1, out
+    line = stopped[0]
+    assert "model.0 configuration error" in line, line
+    assert ("model 'ensemble' version 1 was trained on 1 s bars but this config closes 0.2 s bars "
+            "([indicators] bar_seconds = 0.2)") in line, line
     assert "restarting" not in out, out

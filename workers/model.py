@@ -10,7 +10,8 @@ models/serving.py: ``[model] kind = "ensemble"`` (the default) runs
 (workers/model_host.py): the same ensemble, run there; its state is the
 host's ("degraded" while it does not answer).
 
-A missing, corrupt or mismatching artifact is a configuration error: the
+A missing, corrupt or mismatching artifact (other features, or other bars
+than ``[indicators] bar_seconds``) is a configuration error: the
 worker logs the one-line error, reports it in a last heartbeat and exits with
 `CONFIG_EXIT` (2); the supervisor then stops the pipeline with that message
 instead of restarting the worker into the same error.
@@ -47,9 +48,13 @@ class ModelWorker(Worker):
         if self.cfg.model.kind == "ensemble":
             try:
                 self.ensemble = EnsembleModel(self.cfg.model.artifacts, self.topo.feature_names,
-                                              self.topo.tables["features"].rows)
+                                              self.topo.tables["features"].rows,
+                                              bar_seconds=self.cfg.indicators.bar_seconds,
+                                              symbols=self.topo.symbols.keys)
             except ConfigurationError as e:
                 self.config_error(str(e))
+            for note in self.ensemble.notes:
+                self.log.warning("%s", note)
             self.log.info("serving the ensemble from %s: %s on %s", self.cfg.model.artifacts,
                           self.ensemble.versions, self.ensemble.device)
             return

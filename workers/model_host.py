@@ -16,11 +16,12 @@ holds ``server.key_secret`` and accepts only the client public keys in
 
 Wire format (DEALER bridge -> ROUTER host, multipart):
 
-* ``hello``, JSON {feature_names, symbols} -> ``ready``, JSON {members,
-  versions, method, device} or ``error``, JSON {error}. The host refuses a
-  pipeline whose features or symbols differ from its own config's: the LSTM
-  keeps each symbol's history by id, and the models were trained on those
-  columns.
+* ``hello``, JSON {feature_names, symbols, bar_seconds} -> ``ready``, JSON
+  {members, versions, method, device} or ``error``, JSON {error}. The host
+  refuses a pipeline whose features, symbols or bar length differ from its own
+  config's: the LSTM keeps each symbol's history by id, and the models were
+  trained on those columns over bars of that length (the host checks its
+  artifacts against its own config's bar length when it loads them).
 * ``predict``, JSON {req, itemsize, features}, ids (int64 bytes), rows (bytes of
   the features dtype) -> ``result``, JSON {req, infer_ms}, probs f8 (n, 3),
   member_probs f8 (n, SIGNAL_MEMBERS, 3), versions u2 (n, SIGNAL_MEMBERS),
@@ -63,7 +64,7 @@ class KeysError(ValueError):
 
 
 class RemoteError(ConfigurationError):
-    """The host refused this pipeline (features or symbols differ): a configuration error."""
+    """The host refused this pipeline (features, symbols or bars differ): a configuration error."""
 
 
 # -- keys -----------------------------------------------------------------------------------
@@ -143,7 +144,11 @@ class ModelHost:
         self.features = features_id(self.feature_names)
         self.symbols = SymbolRegistry.from_config(cfg).keys
         self.dtype = features_dtype(self.feature_names)
-        self.model = EnsembleModel(cfg.model.artifacts, self.feature_names, len(self.symbols))
+        self.bar_seconds = float(cfg.indicators.bar_seconds)
+        self.model = EnsembleModel(cfg.model.artifacts, self.feature_names, len(self.symbols),
+                                   bar_seconds=self.bar_seconds, symbols=self.symbols)
+        for note in self.model.notes:
+            log.warning("%s", note)
         self.ctx = zmq.Context()
         from zmq.auth.thread import ThreadAuthenticator
         self.auth = ThreadAuthenticator(self.ctx, log=logging.getLogger("model_host.auth"))
@@ -185,6 +190,15 @@ class ModelHost:
                                       + ", ".join(self.symbols) + " but this pipeline's lists "
                                       + ", ".join(hello.get("symbols", []))
                                       + "; run both with the same [[feeds]]")
+                from models.registry import bar_text, same_bars
+                bar = hello.get("bar_seconds")
+                number = isinstance(bar, (int, float)) and not isinstance(bar, bool) and bar > 0
+                if not number or not same_bars(bar, self.bar_seconds):
+                    theirs = (f"closes {bar_text(bar)} bars" if number
+                              else "does not say its bar length (an older tickpipe?)")
+                    raise RemoteError(f"the model host serves models trained on {bar_text(self.bar_seconds)} "
+                                      f"bars but this pipeline {theirs}; run both with the same "
+                                      "[indicators] bar_seconds")
                 return [b"ready", json.dumps(self.ready_info()).encode()]
             if kind == b"predict":
                 head = _json(frames[1])
@@ -260,6 +274,7 @@ class RemoteEnsemble:
         self.feature_names = list(feature_names)
         self.features = features_id(self.feature_names)
         self.symbols = list(symbols)
+        self.bar_seconds = float(cfg.indicators.bar_seconds)
         self.itemsize = features_dtype(self.feature_names).itemsize
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
@@ -335,7 +350,8 @@ class RemoteEnsemble:
 
     def hello(self) -> bool:
         """Ask the host who it is; raises RemoteError when it refuses this pipeline."""
-        body = json.dumps({"feature_names": self.feature_names, "symbols": self.symbols}).encode()
+        body = json.dumps({"feature_names": self.feature_names, "symbols": self.symbols,
+                           "bar_seconds": self.bar_seconds}).encode()
         reply = self._ask([b"hello", body], b"ready", None)
         if reply is None:
             return False
