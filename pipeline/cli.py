@@ -105,8 +105,8 @@ def cmd_start(args) -> int:
         raise UserError(str(e)) from None
     n = len(sup.workers)
     print(f"tickpipe '{cfg.pipeline.name}' run {sup.run_id} started: {n} processes "
-          f"({cfg.n_shards} indicator shards, {cfg.n_model_workers} model workers, "
-          f"{len(cfg.feeds)} feeds, 1 strategy, 1 execution), config {cfg.source}", flush=True)
+          f"({_count(cfg.n_shards, 'indicator shard')}, {_count(cfg.n_model_workers, 'model worker')}, "
+          f"{_count(len(cfg.feeds), 'feed')}, 1 strategy, 1 execution), config {cfg.source}", flush=True)
     print("stop with Ctrl-C or 'pipeline stop'; inspect with 'pipeline status', "
           "'pipeline report', 'pipeline tap STREAM'", flush=True)
     try:
@@ -548,10 +548,49 @@ def cmd_tap(args) -> int:
     return 0
 
 
+def _count(n: int, thing: str) -> str:
+    """"1 feed", "2 feeds"."""
+    return f"{n} {thing}{'' if n == 1 else 's'}"
+
+
+def _words() -> dict[str, dict[int, str]]:
+    """Field -> code -> word, for the tap's text lines (shm/records.py's constants)."""
+    from shm import records as r
+    return {"side": {r.SIDE_BUY: "buy", r.SIDE_SELL: "sell", 0: "-"},
+            "action": {r.ACTION_BUY: "buy", r.ACTION_HOLD: "hold", r.ACTION_SELL: "sell"},
+            "kind": {r.TICK_TRADE: "trade", r.TICK_QUOTE: "quote", r.TICK_GAP: "gap"},
+            "order_type": {r.ORDER_MARKET: "market", r.ORDER_LIMIT: "limit"},
+            "tif": {r.TIF_GTC: "gtc", r.TIF_IOC: "ioc", r.TIF_FOK: "fok", r.TIF_POST_ONLY: "post_only"},
+            "liquidity": {r.LIQUIDITY_TAKER: "taker", r.LIQUIDITY_MAKER: "maker"},
+            "reason": {r.REASON_ENTRY: "entry", r.REASON_EXIT: "exit", r.REASON_STOP_LOSS: "stop_loss",
+                       r.REASON_TAKE_PROFIT: "take_profit", r.REASON_REBALANCE: "rebalance",
+                       r.REASON_FLATTEN: "flatten"}}
+
+
+def _iso_ns(ns: int) -> str:
+    """A time in ns as ISO 8601 UTC with microseconds."""
+    import datetime as dt
+    t = dt.datetime.fromtimestamp(ns // 1000 / 1e6, dt.timezone.utc)
+    return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def format_record(stream: str, rec: dict) -> str:
+    """One tap record as a line: times (``*_ns``) in ISO 8601 UTC, codes (side, action,
+    kind, order type, time in force, liquidity, reason) as words; ``--json`` keeps them raw."""
     skip = {"symbol", "symbol_id", "ring"}
-    fields = " ".join(f"{k}={_short(v)}" for k, v in rec.items() if k not in skip)
-    return f"{stream:<9}{rec.get('symbol', ''):<22}{fields}"
+    words = _words()
+    # a risk event's own text fields (kind "state" / "denial", a reason's words) stay as they are
+    coded = {} if stream == "risk" else words
+    fields = []
+    for k, v in rec.items():
+        if k in skip:
+            continue
+        if k in coded and isinstance(v, int) and not isinstance(v, bool):
+            v = coded[k].get(v, v)
+        elif k.endswith("_ns") and isinstance(v, int) and v > 10**17:     # a wall-clock time
+            v = _iso_ns(v)
+        fields.append(f"{k}={_short(v)}")
+    return f"{stream:<9}{rec.get('symbol', ''):<22}{' '.join(fields)}"
 
 
 def _short(v):
