@@ -13,6 +13,9 @@
   makes them (restarts included), for tests that drive a worker by hand.
 * ``journal_dir`` (every test): TICKPIPE_JOURNAL_DIR in the test's tmp_path, so a
   pipeline a test starts journals there and never into the repository.
+* ``DATA`` / ``data_file(rel)``: the real market data and venue captures the tests
+  use, cut-down copies shipped in tests/data (tests/data/SOURCES.md names each
+  file's origin and licence). The one place test data paths are resolved.
 """
 from __future__ import annotations
 
@@ -33,6 +36,18 @@ if _TESTS_DIR not in sys.path:
     sys.path.insert(0, _TESTS_DIR)
 
 SHM_DIR = "/dev/shm"
+
+# -- test data -------------------------------------------------------------------------
+DATA = Path(_TESTS_DIR) / "data"
+
+
+def data_file(rel: str) -> Path:
+    """``tests/data/<rel>`` (the same relative path as under ../shared/data, where
+    the full file came from); fails loudly when a sample is missing from the checkout."""
+    path = DATA / rel
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: test data missing from the checkout (tests/data/SOURCES.md)")
+    return path
 
 
 class ShmNames:

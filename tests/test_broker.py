@@ -1,11 +1,10 @@
 """The paper broker (workers/execution/broker.py): synthetic books for every rule,
-then real Binance data (../shared/data) replayed through it. Time is a SimClock."""
+then real Binance data (tests/data) replayed through it. Time is a SimClock."""
 from __future__ import annotations
 
 import csv
 import math
 from bisect import bisect_right
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,13 +14,11 @@ from shm.records import (ORDER_LIMIT, ORDER_MARKET, SIDE_BUY, SIDE_SELL, TIF_FOK
                          TIF_IOC, TIF_POST_ONLY)
 from workers.execution.broker import MAKER, TAKER, BrokerEvent, LatencyModel, PaperBroker
 
-DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
-DEPTH = DATA / "orderbook" / "binance-usdm_BTCUSDT_depth-snap_2022-11-01.csv"
-TRADES = DATA / "trades" / "binance_BTC-USDT_trades_2021-01-08.csv"
-QUOTES = DATA / "quotes" / "binance_BTC-USDT_bookticker_2021-01-08.csv"
-needs_data = pytest.mark.skipif(not (DEPTH.exists() and TRADES.exists() and QUOTES.exists()),
-                                reason="../shared/data not present: the real Binance book, trades "
-                                       "and book ticker are replayed here")
+from conftest import data_file
+
+DEPTH = data_file("orderbook/binance-usdm_BTCUSDT_depth-snap_2022-11-01.csv")
+TRADES = data_file("trades/binance_BTC-USDT_trades_2021-01-08.csv")
+QUOTES = data_file("quotes/binance_BTC-USDT_bookticker_2021-01-08.csv")
 FEES = {"binance": (2.0, 5.0), "upbit": (-1.0, 10.0)}
 MS = 1_000_000
 
@@ -396,7 +393,6 @@ def depth_snapshot() -> tuple[np.ndarray, np.ndarray, int]:
     return lv(*bids), lv(*asks), int(rows[0]["timestamp"]) * MS
 
 
-@needs_data
 def test_real_l2_book_market_sell_walks_three_levels_then_a_huge_one_runs_it_out():
     bids, asks, ts = depth_snapshot()
     assert len(bids) == 100 and len(asks) == 0                  # this snapshot holds bids only
@@ -440,7 +436,6 @@ def feed(b: PaperBroker, events) -> None:
             b.on_trade(1, *x, ts)
 
 
-@needs_data
 def test_real_trades_and_quotes_resting_orders_fill_only_where_the_market_went_through():
     """Resting orders half a cent off the price grid (no queue question): each fill
     must be explained by a trade through the price or a quote crossing it, strictly
@@ -484,7 +479,6 @@ def test_real_trades_and_quotes_resting_orders_fill_only_where_the_market_went_t
         assert got[0].ts_ns == ts1 + 5 * MS and got[0].qty == pytest.approx(min(qty, q1), rel=1e-12)
 
 
-@needs_data
 def test_real_book_ticker_market_order_meets_the_quote_in_force_at_its_ack():
     events = replay_events()
     quotes = [(ts, x) for ts, kind, x in events if kind == "q"]

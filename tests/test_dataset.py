@@ -17,10 +17,10 @@ from pipeline.config import Config
 from models.features import compute
 from shm.records import features_dtype
 
+from conftest import data_file
+
 ROOT = Path(__file__).resolve().parent.parent
-CANDLES = ROOT.parent / "shared" / "data" / "candles" / "binance_BTC-USDT_1h.csv"
-needs_data = pytest.mark.skipif(not CANDLES.exists(),
-                                reason="../shared/data not present: real candles are needed")
+CANDLES = data_file("candles/binance_BTC-USDT_1h.csv")
 N = 2000
 H = 6
 
@@ -48,7 +48,6 @@ def compute_table(candles: pa.Table, cfg: Config) -> tuple[pa.Table, dict]:
         return compute(Path(tmp) / "c.parquet", cfg)
 
 
-@needs_data
 def test_no_look_ahead(candles):
     """Changing candles after time t changes no feature at or before t, and no
     label at or before t minus the horizon."""
@@ -72,7 +71,6 @@ def test_no_look_ahead(candles):
     assert not np.allclose(base.future_return[spanning], moved.future_return[spanning])
 
 
-@needs_data
 def test_labels_equal_numpy(candles):
     close = candles.column("close").to_numpy().astype(np.float64)
     ts = candles.column("timestamp_ms").to_numpy()
@@ -89,7 +87,6 @@ def test_labels_equal_numpy(candles):
     assert set(np.unique(d.y)) == {DOWN, FLAT, UP}
 
 
-@needs_data
 def test_features_are_pipeline_features(candles, tmp_path):
     """X is `pipeline features` through model_inputs; warm-up rows are dropped;
     a file gives what the same table gives."""
@@ -114,7 +111,6 @@ def test_features_are_pipeline_features(candles, tmp_path):
     np.testing.assert_array_equal(same.y, d.y)
 
 
-@needs_data
 def test_model_inputs_same_on_live_rows(candles):
     """The model worker's rows (shm feature records) give the training inputs."""
     cfg = Config()
@@ -132,7 +128,6 @@ def test_model_inputs_same_on_live_rows(candles):
         model_inputs({"close": np.ones(3), "foo_3": np.ones(3)}, ["foo_3"])
 
 
-@needs_data
 def test_inputs_are_scale_free(candles):
     """Prices ten times higher give the same inputs: a model carries across price levels."""
     cfg = Config()
@@ -142,7 +137,6 @@ def test_inputs_are_scale_free(candles):
     np.testing.assert_array_equal(a.y, b.y)
 
 
-@needs_data
 def test_bad_candles_dropped_and_counted(candles):
     cols = {name: candles.column(name).to_numpy().astype(np.float64) for name in candles.column_names}
     cols["close"][100] = np.nan
@@ -184,7 +178,6 @@ def test_walk_forward_refuses_too_few_rows():
         walk_forward(100, 0, 5)
 
 
-@needs_data
 def test_walk_forward_purge_covers_labels(candles):
     """No training label's future window reaches the validation block."""
     d = build_dataset(candles, Config(), H)

@@ -6,12 +6,11 @@ verdicts and states are journaled and survive restarts."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import RunSegments
+from conftest import RunSegments, data_file
 from pipeline import journal
 from shm.records import INTENT, ORDER_MARKET, SIDE_BUY, SIDE_SELL, TICK, TICK_TRADE
 from shm.ring import Ring
@@ -328,10 +327,9 @@ def test_pnl_and_journal_commands_read_the_journal(runs, capsys, tmp_path):
     assert "no journal at" in capsys.readouterr().err
 
 
-EXCHANGE_INFO = Path("/work/shared/data/payloads/binance/rest/exchangeInfo_2021-10-12.capture.jsonl")
+EXCHANGE_INFO = data_file("payloads/binance/rest/exchangeInfo_2021-10-12.capture.jsonl")
 
 
-@pytest.mark.skipif(not EXCHANGE_INFO.exists(), reason="/work/shared/data is absent: no real exchangeInfo")
 def test_orders_follow_the_venues_rules_fetched_at_start(tmp_path):
     """A Binance feed: execution fetches exchangeInfo (a local server replaying the real
     one) in a thread, holds the venue's orders until it is in, then rounds each order

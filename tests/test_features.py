@@ -14,14 +14,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow.dataset as pds
 import pyarrow.parquet as pq
-import pytest
+
+from conftest import data_file
 
 ROOT = Path(__file__).resolve().parent.parent
-CANDLES = ROOT.parent / "shared" / "data" / "candles" / "binance_BTC-USDT_5m.csv"
-TRADES = ROOT.parent / "shared" / "data" / "trades" / "binance_BTC-USDT_trades_2021-01-08.csv"
+CANDLES = data_file("candles/binance_BTC-USDT_5m.csv")
+TRADES = data_file("trades/binance_BTC-USDT_trades_2021-01-08.csv")
 TIMEOUT = 120
-needs_data = pytest.mark.skipif(not CANDLES.exists(),
-                                reason="../shared/data not present: real candles are needed")
 
 
 def cli(*args, env=None) -> subprocess.CompletedProcess:
@@ -36,7 +35,6 @@ def write_slice(path: Path, start: int, n: int) -> None:
         csv.writer(f).writerows([rows[0]] + rows[1 + start:1 + start + n])
 
 
-@needs_data
 def test_features_cli_equals_talib(tmp_path):
     import talib
     data = tmp_path / "slice.csv"
@@ -55,7 +53,6 @@ def test_features_cli_equals_talib(tmp_path):
                                talib.RSI(c, 14), rtol=1e-9, equal_nan=True)
 
 
-@needs_data
 def test_features_cli_one_line_errors(tmp_path):
     r = cli("features", "--data", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "o.parquet"))
     assert r.returncode == 2 and r.stderr.strip().endswith("nope.csv: no such file")
@@ -135,7 +132,6 @@ class Live:
             self.proc.wait(TIMEOUT)
 
 
-@needs_data
 def test_live_bars_equal_batch_features(tmp_path):
     """A real candle file replayed through the feed, the shard and the recorder
     gives bars and features equal to `pipeline features` on the same file."""
@@ -163,7 +159,6 @@ def test_live_bars_equal_batch_features(tmp_path):
                                    equal_nan=True, err_msg=col)
 
 
-@needs_data
 def test_alert_on_volatility_with_volume_surge(tmp_path):
     """Real candles: the bars whose volatility and volume z-score both pass the
     thresholds are flagged, logged, and only those."""
@@ -269,7 +264,6 @@ def _write(path: Path, header: list[str], rows: list[list[str]], bom: bool = Fal
     return path
 
 
-@needs_data
 def test_shuffled_rows_are_sorted_not_dropped(tmp_path):
     """20 real bars in a shuffled order: all 20 come back in time order, the same
     features as the file in order, and the summary says how many were moved."""
@@ -290,7 +284,6 @@ def test_shuffled_rows_are_sorted_not_dropped(tmp_path):
     assert summary["reordered"] == late > 10
 
 
-@needs_data
 def test_duplicate_rows_are_dropped_and_counted(tmp_path):
     from models.features import compute
     from pipeline.config import load_config
@@ -306,7 +299,6 @@ def test_duplicate_rows_are_dropped_and_counted(tmp_path):
     assert summary["reordered"] == 0
 
 
-@needs_data
 def test_features_cli_reads_a_bom_csv_and_reports_sorting(tmp_path):
     header, rows = _real_rows(3000, 100)
     data = rows[50:] + rows[:50] + [rows[7]]

@@ -1,4 +1,4 @@
-"""Binance spot feed on real payloads (../shared/data/payloads/binance).
+"""Binance spot feed on real payloads (tests/data/payloads/binance, from ../shared/data).
 
 * The parser and the order book run on the real websocket capture (combined
   stream: depthUpdate, bookTicker, kline, aggTrade for NKNUSDT, BLZETH,
@@ -35,10 +35,6 @@ BINANCE = PAYLOADS / "binance"
 WS_CAPTURE = BINANCE / "ws" / "spot_depth100ms_bookTicker_kline1m_aggTrade_2021-10-12.capture.jsonl"
 DEPTH_CAPTURE = BINANCE / "rest" / "depth_limit1000_snapshots_2021-10-12.capture.jsonl"
 AGG_TRADES = BINANCE / "rest" / "aggTrades_XRPETH_2019-10-11_info_objects.json"
-
-pytestmark = pytest.mark.skipif(
-    not (WS_CAPTURE.exists() and DEPTH_CAPTURE.exists() and AGG_TRADES.exists()),
-    reason=f"../shared/data not present: the Binance captures under {BINANCE} are replayed here")
 
 SYMBOLS = ["NKN/USDT", "BLZ/ETH", "LRC/BTC", "RUNE/EUR"]
 NATIVE = {"NKN/USDT": "NKNUSDT", "BLZ/ETH": "BLZETH", "LRC/BTC": "LRCBTC", "RUNE/EUR": "RUNEEUR"}

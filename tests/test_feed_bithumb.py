@@ -1,6 +1,6 @@
 """The Bithumb feed against cryptofeed's real capture of the legacy public
 websocket (``transaction`` messages and status acks, 2021-06-01) from
-../shared/data: the parser on every message, then the real connection code
+tests/data: the parser on every message, then the real connection code
 (workers.feed.VenueSource over WsConnection) against a local websocket server
 replaying it.
 
@@ -25,12 +25,11 @@ import numpy as np
 import pytest
 
 from shm.records import SIDE_BUY, SIDE_SELL, TICK_GAP, TICK_QUOTE, TICK_TRADE
-from venue_servers import (PAYLOADS, Behaviour, WsReplayServer, captured, collect_ticks, needs_capture,
+from venue_servers import (PAYLOADS, Behaviour, WsReplayServer, captured, collect_ticks,
                            RECV_NS, parse_all, reconnect_twice, venue_feed)
 
 CAPTURE = PAYLOADS / "bithumb" / "ws" / "transaction_2021-06-01.capture.jsonl"
 CCXT_REST = PAYLOADS / "bithumb" / "rest" / "ccxt_static_httpResponses.json"
-pytestmark = needs_capture(CAPTURE, "Bithumb")
 
 
 # -- the capture, read independently of the parser ---------------------------------

@@ -1,5 +1,5 @@
 """The REST poller for any ccxt venue, against real OKX responses served from
-127.0.0.1 (fixtures from NautilusTrader's OKX tests, in ../shared/data).
+127.0.0.1 (fixtures from NautilusTrader's OKX tests, in tests/data).
 
 The instruments fixture lists BTC-USDT only among MARGIN instruments (OKX lists
 it as SPOT too); the server adds it to the SPOT answer so ccxt knows the
@@ -10,15 +10,11 @@ from __future__ import annotations
 import json
 import time
 
-import pytest
-
 from pipeline.config import FeedConfig
 from shm.records import SIDE_BUY, SIDE_SELL, TICK_QUOTE, TICK_TRADE
 from venue_servers import PAYLOADS, HttpReplayServer, run_until
 
 OKX = PAYLOADS / "okx" / "fixtures_nautilus"
-pytestmark = pytest.mark.skipif(not OKX.exists(),
-                                reason="../shared/data not present: OKX REST fixtures needed")
 
 
 def okx_routes(book_status: int = 200) -> dict:

@@ -75,13 +75,6 @@ def test_a_restarted_synthetic_feed_goes_on_from_the_last_prices(feed_ring):
         assert abs(mid / price - 1) < 0.01, f"symbol {sid} jumped from {price} to {mid}"
 
 
-def _binance_captures() -> list:
-    from test_feed_binance import AGG_TRADES, DEPTH_CAPTURE, WS_CAPTURE
-    return [WS_CAPTURE, DEPTH_CAPTURE, AGG_TRADES]
-
-
-@pytest.mark.skipif(not all(p.exists() for p in _binance_captures()),
-                    reason="../shared/data not present: the Binance captures are needed")
 def test_a_restarted_venue_feed_marks_the_gap_and_backfills_from_the_ring(tmp_path):
     """A Binance feed process writes 50 XRPETH trades and dies. Meanwhile the venue
     trades 100 more. Its successor knows nothing but the ticks ring: its first

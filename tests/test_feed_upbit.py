@@ -1,5 +1,5 @@
 """The Upbit feed against cryptofeed's real capture (SIMPLE format, KRW and BTC
-markets, 2021-04-17) from ../shared/data: the parser on every message, then
+markets, 2021-04-17) from tests/data: the parser on every message, then
 the real connection code (workers.feed.VenueSource over WsConnection) against
 a local websocket server replaying the capture as binary frames, as Upbit
 sends them.
@@ -23,12 +23,11 @@ import numpy as np
 import pytest
 
 from shm.records import SIDE_BUY, SIDE_SELL, TICK_GAP, TICK_QUOTE, TICK_TRADE
-from venue_servers import (PAYLOADS, Behaviour, WsReplayServer, captured, collect_ticks, needs_capture,
+from venue_servers import (PAYLOADS, Behaviour, WsReplayServer, captured, collect_ticks,
                            RECV_NS, parse_all, reconnect_twice, venue_feed)
 
 CAPTURE = PAYLOADS / "upbit" / "ws" / "trade_orderbook_SIMPLE-format_2021-04-17.capture.jsonl"
 CCXT_REST = PAYLOADS / "upbit" / "rest" / "ccxt_static_httpResponses.json"
-pytestmark = needs_capture(CAPTURE, "Upbit")
 
 
 # -- the capture, read independently of the parser ---------------------------------

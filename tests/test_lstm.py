@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import data_file
+
 ROOT = Path(__file__).resolve().parent.parent
-CANDLES = ROOT.parent / "shared" / "data" / "candles" / "binance_BTC-USDT_5m.csv"
+CANDLES = data_file("candles/binance_BTC-USDT_5m.csv")
 pytestmark = [
-    pytest.mark.skipif(not CANDLES.exists(),
-                       reason=f"../shared/data not present: real candles are needed ({CANDLES})"),
     pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None,
                        reason="tensorflow is not installed: the LSTM needs it "
                               "(pip install tensorflow-cpu)"),

@@ -1,4 +1,4 @@
-"""The replay feed on real candles and trades from ../shared/data: the ticks
+"""The replay feed on real candles and trades from tests/data: the ticks
 it makes (checked against the file read here with the csv module, not with
 our reader), pacing by market time, bad rows skipped and counted, and a
 replay through a running pipeline into the recorder's Parquet files.
@@ -18,15 +18,12 @@ import pytest
 
 from pipeline.config import ConfigError, FeedConfig, load_config
 from shm.records import SIDE_BUY, SIDE_SELL, TICK_TRADE
+from conftest import data_file
 from test_storage import Run
-from venue_servers import SHARED
 from workers.feed import MAX_BATCH, ReplaySource, replay_ticks
 
-CANDLES = SHARED / "data" / "candles" / "binanceus_BTC-USDT_1m.csv"
-TRADES = SHARED / "data" / "trades" / "binance_BTC-USDT_trades_2021-01-08.csv"
-pytestmark = pytest.mark.skipif(not CANDLES.exists() or not TRADES.exists(),
-                                reason="../shared/data not present: real candles and trades "
-                                       "are needed")
+CANDLES = data_file("candles/binanceus_BTC-USDT_1m.csv")
+TRADES = data_file("trades/binance_BTC-USDT_trades_2021-01-08.csv")
 MS_NS = 1_000_000
 
 
@@ -198,7 +195,7 @@ def test_shuffled_rows_play_in_time_order(tmp_path):
     ('symbols = ["BTC/USDT"]\npath = "{candles}"\nspeed = -1', "speed must be >= 0"),
 ])
 def test_replay_config_mistakes(tmp_path, extra, message):
-    funding = SHARED / "data" / "candles" / "binance-usdm_BTC-USDT-PERP_funding_rate.csv"
+    funding = data_file("candles/binance-usdm_BTC-USDT-PERP_funding_rate.csv")
     conf = tmp_path / "r.toml"
     conf.write_text('[[feeds]]\nname = "r"\nkind = "replay"\n'
                     + extra.format(candles=CANDLES, funding=funding) + "\n")

@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import data_file
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 ROOT = Path(__file__).resolve().parent.parent
-CANDLES = ROOT.parent / "shared" / "data" / "candles" / "binance_BTC-USDT_1h.csv"
-pytestmark = pytest.mark.skipif(
-    not CANDLES.exists(), reason=f"../shared/data not present: real candles are needed ({CANDLES})")
+CANDLES = data_file("candles/binance_BTC-USDT_1h.csv")
 pytest.importorskip("gymnasium", reason="gymnasium is not installed: the trading environment "
                                         "is a gymnasium.Env (pip install gymnasium)")
 needs_tf = pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None,

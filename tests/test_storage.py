@@ -1,6 +1,6 @@
 """Data at rest: `pipeline download` against a local server that answers
 Binance's /api/v3/klines and /api/v3/aggTrades from the real candles and
-trades of ../shared/data, the Parquet layout helpers, and the recorder worker
+trades of tests/data, the Parquet layout helpers, and the recorder worker
 inside a running pipeline.
 
 The kline server serves slices of binance_BTC-USDT_5m.csv the way Binance
@@ -35,15 +35,14 @@ import pytest
 from pipeline import cli
 from pipeline.storage import (append_ohlcv, append_trades, ohlcv_dir, read_ohlcv, read_trades,
                              trades_dir, write_parts)
-from venue_servers import PAYLOADS, SHARED, HttpReplayServer, capture_lines
+from venue_servers import HttpReplayServer, capture_lines
+
+from conftest import data_file
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 90
-CANDLES = SHARED / "data" / "candles" / "binance_BTC-USDT_5m.csv"
-EXCHANGE_INFO = PAYLOADS / "binance" / "rest" / "exchangeInfo_2021-10-12.capture.jsonl"
-needs_data = pytest.mark.skipif(not CANDLES.exists() or not EXCHANGE_INFO.exists(),
-                                reason="../shared/data not present: the Binance candles and "
-                                       "exchangeInfo capture are needed")
+CANDLES = data_file("candles/binance_BTC-USDT_5m.csv")
+EXCHANGE_INFO = data_file("payloads/binance/rest/exchangeInfo_2021-10-12.capture.jsonl")
 TF_MS = 5 * 60 * 1000
 
 
@@ -140,7 +139,6 @@ def starts(srv) -> list[int]:
 
 
 # -- download -----------------------------------------------------------------------------
-@needs_data
 def test_download_equals_csv_then_resumes_without_duplicates_or_gaps(binance, tmp_path):
     srv, kl = binance()
     out = tmp_path / "data"
@@ -172,7 +170,6 @@ def test_download_equals_csv_then_resumes_without_duplicates_or_gaps(binance, tm
     assert kl.calls == n and "0 new bars" in r.stdout
 
 
-@needs_data
 def test_interrupted_download_keeps_its_pages_and_resumes(binance, tmp_path):
     srv, kl = binance(hold_at=3)                  # the third page hangs until we let it go
     out = tmp_path / "data"
@@ -195,7 +192,6 @@ def test_interrupted_download_keeps_its_pages_and_resumes(binance, tmp_path):
     assert stored(out).equals(csv_slice("2025-01-01", "2025-01-15"))
 
 
-@needs_data
 def test_bad_rows_from_the_venue_are_dropped_counted_and_reported(binance, tmp_path):
     rows = {int(r.split(",")[0]): r.split(",") for r in
             CANDLES.read_text().splitlines()[1:] if r.startswith("17357")}
@@ -216,7 +212,6 @@ def test_bad_rows_from_the_venue_are_dropped_counted_and_reported(binance, tmp_p
     assert stored(out).equals(want.filter(pa.array(keep)))
 
 
-@needs_data
 @pytest.mark.parametrize("args, message", [
     (["--since", "2025-13-01"], "--since: not a date: '2025-13-01'"),
     (["--since", "yesterday"], "--since: not a date: 'yesterday'"),
@@ -242,10 +237,7 @@ def test_download_mistakes_are_one_line(binance, tmp_path, capsys, args, message
 
 
 # -- trades: a Binance aggTrades server over the real trades --------------------------------
-TRADES = SHARED / "data" / "trades" / "binance_BTC-USDT_trades_2021-01-08.csv"
-needs_trades = pytest.mark.skipif(not TRADES.exists() or not EXCHANGE_INFO.exists(),
-                                  reason="../shared/data not present: the Binance trades and "
-                                         "exchangeInfo capture are needed")
+TRADES = data_file("trades/binance_BTC-USDT_trades_2021-01-08.csv")
 HOUR_MS = 3_600_000
 DAY0 = "2021-01-08"
 
@@ -364,7 +356,6 @@ def agg_requests(srv) -> list[dict]:
     return [q for path, q in srv.requests if path == "/api/v3/aggTrades"]
 
 
-@needs_trades
 def test_trades_download_equals_csv_then_resumes_without_duplicates_or_gaps(binance_trades,
                                                                              tmp_path):
     srv, _ = binance_trades()
@@ -402,7 +393,6 @@ def test_trades_download_equals_csv_then_resumes_without_duplicates_or_gaps(bina
     assert trades_got(out).equals(csv_trades())
 
 
-@needs_trades
 @pytest.mark.parametrize("window_end", ["first", "last"])
 def test_trades_first_trade_is_found_whichever_end_a_full_window_is_answered_from(
         binance_trades, tmp_path, window_end):
@@ -412,7 +402,6 @@ def test_trades_first_trade_is_found_whichever_end_a_full_window_is_answered_fro
     assert trades_got(out).equals(csv_trades(f"{DAY0}T00:00:05", f"{DAY0}T00:00:30"))
 
 
-@needs_trades
 def test_interrupted_trades_download_keeps_what_it_fetched_and_resumes(binance_trades, tmp_path):
     srv, agg = binance_trades(hold_at=3)     # the third page by id hangs until we let it go
     out = tmp_path / "data"
@@ -436,7 +425,6 @@ def test_interrupted_trades_download_keeps_what_it_fetched_and_resumes(binance_t
     assert trades_got(out).equals(csv_trades())
 
 
-@needs_trades
 def test_bad_trades_from_the_venue_are_dropped_counted_and_reported(binance_trades, tmp_path):
     ids = [int(r.split(",")[1]) for r in TRADES.read_text().splitlines()[1:] if r]
     ts = {int(r.split(",")[1]): int(r.split(",")[0]) for r in TRADES.read_text().splitlines()[1:]
@@ -456,7 +444,6 @@ def test_bad_trades_from_the_venue_are_dropped_counted_and_reported(binance_trad
     assert "1997 new trades" in r.stdout
 
 
-@needs_trades
 @pytest.mark.parametrize("args, message", [
     (["--timeframe", "5m"], "--trades and --timeframe exclude each other"),
     (["--trades", None], "say what to download: --timeframe TF (OHLCV bars, e.g. 5m) or --trades"),

@@ -13,29 +13,29 @@ indicator's ``lookback``. (With the TA-Lib build these tests were written
 against, the values are in fact bit-identical; only VWAP and volatility, whose
 oracles sum and take logarithms differently, differ by an ulp.)
 
-Needs ../shared/data/candles; those tests skip with the reason otherwise.
+The candles are cut-down copies of ../shared/data/candles in tests/data/candles
+(tests/data/SOURCES.md): a few thousand bars of each file.
 """
 from __future__ import annotations
 
 import functools
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from models.ta import INDICATORS, Engine
 
+from conftest import DATA
+
 talib = pytest.importorskip("talib", reason="ta-lib (the test oracle) is not installed")
 
-CANDLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "candles"
-needs_data = pytest.mark.skipif(
-    not CANDLES.is_dir(),
-    reason=f"{CANDLES} not present: the real candles the indicators are checked on")
+CANDLES = DATA / "candles"
 
-# binance 5m: the full 120k rows; 1h: 58k rows; coinbase 1d: a bad print (2017-04-15
-# low 0.06) and gaps; bittrex ETH/BTC 5m and binance XRP/ETH 1m: prices of 0.09 and
-# 0.0014 (variance far below TA-Lib's old 1e-8 zero test), absent no-trade minutes.
+# binance 5m: 10k rows; 1h: 5k rows (2017-18, with outage gaps); coinbase 1d: a bad
+# print (2017-04-15 low 0.06) and gaps; bittrex ETH/BTC 5m and binance XRP/ETH 1m:
+# prices of 0.09 and 0.0014 (variance far below TA-Lib's old 1e-8 zero test), absent
+# no-trade minutes.
 FILES = ["binance_BTC-USDT_5m.csv", "binance_BTC-USDT_1h.csv", "coinbase_BTC-USD_1d.csv",
          "bittrex_ETH-BTC_5m.csv", "binance_XRP-ETH_1m.csv"]
 
@@ -132,7 +132,6 @@ def test_every_indicator_has_an_oracle_and_parameter_sets():
         "each kind in models.ta.INDICATORS needs an oracle and parameter sets here")
 
 
-@needs_data
 @pytest.mark.parametrize("name", FILES)
 @pytest.mark.parametrize("kind", sorted(INDICATORS))
 def test_equals_talib(kind, name):
@@ -168,7 +167,6 @@ def _symbols() -> list[dict[str, np.ndarray]]:
     return [a, b, c]
 
 
-@needs_data
 def test_streaming_equals_batch_one_bar_per_symbol_per_call():
     """As a live shard: each call holds the bars closing at one time, one per symbol,
     in a different order each step; every symbol's rows equal its own batch run."""
@@ -191,7 +189,6 @@ def test_streaming_equals_batch_one_bar_per_symbol_per_call():
                 f"{np.argmax(~((live[:, j] == ref[:, j]) | np.isnan(ref[:, j])))}")
 
 
-@needs_data
 def test_streaming_equals_batch_in_chunks_with_runs():
     """The symbols' bars interleaved in one stream cut into calls of random size, so a
     call holds runs of one symbol and the same symbol several times: same values."""
@@ -220,7 +217,6 @@ def test_streaming_equals_batch_in_chunks_with_runs():
 
 
 # -- the engine ------------------------------------------------------------------------------
-@needs_data
 def test_parameter_sets_side_by_side():
     bars = candles("binance_BTC-USDT_1h.csv")
     specs = [("ema", (12,)), ("ema", (26,)), ("macd", (12, 26, 9)), ("macd", (5, 35, 5)),

@@ -17,12 +17,10 @@ from models.train import REPORT, TrainError, format_report, load_artifact, make_
 from pipeline.cli import main
 from pipeline.config import Config, ConfigError, load_config
 
-from conftest import ALL_FOUR, TINY_LSTM, TINY_TREES, toml
+from conftest import ALL_FOUR, TINY_LSTM, TINY_TREES, data_file, toml
 
 ROOT = Path(__file__).resolve().parent.parent
-CANDLES = ROOT.parent / "shared" / "data" / "candles" / "binance_BTC-USDT_1h.csv"
-needs_data = pytest.mark.skipif(not CANDLES.exists(),
-                                reason=f"../shared/data not present: real candles are needed ({CANDLES})")
+CANDLES = data_file("candles/binance_BTC-USDT_1h.csv")
 FIRST, ROWS = 2000, 3000            # a slice of 1h BTC/USDT: Nov 2017 to Mar 2018, up, crash, flat
 
 TINY = {"models": ["forest", "xgboost"], "folds": 3, "horizon": 6, "seed": 3, **TINY_TREES}
@@ -50,8 +48,6 @@ def tiny_config(tmp: Path, **model) -> tuple[Config, Path]:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One tiny training run on the real slice: (report, out dir, csv, config, config path)."""
-    if not CANDLES.exists():
-        pytest.skip(f"../shared/data not present: real candles are needed ({CANDLES})")
     tmp = tmp_path_factory.mktemp("train")
     data = write_slice(tmp / "candles.csv", FIRST, ROWS)
     cfg, cfg_path = tiny_config(tmp)
@@ -63,7 +59,6 @@ def trained(tmp_path_factory):
 METRICS = ("accuracy", "log_loss", "strategy_return", "buy_hold_return")
 
 
-@needs_data
 def test_report_has_every_model_and_fold(trained):
     report, out, *_ = trained
     assert list(report["models"]) == ["forest", "xgboost"]
@@ -84,7 +79,6 @@ def test_report_has_every_model_and_fold(trained):
     assert "in-sample" in report["ensemble"]["note"]
 
 
-@needs_data
 def test_buy_hold_equals_closes_of_the_file(trained):
     """Independent of the dataset code: the closes at each fold's first and last bar, from the CSV."""
     report, _, data, *_ = trained
@@ -119,7 +113,6 @@ def test_strategy_return_hand_example():
     assert positions(p, long_only=True).tolist() == [0, 0, 1]
 
 
-@needs_data
 def test_ensemble_weights_and_oof_log_loss(trained):
     report, *_ = trained
     ens = report["ensemble"]
@@ -170,7 +163,6 @@ def test_stacking_unit(tmp_path):
         Ensemble("stacking").fit({"a": a[y != 0], "b": b[y != 0]}, y[y != 0])
 
 
-@needs_data
 def test_registry_artifacts_and_reload(trained):
     report, out, data, cfg, _ = trained
     ds = build_dataset(data, cfg, cfg.model.horizon)
@@ -195,14 +187,12 @@ def test_registry_artifacts_and_reload(trained):
                        rtol=0, atol=1e-15)
 
 
-@needs_data
 def test_fixed_seed_gives_identical_report(trained, tmp_path):
     report, _, data, cfg, _ = trained
     again = train(data, cfg, tmp_path / "again", progress=False)
     assert again == report
 
 
-@needs_data
 def test_stacking_run(trained, tmp_path):
     _, _, data, _, _ = trained
     cfg, _ = tiny_config(tmp_path, ensemble="stacking", long_only=True)
@@ -248,7 +238,6 @@ class SequenceStub:
         return m
 
 
-@needs_data
 def test_sequence_model_context_and_alignment(trained, tmp_path, monkeypatch):
     _, _, data, _, _ = trained
     monkeypatch.setitem(MODELS, "seq", SequenceStub)
@@ -271,7 +260,6 @@ class Refuses(SequenceStub):
         raise ValueError(f"{len(X)} rows are fewer than one window of 5000")
 
 
-@needs_data
 def test_a_model_refusing_its_data_is_a_train_error(trained, tmp_path, monkeypatch):
     _, _, data, _, _ = trained
     monkeypatch.setitem(MODELS, "refuses", Refuses)
@@ -282,7 +270,6 @@ def test_a_model_refusing_its_data_is_a_train_error(trained, tmp_path, monkeypat
 
 
 # -- CLI ----------------------------------------------------------------------------------
-@needs_data
 def test_cli_prints_the_table(trained, tmp_path, capsys):
     report, _, data, _, cfg_path = trained
     rc = main(["train", "--data", str(data), "--config", str(cfg_path), "--out", str(tmp_path / "m"),
@@ -316,9 +303,8 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     bad.write_text(tiny_toml(ensemble="vote"))
     _one_line_error(capsys, ["train", "--config", str(bad), "--data", "x.csv"],
                     "model.ensemble must be one of soft_vote, stacking")
-    if CANDLES.exists():
-        short = write_slice(tmp_path / "short.csv", FIRST, 60)
-        _one_line_error(capsys, [*base, "--data", str(short)], "too few for 3 folds")
+    short = write_slice(tmp_path / "short.csv", FIRST, 60)
+    _one_line_error(capsys, [*base, "--data", str(short)], "too few for 3 folds")
 
 
 @pytest.mark.parametrize("line, match", [
@@ -348,7 +334,6 @@ def test_default_config_file_matches_defaults():
     assert load_config(ROOT / "conf" / "default.toml").model == Config().model
 
 
-@needs_data
 def test_all_four_models_train_into_the_ensemble(trained, tmp_path):
     """LSTM (sequences), forest, XGBoost and the RL agent (learning from prices)
     in one walk-forward run, scored on the same rows, saved and reloaded."""
@@ -373,7 +358,6 @@ def test_all_four_models_train_into_the_ensemble(trained, tmp_path):
     assert meta["class"] == "models.rl.RLAgent" and rl.predict_proba(ds.X).shape == (len(ds.X), 3)
 
 
-@needs_data
 def test_cli_train_sorts_shuffled_rows_and_prints_the_dropped_count(trained, tmp_path, capsys):
     """The same slice shuffled, with two rows twice: the same training as the file in order,
     and one line that says what reading the file dropped and sorted."""

@@ -12,8 +12,10 @@ import pytest
 
 from models.ta import Engine
 
+from conftest import data_file
+
 ROOT = Path(__file__).resolve().parent.parent
-CANDLES = ROOT.parent / "shared" / "data" / "candles" / "binance_BTC-USDT_5m.csv"
+CANDLES = data_file("candles/binance_BTC-USDT_5m.csv")
 
 ROWS = 3000
 HORIZON = 5
@@ -28,8 +30,6 @@ XGB = dict(n_estimators=50, max_depth=4, learning_rate=0.2)
 def data():
     """Features (price levels made relative to the close) and labels 0/1/2 =
     down/flat/up by the next-5-bar return; warm-up and the last 5 rows dropped."""
-    if not CANDLES.exists():
-        pytest.skip(f"../shared/data not present: real candles are needed ({CANDLES})")
     raw = np.loadtxt(CANDLES, delimiter=",", skiprows=1, max_rows=ROWS)
     o, h, l, c, v = raw[:, 1:6].T
     engine = Engine(1, SPECS)

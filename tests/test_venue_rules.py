@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 
@@ -12,9 +11,11 @@ from shm.records import ORDER_LIMIT, SIDE_BUY, SIDE_SELL
 from workers.execution import venue_rules as vr
 from workers.execution.venue_rules import Denial, RoundedOrder, SymbolRules, round_order
 
+from conftest import data_file
+
 D = Decimal
 NAN = float("nan")
-EXCHANGE_INFO = Path("/work/shared/data/payloads/binance/rest/exchangeInfo_2021-10-12.capture.jsonl")
+EXCHANGE_INFO = data_file("payloads/binance/rest/exchangeInfo_2021-10-12.capture.jsonl")
 
 
 def btc_usdt() -> SymbolRules:
@@ -139,7 +140,6 @@ def test_binance_rules_read_both_filter_generations():
     assert new.min_price == 0 and new.max_price is None           # zero: no such rule
 
 
-@pytest.mark.skipif(not EXCHANGE_INFO.exists(), reason="/work/shared/data is absent: no real exchangeInfo")
 def test_binance_rules_on_the_real_2021_exchange_info():
     from workers.venues.capture import capture_lines
     info = capture_lines(EXCHANGE_INFO)[0]["msg"]

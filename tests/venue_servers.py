@@ -1,5 +1,6 @@
 """Local servers on 127.0.0.1 that replay real captured payloads from
-../shared/data/payloads into the real feed code (never a mock of our code).
+tests/data/payloads (copies from ../shared/data/payloads, tests/data/SOURCES.md)
+into the real feed code (never a mock of our code).
 
 * ``WsReplayServer``: a websocket server. Each connection first receives the
   client's subscription messages, then the capture's "recv" messages sent
@@ -9,7 +10,7 @@
 * ``HttpReplayServer``: answers GET requests from a table of path -> body
   (captured REST responses), and records what was asked.
 * ``captured``: what a capture's venue sent (text, decoded, time) and what its
-  client sent; ``needs_capture``: skip where it is absent; ``venue_feed``: a
+  client sent; ``venue_feed``: a
   venue's parser; ``parse_all``: a parser over a list of messages;
   ``reconnect_twice``: a parser's backfill over REST from HttpReplayServer.
 * ``collect_ticks``: a venue's real VenueSource on these servers, run until a
@@ -23,19 +24,17 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
-import pytest
 from websockets.sync.server import serve
 
 from pipeline.config import FeedConfig
 from shm.records import TICK
+from conftest import DATA
 from workers.venues.capture import capture_lines, recv_messages  # noqa: F401 (re-exported)
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-PAYLOADS = SHARED / "data" / "payloads"
+PAYLOADS = DATA / "payloads"
 
 
 @dataclass
@@ -169,12 +168,6 @@ def captured(path, symbols) -> tuple[list[str], list[dict], list[float], list]:
     first_sent = next(r["msg"] for r in lines if r["dir"] == "send")
     return ([r["raw"] for r in recv], [r["msg"] for r in recv], [r["recv_ts"] for r in recv],
             symbols(first_sent))
-
-
-def needs_capture(path: Path, venue: str):
-    """Skips a module whose capture is not there (../shared/data absent)."""
-    return pytest.mark.skipif(not path.exists(),
-                              reason=f"../shared/data not present: the {venue} capture is needed")
 
 
 def venue_feed(kind: str, ids: dict[str, int], **cfg):
