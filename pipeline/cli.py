@@ -95,7 +95,7 @@ def cmd_start(args) -> int:
             raise ConfigError(f"--workers {args.workers}: {e}") from None
     if not cfg.model.remote:                   # else the models live on the model host
         _bootstrap_models(cfg)
-    from .supervisor import Supervisor, SupervisorError, install_signal_handlers
+    from .supervisor import Console, Supervisor, SupervisorError, install_signal_handlers
     logs.configure()
     sup = Supervisor(cfg)
     install_signal_handlers(sup)
@@ -104,13 +104,18 @@ def cmd_start(args) -> int:
     except SupervisorError as e:
         raise UserError(str(e)) from None
     n = len(sup.workers)
-    print(f"tickpipe '{cfg.pipeline.name}' run {sup.run_id} started: {n} processes "
-          f"({_count(cfg.n_shards, 'indicator shard')}, {_count(cfg.n_model_workers, 'model worker')}, "
-          f"{_count(len(cfg.feeds), 'feed')}, 1 strategy, 1 execution), config {cfg.source}", flush=True)
-    print("stop with Ctrl-C or 'pipeline stop'; inspect with 'pipeline status', "
-          "'pipeline report', 'pipeline tap STREAM'", flush=True)
+    what = (f"{n} processes ({_count(cfg.n_shards, 'indicator shard')}, "
+            f"{_count(cfg.n_model_workers, 'model worker')}, {_count(len(cfg.feeds), 'feed')}, "
+            f"1 strategy, 1 execution), config {cfg.source}")
+    print(f"starting tickpipe '{cfg.pipeline.name}' run {sup.run_id}: {what}; waiting for the "
+          "first ticks", flush=True)
+    # the banner, once ticks flow (Console); --duration counts from then
+    banner = [f"tickpipe '{cfg.pipeline.name}' run {sup.run_id} started: {what}",
+              "stop with Ctrl-C or 'pipeline stop'; inspect with 'pipeline status', "
+              "'pipeline report', 'pipeline tap STREAM'" + ("" if args.quiet else
+                                                            "; --quiet hides the status lines")]
     try:
-        code = sup.run(args.duration)
+        code = sup.run(args.duration, Console(sup, banner, quiet=args.quiet))
     finally:
         sup.cleanup()
     rep = getattr(sup, "final_report", None)
@@ -706,7 +711,11 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp)
     sp.add_argument("--workers", type=int, metavar="N",
                     help="CPU-bound worker processes: indicator shards + model workers")
-    sp.add_argument("--duration", type=float, metavar="SECONDS", help="stop cleanly after this long")
+    sp.add_argument("--duration", type=float, metavar="SECONDS",
+                    help="stop cleanly this long after the first ticks flow")
+    sp.add_argument("--quiet", action="store_true",
+                    help="no status line every few seconds and no warm-up note "
+                         "(warnings and the exit summary still print)")
     sp.set_defaults(func=cmd_start)
 
     sp = sub.add_parser("serve-model", help="serve the model ensemble to pipelines on other hosts",

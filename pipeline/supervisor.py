@@ -1,6 +1,12 @@
 """The supervisor: creates a run's segments, spawns and watches its workers,
 serves the CLI, feeds the tap, and cleans everything up on every exit path.
 
+`run` starts the run's clock (``--duration``) when ticks first flow, or when no
+feed has delivered any FIRST_TICKS_WAIT_S after the feeds started (then it says
+so, naming the feeds and their state), so a run always ends; a `Console` prints
+the banner at that moment, the warm-up note, and a status line every
+STATUS_INTERVAL_S.
+
 Threads: none. One loop polls the ZeroMQ sockets (control, heartbeats, tap
 subscriptions) with a short timeout and, between polls, checks children,
 restarts, tap publishing and report sampling.
@@ -13,6 +19,7 @@ import multiprocessing as mp
 import os
 import secrets
 import signal
+import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -27,7 +34,7 @@ from shm.ring import Ring
 from shm.table import Table
 
 from . import bus, topology
-from .config import Config
+from .config import Config, indicator_specs
 from .errors import CONFIG_EXIT, UserError
 from .metrics import LatencyHistogram
 from .symbols import SymbolRegistry
@@ -38,6 +45,10 @@ log = logging.getLogger("supervisor")
 
 LATENCY_STAGES = {"indicators": "tick_to_features", "model": "tick_to_signal",
                   "strategy": "tick_to_intent", "execution": "tick_to_fill"}
+
+
+STATUS_INTERVAL_S = 5.0       # the live status line of `pipeline start`, in the foreground
+FIRST_TICKS_WAIT_S = 30.0     # no ticks this long after the feeds started: say so, start the clock
 
 
 class SupervisorError(RuntimeError):
@@ -228,6 +239,10 @@ class Supervisor:
         self._next_sample = 0.0
         self._me = psutil.Process()
         self._cleaned = False
+        self.launched = time.monotonic()
+        self.feeds_started: float | None = None   # when the feeds were spawned
+        self.first_ticks: float | None = None     # when the first tick was in a ticks ring
+        self.clock_start: float | None = None     # when --duration began to count
 
     # -- start ----------------------------------------------------------------------
     def start(self) -> None:
@@ -331,14 +346,58 @@ class Supervisor:
         log.info("started %s (pid %d)", ws.spec.id, proc.pid)
 
     # -- main loop --------------------------------------------------------------------
-    def run(self, duration: float | None = None) -> int:
-        deadline = time.monotonic() + duration if duration else None
+    def run(self, duration: float | None = None, console: "Console | None" = None) -> int:
+        """Serve until a stop; ``duration`` seconds count from `clock_start` (the first
+        ticks, or the wait for them given up), which ``console`` announces."""
         while self.stop_reason is None:
-            if deadline and time.monotonic() >= deadline:
-                self.stop_reason = f"duration of {duration:g} s reached"
-                break
+            now = time.monotonic()
+            event = self.check_flow(now)
+            if event and console is not None:
+                console.on_flow(event, now)
+            if self.clock_start is not None:
+                if duration and now >= self.clock_start + duration:
+                    self.stop_reason = f"duration of {duration:g} s reached"
+                    break
+                if console is not None:
+                    console.update(now)
             self.poll_once(0.05)
         return self.shutdown()
+
+    def ticks_written(self) -> int:
+        """Records in the feeds' ticks rings so far (the rings count, not heartbeats)."""
+        return sum(self.rings[f"ticks.{f.name}"].stats()["write_seq"] for f in self.cfg.feeds
+                   if f"ticks.{f.name}" in self.rings)
+
+    def check_flow(self, now: float) -> str | None:
+        """"ticks" the first time a ticks ring holds a record; "no ticks" once, when none
+        has FIRST_TICKS_WAIT_S after the feeds started (or after the workers' startup
+        timeout plus that, if the feeds never started); else None. Either event starts
+        the run's clock."""
+        if self.first_ticks is None and self.ticks_written() > 0:
+            self.first_ticks = now
+            if self.clock_start is None:
+                self.clock_start = now
+            return "ticks"
+        if self.clock_start is None:
+            since = (self.feeds_started if self.feeds_started is not None
+                     else self.launched + self.cfg.pipeline.startup_timeout_s)
+            if now - since >= FIRST_TICKS_WAIT_S:
+                self.clock_start = now
+                return "no ticks"
+        return None
+
+    def no_ticks_note(self, now: float) -> str:
+        """One line: no feed has delivered ticks, and where each one stands."""
+        if self.feeds_started is None:
+            late = [ws.spec.id for ws in self.workers.values()
+                    if ws.state != "waiting" and not ws.last_hb]
+            why = (f"the feeds wait for the first heartbeat of {', '.join(late)}" if late
+                   else "the feeds have not started")
+            return (f"no feed has delivered ticks {now - self.launched:.0f} s after the start: "
+                    f"{why}; --duration counts from now")
+        feeds = ", ".join(f"{h['name']} ({h['health'].get('state', '?')})" for h in self.feed_health())
+        return (f"no feed has delivered ticks {now - self.feeds_started:.0f} s after the feeds "
+                f"started: {feeds}; --duration counts from now")
 
     def poll_once(self, timeout: float) -> None:
         events = dict(self.poller.poll(int(timeout * 1000)))
@@ -382,6 +441,8 @@ class Supervisor:
         if waiting and all(ws.last_hb for ws in self.workers.values() if ws.state != "waiting"):
             for ws in waiting:
                 self._spawn(ws)
+            if self.feeds_started is None:
+                self.feeds_started = now
         for ws in self.workers.values():
             if ws.state in ("stopped", "failed", "waiting"):
                 continue
@@ -674,6 +735,118 @@ class Supervisor:
         segment.remove_run(st["run_id"])
         for name in st.get("semaphores", []):
             Doorbell.unlink(name)
+
+
+# -- the foreground console of `pipeline start` ---------------------------------------------
+# bars before an indicator's first value (TA-Lib's lookback, as models/ta.py computes it;
+# tests/test_start_banner.py checks these against the engine)
+LOOKBACK = {
+    "ema": lambda p: p[0] - 1, "sma": lambda p: p[0] - 1, "rsi": lambda p: p[0],
+    "macd": lambda p: p[1] - 1 + p[2] - 1, "bbands": lambda p: p[0] - 1, "atr": lambda p: p[0],
+    "stoch": lambda p: p[0] - 1 + p[1] - 1 + p[2] - 1, "obv": lambda p: 0,
+    "vwap": lambda p: p[0] - 1, "volatility": lambda p: p[0], "volume_z": lambda p: p[0] - 1,
+}
+
+
+def warmup_bars(cfg: Config) -> int:
+    """Closed bars a symbol needs before the model can give a trading signal: the
+    momentum rule reads its two EMAs; the ensemble every indicator (a NaN input gives
+    HOLD with FLAG_WARMUP). The first bar after the start is partial, so this many bar
+    lengths is how long it takes at most."""
+    if cfg.model.kind == "momentum":
+        ema = cfg.indicators.ema
+        specs = [("ema", (ema[0],)), ("ema", (ema[-1],))] if ema else []
+    else:
+        specs = indicator_specs(cfg.indicators)
+    return 1 + max((int(LOOKBACK[kind](params)) for kind, params in specs), default=0)
+
+
+def _secs(x: float) -> str:
+    return f"{x:.1f}" if x < 10 else f"{x:.0f}"
+
+
+def warmup_note(cfg: Config) -> str:
+    bars, bar_s = warmup_bars(cfg), cfg.indicators.bar_seconds
+    return (f"indicators warming up: about {_secs(bars * bar_s)} s ({bars} bars of {bar_s:g} s) "
+            "before the first trading signal")
+
+
+class Console:
+    """What `pipeline start` prints in the foreground while the pipeline runs: the
+    banner once ticks flow (or once the wait for them is given up, after a line that
+    says so), the warm-up note once, and every ``interval`` seconds a status line
+    (uptime, ticks/s, signals, intents, fills, realized P&L, open positions, equity,
+    and the risk tiers that are not ACTIVE). ``quiet``: no status line and no warm-up
+    note; the banner and the warnings still print."""
+
+    def __init__(self, sup: Supervisor, banner: list[str], quiet: bool = False,
+                 interval: float = STATUS_INTERVAL_S, out=None):
+        self.sup, self.banner, self.quiet, self.interval = sup, banner, quiet, interval
+        self.out = out if out is not None else sys.stdout
+        self.warmup_s = warmup_bars(sup.cfg) * sup.cfg.indicators.bar_seconds
+        self.shown = False
+        self._last: tuple[float, int] | None = None
+        self._next = 0.0
+
+    def _print(self, line: str) -> None:
+        print(line, file=self.out, flush=True)
+
+    def on_flow(self, event: str, now: float) -> None:
+        sup = self.sup
+        if event == "no ticks":
+            self._print(sup.no_ticks_note(now))
+        elif self.shown:                      # ticks at last, after the wait was given up
+            self._print(f"first ticks {_secs(now - sup.launched)} s after the start")
+        if not self.shown:
+            self.shown = True
+            for line in self.banner:
+                self._print(line)
+            self._last = (now, self.emitted())
+            self._next = now + self.interval
+        if event == "ticks" and not self.quiet:
+            self._print(warmup_note(sup.cfg))
+
+    def emitted(self) -> int:
+        return sum(ws.stats().get("emitted", 0) for ws in self.sup.workers.values()
+                   if ws.spec.role == "feed")
+
+    def update(self, now: float) -> None:
+        if self.quiet or not self.shown or now < self._next:
+            return
+        self._next = now + self.interval
+        self._print(self.status_line(now))
+
+    def status_line(self, now: float) -> str:
+        sup = self.sup
+        emitted = self.emitted()
+        t0, e0 = self._last or (now, emitted)
+        rate = (emitted - e0) / (now - t0) if now > t0 else 0.0
+        self._last = (now, emitted)
+
+        def total(role: str, key: str) -> int:
+            return sum(int(ws.stats().get(key, 0) or 0) for ws in sup.workers.values()
+                       if ws.spec.role == role)
+        execs = [ws.stats() for ws in sup.workers.values() if ws.spec.role == "execution"]
+        pnl = sum(float(st.get("realized_pnl", 0.0) or 0.0) for st in execs)
+        fees = sum(float(st.get("fees", 0.0) or 0.0) for st in execs)
+        parts = [f"up {_secs(now - sup.clock_start)} s", f"{rate:.0f} ticks/s",
+                 f"signals {total('model', 'signals')}", f"intents {total('strategy', 'intents')}",
+                 f"fills {total('execution', 'fills')}", f"realized P&L {pnl:+.2f} (fees {fees:.2f})",
+                 f"open positions {total('execution', 'open_positions')}"]
+        equity = [st["equity"] for st in execs if isinstance(st.get("equity"), (int, float))]
+        if equity:
+            parts.append(f"equity {sum(equity):.2f}")
+        if sup.first_ticks is None:
+            parts.append("no ticks yet")
+        elif now - sup.first_ticks < self.warmup_s:
+            parts.append(f"warming up, about {_secs(self.warmup_s - (now - sup.first_ticks))} s left")
+        risk = [s for st in execs for s in st.get("risk_states") or [] if isinstance(s, dict)]
+        if risk:
+            parts.append("risk: " + "; ".join(
+                f"{s.get('tier', '?')}{' ' + str(s['key']) if s.get('key') else ''} "
+                f"{s.get('state', '?')} ({'manual' if s.get('manual') else s.get('code') or '?'})"
+                for s in risk))
+        return ", ".join(parts)
 
 
 def install_signal_handlers(sup: Supervisor) -> None:
