@@ -158,10 +158,14 @@ def test_orders_and_fills_are_journaled_and_positions_survive_restarts(runs):
     rows_table, seqs = w2.positions.read()
     aaa = second.topo.symbols.id("AAA/USDT@synthetic")
     assert seqs[aaa] > 0 and rows_table["qty"][aaa] == 1.5   # published for the strategy
-    # new intents of the new run trade on (their seqs start again: another run)
+    # new intents of the new run trade on (their seqs start again: another run), and the
+    # order ids go on from the last one journaled
+    assert w2.desk.next_order_id == 6
     second.send((1, "AAA/USDT", SIDE_SELL, 1.5, 120.0))
     drain(w2)
     assert positions(w2)["AAA/USDT@synthetic"] == 0.0
+    ids = [r["payload"]["order_id"] for r in journaled(path, "fill")]
+    assert ids == [1, 2, 3, 4, 5, 6]
     assert journal.verify(path).ok
 
 

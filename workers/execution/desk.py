@@ -376,15 +376,14 @@ class Desk:
                 self.market.last[sid] = p["price"]   # the mark until the feed trades (as `pipeline pnl`)
             elif kind == "position":
                 journaled[row["symbol"]] = p
-            elif kind == "order" and "cid" in p:
-                events.append(p)
-                passed += p["new"] == "CREATED" and p["old"] == "CREATED"
+            elif kind == "order":
+                if "cid" in p:
+                    events.append(p)
+                    passed += p["new"] == "CREATED" and p["old"] == "CREATED"
+                if "order_id" in p:                  # both formats (the first had no events)
+                    self.next_order_id = max(self.next_order_id, int(p["order_id"]) + 1)
             elif kind == "verdict":
                 denied[p["code"]] = denied.get(p["code"], 0) + 1
-                if "order_id" in p:
-                    self.next_order_id = max(self.next_order_id, int(p["order_id"]) + 1)
-            elif kind == "order" and "order_id" in p:           # a journal of the first format
-                self.next_order_id = max(self.next_order_id, int(p["order_id"]) + 1)
             elif kind == "risk_state" and "snapshot" in p:
                 snapshot, commands, denied, passed = p, [], {}, 0
             elif kind == "command":
