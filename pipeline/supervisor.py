@@ -833,8 +833,9 @@ class Console:
                  f"signals {total('model', 'signals')}", f"intents {total('strategy', 'intents')}",
                  f"fills {total('execution', 'fills')}", f"realized P&L {pnl:+.2f} (fees {fees:.2f})",
                  f"open positions {total('execution', 'open_positions')}"]
+        # 0.0 until execution first marks its account (its first intent): not shown till then
         equity = [st["equity"] for st in execs if isinstance(st.get("equity"), (int, float))]
-        if equity:
+        if equity and any(equity):
             parts.append(f"equity {sum(equity):.2f}")
         if sup.first_ticks is None:
             parts.append("no ticks yet")

@@ -172,11 +172,15 @@ def test_console_status_line_and_quiet():
 
 def test_console_when_no_ticks_come_then_they_do():
     sup, out = FakeSup(), io.StringIO()
-    con = Console(sup, ["BANNER"], out=out)
+    sup.stats["execution"]["equity"] = 0.0         # execution has not marked its account yet
+    con = Console(sup, ["BANNER"], interval=5.0, out=out)
     sup.clock_start = 30.0
     con.on_flow("no ticks", 30.0)
+    con.update(35.0)                               # 5 s after the clock started
     sup.first_ticks = 42.0
     con.on_flow("ticks", 42.0)
     assert out.getvalue().splitlines() == [
-        "no feed has delivered ticks", "BANNER", "first ticks 42 s after the start",
-        warmup_note(sup.cfg)]
+        "no feed has delivered ticks", "BANNER",
+        "up 5.0 s, 0 ticks/s, signals 0, intents 0, fills 0, realized P&L +0.00 (fees 0.00), "
+        "open positions 0, no ticks yet",
+        "first ticks 42 s after the start", warmup_note(sup.cfg)]
