@@ -57,13 +57,38 @@ REGIME_TICKS = 4000     # mean ticks of one symbol between drift regime switches
 STOP_WAIT_S = 5.0       # the training child's time to unwind after SIGTERM before SIGKILL
 
 
-class SyntheticMarket:
-    """Vectorised random market for a fixed set of symbols."""
+# about where each asset traded in 2024-2025, in US dollars, and what a quote currency is
+# worth in them: a synthetic BTC/USDT should look like BTC, not like a $148 coin
+USD_PRICE = {"BTC": 60_000.0, "ETH": 3_000.0, "SOL": 150.0, "BNB": 550.0, "XRP": 0.6, "ADA": 0.5,
+             "DOGE": 0.15, "LTC": 80.0, "DOT": 6.0, "AVAX": 30.0, "LINK": 15.0, "TRX": 0.15}
+USD_VALUE = {"USDT": 1.0, "USDC": 1.0, "USD": 1.0, "BUSD": 1.0, "FDUSD": 1.0, "EUR": 1.08, "KRW": 1 / 1350,
+             "JPY": 1 / 150, "BTC": 60_000.0, "ETH": 3_000.0}
+UNKNOWN_PRICE = 100.0
 
-    def __init__(self, n_symbols: int, start_price: float, seed: int):
+
+def start_prices(feed: FeedConfig) -> float | np.ndarray:
+    """Where each of a synthetic feed's symbols starts: ``start_price`` when set, else
+    (0) a plausible price per symbol from its base and quote (UNKNOWN_PRICE otherwise)."""
+    if feed.start_price > 0:
+        return feed.start_price
+    out = []
+    for symbol in feed.symbols:
+        base, _, quote = symbol.upper().partition("/")
+        usd, value = USD_PRICE.get(base), USD_VALUE.get(quote)
+        out.append(usd / value if usd is not None and value is not None else UNKNOWN_PRICE)
+    return np.array(out)
+
+
+class SyntheticMarket:
+    """Vectorised random market for a fixed set of symbols. ``start_price`` is one price
+    for all (each symbol starts within x0.5..x2 of it) or one per symbol (each within
+    x0.8..x1.25 of its own)."""
+
+    def __init__(self, n_symbols: int, start_price: float | np.ndarray, seed: int):
         self.rng = np.random.default_rng(seed)
         n = n_symbols
-        self.logp = np.log(start_price * self.rng.uniform(0.5, 2.0, n))
+        lo, hi = (0.5, 2.0) if np.ndim(start_price) == 0 else (0.8, 1.25)
+        self.logp = np.log(start_price * self.rng.uniform(lo, hi, n))
         self.var = np.full(n, 1e-8)          # per-tick variance of log returns
         self.omega, self.alpha, self.beta = 2e-10, 0.08, 0.90
         self.drift = np.zeros(n)
@@ -118,7 +143,7 @@ def synthetic_trades(feed: FeedConfig, bar_seconds: float, bars: int,
     ``feed.ticks_per_s`` over all the feed's symbols; the market makes them in
     BATCHES_PER_BAR batches per bar."""
     n = len(feed.symbols)
-    market = SyntheticMarket(n, feed.start_price, seed)
+    market = SyntheticMarket(n, start_prices(feed), seed)
     ids = np.arange(n)
     ticks_per_bar = feed.ticks_per_s * bar_seconds
     total = int(round(ticks_per_bar * bars))

@@ -81,7 +81,7 @@ class FeedConfig:
     ticks_per_s: float = 2000.0         # across all symbols of the feed
     max_ticks: int = 0                  # stop producing after this many (0 = unlimited)
     seed: int = 7
-    start_price: float = 100.0
+    start_price: float = 0.0            # 0 = a plausible price per symbol (BTC/USDT near 60,000)
     # replay feed: candles or trades from a CSV/Parquet file, for the one symbol in `symbols`
     path: str = ""                      # CSV or Parquet file, or a directory of Parquet files
     speed: float = 0.0                  # 0 = as fast as possible, else a multiple of real time
@@ -502,7 +502,7 @@ def validate(cfg: Config) -> None:
             (len(f.symbols) >= 1, f"feeds[{i}].symbols must not be empty"),
             (f.ticks_per_s > 0, f"feeds[{i}].ticks_per_s must be > 0"),
             (f.max_ticks >= 0, f"feeds[{i}].max_ticks must be >= 0"),
-            (f.start_price > 0, f"feeds[{i}].start_price must be > 0"),
+            (f.start_price >= 0, f"feeds[{i}].start_price must be >= 0 (0: a plausible price per symbol)"),
             (f.name not in names, f"feeds[{i}].name '{f.name}' is used twice"),
         ]
         if f.kind == "replay":

@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from models.synthetic import SyntheticMarket
+from models.synthetic import SyntheticMarket, start_prices
 from shm.records import SIDE_BUY, SIDE_SELL, TICK, TICK_TRADE
 
 from .base import Worker
@@ -44,7 +44,7 @@ class SyntheticSource:
                  last: dict[int, np.void] | None = None):
         self.feed = feed
         self.symbol_ids = symbol_ids
-        self.market = SyntheticMarket(len(symbol_ids), feed.start_price, feed.seed + 1000 * restart)
+        self.market = SyntheticMarket(len(symbol_ids), start_prices(feed), feed.seed + 1000 * restart)
         # a restarted feed goes on from its predecessor's last prices, not from new random ones
         for i, sid in enumerate(symbol_ids.tolist()):
             tick = (last or {}).get(sid)
