@@ -251,14 +251,47 @@ def cmd_status(args) -> int:
     since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(st["started"]))
     print(f"pipeline '{st['name']}' running since {since} (up {st['uptime_s']:.0f} s), "
           f"run {st['run_id']}, supervisor pid {st['pid']}, config {st['config']}")
-    print(f"{'worker':<16}{'state':<12}{'pid':>8}{'restarts':>10}{'heartbeat':>11}")
+    # a venue feed's process runs while its venue is out of reach: say how it is connected
+    conns = {w["id"]: _feed_connection(w) for w in st["workers"]}
+    print(f"{'worker':<16}{'state':<12}{'pid':>8}{'restarts':>10}{'heartbeat':>11}"
+          + ("  connection" if any(conns.values()) else ""))
     for w in st["workers"]:
         age = "-" if w["heartbeat_age_s"] is None else f"{w['heartbeat_age_s']:.1f}s ago"
-        print(f"{w['id']:<16}{w['state']:<12}{w['pid'] or '-':>8}{w['restarts']:>10}{age:>11}")
+        line = f"{w['id']:<16}{w['state']:<12}{w['pid'] or '-':>8}{w['restarts']:>10}{age:>11}"
+        print(f"{line}  {conns[w['id']]}" if conns[w["id"]] else line)
+    venue_feeds = [w for w in st["workers"] if conns[w["id"]]]
+    if venue_feeds and not any(_feed_health(w).get("state") in CONNECTED for w in venue_feeds):
+        print("no feed is connected to its venue: check the network (or the feeds' ws_url "
+              "and rest_url)")
     states = risk_states(st)
     if states:
         print("risk: " + "; ".join(format_risk_state(s) for s in states))
     return 0
+
+
+CONNECTED = ("connected", "polling")      # a venue feed's health states that get data
+
+
+def _feed_health(w: dict) -> dict:
+    health = (w.get("stats") or {}).get("health") if w.get("role") == "feed" else None
+    return health if isinstance(health, dict) else {}
+
+
+def _feed_connection(w: dict) -> str:
+    """A venue feed worker's connection as its last heartbeat told it ("" for any other
+    worker, and for a synthetic or replay feed): its state, and while its connects or
+    polls fail, how many tries in a row and the last reason."""
+    h = _feed_health(w)
+    if not h.get("state"):
+        return ""
+    text = str(h["state"])
+    if h.get("failing"):
+        why = str(h.get("last_error") or "")
+        why = why if len(why) <= 80 else why[:77] + "..."
+        text += f", {h['failing']} failed tries in a row" + (f" ({why})" if why else "")
+    elif h.get("last_message_age_s") is not None and h["state"] in CONNECTED:
+        text += f", last message {h['last_message_age_s']:.1f}s ago"
+    return text
 
 
 def cmd_stop(args) -> int:

@@ -47,6 +47,7 @@ from .errors import UserError
 # (binance would otherwise also ask its futures hosts)
 MARKET_OPTIONS = {"binance": {"fetchMarkets": {"types": ["spot"]}}}
 RETRIES = 4              # network errors are retried, with doubling waits from 1 s
+FIRST_RETRIES = 1        # ... but only this often before the venue has answered at all
 HOUR_MS = 3_600_000      # the widest startTime..endTime window Binance answers aggTrades for
 TRADE_FLUSH_ROWS = 100_000   # trades held before a merge (each merge rewrites a day file)
 
@@ -116,15 +117,22 @@ def open_exchange(venue: str, rest_url: str = "", need: str = "fetchOHLCV"):
     return ex
 
 
+class Unreachable(UserError):
+    """The venue cannot be reached (offline, refused, timed out, unavailable)."""
+
+
 class _Client:
-    """ccxt calls inside the token bucket; network errors are retried, venue
-    errors become one-line UserErrors."""
+    """ccxt calls inside the token bucket; network errors are retried (a venue that
+    has not answered yet only ``FIRST_RETRIES`` times: offline is said in seconds),
+    then one line: the venue cannot be reached (`Unreachable`), or it keeps refusing
+    for its rate limit; venue errors become one-line UserErrors."""
 
     def __init__(self, ex, rate_per_s: float):
         from workers.venues.base import Health
         from workers.venues.rest import RateLimiter, RestClient
         self.rest = RestClient(ex, RateLimiter(rate_per_s), Health())
         self.venue = ex.id
+        self.answered = False          # a call has succeeded
 
     @property
     def calls(self) -> int:
@@ -132,14 +140,23 @@ class _Client:
 
     def call(self, method: str, *args, **kwargs):
         import ccxt
-        for attempt in range(RETRIES + 1):
+
+        from workers.venues.base import short_reason
+        retries = RETRIES if self.answered else FIRST_RETRIES
+        for attempt in range(retries + 1):
             try:
-                return self.rest.call(method, *args, **kwargs)
+                out = self.rest.call(method, *args, **kwargs)
+                self.answered = True
+                return out
             except ccxt.NetworkError as e:
-                if attempt == RETRIES:
-                    raise UserError(f"{self.venue}: {method} failed {RETRIES + 1} times, last: "
-                                    f"{_short(e)}; run the same command again to resume") from None
-                time.sleep(2 ** attempt)
+                if attempt == retries:
+                    if isinstance(e, ccxt.DDoSProtection):      # 429, 418: it answered
+                        raise UserError(f"{self.venue}: {method} refused {retries + 1} times for "
+                                        f"the rate limit, last: {_short(e)}; try a lower --rate"
+                                        ) from None
+                    raise Unreachable(f"cannot reach {self.venue} ({short_reason(e, 150)}): "
+                                      "check the network") from None
+                time.sleep(2 ** attempt)       # a backoff timer before the next try
             except ccxt.BaseError as e:
                 raise UserError(f"{self.venue}: {method}: {_short(e)}") from None
 
@@ -460,15 +477,21 @@ def download(venue: str, symbol: str, timeframe: str | None, since_ms: int,
                                       dynamic_ncols=True)))
     pending = _Pending(series, res)
     try:
-        for rng, n in zip(ranges, steps):
-            _fill(series, client, rng, n, limit, res, pending, bar)
-    finally:
         try:
-            pending.flush()                 # what was fetched is kept, also on an interrupt
+            for rng, n in zip(ranges, steps):
+                _fill(series, client, rng, n, limit, res, pending, bar)
         finally:
-            bar.close()
-            res.requests = client.calls
-            res.held = series.held()
+            try:
+                pending.flush()                 # what was fetched is kept, also on an interrupt
+            finally:
+                bar.close()
+                res.requests = client.calls
+                res.held = series.held()
+    except Unreachable as e:
+        if res.stored:                      # lost halfway: what came is kept, say so
+            raise Unreachable(f"{e}; the {res.stored} new {res.unit} fetched before are stored, "
+                              "and the same command goes on after them") from None
+        raise
     return res
 
 

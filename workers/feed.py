@@ -18,7 +18,7 @@ from models.synthetic import SyntheticMarket, start_prices
 from shm.records import SIDE_BUY, SIDE_SELL, TICK, TICK_TRADE
 
 from .base import Worker
-from .venues.base import Health, MalformedMessage, TickBuffer, flush_ticks
+from .venues.base import Health, MalformedMessage, TickBuffer, flush_ticks, short_reason
 
 MAX_BATCH = 4096
 NETWORK_TIMEOUT_S = 10.0     # the longest any one network call may take (less with a short
@@ -140,7 +140,7 @@ class VenueSource:
                 try:
                     self.venue.on_connected(out, time.time_ns(), reconnect=was)
                 except Exception as e:  # a failed snapshot or backfill: retried on reconnect
-                    self.conn.drop(f"after connecting: {type(e).__name__}: {e}")
+                    self.conn.drop(f"after connecting: {short_reason(e)}")
         frames = self.conn.receive()
         for raw in frames:
             recv_ns = time.time_ns()

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import logging
 import math
+import re
+import time
 from collections import deque
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import orjson
@@ -192,6 +195,8 @@ class Health:
     rejected: int = 0
     backfilled: int = 0
     duplicates: int = 0
+    failing: int = 0           # failed attempts in a row (connects, polls) until one works
+    last_error: str = ""       # the short reason of the latest of those
     malformed_kinds: dict = field(default_factory=dict)
 
     def as_dict(self, now_ns: int) -> dict:
@@ -202,7 +207,8 @@ class Health:
                 "rest_calls": self.rest_calls, "rest_retries": self.rest_retries,
                 "rest_latency_ms": round(self.rest_latency_ms, 2),
                 "rejected": self.rejected, "backfilled": self.backfilled,
-                "duplicates": self.duplicates}
+                "duplicates": self.duplicates, "failing": self.failing,
+                "last_error": self.last_error if self.failing else ""}
 
     def malformed_message(self, err: MalformedMessage, raw) -> None:
         """Count it; log the first of each kind with the raw text cut short."""
@@ -212,6 +218,107 @@ class Health:
         if n == 0:
             text = raw if isinstance(raw, str) else repr(raw)
             log.warning("malformed message (%s), first of its kind: %.200s", err, text)
+
+
+# -- a failing feed, in few words and few lines -------------------------------------
+
+_URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>()\[\]{},]+")
+SUMMARY_EVERY_S = 60.0     # a feed still failing says so this often, in one line
+
+
+def short_url(url: str) -> str:
+    """``scheme://host:port/path`` for a log line: no user info, no query (a Binance
+    stream URL's query names every stream, hundreds of characters)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.netloc.rpartition("@")[2]
+    except ValueError:
+        return "***"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def short_reason(e: BaseException, limit: int = 120) -> str:
+    """A failure in a few words: the exception's class and message (its URLs cut by
+    `short_url`), then the innermost cause, such as ``Connection refused``, ``Name or
+    service not known`` or ``timed out``, where the message does not already say it
+    (ccxt's NetworkError names only the request; what went wrong is in its cause chain,
+    wrapped in a requests and a urllib3 message of a few hundred characters). At most
+    ``limit`` characters."""
+    def words(x: BaseException) -> str:
+        if isinstance(x, OSError) and x.strerror:
+            return str(x.strerror)
+        return _URL.sub(lambda m: short_url(m.group(0)), " ".join(str(x).split()))
+
+    seen, root, x = set(), None, e.__cause__ or e.__context__
+    while x is not None and id(x) not in seen:
+        seen.add(id(x))
+        if str(x):
+            root = x
+        x = x.__cause__ or x.__context__
+    text = words(e)
+    text = f"{type(e).__name__}: {text}" if text else type(e).__name__
+    if root is not None:
+        cause = words(root)
+        if cause and cause not in text:
+            text = f"{text}: {cause}"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+class FailureLog:
+    """A failing connection or poll, logged once and then counted, not once per try.
+
+    The first failure of a streak is a warning with its short reason (and so is a
+    reason not seen yet in the streak); the same failure again is only counted, and
+    every ``summary_s`` one warning says how many tries failed since (``still
+    failing: 12 tries in the last 60 s, 15 in all``). The first success after a streak
+    says how many tries it took (info). The count and the last reason are kept in
+    ``health`` (``failing``, ``last_error``) for `pipeline status`."""
+
+    def __init__(self, logger: logging.Logger, what: str, health: "Health | None" = None,
+                 summary_s: float = SUMMARY_EVERY_S, clock=time.monotonic):
+        self.log, self.what, self.health = logger, what, health
+        self.summary_s, self.clock = summary_s, clock
+        self.failures = 0             # tries in a row that failed
+        self.reasons: set[str] = set()
+        self.unsaid = 0               # failures not logged since the last line
+        self.said_at = 0.0
+
+    def failed(self, reason: str, retry_in: float, backoff_max_s: float) -> bool:
+        """Count one failed try (the next in ``retry_in`` s); True if it was logged."""
+        now = self.clock()
+        self.failures += 1
+        if self.health is not None:
+            self.health.failing, self.health.last_error = self.failures, reason
+        if reason not in self.reasons:
+            self.reasons.add(reason)
+            more = ("backing off up to %g s; further failures are counted" % backoff_max_s
+                    if self.failures == 1 else f"{self.failures} failed tries in a row")
+            self.log.warning("%s failed: %s; retrying in %.1f s (%s)", self.what, reason,
+                             retry_in, more)
+            self.unsaid, self.said_at = 0, now
+            return True
+        self.unsaid += 1
+        if now - self.said_at >= self.summary_s:
+            self.log.warning("%s still failing: %d tries in the last %.0f s, %d in all (%s); "
+                             "next in %.1f s", self.what, self.unsaid, now - self.said_at,
+                             self.failures, reason, retry_in)
+            self.unsaid, self.said_at = 0, now
+            return True
+        return False
+
+    def succeeded(self) -> None:
+        if self.failures:
+            self.log.info("%s works again after %d failed tries", self.what, self.failures)
+        self.failures, self.unsaid = 0, 0
+        self.reasons.clear()
+        if self.health is not None:
+            self.health.failing, self.health.last_error = 0, ""
+
+
+def backoff_delay(failures: int, base_s: float, max_s: float) -> float:
+    """The wait before the next try after ``failures`` failed ones in a row: ``base_s``
+    doubling per failure, at most ``max_s``."""
+    return min(max_s, base_s * 2 ** max(0, failures - 1))
 
 
 class VenueFeed:

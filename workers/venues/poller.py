@@ -7,6 +7,12 @@ stays responsive and heartbeats between calls. New trades are told apart by
 trade id (or timestamp where a venue has no id); a trade seen in an earlier
 poll is a duplicate and dropped. The best bid/ask of each book poll becomes a
 quote tick.
+
+A failing call (the venue unreachable, an error answer) puts its task, or the
+market loading everything waits on, off by ``reconnect_backoff_s`` (at least
+``poll_interval_s``) doubling per failure in a row up to
+``reconnect_backoff_max_s``; the failure is logged once and then counted
+(`FailureLog`), not once per try.
 """
 from __future__ import annotations
 
@@ -18,7 +24,8 @@ import numpy as np
 
 from shm.records import SIDE_BUY, SIDE_SELL
 
-from .base import Health, SeenTrades, TickBuffer, flush_ticks
+from .base import (FailureLog, Health, SeenTrades, TickBuffer, backoff_delay, flush_ticks,
+                   short_reason)
 from .rest import RateLimiter, RestClient, make_exchange
 
 log = logging.getLogger("feed.poll")
@@ -27,7 +34,7 @@ log = logging.getLogger("feed.poll")
 class PollSource:
     def __init__(self, feed, symbol_ids: dict[str, int], timeout_s: float = 10.0, wait_hook=None):
         self.feed = feed
-        self.health = Health(state="polling")
+        self.health = Health(state="connecting")
         ex = make_exchange(feed.venue, feed.rest_url, timeout_s)
         venue_rate = 1000.0 / ex.rateLimit if getattr(ex, "rateLimit", 0) else feed.rest_rate_per_s
         self.limiter = RateLimiter(min(feed.rest_rate_per_s, venue_rate))
@@ -41,21 +48,28 @@ class PollSource:
         self.due = {t: 0.0 for t in self.tasks}
         self.seen = SeenTrades()       # keys: trade id (or time:price:amount), times in ms
         self.markets_loaded = False
+        self.markets_due = 0.0
+        self.failures: dict = {}       # task (or "markets") -> failed calls in a row
+        self.fail_log = FailureLog(log, f"{feed.venue} REST poll", self.health)
         self.emitted = 0
 
     def _next_delay(self) -> float:
         now = time.monotonic()
-        soonest = min(self.due.values(), default=now + 1.0)
+        if not self.markets_loaded:
+            soonest = self.markets_due
+        else:
+            soonest = min(self.due.values(), default=now + 1.0)
         return max(0.0, soonest - now, self.limiter.delay())
 
     def step(self) -> np.ndarray | None:
         if not self.tasks or self._next_delay() > 0:
             return None
+        task = "markets"
         try:
             if not self.markets_loaded:
                 self.rest.call("load_markets")
                 self.markets_loaded = True
-                self.health.state = "polling"
+                self._worked(task)
                 return None
             task = self.tasks[0]
             self.tasks.rotate(-1)
@@ -67,15 +81,36 @@ class PollSource:
                 self._poll_trades(sym)
             else:
                 self._poll_book(sym)
-            self.health.state = "polling"
-        except Exception as e:  # network, venue or parse errors: counted, retried next round
-            self.health.state = "error"
-            log.warning("%s REST poll failed: %s: %.200s", self.feed.venue, type(e).__name__, e)
+            self._worked(task)
+        except Exception as e:  # network, venue or parse errors: counted, retried after a backoff
+            self._failed(task, e)
         out = self.buffer
         ticks = flush_ticks(out, self.health)
         if ticks is not None:
             self.emitted += len(ticks)
         return ticks
+
+    def _worked(self, task) -> None:
+        self.failures.pop(task, None)
+        if not self.failures:
+            self.health.state = "polling"
+            self.fail_log.succeeded()
+
+    def _failed(self, task, e: Exception) -> None:
+        """Put the task (or the market loading) off by the backoff; log it once, then count."""
+        import ccxt
+        n = self.failures[task] = self.failures.get(task, 0) + 1
+        feed = self.feed
+        delay = backoff_delay(n, max(feed.reconnect_backoff_s, feed.poll_interval_s),
+                              max(feed.reconnect_backoff_max_s, feed.poll_interval_s))
+        if task == "markets":
+            self.markets_due = time.monotonic() + delay
+        else:
+            self.due[task] = time.monotonic() + delay
+        # the venue out of reach (refused, timed out, unavailable) or answering with an error
+        reach = isinstance(e, ccxt.NetworkError) and not isinstance(e, ccxt.DDoSProtection)
+        self.health.state = "disconnected" if reach else "error"
+        self.fail_log.failed(short_reason(e), delay, feed.reconnect_backoff_max_s)
 
     def _poll_trades(self, sym: str) -> None:
         trades = self.rest.call("fetch_trades", sym, self.seen.newest.get(sym))

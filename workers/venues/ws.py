@@ -16,7 +16,7 @@ import time
 
 import websocket
 
-from .base import Health
+from .base import FailureLog, Health, backoff_delay, short_reason, short_url
 
 log = logging.getLogger("feed.ws")
 
@@ -29,6 +29,7 @@ class WsConnection:
                  backoff_s: float = 1.0, backoff_max_s: float = 60.0,
                  connect_timeout_s: float = 10.0, seed: int | None = None, wait_hook=None):
         self.url = url
+        self.shown_url = short_url(url)       # for log lines: no query, no user info
         # wraps what may wait on the peer (the feed worker's network_wait: heartbeats go on)
         self.wait_hook = wait_hook or (lambda what, limit_s: contextlib.nullcontext())
         self.subscribe = subscribe
@@ -45,6 +46,8 @@ class WsConnection:
         self.last_rx = 0.0
         self.connected_once = False
         self._rng = random.Random(seed)
+        # connecting while the venue cannot be reached: one warning, then a count
+        self.connect_log = FailureLog(log, f"connect to {self.shown_url}", health)
 
     # -- connection state ---------------------------------------------------------
     @property
@@ -67,25 +70,33 @@ class WsConnection:
             # a frame that stalls halfway blocks a read for at most this long per chunk
             ws.settimeout(min(self.connect_timeout_s, READ_TIMEOUT_S))
         except Exception as e:  # any failure to connect is retried, never fatal
-            self._failed(f"connect to {self.url} failed: {e}")
+            delay = self._schedule_retry()
+            self.connect_log.failed(short_reason(e), delay, self.backoff_max_s)
             return False
         self.ws = ws
         self.failures = 0
+        self.connect_log.succeeded()
         self.last_rx = self.last_ping = time.monotonic()
         self.health.state = "connected"
         if self.connected_once:
             self.health.reconnects += 1
         self.connected_once = True
-        log.info("connected to %s", self.url)
+        log.info("connected to %s", self.shown_url)
         return True
 
-    def _failed(self, why: str) -> None:
+    def _schedule_retry(self) -> float:
+        """Count a failure; the next attempt after the backoff. Returns the delay."""
         self.health.errors += 1
         self.health.state = "disconnected"
         self.failures += 1
-        delay = min(self.backoff_max_s, self.backoff_s * 2 ** (self.failures - 1))
+        delay = backoff_delay(self.failures, self.backoff_s, self.backoff_max_s)
         delay *= 0.5 + self._rng.random()  # jitter: venues dislike synchronised reconnects
         self.next_attempt = time.monotonic() + delay
+        return delay
+
+    def _failed(self, why: str) -> None:
+        """A connection that was up is lost: said every time (each follows a success)."""
+        delay = self._schedule_retry()
         log.warning("%s; reconnecting in %.1f s", why, delay)
 
     def _close_socket(self) -> None:
@@ -138,10 +149,10 @@ class WsConnection:
             try:
                 opcode, data = ws.recv_data(control_frame=True)
             except websocket.WebSocketTimeoutException:
-                self.drop(f"{self.url} stalled in the middle of a frame")   # its rest is lost
+                self.drop(f"{self.shown_url} stalled in the middle of a frame")   # its rest is lost
                 break
             except Exception as e:
-                self.drop(f"connection to {self.url} lost: {e or type(e).__name__}")
+                self.drop(f"connection to {self.shown_url} lost: {short_reason(e)}")
                 break
             # only data feeds the no-message watchdog: a server whose websocket layer
             # still answers our pings but sends nothing has stopped answering too
@@ -152,7 +163,7 @@ class WsConnection:
                 self.last_rx = time.monotonic()
                 out.append(data)
             elif opcode == websocket.ABNF.OPCODE_CLOSE:
-                self.drop(f"{self.url} closed the connection")
+                self.drop(f"{self.shown_url} closed the connection")
                 break
             elif opcode == websocket.ABNF.OPCODE_PING:
                 try:
@@ -166,7 +177,7 @@ class WsConnection:
             try:
                 self.ws.send(text)
             except Exception as e:
-                self.drop(f"send to {self.url} failed: {e}")
+                self.drop(f"send to {self.shown_url} failed: {short_reason(e)}")
 
     def maintain(self) -> None:
         """Ping when due; drop a connection that has gone silent too long."""
@@ -174,11 +185,11 @@ class WsConnection:
             return
         now = time.monotonic()
         if now - self.last_rx > self.no_message_timeout_s:
-            self.drop(f"no message from {self.url} for {now - self.last_rx:.1f} s")
+            self.drop(f"no message from {self.shown_url} for {now - self.last_rx:.1f} s")
             return
         if now - self.last_ping >= self.ping_interval_s:
             self.last_ping = now
             try:
                 self.ws.ping()
             except Exception as e:
-                self.drop(f"ping to {self.url} failed: {e}")
+                self.drop(f"ping to {self.shown_url} failed: {short_reason(e)}")
