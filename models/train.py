@@ -68,6 +68,7 @@ import json
 import math
 import re
 import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -266,6 +267,34 @@ def _dataset(data: str | Path | pa.Table, cfg: Config) -> tuple[Dataset, int, fl
     return ds, rows.reordered, step
 
 
+
+class FitTimes:
+    """Seconds per row of each model's fits so far, for an estimate of the time left:
+    a fit's cost grows with its rows and differs by model (an LSTM against a forest), so
+    counting fits, as a plain progress bar does, misleads."""
+
+    def __init__(self):
+        self.per_row: dict[str, list[float]] = {}
+
+    def add(self, name: str, seconds: float, rows: int) -> None:
+        self.per_row.setdefault(name, []).append(seconds / max(rows, 1))
+
+    def left(self, todo: list[tuple[str, int]]) -> float | None:
+        """Seconds for the (model, rows) fits still to do; None before the first fit. A
+        model not yet timed counts at the mean of those that were."""
+        if not self.per_row:
+            return None
+        mean = {name: sum(v) / len(v) for name, v in self.per_row.items()}
+        other = sum(mean.values()) / len(mean)
+        return sum(rows * mean.get(name, other) for name, rows in todo)
+
+    def left_text(self, todo: list[tuple[str, int]]) -> str:
+        s = self.left(todo)
+        if s is None:
+            return ""
+        return f", about {int(s // 60)} min {int(s % 60):02d} s left" if s >= 60 else f", about {int(s)} s left"
+
+
 def train(data_path: str | Path | pa.Table, cfg: Config, out_dir: str | Path,
           progress: bool = True, source: str | None = None, bar_seconds: float | None = None,
           market: dict | None = None) -> dict:
@@ -290,13 +319,21 @@ def train(data_path: str | Path | pa.Table, cfg: Config, out_dir: str | Path,
     n = len(ds)
 
     oof = {name: np.full((n, 3), np.nan) for name in names}
+    # tqdm's own estimate counts fits as equal; an LSTM fit costs ten forests: FitTimes says
     bar = tqdm(total=(len(splits) + 1) * len(names), desc="train", unit="fit", file=sys.stderr,
-               disable=not progress, dynamic_ncols=True)
+               disable=not progress, dynamic_ncols=True,
+               bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
+    todo = [(name, len(tr)) for _, (tr, _) in enumerate(splits) for name in names] + \
+        [(name, n) for name in names]
+    times = FitTimes()
     try:
         for k, (tr, va) in enumerate(splits):
             for name in names:
-                bar.set_postfix_str(f"fold {k + 1}/{len(splits)} {name}")
+                bar.set_postfix_str(f"fold {k + 1}/{len(splits)} {name}{times.left_text(todo)}")
+                t0 = time.perf_counter()
                 model = _fit(name, m, ds.X[tr], ds.y[tr], ds.close[tr], f"fold {k + 1}")
+                times.add(name, time.perf_counter() - t0, len(tr))
+                todo.pop(0)
                 oof[name][va] = predict_rows(model, ds.X, va)
                 bar.update()
 
@@ -333,8 +370,11 @@ def train(data_path: str | Path | pa.Table, cfg: Config, out_dir: str | Path,
             raise TrainError(f"{where}: cannot tell the bar length of the candles "
                              f"(median step {bar_seconds})")
         for name in names:
-            bar.set_postfix_str(f"all rows {name}")
+            bar.set_postfix_str(f"all rows {name}{times.left_text(todo)}")
+            t0 = time.perf_counter()
             model = _fit(name, m, ds.X, ds.y, ds.close, "all rows")
+            times.add(name, time.perf_counter() - t0, n)
+            todo.pop(0)
             versions[name] = registry.save(name, model.save, {
                 "model": name, "class": f"{type(model).__module__}.{type(model).__name__}",
                 "bar_seconds": bar_seconds, "market": market,

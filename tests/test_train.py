@@ -376,3 +376,17 @@ def test_cli_train_sorts_shuffled_rows_and_prints_the_dropped_count(trained, tmp
     got = json.loads((tmp_path / "m" / REPORT).read_text())
     assert got["data"]["dropped"] == {"duplicate": 2} and got["data"]["reordered"] > 1000
     assert got["models"] == report["models"] and got["folds"] == report["folds"]
+
+
+def test_the_time_left_weighs_each_model_by_its_own_pace():
+    """An LSTM fit costs many forests: the estimate uses each model's seconds per row, and
+    a model not timed yet counts at the mean of those that were."""
+    from models.train import FitTimes
+    t = FitTimes()
+    assert t.left([("lstm", 100)]) is None and t.left_text([("lstm", 100)]) == ""
+    t.add("lstm", 10.0, 1000)            # 0.01 s a row
+    t.add("forest", 1.0, 1000)           # 0.001 s a row
+    todo = [("lstm", 2000), ("forest", 2000), ("xgboost", 1000)]
+    assert t.left(todo) == pytest.approx(20.0 + 2.0 + 1000 * 0.0055)
+    assert t.left_text(todo) == ", about 27 s left"
+    assert t.left_text([("lstm", 10_000)]) == ", about 1 min 40 s left"
