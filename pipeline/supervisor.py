@@ -84,8 +84,8 @@ class WorkerState:
 # supervisor adds what its predecessors counted, so status and the exit summary count
 # the whole run. Other stats (positions, P&L, latencies, states) are as last reported.
 COUNTERS = {"in", "out", "dropped", "rejected", "gaps", "emitted", "bars", "timer_closes", "alerts",
-            "batches", "signals", "stale_signals", "intents", "orders", "fills", "rejected_risk",
-            "rejected_stale", "skipped_replay"}
+            "batches", "signals", "stale_signals", "intents", "orders", "fills", "denied",
+            "skipped_replay", "resolved_at_start"}
 HEALTH_COUNTERS = {"messages", "malformed", "reconnects", "errors", "rest_calls", "rest_retries",
                    "rejected", "backfilled", "duplicates"}
 
