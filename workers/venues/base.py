@@ -372,7 +372,7 @@ class VenueFeed:
         try:
             return self.rest.call(method, params, retries=REST_RETRIES)
         except Exception as e:  # network, HTTP error, the venue's error answer
-            log.warning("%s %s failed: %s: %.200s", self.venue, what, type(e).__name__, e)
+            log.warning("%s %s failed: %s", self.venue, what, short_reason(e))
             return None
 
     def symbol_id(self, native: str) -> int:

@@ -36,7 +36,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from shm.records import SIDE_BUY, SIDE_SELL
 
 from .base import (REST_RETRIES, MalformedMessage, TickBuffer, VenueFeed, decode_json, integer,
-                   number, requested_channels, to_integer, to_number)
+                   number, requested_channels, short_reason, to_integer, to_number)
 
 log = logging.getLogger("feed.binance")
 
@@ -314,7 +314,7 @@ class BinanceFeed(VenueFeed):
             bids, asks = _levels(snap["bids"]), _levels(snap["asks"])
         except Exception as e:  # network, HTTP error or a bad body: retried on the next diff
             if not st.failing:
-                log.warning("%s depth snapshot failed: %s: %.200s", native, type(e).__name__, e)
+                log.warning("%s depth snapshot failed: %s", native, short_reason(e))
             st.failing = True
             return
         st.failing = False
@@ -365,8 +365,8 @@ class BinanceFeed(VenueFeed):
                                                              "limit": BACKFILL_LIMIT},
                                       retries=REST_RETRIES)
             except Exception as e:
-                log.warning("%s trade backfill from id %d failed: %s: %.200s", native, from_id,
-                            type(e).__name__, e)
+                log.warning("%s trade backfill from id %d failed: %s", native, from_id,
+                            short_reason(e))
                 return
             if not isinstance(rows, list):
                 self.health.malformed_message(MalformedMessage("bad aggTrades reply"), rows)
