@@ -34,7 +34,32 @@ def test_end_to_end_bench_quick(tmp_path):
     res = run_bench("end_to_end.py", tmp_path / "end_to_end.json")
     assert res["workers"] == 8
     assert res["trials"] and "sustained_ticks_per_s" in res   # 0 when a loaded machine drops
-    assert res["latency"]["tick_to_fill"]["count"] > 0
+    assert not res["errors"] and res["leftovers"] == []
+    lat = res["latency"]
+    assert set(lat) == {"momentum", "ensemble"}
+    for name, run in lat.items():
+        assert run["run"]["passed"], name
+        assert run["run"]["denied"] == 0, name                 # the bench's [risk] passes everything
+        assert run["tick_to_signal"]["count"] > 0, name
+        assert set(run["hops"]) == {"model", "strategy", "execution"}
+        assert run["hops"]["strategy"]["before"] == "tick_to_signal"
+        assert run["hops"]["strategy"]["after"] == "tick_to_intent"
+        ch = run["churn"]
+        assert ch["fills"] == run["run"]["fills"] == run["tick_to_fill"]["count"], name  # journal == counters
+        assert ch["bars"] == run["run"]["bars"] > 0
+        assert {"fills_per_symbol_per_100_bars", "mean_bars_held", "positions_opened"} <= set(ch)
+    mom, ens = lat["momentum"], lat["ensemble"]
+    assert mom["tick_to_fill"]["count"] > 0 and mom["hops"]["strategy"]["p50_us"] is not None
+    trade = mom["trade_latency"]["synthetic"]
+    assert trade["intent_to_submit"]["count"] > 0 and trade["tick_to_fill"]["count"] > 0
+    assert ens["model"]["size"] == "tiny" and ens["model"]["models"] == ["lstm", "forest", "xgboost", "rl"]
+    assert ens["model"]["trained_now"] and ens["model"]["training_data"].startswith("synthetic:")
+    # the ensemble trades under the default [strategy], whatever its fills
+    assert ens["run"]["config"]["strategy"] == {"enter_margin": 0.1, "exit_margin": 0.02,
+                                                "min_hold_bars": 6, "allow_short": False}
+    assert ens["aim"]["p50_ms"] == 2.0 and ens["aim"]["p99_ms"] == 10.0
+    assert {"whole_run", "steady"} <= set(ens["aim"])
+    assert mom["steady"]["tick_to_fill"]["count"] > 0 and ens["steady"] is not None
 
 
 def test_feeds_bench_quick(tmp_path):
