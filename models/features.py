@@ -37,7 +37,12 @@ def load_candles(source: str | Path | pa.Table) -> MarketRows:
         where = source = Path(source).expanduser()
         if not source.exists():
             raise FeaturesError(f"{source}: no such file")
-        columns = market_columns(source)
+        try:
+            columns = market_columns(source)
+        except ValueError as e:                  # a folder without Parquet files, say
+            raise FeaturesError(str(e)) from None
+        except (OSError, pa.ArrowException) as e:  # unreadable, or not CSV nor Parquet
+            raise FeaturesError(f"{source}: cannot read it as CSV or Parquet ({str(e)[:200]})") from None
     try:
         kind = detect_kind(columns)
     except ValueError as e:
@@ -45,7 +50,10 @@ def load_candles(source: str | Path | pa.Table) -> MarketRows:
     if kind != "candles":
         raise FeaturesError(f"{where}: holds trades; features are computed over candles "
                             f"({','.join(OHLCV_COLUMNS)})")
-    table = source if isinstance(source, pa.Table) else read_market_table(source)
+    try:
+        table = source if isinstance(source, pa.Table) else read_market_table(source)
+    except (OSError, pa.ArrowException) as e:
+        raise FeaturesError(f"{where}: cannot read it ({str(e)[:200]})") from None
     try:
         return tidy_market_rows(table, kind)
     except ValueError as e:

@@ -278,7 +278,7 @@ def read_market_table(path: str | Path) -> pa.Table:
         return _read_csv(path)
     if path.is_dir():
         import pyarrow.dataset as ds
-        return ds.dataset(path, format="parquet").to_table()
+        return ds.dataset(_parquet_in(path), format="parquet").to_table()
     return pq.read_table(path)
 
 
@@ -349,6 +349,20 @@ def _number(text) -> float:
         return float("nan")
 
 
+def _parquet_in(directory: Path) -> list[str]:
+    """The Parquet files under a directory given as market data (a downloaded dataset),
+    hidden ones (being written) left out; a ValueError that says what is there instead."""
+    files = sorted(str(p) for p in directory.rglob("*.parquet")
+                   if not any(part.startswith(".") for part in p.relative_to(directory).parts))
+    if files:
+        return files
+    csvs = sorted(directory.glob("*.csv")) + sorted(directory.glob("*.csv.gz"))
+    hint = (f"; it has {len(csvs)} CSV file{'s' * (len(csvs) != 1)}: give one with --data, e.g. "
+            f"--data {csvs[0]}") if csvs else " (a candle or trade file, CSV or Parquet, or a folder "\
+        "`pipeline download` wrote)"
+    raise ValueError(f"{directory} holds no Parquet market files{hint}")
+
+
 def market_columns(path: str | Path) -> list[str]:
     """Column names of a market file, reading as little as the format allows."""
     path = Path(path).expanduser()
@@ -361,7 +375,7 @@ def market_columns(path: str | Path) -> list[str]:
             return [c.strip().strip('"') for c in f.readline().strip().split(",")]
     if path.is_dir():
         import pyarrow.dataset as ds
-        return ds.dataset(path, format="parquet").schema.names
+        return ds.dataset(_parquet_in(path), format="parquet").schema.names
     return pq.read_schema(path).names
 
 

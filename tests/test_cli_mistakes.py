@@ -95,3 +95,18 @@ def test_ctrl_c_in_a_command_is_one_line_and_130(tmp_path):
     assert "Traceback" not in err and err.strip().splitlines()[-1] == "pipeline: train interrupted"
     leftovers = [p for p in out.rglob("*") if p.name.startswith(".tmp")] if out.exists() else []
     assert leftovers == []
+
+
+def test_data_folders_without_market_files_are_named(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    csvs = tmp_path / "csvs"
+    csvs.mkdir()
+    candles_csv(csvs / "c.csv")
+    err = one_line_error(capsys, 2, ["features", "--data", str(empty), "--out", str(tmp_path / "f.parquet")])
+    assert "holds no Parquet market files" in err and "columns  are" not in err
+    err = one_line_error(capsys, 2, ["features", "--data", str(csvs), "--out", str(tmp_path / "f.parquet")])
+    assert "it has 1 CSV file: give one with --data" in err
+    bad = tmp_path / "g.parquet"
+    bad.write_text("not parquet")
+    one_line_error(capsys, 2, ["features", "--data", str(bad), "--out", str(tmp_path / "f.parquet")])
