@@ -189,7 +189,8 @@ class ReplaySource:
     had no trades and makes no ticks. Trades keep their time, price, size,
     trade id and side (``side`` buy/sell, or ``buyer_maker``: the taker
     sold), else the tick rule. Bad rows (pipeline/storage.check_candles and
-    check_trades: NaN, <= 0, out of order) are skipped and counted.
+    check_trades: NaN, <= 0; repeated rows) are skipped and counted; rows out of
+    order are sorted by time first (pipeline/storage.tidy_market_rows).
     """
 
     def __init__(self, feed, symbol_id: int, start_index: int, bell):
