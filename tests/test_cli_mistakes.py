@@ -5,9 +5,11 @@ Ctrl-C in the middle of a command."""
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -81,14 +83,20 @@ def test_ctrl_c_in_a_command_is_one_line_and_130(tmp_path):
     conf = write_config(tmp_path, "t", model={"kind": "ensemble", "folds": 3})
     out = tmp_path / "models"
     proc = subprocess.Popen([sys.executable, "-m", "pipeline", "train", "--config", str(conf), "--data",
-                             str(data), "--out", str(out), "--no-progress"], cwd=ROOT, text=True,
+                             str(data), "--out", str(out)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
-        first = proc.stdout.readline()          # the command is under way
-        assert first, proc.stderr.read()
+        # the progress bar (stderr, no newlines) names the fit under way: then it is mid-training
+        seen, deadline = b"", time.monotonic() + 300
+        while b"fold 1/" not in seen:
+            assert time.monotonic() < deadline and proc.poll() is None, seen.decode(errors="replace")
+            ready, _, _ = select.select([proc.stderr], [], [], 5.0)
+            if ready:
+                seen += os.read(proc.stderr.fileno(), 4096)
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=120)
+        _, rest = proc.communicate(timeout=120)
+        err = rest.decode(errors="replace")
     finally:
         proc.kill()
     assert proc.returncode == 130, err
