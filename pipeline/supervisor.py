@@ -48,6 +48,7 @@ LATENCY_STAGES = {"indicators": "tick_to_features", "model": "tick_to_signal",
 
 
 STATUS_INTERVAL_S = 5.0       # the live status line of `pipeline start`, in the foreground
+FEEDS_DOWN_S = 60.0      # every venue feed down this long, mid-run: one line says so
 FIRST_TICKS_WAIT_S = 30.0     # no ticks this long after the feeds started: say so, start the clock
 
 
@@ -787,6 +788,8 @@ class Console:
         self.shown = False
         self._last: tuple[float, int] | None = None
         self._next = 0.0
+        self._down_since: float | None = None     # every venue feed down since then
+        self._down_said = False
 
     def _print(self, line: str) -> None:
         print(line, file=self.out, flush=True)
@@ -806,11 +809,36 @@ class Console:
         if event == "ticks" and not self.quiet:
             self._print(warmup_note(sup.cfg))
 
+    def watch_feeds(self, now: float) -> None:
+        """A warning (printed even when quiet) once every venue feed has been down for
+        FEEDS_DOWN_S, naming each with its state and last error; and a line when one is
+        back. Feeds without a connection (synthetic, replay) are never down."""
+        feeds = [(ws.spec.id, ws.stats().get("health")) for ws in self.sup.workers.values()
+                 if ws.spec.role == "feed"]
+        venues = [(wid, h) for wid, h in feeds if isinstance(h, dict) and h.get("state")
+                  in ("connected", "polling", "connecting", "disconnected", "error")]
+        down = bool(venues) and all(h["state"] not in ("connected", "polling") for _, h in venues)
+        if not down:
+            if self._down_said:
+                self._print(f"feeds connected again after {_secs(now - self._down_since)} s down")
+            self._down_since, self._down_said = None, False
+            return
+        if self._down_since is None:
+            self._down_since = now
+        if not self._down_said and now - self._down_since >= FEEDS_DOWN_S:
+            self._down_said = True
+            named = ", ".join(f"{wid} {h['state']}" + (f" ({h['last_error']})" if h.get("last_error") else "")
+                              for wid, h in venues)
+            self._print(f"no feed connected for {_secs(now - self._down_since)} s: {named}; their venues "
+                        f"only reduce positions until one is back (check the network)")
+
     def emitted(self) -> int:
         return sum(ws.stats().get("emitted", 0) for ws in self.sup.workers.values()
                    if ws.spec.role == "feed")
 
     def update(self, now: float) -> None:
+        if self.shown:
+            self.watch_feeds(now)
         if self.quiet or not self.shown or now < self._next:
             return
         self._next = now + self.interval

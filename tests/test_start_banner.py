@@ -19,7 +19,7 @@ import pytest
 from pipeline.config import Config, indicator_specs
 from pipeline.supervisor import (FIRST_TICKS_WAIT_S, STATUS_INTERVAL_S, Console, LOOKBACK,
                                  warmup_bars, warmup_note)
-from test_pipeline import TIMEOUT, Pipeline
+from test_pipeline import Pipeline
 
 STATUS = re.compile(r"^up [0-9.]+ s, \d+ ticks/s, signals \d+, intents \d+, fills \d+, "
                     r"realized P&L [+-][0-9.]+ \(fees [0-9.]+\), open positions \d+", re.M)
@@ -136,7 +136,8 @@ class FakeSup:
 
     @property
     def workers(self):
-        return {role: SimpleNamespace(spec=SimpleNamespace(role=role), stats=lambda r=role: self.stats[r])
+        return {role: SimpleNamespace(spec=SimpleNamespace(role=role, id=f"{role}.0"),
+                                      stats=lambda r=role: self.stats[r])
                 for role in self.stats}
 
     def no_ticks_note(self, now):
@@ -184,3 +185,29 @@ def test_console_when_no_ticks_come_then_they_do():
         "up 5.0 s, 0 ticks/s, signals 0, intents 0, fills 0, realized P&L +0.00 (fees 0.00), "
         "open positions 0, no ticks yet",
         "first ticks 42 s after the start", warmup_note(sup.cfg)]
+
+
+def test_console_says_once_when_every_venue_feed_is_down_and_when_one_is_back():
+    from pipeline.supervisor import FEEDS_DOWN_S
+    sup, out = FakeSup(), io.StringIO()
+    con = Console(sup, ["BANNER"], quiet=True, interval=5.0, out=out)   # a warning: even when quiet
+    sup.clock_start = sup.first_ticks = 1.0
+    con.on_flow("ticks", 1.0)
+    sup.stats["feed"]["health"] = {"state": "disconnected", "last_error": "ConnectionRefusedError"}
+    con.update(10.0)
+    con.update(10.0 + FEEDS_DOWN_S - 1)
+    assert out.getvalue().splitlines() == ["BANNER"]              # not yet
+    con.update(10.0 + FEEDS_DOWN_S)
+    con.update(10.0 + FEEDS_DOWN_S + 30)                           # said once
+    sup.stats["feed"]["health"] = {"state": "connected"}
+    con.update(10.0 + FEEDS_DOWN_S + 40)
+    con.update(10.0 + FEEDS_DOWN_S + 50)
+    lines = out.getvalue().splitlines()
+    assert lines[1:] == [
+        "no feed connected for 60 s: feed.0 disconnected (ConnectionRefusedError); their venues only "
+        "reduce positions until one is back (check the network)",
+        "feeds connected again after 100 s down"]
+    sup.stats["feed"]["health"] = {"state": "running"}                # a synthetic feed: never down
+    con.update(1000.0)
+    con.update(2000.0)
+    assert len(out.getvalue().splitlines()) == 3
