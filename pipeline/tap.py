@@ -108,19 +108,23 @@ class TapPublisher:
                 for d in to_dicts(records[-n_send:], name_of):
                     d = _clean(d)
                     d["ring"] = name
-                    topic = f"{stream}|{d.get('symbol', '')}".encode()
-                    try:
-                        self.socket.send_multipart([topic, json.dumps(d).encode()], zmq.NOBLOCK)
-                    except zmq.Again:
-                        skipped += 1
+                    skipped += not self._send(stream, d.get("symbol", ""), d)
                 self.sent[stream] += n_send
-            if skipped:
-                self.skipped[stream] += skipped
-                try:
-                    self.socket.send_multipart([f"{stream}|".encode(), json.dumps(
-                        {"ring": name, "skipped": skipped}).encode()], zmq.NOBLOCK)
-                except zmq.Again:
-                    pass
+            self._say_skipped(stream, name, skipped)
+
+    def _send(self, stream: str, symbol: str, d: dict) -> bool:
+        """One record on the tap (topic ``stream|symbol``); False if the socket is full."""
+        try:
+            self.socket.send_multipart([f"{stream}|{symbol}".encode(), json.dumps(d).encode()], zmq.NOBLOCK)
+            return True
+        except zmq.Again:
+            return False
+
+    def _say_skipped(self, stream: str, source: str, skipped: int) -> None:
+        """Count what was not sent and tell the subscribers how much."""
+        if skipped:
+            self.skipped[stream] += skipped
+            self._send(stream, "", {"ring": source, "skipped": skipped})
 
     def _refill(self) -> None:
         now = time.monotonic()
@@ -153,29 +157,15 @@ class TapPublisher:
                 if "symbol" not in d and d.get("tier") == "symbol" and isinstance(d.get("key"), str):
                     d["symbol"] = d["key"]
                 d["source"] = source
-                topic = f"{RISK}|{d.get('symbol') or ''}".encode()
-                try:
-                    self.socket.send_multipart([topic, json.dumps(d).encode()], zmq.NOBLOCK)
-                except zmq.Again:
-                    skipped += 1
+                skipped += not self._send(RISK, d.get("symbol") or "", d)
             self.sent[RISK] += n_send
-        if skipped:
-            self.skipped[RISK] += skipped
-            try:
-                self.socket.send_multipart([f"{RISK}|".encode(), json.dumps(
-                    {"ring": source, "skipped": skipped}).encode()], zmq.NOBLOCK)
-            except zmq.Again:
-                pass
+        self._say_skipped(RISK, source, skipped)
 
     def publish_health(self, feeds: list[dict]) -> None:
         if not self._subscribed(HEALTH):
             return
         for f in feeds:
-            topic = f"{HEALTH}|{f['venue']}".encode()
-            try:
-                self.socket.send_multipart([topic, json.dumps(f).encode()], zmq.NOBLOCK)
-            except zmq.Again:
-                pass
+            self._send(HEALTH, f["venue"], f)
 
     def stats(self) -> dict:
         return {"subscribed_topics": sorted(t.decode(errors="replace") for t in self.topics),

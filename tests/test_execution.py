@@ -374,34 +374,31 @@ rest_url = "{rest_url}"
         its["ts_origin_ns"] = its["ts_ns"] = time.time_ns()
         r.intents.write(its)
 
-    with HttpReplayServer({"/api/v3/exchangeInfo": info}) as http:
-        r = run(tmp_path / "up", http.url)
+    def verdicts_of(folder, rest_url, intents_of) -> tuple[ExecutionWorker, list[dict]]:
+        """A run whose feed's REST is ``rest_url``; its worker gets ``intents_of(run)``."""
+        r = run(folder, rest_url)
         rings = [Ring.attach(r.topo.rings[n]) for n in ("intents", "ticks.binance")]
         r.intents, ticks = (x.writer() for x in rings)
         try:
             w = r.worker(ExecutionWorker, "execution.0")
-            assert w.rules.join(60), w.rules.failures
-            btc = r.topo.symbols.id("BTC/USDT@binance")
-            send(r, ticks, [(1, btc, 0.0012345, 50_000.0), (2, btc, 0.0001, 50_000.0)])
+            if "127.0.0.1:9" not in rest_url:
+                assert w.rules.join(60), w.rules.failures
+            send(r, ticks, intents_of(r))
             drain(w)
-            orders = [o["payload"]["detail"]["order"] for o in journaled(tmp_path / "up" / "vr.sqlite", "order")]
-            assert {o["qty"] for o in orders} == {0.00123}           # floored to the 0.00001 lot
-            verdict = journaled(tmp_path / "up" / "vr.sqlite", "verdict")[0]["payload"]
-            assert verdict["code"] == "VENUE_RULES" and "NOTIONAL_BELOW_MIN" in verdict["reason"]
+            return journaled(folder / "vr.sqlite", "order"), journaled(folder / "vr.sqlite", "verdict")
         finally:
             for x in rings:
                 x.close()
             r.close()
-    down = run(tmp_path / "down", "http://127.0.0.1:9")              # nothing listens there
-    rings = [Ring.attach(down.topo.rings[n]) for n in ("intents", "ticks.binance")]
-    down.intents, ticks = (x.writer() for x in rings)
-    try:
-        w = down.worker(ExecutionWorker, "execution.0")
-        send(down, ticks, [(1, down.topo.symbols.id("BTC/USDT@binance"), 0.01, 50_000.0)])
-        drain(w)
-        verdict = journaled(tmp_path / "down" / "vr.sqlite", "verdict")[0]["payload"]
-        assert verdict["code"] == "VENUE_RULES" and "not loaded yet" in verdict["reason"]
-    finally:
-        for x in rings:
-            x.close()
-        down.close()
+
+    btc = lambda r: r.topo.symbols.id("BTC/USDT@binance")   # noqa: E731
+    with HttpReplayServer({"/api/v3/exchangeInfo": info}) as http:
+        orders, verdicts = verdicts_of(tmp_path / "up", http.url,
+                                       lambda r: [(1, btc(r), 0.0012345, 50_000.0), (2, btc(r), 0.0001, 50_000.0)])
+    assert {o["payload"]["detail"]["order"]["qty"] for o in orders} == {0.00123}   # floored to the 0.00001 lot
+    assert verdicts[0]["payload"]["code"] == "VENUE_RULES"
+    assert "NOTIONAL_BELOW_MIN" in verdicts[0]["payload"]["reason"]
+    # nothing listens at port 9: the rules never come, the venue's orders wait
+    orders, verdicts = verdicts_of(tmp_path / "down", "http://127.0.0.1:9", lambda r: [(1, btc(r), 0.01, 50_000.0)])
+    assert orders == [] and verdicts[0]["payload"]["code"] == "VENUE_RULES"
+    assert "not loaded yet" in verdicts[0]["payload"]["reason"]

@@ -107,7 +107,6 @@ class Desk:
         self.feed: deque[dict] = deque(maxlen=EVENTS_KEPT)     # risk events for the tap
         self.feed_dropped = 0
         self.restored: dict[str, float] = {}
-        self._why = ""
         self._shown: dict[int, int] = {}        # symbol -> time of the quote the broker last saw
         self.counters = {"intents": 0, "orders": 0, "fills": 0, "skipped_replay": 0,
                          "resolved_at_start": 0}
@@ -172,6 +171,7 @@ class Desk:
             strategy = f"{int(intent['strategy_id'])}.{self.run_id}"
             self.journal.append("intent", now, _fields(intent), symbol=key)
             qty, limit = float(intent["qty"]), float(intent["limit_price"])
+            why = ""                            # a reason beyond the code's, for the verdict
             if code == 0 and sid in blocked and any(o.symbol_id == sid for o in sent):
                 out.extend(self._send(sent))   # a second intent for a symbol in one step:
                 sent = []                       # the first one's answer comes first
@@ -179,16 +179,16 @@ class Desk:
             if code == 0 and sid in blocked:
                 code = self._deny_after(Denial.IN_FLIGHT)
             if code == 0 and int(self.venue_of[sid]) in self.held:
-                code = self._deny_after(Denial.VENUE_RULES, self.held[int(self.venue_of[sid])])
+                code, why = self._deny_after(Denial.VENUE_RULES), self.held[int(self.venue_of[sid])]
             if code == 0 and sid in self.rules:
                 r = round_order(self.rules[sid], int(intent["side"]), qty, limit, float(intent["ref_price"]),
                                 int(intent["order_type"]))
                 if isinstance(r, RuleDenial):
-                    code = self._deny_after(Denial.VENUE_RULES, f"{r.code}: {r.reason}")
+                    code, why = self._deny_after(Denial.VENUE_RULES), f"{r.code}: {r.reason}"
                 else:
                     qty, limit = float(r.qty), (math.nan if r.price is None else float(r.price))
             if code:
-                self._verdict(intent, key, code, now)
+                self._verdict(intent, key, code, why, now)
                 continue
             order = self.orders.create(intent, self.venues[self.venue_of[sid]], self.pipeline, strategy,
                                        qty=qty, limit_price=limit)
@@ -232,15 +232,13 @@ class Desk:
         self.rules = {**self.rules, **rules}
         self.held.pop(self.venues.index(venue), None)
 
-    def _deny_after(self, code: Denial, reason: str = "") -> int:
+    def _deny_after(self, code: Denial) -> int:
         """A refusal after the guard passed the intent: counted with the guard's."""
         self.guard.count(code)
-        self._why = reason
         return int(code)
 
-    def _verdict(self, intent, key: str, code: int, now: int) -> None:
-        reason = getattr(self, "_why", "") or self.guard.describe(intent, code)
-        self._why = ""
+    def _verdict(self, intent, key: str, code: int, why: str, now: int) -> None:
+        reason = why or self.guard.describe(intent, code)
         payload = {"intent_seq": int(intent["seq"]), "code": Denial(code).name, "reason": reason}
         self.journal.append("verdict", now, payload, symbol=key)
         self._tap({"kind": "denial", "symbol": key, "code": Denial(code).name, "reason": reason,
