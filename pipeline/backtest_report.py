@@ -501,6 +501,8 @@ class _Line:
     y: np.ndarray
     width: float = 1.5
     markers: str | None = None      # "buy" / "sell": points, not a line
+    opacity: float = 1.0
+    color: str | None = None        # None: the next of the plotting library's colours
 
 
 @dataclass
@@ -516,6 +518,19 @@ class _Plot:
 def _thin(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     i = plot_index(y)
     return x[i], y[i]
+
+
+def bucket_means(n: int, limit: int = PLOT_POINTS) -> tuple[np.ndarray, int]:
+    """(index of each bucket's last row, bucket size) for averaging a long noisy series (the
+    votes) into at most ``limit`` points: their extremes would only draw a solid band."""
+    size = max(1, -(-n // limit))
+    return np.minimum(np.arange(size - 1, n + size - 1, size), n - 1), size
+
+
+def _mean_by(y: np.ndarray, size: int) -> np.ndarray:
+    pad = -len(y) % size
+    with np.errstate(invalid="ignore"):
+        return np.nanmean(np.r_[y, np.full(pad, np.nan)].reshape(-1, size), axis=1)
 
 
 def _safe(name: str) -> str:
@@ -560,14 +575,15 @@ def _plots(result: BacktestResult, metrics: dict) -> list[_Plot]:
             v = votes[votes["symbol_id"] == s]
             if not len(v):
                 continue
-            vx = _times(v["ts_ns"])
-            combined = v["probs"][:, 2] - v["probs"][:, 0]
-            i = plot_index(combined)
-            p = _Plot(f"votes_{s}_{_safe(name)}", f"Votes on {name}", "p(up) - p(down)")
+            last, size = bucket_means(len(v))
+            vx = _times(v["ts_ns"][last])
+            label = "p(up) - p(down)" + (f", mean of {size} signals" if size > 1 else "")
+            p = _Plot(f"votes_{s}_{_safe(name)}", f"Votes on {name}", label)
             for j, member in enumerate(result.members):
                 vote = v["member_probs"][:, j, 2] - v["member_probs"][:, j, 0]
-                p.lines.append(_Line(member, vx[i], vote[i], width=1.0))
-            p.lines.append(_Line("combined", vx[i], combined[i], width=2.5))
+                p.lines.append(_Line(member, vx, _mean_by(vote, size), width=1.0, opacity=0.7))
+            combined = v["probs"][:, 2] - v["probs"][:, 0]
+            p.lines.append(_Line("combined", vx, _mean_by(combined, size), width=2.5, color="black"))
             plots.append(p)
     return plots
 
@@ -591,7 +607,7 @@ def _plotly_div(p: _Plot) -> str:
                                              "color": "green" if up else "red", "size": 9}))
         else:
             fig.add_trace(go.Scatter(x=line.x, y=line.y, name=line.name, mode="lines",
-                                     line={"width": line.width}))
+                                     line={"width": line.width, "color": line.color}, opacity=line.opacity))
     fig.update_layout(title=p.title, yaxis_title=p.ylabel, height=420, margin={"t": 50, "b": 40},
                       template="plotly_white")
     return fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"plot-{p.key}")
@@ -617,9 +633,10 @@ def _png(p: _Plot, path: Path) -> None:
         if line.markers:
             up = line.markers == "buy"
             ax.scatter(line.x, line.y, marker="^" if up else "v", color="green" if up else "red",
-                       s=30, label=line.name, zorder=3)
+                       s=30 if len(line.x) <= 300 else 8, label=line.name, zorder=3)
         else:
-            ax.plot(line.x, line.y, label=line.name, linewidth=line.width)
+            ax.plot(line.x, line.y, label=line.name, linewidth=line.width, alpha=line.opacity,
+                    color=line.color, zorder=4 if line.name == "close" else 2)
     if p.lines:
         ax.legend(loc="best", fontsize=8)
         ax.grid(alpha=0.3)
@@ -649,7 +666,8 @@ def _html(result: BacktestResult, metrics: dict, fp: str, plots: list[_Plot]) ->
             f"<script type=\"text/javascript\">{get_plotlyjs()}</script></head><body>\n"
             f"<h1>Backtest report</h1>\n<pre>{summary}</pre>\n<table>{head}{body}</table>\n"
             f"<p>Long series are thinned to about {PLOT_POINTS} points per line for plotting "
-            f"(each bucket's first, lowest and highest point); the figures use every bar.</p>\n"
+            f"(each bucket's first, lowest and highest point; votes: each bucket's mean); "
+            f"the figures use every bar.</p>\n"
             f"{divs}\n</body></html>\n")
 
 
@@ -658,7 +676,8 @@ def _out_dir(out_dir: str | Path) -> Path:
     a file of that name, or a missing parent, is a UserError in one line."""
     out = Path(out_dir).expanduser()
     if out.exists() and not out.is_dir():
-        raise UserError(f"{out} is a file; give a folder for the report, e.g. {out.with_name(out.name + '-report')}")
+        raise UserError(f"{out} is a file; give a folder for the report, "
+                        f"e.g. {out.with_name(out.name + '-report')}")
     return output_file(out / REPORT_JSON).parent
 
 

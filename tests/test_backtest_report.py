@@ -208,6 +208,15 @@ def test_one_bar_with_a_loss_has_no_volatility_and_no_sharpe():
     assert o["max_drawdown_days"] == pytest.approx(60 / DAY)
 
 
+def test_the_deepest_drawdown_and_the_longest_are_told_apart():
+    # curve 1000 | 995 996 997 1000 900 1001, one bar a minute: a long shallow spell (4 bars)
+    # then a deep short one (10 %, 2 bars), both recovered
+    o = metrics(empty_fills_result([995.0, 996.0, 997.0, 1000.0, 900.0, 1001.0]))["overall"]
+    assert o["max_drawdown"] == pytest.approx(0.1) and o["max_drawdown_recovered"] is True
+    assert o["max_drawdown_days"] == pytest.approx(120 / DAY)
+    assert o["longest_drawdown_days"] == pytest.approx(240 / DAY)
+
+
 def test_only_winning_trades_have_no_profit_factor():
     r = hand_result()
     r.fills = r.fills[:2]
