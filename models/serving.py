@@ -34,7 +34,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import ConfigurationError
-from shm.records import FLAG_PARTIAL, FLAG_WARMUP, SIGNAL_MEMBERS
+from shm.records import (ACTION_BUY, ACTION_HOLD, ACTION_SELL, FLAG_GAP, FLAG_PARTIAL, FLAG_WARMUP,
+                         MODEL_ENSEMBLE, MODEL_MOMENTUM, SIGNAL, SIGNAL_MEMBERS)
 
 from .dataset import input_names, model_inputs
 from .ensemble import Ensemble
@@ -234,3 +235,38 @@ class EnsembleModel:
                 "infer_ms_p50": round(float(np.percentile(lat, 50)), 3) if lat is not None else None,
                 "infer_ms_p99": round(float(np.percentile(lat, 99)), 3) if lat is not None else None,
                 "infer_ms_max": round(float(lat.max()), 3) if lat is not None else None}
+
+
+def make_signals(model, ids: np.ndarray, rows: np.ndarray, origin_ns: np.ndarray,
+                 bar_flags: np.ndarray, first_seq: int) -> np.ndarray:
+    """SIGNAL rows for the symbols ``ids`` from their newest feature ``rows``: the
+    model's probabilities, action (argmax down / flat / up -> SELL / HOLD / BUY, HOLD
+    where the model holds), confidence, reference price (the bar's close) and flags
+    (the bar's FLAG_GAP, and the model's own). ``model``: a `MomentumModel`, or an
+    ensemble (`EnsembleModel` or the model host bridge, which serve the same
+    ``predict``). The model worker and a backtest build their signals here, so both
+    trade on the same rows; an ensemble's ConfigurationError goes to the caller."""
+    ids = np.asarray(ids, np.intp)
+    sig = np.zeros(len(ids), SIGNAL)
+    flags = np.asarray(bar_flags, np.uint16) & FLAG_GAP
+    if isinstance(model, MomentumModel):
+        probs = model.predict(rows)
+        hold = np.zeros(len(ids), bool)
+        sig["model_id"] = MODEL_MOMENTUM
+    else:
+        probs, member, versions, extra, hold = model.predict(ids, rows)
+        sig["model_id"] = MODEL_ENSEMBLE
+        sig["member_probs"] = member
+        sig["model_versions"] = versions
+        flags = flags | extra
+    action = np.choose(probs.argmax(axis=1), [ACTION_SELL, ACTION_HOLD, ACTION_BUY])
+    sig["ts_origin_ns"] = origin_ns
+    sig["ts_bar_ns"] = rows["ts_bar_ns"]
+    sig["seq"] = first_seq + np.arange(len(ids))
+    sig["symbol_id"] = ids
+    sig["action"] = np.where(hold, ACTION_HOLD, action)
+    sig["confidence"] = probs.max(axis=1)
+    sig["probs"] = probs
+    sig["ref_price"] = rows["close"]
+    sig["flags"] = flags
+    return sig

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import ConfigError, FeedConfig, load_config
-from shm.records import SIDE_BUY, SIDE_SELL, TICK_TRADE
+from shm.records import SIDE_BUY, SIDE_SELL, TICK_GAP, TICK_TRADE
 from conftest import data_file
 from test_storage import Run
 from workers.feed import MAX_BATCH, ReplaySource, replay_ticks
@@ -73,7 +73,7 @@ def test_candles_become_four_trades_each(tmp_path):
     rows = write_slice(CANDLES, path, 2700, 300)   # holds minutes with no trades (volume 0)
     want = expected_candle_ticks(rows)
     assert len(want["ts"]) < 4 * 300
-    ticks, rejected = replay_ticks(str(path), 5)
+    ticks, rejected, _ = replay_ticks(str(path), 5)
     assert rejected == {}
     assert ticks["ts_exchange_ns"].tolist() == want["ts"]
     assert ticks["price"].tolist() == want["price"]
@@ -98,13 +98,13 @@ def test_parquet_plays_like_csv(tmp_path):
     path = tmp_path / "slice.csv"
     write_slice(CANDLES, path, 0, 500)
     pq.write_table(pcsv.read_csv(path), tmp_path / "slice.parquet")
-    a, _ = replay_ticks(str(path), 0)
-    b, _ = replay_ticks(str(tmp_path / "slice.parquet"), 0)
+    a, _, _ = replay_ticks(str(path), 0)
+    b, _, _ = replay_ticks(str(tmp_path / "slice.parquet"), 0)
     assert len(a) == 2000 and a.tobytes() == b.tobytes()      # bid and ask are NaN: compare bytes
 
 
 def test_trades_keep_time_price_size_id_and_side():
-    ticks, rejected = replay_ticks(str(TRADES), 1)
+    ticks, rejected, _ = replay_ticks(str(TRADES), 1)
     with open(TRADES, newline="") as f:
         rows = list(csv.DictReader(f))
     assert rejected == {} and len(ticks) == len(rows) == 2001
@@ -151,9 +151,16 @@ def test_bad_rows_are_skipped_and_counted(tmp_path):
     assert src.stats()["rejected_rows"] == {"nan": 2, "non-positive": 2, "inconsistent ohlc": 1,
                                             "conflicting duplicate": 1}
     assert src.stats()["bad_rows"] == 6
-    ticks = play_all(src)
+    played = play_all(src)
     good = [r for i, r in enumerate(rows) if i not in (10, 20, 30, 40, 50, 60)]
+    ticks = played[played["kind"] == TICK_TRADE]
     assert ticks["ts_exchange_ns"].tolist() == expected_candle_ticks(good)["ts"]
+    # each skipped candle is a hole: a gap marker goes just before the next candle's ticks
+    marks = np.flatnonzero(played["kind"] == TICK_GAP)
+    assert played["ts_exchange_ns"][marks].tolist() == [int(rows[i + 1][0]) * 1_000_000
+                                                        for i in (10, 20, 30, 40, 50, 60)]
+    assert (played["kind"][marks + 1] == TICK_TRADE).all()
+    assert (played["ts_exchange_ns"][marks + 1] == played["ts_exchange_ns"][marks]).all()
     assert np.isfinite(ticks["price"]).all() and (ticks["price"] > 0).all()
     assert (ticks["size"] > 0).all() and (np.diff(ticks["ts_exchange_ns"]) > 0).all()
 
@@ -161,7 +168,7 @@ def test_bad_rows_are_skipped_and_counted(tmp_path):
     rows = write_slice(TRADES, trades, 0, 100, {5: {"price": "NaN"}, 6: {"quantity": "0"},
                                                 7: {"price": "-39000"},
                                                 8: {"timestamp_ms": "1610064000000"}})
-    ticks, rejected = replay_ticks(str(trades), 0)
+    ticks, rejected, _ = replay_ticks(str(trades), 0)
     assert rejected == {"nan": 1, "non-positive": 2}      # row 8 is the earliest: sorted first
     assert ticks["seq"].tolist() == [int(rows[8][1])] + [
         int(r[1]) for i, r in enumerate(rows) if i not in (5, 6, 7, 8)]
@@ -173,7 +180,7 @@ def test_shuffled_rows_play_in_time_order(tmp_path):
     for src, n in ((CANDLES, 120), (TRADES, 300)):
         path = tmp_path / "in_order.csv"
         rows = write_slice(src, path, 0, n)
-        want, none = replay_ticks(str(path), 0)
+        want, none, _ = replay_ticks(str(path), 0)
         assert none == {}
         mixed = [rows[i] for i in np.random.default_rng(3).permutation(n)] + rows[10:13]
         shuffled = tmp_path / "shuffled.csv"
@@ -181,7 +188,7 @@ def test_shuffled_rows_play_in_time_order(tmp_path):
             header = next(csv.reader(f))
         with open(shuffled, "w", newline="") as f:
             csv.writer(f).writerows([header] + mixed)
-        got, rejected = replay_ticks(str(shuffled), 0)
+        got, rejected, _ = replay_ticks(str(shuffled), 0)
         assert rejected == {"duplicate": 3}, src
         for name in ("ts_exchange_ns", "seq", "price", "size", "side"):
             assert got[name].tolist() == want[name].tolist(), (src, name)
@@ -209,7 +216,7 @@ def test_replay_through_the_pipeline_into_the_recorder(tmp_path):
     recorder's files hold the replayed ticks exactly, under the replay's venue."""
     path = tmp_path / "slice.csv"
     write_slice(CANDLES, path, 1000, 600)          # 2023-03-01 16:40 .. 2023-03-02 02:39
-    want, _ = replay_ticks(str(path), 0)
+    want, _, _ = replay_ticks(str(path), 0)
     run = Run(tmp_path, max_ticks=500, extra=f"""
 [[feeds]]
 name = "replay"

@@ -196,3 +196,22 @@ class BarBuilder:
         self.open_ns[ids] = -1
         self.flags[ids] = 0
         return bars
+
+
+def feature_rows(bars: ClosedBars, values: np.ndarray, names: list[str], dtype: np.dtype) -> np.ndarray:
+    """Feature records of closed bars: the bar itself and its indicator ``values``
+    (columns in the order of ``names``). The indicator shard and a backtest write them alike."""
+    rows = np.zeros(len(bars), dtype)
+    rows["ts_origin_ns"] = bars.origin_ns
+    rows["ts_bar_ns"] = bars.open_ns
+    rows["symbol_id"] = bars.ids
+    rows["flags"] = bars.flags
+    rows["n_ticks"] = np.minimum(bars.n_ticks, 65535)
+    rows["open"] = bars.o
+    rows["high"] = bars.h
+    rows["low"] = bars.l
+    rows["close"] = bars.c
+    rows["volume"] = bars.v
+    for k, name in enumerate(names):
+        rows[name] = values[:, k]
+    return rows

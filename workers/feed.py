@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from models.synthetic import SyntheticMarket, start_prices
-from shm.records import SIDE_BUY, SIDE_SELL, TICK, TICK_TRADE
+from shm.records import SIDE_BUY, SIDE_SELL, TICK, TICK_GAP, TICK_TRADE
 
 from .base import Worker
 from .venues.base import Health, MalformedMessage, TickBuffer, flush_ticks, short_reason
@@ -186,7 +186,10 @@ class ReplaySource:
     for a candle that closes at or above its open, high then low for one that
     closes below, then close; each carries a quarter of the volume. The side
     follows the tick rule (up or unchanged: buy). A candle with zero volume
-    had no trades and makes no ticks. Trades keep their time, price, size,
+    had no trades and makes no ticks. Where candles are missing (the next one
+    comes more than 1.5 steps later) a gap marker (TICK_GAP) goes before the
+    next candle's ticks: the bar open across the hole is flagged FLAG_GAP and
+    opens no position. Trades keep their time, price, size,
     trade id and side (``side`` buy/sell, or ``buyer_maker``: the taker
     sold), else the tick rule. Bad rows (pipeline/storage.check_candles and
     check_trades: NaN, <= 0; repeated rows) are skipped and counted; rows out of
@@ -196,7 +199,7 @@ class ReplaySource:
     def __init__(self, feed, symbol_id: int, start_index: int, bell):
         self.feed = feed
         self.speed = feed.speed
-        self.ticks, self.rejected = replay_ticks(feed.path, symbol_id)
+        self.ticks, self.rejected, self.reordered = replay_ticks(feed.path, symbol_id)
         self.ts = self.ticks["ts_exchange_ns"]
         self.pos = self.start = min(start_index, len(self.ticks))
         self.bell = bell
@@ -240,23 +243,27 @@ class ReplaySource:
     def housekeeping(self) -> None:
         if self.done and not self.done_logged:
             self.done_logged = True
-            logging.getLogger("feed").info("replay of %s finished: %d ticks, bad rows skipped: %s",
-                                           self.feed.path, len(self.ticks), self.rejected or "none")
+            logging.getLogger("feed").info("replay of %s finished: %d ticks, bad rows skipped: %s, "
+                                           "rows sorted into time order: %d", self.feed.path,
+                                           len(self.ticks), self.rejected or "none", self.reordered)
 
     def stats(self) -> dict:
         # emitted by this process (the supervisor adds its predecessors'); the file's bad
         # rows are the file's, the same for every process that reads it
         return {"emitted": self.pos - self.start, "replay_position": self.pos,
                 "replay_total": len(self.ticks), "replay_done": self.done,
-                "bad_rows": sum(self.rejected.values()), "rejected_rows": dict(self.rejected)}
+                "bad_rows": sum(self.rejected.values()), "rejected_rows": dict(self.rejected),
+                "reordered_rows": self.reordered}
 
     def close(self) -> None:
         pass
 
 
-def replay_ticks(path: str, symbol_id: int) -> tuple[np.ndarray, dict[str, int]]:
-    """The ticks a replay feed plays from ``path`` and the bad rows it skips, by reason
-    (the file's rows as pipeline/storage.read_market_rows gives them: sorted, duplicates dropped)."""
+def replay_ticks(path: str, symbol_id: int) -> tuple[np.ndarray, dict[str, int], int]:
+    """The ticks a replay feed plays from ``path`` (trades, and gap markers where candles
+    are missing), the bad rows it skips by reason, and how many rows reading sorted into
+    time order (the file's rows as pipeline/storage.read_market_rows gives them: sorted,
+    duplicates dropped). A backtest plays the same ticks."""
     from pipeline.storage import numeric, read_market_rows
     rows = read_market_rows(path)
     table = rows.table
@@ -272,20 +279,23 @@ def replay_ticks(path: str, symbol_id: int) -> tuple[np.ndarray, dict[str, int]]
         ticks["price"], ticks["size"] = price, size
         ticks["side"] = _trade_sides(table, np.ones(len(ts), bool), price)
         ticks["seq"] = np.arange(1, len(ticks) + 1)
+        ticks["kind"] = TICK_TRADE
         if "trade_id" in table.column_names:
             ids = numeric(table, "trade_id")
             if np.isfinite(ids).all():
                 ticks["seq"] = ids
-    ticks["kind"] = TICK_TRADE
     ticks["bid"] = ticks["ask"] = np.nan
     ticks["symbol_id"] = symbol_id
-    return ticks, dict(rows.dropped)
+    return ticks, dict(rows.dropped), rows.reordered
 
 
 def candle_ticks(ts_ms, o, h, l, c, v) -> np.ndarray:
-    """Four trade ticks per candle with volume (the rule in ReplaySource's docstring)."""
+    """Four trade ticks per candle with volume, and a gap marker before a candle that
+    follows missing ones (the rule in ReplaySource's docstring)."""
     step_ms = float(np.median(np.diff(ts_ms))) if len(ts_ms) > 1 else 60_000.0
+    after_gap = np.r_[False, np.diff(ts_ms) > 1.5 * step_ms]
     traded = v > 0
+    gap_ms = ts_ms[after_gap]
     ts_ms, o, h, l, c, v = (x[traded] for x in (ts_ms, o, h, l, c, v))
     up = c >= o
     prices = np.column_stack([o, np.where(up, l, h), np.where(up, h, l), c]).ravel()
@@ -296,7 +306,17 @@ def candle_ticks(ts_ms, o, h, l, c, v) -> np.ndarray:
     out["size"] = np.repeat(v / 4, 4)
     out["side"] = _tick_rule(prices)
     out["seq"] = np.arange(1, len(prices) + 1)
-    return out
+    out["kind"] = TICK_TRADE
+    if len(gap_ms) == 0:
+        return out
+    marks = np.zeros(len(gap_ms), TICK)
+    marks["ts_exchange_ns"] = gap_ms.astype(np.int64) * 1_000_000
+    marks["kind"] = TICK_GAP
+    marks["price"] = marks["size"] = np.nan
+    both = np.concatenate([marks, out])
+    # by time; at one time the marker first (TICK_GAP > TICK_TRADE, so sort on -kind)
+    order = np.lexsort((-both["kind"].astype(np.int64), both["ts_exchange_ns"]))
+    return both[order]
 
 
 def _tick_rule(prices: np.ndarray) -> np.ndarray:

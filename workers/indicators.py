@@ -26,7 +26,7 @@ from pipeline.config import indicator_specs
 from pipeline.topology import shard_of
 from shm.records import FLAG_ALERT
 
-from .bars import BarBuilder, ClosedBars
+from .bars import BarBuilder, ClosedBars, feature_rows
 from .base import Worker
 
 
@@ -100,19 +100,7 @@ class IndicatorWorker(Worker):
         """The indicators of the closed bars, written to the features table and ring."""
         ids = bars.ids
         values = self.engine.update(ids, bars.o, bars.h, bars.l, bars.c, bars.v)
-        rows = np.zeros(len(ids), self.fdtype)
-        rows["ts_origin_ns"] = bars.origin_ns
-        rows["ts_bar_ns"] = bars.open_ns
-        rows["symbol_id"] = ids
-        rows["flags"] = bars.flags
-        rows["n_ticks"] = np.minimum(bars.n_ticks, 65535)
-        rows["open"] = bars.o
-        rows["high"] = bars.h
-        rows["low"] = bars.l
-        rows["close"] = bars.c
-        rows["volume"] = bars.v
-        for k, name in enumerate(self.names):
-            rows[name] = values[:, k]
+        rows = feature_rows(bars, values, self.names, self.fdtype)
         if self.alert is not None:
             self._alerts(rows, values)
         self.features.write(ids, rows)

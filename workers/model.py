@@ -16,8 +16,9 @@ worker logs the one-line error, reports it in a last heartbeat and exits with
 `CONFIG_EXIT` (2); the supervisor then stops the pipeline with that message
 instead of restarting the worker into the same error.
 
-Action: argmax down / flat / up -> SELL / HOLD / BUY, confidence = max prob.
-The signal carries each member's own probabilities (``member_probs``, in the
+The signal rows are built by models/serving.make_signals (a backtest builds its
+own there too): action = argmax down / flat / up -> SELL / HOLD / BUY, confidence =
+max prob. The signal carries each member's own probabilities (``member_probs``, in the
 ensemble's member order, listed in the worker's stats) and its registry
 version (``model_versions``, 0 where the member did not run for that row).
 """
@@ -25,10 +26,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.serving import EnsembleModel, MomentumModel
+from models.serving import EnsembleModel, MomentumModel, make_signals
 from pipeline.errors import CONFIG_EXIT, ConfigurationError
-from shm.records import (ACTION_BUY, ACTION_HOLD, ACTION_SELL, FLAG_GAP, MODEL_ENSEMBLE,
-                         MODEL_MOMENTUM, SIGNAL)
 
 from .base import Worker
 from .model_host import KeysError, RemoteEnsemble, RemoteError
@@ -118,33 +117,12 @@ class ModelWorker(Worker):
         ids, idx = np.unique(ev["symbol_id"][::-1], return_index=True)
         newest = ev[::-1][idx]
         rows, _ = self.features.read(ids.astype(np.intp))
-        sig = np.zeros(len(ids), SIGNAL)
-        flags = newest["flags"] & FLAG_GAP
-        if self.ensemble is not None:
-            try:
-                probs, member, versions, extra, hold = self.ensemble.predict(ids.astype(np.intp), rows)
-            except ConfigurationError as e:            # the model host refused this pipeline
-                self.config_error(str(e))
-            sig["model_id"] = MODEL_ENSEMBLE
-            sig["member_probs"] = member
-            sig["model_versions"] = versions
-            flags = flags | extra
-        else:
-            probs = self.model.predict(rows)
-            hold = np.zeros(len(ids), bool)
-            sig["model_id"] = MODEL_MOMENTUM
-        cls = probs.argmax(axis=1)
-        action = np.choose(cls, [ACTION_SELL, ACTION_HOLD, ACTION_BUY])
-        sig["ts_origin_ns"] = newest["ts_origin_ns"]
-        sig["ts_bar_ns"] = rows["ts_bar_ns"]
-        writer = self.writers[self.out]
-        sig["seq"] = writer.seq + np.arange(len(ids))
-        sig["symbol_id"] = ids
-        sig["action"] = np.where(hold, ACTION_HOLD, action)
-        sig["confidence"] = probs.max(axis=1)
-        sig["probs"] = probs
-        sig["ref_price"] = rows["close"]
-        sig["flags"] = flags
+        model = self.ensemble if self.ensemble is not None else self.model
+        try:
+            sig = make_signals(model, ids, rows, newest["ts_origin_ns"], newest["flags"],
+                               self.writers[self.out].seq)
+        except ConfigurationError as e:                # the model host refused this pipeline
+            self.config_error(str(e))
         self.publish(self.out, sig)
         self.record_latency(sig["ts_origin_ns"])
         for reader in self.readers:

@@ -43,6 +43,24 @@ SOURCE_BITS = 48        # intent seq = source << 48 | the cause's own sequence
 STOP_SOURCE = 0xFFFF    # the source of intents from a stop on a price update
 
 
+def volatility_columns(feature_names: list[str]) -> tuple[str | None, str | None]:
+    """(vol column, atr column) the size reads: the first ``vol_N``, else the first
+    ``atr_N`` (divided by the close); (None, None) sizes everything at the target."""
+    vols = [c for c in feature_names if c.startswith("vol_")]
+    atrs = [c for c in feature_names if c.startswith("atr_")]
+    return (vols[0] if vols else None), (None if vols or not atrs else atrs[0])
+
+
+def bar_volatility(rows: np.ndarray, vol_column: str | None, atr_column: str | None) -> np.ndarray:
+    """Per-bar volatility of feature ``rows`` (NaN where unknown), as `volatility_columns` chose."""
+    if vol_column is not None:
+        return np.asarray(rows[vol_column], float)
+    if atr_column is None:
+        return np.full(len(rows), np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return rows[atr_column] / rows["close"]
+
+
 class SignalStrategy:
     """Per symbol: the direction it holds (-1, 0, 1), the entry price, the bar it
     entered on and bars held. ``on_signals`` and ``on_price`` return INTENT rows.

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..base import Worker
-from .signals import SOURCE_BITS, SignalStrategy
+from .signals import SOURCE_BITS, SignalStrategy, bar_volatility, volatility_columns
 
 
 class StrategyWorker(Worker):
@@ -27,11 +27,7 @@ class StrategyWorker(Worker):
         self.core = SignalStrategy(n, self.cfg.strategy, self.clock)
         self.features = self.table("features")
         self.positions = self.table("positions")
-        names = self.topo.feature_names
-        vols = [c for c in names if c.startswith("vol_")]
-        atrs = [c for c in names if c.startswith("atr_")]
-        self.vol_column = vols[0] if vols else None
-        self.atr_column = None if vols or not atrs else atrs[0]
+        self.vol_column, self.atr_column = volatility_columns(self.topo.feature_names)
         self.last_seen = np.full(len(self.readers), -1, np.int64)
         self.counters.update(signals=0, intents=0, skipped_replay=0)
         writer = self.writers["intents"]
@@ -60,12 +56,7 @@ class StrategyWorker(Worker):
         if self.vol_column is None and self.atr_column is None:
             return vol
         rows, seqs = self.features.read(ids.astype(np.intp))
-        if self.vol_column is not None:
-            v = rows[self.vol_column]
-        else:
-            with np.errstate(invalid="ignore", divide="ignore"):
-                v = rows[self.atr_column] / rows["close"]
-        vol[ids] = np.where(seqs > 0, v, np.nan)
+        vol[ids] = np.where(seqs > 0, bar_volatility(rows, self.vol_column, self.atr_column), np.nan)
         return vol
 
     def held(self, ids: np.ndarray) -> np.ndarray:

@@ -1,0 +1,364 @@
+"""`pipeline backtest`: the live chain in one process, on a simulated clock.
+
+What runs is what `pipeline start` runs, core for core:
+
+* each data file is played as the replay feed plays it (workers/feed.replay_ticks:
+  a candle becomes four trades, open, low/high, high/low and close, at quarters of
+  the bar; a gap marker where candles are missing; trades keep their times);
+* the bar builder of the indicator shards (workers/bars.py) and the indicator
+  engine (models/ta.py) turn them into feature rows;
+* model serving (models/serving.make_signals: the ensemble from ``[model]
+  artifacts``, or the momentum rule) scores each bar close;
+* the strategy (workers/strategy/signals.py) turns signals into intents;
+* the execution desk (workers/execution/desk.py) runs them through the four-tier
+  risk guard, the order manager, the paper broker (latency, slippage, maker and
+  taker fees), the portfolio and the journal (SQLite; a temporary file unless
+  ``--journal`` names one to keep).
+
+Time is a `SimClock` moved to each tick's time (the tick's receipt time is its
+event time), so every rule that reads a clock (stale intents, daily loss, order
+rates, bar timers) reads market time. The order of events is that of a live
+pipeline that keeps up: the tick that closes a bar reaches the desk before the
+intents that bar causes, so a market order decided on a bar's close meets the
+next bar's opening trade, moved by ``slippage_bps`` (the paper broker's rule for
+a quote of unknown size), after ``ack_latency_ms``. Reports the broker has due
+before the next tick are taken before it. Bars still open when the data ends are
+not traded (there is no next price to trade at).
+
+Equity is sampled after each time bars close: capital plus realised P&L, less
+fees, plus open positions marked at the last trade (at a bar's close time that is
+the next bar's opening trade, the price the account could trade at then).
+
+Deterministic: the same data and config give the same fills; the client order
+ids carry the run id "backtest", and the broker's latency jitter is a hash.
+"""
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from models.serving import EnsembleModel, MomentumModel, make_signals
+from models.ta import Engine
+from models.train import market_of
+from pipeline.clock import SimClock
+from pipeline.config import Config, feature_names, indicator_specs
+from pipeline.errors import ConfigurationError, UserError
+from pipeline.journal import Journal
+from shm.records import FLAG_GAP, TICK_GAP, TICK_TRADE, features_dtype
+from workers.bars import BarBuilder, feature_rows
+from workers.execution.desk import Desk
+from workers.feed import replay_ticks
+from workers.strategy.signals import SignalStrategy, bar_volatility, volatility_columns
+
+from .backtest_report import FILL_ROW, VOTE_ROW, BacktestResult
+
+RUN_ID = "backtest"
+PIPELINE = "backtest"
+
+
+@dataclass
+class MarketData:
+    """The ticks of every data file, merged in time order, and what reading them found."""
+    symbols: list[str]                  # "BTC/USDT@binance", by symbol id
+    venues: list[str]
+    venue_of: np.ndarray                # venue index by symbol id
+    ticks: np.ndarray                   # TICK records, ts_origin_ns = ts_exchange_ns
+    files: list[dict] = field(default_factory=list)   # per file: path, symbol, kind, rows dropped...
+
+
+def _ns(date: str | None, flag: str) -> int | None:
+    """A --from / --to date (YYYY-MM-DD or ISO 8601, UTC unless it says) in ns."""
+    if not date:
+        return None
+    from datetime import datetime, timezone
+    try:
+        t = datetime.fromisoformat(date)
+    except ValueError:
+        raise UserError(f"{flag} {date!r} is not a date (YYYY-MM-DD or YYYY-MM-DDTHH:MM)") from None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=timezone.utc)
+    return int(t.timestamp() * 1e9)
+
+
+def symbol_of(path: str) -> str:
+    """``BASE/QUOTE@venue`` of a data file, from its path as `pipeline train` reads it
+    (``venue=``/``symbol=`` folders, or ``<venue>_<BASE>-<QUOTE>_...``); else its name."""
+    market = market_of(path)
+    symbol = market["symbol"] or Path(path).stem.split("_")[0].upper()
+    return f"{symbol}@{market['venue'] or 'replay'}"
+
+
+def load_data(paths: list[str], start: str | None = None, end: str | None = None) -> MarketData:
+    """Every file's ticks as the replay feed plays them, one symbol per file, merged by
+    time; ``start``/``end`` (dates) keep the ticks in [start, end)."""
+    lo, hi = _ns(start, "--from"), _ns(end, "--to")
+    if lo is not None and hi is not None and hi <= lo:
+        raise UserError(f"--to {end} is not after --from {start}")
+    symbols, venues, venue_of, parts, files = [], [], [], [], []
+    for i, path in enumerate(paths):
+        p = Path(path).expanduser()
+        if not p.exists():
+            raise UserError(f"--data {path}: no such file or directory")
+        key = symbol_of(str(p))
+        if key in symbols:
+            raise UserError(f"--data {path}: a second file for {key} (one file or folder per symbol)")
+        try:
+            ticks, dropped, reordered = replay_ticks(str(p), i)
+        except (OSError, ValueError) as e:
+            raise UserError(f"--data {path}: {e}") from None
+        ticks["ts_origin_ns"] = ticks["ts_exchange_ns"]
+        ts = ticks["ts_exchange_ns"]
+        keep = np.ones(len(ticks), bool)
+        if lo is not None:
+            keep &= ts >= lo
+        if hi is not None:
+            keep &= ts < hi
+        ticks = ticks[keep]
+        venue = key.partition("@")[2]
+        if venue not in venues:
+            venues.append(venue)
+        symbols.append(key)
+        venue_of.append(venues.index(venue))
+        parts.append(ticks)
+        files.append({"path": str(p), "symbol": key, "trades": int((ticks["kind"] == TICK_TRADE).sum()),
+                      "gaps": int((ticks["kind"] == TICK_GAP).sum()), "bad_rows": dropped,
+                      "reordered_rows": int(reordered)})
+    if not parts:
+        raise UserError("--data names no file")
+    ticks = np.concatenate(parts)
+    ticks = ticks[np.argsort(ticks["ts_exchange_ns"], kind="stable")]
+    if not (ticks["kind"] == TICK_TRADE).any():
+        raise UserError("the data holds no trade or candle with volume in the period asked")
+    return MarketData(symbols, venues, np.array(venue_of, np.int64), ticks, files)
+
+
+def _segments(ticks: np.ndarray, bar_ns: int) -> np.ndarray:
+    """End indices (exclusive) of the steps a run takes: each ends after the last tick
+    at a time when some symbol's trade opens a new bar (and so closes its last one),
+    so the desk sees that tick before the intents the closed bar causes."""
+    trade = ticks["kind"] == TICK_TRADE
+    sid = ticks["symbol_id"].astype(np.int64)
+    ts = ticks["ts_exchange_ns"]
+    bar = ts // bar_ns
+    opens = np.zeros(len(ticks), bool)
+    idx = np.flatnonzero(trade)
+    order = idx[np.argsort(sid[idx], kind="stable")]          # per symbol, in time order
+    s, b = sid[order], bar[order]
+    new = np.r_[True, (s[1:] != s[:-1]) | (b[1:] > b[:-1])]
+    first_of_symbol = np.r_[True, s[1:] != s[:-1]]
+    opens[order[new & ~first_of_symbol]] = True
+    times = np.unique(ts[opens])
+    ends = np.searchsorted(ts, times, side="right")
+    return np.unique(np.r_[ends, len(ticks)])
+
+
+class Backtest:
+    """One run: the cores of a live pipeline wired in one process (the module
+    docstring says how). ``run`` plays the data and returns a BacktestResult."""
+
+    def __init__(self, cfg: Config, data: MarketData, journal_path: str | Path,
+                 progress: bool = False):
+        self.cfg, self.data, self.progress = cfg, data, progress
+        n = len(data.symbols)
+        first = int(data.ticks["ts_exchange_ns"][0])
+        self.clock = SimClock(first)
+        ic = cfg.indicators
+        self.bar_ns = int(round(ic.bar_seconds * 1e9))
+        self.bars = BarBuilder(np.ones(n, bool), self.bar_ns, int(ic.close_grace_s * 1e9), self.clock,
+                               int(max(f.max_ahead_s for f in cfg.feeds) * 1e9))
+        self.engine = Engine(n, indicator_specs(ic))
+        self.names = feature_names(cfg)
+        self.fdtype = features_dtype(self.names)
+        self.model = self._model()
+        self.vol_column, self.atr_column = volatility_columns(self.names)
+        self.strategy = SignalStrategy(n, cfg.strategy, self.clock)
+        self.journal = Journal(journal_path)
+        self.desk = Desk(data.symbols, data.venue_of, data.venues, cfg.execution, cfg.risk, self.clock,
+                         self.journal, PIPELINE, RUN_ID)
+        self.desk.recover()
+        if self.desk.portfolio.rows["qty"].any() or self.desk.orders.open_orders():
+            raise UserError(f"the journal {journal_path} holds positions or orders of an earlier run; "
+                            "give a new file with --journal")
+        self.vol = np.full(n, np.nan)
+        self.signal_seq = 0
+        self.counts = {"bars": 0, "signals": 0, "intents": 0, "gap_bars": 0, "warmup_signals": 0}
+
+    def _model(self):
+        m = self.cfg.model
+        if m.kind == "ensemble":
+            try:
+                model = EnsembleModel(m.artifacts, self.names, len(self.data.symbols),
+                                      bar_seconds=self.cfg.indicators.bar_seconds, symbols=self.data.symbols)
+            except ConfigurationError as e:
+                raise UserError(f"the ensemble cannot serve this backtest: {e}") from None
+            return model
+        ema = [f"ema_{p}" for p in self.cfg.indicators.ema]
+        if not ema:
+            raise UserError("[model] kind = 'momentum' needs [indicators] ema periods")
+        return MomentumModel(ema[0], ema[-1], m.threshold)
+
+    # -- the run ---------------------------------------------------------------------------
+    def run(self) -> BacktestResult:
+        ticks = self.data.ticks
+        n = len(self.data.symbols)
+        ends = _segments(ticks, self.bar_ns)
+        times, marks, held, equity = [], [], [], []
+        fills: list[tuple] = []
+        votes: list[tuple] = []
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+            bar = tqdm(total=len(ticks), unit="tick", unit_scale=True, desc="backtest", leave=False)
+        start = 0
+        t0 = time.perf_counter()
+        try:
+            for end in ends.tolist():
+                seg = ticks[start:end]
+                self._reports(int(seg["ts_exchange_ns"][0]), fills)
+                self.clock.set(int(seg["ts_exchange_ns"][-1]))
+                self.desk.on_ticks(seg)
+                closed = self.bars.on_ticks(seg)
+                due = self.bars.close_due()
+                if due is not None:
+                    closed.append(due)
+                for bars in closed:
+                    self._decide(bars, fills, votes)
+                if closed:
+                    self._sample(times, marks, held, equity)
+                self._collect(self.desk.housekeeping(), fills)
+                if bar is not None:
+                    bar.update(end - start)
+                start = end
+            self._reports(None, fills)
+            self._sample(times, marks, held, equity)
+        finally:
+            if bar is not None:
+                bar.close()
+        seconds = time.perf_counter() - t0
+        members = list(getattr(self.model, "members", []))
+        fill_rows = np.array(fills, FILL_ROW) if fills else np.zeros(0, FILL_ROW)
+        vote_rows = None
+        if members:
+            vote_rows = np.zeros(len(votes), VOTE_ROW(len(members)))
+            for i, (ts, sid, probs, member) in enumerate(votes):
+                vote_rows[i] = (ts, sid, probs, member[:len(members)])
+        T = np.array(times, np.int64)
+        close = np.array(marks).reshape(len(T), n)
+        return BacktestResult(
+            symbols=list(self.data.symbols), bar_seconds=float(self.cfg.indicators.bar_seconds),
+            capital=float(self.cfg.execution.capital), ts_ns=T, close=close,
+            position=np.array(held).reshape(len(T), n), equity=np.array(equity, float),
+            fills=fill_rows, members=members, votes=vote_rows,
+            counts=self._counts(), meta=self._meta(seconds))
+
+    def _decide(self, bars, fills: list, votes: list) -> None:
+        """Closed bars -> features -> signals -> intents -> the desk: what a live bar
+        close does, stage after stage."""
+        values = self.engine.update(bars.ids, bars.o, bars.h, bars.l, bars.c, bars.v)
+        rows = feature_rows(bars, values, self.names, self.fdtype)
+        self.counts["bars"] += len(rows)
+        self.counts["gap_bars"] += int((rows["flags"] & FLAG_GAP).astype(bool).sum())
+        ids = bars.ids.astype(np.intp)
+        sig = make_signals(self.model, ids, rows, bars.origin_ns, bars.flags, self.signal_seq)
+        self.signal_seq += len(sig)
+        self.counts["signals"] += len(sig)
+        if "member_probs" in sig.dtype.names and getattr(self.model, "members", None):
+            for s in sig:
+                votes.append((int(s["ts_bar_ns"]) + self.bar_ns, int(s["symbol_id"]), s["probs"],
+                              s["member_probs"]))
+        self.vol[ids] = bar_volatility(rows, self.vol_column, self.atr_column)
+        intents = self.strategy.on_signals(sig, self.vol, 0, self.desk.portfolio.rows["qty"])
+        if len(intents):
+            self.counts["intents"] += len(intents)
+            self._collect(self.desk.on_intents(intents), fills)
+
+    def _reports(self, before_ns: int | None, fills: list) -> None:
+        """The broker's reports due before ``before_ns`` (None: all still in flight), each
+        taken at its own time, as a live desk polling between ticks takes them."""
+        while True:
+            due = self.desk.broker.next_due_ns()
+            if due is None or (before_ns is not None and due >= before_ns):
+                return
+            self.clock.set(max(due, self.clock.time_ns()))
+            self._collect(self.desk.poll(), fills)
+
+    def _collect(self, out, fills: list) -> None:
+        """The fills of a desk step, as report rows (slippage against the top the desk saw)."""
+        m = self.desk.market
+        ids = {v: k for k, v in self.desk.order_ids.items()} if out.fills else {}
+        for rec in out.fills:
+            sid, side = int(rec["symbol_id"]), int(rec["side"])
+            top = float(m.ask[sid] if side > 0 else m.bid[sid])
+            price, qty = float(rec["price"]), float(rec["qty"])
+            slip = side * (price - top) * qty if math.isfinite(top) else 0.0
+            coid = ids.get(int(rec["order_id"]), "")
+            order = self.desk.orders.get(coid) if coid else None
+            fills.append((int(rec["ts_ns"]), sid, side, qty, price, float(rec["fee"]), slip,
+                          int(order.intent_reason) if order is not None else 0, coid))
+
+    def _sample(self, times: list, marks: list, held: list, equity: list) -> None:
+        """Equity now: open positions marked at the last trade."""
+        m, rows = self.desk.market, self.desk.portfolio.rows
+        mark = np.where(np.isfinite(m.last), m.last, np.nan)
+        unreal = np.where(rows["qty"] != 0, rows["qty"] * (np.nan_to_num(mark) - rows["avg_price"]), 0.0)
+        eq = self.cfg.execution.capital + float(rows["realized_pnl"].sum() - rows["fees"].sum() + unreal.sum())
+        now = self.clock.time_ns()
+        if times and times[-1] == now:
+            marks[-1], held[-1], equity[-1] = mark.copy(), rows["qty"].copy(), eq
+            return
+        times.append(now)
+        marks.append(mark.copy())
+        held.append(rows["qty"].copy())
+        equity.append(eq)
+
+    def _counts(self) -> dict:
+        guard = self.desk.guard
+        return {**self.counts, "bar_builder": dict(self.bars.counters),
+                "strategy": dict(self.strategy.counters), "desk": dict(self.desk.counters),
+                "denials": {k: v for k, v in guard.denials().items() if v},
+                "broker_ignored": dict(self.desk.broker.ignored),
+                "files": self.data.files}
+
+    def _meta(self, seconds: float) -> dict:
+        cfg = self.cfg
+        versions = dict(getattr(self.model, "versions", {}) or {})
+        ts = self.data.ticks["ts_exchange_ns"]
+        return {"run_id": RUN_ID, "symbols": list(self.data.symbols), "bar_seconds": cfg.indicators.bar_seconds,
+                "model": cfg.model.kind, "model_versions": versions,
+                "periods": [{"from_ns": int(ts[0]), "to_ns": int(ts[-1]), "model_versions": versions}],
+                "strategy": vars(cfg.strategy).copy(), "execution": {
+                    k: getattr(cfg.execution, k) for k in ("capital", "fee_bps", "maker_fee_bps",
+                                                           "slippage_bps", "ack_latency_ms",
+                                                           "fill_latency_ms", "latency_jitter_ms")},
+                "journal": str(self.journal.path), "ticks": int(len(ts)), "seconds": round(seconds, 3),
+                "bars_per_s": round(self.counts["bars"] / seconds, 1) if seconds > 0 else None}
+
+    def close(self) -> None:
+        self.desk.close()
+        self.journal.close()
+
+
+def run_backtest(cfg: Config, paths: list[str], start: str | None = None, end: str | None = None,
+                 journal: str | None = None, progress: bool = False) -> BacktestResult:
+    """Play ``paths`` through the live chain (the module docstring) and return the result.
+    ``journal``: a SQLite file to keep (it must not hold another run's positions); None:
+    a temporary one, removed after."""
+    data = load_data(paths, start, end)
+    tmp = None
+    if journal is None:
+        tmp = tempfile.TemporaryDirectory(prefix="tickpipe-backtest-")
+        journal = str(Path(tmp.name) / "journal.sqlite")
+    try:
+        bt = Backtest(cfg, data, journal, progress)
+        try:
+            return bt.run()
+        finally:
+            bt.close()
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
