@@ -35,7 +35,9 @@ undefined, never NaN):
   zero to its return to zero. Adding to a position or cutting part of it stays
   in the trade; a fill that flips the position closes the trade and opens the
   next (its quantity and fee split pro rata). Only closed trades count; the ones
-  open at the end are listed apart (``open_trades``). A trade's P&L is net of the
+  open at the end are listed apart (``open_trades``: the P&L of their closed part
+  net of all their fees so far, and ``unrealised_pnl`` = position * (last mark -
+  average entry price)). A trade's P&L is net of the
   fees of its fills; its return is P&L / entry notional.
 * **Win rate**: closed trades with P&L > 0 / closed trades. **Expectancy**: mean
   P&L of a closed trade. **Profit factor**: sum of winning P&L / |sum of losing
@@ -389,7 +391,7 @@ def metrics(result: BacktestResult) -> dict:
     ts = np.asarray(result.ts_ns, dtype=np.int64)
     T, S = len(ts), len(result.symbols)
     if T == 0:
-        raise ValueError("a backtest result without bars has no metrics")
+        raise UserError("the backtest has no bars in its period: nothing to report")
     bar_ns = int(round(result.bar_seconds * 1e9))
     curve_ts = np.r_[ts[0] - bar_ns, ts]
     equity = np.r_[float(result.capital), np.asarray(result.equity, dtype=np.float64)]
@@ -413,11 +415,18 @@ def metrics(result: BacktestResult) -> dict:
     for key, a, b in _slices(ts):
         months[key] = _block(equity[a:b + 1], curve_ts[a:b + 1], bs, closed[exit_month == key],
                              fills[fill_month == key], held[a:b].any(axis=1), bench[a:b + 1])
+    still_open = _trip_dicts(still, result.symbols)
+    last_mark = _marks(result)[-1]
+    for d, t in zip(still_open, still):
+        s = int(t["symbol_id"])
+        q = float(np.asarray(result.position)[-1, s])
+        d.update(position=_num(q), mark=_num(last_mark[s]),
+                 unrealised_pnl=_num(q * (last_mark[s] - t["entry_price"])))
     return {"period": {"start": _iso(ts[0]), "end": _iso(ts[-1]), "bars": T,
                        "bar_seconds": float(bs), "capital": _num(result.capital),
                        "final_equity": _num(equity[-1]), "symbols": list(result.symbols)},
             "overall": overall, "symbols": per_symbol, "months": months,
-            "open_trades": _trip_dicts(still, result.symbols),
+            "open_trades": still_open,
             "unattributed_pnl": _num(equity[-1] - result.capital - pnl[-1].sum()) if S else None}
 
 

@@ -217,6 +217,25 @@ def test_the_deepest_drawdown_and_the_longest_are_told_apart():
     assert o["longest_drawdown_days"] == pytest.approx(240 / DAY)
 
 
+def test_a_trade_open_at_the_end_is_listed_apart_with_its_unrealised_pnl():
+    r = hand_result()
+    r.fills = r.fills[:3]                        # the second trade is never closed
+    r.position[4:] = 2.0
+    m = metrics(r)
+    assert m["overall"]["trades"] == 1
+    (t,) = m["open_trades"]
+    assert t["symbol"] == "BTC/USDT@test" and t["side"] == "long" and t["exit"] is None
+    assert t["position"] == 2.0 and t["mark"] == 110.0 and t["entry_price"] == 105.0
+    assert t["unrealised_pnl"] == pytest.approx(10.0) and t["pnl"] == pytest.approx(-2.0)
+    assert t["return"] is None
+
+
+def test_no_bars_is_a_user_error():
+    r = empty_fills_result([])
+    with pytest.raises(UserError, match="no bars"):
+        metrics(r)
+
+
 def test_only_winning_trades_have_no_profit_factor():
     r = hand_result()
     r.fills = r.fills[:2]
