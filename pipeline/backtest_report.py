@@ -111,6 +111,7 @@ def VOTE_ROW(m: int) -> np.dtype:
 
 @dataclass
 class BacktestResult:
+    """What a backtest did, bar by bar: pipeline/backtest.py fills it, this module reads it."""
     symbols: list[str]          # "BTC/USDT@binance", by symbol id
     bar_seconds: float
     capital: float              # starting equity, quote currency
@@ -654,7 +655,7 @@ def _png(p: _Plot, path: Path) -> None:
     fig.savefig(path, format="png")
 
 
-def _html(result: BacktestResult, metrics: dict, fp: str, plots: list[_Plot]) -> str:
+def _html(metrics: dict, fp: str, plots: list[_Plot]) -> str:
     from plotly.offline import get_plotlyjs
 
     o = metrics["overall"]
@@ -711,7 +712,7 @@ def write_report(result: BacktestResult, metrics: dict, out_dir: str | Path) -> 
         written[f"{p.key}.png"] = out / f"{p.key}.png"
         _png(p, written[f"{p.key}.png"])
     written[REPORT_HTML] = out / REPORT_HTML
-    written[REPORT_HTML].write_text(_html(result, metrics, fp, plots), encoding="utf-8")
+    written[REPORT_HTML].write_text(_html(metrics, fp, plots), encoding="utf-8")
     written[TRADES_CSV] = out / TRADES_CSV
     _write_trades(written[TRADES_CSV], result)
     report = {"fingerprint": fp, "metrics": metrics, "counts": result.counts, "meta": result.meta,
