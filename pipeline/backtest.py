@@ -49,6 +49,7 @@ from pipeline.clock import SimClock
 from pipeline.config import Config, feature_names, indicator_specs
 from pipeline.errors import ConfigurationError, UserError
 from pipeline.journal import Journal
+from pipeline.storage import detect_kind, market_columns
 from shm.records import FLAG_GAP, TICK_GAP, TICK_TRADE, features_dtype
 from workers.bars import BarBuilder, feature_rows
 from workers.execution.desk import Desk
@@ -113,6 +114,11 @@ def load_data(paths: list[str], start: str | None = None, end: str | None = None
             raise UserError(f"--data {path}: {e}") from None
         ticks["ts_origin_ns"] = ticks["ts_exchange_ns"]
         ts = ticks["ts_exchange_ns"]
+        kind = detect_kind(market_columns(str(p)))
+        trade_ts = ts[ticks["kind"] == TICK_TRADE]
+        # candles play as four trades a bar, a quarter of the step apart
+        step_s = (4 * float(np.median(np.diff(trade_ts))) / 1e9
+                  if kind == "candles" and len(trade_ts) > 1 else None)
         keep = np.ones(len(ticks), bool)
         if lo is not None:
             keep &= ts >= lo
@@ -125,7 +131,7 @@ def load_data(paths: list[str], start: str | None = None, end: str | None = None
         symbols.append(key)
         venue_of.append(venues.index(venue))
         parts.append(ticks)
-        files.append({"path": str(p), "symbol": key, "trades": int((ticks["kind"] == TICK_TRADE).sum()),
+        files.append({"path": str(p), "symbol": key, "kind": kind, "step_s": step_s, "trades": int((ticks["kind"] == TICK_TRADE).sum()),
                       "gaps": int((ticks["kind"] == TICK_GAP).sum()), "bad_rows": dropped,
                       "reordered_rows": int(reordered)})
     if not parts:
@@ -157,6 +163,17 @@ def _segments(ticks: np.ndarray, bar_ns: int) -> np.ndarray:
     return np.unique(np.r_[ends, len(ticks)])
 
 
+def check_bars(data: MarketData, bar_seconds: float) -> None:
+    """Candles must be played into bars of their own length: 5-minute candles cut into
+    1-second bars would be four ticks a bar apart and mean nothing to the models."""
+    for f in data.files:
+        step = f["step_s"]
+        if step is not None and not math.isclose(step, bar_seconds, rel_tol=0.01):
+            raise UserError(f"the candles in {f['path']} are {step:g} s apart but [indicators] "
+                            f"bar_seconds = {bar_seconds:g}: give a config whose bar_seconds = {step:g} "
+                            f"(conf/backtest.toml is one for 5-minute candles)")
+
+
 class Backtest:
     """One run: the cores of a live pipeline wired in one process (the module
     docstring says how). ``run`` plays the data and returns a BacktestResult."""
@@ -165,6 +182,7 @@ class Backtest:
                  progress: bool = False):
         self.cfg, self.data, self.progress = cfg, data, progress
         n = len(data.symbols)
+        check_bars(data, cfg.indicators.bar_seconds)
         first = int(data.ticks["ts_exchange_ns"][0])
         self.clock = SimClock(first)
         ic = cfg.indicators
