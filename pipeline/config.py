@@ -3,6 +3,7 @@
 The dataclasses below are the schema: their fields are the only keys allowed,
 their annotations the types, their defaults the defaults. A typo or a wrong
 type is a ConfigError that names the file and the key, never a traceback.
+A relative path in a config file is relative to the file's folder (resolve_paths).
 """
 from __future__ import annotations
 
@@ -274,9 +275,9 @@ def strategy_checks(sc: StrategyConfig) -> list[tuple[bool, str]]:
 class ExecutionConfig:
     mode: str = "paper"
     # the journal (SQLite): every intent, verdict, order event, fill, position and risk
-    # state; everything rebuilt from it at start. "" = journal/<pipeline name>.sqlite,
-    # relative to the working directory (or in $TICKPIPE_JOURNAL_DIR)
+    # state; everything rebuilt from it at start. "" = <journal_dir>/<pipeline name>.sqlite
     journal: str = ""
+    journal_dir: str = "journal"        # $TICKPIPE_JOURNAL_DIR, when set, replaces it
     capital: float = 10_000.0           # the paper account's equity (quote currency) at its first start
     fee_bps: float = 10.0               # taker fee, every venue
     maker_fee_bps: float = 2.0          # maker fee (a resting limit order filled); negative: a rebate
@@ -375,10 +376,10 @@ class Config:
 
     def journal_path(self) -> Path:
         """The pipeline's journal file: ``[execution] journal``, else
-        ``<$TICKPIPE_JOURNAL_DIR or journal>/<pipeline name>.sqlite``."""
+        ``<$TICKPIPE_JOURNAL_DIR or [execution] journal_dir>/<pipeline name>.sqlite``."""
         if self.execution.journal:
             return Path(self.execution.journal).expanduser()
-        folder = os.environ.get("TICKPIPE_JOURNAL_DIR") or "journal"
+        folder = os.environ.get("TICKPIPE_JOURNAL_DIR") or self.execution.journal_dir
         return Path(folder).expanduser() / f"{self.pipeline.name}.sqlite"
 
     def run_dir(self) -> Path:
@@ -467,6 +468,8 @@ def validate(cfg: Config) -> None:
          "indicators.ema needs at least two periods (the momentum model compares the first and last)"),
         *strategy_checks(cfg.strategy),
         *risk_checks(cfg.risk),
+        (bool(cfg.execution.journal or cfg.execution.journal_dir),
+         "execution.journal_dir must name a folder (or execution.journal a file)"),
         (cfg.execution.capital > 0 and math.isfinite(cfg.execution.capital),
          f"execution.capital must be a finite number > 0, got {cfg.execution.capital:g}"),
         (cfg.execution.fee_bps >= 0 and cfg.execution.slippage_bps >= 0,
@@ -588,8 +591,32 @@ def _replay_problem(f: FeedConfig) -> str | None:
     return None
 
 
+# The fields that name a file or folder, (section, key); and feeds[].path. A relative one
+# in a config file is relative to that file's folder (resolve_paths), whoever runs it from
+# where; the ones a file leaves out take their built-in default, resolved the same way.
+PATH_FIELDS = (("pipeline", "run_dir"), ("model", "artifacts"), ("model", "remote_keys"),
+               ("execution", "journal"), ("execution", "journal_dir"), ("recorder", "dir"))
+
+
+def resolve_paths(cfg: Config, folder: str | Path) -> None:
+    """Make every relative path field of ``cfg`` (PATH_FIELDS, feeds[].path) relative to
+    ``folder`` instead: absolute from there when ``folder`` is. Absolute paths, ``~`` paths
+    and "" (unset) are left as they are. The one place config paths are resolved."""
+    def resolve(value: str) -> str:
+        if not value or value.startswith("~") or Path(value).is_absolute():
+            return value
+        return os.path.normpath(os.path.join(folder, value))
+    for section, key in PATH_FIELDS:
+        part = getattr(cfg, section)
+        setattr(part, key, resolve(getattr(part, key)))
+    for feed in cfg.feeds:
+        feed.path = resolve(feed.path)
+
+
 def load_config(path: str | Path | None = None) -> Config:
-    """Read and validate a TOML file; None gives the built-in defaults."""
+    """Read and validate a TOML file; None gives the built-in defaults (their relative
+    paths relative to the working directory). A file's relative paths, and the built-in
+    defaults of those it leaves out, are made absolute against the file's folder."""
     if path is None:
         cfg = Config()
         validate(cfg)
@@ -608,6 +635,7 @@ def load_config(path: str | Path | None = None) -> Config:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
     try:
         cfg = _build(Config, data, "")
+        resolve_paths(cfg, os.path.abspath(path.parent))
         validate(cfg)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None

@@ -8,14 +8,18 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import Config, ConfigError, load_config
+from pipeline.config import Config, ConfigError, load_config, resolve_paths
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_default_toml_equals_builtin_defaults():
+    """conf/default.toml means what the built-in defaults mean run from the repository
+    root: its paths ("../artifacts") are relative to conf/."""
     cfg = load_config(ROOT / "conf" / "default.toml")
-    assert cfg == Config(source=cfg.source)
+    builtin = Config(source=cfg.source)
+    resolve_paths(builtin, ROOT)
+    assert cfg == builtin
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "conf").glob("*.toml")), ids=lambda p: p.name)
@@ -59,6 +63,69 @@ def test_numbers_widen_to_float(tmp_path):
     path = tmp_path / "ok.toml"
     path.write_text("[execution]\nfee_bps = 5\n")
     assert load_config(path).execution.fee_bps == 5.0
+
+
+# -- paths: relative to the config file's folder ---------------------------------------
+def test_relative_paths_are_relative_to_the_config_folder(tmp_path, monkeypatch):
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    (sub / "bars.csv").write_text("timestamp_ms,open,high,low,close,volume\n"
+                                  "1700000000000,1,1,1,1,1\n1700000060000,1,1,1,1,1\n")
+    path = sub / "c.toml"
+    path.write_text('[model]\nartifacts = "reg"\nremote_keys = "../keys"\n'
+                    '[execution]\njournal = "j/x.sqlite"\n[recorder]\ndir = "rec"\n'
+                    '[pipeline]\nrun_dir = "run"\n'
+                    '[[feeds]]\nkind = "replay"\nsymbols = ["BTC/USDT"]\npath = "bars.csv"\n')
+    for cwd in (tmp_path, sub, ROOT):
+        monkeypatch.chdir(cwd)
+        for given in (path, os.path.relpath(path, cwd)):
+            cfg = load_config(given)
+            assert Path(cfg.model.artifacts) == sub / "reg"
+            assert Path(cfg.model.remote_keys) == tmp_path / "keys"
+            assert cfg.journal_path() == sub / "j" / "x.sqlite"
+            assert Path(cfg.recorder.dir) == sub / "rec"
+            assert cfg.run_dir() == sub / "run"
+            assert Path(cfg.feeds[0].path) == sub / "bars.csv"
+
+
+def test_defaults_a_file_leaves_out_are_relative_to_its_folder(tmp_path, monkeypatch):
+    monkeypatch.delenv("TICKPIPE_JOURNAL_DIR")
+    monkeypatch.delenv("TICKPIPE_RUN_DIR", raising=False)
+    (tmp_path / "sub").mkdir()
+    path = tmp_path / "sub" / "c.toml"
+    path.write_text('[pipeline]\nname = "alpha"\n')
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(path)
+    assert Path(cfg.model.artifacts) == tmp_path / "sub" / "artifacts"
+    assert cfg.journal_path() == tmp_path / "sub" / "journal" / "alpha.sqlite"
+    assert Path(cfg.recorder.dir) == tmp_path / "sub" / "data"
+    assert cfg.pipeline.run_dir == ""                  # unset: $XDG_RUNTIME_DIR or /tmp, as before
+    monkeypatch.setenv("TICKPIPE_JOURNAL_DIR", str(tmp_path / "js"))
+    assert load_config(path).journal_path() == tmp_path / "js" / "alpha.sqlite"
+    # no file: the built-in defaults, relative to the working directory
+    assert load_config(None).model.artifacts == "artifacts"
+
+
+def test_absolute_and_home_paths_stay(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text(f'[model]\nartifacts = "{tmp_path / "elsewhere" / ".." / "reg"}"\n'
+                    '[recorder]\ndir = "~/tickdata"\n')
+    cfg = load_config(path)
+    assert cfg.model.artifacts == str(tmp_path / "elsewhere" / ".." / "reg")
+    assert cfg.recorder.dir == "~/tickdata"
+
+
+def test_default_config_paths_are_the_repositorys_from_anywhere(tmp_path, monkeypatch):
+    monkeypatch.delenv("TICKPIPE_JOURNAL_DIR")
+    monkeypatch.chdir(tmp_path)
+    for name in ("default.toml", "venues.toml"):
+        cfg = load_config(ROOT / "conf" / name)
+        assert Path(cfg.model.artifacts) == ROOT / "artifacts"
+        assert Path(cfg.model.remote_keys) == ROOT / "keys"
+        assert Path(cfg.recorder.dir) == ROOT / "data"
+        assert cfg.journal_path() == ROOT / "journal" / f"{cfg.pipeline.name}.sqlite"
+    monkeypatch.chdir(ROOT)
+    assert load_config("conf/default.toml").model.artifacts == str(ROOT / "artifacts")
 
 
 def run_cli(*args, env_extra=None):

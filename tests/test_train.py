@@ -15,7 +15,7 @@ from models.registry import ENSEMBLE, MODELS, Registry
 from models.train import REPORT, TrainError, format_report, load_artifact, make_model, positions, \
     strategy_return, train
 from pipeline.cli import main
-from pipeline.config import Config, ConfigError, load_config
+from pipeline.config import Config, ConfigError, load_config, resolve_paths
 
 from conftest import ALL_FOUR, TINY_LSTM, TINY_TREES, data_file, toml
 
@@ -331,7 +331,9 @@ def test_config_validation(tmp_path, line, match):
 
 
 def test_default_config_file_matches_defaults():
-    assert load_config(ROOT / "conf" / "default.toml").model == Config().model
+    builtin = Config()
+    resolve_paths(builtin, ROOT)             # conf/default.toml's paths are relative to conf/
+    assert load_config(ROOT / "conf" / "default.toml").model == builtin.model
 
 
 def test_all_four_models_train_into_the_ensemble(trained, tmp_path):
