@@ -56,7 +56,7 @@ from workers.execution.desk import Desk
 from workers.feed import replay_ticks
 from workers.strategy.signals import SignalStrategy, bar_volatility, volatility_columns
 
-from .backtest_report import FILL_ROW, VOTE_ROW, BacktestResult
+from .backtest_report import FILL_ROW, INTENT_ROW, SIGNAL_ROW, VOTE_ROW, BacktestResult
 
 RUN_ID = "backtest"
 PIPELINE = "backtest"
@@ -179,8 +179,9 @@ class Backtest:
     docstring says how). ``run`` plays the data and returns a BacktestResult."""
 
     def __init__(self, cfg: Config, data: MarketData, journal_path: str | Path,
-                 progress: bool = False):
+                 progress: bool = False, model=None, trade_from_ns: int | None = None):
         self.cfg, self.data, self.progress = cfg, data, progress
+        self.trade_from_ns = trade_from_ns
         n = len(data.symbols)
         check_bars(data, cfg.indicators.bar_seconds)
         first = int(data.ticks["ts_exchange_ns"][0])
@@ -192,7 +193,7 @@ class Backtest:
         self.engine = Engine(n, indicator_specs(ic))
         self.names = feature_names(cfg)
         self.fdtype = features_dtype(self.names)
-        self.model = self._model()
+        self.model = model if model is not None else self._model()
         self.vol_column, self.atr_column = volatility_columns(self.names)
         self.strategy = SignalStrategy(n, cfg.strategy, self.clock)
         self.journal = Journal(journal_path)
@@ -204,7 +205,9 @@ class Backtest:
                             "give a new file with --journal")
         self.vol = np.full(n, np.nan)
         self.signal_seq = 0
-        self.counts = {"bars": 0, "signals": 0, "intents": 0, "gap_bars": 0, "warmup_signals": 0}
+        self.counts = {"bars": 0, "signals": 0, "intents": 0, "gap_bars": 0, "not_traded_before_start": 0}
+        self.signal_log: list[np.ndarray] = []
+        self.intent_log: list[np.ndarray] = []
 
     def _model(self):
         m = self.cfg.model
@@ -265,13 +268,15 @@ class Backtest:
             vote_rows = np.zeros(len(votes), VOTE_ROW(len(members)))
             for i, (ts, sid, probs, member) in enumerate(votes):
                 vote_rows[i] = (ts, sid, probs, member[:len(members)])
+        signals = np.concatenate(self.signal_log) if self.signal_log else np.zeros(0, SIGNAL_ROW)
+        intents = np.concatenate(self.intent_log) if self.intent_log else np.zeros(0, INTENT_ROW)
         T = np.array(times, np.int64)
         close = np.array(marks).reshape(len(T), n)
         return BacktestResult(
             symbols=list(self.data.symbols), bar_seconds=float(self.cfg.indicators.bar_seconds),
             capital=float(self.cfg.execution.capital), ts_ns=T, close=close,
             position=np.array(held).reshape(len(T), n), equity=np.array(equity, float),
-            fills=fill_rows, members=members, votes=vote_rows,
+            fills=fill_rows, members=members, votes=vote_rows, signals=signals, intents=intents,
             counts=self._counts(), meta=self._meta(seconds))
 
     def _decide(self, bars, fills: list, votes: list) -> None:
@@ -289,10 +294,27 @@ class Backtest:
             for s in sig:
                 votes.append((int(s["ts_bar_ns"]) + self.bar_ns, int(s["symbol_id"]), s["probs"],
                               s["member_probs"]))
+        close_ns = sig["ts_bar_ns"].astype(np.int64) + self.bar_ns
+        log = np.zeros(len(sig), SIGNAL_ROW)
+        log["ts_ns"], log["symbol_id"], log["action"] = close_ns, sig["symbol_id"], sig["action"]
+        log["flags"], log["probs"] = sig["flags"], sig["probs"]
+        self.signal_log.append(log)
         self.vol[ids] = bar_volatility(rows, self.vol_column, self.atr_column)
+        if self.trade_from_ns is not None:
+            early = close_ns < self.trade_from_ns
+            if early.any():                       # warm-up before the period traded
+                self.counts["not_traded_before_start"] += int(early.sum())
+                sig = sig[~early]
+        if not len(sig):
+            return
         intents = self.strategy.on_signals(sig, self.vol, 0, self.desk.portfolio.rows["qty"])
         if len(intents):
             self.counts["intents"] += len(intents)
+            log = np.zeros(len(intents), INTENT_ROW)
+            log["ts_ns"], log["symbol_id"] = intents["ts_ns"], intents["symbol_id"]
+            log["side"], log["qty"] = intents["side"].astype(np.int8), intents["qty"]
+            log["reason"], log["seq"] = intents["reason"], intents["seq"]
+            self.intent_log.append(log)
             self._collect(self.desk.on_intents(intents), fills)
 
     def _reports(self, before_ns: int | None, fills: list) -> None:
@@ -361,18 +383,22 @@ class Backtest:
         self.journal.close()
 
 
-def run_backtest(cfg: Config, paths: list[str], start: str | None = None, end: str | None = None,
-                 journal: str | None = None, progress: bool = False) -> BacktestResult:
-    """Play ``paths`` through the live chain (the module docstring) and return the result.
-    ``journal``: a SQLite file to keep (it must not hold another run's positions); None:
-    a temporary one, removed after."""
-    data = load_data(paths, start, end)
+def run_backtest(cfg: Config, paths: list[str] | MarketData, start: str | None = None,
+                 end: str | None = None, journal: str | None = None, progress: bool = False,
+                 model=None, trade_from_ns: int | None = None) -> BacktestResult:
+    """Play ``paths`` (or data already loaded) through the live chain (the module
+    docstring) and return the result. ``journal``: a SQLite file to keep (it must not
+    hold another run's positions); None: a temporary one, removed after. ``model``:
+    serve this object instead of the one ``[model]`` names (anything with the
+    ensemble's or the momentum rule's ``predict``). ``trade_from_ns``: bars closing
+    before it warm the indicators and models up but trade nothing (walk-forward)."""
+    data = paths if isinstance(paths, MarketData) else load_data(paths, start, end)
     tmp = None
     if journal is None:
         tmp = tempfile.TemporaryDirectory(prefix="tickpipe-backtest-")
         journal = str(Path(tmp.name) / "journal.sqlite")
     try:
-        bt = Backtest(cfg, data, journal, progress)
+        bt = Backtest(cfg, data, journal, progress, model, trade_from_ns)
         try:
             return bt.run()
         finally:

@@ -103,6 +103,14 @@ PLOT_POINTS = 5000       # longer series are thinned to about this many points f
 REPORT_JSON, REPORT_HTML, TRADES_CSV = "report.json", "report.html", "trades.csv"
 
 
+# every decision of a run, for the checks that compare runs (look-ahead, warm-up): each
+# signal at its bar's close (action, flags, probabilities) and each intent the strategy made
+SIGNAL_ROW = np.dtype([("ts_ns", "<i8"), ("symbol_id", "<i4"), ("action", "u1"), ("flags", "<u2"),
+                       ("probs", "<f8", (3,))])
+INTENT_ROW = np.dtype([("ts_ns", "<i8"), ("symbol_id", "<i4"), ("side", "i1"), ("qty", "<f8"),
+                       ("reason", "u1"), ("seq", "<u8")])
+
+
 def VOTE_ROW(m: int) -> np.dtype:
     """One ensemble signal: the combined probabilities and each of the m members' (down, flat, up)."""
     return np.dtype([("ts_ns", "<i8"), ("symbol_id", "<i4"), ("probs", "<f8", (3,)),
@@ -122,6 +130,8 @@ class BacktestResult:
     fills: np.ndarray           # structured array, dtype FILL_ROW, in time order
     members: list[str] = field(default_factory=list)   # ensemble member names ([] for other models)
     votes: np.ndarray | None = None  # structured, dtype VOTE_ROW(len(members)): one row per signal
+    signals: np.ndarray | None = None  # SIGNAL_ROW: every bar close's signal (traded or not)
+    intents: np.ndarray | None = None  # INTENT_ROW: every intent the strategy made
     counts: dict = field(default_factory=dict)          # data problems and pipeline counters, for the report
     meta: dict = field(default_factory=dict)            # config, data files, model versions per period
 
