@@ -54,6 +54,7 @@ application_id.
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import json
 import math
@@ -69,12 +70,15 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 from urllib.parse import quote
 
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import UserError
 
 KINDS = ("intent", "verdict", "order", "fill", "position", "risk_state", "command", "note")
+BATCH = "batch"                    # a stored row holding many rows of the kinds above (see `append_batch`)
+BATCH_VERSION = 1
 GENESIS = "0" * 64                 # prev_hash of the first row
 APPLICATION_ID = 0x7469636B        # "tick": SQLite header field that marks a tickpipe journal
 COLUMNS = ("id", "ts_ns", "kind", "symbol", "venue", "client_order_id", "payload",
@@ -149,6 +153,50 @@ def _check_payload(value: Any, where: str) -> None:
                            f"only finite numbers")
 
 
+_SAFE_KEYS: set[str] = set()       # payload keys already found not to name a credential
+_SCALARS = frozenset({str, int, bool, type(None)})
+_CONTAINERS = frozenset({dict, list, tuple})
+_PLAIN = _SCALARS | _CONTAINERS | {float}
+_is_float = functools.partial(type.__instancecheck__, float)
+
+
+def _check_fast(value: Any, where: str) -> None:
+    """The refusals of `_check_payload` (credential keys, NaN/inf at any depth) for the
+    plain dicts and lists a batch is built of, paid per container rather than per value:
+    keys against the set of keys already cleared, values by their types, both in C. Any
+    doubt (a new key, a float that is not finite, a value of another type) takes the
+    slow walk, which raises naming where."""
+    stack = [value]
+    pop, push = stack.pop, stack.append
+    while stack:
+        v = pop()
+        t = type(v)
+        if t is dict:
+            if not _SAFE_KEYS.issuperset(v):
+                for k in v:
+                    if type(k) is not str:
+                        raise JournalError(f"payload key {where}: {k!r} is not a string")
+                _check_payload(value, where)        # raises for a credential key
+                _SAFE_KEYS.update(v)
+            vals = v.values()
+        elif t is list or t is tuple:
+            vals = v
+        else:
+            _check_payload(value, where)
+            continue
+        types = set(map(type, vals))
+        if types <= _SCALARS:
+            continue
+        if float in types and not all(map(math.isfinite, filter(_is_float, vals))):
+            _check_payload(value, where)            # raises, naming where
+        if not types <= _PLAIN:
+            _check_payload(value, where)            # numpy values, mappings: the slow walk
+        if types & _CONTAINERS:
+            for x in vals:
+                if type(x) in _CONTAINERS:
+                    push(x)
+
+
 def canonical(payload: Mapping[str, Any]) -> str:
     """The payload as the journal stores and hashes it: JSON, sorted keys, no spaces.
     Raises JournalError for a credential key, NaN/inf or a value JSON cannot hold."""
@@ -203,8 +251,14 @@ def _v2(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX entries_symbol_ts_ns ON entries (symbol, ts_ns)")
 
 
+def _v3(db: sqlite3.Connection) -> None:
+    """Batch rows (kind ``batch``, see `Journal.append_batch`): no table changes, but a
+    tickpipe that reads up to version 2 would skip them and rebuild positions without
+    their fills, so it must refuse the file rather than read it."""
+
+
 # (version, migration); a new schema is a new entry at the end, never an edit of one here
-MIGRATIONS: list[tuple[int, Callable[[sqlite3.Connection], None]]] = [(1, _v1), (2, _v2)]
+MIGRATIONS: list[tuple[int, Callable[[sqlite3.Connection], None]]] = [(1, _v1), (2, _v2), (3, _v3)]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 
@@ -352,6 +406,74 @@ class Journal:
         self._next_id, self._last_hash = row_id + 1, digest
         return row_id
 
+    def append_batch(self, ts_ns: int, sections: list[dict]) -> int:
+        """Add many rows, of one step, as one stored row of kind ``batch``: one JSON text,
+        one hash and one insert instead of one per row. Readers (`rows`, `replay`) give
+        them back as the rows they stand for, in section order, each with the batch row's
+        id and its place in it (``part``, from 1); `verify` checks the stored row, so an
+        edit anywhere in a batch is found at the batch's row. Returns the stored row's id,
+        or 0 when the sections hold no rows (nothing is appended).
+
+        A section is rows of one kind: ``{"kind": k, "n": rows, "ts_ns": ..., "symbol":
+        ..., "venue": ..., "client_order_id": ...}`` (each one value for all its rows or a
+        list of ``n``; symbol, venue and client_order_id may be left out: None) and their
+        payloads, either ``"cols": {field: list of n values}`` or ``"payloads": [n dicts]``.
+        The same refusals as `append` (credential keys, NaN, bad kinds, times and names).
+        The stored row's ts_ns is the latest of its rows' (and ``ts_ns``), so ``since``
+        filters never skip it."""
+        latest = ts_ns
+        keep = []
+        for i, sec in enumerate(sections):
+            n = sec.get("n")
+            if type(n) is not int or n < 0:
+                raise JournalError(f"batch section {i}: n must be a row count, not {n!r}")
+            if n == 0:
+                continue
+            if sec.get("kind") not in KINDS:
+                raise JournalError(f"journal kind {sec.get('kind')!r} is not one of {', '.join(KINDS)}")
+            ts = sec.get("ts_ns")
+            if type(ts) is list:
+                if len(ts) != n or not set(map(type, ts)) <= {int} or min(ts) < 0:
+                    raise JournalError(f"batch section {i}: ts_ns must be {n} non-negative integers of ns")
+                latest = max(latest, max(ts))
+            elif type(ts) is not int or ts < 0:
+                raise JournalError(f"journal ts_ns must be a non-negative integer of ns, not {ts!r}")
+            else:
+                latest = max(latest, ts)
+            for name in ("symbol", "venue", "client_order_id"):
+                v = sec.get(name)
+                if type(v) is list:
+                    if len(v) != n or not set(map(type, v)) <= {str, type(None)} or "" in v:
+                        raise JournalError(f"batch section {i}: {name} must be {n} non-empty strings "
+                                           f"or None")
+                elif v is not None and (type(v) is not str or not v):
+                    raise JournalError(f"journal {name} must be a non-empty string or None, not {v!r}")
+            if "cols" in sec:
+                cols = sec["cols"]
+                if type(cols) is not dict or any(type(c) is not list or len(c) != n for c in cols.values()):
+                    raise JournalError(f"batch section {i}: cols must be lists of {n} values")
+                _check_fast(cols, "payload")
+            else:
+                payloads = sec.get("payloads")
+                if type(payloads) is not list or len(payloads) != n or not set(map(type, payloads)) <= {dict}:
+                    raise JournalError(f"batch section {i}: payloads must be a list of {n} dicts")
+                _check_fast(payloads, "payload")
+            keep.append(sec)
+        if not keep:
+            return 0
+        if isinstance(latest, bool) or not isinstance(latest, (int, np.integer)) or latest < 0:
+            raise JournalError(f"journal ts_ns must be a non-negative integer of ns, not {ts_ns!r}")
+        try:
+            text = orjson.dumps({"v": BATCH_VERSION, "sections": keep}, default=_plain).decode()
+        except (TypeError, orjson.JSONEncodeError) as e:
+            raise JournalError(f"payload cannot be journaled: {e}") from None
+        latest = int(latest)
+        row_id = self._next_id
+        digest = row_hash(self._last_hash, row_id, latest, BATCH, None, None, None, text)
+        self._rows.append((row_id, latest, BATCH, None, None, None, text, self._last_hash, digest))
+        self._next_id, self._last_hash = row_id + 1, digest
+        return row_id
+
     def commit(self) -> int:
         """Write the batch appended since the last commit in one transaction (one per
         step); returns the rows committed. Survives a process crash; see `durable` for a
@@ -484,18 +606,59 @@ def _select(db: sqlite3.Connection, since_ns: int | None = None, symbol: str | N
         where.append("ts_ns >= ?")
         args.append(int(since_ns))
     if symbol is not None:
-        where.append("symbol = ?")
+        where.append("(symbol = ? OR kind = 'batch')")
         args.append(symbol)
     if kinds is not None:
-        where.append(f"kind IN ({', '.join('?' * len(kinds))})")
-        args += kinds
+        where.append(f"kind IN ({', '.join('?' * (len(kinds) + 1))})")
+        args += kinds + [BATCH]
     sql = f"SELECT {', '.join(COLUMNS)} FROM entries"
     if where:
         sql += " WHERE " + " AND ".join(where)
+    wanted = None if kinds is None else set(kinds)
     for row in db.execute(sql + " ORDER BY id", args):
         out = dict(zip(COLUMNS, row))
-        out["payload"] = json.loads(out["payload"])
-        yield out
+        out["payload"] = _loads(out["payload"])
+        if out["kind"] != BATCH:
+            out["part"] = 0
+            yield out
+            continue
+        for r in expand(out):
+            if ((wanted is None or r["kind"] in wanted) and (symbol is None or r["symbol"] == symbol)
+                    and (since_ns is None or r["ts_ns"] >= since_ns)):
+                yield r
+
+
+def _loads(text: str) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:          # what only Python's json reads (an int past 64 bits)
+        return json.loads(text)
+
+
+def expand(row: dict) -> list[dict]:
+    """The rows a stored ``batch`` row (payload parsed) stands for, in order, each as a
+    row of its own kind with the batch's id, ``part`` (its place, from 1) and hashes."""
+    body = row["payload"]
+    if body.get("v") != BATCH_VERSION:
+        raise JournalError(f"journal row {row['id']}: batch layout {body.get('v')!r}, this tickpipe "
+                           f"reads layout {BATCH_VERSION}: upgrade tickpipe")
+    out, part = [], 0
+    for sec in body["sections"]:
+        n, kind = sec["n"], sec["kind"]
+        per = [(name, sec.get(name)) for name in ("ts_ns", "symbol", "venue", "client_order_id")]
+        if "cols" in sec:
+            names = list(sec["cols"])
+            payloads = [dict(zip(names, vals)) for vals in zip(*sec["cols"].values())] if names \
+                else [{} for _ in range(n)]
+        else:
+            payloads = sec["payloads"]
+        ts, sym, venue, coid = (v if type(v) is list else [v] * n for _, v in per)
+        for i in range(n):
+            part += 1
+            out.append({"id": row["id"], "ts_ns": ts[i], "kind": kind, "symbol": sym[i], "venue": venue[i],
+                        "client_order_id": coid[i], "payload": payloads[i], "prev_hash": row["prev_hash"],
+                        "hash": row["hash"], "part": part})
+    return out
 
 
 def rows(path: str | Path, since_ns: int | None = None, symbol: str | None = None,

@@ -440,11 +440,11 @@ def test_a_version_1_journal_is_read_and_migrated_on_open(path):
     assert J.verify(path).ok and J.verify(path).rows == 25        # readers take version 1 as is
     assert len(list(J.rows(path, since_ns=100))) == 16
     with Journal(path) as j:
-        assert j.schema_version == J.SCHEMA_VERSION == 2
+        assert j.schema_version == J.SCHEMA_VERSION == 3
         assert j.last_id == 25
         assert j.append("note", 300, {"after": "migration"}) == 26
     db = sqlite3.connect(path)
-    assert db.execute("SELECT version FROM schema_version ORDER BY version").fetchall() == [(1,), (2,)]
+    assert db.execute("SELECT version FROM schema_version ORDER BY version").fetchall() == [(1,), (2,), (3,)]
     indexes = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert {"entries_ts_ns", "entries_symbol_ts_ns", "entries_client_order_id"} <= indexes
     db.close()

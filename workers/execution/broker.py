@@ -228,8 +228,25 @@ class PaperBroker:
         """A top of book (book ticker): no depth is known behind it. A size of ``math.inf``
         is a quote whose size the feed does not carry (the pipeline's tick records): the
         top is taken to hold any order, at the top price moved by slippage_bps."""
-        return self.on_book(symbol_id, np.array([[bid, bid_qty]], float),
-                            np.array([[ask, ask_qty]], float), ts_ns, top_only=True)
+        b, bq, a, aq = _number(bid), _number(bid_qty), _number(ask), _number(ask_qty)
+        if not (0 < b <= a < math.inf and 0 < bq <= math.inf and 0 < aq <= math.inf):
+            return self.on_book(symbol_id, np.array([[bid, bid_qty]], float),   # what on_book refuses or
+                                np.array([[ask, ask_qty]], float), ts_ns, top_only=True)   # empties
+        # the common case, as on_book does it, without the checks just made
+        ts = self._enter(ts_ns)
+        book = _Book(np.array([[b, bq]]), np.array([[a, aq]]), True)
+        old = self._books.get(symbol_id)
+        if old is not None:
+            for side in (SIDE_BUY, SIDE_SELL):
+                if old.taken[side]:
+                    book.taken[side] = _carry_taken(old.taken[side], book.levels(side), side)
+        self._books[symbol_id] = book
+        resting = self._resting.get(symbol_id)
+        if resting:
+            for order in resting:
+                order.ahead = min(order.ahead, book.shown(order.side, order.limit))
+            self._match_book(symbol_id, ts)
+        return True
 
     def on_trade(self, symbol_id: int, price: float, qty: float, side_of_aggressor: int,
                  ts_ns: int) -> bool:
@@ -509,8 +526,9 @@ def _carry_taken(taken: dict, levels: np.ndarray, side: int) -> dict:
     much taken; a level gone from the shown range is forgotten; beyond it, kept."""
     if len(levels) == 0:
         return dict(taken)
-    shown = {float(p): float(q) for p, q in levels}
-    last = float(levels[-1, 0])
+    rows = levels.tolist()
+    shown = dict(map(tuple, rows))
+    last = rows[-1][0]
     out = {}
     for price, qty in taken.items():
         if price in shown:

@@ -45,7 +45,7 @@ from shm.records import (FILL, INTENT, ORDER, ORDER_LIMIT, TICK_GAP, TICK_TRADE,
                          TIF_POST_ONLY)
 
 from .broker import LatencyModel, PaperBroker
-from .orders import BLOCKING, TERMINAL, OrderManager, OrderState, VenueStatus, orders_from_events
+from .orders import BLOCKING, NAME, TERMINAL, OrderManager, OrderState, VenueStatus, orders_from_events
 from .portfolio import Portfolio
 from .risk import DAY_NS, Denial, MarketView, RiskGuard, TradingState
 from .venue_rules import Denial as RuleDenial, SymbolRules, round_order
@@ -93,7 +93,7 @@ class Desk:
         self.market = MarketView.empty(n, len(self.venues))
         self.quoted = np.zeros(n, bool)          # symbols whose feed has sent a quote
         self.guard = RiskGuard(n, self.venue_of, self.venues, rc, clock)
-        self.orders = OrderManager(clock)
+        self.orders = OrderManager(clock, snapshot_last_only=True)
         ms = 1_000_000
         self.broker = PaperBroker(clock, {v: (ec.maker_fee_bps, ec.fee_bps) for v in self.venues},
                                   LatencyModel(int(ec.ack_latency_ms * ms), int(ec.fill_latency_ms * ms),
@@ -111,6 +111,7 @@ class Desk:
         self.counters = {"intents": 0, "orders": 0, "fills": 0, "skipped_replay": 0,
                          "resolved_at_start": 0}
         self._next_snapshot = 0
+        self._batch = _Batch()
 
     # -- market data ------------------------------------------------------------------------
     def on_ticks(self, ticks: np.ndarray) -> None:
@@ -164,13 +165,19 @@ class Desk:
         codes = self.guard.check(intents, m)
         blocked = self.orders.blocked_symbols()
         out, sent = StepOut(), []
-        for intent, code in zip(intents, codes.tolist()):
-            sid = int(intent["symbol_id"])
-            key = self.symbols[sid] if sid < len(self.symbols) else f"#{sid}"
-            self.counters["intents"] += 1
-            strategy = f"{int(intent['strategy_id'])}.{self.run_id}"
-            self.journal.append("intent", now, _fields(intent), symbol=key)
-            qty, limit = float(intent["qty"]), float(intent["limit_price"])
+        n_sym, symbols, venues, venue_of = len(self.symbols), self.symbols, self.venues, self.venue_of.tolist()
+        sids = intents["symbol_id"].tolist()
+        keys = [symbols[sid] if sid < n_sym else f"#{sid}" for sid in sids]
+        self._batch.intents(now, keys, intents)
+        self.counters["intents"] += len(intents)
+        if not len(intents):
+            return out.extend(self._send(sent))
+        cols = [intents[name].tolist() for name in ("seq", "side", "order_type", "tif", "qty", "limit_price",
+                                                     "ref_price", "strategy_id", "reason", "ts_origin_ns",
+                                                     "ts_ns")]
+        made = []                               # (order, order id, ref price) of the orders sent
+        for i, (sid, key, code, seq, side, otype, tif, qty, limit, ref, strat, reason, ts_origin, ts_intent) \
+                in enumerate(zip(sids, keys, codes.tolist(), *cols)):
             why = ""                            # a reason beyond the code's, for the verdict
             if code == 0 and sid in blocked and any(o.symbol_id == sid for o in sent):
                 out.extend(self._send(sent))   # a second intent for a symbol in one step:
@@ -178,48 +185,47 @@ class Desk:
                 blocked = self.orders.blocked_symbols()
             if code == 0 and sid in blocked:
                 code = self._deny_after(Denial.IN_FLIGHT)
-            if code == 0 and int(self.venue_of[sid]) in self.held:
-                code, why = self._deny_after(Denial.VENUE_RULES), self.held[int(self.venue_of[sid])]
+            if code == 0 and venue_of[sid] in self.held:
+                code, why = self._deny_after(Denial.VENUE_RULES), self.held[venue_of[sid]]
             if code == 0 and sid in self.rules:
-                r = round_order(self.rules[sid], int(intent["side"]), qty, limit, float(intent["ref_price"]),
-                                int(intent["order_type"]))
+                r = round_order(self.rules[sid], side, qty, limit, ref, otype)
                 if isinstance(r, RuleDenial):
                     code, why = self._deny_after(Denial.VENUE_RULES), f"{r.code}: {r.reason}"
                 else:
                     qty, limit = float(r.qty), (math.nan if r.price is None else float(r.price))
             if code:
-                self._verdict(intent, key, code, why, now)
+                self._verdict(intents[i], key, code, why, now)
                 continue
-            order = self.orders.create(intent, self.venues[self.venue_of[sid]], self.pipeline, strategy,
-                                       qty=qty, limit_price=limit)
+            order = self.orders.create_values(seq, sid, venues[venue_of[sid]], side, otype, tif, qty, limit,
+                                              strat, reason, ts_origin, self.pipeline, f"{strat}.{self.run_id}")
             if order.duplicate:
                 self.counters["skipped_replay"] += 1
                 continue
             self.orders.submitted(order.client_id)
             self.order_ids[order.client_id] = oid = self.next_order_id
             self.next_order_id += 1
-            self._journal_order_events()
             blocked.add(sid)
-            out.orders.append(_order_record(order, oid, now, float(intent["ref_price"])))
+            made.append((order, oid, ref))
             sent.append(order)
-            self._observe(order.venue, "tick_to_intent", int(intent["ts_ns"]) - int(intent["ts_origin_ns"]))
+            self._observe(order.venue, "tick_to_intent", ts_intent - ts_origin)
+        out.orders += _order_records(made, now)
         return out.extend(self._send(sent))
 
     def _send(self, sent: list) -> StepOut:
         """Write-ahead: the orders are committed to the journal (created, submitted) before
         the venue hears of any; then what it answered by now."""
-        self._journal_order_events()
-        self.journal.commit()
+        self._commit()
         m = self.market
+        shown, broker, observe = self._shown, self.broker, self._observe
         for order in sent:
             s = order.symbol_id
-            if math.isfinite(m.bid[s]) and math.isfinite(m.ask[s]) and self._shown.get(s) != m.quote_ns[s]:
-                self.broker.on_quote(s, float(m.bid[s]), math.inf, float(m.ask[s]), math.inf, int(m.quote_ns[s]))
-                self._shown[s] = m.quote_ns[s]
-            self.broker.submit(order.client_id, s, order.venue, order.side, order.order_type, order.tif,
-                               order.qty, order.limit_price)
-            self._observe(order.venue, "intent_to_submit", self.clock.time_ns() - order.timestamps["CREATED"])
-            self.counters["orders"] += 1
+            if shown.get(s) != m.quote_ns[s] and math.isfinite(m.bid[s]) and math.isfinite(m.ask[s]):
+                broker.on_quote(s, float(m.bid[s]), math.inf, float(m.ask[s]), math.inf, int(m.quote_ns[s]))
+                shown[s] = m.quote_ns[s]
+            broker.submit(order.client_id, s, order.venue, order.side, order.order_type, order.tif,
+                          order.qty, order.limit_price)
+            observe(order.venue, "intent_to_submit", self.clock.time_ns() - order.timestamps["CREATED"])
+        self.counters["orders"] += len(sent)
         return self.poll()
 
     def hold_venue(self, venue: str, reason: str) -> None:
@@ -240,7 +246,7 @@ class Desk:
     def _verdict(self, intent, key: str, code: int, why: str, now: int) -> None:
         reason = why or self.guard.describe(intent, code)
         payload = {"intent_seq": int(intent["seq"]), "code": Denial(code).name, "reason": reason}
-        self.journal.append("verdict", now, payload, symbol=key)
+        self._batch.add("verdict", now, key, None, None, payload)
         self._tap({"kind": "denial", "symbol": key, "code": Denial(code).name, "reason": reason,
                    "intent_seq": int(intent["seq"]), "ts_ns": now})
 
@@ -249,53 +255,67 @@ class Desk:
         """The broker's reports due by now: orders moved, fills journaled with their position
         (committed) and returned for publishing."""
         out = StepOut()
+        fills = []
+        orders, observe = self.orders, self._observe
         for ev in self.broker.poll():
             cid = ev.client_order_id
-            order = self.orders.get(cid)
-            if ev.kind == "ack":
-                if self.orders.on_ack(cid, cid):
-                    self._observe(order.venue, "submit_to_ack", ev.ts_ns - order.timestamps["SUBMITTED"])
-            elif ev.kind == "fill":
+            order = orders.get(cid)
+            kind = ev.kind
+            if kind == "ack":
+                if orders.on_ack(cid, cid):
+                    observe(order.venue, "submit_to_ack", ev.ts_ns - order.timestamps["SUBMITTED"])
+            elif kind == "fill":
                 first = order.fills_qty == 0
-                if self.orders.on_fill(cid, ev.fill_id, ev.qty, ev.price, ev.fee, ev.liquidity):
-                    rec = self._apply_fill(order, ev.fill_id, ev.qty, ev.price, ev.fee, ev.liquidity, ev.ts_ns)
-                    out.fills.append(rec)
+                if orders.on_fill(cid, ev.fill_id, ev.qty, ev.price, ev.fee, ev.liquidity):
+                    fills.append(self._apply_fill(order, ev.fill_id, ev.qty, ev.price, ev.fee, ev.liquidity,
+                                                  ev.ts_ns))
                     out.symbols.add(order.symbol_id)
                     if first:
                         since = order.timestamps.get("ACCEPTED", order.timestamps["SUBMITTED"])
-                        self._observe(order.venue, "ack_to_fill", max(ev.ts_ns - since, 0))
-                    self._observe(order.venue, "tick_to_fill", ev.ts_ns - order.ts_origin_ns)
-            elif ev.kind == "expired":
-                self.orders.on_expire(cid, ev.reason)
-            elif ev.kind == "cancelled":
-                self.orders.on_cancel(cid, ev.reason)
-            elif ev.kind == "reject":
+                        observe(order.venue, "ack_to_fill", max(ev.ts_ns - since, 0))
+                    observe(order.venue, "tick_to_fill", ev.ts_ns - order.ts_origin_ns)
+            elif kind == "expired":
+                orders.on_expire(cid, ev.reason)
+            elif kind == "cancelled":
+                orders.on_cancel(cid, ev.reason)
+            elif kind == "reject":
                 if order.state in BLOCKING:
-                    self.orders.on_reject(cid, ev.reason)
+                    orders.on_reject(cid, ev.reason)
                 elif self.log:                  # a cancel refused: the order stays as it is
                     self.log.info("order %s: venue refused a request: %s", cid, ev.reason)
-        self._journal_order_events()
-        self._journal_risk_events()
-        if self.journal.pending:
-            self.journal.commit()
+        if fills:
+            out.fills += self._journal_fills(fills)
+        self._commit()
         return out
 
     def _apply_fill(self, order, fill_id: str, qty: float, price: float, fee: float, liquidity: int,
-                    ts_ns: int, flags: int = 0) -> np.ndarray:
+                    ts_ns: int, flags: int = 0) -> tuple:
+        """Fold one fill into the portfolio; returns its FILL fields (and id, venue, client
+        order id) for `_journal_fills`."""
         sid = order.symbol_id
-        rec = np.zeros(1, FILL)
-        rec["ts_origin_ns"], rec["ts_ns"] = order.ts_origin_ns, ts_ns
-        rec["order_id"] = self.order_ids.get(order.client_id, 0)
-        rec["symbol_id"], rec["side"], rec["liquidity"], rec["flags"] = sid, order.side, liquidity, flags
-        rec["price"], rec["qty"], rec["fee"] = price, qty, fee
-        rec["position"] = self.portfolio.qty(sid) + order.side * qty
-        self.portfolio.apply(rec[0])
-        key = self.symbols[sid]
-        self.journal.append("fill", ts_ns, {**_fields(rec[0]), "fill_id": fill_id}, symbol=key,
-                            venue=order.venue, client_order_id=order.client_id)
-        self.journal.append("position", ts_ns, _fields(self.portfolio.rows[sid]), symbol=key)
+        oid = self.order_ids.get(order.client_id, 0)
+        position = self.portfolio.apply_values(sid, order.side, qty, price, fee, oid, ts_ns)
         self.counters["fills"] += 1
-        return rec[0]
+        return ((order.ts_origin_ns, ts_ns, oid, sid, order.side, liquidity, flags, price, qty, fee, position),
+                fill_id, order.venue, order.client_id)
+
+    def _journal_fills(self, fills: list) -> list:
+        """A poll's fills (from `_apply_fill`) as FILL records; journaled, each, with the
+        position it made (the last of each symbol: what the fills add up to)."""
+        recs = np.array([f[0] for f in fills], dtype=_FILL_PLAIN).astype(FILL)
+        syms = self.symbols
+        keys = [syms[s] for s in recs["symbol_id"].tolist()]
+        cols = _columns(recs)
+        cols["fill_id"] = [f[1] for f in fills]
+        self._batch.section("fill", cols, recs["ts_ns"].tolist(), keys, [f[2] for f in fills],
+                            [f[3] for f in fills])
+        last = {}
+        for i, s in enumerate(recs["symbol_id"].tolist()):
+            last[s] = i
+        sids = list(last)
+        rows = self.portfolio.rows[sids]
+        self._batch.section("position", _columns(rows), rows["ts_ns"].tolist(), [syms[s] for s in sids])
+        return list(recs)
 
     # -- commands and state ----------------------------------------------------------------------
     def command(self, cmd: dict) -> str:
@@ -313,6 +333,7 @@ class Desk:
                 raise ValueError(f"unknown action {action!r}")
         except (ValueError, KeyError) as e:
             return str(e)
+        self._flush()
         self.journal.append("command", self.clock.time_ns(), {k: cmd[k] for k in cmd if k != "target"})
         self._journal_risk_events()
         self.snapshot()
@@ -322,6 +343,7 @@ class Desk:
         """The risk tiers and the account's reference figures, journaled and committed:
         what ``recover`` starts from."""
         now = self.clock.time_ns()
+        self._flush()
         self.journal.append("risk_state", now, {"snapshot": self.guard.state(),
                                                 "equity_peak": self.equity_peak,
                                                 "day_start_equity": self.day_start_equity, "day": self.day})
@@ -503,19 +525,37 @@ class Desk:
         self.feed.append(event)
 
     def _journal_order_events(self) -> None:
-        for ev in self.orders.drain_events():
-            d = ev.to_dict()
-            d["order_id"] = self.order_ids.get(ev.cid, 0)
-            d["run_id"] = self.run_id
-            o = ev.detail["order"]
-            self.journal.append("order", ev.ts_ns, d, symbol=self.symbols[o["symbol_id"]], venue=o["venue"],
-                                client_order_id=ev.cid)
+        events = self.orders.drain_events()
+        if not events:
+            return
+        ids, run, syms, batch = self.order_ids, self.run_id, self.symbols, self._batch
+        for ev in events:
+            order = self.orders.orders[ev.cid]
+            d = {"cid": ev.cid, "old": NAME[ev.old], "new": NAME[ev.new], "ts_ns": ev.ts_ns, "detail": ev.detail,
+                 "order_id": ids.get(ev.cid, 0), "run_id": run}
+            batch.add("order", ev.ts_ns, syms[order.symbol_id], order.venue, ev.cid, d)
+
+    def _commit(self) -> None:
+        """Everything the step produced, journaled and committed: its order events, fills,
+        positions and risk state changes, in one batch row."""
+        self._journal_order_events()
+        self._journal_risk_events()
+        self._flush()
+        if self.journal.pending:
+            self.journal.commit()
+
+    def _flush(self) -> None:
+        """The rows gathered since the last flush, appended as one batch row."""
+        self._journal_order_events()
+        sections = self._batch.take()
+        if sections:
+            self.journal.append_batch(self.clock.time_ns(), sections)
 
     def _journal_risk_events(self) -> None:
         events = self.guard.drain_events()
         for ev in events:
             d = ev.as_dict()
-            self.journal.append("risk_state", ev.ts_ns, d)
+            self._batch.add("risk_state", ev.ts_ns, None, None, None, d)
             self._tap({"kind": "state", **d})
             if self.log:
                 (self.log.warning if ev.new != TradingState.ACTIVE.name else self.log.info)(
@@ -536,23 +576,65 @@ def _tier_key(cmd: dict, index: dict[str, int]) -> tuple[str, object]:
     return tier, key
 
 
-def _order_record(order, order_id: int, now: int, ref_price: float) -> np.ndarray:
-    rec = np.zeros(1, ORDER)
-    rec["ts_origin_ns"], rec["ts_ns"], rec["order_id"] = order.ts_origin_ns, now, order_id
-    rec["intent_seq"], rec["symbol_id"], rec["side"] = order.intent_seq, order.symbol_id, order.side
-    rec["order_type"] = order.order_type
-    rec["price"] = order.limit_price if order.order_type == ORDER_LIMIT else ref_price
-    rec["qty"] = order.qty
-    return rec[0]
+def _order_records(made: list, now: int) -> list:
+    """ORDER records of the orders sent, (order, order id, ref price) each."""
+    if not made:
+        return []
+    rows = [(o.ts_origin_ns, now, oid, o.intent_seq, o.symbol_id, o.side, o.order_type, 0,
+             o.limit_price if o.order_type == ORDER_LIMIT else ref, o.qty) for o, oid, ref in made]
+    return list(np.array(rows, dtype=_ORDER_PLAIN).astype(ORDER))
 
 
-def _fields(rec) -> dict:
-    """A record's fields as plain values, for the journal (NaN, which JSON cannot hold: None)."""
-    out = dict(zip(rec.dtype.names, rec.tolist()))
-    for name, v in out.items():
-        if type(v) is float and not math.isfinite(v):
-            out[name] = None
+# the records' fields without padding: rows of Python tuples go in at once, then a cast
+_ORDER_PLAIN = np.dtype([(n, ORDER.fields[n][0]) for n in ORDER.names])
+_FILL_PLAIN = np.dtype([(n, FILL.fields[n][0]) for n in FILL.names])
+
+
+def _columns(recs: np.ndarray) -> dict:
+    """Records' fields as lists of plain values, for the journal (NaN, which JSON cannot
+    hold: None)."""
+    out = {}
+    for name in recs.dtype.names:
+        col = recs[name]
+        values = col.tolist()
+        if col.dtype.kind == "f" and not np.isfinite(col).all():
+            values = [v if math.isfinite(v) else None for v in values]
+        out[name] = values
     return out
+
+
+class _Batch:
+    """The journal rows of a step, gathered by kind, for one `Journal.append_batch`."""
+
+    def __init__(self):
+        self._rows: dict[str, list] = {}        # kind -> [ts, symbol, venue, coid, payload] lists
+        self._sections: list[dict] = []
+
+    def add(self, kind: str, ts_ns: int, symbol, venue, coid, payload: dict) -> None:
+        cols = self._rows.get(kind)
+        if cols is None:
+            cols = self._rows[kind] = [[], [], [], [], []]
+        cols[0].append(ts_ns)
+        cols[1].append(symbol)
+        cols[2].append(venue)
+        cols[3].append(coid)
+        cols[4].append(payload)
+
+    def intents(self, now: int, keys: list, intents: np.ndarray) -> None:
+        if len(intents):
+            self.section("intent", _columns(intents), now, keys)
+
+    def section(self, kind: str, cols: dict, ts_ns, symbol, venue=None, coid=None) -> None:
+        self._sections.append({"kind": kind, "n": len(next(iter(cols.values()))), "ts_ns": ts_ns,
+                               "symbol": symbol, "venue": venue, "client_order_id": coid, "cols": cols})
+
+    def take(self) -> list[dict]:
+        out, self._sections = self._sections, []
+        for kind, (ts, sym, venue, coid, payloads) in self._rows.items():
+            out.append({"kind": kind, "n": len(ts), "ts_ns": ts, "symbol": sym, "venue": venue,
+                        "client_order_id": coid, "payloads": payloads})
+        self._rows = {}
+        return out
 
 
 def _record(dtype: np.dtype, fields: dict, **override) -> np.ndarray:

@@ -42,7 +42,8 @@ import base64
 import hashlib
 import math
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
+from functools import lru_cache
 from enum import IntEnum
 from typing import Iterable, NamedTuple
 
@@ -64,6 +65,7 @@ class OrderState(IntEnum):
 
 
 S = OrderState
+NAME = {state: state.name for state in OrderState}     # Enum.name is a slow property
 TERMINAL = frozenset({S.FILLED, S.CANCELLED, S.REJECTED, S.EXPIRED})
 BLOCKING = frozenset({S.SUBMITTED, S.UNKNOWN})
 
@@ -114,6 +116,7 @@ def _base36(n: int) -> str:
             return out
 
 
+@lru_cache(maxsize=4096)
 def _hash(text: str, chars: int) -> str:
     digest = hashlib.blake2b(text.encode("utf-8"), digest_size=10).digest()
     return base64.b32encode(digest).decode("ascii").lower()[:chars]
@@ -176,13 +179,15 @@ class Order:
 
     def to_dict(self) -> dict:
         """Plain JSON-able values (the journal's form); ``from_dict`` reads it back."""
-        d = {name: getattr(self, name) for name in _ORDER_FIELDS}   # asdict deep-copies: slow
-        d["state"] = self.state.name
+        d = self.__dict__.copy()                        # asdict deep-copies: slow
+        del d["duplicate"]
+        d["state"] = NAME[self.state]
         d["fill_ids"] = list(self.fill_ids)
         d["timestamps"] = dict(self.timestamps)
-        for k in ("limit_price", "avg_price"):          # NaN is not JSON: None
-            if math.isnan(d[k]):
-                d[k] = None
+        if d["limit_price"] != d["limit_price"]:        # NaN is not JSON: None
+            d["limit_price"] = None
+        if d["avg_price"] != d["avg_price"]:
+            d["avg_price"] = None
         return d
 
     @classmethod
@@ -198,9 +203,6 @@ class Order:
         return cls(**d)
 
 
-_ORDER_FIELDS = tuple(f.name for f in fields(Order) if f.name != "duplicate")
-
-
 @dataclass
 class OrderEvent:
     """One change to an order, for the journal. ``old == new`` for a change that is
@@ -214,7 +216,7 @@ class OrderEvent:
     detail: dict
 
     def to_dict(self) -> dict:
-        return {"cid": self.cid, "old": self.old.name, "new": self.new.name, "ts_ns": self.ts_ns,
+        return {"cid": self.cid, "old": NAME[self.old], "new": NAME[self.new], "ts_ns": self.ts_ns,
                 "detail": self.detail}
 
 
@@ -233,18 +235,26 @@ def orders_from_events(events: Iterable[OrderEvent | dict]) -> list[dict]:
     last: dict[str, dict] = {}
     for ev in events:
         d = ev.to_dict() if isinstance(ev, OrderEvent) else ev
-        last[d["cid"]] = d["detail"]["order"]
+        order = d["detail"].get("order")
+        if order is not None:       # the batch layout snapshots only an order's last event of a step
+            last[d["cid"]] = order
     return list(last.values())
 
 
 class OrderManager:
     """Every order of one execution process, by client id."""
 
-    def __init__(self, clock: Clock):
+    def __init__(self, clock: Clock, snapshot_last_only: bool = False):
         self.clock = clock
         self.orders: dict[str, Order] = {}
         self._live: dict[str, Order] = {}      # not terminal: what the scans look through
+        self._blocking: dict[int, int] = {}    # symbol id -> its orders SUBMITTED or UNKNOWN
         self._events: list[OrderEvent] = []
+        self._event_orders: list[Order] = []
+        # False: every event carries the order after it (``detail["order"]``). True: only the
+        # last event of each order in a drain does (the journal's batch layout: what recovery
+        # reads is the last snapshot), taken at the drain, when the order is still as it left it
+        self.snapshot_last_only = snapshot_last_only
         self._fill_ids: dict[str, set[str]] = {}
         self.stats = {"duplicate_creates": 0, "duplicate_messages": 0, "late_messages": 0,
                       "conflicts": 0, "overfills": 0, "late_fills": 0}
@@ -257,22 +267,26 @@ class OrderManager:
         replay, a restart) that one is returned with ``duplicate`` set: do not send it."""
         if isinstance(intent_row, np.ndarray) and intent_row.shape == (1,):
             intent_row = intent_row[0]
-        seq = int(intent_row["seq"])
+        return self.create_values(
+            int(intent_row["seq"]), int(intent_row["symbol_id"]), venue, int(intent_row["side"]),
+            int(intent_row["order_type"]), int(intent_row["tif"]),
+            float(intent_row["qty"] if qty is None else qty),
+            float(intent_row["limit_price"] if limit_price is None else limit_price),
+            int(intent_row["strategy_id"]), int(intent_row["reason"]), int(intent_row["ts_origin_ns"]),
+            pipeline, strategy)
+
+    def create_values(self, seq: int, symbol_id: int, venue: str, side: int, order_type: int, tif: int,
+                      qty: float, limit_price: float, strategy_id: int, reason: int, ts_origin_ns: int,
+                      pipeline: str, strategy: str | int) -> Order:
+        """``create`` from an intent's fields as plain Python values (the desk's hot path)."""
         cid = client_order_id(pipeline, strategy, seq)
         if cid in self.orders:
             order = self.orders[cid]
             order.duplicate = True
             self.stats["duplicate_creates"] += 1
             return order
-        order = Order(
-            client_id=cid, symbol_id=int(intent_row["symbol_id"]), venue=venue,
-            side=int(intent_row["side"]), order_type=int(intent_row["order_type"]),
-            tif=int(intent_row["tif"]),
-            qty=float(intent_row["qty"] if qty is None else qty),
-            limit_price=float(intent_row["limit_price"] if limit_price is None else limit_price),
-            strategy_id=int(intent_row["strategy_id"]), intent_seq=seq,
-            intent_reason=int(intent_row["reason"]),
-            ts_origin_ns=int(intent_row["ts_origin_ns"]))
+        order = Order(cid, symbol_id, venue, side, order_type, tif, qty, limit_price, strategy_id, seq,
+                      reason, ts_origin_ns)
         if not (order.qty > 0 and math.isfinite(order.qty)):
             raise ValueError(f"order {cid}: quantity {order.qty} is not a positive number")
         ts = self.clock.time_ns()
@@ -288,7 +302,7 @@ class OrderManager:
         raises: that would be a second send. A symbol with another unanswered order
         raises SymbolBlocked (check ``blocked_symbols`` first)."""
         order = self._get(cid)
-        if order.state is S.CREATED:
+        if order.state is S.CREATED and self._blocking.get(order.symbol_id):
             others = [o.client_id for o in self._live.values()
                       if o.symbol_id == order.symbol_id and o.state in BLOCKING]
             if others:
@@ -423,11 +437,18 @@ class OrderManager:
     def blocked_symbols(self) -> set[int]:
         """Symbols with an order SUBMITTED or UNKNOWN: no new order for them until it is
         answered or resolved with the venue."""
-        return {o.symbol_id for o in self._live.values() if o.state in BLOCKING}
+        return {s for s, n in self._blocking.items() if n}
 
     def drain_events(self) -> list[OrderEvent]:
         """The events since the last drain, oldest first, for the journal."""
         out, self._events = self._events, []
+        orders, self._event_orders = self._event_orders, []
+        if self.snapshot_last_only:
+            seen = set()
+            for ev, order in zip(reversed(out), reversed(orders)):
+                if ev.cid not in seen:
+                    seen.add(ev.cid)
+                    ev.detail["order"] = order.to_dict()
         return out
 
     def restore(self, orders: Iterable[dict]) -> None:
@@ -442,6 +463,8 @@ class OrderManager:
             self._fill_ids[order.client_id] = set(order.fill_ids)
             if order.state not in TERMINAL:
                 self._live[order.client_id] = order
+            if order.state in BLOCKING:
+                self._blocking[order.symbol_id] = self._blocking.get(order.symbol_id, 0) + 1
 
     # -- inside ---------------------------------------------------------------------------------
     def _get(self, cid: str) -> Order:
@@ -488,9 +511,14 @@ class OrderManager:
         order.state = new
         if new in TERMINAL:
             self._live.pop(order.client_id, None)
-        order.timestamps.setdefault(new.name, ts)
+        if (old in BLOCKING) != (new in BLOCKING):
+            sid = order.symbol_id
+            self._blocking[sid] = self._blocking.get(sid, 0) + (1 if new in BLOCKING else -1)
+        order.timestamps.setdefault(NAME[new], ts)
         self._emit(order, old, new, ts, detail)
 
     def _emit(self, order: Order, old: OrderState, new: OrderState, ts: int, detail: dict) -> None:
-        detail = dict(detail, order=order.to_dict())
+        if not self.snapshot_last_only:
+            detail = dict(detail, order=order.to_dict())
         self._events.append(OrderEvent(order.client_id, old, new, ts, detail))
+        self._event_orders.append(order)

@@ -33,24 +33,31 @@ class Portfolio:
         fees, fill count); returns the symbol id. A fill that crosses zero closes the
         old position at the fill price and opens the rest at that price."""
         sid = int(fill["symbol_id"])
+        self.apply_values(sid, int(fill["side"]), float(fill["qty"]), float(fill["price"]), float(fill["fee"]),
+                          int(fill["order_id"]), int(fill["ts_ns"]))
+        return sid
+
+    def apply_values(self, sid: int, side: int, qty: float, price: float, fee: float, order_id: int,
+                     ts_ns: int) -> float:
+        """`apply` from a fill's fields as plain values; returns the new quantity."""
         row = self.rows[sid]
         q, avg = float(row["qty"]), float(row["avg_price"])
-        dq = int(fill["side"]) * float(fill["qty"])
-        px = float(fill["price"])
-        if q == 0 or np.sign(q) == np.sign(dq):
-            avg = (abs(q) * avg + abs(dq) * px) / (abs(q) + abs(dq))
+        dq = side * qty
+        if q == 0 or (q > 0) == (dq > 0):
+            avg = (abs(q) * avg + abs(dq) * price) / (abs(q) + abs(dq))
         else:
             closed = min(abs(q), abs(dq))
-            row["realized_pnl"] += closed * (px - avg) * np.sign(q)
+            row["realized_pnl"] += closed * (price - avg) * (1.0 if q > 0 else -1.0)
             if abs(dq) > abs(q):
-                avg = px
-        row["qty"] = q + dq
-        row["avg_price"] = avg if row["qty"] != 0 else 0.0
-        row["fees"] += float(fill["fee"])
+                avg = price
+        new = q + dq
+        row["qty"] = new
+        row["avg_price"] = avg if new != 0 else 0.0
+        row["fees"] += fee
         row["n_fills"] = min(int(row["n_fills"]) + 1, 65535)
-        row["last_order_id"] = fill["order_id"]
-        row["ts_ns"] = fill["ts_ns"]
-        return sid
+        row["last_order_id"] = order_id
+        row["ts_ns"] = ts_ns
+        return new
 
     def stats(self) -> dict:
         return {"open_positions": int((self.rows["qty"] != 0).sum()),
