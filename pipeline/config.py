@@ -639,5 +639,5 @@ def load_config(path: str | Path | None = None) -> Config:
         validate(cfg)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
-    cfg.source = str(path)
+    cfg.source = str(path.absolute())   # commands run from elsewhere reload it from here
     return cfg

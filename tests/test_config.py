@@ -175,3 +175,12 @@ def test_help_lists_commands():
     r = run_cli("--help")
     for cmd in ("start", "status", "stop", "report", "tap"):
         assert cmd in r.stdout
+
+
+def test_source_is_absolute_so_commands_elsewhere_reload_it(tmp_path, monkeypatch):
+    """`pipeline start --config conf/x.toml` records its config in the state file; `status`,
+    `pnl` and `halt` run from another folder must reload that same file."""
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "x.toml").write_text('[pipeline]\nname = "x"\n')
+    monkeypatch.chdir(tmp_path)
+    assert load_config("conf/x.toml").source == str(tmp_path / "conf" / "x.toml")
