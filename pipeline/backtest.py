@@ -51,7 +51,7 @@ from pipeline.errors import ConfigurationError, UserError
 from pipeline.journal import Journal
 from pipeline.storage import detect_kind, market_columns
 from shm.records import FLAG_GAP, TICK_GAP, TICK_TRADE, features_dtype
-from workers.bars import BarBuilder, feature_rows
+from workers.bars import BarBuilder, bar_steps, feature_rows
 from workers.execution.desk import Desk
 from workers.feed import replay_ticks
 from workers.strategy.signals import SignalStrategy, bar_volatility, volatility_columns
@@ -143,26 +143,6 @@ def load_data(paths: list[str], start: str | None = None, end: str | None = None
     return MarketData(symbols, venues, np.array(venue_of, np.int64), ticks, files)
 
 
-def _segments(ticks: np.ndarray, bar_ns: int) -> np.ndarray:
-    """End indices (exclusive) of the steps a run takes: each ends after the last tick
-    at a time when some symbol's trade opens a new bar (and so closes its last one),
-    so the desk sees that tick before the intents the closed bar causes."""
-    trade = ticks["kind"] == TICK_TRADE
-    sid = ticks["symbol_id"].astype(np.int64)
-    ts = ticks["ts_exchange_ns"]
-    bar = ts // bar_ns
-    opens = np.zeros(len(ticks), bool)
-    idx = np.flatnonzero(trade)
-    order = idx[np.argsort(sid[idx], kind="stable")]          # per symbol, in time order
-    s, b = sid[order], bar[order]
-    new = np.r_[True, (s[1:] != s[:-1]) | (b[1:] > b[:-1])]
-    first_of_symbol = np.r_[True, s[1:] != s[:-1]]
-    opens[order[new & ~first_of_symbol]] = True
-    times = np.unique(ts[opens])
-    ends = np.searchsorted(ts, times, side="right")
-    return np.unique(np.r_[ends, len(ticks)])
-
-
 def check_bars(data: MarketData, bar_seconds: float) -> None:
     """Candles must be played into bars of their own length: 5-minute candles cut into
     1-second bars would be four ticks a bar apart and mean nothing to the models."""
@@ -227,7 +207,7 @@ class Backtest:
     def run(self) -> BacktestResult:
         ticks = self.data.ticks
         n = len(self.data.symbols)
-        ends = _segments(ticks, self.bar_ns)
+        ends = bar_steps(ticks, self.bar_ns)
         times, marks, held, equity = [], [], [], []
         fills: list[tuple] = []
         votes: list[tuple] = []

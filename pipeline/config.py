@@ -86,6 +86,9 @@ class FeedConfig:
     # replay feed: candles or trades from a CSV/Parquet file, for the one symbol in `symbols`
     path: str = ""                      # CSV or Parquet file, or a directory of Parquet files
     speed: float = 0.0                  # 0 = as fast as possible, else a multiple of real time
+    # play a bar at a time and wait for the pipeline to settle (every ring read) before the
+    # next: a live replay then makes exactly the fills `pipeline backtest` makes (speed ignored)
+    lockstep: bool = False
 
     @property
     def venue_name(self) -> str:
@@ -507,6 +510,7 @@ def validate(cfg: Config) -> None:
             (f.max_ticks >= 0, f"feeds[{i}].max_ticks must be >= 0"),
             (f.start_price >= 0, f"feeds[{i}].start_price must be >= 0 (0: a plausible price per symbol)"),
             (f.name not in names, f"feeds[{i}].name '{f.name}' is used twice"),
+            (f.kind == "replay" or not f.lockstep, f"feeds[{i}].lockstep is for replay feeds only"),
         ]
         if f.kind == "replay":
             problem = _replay_problem(f)
@@ -577,6 +581,8 @@ def _replay_problem(f: FeedConfig) -> str | None:
     """What is wrong with a replay feed's settings or file, or None."""
     if f.speed < 0:
         return f"speed must be >= 0 (0 = as fast as possible), got {f.speed:g}"
+    if f.lockstep and f.speed:
+        return "lockstep plays as fast as the pipeline settles: leave speed at 0"
     if len(f.symbols) != 1:
         return "a replay feed plays one symbol: set symbols to the file's, e.g. [\"BTC/USDT\"]"
     if not f.path:

@@ -215,3 +215,22 @@ def feature_rows(bars: ClosedBars, values: np.ndarray, names: list[str], dtype: 
     for k, name in enumerate(names):
         rows[name] = values[:, k]
     return rows
+
+
+def bar_steps(ticks: np.ndarray, bar_ns: int) -> np.ndarray:
+    """End indices (exclusive) of the steps a replay is played in, in lockstep with
+    the pipeline (a backtest, or a live replay with ``lockstep``): each step ends
+    after the last tick at a time when some symbol's trade opens a new bar (and so
+    closes its last one), so that everything that bar close causes happens before
+    the next tick: the desk has seen the closing tick when the bar's intents come."""
+    trade = ticks["kind"] == TICK_TRADE
+    sid = ticks["symbol_id"].astype(np.int64)
+    ts = ticks["ts_exchange_ns"].astype(np.int64)
+    bar = ts // bar_ns
+    idx = np.flatnonzero(trade)
+    order = idx[np.argsort(sid[idx], kind="stable")]          # per symbol, in time order
+    s, b = sid[order], bar[order]
+    later_bar = np.r_[False, (s[1:] == s[:-1]) & (b[1:] > b[:-1])]
+    times = np.unique(ts[order[later_bar]])
+    ends = np.searchsorted(ts, times, side="right")
+    return np.unique(np.r_[ends, len(ticks)]).astype(np.int64)

@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Callable
 
 import numpy as np
 
 from models.synthetic import SyntheticMarket, start_prices
 from shm.records import SIDE_BUY, SIDE_SELL, TICK, TICK_GAP, TICK_TRADE
+from shm.ring import Ring
 
+from .bars import bar_steps
 from .base import Worker
 from .venues.base import Health, MalformedMessage, TickBuffer, flush_ticks, short_reason
 
 MAX_BATCH = 4096
+LOCKSTEP_POLL_S = 0.001     # a lockstep replay looks this often whether the pipeline settled
 NETWORK_TIMEOUT_S = 10.0     # the longest any one network call may take (less with a short
                              # heartbeat timeout: see network_timeout)
 
@@ -194,14 +198,24 @@ class ReplaySource:
     sold), else the tick rule. Bad rows (pipeline/storage.check_candles and
     check_trades: NaN, <= 0; repeated rows) are skipped and counted; rows out of
     order are sorted by time first (pipeline/storage.tidy_market_rows).
+
+    ``lockstep`` (a callable: has the pipeline settled?) plays the ticks in the
+    steps a backtest plays them (workers/bars.bar_steps: up to and including each
+    tick that closes a bar) and waits, before each step, until every ring of the
+    pipeline has been read: everything the last bar close caused (features,
+    signals, intents, orders, fills) has happened, so the fills are the backtest's.
     """
 
-    def __init__(self, feed, symbol_id: int, start_index: int, bell):
+    def __init__(self, feed, symbol_id: int, start_index: int, bell, bar_ns: int = 0,
+                 lockstep: Callable[[], bool] | None = None):
         self.feed = feed
         self.speed = feed.speed
         self.ticks, self.rejected, self.reordered = replay_ticks(feed.path, symbol_id)
         self.ts = self.ticks["ts_exchange_ns"]
         self.pos = self.start = min(start_index, len(self.ticks))
+        self.lockstep = lockstep
+        self.steps = bar_steps(self.ticks, bar_ns) if lockstep is not None else None
+        self.settled = False
         self.bell = bell
         self.t0 = time.monotonic()
         self.x0 = int(self.ts[self.pos]) if self.pos < len(self.ts) else 0
@@ -216,6 +230,8 @@ class ReplaySource:
         return self.x0 + (time.monotonic() - self.t0) * 1e9 * self.speed
 
     def step(self) -> np.ndarray | None:
+        if self.lockstep is not None:
+            return self._lockstep()
         end = min(self.pos + MAX_BATCH, len(self.ticks))
         if self.speed > 0:
             end = min(end, int(np.searchsorted(self.ts, self._market_now(), side="right")))
@@ -226,11 +242,26 @@ class ReplaySource:
         self.pos = end
         return ticks
 
+    def _lockstep(self) -> np.ndarray | None:
+        """The next step's ticks once the pipeline has settled on the last one."""
+        if not self.lockstep():
+            return None
+        if self.done:
+            self.settled = True
+            return None
+        end = int(self.steps[np.searchsorted(self.steps, self.pos, side="right")])
+        ticks = self.ticks[self.pos:end].copy()
+        ticks["ts_origin_ns"] = time.time_ns()
+        self.pos = end
+        return ticks
+
     def wait(self, timeout: float) -> None:
         """Sleep until the next tick is due (or the timeout), on our doorbell so that
         a stop command never waits out the sleep."""
         wait = timeout
-        if not self.done and self.speed == 0:
+        if self.lockstep is not None and not self.settled:
+            wait = min(timeout, LOCKSTEP_POLL_S)
+        elif not self.done and self.speed == 0:
             wait = 0.0
         elif not self.done:
             due_in = (self.ts[self.pos] - self._market_now()) / 1e9 / self.speed
@@ -253,7 +284,7 @@ class ReplaySource:
         return {"emitted": self.pos - self.start, "replay_position": self.pos,
                 "replay_total": len(self.ticks), "replay_done": self.done,
                 "bad_rows": sum(self.rejected.values()), "rejected_rows": dict(self.rejected),
-                "reordered_rows": self.reordered}
+                "reordered_rows": self.reordered, "replay_settled": self.settled}
 
     def close(self) -> None:
         pass
@@ -349,8 +380,10 @@ class FeedWorker(Worker):
                                           int(writer.seq), self.args.restart_count, self.bell,
                                           newest_per_symbol(writer.tail()) if restarted else None)
         elif self.feed.kind == "replay":
+            settled = self._settled if self.feed.lockstep else None
             self.source = ReplaySource(self.feed, next(iter(ids.values())),
-                                       int(self.writers[self.out].seq), self.bell)
+                                       int(self.writers[self.out].seq), self.bell,
+                                       int(round(self.cfg.indicators.bar_seconds * 1e9)), settled)
         elif self.feed.kind == "ccxt":
             from .venues.poller import PollSource
             self.source = PollSource(self.feed, ids, network_timeout(self.cfg), self.network_wait)
@@ -363,6 +396,19 @@ class FeedWorker(Worker):
                               "the last trade in the ring of %d of %d symbols", len(resume), len(ids))
             self.source = VenueSource(self.feed, ids, resume, network_timeout(self.cfg),
                                       self.network_wait)
+
+    def _settled(self) -> bool:
+        """Every reader of every ring has read all there is (lockstep replay). The rings
+        are read upstream first: a stage publishes before it commits what it read, so
+        work in flight always shows as an unread record somewhere downstream."""
+        if not hasattr(self, "_watched"):
+            order = ("ticks", "features", "signals", "intents", "orders", "fills")
+            names = sorted(self.topo.rings, key=lambda n: (next(
+                (i for i, p in enumerate(order) if n.startswith(p)), len(order)), n))
+            self._watched = [Ring.attach(self.topo.rings[n], readonly=True) for n in names]
+            self._rings.extend(self._watched)          # closed with ours
+        return all(r["lag"] == 0 for ring in self._watched for r in ring.stats()["readers"]
+                   if not r["observer"])
 
     def step(self) -> bool:
         ticks = self.source.step()
