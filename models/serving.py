@@ -205,7 +205,7 @@ class EnsembleModel:
                         member[okr[full], j] = self._predict_seq(model, self._windows(ids[okr][full], w))
                 else:
                     member[okr, j] = model.predict_proba(Xo)
-            versions[okr] = np.where(have, self.slot_versions[None, :], 0)
+            versions[okr, :M] = np.where(have, self.slot_versions[None, :], 0)
             P = member[okr, :M]                                   # (k, M, 3)
             complete = have.all(axis=1)
             out = np.full((len(okr), 3), 1.0 / 3.0)
