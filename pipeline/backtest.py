@@ -159,9 +159,11 @@ class Backtest:
     docstring says how). ``run`` plays the data and returns a BacktestResult."""
 
     def __init__(self, cfg: Config, data: MarketData, journal_path: str | Path,
-                 progress: bool = False, model=None, trade_from_ns: int | None = None):
+                 progress: bool = False, model=None, trade_from_ns: int | None = None,
+                 on_features=None):
         self.cfg, self.data, self.progress = cfg, data, progress
         self.trade_from_ns = trade_from_ns
+        self.on_features = on_features
         n = len(data.symbols)
         check_bars(data, cfg.indicators.bar_seconds)
         first = int(data.ticks["ts_exchange_ns"][0])
@@ -264,6 +266,8 @@ class Backtest:
         close does, stage after stage."""
         values = self.engine.update(bars.ids, bars.o, bars.h, bars.l, bars.c, bars.v)
         rows = feature_rows(bars, values, self.names, self.fdtype)
+        if self.on_features is not None:
+            self.on_features(rows)
         self.counts["bars"] += len(rows)
         self.counts["gap_bars"] += int((rows["flags"] & FLAG_GAP).astype(bool).sum())
         ids = bars.ids.astype(np.intp)
@@ -365,20 +369,22 @@ class Backtest:
 
 def run_backtest(cfg: Config, paths: list[str] | MarketData, start: str | None = None,
                  end: str | None = None, journal: str | None = None, progress: bool = False,
-                 model=None, trade_from_ns: int | None = None) -> BacktestResult:
+                 model=None, trade_from_ns: int | None = None, on_features=None) -> BacktestResult:
     """Play ``paths`` (or data already loaded) through the live chain (the module
     docstring) and return the result. ``journal``: a SQLite file to keep (it must not
     hold another run's positions); None: a temporary one, removed after. ``model``:
     serve this object instead of the one ``[model]`` names (anything with the
     ensemble's or the momentum rule's ``predict``). ``trade_from_ns``: bars closing
-    before it warm the indicators and models up but trade nothing (walk-forward)."""
+    before it warm the indicators and models up but trade nothing (walk-forward).
+    ``on_features``: called with each bar close's feature rows (the warm-up check
+    compares indicator values across runs)."""
     data = paths if isinstance(paths, MarketData) else load_data(paths, start, end)
     tmp = None
     if journal is None:
         tmp = tempfile.TemporaryDirectory(prefix="tickpipe-backtest-")
         journal = str(Path(tmp.name) / "journal.sqlite")
     try:
-        bt = Backtest(cfg, data, journal, progress, model, trade_from_ns)
+        bt = Backtest(cfg, data, journal, progress, model, trade_from_ns, on_features)
         try:
             return bt.run()
         finally:
