@@ -25,8 +25,14 @@ a quote of unknown size), after ``ack_latency_ms``. Reports the broker has due
 before the next tick are taken before it. Bars still open when the data ends are
 not traded (there is no next price to trade at).
 
+A perpetual's funding-rate file (``timestamp_ms,funding_rate``, named like its
+candles: binance-usdm_BTC-USDT-PERP_funding_rate.csv) among the data makes the
+position held at each funding time pay position x mark x rate (receive, at a
+negative rate), marked at the last trade; the payments are in the equity and
+the result's ``funding``.
+
 Equity is sampled after each time bars close: capital plus realised P&L, less
-fees, plus open positions marked at the last trade (at a bar's close time that is
+fees, plus funding, plus open positions marked at the last trade (at a bar's close time that is
 the next bar's opening trade, the price the account could trade at then).
 
 Deterministic: the same data and config give the same fills; the client order
@@ -49,14 +55,14 @@ from pipeline.clock import SimClock
 from pipeline.config import Config, feature_names, indicator_specs
 from pipeline.errors import ConfigurationError, UserError
 from pipeline.journal import Journal
-from pipeline.storage import detect_kind, market_columns
+from pipeline.storage import detect_kind, market_columns, numeric, read_market_table
 from shm.records import FLAG_GAP, TICK_GAP, TICK_TRADE, features_dtype
 from workers.bars import BarBuilder, bar_steps, feature_rows
 from workers.execution.desk import Desk
 from workers.feed import replay_ticks
 from workers.strategy.signals import SignalStrategy, bar_volatility, volatility_columns
 
-from .backtest_report import FILL_ROW, INTENT_ROW, SIGNAL_ROW, VOTE_ROW, BacktestResult
+from .backtest_report import FILL_ROW, FUNDING_ROW, INTENT_ROW, SIGNAL_ROW, VOTE_ROW, BacktestResult
 
 RUN_ID = "backtest"
 PIPELINE = "backtest"
@@ -70,6 +76,7 @@ class MarketData:
     venue_of: np.ndarray                # venue index by symbol id
     ticks: np.ndarray                   # TICK records, ts_origin_ns = ts_exchange_ns
     files: list[dict] = field(default_factory=list)   # per file: path, symbol, kind, rows dropped...
+    funding: dict[int, np.ndarray] = field(default_factory=dict)   # symbol id -> (ts_ns, rate) rows
 
 
 def _ns(date: str | None, flag: str) -> int | None:
@@ -101,11 +108,20 @@ def load_data(paths: list[str], start: str | None = None, end: str | None = None
     if lo is not None and hi is not None and hi <= lo:
         raise UserError(f"--to {end} is not after --from {start}")
     symbols, venues, venue_of, parts, files = [], [], [], [], []
-    for i, path in enumerate(paths):
+    rates: dict[str, tuple[str, np.ndarray]] = {}
+    for path in paths:
         p = Path(path).expanduser()
         if not p.exists():
             raise UserError(f"--data {path}: no such file or directory")
         key = symbol_of(str(p))
+        try:
+            columns = market_columns(str(p))
+        except (OSError, ValueError) as e:
+            raise UserError(f"--data {path}: {e}") from None
+        if "funding_rate" in columns:
+            rates[key] = (str(p), funding_rates(p))
+            continue
+        i = len(symbols)
         if key in symbols:
             raise UserError(f"--data {path}: a second file for {key} (one file or folder per symbol)")
         try:
@@ -114,7 +130,7 @@ def load_data(paths: list[str], start: str | None = None, end: str | None = None
             raise UserError(f"--data {path}: {e}") from None
         ticks["ts_origin_ns"] = ticks["ts_exchange_ns"]
         ts = ticks["ts_exchange_ns"]
-        kind = detect_kind(market_columns(str(p)))
+        kind = detect_kind(columns)
         trade_ts = ts[ticks["kind"] == TICK_TRADE]
         # candles play as four trades a bar, a quarter of the step apart
         step_s = (4 * float(np.median(np.diff(trade_ts))) / 1e9
@@ -135,12 +151,40 @@ def load_data(paths: list[str], start: str | None = None, end: str | None = None
                       "gaps": int((ticks["kind"] == TICK_GAP).sum()), "bad_rows": dropped,
                       "reordered_rows": int(reordered)})
     if not parts:
-        raise UserError("--data names no file")
+        raise UserError("--data names no candle or trade file")
+    funding = {}
+    for key, (path, rows) in rates.items():
+        if key not in symbols:
+            raise UserError(f"--data {path}: funding rates of {key}, and no --data file trades it "
+                            f"(the symbols: {', '.join(symbols)})")
+        sid = symbols.index(key)
+        keep = np.ones(len(rows), bool)
+        if lo is not None:
+            keep &= rows["ts_ns"] >= lo
+        if hi is not None:
+            keep &= rows["ts_ns"] < hi
+        funding[sid] = rows[keep]
+        files.append({"path": path, "symbol": key, "kind": "funding", "step_s": None,
+                      "funding_times": int(keep.sum())})
     ticks = np.concatenate(parts)
     ticks = ticks[np.argsort(ticks["ts_exchange_ns"], kind="stable")]
     if not (ticks["kind"] == TICK_TRADE).any():
         raise UserError("the data holds no trade or candle with volume in the period asked")
-    return MarketData(symbols, venues, np.array(venue_of, np.int64), ticks, files)
+    return MarketData(symbols, venues, np.array(venue_of, np.int64), ticks, files, funding)
+
+
+def funding_rates(path: Path) -> np.ndarray:
+    """A perpetual's funding rates (timestamp_ms, funding_rate), sorted; a bad row is a
+    one-line error, since a wrong rate is money paid that was not."""
+    table = read_market_table(path)
+    ts, rate = numeric(table, "timestamp_ms"), numeric(table, "funding_rate")
+    bad = ~(np.isfinite(ts) & np.isfinite(rate) & (np.abs(rate) < 1.0))
+    if bad.any():
+        raise UserError(f"--data {path}: funding rate row {int(np.flatnonzero(bad)[0]) + 1} is not a "
+                        f"time and a rate (|rate| < 1)")
+    rows = np.zeros(len(ts), [("ts_ns", "<i8"), ("rate", "<f8")])
+    rows["ts_ns"], rows["rate"] = ts.astype(np.int64) * 1_000_000, rate
+    return rows[np.argsort(rows["ts_ns"], kind="stable")]
 
 
 def check_bars(data: MarketData, bar_seconds: float) -> None:
@@ -186,6 +230,12 @@ class Backtest:
             raise UserError(f"the journal {journal_path} holds positions or orders of an earlier run; "
                             "give a new file with --journal")
         self.vol = np.full(n, np.nan)
+        events = [(int(t), sid, float(r)) for sid, rows in data.funding.items()
+                  for t, r in zip(rows["ts_ns"].tolist(), rows["rate"].tolist())]
+        self.funding_due = sorted(events)            # (ts_ns, symbol id, rate), in time order
+        self.funding_next = 0
+        self.funding_paid = np.zeros(n)              # per symbol: + received, - paid
+        self.funding_log: list[tuple] = []
         self.signal_seq = 0
         self.counts = {"bars": 0, "signals": 0, "intents": 0, "gap_bars": 0, "not_traded_before_start": 0}
         self.signal_log: list[np.ndarray] = []
@@ -223,6 +273,7 @@ class Backtest:
             for end in ends.tolist():
                 seg = ticks[start:end]
                 self._reports(int(seg["ts_exchange_ns"][0]), fills)
+                self._fund(int(seg["ts_exchange_ns"][0]))
                 self.clock.set(int(seg["ts_exchange_ns"][-1]))
                 self.desk.on_ticks(seg)
                 closed = self.bars.on_ticks(seg)
@@ -238,6 +289,7 @@ class Backtest:
                     bar.update(end - start)
                 start = end
             self._reports(None, fills)
+            self._fund(int(ticks["ts_exchange_ns"][-1]))
             self._sample(times, marks, held, equity)
         finally:
             if bar is not None:
@@ -259,6 +311,7 @@ class Backtest:
             capital=float(self.cfg.execution.capital), ts_ns=T, close=close,
             position=np.array(held).reshape(len(T), n), equity=np.array(equity, float),
             fills=fill_rows, members=members, votes=vote_rows, signals=signals, intents=intents,
+            funding=np.array(self.funding_log, FUNDING_ROW) if self.funding_log else None,
             counts=self._counts(), meta=self._meta(seconds))
 
     def _decide(self, bars, fills: list, votes: list) -> None:
@@ -311,6 +364,18 @@ class Backtest:
             self.clock.set(max(due, self.clock.time_ns()))
             self._collect(self.desk.poll(), fills)
 
+    def _fund(self, until_ns: int) -> None:
+        """Perpetuals' funding due by ``until_ns``: the position held then pays (or, at a
+        negative rate, receives) position x mark x rate, marked at the last trade."""
+        due, m = self.funding_due, self.desk.market
+        while self.funding_next < len(due) and due[self.funding_next][0] <= until_ns:
+            ts, sid, rate = due[self.funding_next]
+            self.funding_next += 1
+            qty, mark = float(self.desk.portfolio.rows["qty"][sid]), float(m.last[sid])
+            pay = -qty * mark * rate if qty and math.isfinite(mark) else 0.0
+            self.funding_paid[sid] += pay
+            self.funding_log.append((ts, sid, rate, qty, mark, pay))
+
     def _collect(self, out, fills: list) -> None:
         """The fills of a desk step, as report rows (slippage against the top the desk saw)."""
         m = self.desk.market
@@ -330,7 +395,8 @@ class Backtest:
         m, rows = self.desk.market, self.desk.portfolio.rows
         mark = np.where(np.isfinite(m.last), m.last, np.nan)
         unreal = np.where(rows["qty"] != 0, rows["qty"] * (np.nan_to_num(mark) - rows["avg_price"]), 0.0)
-        eq = self.cfg.execution.capital + float(rows["realized_pnl"].sum() - rows["fees"].sum() + unreal.sum())
+        eq = self.cfg.execution.capital + float(rows["realized_pnl"].sum() - rows["fees"].sum() + unreal.sum()
+                                                + self.funding_paid.sum())
         now = self.clock.time_ns()
         if times and times[-1] == now:
             marks[-1], held[-1], equity[-1] = mark.copy(), rows["qty"].copy(), eq
@@ -342,7 +408,9 @@ class Backtest:
 
     def _counts(self) -> dict:
         guard = self.desk.guard
-        return {**self.counts, "bar_builder": dict(self.bars.counters),
+        return {**self.counts, "funding_paid": {self.data.symbols[s]: round(float(v), 8)
+                                                for s, v in enumerate(self.funding_paid) if v},
+                "bar_builder": dict(self.bars.counters),
                 "strategy": dict(self.strategy.counters), "desk": dict(self.desk.counters),
                 "denials": {k: v for k, v in guard.denials().items() if v},
                 "broker_ignored": dict(self.desk.broker.ignored),

@@ -111,6 +111,11 @@ INTENT_ROW = np.dtype([("ts_ns", "<i8"), ("symbol_id", "<i4"), ("side", "i1"), (
                        ("reason", "u1"), ("seq", "<u8")])
 
 
+# a funding payment of a perpetual: positive `payment` was received, negative paid
+FUNDING_ROW = np.dtype([("ts_ns", "<i8"), ("symbol_id", "<i4"), ("rate", "<f8"), ("position", "<f8"),
+                        ("mark", "<f8"), ("payment", "<f8")])
+
+
 def VOTE_ROW(m: int) -> np.dtype:
     """One ensemble signal: the combined probabilities and each of the m members' (down, flat, up)."""
     return np.dtype([("ts_ns", "<i8"), ("symbol_id", "<i4"), ("probs", "<f8", (3,)),
@@ -132,6 +137,7 @@ class BacktestResult:
     votes: np.ndarray | None = None  # structured, dtype VOTE_ROW(len(members)): one row per signal
     signals: np.ndarray | None = None  # SIGNAL_ROW: every bar close's signal (traded or not)
     intents: np.ndarray | None = None  # INTENT_ROW: every intent the strategy made
+    funding: np.ndarray | None = None  # FUNDING_ROW: perpetuals' funding payments (in equity)
     counts: dict = field(default_factory=dict)          # data problems and pipeline counters, for the report
     meta: dict = field(default_factory=dict)            # config, data files, model versions per period
 

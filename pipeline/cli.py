@@ -229,6 +229,8 @@ def cmd_backtest(args) -> int:
           f"({', '.join(result.symbols)}); bad rows skipped {bad}, gaps {gaps} "
           f"(bars across a gap open nothing: {counts['gap_bars']}); "
           f"{result.meta['bars_per_s']:,.0f} bars/s")
+    for symbol, paid in counts.get("funding_paid", {}).items():
+        print(f"funding       {symbol}: {paid:+.2f} (quote; + received, - paid)")
     print(f"report        {written['report.html']} (JSON {written['report.json']}, PNG plots beside it)")
     return 0
 

@@ -17,7 +17,7 @@ from pipeline.cli import main
 from pipeline.config import load_config
 from shm.records import REASON_ENTRY, TICK_GAP
 
-from conftest import toml
+from conftest import data_file, toml
 
 ROOT = Path(__file__).resolve().parent.parent
 BTC = ROOT / "samples" / "binance_BTC-USDT_5m.csv"
@@ -153,3 +153,35 @@ def test_cli_mistakes_are_one_line(tmp_path, capsys, extra, words):
                  *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert words in err and "\n" not in err and "Traceback" not in err
+
+
+def test_funding_of_a_perpetual_is_paid_on_the_position_held(tmp_path):
+    """Long a perpetual through 8-hourly funding at +0.01 %: each funding time costs
+    position x mark x rate, and the equity carries it."""
+    perp = data_file("candles/binance-usdm_BTC-USDT-PERP_1h.csv")
+    rates = data_file("candles/binance-usdm_BTC-USDT-PERP_funding_rate.csv")
+    conf = config(tmp_path)
+    text = conf.read_text().replace("bar_seconds = 300.0", "bar_seconds = 3600.0")
+    conf.write_text(text.replace("min_hold_bars = 1", "min_hold_bars = 1000"))   # hold once in
+    r = run_backtest(load_config(conf), [str(perp), str(rates)])
+    assert r.symbols == ["BTC/USDT@binance-usdm"]
+    assert r.funding is not None and len(r.funding) >= 15
+    held = r.funding[r.funding["position"] != 0]
+    assert len(held) >= 5, "the test strategy should hold through funding times"
+    for f in held:
+        assert math.isclose(f["payment"], -f["position"] * f["mark"] * f["rate"], rel_tol=1e-12)
+    total = float(r.funding["payment"].sum())
+    assert total < 0 and math.isclose(r.counts["funding_paid"]["BTC/USDT@binance-usdm"], total,
+                                      rel_tol=1e-6)
+    # equity = capital + realised - fees + open marked + funding (the fills alone miss it)
+    fills_only = run_backtest(load_config(conf), [str(perp)])
+    assert fingerprint(fills_only.fills) == fingerprint(r.fills)
+    assert math.isclose(r.equity[-1] - fills_only.equity[-1], total, rel_tol=1e-9)
+
+
+def test_funding_for_a_symbol_not_traded_is_a_one_line_error(tmp_path, capsys):
+    rates = data_file("candles/binance-usdm_BTC-USDT-PERP_funding_rate.csv")
+    assert main(["backtest", "--config", str(config(tmp_path)), "--data", str(BTC), str(rates),
+                 "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "funding rates of BTC/USDT@binance-usdm, and no --data file trades it" in err
