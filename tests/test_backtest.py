@@ -185,3 +185,27 @@ def test_funding_for_a_symbol_not_traded_is_a_one_line_error(tmp_path, capsys):
                  "--out", str(tmp_path / "o"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "funding rates of BTC/USDT@binance-usdm, and no --data file trades it" in err
+
+
+def test_the_ensemble_trades_and_each_members_vote_is_reported(tmp_path):
+    """[model] kind = "ensemble": the registry pipeline train wrote, served as the model
+    worker serves it; every signal's member votes are in the result and the report."""
+    from models.train import train
+    from pipeline.backtest_report import metrics, write_report
+    from conftest import TINY_TREES
+    conf = config(tmp_path)
+    registry = tmp_path / "models"
+    text = conf.read_text().replace('kind = "momentum"', 'kind = "ensemble"')
+    extra = "".join(f"{k} = {v}\n" for k, v in TINY_TREES.items())
+    conf.write_text(text.replace("[model]\n", f'[model]\nartifacts = "{registry}"\nmodels = ["forest", '
+                                 f'"xgboost"]\nfolds = 2\nhorizon = 6\n{extra}'))
+    cfg = load_config(conf)
+    train(str(BTC), cfg, registry, progress=False)
+    r = run_backtest(cfg, [str(BTC)], start="2026-02-10", end="2026-02-13")
+    assert r.members == ["forest", "xgboost"]
+    assert r.votes is not None and len(r.votes) == len(r.signals) == r.counts["signals"]
+    assert np.allclose(r.votes["probs"], r.signals["probs"])
+    assert r.meta["model_versions"] == {"ensemble": 1, "forest": 1, "xgboost": 1}
+    written = write_report(r, metrics(r), tmp_path / "report")
+    assert written["votes_0_BTC_USDT_binance.png"].is_file()
+    assert "Votes on BTC\\u002fUSDT@binance" in written["report.html"].read_text()   # plotly's JSON
