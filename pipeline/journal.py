@@ -61,6 +61,7 @@ import math
 import os
 import re
 import sqlite3
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -158,6 +159,9 @@ _SCALARS = frozenset({str, int, bool, type(None)})
 _CONTAINERS = frozenset({dict, list, tuple})
 _PLAIN = _SCALARS | _CONTAINERS | {float}
 _is_float = functools.partial(type.__instancecheck__, float)
+_is_dict = functools.partial(type.__instancecheck__, dict)
+_is_list = functools.partial(type.__instancecheck__, list)
+_is_tuple = functools.partial(type.__instancecheck__, tuple)
 
 
 def _check_fast(value: Any, where: str) -> None:
@@ -167,7 +171,7 @@ def _check_fast(value: Any, where: str) -> None:
     doubt (a new key, a float that is not finite, a value of another type) takes the
     slow walk, which raises naming where."""
     stack = [value]
-    pop, push = stack.pop, stack.append
+    pop = stack.pop
     while stack:
         v = pop()
         t = type(v)
@@ -191,10 +195,12 @@ def _check_fast(value: Any, where: str) -> None:
             _check_payload(value, where)            # raises, naming where
         if not types <= _PLAIN:
             _check_payload(value, where)            # numpy values, mappings: the slow walk
-        if types & _CONTAINERS:
-            for x in vals:
-                if type(x) in _CONTAINERS:
-                    push(x)
+        if dict in types:
+            stack.extend(filter(_is_dict, vals))
+        if list in types:
+            stack.extend(filter(_is_list, vals))
+        if tuple in types:
+            stack.extend(filter(_is_tuple, vals))
 
 
 def canonical(payload: Mapping[str, Any]) -> str:
@@ -215,7 +221,13 @@ def canonical(payload: Mapping[str, Any]) -> str:
 def row_hash(prev_hash: str, id: int, ts_ns: int, kind: str, symbol: str | None,
              venue: str | None, client_order_id: str | None, payload: str) -> str:
     """The chain's definition: sha256 hex of prev_hash followed by the row's content as
-    a JSON list (id first, so a row moved to another id no longer matches its hash)."""
+    a JSON list (id first, so a row moved to another id no longer matches its hash).
+    A batch row (a large payload) hashes its columns but the payload as a JSON list,
+    then a newline (which that JSON cannot hold), then the payload as it is: escaping a
+    large payload into a JSON string costs more than hashing it."""
+    if kind == BATCH:
+        head = _CONTENT.encode([id, ts_ns, kind, symbol, venue, client_order_id])
+        return hashlib.sha256(f"{prev_hash}{head}\n{payload}".encode()).hexdigest()
     content = _CONTENT.encode([id, ts_ns, kind, symbol, venue, client_order_id, payload])
     return hashlib.sha256((prev_hash + content).encode()).hexdigest()
 
@@ -330,6 +342,8 @@ class Journal:
             raise
         self._rows: list[tuple] = []        # appended, not yet committed
         self._dir_synced = False
+        self._unchecked = 0                  # payload bytes committed since the last checkpoint call
+        self._checkpointer: _Checkpointer | None = None
 
     def _lock(self) -> int:
         lock_path = self.path.with_name(self.path.name + ".lock")
@@ -357,6 +371,7 @@ class Journal:
             _version(db, self.path)                 # refuse a foreign file before writing to it
             db.execute("PRAGMA journal_mode = WAL")
             db.execute("PRAGMA synchronous = NORMAL")
+            db.execute("PRAGMA wal_autocheckpoint = 0")     # `_Checkpointer` does it, off the hot path
             db.execute("PRAGMA busy_timeout = 5000")
             _migrate(db, self.path, time.time_ns())
             last = db.execute("SELECT id, hash FROM entries ORDER BY id DESC LIMIT 1").fetchone()
@@ -418,6 +433,11 @@ class Journal:
         ..., "venue": ..., "client_order_id": ...}`` (each one value for all its rows or a
         list of ``n``; symbol, venue and client_order_id may be left out: None) and their
         payloads, either ``"cols": {field: list of n values}`` or ``"payloads": [n dicts]``.
+        Optional, to keep a batch small: ``"const": {field: value}`` (the same in every
+        payload), ``"copy": {field: "ts_ns" | "symbol" | "venue" | "client_order_id"}`` (the
+        row's own value) and ``"attach": {"into": field, "key": name, "at": [row indexes],
+        "fields": [names], "rows": [lists of values]}``: payload[into][key] =
+        dict(zip(fields, row)) for those rows (the field names written once, not per row).
         The same refusals as `append` (credential keys, NaN, bad kinds, times and names).
         The stored row's ts_ns is the latest of its rows' (and ``ts_ns``), so ``since``
         filters never skip it."""
@@ -448,12 +468,26 @@ class Journal:
                                            f"or None")
                 elif v is not None and (type(v) is not str or not v):
                     raise JournalError(f"journal {name} must be a non-empty string or None, not {v!r}")
+            if not set(sec) <= _SECTION_KEYS:
+                raise JournalError(f"batch section {i}: unknown parts {sorted(set(sec) - _SECTION_KEYS)}")
             if "cols" in sec:
                 cols = sec["cols"]
                 if type(cols) is not dict or any(type(c) is not list or len(c) != n for c in cols.values()):
                     raise JournalError(f"batch section {i}: cols must be lists of {n} values")
                 _check_fast(cols, "payload")
+                for name in ("const", "copy", "attach"):
+                    if name in sec and type(sec[name]) is not dict:
+                        raise JournalError(f"batch section {i}: {name} must be a dict")
+                _check_fast(sec.get("const", {}), "payload")
+                if not set(sec.get("copy", {}).values()) <= {"ts_ns", "symbol", "venue", "client_order_id"}:
+                    raise JournalError(f"batch section {i}: copy names a row's ts_ns, symbol, venue or "
+                                       f"client_order_id")
+                _check_fast(sec.get("copy", {}), "payload")
+                if "attach" in sec:
+                    _check_attach(sec["attach"], n, cols, i)
             else:
+                if {"const", "copy", "attach"} & set(sec):
+                    raise JournalError(f"batch section {i}: const, copy and attach go with cols")
                 payloads = sec.get("payloads")
                 if type(payloads) is not list or len(payloads) != n or not set(map(type, payloads)) <= {dict}:
                     raise JournalError(f"batch section {i}: payloads must be a list of {n} dicts")
@@ -493,8 +527,40 @@ class Journal:
             raise JournalError(f"journal {self.path}: commit failed, the {len(self._rows)} rows are "
                                f"still pending (call commit again): {e}") from None
         done = len(self._rows)
+        self._unchecked += sum(len(r[6]) for r in self._rows)
         self._rows = []
+        if self._unchecked >= CHECKPOINT_BYTES:
+            self._unchecked = 0
+            self.checkpoint()
         return done
+
+    def idle(self) -> None:
+        """The writer has nothing to do for now: the moment to copy the WAL into the main
+        file (only if something was committed since it last was)."""
+        if self._unchecked:
+            self._unchecked = 0
+            self.checkpoint()
+
+    def checkpoint(self) -> None:
+        """Have the WAL copied into the main file, by the checkpointer thread (started at
+        the first call; this connection does it if that thread is gone). The writer's next
+        commit starts the WAL over if the copy caught up with it: call this when idle. A WAL
+        grown past WAL_LIMIT_BYTES (a writer never idle) is copied and emptied here, at
+        once: the one step that does it waits."""
+        c = self._checkpointer
+        if c is None:
+            c = self._checkpointer = _Checkpointer(self.path)
+            c.start()
+        try:
+            if os.stat(self.path.with_name(self.path.name + "-wal")).st_size >= WAL_LIMIT_BYTES:
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+                return
+            if c.is_alive():
+                c.wake.set()
+            else:
+                self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except (OSError, sqlite3.Error):
+            pass                            # the next call tries again; the WAL only grows meanwhile
 
     def durable(self) -> int:
         """`commit`, then fsync the WAL: call it after journaling an order and before
@@ -546,6 +612,8 @@ class Journal:
         """Commit what is pending (a clean stop keeps every row) and release the lock."""
         if self._db is None:
             return
+        if self._checkpointer is not None:
+            self._checkpointer.finish()
         try:
             self.commit()
         finally:
@@ -563,6 +631,50 @@ class Journal:
         if not hasattr(self, "_rows"):            # not opened (the lock refused it)
             return f"Journal({str(self.path)!r}, not open)"
         return f"Journal({str(self.path)!r}, last_id={self.last_id}, pending={self.pending})"
+
+
+CHECKPOINT_BYTES = 4 << 20          # payload committed between two WAL checkpoints
+WAL_LIMIT_BYTES = 64 << 20          # a WAL this large is emptied by the writer itself
+
+
+class _Checkpointer(threading.Thread):
+    """Copies the WAL into the journal's main file (a PASSIVE checkpoint: it never blocks
+    the writer) on its own connection, when the writer asks. SQLite would otherwise run
+    the copy, and its fsync, inside whichever commit crosses ``wal_autocheckpoint``: a
+    step every few dozen would wait tens of ms. A checkpoint moves committed rows from one
+    file to the other; what is committed, and when, is the same either way."""
+
+    def __init__(self, path: Path):
+        super().__init__(name="journal-checkpoint", daemon=True)
+        self.path = path
+        self.wake = threading.Event()
+        self.failures = 0
+        self.passes = 0
+        self._halt = False
+
+    def run(self) -> None:
+        try:
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error:
+            return                          # the writer checkpoints itself when this thread is gone
+        try:
+            while True:
+                self.wake.wait()
+                self.wake.clear()
+                if self._halt:
+                    return
+                try:
+                    self.passes += 1
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error:
+                    self.failures += 1      # asked again after the next CHECKPOINT_BYTES
+        finally:
+            db.close()
+
+    def finish(self) -> None:
+        self._halt = True
+        self.wake.set()
+        self.join(timeout=30)
 
 
 # -- readers -------------------------------------------------------------------------
@@ -628,6 +740,23 @@ def _select(db: sqlite3.Connection, since_ns: int | None = None, symbol: str | N
                 yield r
 
 
+_SECTION_KEYS = frozenset({"kind", "n", "ts_ns", "symbol", "venue", "client_order_id", "cols", "payloads",
+                           "const", "copy", "attach"})
+
+
+def _check_attach(a: dict, n: int, cols: dict, i: int) -> None:
+    fields, at, rows = a.get("fields"), a.get("at"), a.get("rows")
+    if (type(a.get("into")) is not str or a["into"] not in cols or type(a.get("key")) is not str
+            or type(fields) is not list or type(at) is not list or type(rows) is not list
+            or len(at) != len(rows) or not set(map(type, at)) <= {int} or (at and not 0 <= min(at) <= max(at) < n)
+            or len(set(at)) != len(at) or not set(map(type, rows)) <= {list} or any(len(r) != len(fields) for r in rows)
+            or not all(type(cols[a["into"]][k]) is dict for k in at)):
+        raise JournalError(f"batch section {i}: attach must name a column of dicts, a key, distinct row "
+                           f"indexes below {n} and a row of values per index for its fields")
+    _check_fast({**dict.fromkeys(fields), a["key"]: None}, "payload")
+    _check_fast(rows, "payload")
+
+
 def _loads(text: str) -> Any:
     try:
         return orjson.loads(text)
@@ -646,13 +775,24 @@ def expand(row: dict) -> list[dict]:
     for sec in body["sections"]:
         n, kind = sec["n"], sec["kind"]
         per = [(name, sec.get(name)) for name in ("ts_ns", "symbol", "venue", "client_order_id")]
+        ts, sym, venue, coid = (v if type(v) is list else [v] * n for _, v in per)
         if "cols" in sec:
             names = list(sec["cols"])
             payloads = [dict(zip(names, vals)) for vals in zip(*sec["cols"].values())] if names \
                 else [{} for _ in range(n)]
+            own = {"ts_ns": ts, "symbol": sym, "venue": venue, "client_order_id": coid}
+            for field, source in sec.get("copy", {}).items():
+                for p, v in zip(payloads, own[source]):
+                    p[field] = v
+            for field, value in sec.get("const", {}).items():
+                for p in payloads:
+                    p[field] = value
+            if "attach" in sec:
+                a = sec["attach"]
+                for k, values in zip(a["at"], a["rows"]):
+                    payloads[k][a["into"]] = {**payloads[k][a["into"]], a["key"]: dict(zip(a["fields"], values))}
         else:
             payloads = sec["payloads"]
-        ts, sym, venue, coid = (v if type(v) is list else [v] * n for _, v in per)
         for i in range(n):
             part += 1
             out.append({"id": row["id"], "ts_ns": ts[i], "kind": kind, "symbol": sym[i], "venue": venue[i],

@@ -131,13 +131,15 @@ class _Order:
 
 @dataclass
 class _Book:
-    """The last book of one symbol, and what our orders took from each level."""
-    bids: np.ndarray
-    asks: np.ndarray
+    """The last book of one symbol, and what our orders took from each level. The levels
+    are (price, qty) tuples, best first: plain floats, since a book is walked one level
+    at a time and is short."""
+    bids: list
+    asks: list
     top_only: bool
     taken: dict = field(default_factory=lambda: {SIDE_BUY: {}, SIDE_SELL: {}})   # side of the levels
 
-    def levels(self, side: int) -> np.ndarray:
+    def levels(self, side: int) -> list:
         return self.bids if side == SIDE_BUY else self.asks
 
     def available(self, side: int, price: float, qty: float) -> float:
@@ -150,12 +152,12 @@ class _Book:
         """The quantity at ``price`` on ``side`` (less what we took), or inf when the book
         does not show that far."""
         lv = self.levels(side)
-        if len(lv) == 0:
+        if not lv:
             return math.inf
-        hit = np.nonzero(lv[:, 0] == price)[0]
-        if len(hit):
-            return self.available(side, price, float(lv[hit[0], 1]))
-        return 0.0 if _within(side, price, float(lv[-1, 0])) else math.inf
+        for level_price, level_qty in lv:
+            if level_price == price:
+                return self.available(side, price, level_qty)
+        return 0.0 if _within(side, price, lv[-1][0]) else math.inf
 
 
 def _within(side: int, price: float, last_shown: float) -> bool:
@@ -213,7 +215,7 @@ class PaperBroker:
             self.ignored["books"] += 1
             return False
         old = self._books.get(symbol_id)
-        book = _Book(bids, asks, top_only)
+        book = _Book(list(map(tuple, bids.tolist())), list(map(tuple, asks.tolist())), top_only)
         if old is not None:
             for side in (SIDE_BUY, SIDE_SELL):
                 book.taken[side] = _carry_taken(old.taken[side], book.levels(side), side)
@@ -234,7 +236,7 @@ class PaperBroker:
                                 np.array([[ask, ask_qty]], float), ts_ns, top_only=True)   # empties
         # the common case, as on_book does it, without the checks just made
         ts = self._enter(ts_ns)
-        book = _Book(np.array([[b, bq]]), np.array([[a, aq]]), True)
+        book = _Book([(b, bq)], [(a, aq)], True)
         old = self._books.get(symbol_id)
         if old is not None:
             for side in (SIDE_BUY, SIDE_SELL):
@@ -521,14 +523,13 @@ def _clean(levels, side: int, top_only: bool = False) -> np.ndarray | None:
     return lv
 
 
-def _carry_taken(taken: dict, levels: np.ndarray, side: int) -> dict:
+def _carry_taken(taken: dict, levels: list, side: int) -> dict:
     """What we took, seen through a new book: a level now showing less keeps only that
     much taken; a level gone from the shown range is forgotten; beyond it, kept."""
-    if len(levels) == 0:
+    if not levels:
         return dict(taken)
-    rows = levels.tolist()
-    shown = dict(map(tuple, rows))
-    last = rows[-1][0]
+    shown = dict(levels)
+    last = levels[-1][0]
     out = {}
     for price, qty in taken.items():
         if price in shown:

@@ -45,7 +45,7 @@ from shm.records import (FILL, INTENT, ORDER, ORDER_LIMIT, TICK_GAP, TICK_TRADE,
                          TIF_POST_ONLY)
 
 from .broker import LatencyModel, PaperBroker
-from .orders import BLOCKING, NAME, TERMINAL, OrderManager, OrderState, VenueStatus, orders_from_events
+from .orders import BLOCKING, NAME, SNAPSHOT_FIELDS, TERMINAL, OrderManager, OrderState, VenueStatus, orders_from_events
 from .portfolio import Portfolio
 from .risk import DAY_NS, Denial, MarketView, RiskGuard, TradingState
 from .venue_rules import Denial as RuleDenial, SymbolRules, round_order
@@ -356,6 +356,7 @@ class Desk:
         if self.clock.time_ns() >= self._next_snapshot:
             self._account(self.clock.time_ns())
             self.snapshot()
+        self.journal.idle()
         return out
 
     def risk_states(self) -> list[dict]:
@@ -525,15 +526,9 @@ class Desk:
         self.feed.append(event)
 
     def _journal_order_events(self) -> None:
-        events = self.orders.drain_events()
-        if not events:
-            return
-        ids, run, syms, batch = self.order_ids, self.run_id, self.symbols, self._batch
-        for ev in events:
-            order = self.orders.orders[ev.cid]
-            d = {"cid": ev.cid, "old": NAME[ev.old], "new": NAME[ev.new], "ts_ns": ev.ts_ns, "detail": ev.detail,
-                 "order_id": ids.get(ev.cid, 0), "run_id": run}
-            batch.add("order", ev.ts_ns, syms[order.symbol_id], order.venue, ev.cid, d)
+        events, last = self.orders.drain_with_last()
+        if events:
+            self._batch.order_events(events, last, self.orders.orders, self.order_ids, self.symbols)
 
     def _commit(self) -> None:
         """Everything the step produced, journaled and committed: its order events, fills,
@@ -547,7 +542,7 @@ class Desk:
     def _flush(self) -> None:
         """The rows gathered since the last flush, appended as one batch row."""
         self._journal_order_events()
-        sections = self._batch.take()
+        sections = self._batch.take(self.run_id)
         if sections:
             self.journal.append_batch(self.clock.time_ns(), sections)
 
@@ -609,6 +604,7 @@ class _Batch:
     def __init__(self):
         self._rows: dict[str, list] = {}        # kind -> [ts, symbol, venue, coid, payload] lists
         self._sections: list[dict] = []
+        self._orders: dict | None = None        # order events, as columns
 
     def add(self, kind: str, ts_ns: int, symbol, venue, coid, payload: dict) -> None:
         cols = self._rows.get(kind)
@@ -628,12 +624,42 @@ class _Batch:
         self._sections.append({"kind": kind, "n": len(next(iter(cols.values()))), "ts_ns": ts_ns,
                                "symbol": symbol, "venue": venue, "client_order_id": coid, "cols": cols})
 
-    def take(self) -> list[dict]:
+    def order_events(self, events: list, last: list, orders: dict, ids: dict, symbols: list) -> None:
+        """Order events as columns; each order's snapshot (``detail["order"]``) only at its
+        last event here, as a row of values under names written once."""
+        o = self._orders
+        if o is None:
+            o = self._orders = {"ts": [], "sym": [], "venue": [], "cid": [], "old": [], "new": [], "oid": [],
+                                "detail": [], "at": [], "rows": []}
+        base = len(o["ts"])
+        for ev in events:
+            order = orders[ev.cid]
+            o["ts"].append(ev.ts_ns)
+            o["sym"].append(symbols[order.symbol_id])
+            o["venue"].append(order.venue)
+            o["cid"].append(ev.cid)
+            o["old"].append(NAME[ev.old])
+            o["new"].append(NAME[ev.new])
+            o["oid"].append(ids.get(ev.cid, 0))
+            o["detail"].append(ev.detail)
+        for k, order in last:
+            o["at"].append(base + k)
+            o["rows"].append(order.snapshot())
+
+    def take(self, run_id: str) -> list[dict]:
         out, self._sections = self._sections, []
         for kind, (ts, sym, venue, coid, payloads) in self._rows.items():
             out.append({"kind": kind, "n": len(ts), "ts_ns": ts, "symbol": sym, "venue": venue,
                         "client_order_id": coid, "payloads": payloads})
         self._rows = {}
+        o, self._orders = self._orders, None
+        if o is not None:
+            out.append({"kind": "order", "n": len(o["ts"]), "ts_ns": o["ts"], "symbol": o["sym"],
+                        "venue": o["venue"], "client_order_id": o["cid"],
+                        "cols": {"old": o["old"], "new": o["new"], "order_id": o["oid"], "detail": o["detail"]},
+                        "copy": {"cid": "client_order_id", "ts_ns": "ts_ns"}, "const": {"run_id": run_id},
+                        "attach": {"into": "detail", "key": "order", "at": o["at"], "fields": list(SNAPSHOT_FIELDS),
+                                   "rows": o["rows"]}})
         return out
 
 

@@ -42,7 +42,7 @@ import base64
 import hashlib
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from enum import IntEnum
 from typing import Iterable, NamedTuple
@@ -190,6 +190,20 @@ class Order:
             d["avg_price"] = None
         return d
 
+    def snapshot(self) -> list:
+        """``to_dict``'s values, in the order of ``SNAPSHOT_FIELDS`` (the batch layout
+        writes the names once per batch)."""
+        d = self.__dict__
+        row = [d[name] for name in SNAPSHOT_FIELDS]
+        row[_STATE_AT] = NAME[self.state]
+        row[_FILL_IDS_AT] = list(self.fill_ids)
+        row[_TIMESTAMPS_AT] = dict(self.timestamps)
+        if self.limit_price != self.limit_price:
+            row[_LIMIT_AT] = None
+        if self.avg_price != self.avg_price:
+            row[_AVG_AT] = None
+        return row
+
     @classmethod
     def from_dict(cls, d: dict) -> "Order":
         d = dict(d)
@@ -201,6 +215,11 @@ class Order:
         for k in ("limit_price", "avg_price"):
             d[k] = math.nan if d.get(k) is None else float(d[k])
         return cls(**d)
+
+
+SNAPSHOT_FIELDS = tuple(f.name for f in fields(Order) if f.name != "duplicate")
+_STATE_AT, _FILL_IDS_AT, _TIMESTAMPS_AT, _LIMIT_AT, _AVG_AT = map(
+    SNAPSHOT_FIELDS.index, ("state", "fill_ids", "timestamps", "limit_price", "avg_price"))
 
 
 @dataclass
@@ -441,15 +460,26 @@ class OrderManager:
 
     def drain_events(self) -> list[OrderEvent]:
         """The events since the last drain, oldest first, for the journal."""
+        out, last = self.drain_with_last()
+        if self.snapshot_last_only:
+            for k, order in last:
+                out[k].detail["order"] = order.to_dict()
+        return out
+
+    def drain_with_last(self) -> tuple[list[OrderEvent], list[tuple[int, Order]]]:
+        """The events since the last drain, and (index, order) of each order's last event
+        among them, oldest first: the orders as they are now are as that event left them
+        (every change is an event), so the caller may snapshot them there."""
         out, self._events = self._events, []
         orders, self._event_orders = self._event_orders, []
-        if self.snapshot_last_only:
-            seen = set()
-            for ev, order in zip(reversed(out), reversed(orders)):
-                if ev.cid not in seen:
-                    seen.add(ev.cid)
-                    ev.detail["order"] = order.to_dict()
-        return out
+        seen, last = set(), []
+        for k in range(len(out) - 1, -1, -1):
+            cid = out[k].cid
+            if cid not in seen:
+                seen.add(cid)
+                last.append((k, orders[k]))
+        last.reverse()
+        return out, last
 
     def restore(self, orders: Iterable[dict]) -> None:
         """Load orders from the journal (``orders_from_events`` or ``Order.to_dict``s)
