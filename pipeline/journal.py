@@ -546,14 +546,15 @@ class Journal:
         the first call; this connection does it if that thread is gone). The writer's next
         commit starts the WAL over if the copy caught up with it: call this when idle. A WAL
         grown past WAL_LIMIT_BYTES (a writer never idle) is copied and emptied here, at
-        once: the one step that does it waits."""
+        once (after the thread's pass, if one runs): the one step that does it waits."""
         c = self._checkpointer
         if c is None:
             c = self._checkpointer = _Checkpointer(self.path)
             c.start()
         try:
             if os.stat(self.path.with_name(self.path.name + "-wal")).st_size >= WAL_LIMIT_BYTES:
-                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+                with c.lock:                # SQLite refuses a checkpoint while another runs
+                    self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
                 return
             if c.is_alive():
                 c.wake.set()
@@ -650,11 +651,13 @@ class _Checkpointer(threading.Thread):
         self.wake = threading.Event()
         self.failures = 0
         self.passes = 0
+        self.lock = threading.Lock()        # held by whichever connection checkpoints
         self._halt = False
 
     def run(self) -> None:
         try:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA busy_timeout = 5000")
         except sqlite3.Error:
             return                          # the writer checkpoints itself when this thread is gone
         try:
@@ -665,7 +668,8 @@ class _Checkpointer(threading.Thread):
                     return
                 try:
                     self.passes += 1
-                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    with self.lock:
+                        db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                 except sqlite3.Error:
                     self.failures += 1      # asked again after the next CHECKPOINT_BYTES
         finally:
