@@ -48,7 +48,7 @@ def load_candles(source: str | Path | pa.Table) -> MarketRows:
     except ValueError as e:
         raise FeaturesError(f"{where}: {e}") from None
     if kind != "candles":
-        raise FeaturesError(f"{where}: holds trades; features are computed over candles "
+        raise FeaturesError(f"{where}: holds {kind}; features are computed over candles "
                             f"({','.join(OHLCV_COLUMNS)})")
     try:
         table = source if isinstance(source, pa.Table) else read_market_table(source)

@@ -102,13 +102,15 @@ def symbol_of(path: str) -> str:
 
 
 def load_data(paths: list[str], start: str | None = None, end: str | None = None) -> MarketData:
-    """Every file's ticks as the replay feed plays them, one symbol per file, merged by
+    """Every file's ticks as the replay feed plays them, one symbol per file (and a file
+    of its quotes beside it, if any: market orders then fill at the quotes), merged by
     time; ``start``/``end`` (dates) keep the ticks in [start, end)."""
     lo, hi = _ns(start, "--from"), _ns(end, "--to")
     if lo is not None and hi is not None and hi <= lo:
         raise UserError(f"--to {end} is not after --from {start}")
     symbols, venues, venue_of, parts, files = [], [], [], [], []
     rates: dict[str, tuple[str, np.ndarray]] = {}
+    kinds: set[tuple[str, bool]] = set()     # (symbol, trades or candles / quotes) already read
     for path in paths:
         p = Path(path).expanduser()
         if not p.exists():
@@ -121,16 +123,21 @@ def load_data(paths: list[str], start: str | None = None, end: str | None = None
         if "funding_rate" in columns:
             rates[key] = (str(p), funding_rates(p))
             continue
-        i = len(symbols)
-        if key in symbols:
-            raise UserError(f"--data {path}: a second file for {key} (one file or folder per symbol)")
+        try:
+            kind = detect_kind(columns)
+        except ValueError as e:
+            raise UserError(f"--data {path}: {e}") from None
+        i = symbols.index(key) if key in symbols else len(symbols)
+        if (key, kind in ("candles", "trades")) in kinds:
+            raise UserError(f"--data {path}: a second file of {'quotes' if kind == 'quotes' else 'trades'} "
+                            f"for {key} (one file or folder per symbol, and one of quotes beside it)")
+        kinds.add((key, kind in ("candles", "trades")))
         try:
             ticks, dropped, reordered = replay_ticks(str(p), i)
         except (OSError, ValueError) as e:
             raise UserError(f"--data {path}: {e}") from None
         ticks["ts_origin_ns"] = ticks["ts_exchange_ns"]
         ts = ticks["ts_exchange_ns"]
-        kind = detect_kind(columns)
         trade_ts = ts[ticks["kind"] == TICK_TRADE]
         # candles play as four trades a bar, a quarter of the step apart
         step_s = (4 * float(np.median(np.diff(trade_ts))) / 1e9
@@ -144,8 +151,9 @@ def load_data(paths: list[str], start: str | None = None, end: str | None = None
         venue = key.partition("@")[2]
         if venue not in venues:
             venues.append(venue)
-        symbols.append(key)
-        venue_of.append(venues.index(venue))
+        if key not in symbols:
+            symbols.append(key)
+            venue_of.append(venues.index(venue))
         parts.append(ticks)
         files.append({"path": str(p), "symbol": key, "kind": kind, "step_s": step_s, "trades": int((ticks["kind"] == TICK_TRADE).sum()),
                       "gaps": int((ticks["kind"] == TICK_GAP).sum()), "bad_rows": dropped,

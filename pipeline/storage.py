@@ -50,6 +50,7 @@ TRADES_SCHEMA = pa.schema([("timestamp_ms", pa.int64()), ("trade_id", pa.int64()
                            ("price", pa.float64()), ("amount", pa.float64()),
                            ("side", pa.string())])
 TRADE_SIZE_COLUMNS = ("quantity", "amount")
+QUOTE_COLUMNS = ("timestamp_ms", "bid", "ask")      # a top of book (book ticker); sizes optional
 MS_PER_DAY = 86_400_000
 NS_PER_DAY = 86_400 * 10**9
 
@@ -227,8 +228,11 @@ def detect_kind(columns: list[str]) -> str:
         return "candles"
     if {"timestamp_ms", "price"} <= cols and cols & set(TRADE_SIZE_COLUMNS):
         return "trades"
+    if set(QUOTE_COLUMNS) <= cols:
+        return "quotes"
     raise ValueError(f"columns {', '.join(columns)} are neither candles "
-                     f"({','.join(OHLCV_COLUMNS)}) nor trades (timestamp_ms, price, quantity or amount)")
+                     f"({','.join(OHLCV_COLUMNS)}), trades (timestamp_ms, price, quantity or amount) "
+                     f"nor quotes ({', '.join(QUOTE_COLUMNS)})")
 
 
 def output_file(out: str | Path) -> Path:
@@ -439,6 +443,18 @@ def _trade_values(ts, price, size, ids=None) -> list[tuple[str, np.ndarray]]:
     return [("nan", finite), ("non-positive", positive), ("out of range", in_range)]
 
 
+def _quote_values(ts, bid, ask) -> list[tuple[str, np.ndarray]]:
+    """The checks of a top of book on its own values: a crossed book (bid above ask) is
+    broken; a locked one (bid = ask) is taken, as the paper broker takes it."""
+    finite = np.isfinite(ts) & np.isfinite(bid) & np.isfinite(ask)
+    with np.errstate(invalid="ignore"):
+        positive = (bid > 0) & (ask > 0)
+        in_range = (bid >= MIN_PRICE) & (ask <= MAX_PRICE)
+        uncrossed = bid <= ask
+    return [("nan", finite), ("non-positive", positive), ("out of range", in_range),
+            ("crossed", uncrossed)]
+
+
 def _all_pass(checks: list[tuple[str, np.ndarray]]) -> np.ndarray:
     return np.logical_and.reduce([ok for _, ok in checks])
 
@@ -496,7 +512,8 @@ def tidy_market_rows(table: pa.Table, kind: str | None = None) -> MarketRows:
     share a millisecond) the first in file order is kept and the others are
     dropped as "duplicate" when every column equals an earlier row's, else as
     "conflicting duplicate"; the rest are sorted by time (stable; trades by
-    time, then trade id). ``kind`` defaults to `detect_kind`; a non-numeric
+    time, then trade id). Quotes (a top of book: bid, ask) are checked like
+    trades, and a crossed one is dropped. ``kind`` defaults to `detect_kind`; a non-numeric
     column is a ValueError."""
     kind = kind or detect_kind(table.column_names)
     names = table.column_names
@@ -505,6 +522,9 @@ def tidy_market_rows(table: pa.Table, kind: str | None = None) -> MarketRows:
     if kind == "candles":
         checks = _candle_values(ts, *(numeric(table, n) for n in OHLCV_COLUMNS[1:]))
         key = ["timestamp_ms"]
+    elif kind == "quotes":
+        checks = _quote_values(ts, numeric(table, "bid"), numeric(table, "ask"))
+        key = names                   # many quotes share a millisecond: only a whole row repeats
     else:
         size = next(n for n in TRADE_SIZE_COLUMNS if n in names)
         checks = _trade_values(ts, numeric(table, "price"), numeric(table, size))

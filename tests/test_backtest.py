@@ -141,7 +141,7 @@ def test_cli_writes_the_report_and_a_journal_that_verifies(tmp_path, capsys):
 @pytest.mark.parametrize("extra, words", [
     (["--data", str(BTC)], "bar_seconds = 300"),
     (["--data", "/no/such/file.csv"], "no such file"),
-    (["--data", str(BTC), str(BTC)], "a second file for BTC/USDT@binance"),
+    (["--data", str(BTC), str(BTC)], "a second file of trades for BTC/USDT@binance"),
     (["--data", str(BTC), "--from", "2026-02-10", "--to", "2026-02-09"], "is not after"),
     (["--data", str(BTC), "--from", "yesterday"], "is not a date"),
 ])
@@ -209,3 +209,23 @@ def test_the_ensemble_trades_and_each_members_vote_is_reported(tmp_path):
     written = write_report(r, metrics(r), tmp_path / "report")
     assert written["votes_0_BTC_USDT_binance.png"].is_file()
     assert "Votes on BTC\\u002fUSDT@binance" in written["report.html"].read_text()   # plotly's JSON
+
+
+def test_with_quotes_beside_the_trades_market_orders_fill_at_the_quote(tmp_path):
+    """A trade file and a quote file of one symbol: bars come from the trades, and a
+    market order fills at the quote the desk saw last (ask to buy, bid to sell), moved by
+    slippage, not at the last trade."""
+    trades = data_file("trades/binance_BTC-USDT_trades_2021-01-08.csv")
+    quotes = data_file("quotes/binance_BTC-USDT_bookticker_2021-01-08.csv")
+    conf = config(tmp_path)
+    conf.write_text(conf.read_text().replace("bar_seconds = 300.0", "bar_seconds = 1.0")
+                    .replace("ema = [3, 8]", "ema = [2, 4]").replace("threshold = 0.0005", "threshold = 0.00001"))
+    data = load_data([str(trades), str(quotes)])
+    assert data.symbols == ["BTC/USDT@binance"]
+    r = run_backtest(load_config(conf), data)
+    assert len(r.fills) >= 4
+    q = data.ticks[data.ticks["kind"] == 2]                      # TICK_QUOTE
+    for f in r.fills:
+        last = q[q["ts_exchange_ns"] <= f["ts_ns"]][-1]
+        top = last["ask"] if f["side"] > 0 else last["bid"]
+        assert math.isclose(f["price"], top * (1 + int(f["side"]) * SLIP_BPS / 1e4), rel_tol=1e-12)

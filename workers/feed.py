@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 
 from models.synthetic import SyntheticMarket, start_prices
-from shm.records import SIDE_BUY, SIDE_SELL, TICK, TICK_GAP, TICK_TRADE
+from shm.records import SIDE_BUY, SIDE_SELL, TICK, TICK_GAP, TICK_QUOTE, TICK_TRADE
 from shm.ring import Ring
 
 from .bars import bar_steps
@@ -176,7 +176,7 @@ class VenueSource:
 
 
 class ReplaySource:
-    """Candles or trades from a CSV or Parquet file, played into the ring with
+    """Candles, trades or quotes from a CSV or Parquet file, played into the ring with
     their original times in ``ts_exchange_ns`` (``ts_origin_ns`` is the time
     of emission, as a venue feed stamps receipt).
 
@@ -195,7 +195,8 @@ class ReplaySource:
     next candle's ticks: the bar open across the hole is flagged FLAG_GAP and
     opens no position. Trades keep their time, price, size,
     trade id and side (``side`` buy/sell, or ``buyer_maker``: the taker
-    sold), else the tick rule. Bad rows (pipeline/storage.check_candles and
+    sold), else the tick rule. Quotes (``timestamp_ms,bid,ask``, sizes
+    ignored) become quote ticks: execution fills market orders at them. Bad rows (pipeline/storage.check_candles and
     check_trades: NaN, <= 0; repeated rows) are skipped and counted; rows out of
     order are sorted by time first (pipeline/storage.tidy_market_rows).
 
@@ -302,6 +303,13 @@ def replay_ticks(path: str, symbol_id: int) -> tuple[np.ndarray, dict[str, int],
     if rows.kind == "candles":
         o, h, l, c, v = (numeric(table, n) for n in ("open", "high", "low", "close", "volume"))
         ticks = candle_ticks(ts, o, h, l, c, v)
+    elif rows.kind == "quotes":
+        ticks = np.zeros(len(ts), TICK)
+        ticks["ts_exchange_ns"] = ts.astype(np.int64) * 1_000_000
+        ticks["bid"], ticks["ask"] = numeric(table, "bid"), numeric(table, "ask")
+        ticks["price"] = (ticks["bid"] + ticks["ask"]) / 2       # as a venue feed's quote tick
+        ticks["seq"] = np.arange(1, len(ticks) + 1)
+        ticks["kind"] = TICK_QUOTE
     else:
         size = numeric(table, "quantity" if "quantity" in table.column_names else "amount")
         price = numeric(table, "price")
@@ -315,7 +323,8 @@ def replay_ticks(path: str, symbol_id: int) -> tuple[np.ndarray, dict[str, int],
             ids = numeric(table, "trade_id")
             if np.isfinite(ids).all():
                 ticks["seq"] = ids
-    ticks["bid"] = ticks["ask"] = np.nan
+    if rows.kind != "quotes":
+        ticks["bid"] = ticks["ask"] = np.nan
     ticks["symbol_id"] = symbol_id
     return ticks, dict(rows.dropped), rows.reordered
 
