@@ -215,10 +215,24 @@ def cmd_train(args) -> int:
 
 def cmd_backtest(args) -> int:
     cfg = _load(args)
+    if args.sweep or args.optimize is not None:
+        from .backtest_sweep import run_sweep
+        return run_sweep(cfg, args)
     from .backtest import run_backtest
     from .backtest_report import fingerprint, metrics, summary_lines, write_report
-    result = run_backtest(cfg, args.data, args.date_from, args.date_to, args.journal,
-                          progress=not args.no_progress)
+    if args.check:
+        return _backtest_check(cfg, args)
+    if (args.train_bars or args.test_bars) and not args.walk_forward:
+        raise UserError("--train-bars and --test-bars go with --walk-forward")
+    if args.walk_forward:
+        if not (args.train_bars and args.test_bars):
+            raise UserError("--walk-forward needs --train-bars N and --test-bars N")
+        from .backtest_checks import walk_forward
+        result = walk_forward(cfg, args.data, args.train_bars, args.test_bars, args.out, args.date_from,
+                              args.date_to, args.journal, progress=not args.no_progress)
+    else:
+        result = run_backtest(cfg, args.data, args.date_from, args.date_to, args.journal,
+                              progress=not args.no_progress)
     figures = metrics(result)
     written = write_report(result, figures, args.out)
     print("\n".join(summary_lines(figures, fingerprint(result.fills))))
@@ -231,8 +245,48 @@ def cmd_backtest(args) -> int:
           f"{result.meta['bars_per_s']:,.0f} bars/s")
     for symbol, paid in counts.get("funding_paid", {}).items():
         print(f"funding       {symbol}: {paid:+.2f} (quote; + received, - paid)")
+    for p in result.meta["periods"] if args.walk_forward else []:
+        versions = ", ".join(f"{k} v{v}" for k, v in p["model_versions"].items())
+        print(f"traded        {p['from']} to {p['to']} by {p['registry']} ({versions}), trained on "
+              f"{p['train_rows']} bars to {_iso_ns(p['train_to_ns'])[:16]}")
     print(f"report        {written['report.html']} (JSON {written['report.json']}, PNG plots beside it)")
     return 0
+
+
+def _backtest_check(cfg, args) -> int:
+    """`pipeline backtest --check lookahead|warmup`: a verdict line, the JSON in --out;
+    exit 0 when the check passes, 1 when it finds a look-ahead or a too short warm-up."""
+    from .backtest_checks import check_lookahead, check_warmup
+    from .storage import output_file
+    if args.walk_forward or args.journal:
+        raise UserError("--check runs backtests of its own: give it without --walk-forward and --journal")
+    if args.samples < 1:
+        raise UserError(f"--samples {args.samples}: give at least 1")
+    if args.check == "lookahead":
+        report = check_lookahead(cfg, args.data, args.samples, start=args.date_from, end=args.date_to)
+        ok = report["clean"]
+        if ok:
+            print(f"look-ahead    none: {report['decisions_checked']} decisions (every signal and intent) "
+                  f"at or before {len(report['times'])} sampled times unchanged when the data after "
+                  "each was perturbed")
+        else:
+            first = report["lookaheads"][0]
+            print(f"look-ahead    FOUND: {len(report['lookaheads'])} decisions changed with data after "
+                  f"them; the first a {first['what']} of {first['symbol']} at {first['time']}")
+    else:
+        report = check_warmup(cfg, args.data, n_starts=args.samples, start=args.date_from, end=args.date_to)
+        ok = report["converged"]
+        needed = report["needed_bars"]
+        agree = (f"agree with the full run's after {needed} bars" if needed is not None
+                 else "still differ from the full run's at the end of the data")
+        print(f"warm-up       {'ok' if ok else 'TOO SHORT'}: started {len(report['runs'])} times later, "
+              f"decisions and model inputs {agree}; configured warm-up {report['warmup_bars']} bars "
+              f"(indicator lookback {report['indicator_lookback']} + model window "
+              f"{report['model_window']}), tolerance {report['tolerance']:g}")
+    path = output_file(Path(args.out) / f"{args.check}.json")
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"report        {path}")
+    return 0 if ok else 1
 
 
 def format_summary(status: dict, rep: dict) -> str:
@@ -835,7 +889,37 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", default="backtest", metavar="DIR", help="report folder (default: backtest)")
     sp.add_argument("--journal", metavar="FILE",
                     help="keep the run's journal in this SQLite file (default: a temporary one)")
+    sp.add_argument("--walk-forward", action="store_true",
+                    help="retrain the ensemble on each --train-bars window of the first file's candles "
+                         "and trade only the --test-bars after it (models in OUT/models/window_N)")
+    sp.add_argument("--train-bars", type=int, metavar="N", help="bars each walk-forward model learns from")
+    sp.add_argument("--test-bars", type=int, metavar="N", help="bars each walk-forward model trades")
+    sp.add_argument("--check", choices=["lookahead", "warmup"],
+                    help="lookahead: perturb the data after sampled times, no decision before may change; "
+                         "warmup: later starts must decide as the full run after the configured warm-up. "
+                         "Writes OUT/CHECK.json; exit 1 when the check fails")
+    sp.add_argument("--samples", type=int, default=5, metavar="N",
+                    help="times sampled (lookahead) or later starts (warmup) (default 5)")
     sp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    # many backtests: a grid or a Bayesian search over config keys (pipeline/backtest_sweep.py)
+    sp.add_argument("--sweep", action="append", metavar="PARAM=VALUES",
+                    help="run a backtest for each value (v1,v2,...) of a config key section.key (a bare "
+                         "key is in [strategy]); repeat for a grid; lo..hi is a range for --optimize. "
+                         "Writes sweep.json and sweep.csv to --out")
+    sp.add_argument("--optimize", type=int, metavar="N",
+                    help="Bayesian search (Optuna) over the --sweep values and ranges until the study "
+                         "holds N trials; resumes the study in --study")
+    sp.add_argument("--metric", default="sharpe", metavar="NAME",
+                    help="what --sweep sorts by and --optimize optimises: a figure of the report "
+                         "(sharpe, total_return, calmar, sortino, profit_factor, max_drawdown, ...; "
+                         "default sharpe)")
+    sp.add_argument("--study", metavar="FILE", help="the Optuna study's SQLite file (default: OUT/study.sqlite)")
+    sp.add_argument("--jobs", type=int, metavar="N",
+                    help="backtests at once, in separate processes (default 1; with --ray: the cluster's CPUs)")
+    sp.add_argument("--seed", type=int, default=0, help="the search's sampler seed (default 0)")
+    sp.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                    help="run the backtests as Ray tasks on the cluster at ADDRESS, or on a local "
+                         "instance ('local', the default)")
     sp.set_defaults(func=cmd_backtest)
 
     sp = sub.add_parser("status", help="is it running, since when, per-worker state and restarts")
