@@ -33,6 +33,7 @@ Rows dropped: bad candles (as every reader of market files drops them; counted i
 """
 from __future__ import annotations
 
+import functools
 import re
 import tempfile
 from dataclasses import dataclass, field
@@ -56,11 +57,13 @@ _AS_IS = ("rsi", "stoch_k", "stoch_d", "vol", "volz")
 _DROP = ("obv",)
 
 
+@functools.lru_cache(maxsize=4096)
 def _kind(column: str) -> str:
     """``macd_signal_12_26_9`` -> ``macd_signal``: the name without its parameters."""
     return re.sub(r"(_[0-9.]+)+$", "", column)
 
 
+@functools.lru_cache(maxsize=4096)      # served at every bar close, for the same few names
 def _transform(column: str) -> str:
     kind = _kind(column)
     for name, kinds in (("level", _LEVEL), ("diff", _DIFF), ("as_is", _AS_IS), ("drop", _DROP)):

@@ -52,7 +52,7 @@ from models.serving import EnsembleModel, MomentumModel, make_signals
 from models.ta import Engine
 from models.train import market_of
 from pipeline.clock import SimClock
-from pipeline.config import Config, feature_names, indicator_specs
+from pipeline.config import Config, feature_names, fees_of, indicator_specs
 from pipeline.errors import ConfigurationError, UserError
 from pipeline.journal import Journal
 from pipeline.storage import detect_kind, market_columns, numeric, read_market_table
@@ -66,6 +66,10 @@ from .backtest_report import FILL_ROW, FUNDING_ROW, INTENT_ROW, SIGNAL_ROW, VOTE
 
 RUN_ID = "backtest"
 PIPELINE = "backtest"
+# the desk's recovery snapshot, in market time: live takes one a minute of wall time; a
+# backtest plays a minute in microseconds, and a snapshot (a journal commit) a bar would
+# cost more than the bar (the equity and its peak are marked every step either way)
+SNAPSHOT_EVERY_NS = 3600 * 10**9
 
 
 @dataclass
@@ -232,7 +236,7 @@ class Backtest:
         self.strategy = SignalStrategy(n, cfg.strategy, self.clock)
         self.journal = Journal(journal_path)
         self.desk = Desk(data.symbols, data.venue_of, data.venues, cfg.execution, cfg.risk, self.clock,
-                         self.journal, PIPELINE, RUN_ID)
+                         self.journal, PIPELINE, RUN_ID, snapshot_every_ns=SNAPSHOT_EVERY_NS)
         self.desk.recover()
         if self.desk.portfolio.rows["qty"].any() or self.desk.orders.open_orders():
             raise UserError(f"the journal {journal_path} holds positions or orders of an earlier run; "
@@ -432,9 +436,11 @@ class Backtest:
                 "model": cfg.model.kind, "model_versions": versions,
                 "periods": [{"from_ns": int(ts[0]), "to_ns": int(ts[-1]), "model_versions": versions}],
                 "strategy": vars(cfg.strategy).copy(), "execution": {
-                    k: getattr(cfg.execution, k) for k in ("capital", "fee_bps", "maker_fee_bps",
-                                                           "slippage_bps", "ack_latency_ms",
-                                                           "fill_latency_ms", "latency_jitter_ms")},
+                    **{k: getattr(cfg.execution, k) for k in ("capital", "fee_bps", "maker_fee_bps",
+                                                              "slippage_bps", "ack_latency_ms",
+                                                              "fill_latency_ms", "latency_jitter_ms")},
+                    "venue_fees": {v: dict(zip(("maker_bps", "taker_bps"), fees_of(cfg.execution, v)))
+                                   for v in self.data.venues}},
                 "journal": str(self.journal.path), "ticks": int(len(ts)), "seconds": round(seconds, 3),
                 "bars_per_s": round(self.counts["bars"] / seconds, 1) if seconds > 0 else None}
 

@@ -125,8 +125,13 @@ class BarBuilder:
         if late.any():
             self.counters["rejected"] += int(late.sum())
             trades, bars = trades[~late], bars[~late]
-        for period in np.unique(bars):
-            t = trades[bars == period]
+        if len(bars) < 2 or (bars[1:] >= bars[:-1]).all():     # the usual case: in time order
+            cut = np.flatnonzero(bars[1:] != bars[:-1]) + 1
+            lo, hi = np.append(0, cut).tolist(), np.append(cut, len(bars)).tolist()
+            groups = [(bars[a], trades[a:b]) for a, b in zip(lo, hi)]
+        else:
+            groups = [(period, trades[bars == period]) for period in np.unique(bars)]
+        for period, t in groups:
             sym = t["symbol_id"].astype(np.intp)
             # out of order: the tick belongs to a bar already closed or older than the open one
             late = (self.open_ns[sym] > period) | (self.closed_ns[sym] >= period)
@@ -135,14 +140,23 @@ class BarBuilder:
                 t, sym = t[~late], sym[~late]
                 if len(t) == 0:
                     continue
-            uniq, first = np.unique(sym, return_index=True)
-            last = len(sym) - 1 - np.unique(sym[::-1], return_index=True)[1]
+            # the ticks grouped by symbol, arrival order kept within each: first and last of each
+            order = np.argsort(sym, kind="stable")
+            s_sym = sym[order]
+            edge = np.empty(len(s_sym), bool)
+            edge[0] = True
+            np.not_equal(s_sym[1:], s_sym[:-1], out=edge[1:])
+            starts = np.flatnonzero(edge)
+            ends = np.append(starts[1:], len(order))
+            uniq = s_sym[starts]
+            first = order[starts]
+            last = order[ends - 1]
             closing = (self.open_ns[uniq] >= 0) & (self.open_ns[uniq] < period)
             if closing.any():
                 closed.append(self._close(uniq[closing], t["ts_origin_ns"][first[closing]], 0))
-            new = uniq[self.open_ns[uniq] < 0]
-            if len(new):
-                fi = first[np.isin(uniq, new)]
+            fresh = self.open_ns[uniq] < 0
+            if fresh.any():
+                new, fi = uniq[fresh], first[fresh]
                 self.open_ns[new] = period
                 self.o[new] = t["price"][fi]
                 self.h[new] = -np.inf
@@ -150,10 +164,11 @@ class BarBuilder:
                 self.v[new] = 0.0
                 self.n_ticks[new] = 0
                 self.timer_due_ns = min(self.timer_due_ns, int(period) + self.bar_ns + self.grace_ns)
-            np.maximum.at(self.h, sym, t["price"])
-            np.minimum.at(self.l, sym, t["price"])
-            np.add.at(self.v, sym, t["size"])
-            np.add.at(self.n_ticks, sym, 1)
+            price = t["price"][order]
+            self.h[uniq] = np.maximum(self.h[uniq], np.maximum.reduceat(price, starts))
+            self.l[uniq] = np.minimum(self.l[uniq], np.minimum.reduceat(price, starts))
+            np.add.at(self.v, sym, t["size"])      # tick by tick: the same sum in any batching
+            self.n_ticks[uniq] += ends - starts
             self.c[uniq] = t["price"][last]
         return closed
 

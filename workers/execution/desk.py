@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pipeline.clock import Clock
-from pipeline.config import ExecutionConfig, RiskConfig
+from pipeline.config import ExecutionConfig, RiskConfig, fees_of
 from pipeline.journal import Journal
 from pipeline.metrics import LatencyHistogram
 from shm.records import (FILL, INTENT, ORDER, ORDER_LIMIT, TICK_GAP, TICK_TRADE, TIF_GTC,
@@ -78,8 +78,10 @@ class Desk:
 
     def __init__(self, symbols: list[str], venue_of: np.ndarray, venues: list[str],
                  ec: ExecutionConfig, rc: RiskConfig, clock: Clock, journal: Journal,
-                 pipeline: str, run_id: str, rules: dict[int, SymbolRules] | None = None, log=None):
+                 pipeline: str, run_id: str, rules: dict[int, SymbolRules] | None = None, log=None,
+                 snapshot_every_ns: int = SNAPSHOT_EVERY_NS):
         n = len(symbols)
+        self.snapshot_every_ns = int(snapshot_every_ns)
         self.symbols = list(symbols)
         self.index = {key: i for i, key in enumerate(self.symbols)}
         self.venues = list(venues)
@@ -95,7 +97,7 @@ class Desk:
         self.guard = RiskGuard(n, self.venue_of, self.venues, rc, clock)
         self.orders = OrderManager(clock, snapshot_last_only=True)
         ms = 1_000_000
-        self.broker = PaperBroker(clock, {v: (ec.maker_fee_bps, ec.fee_bps) for v in self.venues},
+        self.broker = PaperBroker(clock, {v: fees_of(ec, v) for v in self.venues},
                                   LatencyModel(int(ec.ack_latency_ms * ms), int(ec.fill_latency_ms * ms),
                                                int(ec.latency_jitter_ms * ms)), ec.slippage_bps)
         self.order_ids: dict[str, int] = {}
@@ -348,13 +350,15 @@ class Desk:
                                                 "equity_peak": self.equity_peak,
                                                 "day_start_equity": self.day_start_equity, "day": self.day})
         self.journal.commit()
-        self._next_snapshot = now + SNAPSHOT_EVERY_NS
+        self._next_snapshot = now + self.snapshot_every_ns
 
     def housekeeping(self) -> StepOut:
-        """Between steps: reports due, and a snapshot now and then (the equity peak moves)."""
+        """Between steps: reports due, the equity and its peak marked, and a snapshot now
+        and then."""
         out = self.poll()
-        if self.clock.time_ns() >= self._next_snapshot:
-            self._account(self.clock.time_ns())
+        now = self.clock.time_ns()
+        self._account(now)
+        if now >= self._next_snapshot:
             self.snapshot()
         self.journal.idle()
         return out
