@@ -275,6 +275,15 @@ def strategy_checks(sc: StrategyConfig) -> list[tuple[bool, str]]:
 
 
 @dataclass
+class VenueFees:
+    """One venue's fees, in place of [execution] fee_bps and maker_fee_bps for its orders
+    (Upbit KRW charges 5 bps either way, Binance spot 10/10 before discounts)."""
+    venue: str = ""
+    taker_bps: float = 10.0
+    maker_bps: float = 2.0              # negative: a rebate
+
+
+@dataclass
 class ExecutionConfig:
     mode: str = "paper"
     # the journal (SQLite): every intent, verdict, order event, fill, position and risk
@@ -284,6 +293,9 @@ class ExecutionConfig:
     capital: float = 10_000.0           # the paper account's equity (quote currency) at its first start
     fee_bps: float = 10.0               # taker fee, every venue
     maker_fee_bps: float = 2.0          # maker fee (a resting limit order filled); negative: a rebate
+    # [[execution.venue_fees]] venue = "upbit", taker_bps = 5.0, maker_bps = 5.0: per venue,
+    # in place of the two above for that venue's orders
+    venue_fees: list[VenueFees] = field(default_factory=list)
     slippage_bps: float = 2.0           # a market order beyond a top of book with no size known
     ack_latency_ms: float = 0.0         # paper venue: submit -> ack (the order meets the book then)
     fill_latency_ms: float = 0.0        # paper venue: a match -> its report reaching us
@@ -433,6 +445,25 @@ def _build(cls, data: dict, prefix: str):
     return cls(**kwargs)
 
 
+def _venue_fee_checks(fees: list[VenueFees]) -> list[tuple[bool, str]]:
+    names = [f.venue for f in fees]
+    checks = [(len(set(names)) == len(names), f"execution.venue_fees names a venue twice: {names}")]
+    for i, f in enumerate(fees):
+        where = f"execution.venue_fees[{i}]"
+        checks += [(bool(f.venue.strip()), f"{where}.venue must name a venue (binance, upbit, ...)"),
+                   (0 <= f.taker_bps < 100, f"{where}.taker_bps must be in [0, 100), got {f.taker_bps:g}"),
+                   (abs(f.maker_bps) < 100, f"{where}.maker_bps must be within +-100, got {f.maker_bps:g}")]
+    return checks
+
+
+def fees_of(ec: ExecutionConfig, venue: str) -> tuple[float, float]:
+    """(maker, taker) bps of a venue: its [[execution.venue_fees]] entry, else the defaults."""
+    for f in ec.venue_fees:
+        if f.venue == venue:
+            return f.maker_bps, f.taker_bps
+    return ec.maker_fee_bps, ec.fee_bps
+
+
 def validate(cfg: Config) -> None:
     p = cfg.pipeline
     checks = [
@@ -478,6 +509,7 @@ def validate(cfg: Config) -> None:
         (cfg.execution.fee_bps >= 0 and cfg.execution.slippage_bps >= 0,
          "execution.fee_bps and slippage_bps must be >= 0"),
         (abs(cfg.execution.maker_fee_bps) < 100, "execution.maker_fee_bps must be within +-100"),
+        *_venue_fee_checks(cfg.execution.venue_fees),
         (min(cfg.execution.ack_latency_ms, cfg.execution.fill_latency_ms,
              cfg.execution.latency_jitter_ms) >= 0,
          "execution.ack_latency_ms, fill_latency_ms and latency_jitter_ms must be >= 0"),

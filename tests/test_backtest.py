@@ -229,3 +229,30 @@ def test_with_quotes_beside_the_trades_market_orders_fill_at_the_quote(tmp_path)
         last = q[q["ts_exchange_ns"] <= f["ts_ns"]][-1]
         top = last["ask"] if f["side"] > 0 else last["bid"]
         assert math.isclose(f["price"], top * (1 + int(f["side"]) * SLIP_BPS / 1e4), rel_tol=1e-12)
+
+
+def test_fees_per_venue(tmp_path):
+    """[[execution.venue_fees]] charges a venue's orders its own taker fee; the others pay
+    [execution] fee_bps (10 bps)."""
+    eth = tmp_path / "bybit_ETH-USDT_5m.csv"
+    eth.write_text(ETH.read_text())
+    path = config(tmp_path)
+    path.write_text(path.read_text() + '[[execution.venue_fees]]\nvenue = "bybit"\ntaker_bps = 30.0\n'
+                    'maker_bps = 1.0\n')
+    r = run_backtest(load_config(path), [str(BTC), str(eth)], end=TO)
+    assert r.symbols == ["BTC/USDT@binance", "ETH/USDT@bybit"]
+    rate = r.fills["fee"] / (r.fills["qty"] * r.fills["price"])
+    btc, eth_fills = r.fills["symbol_id"] == 0, r.fills["symbol_id"] == 1
+    assert btc.sum() >= 5 and eth_fills.sum() >= 5
+    assert np.allclose(rate[btc], 10e-4) and np.allclose(rate[eth_fills], 30e-4)
+    assert r.meta["execution"]["venue_fees"] == {"binance": {"maker_bps": 2.0, "taker_bps": 10.0},
+                                                 "bybit": {"maker_bps": 1.0, "taker_bps": 30.0}}
+
+
+def test_a_venue_fee_mistake_is_one_line(tmp_path, capsys):
+    path = config(tmp_path)
+    path.write_text(path.read_text() + '[[execution.venue_fees]]\nvenue = "bybit"\ntaker_bps = -3.0\n')
+    assert main(["backtest", "--config", str(path), "--data", str(BTC), "--no-progress",
+                 "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "execution.venue_fees[0].taker_bps must be in [0, 100)" in err and "\n" not in err
