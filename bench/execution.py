@@ -157,8 +157,8 @@ def journal_sqlite_autocommit(folder: str, n: int) -> float:
 
 def journal_sqlalchemy(folder: str, n: int) -> float | None:
     try:
-        from sqlalchemy import BigInteger, Float, Integer, String, create_engine
-        from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+        from sqlalchemy import BigInteger, Column, Float, Integer, String, create_engine
+        from sqlalchemy.orm import DeclarativeBase, Session
     except ImportError:
         return None
 
@@ -166,14 +166,14 @@ def journal_sqlalchemy(folder: str, n: int) -> float | None:
         pass
 
     class Order(Base):            # the columns freqtrade's Order keeps, roughly
-        __tablename__ = "orders"
-        id: Mapped[int] = mapped_column(Integer, primary_key=True)
-        ts_ns: Mapped[int] = mapped_column(BigInteger)
-        symbol: Mapped[str] = mapped_column(String(32))
-        client_order_id: Mapped[str] = mapped_column(String(40))
-        side: Mapped[int] = mapped_column(Integer)
-        price: Mapped[float] = mapped_column(Float)
-        qty: Mapped[float] = mapped_column(Float)
+        __tablename__ = "orders"  # plain Columns: this module's annotations are strings
+        id = Column(Integer, primary_key=True)
+        ts_ns = Column(BigInteger)
+        symbol = Column(String(32))
+        client_order_id = Column(String(40))
+        side = Column(Integer)
+        price = Column(Float)
+        qty = Column(Float)
 
     engine = create_engine("sqlite:///" + os.path.join(folder, "orm.sqlite"))
     Base.metadata.create_all(engine)
