@@ -44,6 +44,14 @@ The first ``--warmup`` latency samples of each phase are discarded.
 Ratios: our batched ring's throughput over every peer's, and our per-record
 ring over each per-record peer (throughput, and peer latency over ours).
 
+Our ring has two per-record paths (shm/ring.py): compiled (shm._ringfast, C11
+atomics) and pure Python. Where the compiled one is built, the per-record ring
+runs twice in one run, once per path (the pure one with TICKPIPE_RING=python in
+its processes), and both rows are printed side by side with their ratios over
+the peers and over each other. In the JSON the row of the path in use stays in
+``results`` (with ``path``), the other is under ``other_path``; ``aims`` checks
+the figures against issue 15's.
+
 Every number depends on what else runs on the machine: on 2 cores, two
 busy-spinning processes plus any other load produce millisecond outliers.
 The JSON records the load average before and after.
@@ -72,7 +80,7 @@ import common
 from shm import segment
 from shm.doorbell import Doorbell
 from shm.records import TICK
-from shm.ring import LOSSLESS, Ring, RingSpec
+from shm.ring import FAST_PATH, LOSSLESS, FastRingWriter, Ring, RingSpec
 
 BATCH = 1000                   # records per batch for the batched transports
 POOL = 4096                    # distinct pre-built per-record payloads
@@ -83,6 +91,9 @@ SEQ_OFF = TICK.fields["seq"][1]
 assert TICK.itemsize == 64 and TICK.fields["ts_origin_ns"][1] == 0
 SWITCH_S = 20e-6               # GIL switch interval of the writer while pacing
 OURS_BATCHED, OURS_RECORD = "shm ring, batched", "shm ring, per record"
+OURS_PURE = "shm ring, per record, pure Python"
+AIMS = {"per_record_records_per_s": 2.5e6, "awake_p50_us": 2.0, "awake_p99_us": 5.0,
+        "batched_records_per_s": 100e6}   # issue 15, on this machine
 
 Send = Callable[[Any], Any]
 Recv = Callable[[], Any]
@@ -113,6 +124,7 @@ class Transport:
     setup: Callable[[Any, str], tuple[Any, Any, Callable[[], None]]]
     tx: Callable[[Any], Tx]
     rx: Callable[[Any], Rx]
+    ring_path: str | None = None   # TICKPIPE_RING for its processes (ours only)
 
 
 # our ring ---------------------------------------------------------------------
@@ -135,10 +147,12 @@ def _ring_tx(spec: RingSpec, batched: bool) -> Tx:
     ring = Ring.attach(spec)
     w = ring.writer()
 
+    path = "compiled" if isinstance(w, FastRingWriter) else "python"
+
     def stats() -> dict:
         st = ring.stats()
-        return {k: st[k] for k in ("backpressure_waits", "backpressure_s",
-                                   "backpressure_timeouts")}
+        return {"path": path, **{k: st[k] for k in ("backpressure_waits", "backpressure_s",
+                                                    "backpressure_timeouts")}}
     return Tx(w.write if batched else w.put, ring.close, stats)
 
 
@@ -269,6 +283,10 @@ TRANSPORTS: dict[str, Transport] = {t.name: t for t in [
     Transport("zmq ipc, per record", False, False, 1_500_000, zmq_setup, zmq_tx, zmq_rx),
     Transport("zmq ipc, batched", True, False, 60_000_000, zmq_setup, zmq_tx, zmq_batch_rx),
 ]}
+# the pure-Python per-record path, run beside the compiled one (see the docstring)
+PURE = Transport(OURS_PURE, False, True, 1_000_000, ring_setup,
+                 partial(_ring_tx, batched=False), partial(_ring_rx, batched=False),
+                 ring_path="python")
 
 
 # -- payloads ------------------------------------------------------------------
@@ -426,7 +444,7 @@ def reader_main(t: Transport, end: Any, plan: Plan, barrier: Any) -> dict:
 def child(role: str, name: str, end: Any, plan: Plan, barrier: Any, results: Any) -> None:
     """Process entry point (spawn): run one role, report to the parent."""
     try:
-        t = TRANSPORTS[name]
+        t = PURE if name == OURS_PURE else TRANSPORTS[name]
         out = (writer_main if role == "writer" else reader_main)(t, end, plan, barrier)
         results.put((role, out))
     except KeyboardInterrupt:
@@ -490,11 +508,20 @@ def run_one(ctx: Any, t: Transport, plan: Plan, tag: str, time_limit: float) -> 
     try:
         barrier = ctx.Barrier(2)
         results = ctx.Queue()
-        for role, end in (("reader", r_end), ("writer", w_end)):
-            p = ctx.Process(target=child, name=role, daemon=True,
-                            args=(role, t.name, end, plan, barrier, results))
-            p.start()
-            procs.append(p)
+        before = os.environ.get("TICKPIPE_RING")
+        if t.ring_path:
+            os.environ["TICKPIPE_RING"] = t.ring_path   # spawned children inherit it
+        try:
+            for role, end in (("reader", r_end), ("writer", w_end)):
+                p = ctx.Process(target=child, name=role, daemon=True,
+                                args=(role, t.name, end, plan, barrier, results))
+                p.start()
+                procs.append(p)
+        finally:
+            if before is None:
+                os.environ.pop("TICKPIPE_RING", None)
+            else:
+                os.environ["TICKPIPE_RING"] = before
         got = gather(results, procs, time.monotonic() + time_limit)
         errors = [f"{role}: {out['error']}" for role, out in got.items() if "error" in out]
         if errors:
@@ -513,6 +540,7 @@ def summarize(t: Transport, plan: Plan, w: dict, r: dict) -> dict:
     out.update({"ours": t.ours, "batched": t.batched, "records": r["got"],
                 "seconds": round(seconds, 3), "verified": True})
     if w["stats"]:
+        out["path"] = w["stats"].pop("path", None)
         out["writer_stats"] = w["stats"]
     return out
 
@@ -536,9 +564,48 @@ def ratios(results: list[dict]) -> dict[str, Any]:
             "sleeping_p50_latency": lat(p, "p50_us", "sleeping"),
             "sleeping_p99_latency": lat(p, "p99_us", "sleeping"),
         } for p in peers if not p["batched"]}
+    if rp := by.get(OURS_PURE):
+        def vs(p: dict, key: str) -> float | None:
+            return round(p[key] / rp[key], 2) if p[key] and rp[key] else None
+        out["pure_per_record_ring_vs"] = {p["name"]: {
+            "throughput": round(rp["records_per_s"] / p["records_per_s"], 2),
+            "awake_p50_latency": vs(p, "p50_us"), "awake_p99_latency": vs(p, "p99_us"),
+            "sleeping_p50_latency": round(p["sleeping"]["p50_us"] / rp["sleeping"]["p50_us"], 2)
+            if p["sleeping"]["p50_us"] and rp["sleeping"]["p50_us"] else None,
+        } for p in peers if not p["batched"]}
+        if rr:
+            out["compiled_vs_pure"] = {
+                "throughput": round(rr["records_per_s"] / rp["records_per_s"], 2),
+                **{f"awake_{k[:3]}_latency": round(rp[k] / rr[k], 2) if rp[k] and rr[k] else None
+                   for k in ("p50_us", "p99_us")}}
     out["note"] = ("throughput: ours / peer records per s; latency: peer / ours "
                    "(above 1 means ours is better in both)")
     return out
+
+
+def aims(results: list[dict]) -> dict[str, Any]:
+    """Issue 15's aims against this run's figures (the per-record row of the path in use)."""
+    by = {r["name"]: r for r in results if "error" not in r}
+    rr, rb = by.get(OURS_RECORD), by.get(OURS_BATCHED)
+    out: dict[str, Any] = {"path": rr.get("path") if rr else None}
+    if rr:
+        out["per_record_records_per_s"] = [rr["records_per_s"],
+                                           rr["records_per_s"] >= AIMS["per_record_records_per_s"]]
+        out["awake_p50_us"] = [rr["p50_us"], rr["p50_us"] <= AIMS["awake_p50_us"]]
+        out["awake_p99_us"] = [rr["p99_us"], rr["p99_us"] <= AIMS["awake_p99_us"]]
+    if rb:
+        out["batched_records_per_s"] = [rb["records_per_s"],
+                                        rb["records_per_s"] >= AIMS["batched_records_per_s"]]
+    return out
+
+
+def aims_line(a: dict) -> str:
+    marks = {"per_record_records_per_s": lambda v: f"per record {_rate(v)}/s (>= 2.5 M)",
+             "awake_p50_us": lambda v: f"awake p50 {v} us (<= 2)",
+             "awake_p99_us": lambda v: f"awake p99 {v} us (<= 5)",
+             "batched_records_per_s": lambda v: f"batched {_rate(v)}/s (>= 100 M)"}
+    parts = [f"{fmt(a[k][0])} {'met' if a[k][1] else 'MISSED'}" for k, fmt in marks.items() if k in a]
+    return f"aims of issue 15 ({a.get('path')} path): " + ("; ".join(parts) or "-")
 
 
 # -- output --------------------------------------------------------------------
@@ -563,15 +630,26 @@ def table(results: list[dict], rat: dict) -> str:
     rows = [head]
     vb = rat.get("batched_ring_throughput_vs", {})
     vr = rat.get("per_record_ring_vs", {})
+    vp = rat.get("pure_per_record_ring_vs", {})
     for r in results:
+        if r["name"] == OURS_PURE and "error" not in r:
+            cp = rat.get("compiled_vs_pure")
+            rows.append([r["name"], _rate(r["records_per_s"]), _lat(r), _lat(r["sleeping"]), "-",
+                         f"compiled / pure: {_x(cp['throughput'])} / "
+                         f"{_x(cp['awake_p50_latency'])} / -" if cp else "-"])
+            continue
         if "error" in r:
             rows.append([r["name"], "ERROR", r["error"].strip().splitlines()[-1][:60], "", "", ""])
             continue
         pr = vr.get(r["name"])
-        rows.append([r["name"], _rate(r["records_per_s"]), _lat(r), _lat(r["sleeping"]),
-                     f"{vb[r['name']]:.1f}" if r["name"] in vb else "-",
-                     " / ".join(_x(pr[k]) for k in ("throughput", "awake_p50_latency",
-                                                    "sleeping_p50_latency")) if pr else "-"])
+        cells = " / ".join(_x(pr[k]) for k in ("throughput", "awake_p50_latency",
+                                               "sleeping_p50_latency")) if pr else "-"
+        if pr and r["name"] in vp:
+            cells += "  (pure: " + " / ".join(_x(vp[r["name"]][k]) for k in (
+                "throughput", "awake_p50_latency", "sleeping_p50_latency")) + ")"
+        name = r["name"] + (f" ({r['path']})" if r.get("path") else "")
+        rows.append([name, _rate(r["records_per_s"]), _lat(r), _lat(r["sleeping"]),
+                     f"{vb[r['name']]:.1f}" if r["name"] in vb else "-", cells])
     return common.table(rows)
 
 
@@ -592,13 +670,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=200, help="latency samples discarded")
     ap.add_argument("--awake-gap-us", type=float, default=30.0)
     ap.add_argument("--sleep-gap-us", type=float, default=300.0)
+    ap.add_argument("--no-pure", action="store_true",
+                    help="skip the pure-Python per-record row when the compiled path is built")
     return ap.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     ctx = mp.get_context("spawn")
-    chosen = [t for t in TRANSPORTS.values()
+    pool = list(TRANSPORTS.values())
+    if FAST_PATH == "compiled" and not args.no_pure:
+        pool.insert(1, PURE)     # beside the compiled per-record row
+    chosen = [t for t in pool
               if not args.only or any(s.lower() in t.name.lower() for s in args.only)]
     info = common.machine()
     tag = f"bench{os.getpid()}"
@@ -614,9 +697,14 @@ def main(argv: list[str] | None = None) -> int:
                             "error": str(e)})
     load = common.finish(info)
     rat = ratios(results)
+    goals = aims(results)
     print(table(results, rat))
+    print(aims_line(goals))
     print(load)
-    common.save(args, info, {"results": results, "ratios": rat})
+    main_rows = [r for r in results if r["name"] != OURS_PURE]
+    other = [r for r in results if r["name"] == OURS_PURE]
+    common.save(args, info, {"results": main_rows, "other_path": other[0] if other else None,
+                             "ring_path": FAST_PATH, "ratios": rat, "aims": goals})
     return 1 if any("error" in r for r in results) else 0
 
 

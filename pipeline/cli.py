@@ -422,7 +422,8 @@ def format_report(rep: dict) -> str:
         out.append(f"  {p['id']:<16}{_fmt(p.get('pid')):>8}{_fmt(p.get('cpu_percent'), '.1f'):>8}"
                    f"{_fmt(p.get('rss_mb'), '.1f'):>9}{_fmt(p.get('threads')):>9}"
                    f"{_fmt(p.get('fds')):>6}")
-    out += ["", "rings",
+    from shm.ring import FAST_PATH, FAST_PATH_WHY   # this install's per-record path
+    out += ["", f"rings (per-record path: {FAST_PATH}, {FAST_PATH_WHY})",
             f"  {'ring':<18}{'policy':<10}{'written':>10}{'rate/s':>10}{'backpressure':>14}  readers (lag / dropped)"]
     for r in rep["rings"]:
         readers = ", ".join(f"{x['name']} {x['lag']}/{x['dropped']}" for x in r["readers"]) or "-"

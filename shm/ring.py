@@ -29,12 +29,21 @@ the indicators. Like lossy readers they count what they miss when lapped.
 
 Followers (tap, report) read with a private cursor, never register and never
 write to the header: they can never slow the writer, and are lossy.
+
+Two implementations of the per-record path share this layout: the compiled one
+(``shm._ringfast``, built at install when a C compiler is present: C11
+release/acquire atomics on the counters, ``atomic_thread_fence`` as the fence)
+and pure Python (memoryview stores, an uncontended lock as the fence). The
+compiled one is used when it imports, unless ``TICKPIPE_RING=python``;
+``FAST_PATH`` says which. Both follow one contract, so a compiled writer and a
+pure-Python reader (or the reverse) share a ring.
 """
 from __future__ import annotations
 
 import os
 import time
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
@@ -65,6 +74,47 @@ GATING, OBSERVER = 1, 2   # values of R_REGISTERED: a lossless writer waits only
 HEADER_WORDS = READERS_WORD + 8 * MAX_READERS
 NAMES_BYTES = NAME_BYTES * MAX_READERS
 HEADER_BYTES = HEADER_WORDS * 8 + NAMES_BYTES
+
+
+def _choose_path() -> tuple[object | None, str, str]:
+    """The compiled per-record path when it imports and is not turned off."""
+    if os.environ.get("TICKPIPE_RING", "").strip().lower() in ("python", "pure"):
+        return None, "python", "TICKPIPE_RING=python"
+    try:
+        from . import _ringfast
+    except ImportError as e:
+        return None, "python", f"shm._ringfast not built ({e})"
+    return _ringfast, "compiled", "shm._ringfast, C11 atomics"
+
+
+_ringfast, FAST_PATH, FAST_PATH_WHY = _choose_path()
+_lock_fence = fence
+if _ringfast is not None:
+    fence = _ringfast.fence  # noqa: F811 - a real fence instead of the lock
+
+
+def compiled_available() -> bool:
+    """True when shm._ringfast is built and importable (whatever FAST_PATH says)."""
+    try:
+        from . import _ringfast as _  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def set_path(path: str) -> str:
+    """Use ``"compiled"`` or ``"python"`` for writers and readers made from now on
+    (tests, benchmarks); returns the previous path."""
+    global _ringfast, FAST_PATH, FAST_PATH_WHY, fence
+    prev = FAST_PATH
+    if path == "compiled":
+        from . import _ringfast as mod
+        _ringfast, FAST_PATH, FAST_PATH_WHY, fence = mod, "compiled", "set_path", mod.fence
+    elif path == "python":
+        _ringfast, FAST_PATH, FAST_PATH_WHY, fence = None, "python", "set_path", _lock_fence
+    else:
+        raise ValueError(f"ring path is 'compiled' or 'python', not {path!r}")
+    return prev
 
 
 class RingFullError(TimeoutError):
@@ -111,6 +161,8 @@ class Ring:
         mm = seg.mm
         off = seg.body_offset
         self.hdr = np.ndarray((HEADER_WORDS,), np.uint64, buffer=mm, offset=off)
+        self._hdr_off = off
+        self._fast: list = []   # compiled writers/readers: released before unmapping
         self._q = memoryview(mm)[off:off + HEADER_WORDS * 8].cast("Q")
         flags_off = off + FLAGS_WORD * 8
         self._flags = memoryview(mm)[flags_off:flags_off + MAX_READERS]
@@ -171,6 +223,9 @@ class Ring:
                 for i in range(n)]
 
     def close(self) -> None:
+        for obj in self._fast:
+            obj.release()
+        self._fast = []
         for attr in ("hdr", "data", "_mm"):
             setattr(self, attr, None)
         for attr in ("_q", "_flags", "_names", "_mv"):
@@ -181,14 +236,26 @@ class Ring:
 
     # -- roles ----------------------------------------------------------------
     def writer(self, bell: Doorbell | None = None) -> "RingWriter":
-        return RingWriter(self, bell if bell is not None else self.spec.writer_bell)
+        bell = bell if bell is not None else self.spec.writer_bell
+        if _ringfast is not None:
+            try:
+                return FastRingWriter(self, bell)
+            except (BufferError, TypeError):  # a read-only mapping: Python reports it
+                pass
+        return RingWriter(self, bell)
 
     def reader(self, name: str, bell: Doorbell | None = None) -> "RingReader":
         if name not in self.reader_names:
             raise KeyError(f"ring {self.spec.name} has no reader {name!r} "
                            f"(readers: {', '.join(self.reader_names) or 'none'})")
         idx = self.reader_names.index(name)
-        return RingReader(self, idx, bell if bell is not None else self.spec.reader_bells.get(name))
+        bell = bell if bell is not None else self.spec.reader_bells.get(name)
+        if _ringfast is not None:
+            try:
+                return FastRingReader(self, idx, bell)
+            except (BufferError, TypeError):
+                pass
+        return RingReader(self, idx, bell)
 
     def follower(self, from_start: bool = False) -> "RingFollower":
         return RingFollower(self, from_start)
@@ -565,6 +632,67 @@ class RingFollower(_Cursor):
 
     def skip_to_end(self) -> None:
         self.cursor = self.ring._q[W_WRITE]
+
+
+class FastRingWriter(RingWriter):
+    """RingWriter whose per-record put and batched copy run compiled (shm._ringfast).
+    ``seq`` and the cached gate live in the C object, so the Python methods
+    (write, free, tail, waiting for space) and the C put see one state."""
+
+    def __init__(self, ring: Ring, bell: Doorbell | None):
+        q = ring._q
+        gated = ring.policy == LOSSLESS and any(
+            q[READERS_WORD + 8 * i + R_REGISTERED] == GATING
+            for i in range(len(ring.reader_names)))
+        self._c = _ringfast.Writer(ring._mm, ring._hdr_off, ring._data_off, ring.capacity,
+                                   ring.record_size, len(ring.reader_names), gated,
+                                   ring.spec.name, self._make_room, self._ring_waiters)
+        super().__init__(ring, bell)
+        ring._fast.append(self._c)
+        self.put = self._c.put   # no Python frame on the per-record path
+
+    seq = property(lambda self: self._c.seq, lambda self, v: setattr(self._c, "seq", int(v)))
+    _gate = property(lambda self: self._c.gate,
+                     lambda self, v: setattr(self._c, "gate", int(v)))
+
+    def _make_room(self, timeout: float = 5.0) -> None:
+        super()._make_room(timeout)
+
+    def _copy_in(self, src: np.ndarray) -> None:
+        self._c.write_words(src)
+
+
+class FastRingReader(RingReader):
+    """RingReader whose per-record get and waiting flag run compiled; ``cursor`` and
+    ``committed`` live in the C object, read() and commit() stay in Python."""
+
+    def __init__(self, ring: Ring, index: int, bell: Doorbell | None):
+        base = READERS_WORD + 8 * index
+        gating = ring._q[base + R_REGISTERED] == GATING
+        wb = ring.spec.writer_bell
+        self._c = _ringfast.Reader(ring._mm, ring._hdr_off, ring._data_off, ring.capacity,
+                                   ring.record_size, base + R_CURSOR, index,
+                                   ring.policy == LOSSY or not gating, self._get_checked,
+                                   wb.ring if wb is not None else None)
+        super().__init__(ring, index, bell)
+        ring._fast.append(self._c)
+        self.get = self._c.get
+
+    cursor = property(lambda self: self._c.cursor,
+                      lambda self, v: setattr(self._c, "cursor", int(v)))
+    committed = property(lambda self: self._c.committed,
+                         lambda self, v: setattr(self._c, "committed", int(v)))
+
+    def set_waiting(self, on: bool) -> None:
+        self._c.set_waiting(on)
+
+    def _set_mm(self, mm) -> None:
+        """``_mm`` is the mapping get() copies from: one that is not the segment's
+        own (a test interposing a racing view) sends get() through Python."""
+        self.__dict__["_mm_"] = mm
+        self.get = self._c.get if mm is self.ring.seg.mm else partial(RingReader.get, self)
+
+    _mm = property(lambda self: self.__dict__["_mm_"], _set_mm)
 
 
 def wait_any(readers: list[RingReader], bell: Doorbell | None, timeout: float,
