@@ -500,6 +500,128 @@ static PyTypeObject ReaderType = {
     .tp_members = Reader_members,
 };
 
+/* -- seqlock table rows ------------------------------------------------------ */
+/* Buffers of shm/table.py: seqs (uint64 per row), data (rows * row_bytes), rows and
+ * pos (intp), out (len(pos) * row_bytes), out_seqs (uint64 per out row). */
+static void
+release_all(Py_buffer *b, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (b[i].obj)
+            PyBuffer_Release(&b[i]);
+}
+
+static int
+get_buffers(PyObject *const *args, Py_ssize_t nargs, Py_buffer *b, const int *writable)
+{
+    for (Py_ssize_t i = 0; i < nargs; i++) {
+        if (PyObject_GetBuffer(args[i], &b[i], PyBUF_C_CONTIGUOUS |
+                               (writable[i] ? PyBUF_WRITABLE : 0)) < 0) {
+            release_all(b, (int)i);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static PyObject *
+table_write(PyObject *Py_UNUSED(m), PyObject *const *args, Py_ssize_t nargs)
+{
+    /* table_write(seqs, data, rows, src, row_bytes): each row made odd, copied, made even */
+    static const int writable[] = {1, 1, 0, 0};
+    Py_buffer b[4] = {{0}};
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "table_write(seqs, data, rows, src, row_bytes)");
+        return NULL;
+    }
+    Py_ssize_t rb = PyLong_AsSsize_t(args[4]);
+    if (rb == -1 && PyErr_Occurred())
+        return NULL;
+    if (get_buffers(args, 4, b, writable) < 0)
+        return NULL;
+    Py_ssize_t n_rows = b[0].len / 8, k = b[2].len / (Py_ssize_t)sizeof(Py_ssize_t);
+    if (rb <= 0 || b[1].len < n_rows * rb || b[3].len != k * rb) {
+        release_all(b, 4);
+        PyErr_SetString(PyExc_ValueError, "table_write: buffers do not match");
+        return NULL;
+    }
+    const Py_ssize_t *rows = b[2].buf;
+    for (Py_ssize_t i = 0; i < k; i++) {
+        if (rows[i] < 0 || rows[i] >= n_rows) {
+            release_all(b, 4);
+            PyErr_Format(PyExc_IndexError, "row %zd of a table of %zd", rows[i], n_rows);
+            return NULL;
+        }
+    }
+    for (Py_ssize_t i = 0; i < k; i++) {
+        aword *seq = (aword *)b[0].buf + rows[i];
+        uint64_t s = atomic_load_explicit(seq, memory_order_relaxed);
+        atomic_store_explicit(seq, s + 1, memory_order_relaxed);  /* odd: being written */
+        atomic_thread_fence(memory_order_release);
+        memcpy((char *)b[1].buf + rows[i] * rb, (char *)b[3].buf + i * rb, (size_t)rb);
+        atomic_store_explicit(seq, s + 2, memory_order_release);  /* even: stable */
+    }
+    release_all(b, 4);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+table_read(PyObject *Py_UNUSED(m), PyObject *const *args, Py_ssize_t nargs)
+{
+    /* table_read(seqs, data, rows, pos, out, out_seqs, row_bytes) -> [i, ...]: row
+     * rows[i] copied into out[pos[i]] with its sequence; the i returned were caught
+     * mid-write (odd or moved) and must be read again. */
+    static const int writable[] = {0, 0, 0, 0, 1, 1};
+    Py_buffer b[6] = {{0}};
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError,
+                        "table_read(seqs, data, rows, pos, out, out_seqs, row_bytes)");
+        return NULL;
+    }
+    Py_ssize_t rb = PyLong_AsSsize_t(args[6]);
+    if (rb == -1 && PyErr_Occurred())
+        return NULL;
+    if (get_buffers(args, 6, b, writable) < 0)
+        return NULL;
+    Py_ssize_t n_rows = b[0].len / 8, k = b[2].len / (Py_ssize_t)sizeof(Py_ssize_t);
+    Py_ssize_t n_out = b[5].len / 8;
+    const Py_ssize_t *rows = b[2].buf, *pos = b[3].buf;
+    int ok = rb > 0 && b[1].len >= n_rows * rb && b[3].len == b[2].len && b[4].len == n_out * rb;
+    for (Py_ssize_t i = 0; ok && i < k; i++)
+        ok = rows[i] >= 0 && rows[i] < n_rows && pos[i] >= 0 && pos[i] < n_out;
+    if (!ok) {
+        release_all(b, 6);
+        PyErr_SetString(PyExc_ValueError, "table_read: buffers or indexes do not match");
+        return NULL;
+    }
+    PyObject *torn = PyList_New(0);
+    if (torn == NULL) {
+        release_all(b, 6);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < k; i++) {
+        aword *seq = (aword *)b[0].buf + rows[i];
+        uint64_t s1 = atomic_load_explicit(seq, memory_order_acquire);
+        memcpy((char *)b[4].buf + pos[i] * rb, (char *)b[1].buf + rows[i] * rb, (size_t)rb);
+        atomic_thread_fence(memory_order_acquire);  /* the copy before the second load */
+        uint64_t s2 = atomic_load_explicit(seq, memory_order_relaxed);
+        if (s1 == s2 && !(s1 & 1)) {
+            ((uint64_t *)b[5].buf)[pos[i]] = s1;
+        } else {
+            PyObject *x = PyLong_FromSsize_t(i);
+            if (x == NULL || PyList_Append(torn, x) < 0) {
+                Py_XDECREF(x);
+                Py_DECREF(torn);
+                release_all(b, 6);
+                return NULL;
+            }
+            Py_DECREF(x);
+        }
+    }
+    release_all(b, 6);
+    return torn;
+}
+
 /* -- module ------------------------------------------------------------------ */
 static PyObject *
 fence(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
@@ -511,6 +633,10 @@ fence(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
 static PyMethodDef module_methods[] = {
     {"fence", fence, METH_NOARGS,
      "Full memory barrier (atomic_thread_fence(memory_order_seq_cst))."},
+    {"table_write", (PyCFunction)(void (*)(void))table_write, METH_FASTCALL,
+     "table_write(seqs, data, rows, src, row_bytes): seqlock writes of whole rows."},
+    {"table_read", (PyCFunction)(void (*)(void))table_read, METH_FASTCALL,
+     "table_read(seqs, data, rows, pos, out, out_seqs, row_bytes) -> torn indexes."},
     {NULL}
 };
 

@@ -5,6 +5,10 @@ writes the row, then makes it even. A reader copies the counters, the rows,
 then the counters again, and retries any row whose counter moved or was odd,
 so it never returns a torn row. Rows are written by exactly one process each
 (an indicator shard owns its symbols' rows); any number of processes read.
+
+Where the ring's compiled path is in use (``shm.ring.FAST_PATH``), a write or a
+read pass is one C call with C11 release/acquire orderings on the counters
+instead of several numpy fancy-indexing calls (6 and 9 us for one row).
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import ring as _ring
 from .records import schema_id
 from .segment import KIND_TABLE, Segment
 
@@ -64,6 +69,10 @@ class Table:
         """Overwrite rows ``rows`` with ``records`` (same length). Only the row's owner calls this."""
         idx = np.asarray(rows, dtype=np.intp)
         src = np.ascontiguousarray(records).view(np.uint64).reshape(len(idx), self.words)
+        if _ring._ringfast is not None:
+            _ring._ringfast.table_write(self.seqs, self.data, np.ascontiguousarray(idx), src,
+                                        self.words * 8)
+            return
         self.seqs[idx] += 1   # odd: row being written
         self.data[idx] = src
         self.seqs[idx] += 1   # even: row stable
@@ -80,16 +89,23 @@ class Table:
         todo = np.arange(len(idx))
         deadline = None
         attempt = 0
+        fast = _ring._ringfast
+        if fast is not None:
+            idx = np.ascontiguousarray(idx)
         while True:
             attempt += 1
             r = idx[todo]
-            s1 = self.seqs[r].copy()
-            d = self.data[r]          # fancy indexing copies
-            s2 = self.seqs[r].copy()
-            ok = (s1 == s2) & ((s1 & 1) == 0)
-            out[todo[ok]] = d[ok]
-            seqs[todo[ok]] = s1[ok]
-            todo = todo[~ok]
+            if fast is not None:
+                torn = fast.table_read(self.seqs, self.data, r, todo, out, seqs, self.words * 8)
+                todo = todo[torn] if torn else todo[:0]
+            else:
+                s1 = self.seqs[r].copy()
+                d = self.data[r]          # fancy indexing copies
+                s2 = self.seqs[r].copy()
+                ok = (s1 == s2) & ((s1 & 1) == 0)
+                out[todo[ok]] = d[ok]
+                seqs[todo[ok]] = s1[ok]
+                todo = todo[~ok]
             if len(todo) == 0:
                 return out.view(self.dtype).reshape(len(idx)), seqs
             if attempt >= 100:

@@ -1,7 +1,8 @@
 """The compiled ring path (shm._ringfast) against the same contract as the pure-Python
 one: the ring's property and contract tests on both paths, compiled and pure processes
 sharing one ring, a writer with three reader processes, and the sleeping-reader
-guarantee (a reader blocked in wait() is woken, never left until its timeout)."""
+guarantee (a reader blocked in wait() is woken, never left until its timeout); the
+seqlock table's tests on both paths too."""
 from __future__ import annotations
 
 import inspect
@@ -13,12 +14,14 @@ import pytest
 
 import _procs
 import test_ring
+import test_table
 from _procs import make_ticks, tick_errors
 from shm import ring as ringmod
 from shm.doorbell import Doorbell
 from shm.records import TICK
 from shm.ring import LOSSLESS, LOSSY, Ring, RingSpec
-from test_ring import ring_factory  # noqa: F401 - a fixture of the re-run tests
+from test_ring import ring_factory  # noqa: F401 - fixtures of the re-run tests
+from test_table import table_factory  # noqa: F401
 
 pytestmark = pytest.mark.skipif(
     not ringmod.compiled_available(),
@@ -68,6 +71,16 @@ RERUN = [
 @pytest.mark.parametrize("case", RERUN)
 def test_ring_contract_on_both_paths(path, case, request):
     fn = getattr(test_ring, case)
+    fn(**{name: request.getfixturevalue(name) for name in inspect.signature(fn).parameters})
+
+
+TABLE_RERUN = ["test_unwritten_rows_read_seq_zero_and_written_rows_round_trip",
+               "test_seqlock_read_never_torn_under_concurrent_writer"]
+
+
+@pytest.mark.parametrize("case", TABLE_RERUN)
+def test_table_contract_on_both_paths(path, case, request):
+    fn = getattr(test_table, case)
     fn(**{name: request.getfixturevalue(name) for name in inspect.signature(fn).parameters})
 
 
