@@ -37,7 +37,6 @@ to --out. Skips (exit 0) with a message when ../shared/data is absent.
 """
 from __future__ import annotations
 
-import copy
 import re
 import sys
 import time
@@ -81,7 +80,7 @@ def run_one(symbol: str, variant: str, path: str, config: str, train_bars: int, 
             out: str, start: str | None, end: str | None) -> dict:
     """One walk-forward; its out-of-sample figures."""
     from pipeline.backtest_checks import walk_forward
-    from pipeline.backtest_report import fingerprint, metrics
+    from pipeline.backtest_report import _iso, fingerprint, metrics
     from pipeline.config import load_config
     cfg = load_config(config)
     t0 = time.perf_counter()
@@ -99,6 +98,10 @@ def run_one(symbol: str, variant: str, path: str, config: str, train_bars: int, 
                         for p in result.meta["periods"]],
             "execution": result.meta["execution"], "strategy": result.meta["strategy"],
             "bars_per_s": result.meta["bars_per_s"], "fingerprint": fingerprint(result.fills),
+            # the risk guard's refusals (a 10 % drawdown leaves only reducing orders until resumed)
+            "denials": result.counts.get("denials", {}), "fills": int(len(result.fills)),
+            "first_fill": _iso(result.fills["ts_ns"][0]) if len(result.fills) else None,
+            "last_fill": _iso(result.fills["ts_ns"][-1]) if len(result.fills) else None,
             "strategy_figures": {k: o[k] for k in keys}, "buy_and_hold": b,
             "report_as_printed": {"total_return": full["total_return"], "sharpe": full["sharpe"],
                                   "buy_and_hold_return": full["buy_and_hold"]["total_return"],
@@ -185,6 +188,10 @@ def main() -> int:
         print(f"{s}: out of sample {r['period']['start'][:16]} .. {r['period']['end'][:16]} "
               f"({r['period']['bars']} bars), {r['windows']} windows of {args.train_bars} training / "
               f"{args.test_bars} traded bars")
+    for r in runs:
+        if r["denials"]:
+            print(f"{r['symbol']} {r['variant']}: the risk guard refused {r['denials']}; fills "
+                  f"{r['first_fill'][:16]} .. {r['last_fill'][:16]}")
     print(f"costs: taker fee {ex['fee_bps']} bps, maker {ex['maker_fee_bps']} bps, slippage "
           f"{ex['slippage_bps']} bps, capital {ex['capital']:,.0f}; strategy notional "
           f"{first['strategy']['notional']} (max {first['strategy']['max_notional']}), "
