@@ -29,7 +29,7 @@ from pipeline.storage import read_market_rows
 from shm.records import TICK_TRADE
 
 from .backtest import MarketData, check_bars, load_data, run_backtest
-from .backtest_report import BacktestResult, _iso
+from .backtest_report import BacktestResult, _iso, traded_part
 
 MAX_REPORTED = 20          # look-aheads listed per sampled time (all are counted)
 
@@ -182,6 +182,7 @@ def walk_forward(cfg: Config, paths: list[str], train_bars: int, test_bars: int,
     played = replace(data, ticks=data.ticks[data.ticks["ts_exchange_ns"] < last])
     result = run_backtest(cfg, played, journal=journal, progress=progress, model=model,
                           trade_from_ns=windows[0].start_ns + bar_ns)
+    result = traded_part(result, windows[0].start_ns + bar_ns)   # the figures start with trading
     result.meta["periods"] = periods
     result.meta["model_versions"] = {}
     result.meta["walk_forward"] = {"train_bars": train_bars, "test_bars": test_bars, "windows": len(windows),

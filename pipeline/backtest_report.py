@@ -65,6 +65,7 @@ undefined, never NaN):
 from __future__ import annotations
 
 import csv
+import dataclasses
 import datetime as dt
 import hashlib
 import html
@@ -140,6 +141,21 @@ class BacktestResult:
     funding: np.ndarray | None = None  # FUNDING_ROW: perpetuals' funding payments (in equity)
     counts: dict = field(default_factory=dict)          # data problems and pipeline counters, for the report
     meta: dict = field(default_factory=dict)            # config, data files, model versions per period
+
+
+def traded_part(result: BacktestResult, from_ns: int) -> BacktestResult:
+    """The result from ``from_ns`` (a bar close) on: what a walk-forward traded out of
+    sample, without the first training window it played flat to warm up, so that the
+    figures, buy-and-hold included, start where trading starts. A fill before it is a bug."""
+    def cut(rows):
+        return None if rows is None else rows[rows["ts_ns"] >= from_ns]
+    if len(result.fills) and int(result.fills["ts_ns"][0]) < from_ns:
+        raise AssertionError(f"a fill at {int(result.fills['ts_ns'][0])}, before {from_ns}")
+    keep = result.ts_ns >= from_ns
+    return dataclasses.replace(result, ts_ns=result.ts_ns[keep], close=result.close[keep],
+                               position=result.position[keep], equity=result.equity[keep],
+                               votes=cut(result.votes), signals=cut(result.signals),
+                               intents=cut(result.intents), funding=cut(result.funding))
 
 
 # -- fingerprint --------------------------------------------------------------------------------

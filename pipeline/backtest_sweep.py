@@ -244,6 +244,7 @@ def serve_windows(cfg: Config, data, windows: list[tuple]):
     from models.serving import EnsembleModel
     from .backtest import run_backtest
     from .backtest_checks import WalkForwardModel, Window, model_window
+    from .backtest_report import traded_part
     from .config import feature_names
     bar_ns = int(round(cfg.indicators.bar_seconds * 1e9))
     wins = [Window(a, s, e, Path(r)) for a, s, e, r in windows]
@@ -254,7 +255,8 @@ def serve_windows(cfg: Config, data, windows: list[tuple]):
 
     model = WalkForwardModel(wins, load, model_window(cfg) * bar_ns)
     played = replace(data, ticks=data.ticks[data.ticks["ts_exchange_ns"] < wins[-1].end_ns])
-    return run_backtest(cfg, played, model=model, trade_from_ns=wins[0].start_ns + bar_ns)
+    result = run_backtest(cfg, played, model=model, trade_from_ns=wins[0].start_ns + bar_ns)
+    return traded_part(result, wins[0].start_ns + bar_ns)
 
 
 def evaluate(job: Job, point: dict) -> dict:

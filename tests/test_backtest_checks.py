@@ -15,6 +15,7 @@ from models.registry import Registry
 from models.serving import MomentumModel
 from pipeline.backtest import load_data
 from pipeline.backtest_checks import WalkForwardModel, Window, check_lookahead, check_warmup, walk_forward
+from pipeline.backtest_report import _iso, metrics
 from pipeline.cli import main
 from pipeline.config import load_config
 from shm.records import TICK_TRADE
@@ -66,6 +67,11 @@ def test_walk_forward_never_trains_on_a_row_it_trades(tmp_path):
     assert len(traded) >= 3, "the windows should each trade"
     # one run: the equity curve is continuous and positions carry over a boundary
     assert len(r.equity) == len(r.ts_ns) and np.all(np.diff(r.ts_ns) > 0)
+    # the figures start at the first decision traded: the first training window, played
+    # flat to warm up, is left out (buy-and-hold starts there too)
+    assert r.ts_ns[0] == periods[0]["from_ns"] and r.signals["ts_ns"].min() >= periods[0]["from_ns"]
+    figures = metrics(r)
+    assert figures["period"]["start"] == _iso(periods[0]["from_ns"])
 
 
 class _Tagged:
