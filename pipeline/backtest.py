@@ -437,7 +437,8 @@ class Backtest:
                 "periods": [{"from_ns": int(ts[0]), "to_ns": int(ts[-1]), "model_versions": versions}],
                 "strategy": vars(cfg.strategy).copy(), "execution": {
                     **{k: getattr(cfg.execution, k) for k in ("capital", "fee_bps", "maker_fee_bps",
-                                                              "slippage_bps", "ack_latency_ms",
+                                                              "slippage_bps", "impact_coef",
+                                                              "impact_window_s", "ack_latency_ms",
                                                               "fill_latency_ms", "latency_jitter_ms")},
                     "venue_fees": {v: dict(zip(("maker_bps", "taker_bps"), fees_of(cfg.execution, v)))
                                    for v in self.data.venues}},

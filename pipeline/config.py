@@ -297,6 +297,10 @@ class ExecutionConfig:
     # in place of the two above for that venue's orders
     venue_fees: list[VenueFees] = field(default_factory=list)
     slippage_bps: float = 2.0           # a market order beyond a top of book with no size known
+    # and beyond that, by the order's size: impact_coef x volatility x sqrt(qty / volume traded),
+    # both per second over impact_window_s (workers/execution/impact.py); 0: off
+    impact_coef: float = 0.0
+    impact_window_s: float = 3600.0
     ack_latency_ms: float = 0.0         # paper venue: submit -> ack (the order meets the book then)
     fill_latency_ms: float = 0.0        # paper venue: a match -> its report reaching us
     latency_jitter_ms: float = 0.0      # added to both, uniform in [0, this], deterministic per order
@@ -508,6 +512,9 @@ def validate(cfg: Config) -> None:
          f"execution.capital must be a finite number > 0, got {cfg.execution.capital:g}"),
         (cfg.execution.fee_bps >= 0 and cfg.execution.slippage_bps >= 0,
          "execution.fee_bps and slippage_bps must be >= 0"),
+        (0 <= cfg.execution.impact_coef < 100 and cfg.execution.impact_window_s > 0,
+         f"execution.impact_coef must be in [0, 100) and impact_window_s > 0, got "
+         f"{cfg.execution.impact_coef:g} and {cfg.execution.impact_window_s:g}"),
         (abs(cfg.execution.maker_fee_bps) < 100, "execution.maker_fee_bps must be within +-100"),
         *_venue_fee_checks(cfg.execution.venue_fees),
         (min(cfg.execution.ack_latency_ms, cfg.execution.fill_latency_ms,

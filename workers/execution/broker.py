@@ -26,8 +26,9 @@ contains our own trades; forgetting them would let two orders take the same lot.
 A market order never rests (GTC is taken as IOC): what the book cannot fill is
 expired, as a venue expires a market order that runs out of liquidity. With only a
 top of book (``on_quote``) the top size fills at the top price moved against the
-order by slippage_bps (never past a limit price) and the rest is expired: depth
-that cannot be seen is not invented. FOK fills only if the book can fill all of it
+order by slippage_bps (never past a limit price; for a quote of unknown size, plus
+the ``impact_bps`` of the order's size when given: workers/execution/impact.py) and
+the rest is expired: depth that cannot be seen is not invented. FOK fills only if the book can fill all of it
 at once, else it expires untouched; post-only is rejected if it would take.
 
 Resting orders fill as maker at their own price, from
@@ -49,6 +50,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -183,7 +185,8 @@ class PaperBroker:
     advance(now). The module docstring has the matching rules."""
 
     def __init__(self, clock: Clock, fees: dict[str, tuple[float, float]],
-                 latency: LatencyModel, slippage_bps: float = 0.0):
+                 latency: LatencyModel, slippage_bps: float = 0.0,
+                 impact_bps: Callable[[int, float], float] | None = None):
         for venue, pair in fees.items():
             if len(pair) != 2 or not all(math.isfinite(_number(b)) for b in pair):
                 raise ValueError(f"fees[{venue!r}] must be (maker_bps, taker_bps), finite, got {pair!r}")
@@ -193,6 +196,7 @@ class PaperBroker:
         self.fees = {v: (float(m), float(t)) for v, (m, t) in fees.items()}
         self.latency = latency
         self.slippage_bps = float(slippage_bps)
+        self.impact_bps = impact_bps     # (symbol, qty) -> more bps against a quote of unknown size
         self.ignored = {"books": 0, "trades": 0}    # market data refused as malformed
         self._books: dict[int, _Book] = {}
         self._orders: dict[str | int, _Order] = {}
@@ -390,7 +394,10 @@ class PaperBroker:
                 continue
             price = level_price
             if book.top_only:
-                price = level_price * (1 + order.side * self.slippage_bps / 1e4)
+                bps = self.slippage_bps
+                if self.impact_bps is not None and level_qty == math.inf:
+                    bps += self.impact_bps(order.symbol_id, take)
+                price = level_price * (1 + order.side * bps / 1e4)
                 price = min(price, order.limit) if order.side == SIDE_BUY else max(price, order.limit)
             plan.append((level_price, take, price))
             left -= take

@@ -45,6 +45,7 @@ from shm.records import (FILL, INTENT, ORDER, ORDER_LIMIT, TICK_GAP, TICK_TRADE,
                          TIF_POST_ONLY)
 
 from .broker import LatencyModel, PaperBroker
+from .impact import MarketImpact
 from .orders import BLOCKING, NAME, SNAPSHOT_FIELDS, TERMINAL, OrderManager, OrderState, VenueStatus, orders_from_events
 from .portfolio import Portfolio
 from .risk import DAY_NS, Denial, MarketView, RiskGuard, TradingState
@@ -97,9 +98,11 @@ class Desk:
         self.guard = RiskGuard(n, self.venue_of, self.venues, rc, clock)
         self.orders = OrderManager(clock, snapshot_last_only=True)
         ms = 1_000_000
+        self.impact = MarketImpact(n, ec.impact_coef, ec.impact_window_s) if ec.impact_coef > 0 else None
         self.broker = PaperBroker(clock, {v: fees_of(ec, v) for v in self.venues},
                                   LatencyModel(int(ec.ack_latency_ms * ms), int(ec.fill_latency_ms * ms),
-                                               int(ec.latency_jitter_ms * ms)), ec.slippage_bps)
+                                               int(ec.latency_jitter_ms * ms)), ec.slippage_bps,
+                                  self.impact.bps if self.impact is not None else None)
         self.order_ids: dict[str, int] = {}
         self.next_order_id = 1
         self.equity_peak = self.day_start_equity = self.capital
@@ -137,6 +140,9 @@ class Desk:
         quote = quote | stand_in
         bid, ask = np.where(stand_in, price, bid), np.where(stand_in, price, ask)
         m.last[sid[trade]] = price[trade]             # numpy assigns in order: the last one stays
+        if self.impact is not None:
+            sized = trade & np.isfinite(ticks["size"]) & (ticks["size"] > 0)
+            self.impact.on_trades(sid[sized], ticks["ts_exchange_ns"][sized], price[sized], ticks["size"][sized])
         m.bid[sid[quote]], m.ask[sid[quote]], m.quote_ns[sid[quote]] = bid[quote], ask[quote], ts[quote]
         v = self.venue_of[sid]
         for vi in np.unique(v):
