@@ -20,7 +20,8 @@ PLAN = {"config", "topology", "symbols", "bus", "metrics", "errors", "storage", 
 # pure cores: numpy in, numpy out, a clock passed in; no rings, tables, zmq or worker loop
 CORES = ("workers.bars", "workers.execution.portfolio", "workers.execution.desk",
          "workers.execution.broker",
-         "workers.strategy.signals", "workers.execution.venue_rules",
+         "workers.strategy.signals", "workers.strategy.arbitrage", "workers.execution.impact",
+         "workers.execution.venue_rules",
          "workers.execution.orders", "workers.execution.risk")
 NOT_IN_CORES = ("zmq", "shm.ring", "shm.table", "shm.segment", "shm.doorbell", "pipeline.bus",
                 "workers.base")

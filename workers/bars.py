@@ -18,10 +18,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 from pipeline.clock import Clock
-from shm.records import FLAG_GAP, FLAG_TIMER_CLOSE, TICK_GAP, TICK_TRADE
+from shm.records import FLAG_GAP, FLAG_TIMER_CLOSE, TICK, TICK_GAP, TICK_TRADE
 
 NEVER = np.iinfo(np.int64).max
 
@@ -60,6 +61,61 @@ def _late_in_batch(sym: np.ndarray, bars: np.ndarray) -> np.ndarray:
     return late
 
 
+@numba.njit(cache=True, nogil=True)
+def _fold(sym, period, price, size, origin, end_ns, open_ns, closed_ns, o, h, l, c, v, n_ticks, flags,
+          seen, out_group, out_sym, out_ns, out_f, out_flags):
+    """Fold valid trades, in bar order (arrival order within a bar), into the open
+    bars: a symbol's first trade of a later bar closes its open bar (a row of the
+    out_ arrays, with that trade's origin) and opens the next; a trade of a bar
+    already closed, or older than the open one, is rejected. Returns (rows written,
+    trades rejected, earliest timer close of a bar opened here)."""
+    n = sym.shape[0]
+    k = rejected = 0
+    due = np.iinfo(np.int64).max
+    g = i = 0
+    while i < n:
+        p = period[i]
+        j = i
+        while j < n and period[j] == p:
+            j += 1
+        g += 1
+        for t in range(i, j):
+            s = sym[t]
+            if open_ns[s] > p or closed_ns[s] >= p:
+                rejected += 1
+                continue
+            if seen[s] != g:                   # the symbol's first trade of this bar
+                seen[s] = g
+                if 0 <= open_ns[s] < p:
+                    out_group[k], out_sym[k] = g, s
+                    out_ns[k, 0], out_ns[k, 1] = origin[t], open_ns[s]
+                    out_f[k, 0], out_f[k, 1], out_f[k, 2] = o[s], h[s], l[s]
+                    out_f[k, 3], out_f[k, 4], out_f[k, 5] = c[s], v[s], n_ticks[s]
+                    out_flags[k] = flags[s]
+                    k += 1
+                    closed_ns[s] = open_ns[s]
+                    open_ns[s] = -1
+                    flags[s] = 0
+                if open_ns[s] < 0:
+                    open_ns[s] = p
+                    o[s] = price[t]
+                    h[s] = -np.inf
+                    l[s] = np.inf
+                    v[s] = 0.0
+                    n_ticks[s] = 0
+                    due = min(due, p + end_ns)
+            x = price[t]
+            if x > h[s]:
+                h[s] = x
+            if x < l[s]:
+                l[s] = x
+            v[s] += size[t]
+            n_ticks[s] += 1
+            c[s] = x
+        i = j
+    return k, rejected, due
+
+
 class BarBuilder:
     """The open bar of every symbol (arrays indexed by symbol id); only the symbols
     in ``owned`` are built, the others' ticks are ignored."""
@@ -84,6 +140,8 @@ class BarBuilder:
         self.market_at_ns = 0      # ... and the clock's time when it was seen
         self.timer_due_ns = NEVER  # earliest clock close of an open bar
         self.counters = {"in": 0, "rejected": 0, "timer_closes": 0}
+        empty = np.zeros(0, TICK)          # compiles the fold now, not at the first trade
+        self._fold(empty, empty["ts_exchange_ns"] // self.bar_ns)
 
     # -- input --------------------------------------------------------------------------
     def resume(self, ids: np.ndarray, bar_open_ns: np.ndarray) -> None:
@@ -125,52 +183,36 @@ class BarBuilder:
         if late.any():
             self.counters["rejected"] += int(late.sum())
             trades, bars = trades[~late], bars[~late]
-        if len(bars) < 2 or (bars[1:] >= bars[:-1]).all():     # the usual case: in time order
-            cut = np.flatnonzero(bars[1:] != bars[:-1]) + 1
-            lo, hi = np.append(0, cut).tolist(), np.append(cut, len(bars)).tolist()
-            groups = [(bars[a], trades[a:b]) for a, b in zip(lo, hi)]
-        else:
-            groups = [(period, trades[bars == period]) for period in np.unique(bars)]
-        for period, t in groups:
-            sym = t["symbol_id"].astype(np.intp)
-            # out of order: the tick belongs to a bar already closed or older than the open one
-            late = (self.open_ns[sym] > period) | (self.closed_ns[sym] >= period)
-            if late.any():
-                self.counters["rejected"] += int(late.sum())
-                t, sym = t[~late], sym[~late]
-                if len(t) == 0:
-                    continue
-            # the ticks grouped by symbol, arrival order kept within each: first and last of each
-            order = np.argsort(sym, kind="stable")
-            s_sym = sym[order]
-            edge = np.empty(len(s_sym), bool)
-            edge[0] = True
-            np.not_equal(s_sym[1:], s_sym[:-1], out=edge[1:])
-            starts = np.flatnonzero(edge)
-            ends = np.append(starts[1:], len(order))
-            uniq = s_sym[starts]
-            first = order[starts]
-            last = order[ends - 1]
-            closing = (self.open_ns[uniq] >= 0) & (self.open_ns[uniq] < period)
-            if closing.any():
-                closed.append(self._close(uniq[closing], t["ts_origin_ns"][first[closing]], 0))
-            fresh = self.open_ns[uniq] < 0
-            if fresh.any():
-                new, fi = uniq[fresh], first[fresh]
-                self.open_ns[new] = period
-                self.o[new] = t["price"][fi]
-                self.h[new] = -np.inf
-                self.l[new] = np.inf
-                self.v[new] = 0.0
-                self.n_ticks[new] = 0
-                self.timer_due_ns = min(self.timer_due_ns, int(period) + self.bar_ns + self.grace_ns)
-            price = t["price"][order]
-            self.h[uniq] = np.maximum(self.h[uniq], np.maximum.reduceat(price, starts))
-            self.l[uniq] = np.minimum(self.l[uniq], np.minimum.reduceat(price, starts))
-            np.add.at(self.v, sym, t["size"])      # tick by tick: the same sum in any batching
-            self.n_ticks[uniq] += ends - starts
-            self.c[uniq] = t["price"][last]
+        if len(bars) > 1 and not (bars[1:] >= bars[:-1]).all():
+            order = np.argsort(bars, kind="stable")        # by bar, arrival order within each
+            trades, bars = trades[order], bars[order]
+        k, out_group, out_sym, out_ns, out_f, out_flags = self._fold(trades, bars)
+        if k:
+            cuts = (np.flatnonzero(out_group[1:k] != out_group[:k - 1]) + 1).tolist()
+            for a, b in zip([0] + cuts, cuts + [k]):
+                i = a + np.argsort(out_sym[a:b], kind="stable")       # by symbol id
+                closed.append(ClosedBars(ids=out_sym[i], open_ns=out_ns[i, 1], origin_ns=out_ns[i, 0],
+                                         o=out_f[i, 0], h=out_f[i, 1], l=out_f[i, 2], c=out_f[i, 3],
+                                         v=out_f[i, 4], n_ticks=out_f[i, 5].astype(np.int64),
+                                         flags=out_flags[i]))
         return closed
+
+    def _fold(self, trades: np.ndarray, bars: np.ndarray) -> tuple:
+        """Run `_fold` on valid trades in bar order: (rows, out arrays...)."""
+        n = len(bars)
+        out_group = np.empty(n, np.int64)
+        out_sym = np.empty(n, np.intp)
+        out_ns = np.empty((n, 2), np.int64)                # origin, bar open
+        out_f = np.empty((n, 6))                           # o, h, l, c, v, ticks
+        out_flags = np.empty(n, np.uint16)
+        k, rejected, due = _fold(trades["symbol_id"].astype(np.intp), bars, trades["price"], trades["size"],
+                                 trades["ts_origin_ns"], self.bar_ns + self.grace_ns, self.open_ns,
+                                 self.closed_ns, self.o, self.h, self.l, self.c, self.v, self.n_ticks,
+                                 self.flags, np.zeros(len(self.owned), np.int64),
+                                 out_group, out_sym, out_ns, out_f, out_flags)
+        self.counters["rejected"] += int(rejected)
+        self.timer_due_ns = min(self.timer_due_ns, int(due))
+        return k, out_group, out_sym, out_ns, out_f, out_flags
 
     # -- the clock ----------------------------------------------------------------------
     def market_clock(self) -> int:
