@@ -2,8 +2,8 @@
 both directions of a route with fees, FX, Upbit's dated tick table and Binance's
 filters, and refusals of bad books. Arithmetic is checked against cases computed
 by hand (written out in the comments): small literal books that run on a fresh
-clone, and the simultaneous real Upbit and Binance books of 2025-08-23 in
-../shared/data/orderbook (skipped when ../shared/data is absent).
+clone, and the simultaneous real Upbit and Binance books of 2025-08-23 (cut into
+tests/data from ../shared/data/orderbook, with FRED's August 2025 fixings).
 
 The real books' ``timestamp`` is naive Korean time (README of the data set): it is
 read as KST (UTC+9) and turned into UTC ns; 2025-08-24T06:05:39 KST is
@@ -44,13 +44,10 @@ EXEC = ExecutionConfig(venue_fees=[VenueFees(venue="upbit", taker_bps=5.0, maker
 UPBIT_FEE = fees_of(EXEC, "upbit")[1]
 BINANCE_FEE = fees_of(EXEC, "binance")[1]
 
-SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
-UPBIT_FILE = SHARED / "orderbook" / "upbit_BTC-KRW_top20_snapshots_2025-08-23T2103Z.jsonl"
-BINANCE_FILE = SHARED / "orderbook" / "binance_BTC-USDT_top20_snapshots_2025-08-23T2105Z.jsonl"
-FRED_FILE = SHARED / "fx" / "usdkrw_1d_fred_DEXKOUS.csv"
-needs_shared = pytest.mark.skipif(
-    not (UPBIT_FILE.exists() and BINANCE_FILE.exists() and FRED_FILE.exists()),
-    reason=f"the real books and FX of 2025-08-23 are in {SHARED}, absent here")
+# the real books and the FRED fixings of August 2025, cut from ../shared/data (tests/data/SOURCES.md)
+UPBIT_FILE = data_file("orderbook/upbit_BTC-KRW_top20_snapshots_2025-08-23T2103Z.jsonl")
+BINANCE_FILE = data_file("orderbook/binance_BTC-USDT_top20_snapshots_2025-08-23T2105Z.jsonl")
+FRED_FILE = data_file("fx/usdkrw_1d_fred_DEXKOUS.csv")
 
 
 def ns(y, m, d, h=12, tz=KST) -> int:
@@ -363,7 +360,6 @@ def real():
         fx=fred_krw_per_usd(tu), tu=tu, tb=tb)
 
 
-@needs_shared
 def test_real_snapshot_times_are_korean_time(real):
     # 2025-08-24T06:05:39.182 KST = 2025-08-23 21:05:39.182 UTC
     assert real["tu"] == int(datetime(2025, 8, 23, 21, 5, 39, 182000, tzinfo=timezone.utc)
@@ -377,7 +373,6 @@ def test_real_snapshot_times_are_korean_time(real):
     assert arb.check_book(real["up"].book) is None and arb.check_book(real["bn"].book) is None
 
 
-@needs_shared
 def test_real_premium_for_one_hundredth_of_a_bitcoin(real):
     fx = real["fx"][1]
     p = route_premium(real["up"], real["bn"], 0.01, fx, max_skew_ns=2_000_000_000)
@@ -398,7 +393,6 @@ def test_real_premium_for_one_hundredth_of_a_bitcoin(real):
     # the premium is there (+14 bps) but the two taker fees (15 bps) eat it
 
 
-@needs_shared
 def test_real_premium_for_a_tenth_walks_four_upbit_levels(real):
     fx = real["fx"][1]
     p = route_premium(real["up"], real["bn"], 0.1, fx)
@@ -420,7 +414,6 @@ def test_real_premium_for_a_tenth_walks_four_upbit_levels(real):
     assert p.net_profit_usdt == pytest.approx(-1.3749, abs=1e-4)
 
 
-@needs_shared
 def test_real_reverse_direction(real):
     fx = real["fx"][1]
     # buy 0.01 on Upbit at 159,515,000 KRW = 115,447.5252 USDT; sell on Binance at 115,279.25
@@ -431,7 +424,6 @@ def test_real_reverse_direction(real):
     assert p.net_bps == pytest.approx(-29.5466, abs=1e-4)
 
 
-@needs_shared
 def test_real_books_too_thin_and_too_small(real):
     fx = real["fx"][1]
     # Upbit's 20 bid levels hold 1.26267060 BTC, its asks 1.86244168: 1.5 can only be bought
@@ -444,7 +436,6 @@ def test_real_books_too_thin_and_too_small(real):
     assert denied(route_premium(real["up"], real["bn"], 0.00003, fx), NOTIONAL_BELOW_MIN)
 
 
-@needs_shared
 def test_real_pairs_all_show_the_same_premium_level():
     """Every Upbit/Binance pair within 2 s: the best-level premium against FRED is
     +14 bps, the mid-implied rate about 1,383.7 KRW per USDT (the data set's README)."""
