@@ -210,6 +210,18 @@ def check_bars(data: MarketData, bar_seconds: float) -> None:
                             f"(conf/backtest.toml is one for 5-minute candles)")
 
 
+def check_currencies(data: MarketData) -> None:
+    """One account in one quote currency: the portfolio, the equity and the risk limits
+    add the symbols' money up as it is, so KRW and USDT in one run would be summed as
+    one currency (conversion at an FX rate is not built yet)."""
+    quotes = {key.split("@")[0].partition("/")[2] for key in data.symbols}
+    quotes.discard("")
+    if len(quotes) > 1:
+        raise UserError(f"the data's symbols are quoted in {', '.join(sorted(quotes))}: a backtest "
+                        "trades one quote currency (KRW against USDT needs an FX rate, not built "
+                        "yet); run each currency's files on their own")
+
+
 class Backtest:
     """One run: the cores of a live pipeline wired in one process (the module
     docstring says how). ``run`` plays the data and returns a BacktestResult."""
@@ -222,6 +234,7 @@ class Backtest:
         self.on_features = on_features
         n = len(data.symbols)
         check_bars(data, cfg.indicators.bar_seconds)
+        check_currencies(data)
         first = int(data.ticks["ts_exchange_ns"][0])
         self.clock = SimClock(first)
         ic = cfg.indicators

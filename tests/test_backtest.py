@@ -256,3 +256,13 @@ def test_a_venue_fee_mistake_is_one_line(tmp_path, capsys):
                  "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert "execution.venue_fees[0].taker_bps must be in [0, 100)" in err and "\n" not in err
+
+
+def test_symbols_in_two_quote_currencies_are_a_one_line_error(tmp_path, capsys):
+    """Without an FX rate the account would add KRW and USDT up as one currency."""
+    krw = tmp_path / "upbit_BTC-KRW_5m.csv"
+    krw.write_text(BTC.read_text())
+    assert main(["backtest", "--config", str(config(tmp_path)), "--data", str(BTC), str(krw),
+                 "--no-progress", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "quoted in KRW, USDT" in err and "\n" not in err and "Traceback" not in err
