@@ -872,13 +872,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_train)
 
     sp = sub.add_parser("backtest", help="run the live strategy over candle or trade files, on a simulated clock",
-                        description="Play candle or trade files (CSV or Parquet, one symbol each) through "
+                        description="Play candle or trade files (CSV or Parquet, one symbol each; a quotes "
+                                    "file beside one, a perpetual's funding-rate file) through "
                                     "the live chain in one process on a simulated clock: bars, "
                                     "indicators, the model ([model] kind), the strategy, the risk "
-                                    "guard, the paper broker (latency, slippage, fees), the portfolio "
-                                    "and the journal. The same data and config give the same fills "
-                                    "(the fingerprint printed). Writes report.json, report.html and "
-                                    "PNG plots to --out.")
+                                    "guard, the paper broker (latency, slippage, impact, fees), the "
+                                    "portfolio and the journal. The same data and config give the same "
+                                    "fills (the fingerprint printed). Writes report.json, report.html, "
+                                    "trades.csv and PNG plots to --out; or walks forward, checks for "
+                                    "look-ahead and warm-up, or sweeps parameters.")
     sp.add_argument("--config", metavar="PATH",
                     help="TOML config (default: conf/default.toml if present, else built-in defaults); "
                          "[indicators] bar_seconds must be the candles' step")
