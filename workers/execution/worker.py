@@ -68,18 +68,12 @@ class ExecutionWorker(Worker):
         return RulesLoader(feeds, self.desk.set_rules, self.log).start()
 
     def step(self) -> bool:
-        did = False
-        for reader in self.readers:           # the ticks first: intents meet the market as it is
-            if reader is self.intents:
-                continue
-            batch = reader.read()
-            if batch is not None:
-                did = True
-                self.desk.on_ticks(batch.records)
-                reader.commit()
+        did = self._read_ticks()              # the ticks first: intents meet the market as it is
         batch = self.intents.read()
         if batch is not None:
             did = True
+            # and again: the ticks that caused these intents may have come since the read above
+            self._read_ticks()
             self.counters["in"] += len(batch)
             passed = self.desk.guard.passed()
             self._publish(self.desk.on_intents(batch.records))
@@ -87,6 +81,18 @@ class ExecutionWorker(Worker):
             self.intents.commit()
         else:
             self._publish(self.desk.poll())
+        return did
+
+    def _read_ticks(self) -> bool:
+        did = False
+        for reader in self.readers:
+            if reader is self.intents:
+                continue
+            batch = reader.read()
+            if batch is not None:
+                did = True
+                self.desk.on_ticks(batch.records)
+                reader.commit()
         return did
 
     def _publish(self, out: StepOut) -> None:
