@@ -141,7 +141,7 @@ class BarBuilder:
         self.timer_due_ns = NEVER  # earliest clock close of an open bar
         self.counters = {"in": 0, "rejected": 0, "timer_closes": 0}
         empty = np.zeros(0, TICK)          # compiles the fold now, not at the first trade
-        self._fold(empty, empty["ts_exchange_ns"] // self.bar_ns)
+        self._fold_trades(empty, empty["ts_exchange_ns"] // self.bar_ns)
 
     # -- input --------------------------------------------------------------------------
     def resume(self, ids: np.ndarray, bar_open_ns: np.ndarray) -> None:
@@ -186,7 +186,7 @@ class BarBuilder:
         if len(bars) > 1 and not (bars[1:] >= bars[:-1]).all():
             order = np.argsort(bars, kind="stable")        # by bar, arrival order within each
             trades, bars = trades[order], bars[order]
-        k, out_group, out_sym, out_ns, out_f, out_flags = self._fold(trades, bars)
+        k, out_group, out_sym, out_ns, out_f, out_flags = self._fold_trades(trades, bars)
         if k:
             cuts = (np.flatnonzero(out_group[1:k] != out_group[:k - 1]) + 1).tolist()
             for a, b in zip([0] + cuts, cuts + [k]):
@@ -197,7 +197,7 @@ class BarBuilder:
                                          flags=out_flags[i]))
         return closed
 
-    def _fold(self, trades: np.ndarray, bars: np.ndarray) -> tuple:
+    def _fold_trades(self, trades: np.ndarray, bars: np.ndarray) -> tuple:
         """Run `_fold` on valid trades in bar order: (rows, out arrays...)."""
         n = len(bars)
         out_group = np.empty(n, np.int64)
