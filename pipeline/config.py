@@ -283,14 +283,113 @@ class VenueFees:
     maker_bps: float = 2.0              # negative: a rebate
 
 
+FX_MARKET_MAX_AGE_S = 60.0             # a market rate older than this is stale ...
+FX_FILE_MAX_AGE_S = 4 * 86400.0        # ... and a dated file's (daily fixings skip weekends)
+
+
+@dataclass
+class FxSource:
+    """How one quote currency converts into the account's ``[execution] currency``: a market
+    the pipeline feeds (its mid), a fixed rate, or a file of dated rates (backtests). A rate is
+    units of ``quote`` per one unit of the account currency (KRW per USDT, about 1,380), the way
+    FRED's DEXKOUS gives KRW per USD. Several sources of one currency: the first fresh one is
+    used, and they must agree within ``[execution] fx_band_bps``."""
+    quote: str = ""                     # "KRW"
+    symbol: str = ""                    # a symbol of the pipeline, either way round: "USDT/KRW@upbit"
+    rate: float = 0.0                   # fixed: never stale
+    file: str = ""                      # CSV: a date (or time) column, the rate in `column` or the last
+    column: str = ""
+    max_age_s: float = 0.0              # older is stale (0: 60 s for a market, 4 days for a file)
+
+    @property
+    def kind(self) -> str:
+        return "symbol" if self.symbol else "file" if self.file else "rate"
+
+    @property
+    def stale_after_s(self) -> float:
+        if self.max_age_s:
+            return self.max_age_s
+        return {"symbol": FX_MARKET_MAX_AGE_S, "file": FX_FILE_MAX_AGE_S}.get(self.kind, math.inf)
+
+
+def feed_symbols(cfg: "Config") -> list[str]:
+    """Every "SYMBOL@venue" the feeds carry, in feed order, once each: the symbol ids
+    (pipeline/symbols.py) are their positions in this list."""
+    keys: list[str] = []
+    for feed in cfg.feeds:
+        for sym in feed.symbols:
+            key = f"{sym}@{feed.venue_name}"
+            if key not in keys:
+                keys.append(key)
+    return keys
+
+
+def symbol_parts(key: str) -> tuple[str, str, str]:
+    """("BTC", "KRW", "upbit") of "BTC/KRW@upbit"; missing parts are ""."""
+    pair, _, venue = key.partition("@")
+    base, _, quote = pair.partition("/")
+    return base, quote, venue
+
+
+def account_currency(ec: "ExecutionConfig", symbols: list[str]) -> str:
+    """The account's currency: ``[execution] currency``, else the one quote currency of
+    ``symbols`` ("" when they have none or several: `currency_problem` says which)."""
+    if ec.currency:
+        return ec.currency
+    quotes = {symbol_parts(k)[1] for k in symbols} - {""}
+    return quotes.pop() if len(quotes) == 1 else ""
+
+
+def currency_problem(ec: "ExecutionConfig", symbols: list[str]) -> str | None:
+    """Why the account cannot value ``symbols`` in one currency, or None: money in KRW and
+    USDT added up as one figure is the worst kind of wrong number, so a quote currency other
+    than the account's needs an [[execution.fx]] source, and each source must be usable."""
+    quotes = sorted({symbol_parts(k)[1] for k in symbols} - {""})
+    acct = account_currency(ec, symbols)
+    if not acct:
+        return (f"the symbols are quoted in {', '.join(quotes)}: set [execution] currency (the "
+                "account's, e.g. \"USDT\") and an [[execution.fx]] source for each other currency")
+    given = {f.quote for f in ec.fx}
+    missing = [q for q in quotes if q != acct and q not in given]
+    if missing:
+        return (f"symbols quoted in {', '.join(missing)} need an [[execution.fx]] source converting "
+                f"them into the account currency {acct} (a market such as \"USDT/KRW@upbit\", "
+                "a fixed rate or a file of dated rates)")
+    for i, f in enumerate(ec.fx):
+        where = f"execution.fx[{i}]"
+        if not f.quote or f.quote == acct:
+            return f"{where}.quote must name a currency other than the account's {acct}, got {f.quote!r}"
+        if sum((bool(f.symbol), f.rate != 0, bool(f.file))) != 1:
+            return f"{where} needs exactly one of symbol, rate or file"
+        if f.rate and not (math.isfinite(f.rate) and f.rate > 0):
+            return f"{where}.rate must be a finite number > 0 ({f.quote} per {acct}), got {f.rate!r}"
+        if not (f.max_age_s >= 0 and math.isfinite(f.max_age_s)):
+            return f"{where}.max_age_s must be a finite number >= 0, got {f.max_age_s!r}"
+        if f.symbol:
+            base, quote, venue = symbol_parts(f.symbol)
+            if not venue or f.symbol not in symbols:
+                return (f"{where}.symbol '{f.symbol}' must be one of the pipeline's symbols, "
+                        f"SYMBOL@venue (known: {', '.join(symbols)})")
+            if {base, quote} != {acct, f.quote}:
+                return f"{where}.symbol '{f.symbol}' does not trade {f.quote} against {acct}"
+        if f.file and not Path(f.file).expanduser().is_file():
+            return f"{where}.file '{f.file}' is not a file"
+    return None
+
+
 @dataclass
 class ExecutionConfig:
     mode: str = "paper"
+    # the account's currency: capital, equity, P&L totals and the risk limits' money figures
+    # are in it. "" = the symbols' one quote currency; symbols in others need [[execution.fx]]
+    currency: str = ""
+    fx: list[FxSource] = field(default_factory=list)
+    fx_band_bps: float = 150.0          # two fresh sources of one currency further apart: stale
     # the journal (SQLite): every intent, verdict, order event, fill, position and risk
     # state; everything rebuilt from it at start. "" = <journal_dir>/<pipeline name>.sqlite
     journal: str = ""
     journal_dir: str = "journal"        # $TICKPIPE_JOURNAL_DIR, when set, replaces it
-    capital: float = 10_000.0           # the paper account's equity (quote currency) at its first start
+    capital: float = 10_000.0           # the paper account's equity (account currency) at its first start
     fee_bps: float = 10.0               # taker fee, every venue
     maker_fee_bps: float = 2.0          # maker fee (a resting limit order filled); negative: a rebate
     # [[execution.venue_fees]] venue = "upbit", taker_bps = 5.0, maker_bps = 5.0: per venue,
@@ -315,7 +414,7 @@ RISK_STATES = ("reducing", "halted")
 @dataclass
 class RiskConfig:
     """The four-tier risk guard's limits (workers/execution/risk.py says what each tier
-    does). Money figures are notionals in the quote currency; 0 turns off the two checks
+    does). Money figures are notionals in the account currency ([execution] currency); 0 turns off the two checks
     that say so."""
     max_daily_loss_frac: float = 0.03      # loss since the UTC day's start, of day-start equity
     daily_loss_state: str = "halted"       # a blown day stops everything until the next UTC day
@@ -517,6 +616,7 @@ def validate(cfg: Config) -> None:
          f"{cfg.execution.impact_coef:g} and {cfg.execution.impact_window_s:g}"),
         (abs(cfg.execution.maker_fee_bps) < 100, "execution.maker_fee_bps must be within +-100"),
         *_venue_fee_checks(cfg.execution.venue_fees),
+        (cfg.execution.fx_band_bps > 0, f"execution.fx_band_bps must be > 0, got {cfg.execution.fx_band_bps:g}"),
         (min(cfg.execution.ack_latency_ms, cfg.execution.fill_latency_ms,
              cfg.execution.latency_jitter_ms) >= 0,
          "execution.ack_latency_ms, fill_latency_ms and latency_jitter_ms must be >= 0"),
@@ -567,6 +667,8 @@ def validate(cfg: Config) -> None:
         checks.append((ok or cfg.bus.allow_remote,
                        f"bus.tap_bind '{cfg.bus.tap_bind}' listens beyond this host; "
                        "set bus.allow_remote = true to allow it"))
+    problem = currency_problem(cfg.execution, feed_symbols(cfg))
+    checks.append((problem is None, problem or ""))
     ind = cfg.indicators
     for kind in PARAM_COUNTS:
         for k, p in enumerate(getattr(ind, kind)):
@@ -656,6 +758,8 @@ def resolve_paths(cfg: Config, folder: str | Path) -> None:
         setattr(part, key, resolve(getattr(part, key)))
     for feed in cfg.feeds:
         feed.path = resolve(feed.path)
+    for fx in cfg.execution.fx:
+        fx.file = resolve(fx.file)
 
 
 def load_config(path: str | Path | None = None) -> Config:

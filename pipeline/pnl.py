@@ -5,7 +5,9 @@ arithmetic execution uses (workers/execution/portfolio.py), and checked
 against the positions execution journaled after each fill: the two must agree,
 or something wrote positions that no fill explains (or lost a fill). Open
 positions are marked at the newest price the journal knows for the symbol (its
-last fill), which `mark` says.
+last fill), which `mark` says. Money is summed per currency (a symbol's quote
+currency): KRW and USDT are never added into one figure here, since the journal holds
+no rates; execution's equity converts them into the account's currency.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from shm.records import FILL
+from pipeline.config import symbol_parts
 from workers.execution.portfolio import Portfolio, balances
 
 from . import journal
@@ -25,7 +28,7 @@ TOLERANCE = 1e-9     # relative: what float arithmetic may differ by between two
 
 def pnl_report(path: str | Path) -> dict:
     """Per symbol: quantity, average price, realised P&L, fees, fills, mark and
-    unrealised P&L; totals per venue and overall; and ``mismatches``, where the
+    unrealised P&L; totals per venue and currency and per currency; and ``mismatches``, where the
     journaled positions disagree with the fills."""
     keys: list[str] = []
     index: dict[str, int] = {}
@@ -55,12 +58,13 @@ def pnl_report(path: str | Path) -> dict:
         row = book.rows[sid]
         qty, avg = float(row["qty"]), float(row["avg_price"])
         unrealised = qty * (marks[sid] - avg) if qty else 0.0
-        entry = {"symbol": key, "qty": qty, "avg_price": avg, "realized_pnl": float(row["realized_pnl"]),
+        _, currency, venue = symbol_parts(key)
+        entry = {"symbol": key, "currency": currency or "?", "qty": qty, "avg_price": avg, "realized_pnl": float(row["realized_pnl"]),
                  "unrealized_pnl": float(unrealised), "fees": float(row["fees"]),
                  "fills": int(row["n_fills"]), "mark": float(marks[sid])}
         symbols.append(entry)
-        venue = key.partition("@")[2] or "?"
-        v = venues.setdefault(venue, {"realized_pnl": 0.0, "unrealized_pnl": 0.0, "fees": 0.0})
+        v = venues.setdefault(venue or "?", {}).setdefault(
+            entry["currency"], {"realized_pnl": 0.0, "unrealized_pnl": 0.0, "fees": 0.0})
         for k in v:
             v[k] += entry[k]
         last = journaled.get(key)
@@ -70,7 +74,9 @@ def pnl_report(path: str | Path) -> dict:
                 if abs(want - got) > TOLERANCE * max(1.0, abs(want), abs(got)):
                     mismatches.append({"symbol": key, "field": name, "journaled": want,
                                        "from_fills": got})
-    totals = {k: sum(s[k] for s in symbols) for k in ("realized_pnl", "unrealized_pnl", "fees")}
+    totals = {c: {k: sum(s[k] for s in symbols if s["currency"] == c)
+                  for k in ("realized_pnl", "unrealized_pnl", "fees")}
+              for c in sorted({s["currency"] for s in symbols})}
     return {"journal": str(path), "symbols": symbols, "venues": venues, "totals": totals,
             "balances": balances(keys, book.rows), "fills": len(fills), "mismatches": mismatches}
 
@@ -83,15 +89,16 @@ def format_pnl(rep: dict) -> str:
         for s in rep["symbols"]:
             lines.append(f"{s['symbol']:<24}{s['qty']:>14.8g}{s['avg_price']:>14.8g}{s['mark']:>14.8g}"
                          f"{s['realized_pnl']:>12.2f}{s['unrealized_pnl']:>12.2f}{s['fees']:>10.2f}")
-    for venue, v in rep["venues"].items():
-        lines.append(f"venue {venue}: realized {v['realized_pnl']:.2f}, unrealized "
-                     f"{v['unrealized_pnl']:.2f}, fees {v['fees']:.2f}")
+    for venue, by_currency in rep["venues"].items():
+        for c, v in by_currency.items():
+            lines.append(f"venue {venue} ({c}): realized {v['realized_pnl']:.2f}, unrealized "
+                         f"{v['unrealized_pnl']:.2f}, fees {v['fees']:.2f}")
     for venue, assets in rep.get("balances", {}).items():
         moved = ", ".join(f"{a} {x:+.8g}" for a, x in sorted(assets.items()))
         lines.append(f"balances on {venue} (moved by the fills): {moved}")
-    t = rep["totals"]
-    lines.append(f"total: realized {t['realized_pnl']:.2f}, unrealized {t['unrealized_pnl']:.2f} "
-                 f"(marked at the last fill), fees {t['fees']:.2f}")
+    for c, t in rep["totals"].items():
+        lines.append(f"total in {c}: realized {t['realized_pnl']:.2f}, unrealized "
+                     f"{t['unrealized_pnl']:.2f} (marked at the last fill), fees {t['fees']:.2f}")
     if rep["mismatches"]:
         lines.append("ALERT: the journaled positions disagree with the fills:")
         lines += [f"  {m['symbol']} {m['field']}: journaled {m['journaled']:.10g}, "

@@ -5,7 +5,7 @@ without talking to the others.
 """
 from __future__ import annotations
 
-from .config import Config
+from .config import Config, feed_symbols
 
 
 class SymbolRegistry:
@@ -15,13 +15,7 @@ class SymbolRegistry:
 
     @classmethod
     def from_config(cls, cfg: Config) -> "SymbolRegistry":
-        keys: list[str] = []
-        for feed in cfg.feeds:
-            for sym in feed.symbols:
-                key = f"{sym}@{feed.venue_name}"
-                if key not in keys:
-                    keys.append(key)
-        return cls(keys)
+        return cls(feed_symbols(cfg))
 
     def __len__(self) -> int:
         return len(self.keys)

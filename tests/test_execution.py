@@ -289,8 +289,9 @@ def test_pnl_and_journal_commands_read_the_journal(runs, capsys, tmp_path):
     assert main(["pnl", "--journal", str(path), "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)
     assert rep["fills"] == 3 and rep["mismatches"] == []
-    assert rep["totals"]["realized_pnl"] == pytest.approx(stats["realized_pnl"])
-    assert rep["totals"]["fees"] == pytest.approx(stats["fees"])
+    assert list(rep["totals"]) == ["USDT"]                 # per currency: never KRW + USDT
+    assert rep["totals"]["USDT"]["realized_pnl"] == pytest.approx(stats["realized_pnl"])
+    assert rep["totals"]["USDT"]["fees"] == pytest.approx(stats["fees"])
     aaa = next(s for s in rep["symbols"] if s["symbol"] == "AAA/USDT@synthetic")
     assert aaa["qty"] == 1.5 and aaa["mark"] == pytest.approx(110.0 * (1 - HALF_SPREAD) * (1 - 2e-4))
     assert set(rep["venues"]) == {"synthetic"}

@@ -10,7 +10,7 @@ Two kinds of rule, each with its own ``Denial`` code:
 * condition rules look at the world (``MarketView``) at the start of each ``check`` and move a
   tier: kill switch, daily loss, drawdown, gross exposure over its limit (global); feed
   unhealthy, exposure over its limit (venue); inventory imbalance over its limit (route);
-  position over its limit, stale quote (symbol). An automatic state comes back by itself when
+  position over its limit, stale quote, no fresh FX rate for its quote currency (symbol). An automatic state comes back by itself when
   its condition clears, except the latched ones (daily loss until the next UTC day, drawdown
   until ``resume``), because a loss that bounces back within the day is no reason to trust the
   strategy again. Manual states (``halt``) go only by ``resume``; the kill switch only by
@@ -21,6 +21,10 @@ Two kinds of rule, each with its own ``Denial`` code:
   from its tick), and the limits an intent would push past (position, gross and venue exposure, route
   imbalance, open legs, open orders, order rate). An intent that reduces exposure never breaches
   an exposure limit; open orders and order rate bind every intent, since a venue ban is worse.
+
+Money figures (exposures, notionals, the limits) are in the account's currency: a symbol
+quoted in another is valued at ``MarketView.fx`` (workers/execution/fx.py); one with no rate
+at all is denied ``FX_RATE`` outright, since nothing can size it.
 
 Every state change is kept as a ``RiskEvent`` for the caller to journal (``drain_events``);
 ``state()`` / ``restore()`` carry the tiers and counters across restarts. Pure: numpy in, numpy
@@ -85,6 +89,7 @@ class Denial(IntEnum):
     STALE_INTENT = 19
     IN_FLIGHT = 20          # the desk's own rules, after the guard: counted here, one table of codes
     VENUE_RULES = 21
+    FX_RATE = 22            # the symbol's quote currency has no fresh rate into the account's
 
 
 DENIAL_TEXT = {
@@ -112,6 +117,7 @@ DENIAL_TEXT = {
                          "from its tick): it may only reduce a position",
     Denial.IN_FLIGHT: "an order for the symbol is still unanswered (or a crash left it unresolved)",
     Denial.VENUE_RULES: "no valid order after the venue's tick, lot and notional rules",
+    Denial.FX_RATE: "no fresh rate from the symbol's quote currency into the account currency",
 }
 
 
@@ -135,6 +141,10 @@ class MarketView:
     equity: float
     equity_peak: float
     day_start_equity: float
+    # account currency per unit of each symbol's quote currency (workers/execution/fx.py;
+    # NaN: no rate known) and whether that rate is fresh; None: every symbol is in it
+    fx: np.ndarray | None = None
+    fx_fresh: np.ndarray | None = None
 
     @classmethod
     def empty(cls, n_symbols: int, n_venues: int) -> "MarketView":
@@ -351,7 +361,9 @@ class RiskGuard:
                 raise ValueError(f"MarketView.{name} must have one entry per venue ({len(self.venues)})")
         pos = np.asarray(mv.position, np.float64)
         mid = (mv.bid + mv.ask) / 2
-        mark = np.where(_valid(mv.last), mv.last, np.where(_valid(mid), mid, np.nan))
+        fx = np.ones(n) if mv.fx is None else np.asarray(mv.fx, np.float64)
+        # money in the account currency: a KRW symbol's mark times KRW -> USDT
+        mark = np.where(_valid(mv.last), mv.last, np.where(_valid(mid), mid, np.nan)) * fx
         expo = np.where(pos != 0, np.abs(pos) * mark, 0.0)       # NaN: a position nothing values
         signed = np.where(pos != 0, pos * mark, 0.0)
         gross = float(expo.sum())
@@ -391,12 +403,16 @@ class RiskGuard:
         self._sync(Tier.SYMBOL, Denial.POSITION_LIMIT, ~(expo <= lim.max_position_notional),
                    TradingState.REDUCING,
                    lambda s: f"symbol {s} position notional {expo[s]:.2f} > {lim.max_position_notional}", now)
+        if mv.fx_fresh is not None:
+            self._sync(Tier.SYMBOL, Denial.FX_RATE, ~np.asarray(mv.fx_fresh, bool), TradingState.REDUCING,
+                       lambda s: f"symbol {s}: no fresh rate of its quote currency into the account's",
+                       now)
         if lim.max_quote_age_s:
             age_ns = now - np.asarray(mv.quote_ns, np.int64)
             self._sync(Tier.SYMBOL, Denial.STALE_QUOTE, age_ns > lim.max_quote_age_s * 1e9,
                        TradingState.REDUCING,
                        lambda s: f"symbol {s} quote {age_ns[s] / 1e9:.1f}s old > {lim.max_quote_age_s}s", now)
-        return {"pos": pos, "mark": mark, "gross": gross, "venue_expo": venue_expo,
+        return {"pos": pos, "mark": mark, "fx": fx, "gross": gross, "venue_expo": venue_expo,
                 "route_net": route_net, "route_legs": route_legs,
                 "open_orders": np.asarray(mv.open_orders, np.float64)}
 
@@ -479,12 +495,14 @@ class RiskGuard:
         touch = np.where(side > 0, ask, bid)
         is_mkt = ~is_limit
         px = np.where(is_limit, limit_px, np.where(_valid(touch), touch, np.where(_valid(last), last, ref_px)))
+        fx = world["fx"][s]
         with np.errstate(all="ignore"):
-            order_notional = qty * px
+            order_notional = qty * px * fx
             mid = (bid + ask) / 2
             spread_bps = (ask - bid) / mid * 1e4
             band_bps = np.abs(px - last) / last * 1e4
-        rules = [(~(order_notional <= lim.max_order_notional), Denial.ORDER_NOTIONAL)]
+        rules = [(~np.isfinite(fx), Denial.FX_RATE),
+                 (~(order_notional <= lim.max_order_notional), Denial.ORDER_NOTIONAL)]
         if lim.max_spread_bps:
             quoted = _valid(bid) & _valid(ask) & (ask >= bid)
             rules.append((is_mkt & ~(quoted & (spread_bps <= lim.max_spread_bps)), Denial.SPREAD))
@@ -498,7 +516,7 @@ class RiskGuard:
                 age_ns = now - intents["ts_origin_ns"][cand].astype(np.int64)
             stale = (((intents["flags"][cand] & FLAG_STALE) != 0)
                      | (age_ns > lim.max_intent_age_s * 1e9))
-            codes[cand] = self._sequential(intents[cand], s[cand], px[cand], st[cand], stc[cand], stale,
+            codes[cand] = self._sequential(intents[cand], s[cand], px[cand] * fx[cand], st[cand], stc[cand], stale,
                                            world)
         self._counts += np.bincount(codes, minlength=len(Denial))
         return codes
