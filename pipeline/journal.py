@@ -66,6 +66,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import chain
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 from urllib.parse import quote
@@ -158,6 +159,7 @@ _SAFE_KEYS: set[str] = set()       # payload keys already found not to name a cr
 _SCALARS = frozenset({str, int, bool, type(None)})
 _CONTAINERS = frozenset({dict, list, tuple})
 _PLAIN = _SCALARS | _CONTAINERS | {float}
+_FLOATS, _DICTS, _LISTS = {float}, {dict}, {list}
 _is_float = functools.partial(type.__instancecheck__, float)
 _is_dict = functools.partial(type.__instancecheck__, dict)
 _is_list = functools.partial(type.__instancecheck__, list)
@@ -166,10 +168,14 @@ _is_tuple = functools.partial(type.__instancecheck__, tuple)
 
 def _check_fast(value: Any, where: str) -> None:
     """The refusals of `_check_payload` (credential keys, NaN/inf at any depth) for the
-    plain dicts and lists a batch is built of, paid per container rather than per value:
-    keys against the set of keys already cleared, values by their types, both in C. Any
-    doubt (a new key, a float that is not finite, a value of another type) takes the
-    slow walk, which raises naming where."""
+    plain dicts and lists a batch is built of, paid per container rather than per value,
+    in C: keys against the set of keys already cleared, values by their types, floats by
+    their sum (finite only if every one is). A container's dicts are taken together (their
+    keys at once, their values as one list) and its many short rows of one length as
+    columns, so a
+    batch's many small rows cost as few large containers. Any doubt (a new key, a sum or
+    float that is not finite, a value of another type) takes the slow walk, which raises
+    naming where."""
     stack = [value]
     pop = stack.pop
     while stack:
@@ -177,11 +183,7 @@ def _check_fast(value: Any, where: str) -> None:
         t = type(v)
         if t is dict:
             if not _SAFE_KEYS.issuperset(v):
-                for k in v:
-                    if type(k) is not str:
-                        raise JournalError(f"payload key {where}: {k!r} is not a string")
-                _check_payload(value, where)        # raises for a credential key
-                _SAFE_KEYS.update(v)
+                _clear_keys(v, value, where)
             vals = v.values()
         elif t is list or t is tuple:
             vals = v
@@ -191,16 +193,34 @@ def _check_fast(value: Any, where: str) -> None:
         types = set(map(type, vals))
         if types <= _SCALARS:
             continue
-        if float in types and not all(map(math.isfinite, filter(_is_float, vals))):
-            _check_payload(value, where)            # raises, naming where
         if not types <= _PLAIN:
-            _check_payload(value, where)            # numpy values, mappings: the slow walk
+            _check_payload(value, where)            # numpy values, mappings: the slow walk (all of it)
+        elif float in types and not math.isfinite(sum(vals if types == _FLOATS else filter(_is_float, vals))):
+            _check_payload(value, where)            # raises, naming where (or a sum overflowed)
         if dict in types:
-            stack.extend(filter(_is_dict, vals))
+            dicts = list(vals) if types == _DICTS else list(filter(_is_dict, vals))
+            keys = set().union(*dicts)
+            if not _SAFE_KEYS.issuperset(keys):
+                _clear_keys(keys, value, where)
+            stack.append(list(chain.from_iterable(map(dict.values, dicts))))
         if list in types:
-            stack.extend(filter(_is_list, vals))
+            rows = list(vals) if types == _LISTS else list(filter(_is_list, vals))
+            if len(rows) > len(rows[0]) and len(set(map(len, rows))) == 1:
+                stack.extend(zip(*rows))            # many short rows of one length: their columns
+            else:
+                stack.extend(rows)
         if tuple in types:
             stack.extend(filter(_is_tuple, vals))
+
+
+def _clear_keys(keys: Iterable, value: Any, where: str) -> None:
+    """Keys not yet cleared: strings that name no credential (the slow walk of the whole
+    payload raises, naming where), then remembered as cleared."""
+    for k in keys:
+        if type(k) is not str:
+            raise JournalError(f"payload key {where}: {k!r} is not a string")
+    _check_payload(value, where)
+    _SAFE_KEYS.update(keys)
 
 
 def canonical(payload: Mapping[str, Any]) -> str:
@@ -753,8 +773,8 @@ def _check_attach(a: dict, n: int, cols: dict, i: int) -> None:
     if (type(a.get("into")) is not str or a["into"] not in cols or type(a.get("key")) is not str
             or type(fields) is not list or type(at) is not list or type(rows) is not list
             or len(at) != len(rows) or not set(map(type, at)) <= {int} or (at and not 0 <= min(at) <= max(at) < n)
-            or len(set(at)) != len(at) or not set(map(type, rows)) <= {list} or any(len(r) != len(fields) for r in rows)
-            or not all(type(cols[a["into"]][k]) is dict for k in at)):
+            or len(set(at)) != len(at) or not set(map(type, rows)) <= {list} or not set(map(len, rows)) <= {len(fields)}
+            or not set(map(type, map(cols[a["into"]].__getitem__, at))) <= {dict}):
         raise JournalError(f"batch section {i}: attach must name a column of dicts, a key, distinct row "
                            f"indexes below {n} and a row of values per index for its fields")
     _check_fast({**dict.fromkeys(fields), a["key"]: None}, "payload")
