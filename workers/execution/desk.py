@@ -53,6 +53,7 @@ from .venue_rules import Denial as RuleDenial, SymbolRules, round_order
 
 PAPER_LOST = "the paper venue ran inside the process that stopped: nothing more of it can fill"
 STAGES = ("tick_to_intent", "intent_to_submit", "submit_to_ack", "ack_to_fill", "tick_to_fill")
+TICK_TO_INTENT, INTENT_TO_SUBMIT, SUBMIT_TO_ACK, ACK_TO_FILL, TICK_TO_FILL = range(len(STAGES))
 SNAPSHOT_EVERY_NS = 60 * 1_000_000_000
 EVENTS_KEPT = 200
 POSITION_TOLERANCE = 1e-9
@@ -109,6 +110,8 @@ class Desk:
         self.day = clock.time_ns() // DAY_NS
         self.latency = {(v, s): LatencyHistogram() for v in self.venues for s in STAGES}
         self._samples: dict[tuple[str, str], list[int]] = {k: [] for k in self.latency}
+        # the same lists by venue, in STAGES order: a sample is one append (see `_fold_samples`)
+        self._by_venue = {v: tuple(self._samples[(v, s)] for s in STAGES) for v in self.venues}
         self.feed: deque[dict] = deque(maxlen=EVENTS_KEPT)     # risk events for the tap
         self.feed_dropped = 0
         self.restored: dict[str, float] = {}
@@ -215,7 +218,7 @@ class Desk:
             blocked.add(sid)
             made.append((order, oid, ref))
             sent.append(order)
-            self._observe(order.venue, "tick_to_intent", ts_intent - ts_origin)
+            self._by_venue[order.venue][TICK_TO_INTENT].append(ts_intent - ts_origin)
         out.orders += _order_records(made, now)
         return out.extend(self._send(sent))
 
@@ -224,7 +227,7 @@ class Desk:
         the venue hears of any; then what it answered by now."""
         self._commit()
         m = self.market
-        shown, broker, observe = self._shown, self.broker, self._observe
+        shown, broker, by_venue = self._shown, self.broker, self._by_venue
         for order in sent:
             s = order.symbol_id
             if shown.get(s) != m.quote_ns[s] and math.isfinite(m.bid[s]) and math.isfinite(m.ask[s]):
@@ -232,7 +235,7 @@ class Desk:
                 shown[s] = m.quote_ns[s]
             broker.submit(order.client_id, s, order.venue, order.side, order.order_type, order.tif,
                           order.qty, order.limit_price)
-            observe(order.venue, "intent_to_submit", self.clock.time_ns() - order.timestamps["CREATED"])
+            by_venue[order.venue][INTENT_TO_SUBMIT].append(self.clock.time_ns() - order.timestamps["CREATED"])
         self.counters["orders"] += len(sent)
         return self.poll()
 
@@ -264,24 +267,24 @@ class Desk:
         (committed) and returned for publishing."""
         out = StepOut()
         fills = []
-        orders, observe = self.orders, self._observe
+        orders, by_venue = self.orders, self._by_venue
         for ev in self.broker.poll():
             cid = ev.client_order_id
             order = orders.get(cid)
             kind = ev.kind
             if kind == "ack":
                 if orders.on_ack(cid, cid):
-                    observe(order.venue, "submit_to_ack", ev.ts_ns - order.timestamps["SUBMITTED"])
+                    by_venue[order.venue][SUBMIT_TO_ACK].append(ev.ts_ns - order.timestamps["SUBMITTED"])
             elif kind == "fill":
                 first = order.fills_qty == 0
                 if orders.on_fill(cid, ev.fill_id, ev.qty, ev.price, ev.fee, ev.liquidity):
-                    fills.append(self._apply_fill(order, ev.fill_id, ev.qty, ev.price, ev.fee, ev.liquidity,
-                                                  ev.ts_ns))
+                    fills.append((order, ev))
                     out.symbols.add(order.symbol_id)
+                    samples = by_venue[order.venue]
                     if first:
                         since = order.timestamps.get("ACCEPTED", order.timestamps["SUBMITTED"])
-                        observe(order.venue, "ack_to_fill", max(ev.ts_ns - since, 0))
-                    observe(order.venue, "tick_to_fill", ev.ts_ns - order.ts_origin_ns)
+                        samples[ACK_TO_FILL].append(ev.ts_ns - since)
+                    samples[TICK_TO_FILL].append(ev.ts_ns - order.ts_origin_ns)
             elif kind == "expired":
                 orders.on_expire(cid, ev.reason)
             elif kind == "cancelled":
@@ -292,23 +295,24 @@ class Desk:
                 elif self.log:                  # a cancel refused: the order stays as it is
                     self.log.info("order %s: venue refused a request: %s", cid, ev.reason)
         if fills:
-            out.fills += self._journal_fills(fills)
+            out.fills += self._journal_fills(self._apply_fills(fills))
         self._commit()
         return out
 
-    def _apply_fill(self, order, fill_id: str, qty: float, price: float, fee: float, liquidity: int,
-                    ts_ns: int, flags: int = 0) -> tuple:
-        """Fold one fill into the portfolio; returns its FILL fields (and id, venue, client
-        order id) for `_journal_fills`."""
-        sid = order.symbol_id
-        oid = self.order_ids.get(order.client_id, 0)
-        position = self.portfolio.apply_values(sid, order.side, qty, price, fee, oid, ts_ns)
-        self.counters["fills"] += 1
-        return ((order.ts_origin_ns, ts_ns, oid, sid, order.side, liquidity, flags, price, qty, fee, position),
-                fill_id, order.venue, order.client_id)
+    def _apply_fills(self, fills: list) -> list:
+        """Fold a poll's applied fills, (order, fill event) each, into the portfolio in
+        order; returns their FILL fields (and id, venue, client order id) for `_journal_fills`."""
+        ids = self.order_ids
+        oids = [ids.get(order.client_id, 0) for order, _ in fills]
+        positions = self.portfolio.apply_many([(order.symbol_id, order.side, ev.qty, ev.price, ev.fee, oid, ev.ts_ns)
+                                               for (order, ev), oid in zip(fills, oids)])
+        self.counters["fills"] += len(fills)
+        return [((order.ts_origin_ns, ev.ts_ns, oid, order.symbol_id, order.side, ev.liquidity, 0, ev.price,
+                  ev.qty, ev.fee, position), ev.fill_id, order.venue, order.client_id)
+                for (order, ev), oid, position in zip(fills, oids, positions)]
 
     def _journal_fills(self, fills: list) -> list:
-        """A poll's fills (from `_apply_fill`) as FILL records; journaled, each, with the
+        """A poll's fills (from `_apply_fills`) as FILL records; journaled, each, with the
         position it made (the last of each symbol: what the fills add up to)."""
         recs = np.array([f[0] for f in fills], dtype=_FILL_PLAIN).astype(FILL)
         syms = self.symbols
@@ -381,10 +385,7 @@ class Desk:
     def latency_sparse(self) -> dict:
         """Per venue and stage, the histogram of every sample so far (LatencyHistogram.to_sparse)."""
         out: dict = {}
-        for key, h in self.latency.items():
-            if self._samples[key]:
-                h.add(np.array(self._samples[key], np.int64))
-                self._samples[key].clear()
+        self._fold_samples(at_least=1)
         for (venue, stage), h in self.latency.items():
             if h.total:
                 out.setdefault(venue, {})[stage] = h.to_sparse()
@@ -522,13 +523,13 @@ class Desk:
     def equity(self) -> float:
         return float(self.market.equity)
 
-    def _observe(self, venue: str, stage: str, ns: int) -> None:
-        """One latency sample; folded into the histograms when they are read."""
-        samples = self._samples[(venue, stage)]
-        samples.append(max(int(ns), 0))
-        if len(samples) >= 4096:
-            self.latency[(venue, stage)].add(np.array(samples, np.int64))
-            samples.clear()
+    def _fold_samples(self, at_least: int = 4096) -> None:
+        """Latency samples (appended by venue and stage as they happen, see ``_by_venue``)
+        folded into their histograms, a negative one as 0, once ``at_least`` are waiting."""
+        for key, samples in self._samples.items():
+            if samples and len(samples) >= at_least:
+                self.latency[key].add(np.maximum(np.array(samples, np.int64), 0))
+                samples.clear()
 
     def _tap(self, event: dict) -> None:
         if len(self.feed) == self.feed.maxlen:
@@ -548,6 +549,7 @@ class Desk:
         self._flush()
         if self.journal.pending:
             self.journal.commit()
+        self._fold_samples()
 
     def _flush(self) -> None:
         """The rows gathered since the last flush, appended as one batch row."""

@@ -40,24 +40,43 @@ class Portfolio:
     def apply_values(self, sid: int, side: int, qty: float, price: float, fee: float, order_id: int,
                      ts_ns: int) -> float:
         """`apply` from a fill's fields as plain values; returns the new quantity."""
-        row = self.rows[sid]
-        q, avg = float(row["qty"]), float(row["avg_price"])
-        dq = side * qty
-        if q == 0 or (q > 0) == (dq > 0):
-            avg = (abs(q) * avg + abs(dq) * price) / (abs(q) + abs(dq))
-        else:
-            closed = min(abs(q), abs(dq))
-            row["realized_pnl"] += closed * (price - avg) * (1.0 if q > 0 else -1.0)
-            if abs(dq) > abs(q):
-                avg = price
-        new = q + dq
-        row["qty"] = new
-        row["avg_price"] = avg if new != 0 else 0.0
-        row["fees"] += fee
-        row["n_fills"] = min(int(row["n_fills"]) + 1, 65535)
-        row["last_order_id"] = order_id
-        row["ts_ns"] = ts_ns
-        return new
+        return self.apply_many([(sid, side, qty, price, fee, order_id, ts_ns)])[0]
+
+    def apply_many(self, fills: list[tuple[int, int, float, float, float, int, int]]) -> list[float]:
+        """Fold fills, (symbol id, side, qty, price, fee, order id, ts_ns) each, in order, as
+        `apply` does one by one; returns the quantity after each. The rows they touch are
+        read once and written once, as plain floats in between: a numpy row's fields cost
+        far more to read and write one at a time (float64 arithmetic either way)."""
+        if not fills:
+            return []
+        rows = self.rows
+        sids = list(dict.fromkeys(f[0] for f in fills))
+        idx = np.array(sids, np.int64)
+        at = {sid: k for k, sid in enumerate(sids)}
+        q_, avg_, pnl_, fees_ = (rows[name][idx].tolist() for name in ("qty", "avg_price", "realized_pnl", "fees"))
+        n_, oid_, ts_ = (rows[name][idx].tolist() for name in ("n_fills", "last_order_id", "ts_ns"))
+        out = []
+        for sid, side, qty, price, fee, order_id, ts_ns in fills:
+            k = at[sid]
+            q, avg = q_[k], avg_[k]
+            dq = side * qty
+            if q == 0 or (q > 0) == (dq > 0):
+                avg = (abs(q) * avg + abs(dq) * price) / (abs(q) + abs(dq))
+            else:
+                closed = min(abs(q), abs(dq))
+                pnl_[k] += closed * (price - avg) * (1.0 if q > 0 else -1.0)
+                if abs(dq) > abs(q):
+                    avg = price
+            new = q + dq
+            q_[k], avg_[k] = new, (avg if new != 0 else 0.0)
+            fees_[k] += fee
+            n_[k] = min(n_[k] + 1, 65535)
+            oid_[k], ts_[k] = order_id, ts_ns
+            out.append(new)
+        for name, values in (("qty", q_), ("avg_price", avg_), ("realized_pnl", pnl_), ("fees", fees_),
+                             ("n_fills", n_), ("last_order_id", oid_), ("ts_ns", ts_)):
+            rows[name][idx] = values
+        return out
 
     def stats(self) -> dict:
         return {"open_positions": int((self.rows["qty"] != 0).sum()),
