@@ -258,6 +258,13 @@ def _common_qty(qty: float, a: SymbolRules, b: SymbolRules) -> Decimal | Denial:
     return q
 
 
+def common_qty(qty: float, a: SymbolRules, b: SymbolRules) -> Decimal | Denial:
+    """``qty`` floored onto both venues' lot steps, or BAD_QTY: what ``route_premium``
+    walks. Public for a caller that prices the same quantity on every update (a route
+    trader) and floors it once."""
+    return _common_qty(qty, a, b)
+
+
 def _leg(vb: VenueBook, side: int, q: Decimal) -> tuple[Walk, RoundedOrder] | Denial:
     """Walk one leg for ``q`` and check its IOC limit (the deepest level walked)
     against the venue's rules: tick, quantity and notional."""
@@ -287,6 +294,16 @@ def one_way(sell: VenueBook, buy: VenueBook, q: Decimal, usdt_per_sell_quote: fl
         d = check_book(vb.book)
         if d is not None:
             return Denial(d.code, f"{vb.venue}: {d.reason}")
+    return _one_way(sell, buy, q, usdt_per_sell_quote, usdt_per_buy_quote, direction, krw_per_usdt)
+
+
+def one_way_checked(sell: VenueBook, buy: VenueBook, q: Decimal, usdt_per_sell_quote: float,
+                    usdt_per_buy_quote: float, direction: str, krw_per_usdt: float) -> Premium | Denial:
+    """``one_way`` without the book checks, for a caller that has already checked both
+    books as ``check_book`` does (and ``q``, the fees and the FX rate as
+    ``route_premium`` does). Why: a route trader screens every book update with its
+    own checks and prices only the few that may trade; checking twice would double the
+    cost of those few."""
     return _one_way(sell, buy, q, usdt_per_sell_quote, usdt_per_buy_quote, direction, krw_per_usdt)
 
 
