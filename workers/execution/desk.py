@@ -32,8 +32,10 @@ backtest drives the same desk as the execution process.
 from __future__ import annotations
 
 import math
+import operator
 from collections import deque
 from dataclasses import dataclass, field
+from itertools import repeat
 
 import numpy as np
 
@@ -539,7 +541,7 @@ class Desk:
     def _journal_order_events(self) -> None:
         events, last = self.orders.drain_with_last()
         if events:
-            self._batch.order_events(events, last, self.orders.orders, self.order_ids, self.symbols)
+            self._batch.order_events(events, last, self.order_ids, self.symbols)
 
     def _commit(self) -> None:
         """Everything the step produced, journaled and committed: its order events, fills,
@@ -610,6 +612,9 @@ def _columns(recs: np.ndarray) -> dict:
     return out
 
 
+_SYMBOL_ID, _VENUE = operator.attrgetter("symbol_id"), operator.attrgetter("venue")
+
+
 class _Batch:
     """The journal rows of a step, gathered by kind, for one `Journal.append_batch`."""
 
@@ -636,24 +641,24 @@ class _Batch:
         self._sections.append({"kind": kind, "n": len(next(iter(cols.values()))), "ts_ns": ts_ns,
                                "symbol": symbol, "venue": venue, "client_order_id": coid, "cols": cols})
 
-    def order_events(self, events: list, last: list, orders: dict, ids: dict, symbols: list) -> None:
-        """Order events as columns; each order's snapshot (``detail["order"]``) only at its
-        last event here, as a row of values under names written once."""
+    def order_events(self, events: list, last: list, ids: dict, symbols: list) -> None:
+        """Order events (`OrderManager.drain_with_last`'s tuples) as columns; each order's
+        snapshot (``detail["order"]``) only at its last event here, as a row of values under
+        names written once."""
         o = self._orders
         if o is None:
             o = self._orders = {"ts": [], "sym": [], "venue": [], "cid": [], "old": [], "new": [], "oid": [],
                                 "detail": [], "at": [], "rows": []}
         base = len(o["ts"])
-        for ev in events:
-            order = orders[ev.cid]
-            o["ts"].append(ev.ts_ns)
-            o["sym"].append(symbols[order.symbol_id])
-            o["venue"].append(order.venue)
-            o["cid"].append(ev.cid)
-            o["old"].append(NAME[ev.old])
-            o["new"].append(NAME[ev.new])
-            o["oid"].append(ids.get(ev.cid, 0))
-            o["detail"].append(ev.detail)
+        cids, olds, news, ts, details, orders = zip(*events)
+        o["ts"] += ts
+        o["sym"] += map(symbols.__getitem__, map(_SYMBOL_ID, orders))
+        o["venue"] += map(_VENUE, orders)
+        o["cid"] += cids
+        o["old"] += map(NAME.__getitem__, olds)
+        o["new"] += map(NAME.__getitem__, news)
+        o["oid"] += map(ids.get, cids, repeat(0))
+        o["detail"] += details
         for k, order in last:
             o["at"].append(base + k)
             o["rows"].append(order.snapshot())

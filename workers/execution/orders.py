@@ -41,6 +41,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import math
+import operator
 import re
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
@@ -193,8 +194,7 @@ class Order:
     def snapshot(self) -> list:
         """``to_dict``'s values, in the order of ``SNAPSHOT_FIELDS`` (the batch layout
         writes the names once per batch)."""
-        d = self.__dict__
-        row = [d[name] for name in SNAPSHOT_FIELDS]
+        row = list(_SNAPSHOT_VALUES(self.__dict__))
         row[_STATE_AT] = NAME[self.state]
         row[_FILL_IDS_AT] = list(self.fill_ids)
         row[_TIMESTAMPS_AT] = dict(self.timestamps)
@@ -218,6 +218,7 @@ class Order:
 
 
 SNAPSHOT_FIELDS = tuple(f.name for f in fields(Order) if f.name != "duplicate")
+_SNAPSHOT_VALUES = operator.itemgetter(*SNAPSHOT_FIELDS)
 _STATE_AT, _FILL_IDS_AT, _TIMESTAMPS_AT, _LIMIT_AT, _AVG_AT = map(
     SNAPSHOT_FIELDS.index, ("state", "fill_ids", "timestamps", "limit_price", "avg_price"))
 
@@ -268,8 +269,7 @@ class OrderManager:
         self.orders: dict[str, Order] = {}
         self._live: dict[str, Order] = {}      # not terminal: what the scans look through
         self._blocking: dict[int, int] = {}    # symbol id -> its orders SUBMITTED or UNKNOWN
-        self._events: list[OrderEvent] = []
-        self._event_orders: list[Order] = []
+        self._events: list[tuple] = []         # (cid, old, new, ts_ns, detail, order): see drain_with_last
         # False: every event carries the order after it (``detail["order"]``). True: only the
         # last event of each order in a drain does (the journal's batch layout: what recovery
         # reads is the last snapshot), taken at the drain, when the order is still as it left it
@@ -463,23 +463,21 @@ class OrderManager:
         out, last = self.drain_with_last()
         if self.snapshot_last_only:
             for k, order in last:
-                out[k].detail["order"] = order.to_dict()
-        return out
+                out[k][4]["order"] = order.to_dict()
+        return [OrderEvent(*ev[:5]) for ev in out]
 
-    def drain_with_last(self) -> tuple[list[OrderEvent], list[tuple[int, Order]]]:
-        """The events since the last drain, and (index, order) of each order's last event
-        among them, oldest first: the orders as they are now are as that event left them
-        (every change is an event), so the caller may snapshot them there."""
+    def drain_with_last(self) -> tuple[list[tuple], list[tuple[int, Order]]]:
+        """The events since the last drain as tuples (cid, old, new, ts_ns, detail, order:
+        an `OrderEvent`'s fields and the order, for a caller that takes them column-wise),
+        and (index, order) of each order's last event among them, oldest first: the orders
+        as they are now are as that event left them (every change is an event), so the
+        caller may snapshot them there."""
         out, self._events = self._events, []
-        orders, self._event_orders = self._event_orders, []
-        seen, last = set(), []
-        for k in range(len(out) - 1, -1, -1):
-            cid = out[k].cid
-            if cid not in seen:
-                seen.add(cid)
-                last.append((k, orders[k]))
-        last.reverse()
-        return out, last
+        if not out:
+            return out, []
+        cids = list(map(_CID, out))
+        last_at = sorted(dict(zip(cids, range(len(out)))).values())     # the last index per cid
+        return out, [(k, out[k][5]) for k in last_at]
 
     def restore(self, orders: Iterable[dict]) -> None:
         """Load orders from the journal (``orders_from_events`` or ``Order.to_dict``s)
@@ -550,5 +548,7 @@ class OrderManager:
     def _emit(self, order: Order, old: OrderState, new: OrderState, ts: int, detail: dict) -> None:
         if not self.snapshot_last_only:
             detail = dict(detail, order=order.to_dict())
-        self._events.append(OrderEvent(order.client_id, old, new, ts, detail))
-        self._event_orders.append(order)
+        self._events.append((order.client_id, old, new, ts, detail, order))
+
+
+_CID = operator.itemgetter(0)
