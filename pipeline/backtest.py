@@ -52,13 +52,14 @@ from models.serving import EnsembleModel, MomentumModel, make_signals
 from models.ta import Engine
 from models.train import market_of
 from pipeline.clock import SimClock
-from pipeline.config import Config, feature_names, fees_of, indicator_specs
+from pipeline.config import Config, currency_problem, feature_names, fees_of, indicator_specs
 from pipeline.errors import ConfigurationError, UserError
 from pipeline.journal import Journal
 from pipeline.storage import detect_kind, market_columns, numeric, read_market_table
 from shm.records import FLAG_GAP, TICK_GAP, TICK_TRADE, features_dtype
 from workers.bars import BarBuilder, bar_steps, feature_rows
-from workers.execution.desk import Desk
+from workers.execution.desk import Desk, in_account
+from workers.execution.fx import FxRates
 from workers.feed import replay_ticks
 from workers.strategy.signals import SignalStrategy, bar_volatility, volatility_columns
 
@@ -210,16 +211,12 @@ def check_bars(data: MarketData, bar_seconds: float) -> None:
                             f"(conf/backtest.toml is one for 5-minute candles)")
 
 
-def check_currencies(data: MarketData) -> None:
-    """One account in one quote currency: the portfolio, the equity and the risk limits
-    add the symbols' money up as it is, so KRW and USDT in one run would be summed as
-    one currency (conversion at an FX rate is not built yet)."""
-    quotes = {key.split("@")[0].partition("/")[2] for key in data.symbols}
-    quotes.discard("")
-    if len(quotes) > 1:
-        raise UserError(f"the data's symbols are quoted in {', '.join(sorted(quotes))}: a backtest "
-                        "trades one quote currency (KRW against USDT needs an FX rate, not built "
-                        "yet); run each currency's files on their own")
+def check_currencies(cfg: Config, data: MarketData) -> None:
+    """One account in one currency: the data's symbols in others need a rate into it
+    (``[execution] currency`` and ``[[execution.fx]]``), or KRW and USDT would be summed."""
+    problem = currency_problem(cfg.execution, data.symbols)
+    if problem:
+        raise UserError(f"the data's symbols: {problem}")
 
 
 class Backtest:
@@ -234,7 +231,7 @@ class Backtest:
         self.on_features = on_features
         n = len(data.symbols)
         check_bars(data, cfg.indicators.bar_seconds)
-        check_currencies(data)
+        check_currencies(cfg, data)
         first = int(data.ticks["ts_exchange_ns"][0])
         self.clock = SimClock(first)
         ic = cfg.indicators
@@ -246,7 +243,8 @@ class Backtest:
         self.fdtype = features_dtype(self.names)
         self.model = model if model is not None else self._model()
         self.vol_column, self.atr_column = volatility_columns(self.names)
-        self.strategy = SignalStrategy(n, cfg.strategy, self.clock)
+        self.strategy = SignalStrategy(n, cfg.strategy, self.clock,
+                                       fx=FxRates.from_config(data.symbols, cfg.execution))
         self.journal = Journal(journal_path)
         self.desk = Desk(data.symbols, data.venue_of, data.venues, cfg.execution, cfg.risk, self.clock,
                          self.journal, PIPELINE, RUN_ID, snapshot_every_ns=SNAPSHOT_EVERY_NS)
@@ -344,6 +342,7 @@ class Backtest:
         close does, stage after stage."""
         values = self.engine.update(bars.ids, bars.o, bars.h, bars.l, bars.c, bars.v)
         rows = feature_rows(bars, values, self.names, self.fdtype)
+        self.strategy.fx.on_bars(rows)
         if self.on_features is not None:
             self.on_features(rows)
         self.counts["bars"] += len(rows)
@@ -416,12 +415,12 @@ class Backtest:
                           int(order.intent_reason) if order is not None else 0, coid))
 
     def _sample(self, times: list, marks: list, held: list, equity: list) -> None:
-        """Equity now: open positions marked at the last trade."""
+        """Equity now, in the account currency: open positions marked at the last trade."""
         m, rows = self.desk.market, self.desk.portfolio.rows
         mark = np.where(np.isfinite(m.last), m.last, np.nan)
         unreal = np.where(rows["qty"] != 0, rows["qty"] * (np.nan_to_num(mark) - rows["avg_price"]), 0.0)
-        eq = self.cfg.execution.capital + float(rows["realized_pnl"].sum() - rows["fees"].sum() + unreal.sum()
-                                                + self.funding_paid.sum())
+        eq = self.cfg.execution.capital + in_account(rows["realized_pnl"] - rows["fees"] + unreal
+                                                     + self.funding_paid, self.desk.fx.factor)
         now = self.clock.time_ns()
         if times and times[-1] == now:
             marks[-1], held[-1], equity[-1] = mark.copy(), rows["qty"].copy(), eq

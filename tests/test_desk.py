@@ -4,6 +4,7 @@ Resting limit orders, latency, tiers tripped by the market, venue rules, bad inp
 and the journal as the desk's memory."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from decimal import Decimal
 
@@ -12,7 +13,7 @@ import pytest
 
 from pipeline import journal
 from pipeline.clock import SimClock
-from pipeline.config import ExecutionConfig, RiskConfig
+from pipeline.config import ExecutionConfig, FxSource, RiskConfig
 from pipeline.journal import Journal
 from shm.records import (INTENT, LIQUIDITY_MAKER, ORDER_LIMIT, ORDER_MARKET, SIDE_BUY, SIDE_SELL, TICK,
                          TICK_GAP, TICK_QUOTE, TICK_TRADE, TIF_GTC, TIF_IOC)
@@ -34,7 +35,10 @@ def make(tmp_path):
 
     def desk(clock=None, ec=None, rules=None, run="r1", **risk) -> Desk:
         j = Journal(tmp_path / "desk.sqlite")
-        d = Desk(KEYS, VENUE_OF, VENUES, ec or ExecutionConfig(), RiskConfig(**{**WIDE, **risk}),
+        ec = ec or ExecutionConfig()
+        if not ec.currency:      # one account in USDT; KRW at 1:1 keeps these tests' numbers plain
+            ec = dataclasses.replace(ec, currency="USDT", fx=[FxSource(quote="KRW", rate=1.0)])
+        d = Desk(KEYS, VENUE_OF, VENUES, ec, RiskConfig(**{**WIDE, **risk}),
                  clock or SimClock(T0), j, "p", run, rules=rules)
         d.recover()
         opened.append(d)

@@ -219,3 +219,74 @@ def test_no_rate_denies_the_symbol_and_a_stale_one_only_reduces():
     mv.fx_fresh = np.ones(2, bool)                                   # the rate is back
     assert guard.check(_intent(1, SIDE_BUY, 0.01, mv.last[1]), mv)[0] == Denial.PASSED
     assert guard.tier_state(Tier.SYMBOL, 1) == TradingState.ACTIVE
+
+
+# -- the strategy sizes in the account currency ------------------------------------------------
+def test_the_strategy_sizes_a_krw_symbol_in_the_account_currency():
+    from pipeline.config import StrategyConfig
+    from shm.records import SIGNAL
+    from workers.strategy.signals import SignalStrategy
+
+    fx = market_rates()
+    strat = SignalStrategy(len(SYMBOLS), StrategyConfig(notional=100.0, max_notional=100.0), SimClock(T0), fx=fx)
+
+    def entry(sid: int, price: float, seq: int) -> np.ndarray:
+        s = np.zeros(1, SIGNAL)
+        s["probs"], s["symbol_id"], s["seq"], s["ref_price"] = [[0.1, 0.2, 0.7]], sid, seq, price
+        s["ts_bar_ns"], s["ts_origin_ns"] = T0, T0
+        return strat.on_signals(s, np.full(len(SYMBOLS), 0.002))
+
+    btc_krw = 160_000_000.0
+    assert len(entry(1, btc_krw, 1)) == 0 and strat.counters["no_fx_rate"] == 1   # no rate: no size
+    bars = np.zeros(1, [("symbol_id", "<u4"), ("close", "<f8"), ("ts_origin_ns", "<i8")])
+    bars[0] = (2, 1380.0, T0)                       # a USDT/KRW bar closes at 1,380 KRW per USDT
+    fx.on_bars(bars)
+    rows = entry(1, btc_krw, 2)
+    assert rows["qty"][0] == pytest.approx(100.0 / (btc_krw / 1380.0))           # 100 USDT of BTC
+    rows = entry(0, 116_000.0, 3)
+    assert rows["qty"][0] == pytest.approx(100.0 / 116_000.0)                     # USDT: as it was
+
+
+# -- a backtest of KRW against USDT, in USDT ---------------------------------------------------
+CANDLES = Path(__file__).parent / "data" / "candles"
+UPBIT = CANDLES / "upbit_BTC-KRW_5m_2025-08-20.csv"
+BINANCE = CANDLES / "binance_BTC-USDT_5m_2025-08-20.csv"
+KRW_AUG_19 = 1392.04           # FRED's fixing of 2025-08-19: the rate all through the 20th
+
+
+def test_a_backtest_of_krw_and_usdt_symbols_keeps_one_account_in_usdt(tmp_path):
+    from conftest import toml
+    from pipeline.backtest import run_backtest
+    from workers.execution.portfolio import Portfolio
+
+    path = tmp_path / "krw.toml"
+    path.write_text(toml({
+        "pipeline": {"name": "krw"},
+        "indicators": {"bar_seconds": 300.0, "ema": [3, 8]},
+        "model": {"kind": "momentum", "threshold": 0.0005},
+        "strategy": {"enter_margin": 0.05, "exit_margin": 0.02, "min_hold_bars": 1,
+                     "notional": 200.0, "max_notional": 200.0},
+        "risk": {"max_position_notional": 500.0, "max_order_notional": 500.0, "max_gross_exposure": 1e6,
+                 "max_venue_exposure": 1e6, "max_drawdown_frac": 0.9, "max_daily_loss_frac": 0.9},
+        "execution": {"venue_rules": False, "currency": "USDT"},
+        "execution.fx": [{"quote": "KRW", "file": str(FRED)}],
+    }))
+    res = run_backtest(load_config(path), [str(BINANCE), str(UPBIT)])
+    sid = {s: i for i, s in enumerate(res.symbols)}
+    krw = sid["BTC/KRW@upbit"]
+    on_upbit = res.fills[res.fills["symbol_id"] == krw]
+    assert len(on_upbit) >= 4 and len(res.fills) > len(on_upbit)
+    # sized in USDT: 200 USDT of BTC at most (KRW sizing would have been 200 KRW, or 1,392 times more)
+    usdt = on_upbit["qty"] * on_upbit["price"] / KRW_AUG_19
+    assert (usdt <= 200.0 * 1.01).all() and (usdt > 20.0).all()
+    assert res.counts.get("denials", {}).get("FX_RATE", 0) == 0
+    # the equity is the account in USDT: KRW money converted at the day's rate
+    book = Portfolio.empty(len(res.symbols))
+    for f in res.fills:
+        book.apply_values(int(f["symbol_id"]), int(f["side"]), float(f["qty"]), float(f["price"]),
+                          float(f["fee"]), 0, int(f["ts_ns"]))
+    rows, mark = book.rows, res.close[-1]
+    conv = np.where(np.arange(len(res.symbols)) == krw, 1 / KRW_AUG_19, 1.0)
+    money = rows["realized_pnl"] - rows["fees"] + rows["qty"] * (mark - rows["avg_price"])
+    assert res.equity[-1] == pytest.approx(10_000.0 + float((money * conv).sum()), rel=1e-9)
+    assert abs(res.equity[-1] - 10_000.0) < 50.0

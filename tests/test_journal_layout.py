@@ -14,7 +14,7 @@ import pytest
 
 from pipeline import journal as J
 from pipeline.clock import SimClock
-from pipeline.config import ExecutionConfig, RiskConfig
+from pipeline.config import ExecutionConfig, FxSource, RiskConfig
 from pipeline.journal import Journal, JournalError
 from shm.records import INTENT, ORDER_MARKET, SIDE_BUY, SIDE_SELL, TICK, TICK_TRADE, TIF_IOC
 from workers.execution.desk import PAPER_LOST, Desk
@@ -84,7 +84,9 @@ def old_layout_journal(path) -> None:
 
 
 def desk(path, clock, run="r1") -> Desk:
-    d = Desk(KEYS, np.array([0, 0, 1]), ["binance", "upbit"], ExecutionConfig(), RiskConfig(**WIDE), clock,
+    # one account in USDT, KRW at 1:1: this journal's numbers were written before FX existed
+    ec = ExecutionConfig(currency="USDT", fx=[FxSource(quote="KRW", rate=1.0)])
+    d = Desk(KEYS, np.array([0, 0, 1]), ["binance", "upbit"], ec, RiskConfig(**WIDE), clock,
              Journal(path), "p", run)
     d.recover()
     return d

@@ -40,13 +40,14 @@ from itertools import repeat
 import numpy as np
 
 from pipeline.clock import Clock
-from pipeline.config import ExecutionConfig, RiskConfig, fees_of
+from pipeline.config import ExecutionConfig, RiskConfig, currency_problem, fees_of
 from pipeline.journal import Journal
 from pipeline.metrics import LatencyHistogram
 from shm.records import (FILL, INTENT, ORDER, ORDER_LIMIT, TICK_GAP, TICK_TRADE, TIF_GTC,
                          TIF_POST_ONLY)
 
 from .broker import LatencyModel, PaperBroker
+from .fx import FxRates
 from .impact import MarketImpact
 from .orders import BLOCKING, NAME, SNAPSHOT_FIELDS, TERMINAL, OrderManager, OrderState, VenueStatus, orders_from_events
 from .portfolio import Portfolio
@@ -97,6 +98,12 @@ class Desk:
         self.capital = float(ec.capital)
         self.portfolio = Portfolio.empty(n)
         self.market = MarketView.empty(n, len(self.venues))
+        # money in the account's currency: the guard and the equity read the rates in place
+        problem = currency_problem(ec, self.symbols)
+        if problem:
+            raise ValueError(problem)
+        self.fx = FxRates.from_config(self.symbols, ec)
+        self.market.fx, self.market.fx_fresh = self.fx.factor, self.fx.fresh
         self.quoted = np.zeros(n, bool)          # symbols whose feed has sent a quote
         self.guard = RiskGuard(n, self.venue_of, self.venues, rc, clock)
         self.orders = OrderManager(clock, snapshot_last_only=True)
@@ -149,6 +156,8 @@ class Desk:
             sized = trade & np.isfinite(ticks["size"]) & (ticks["size"] > 0)
             self.impact.on_trades(sid[sized], ticks["ts_exchange_ns"][sized], price[sized], ticks["size"][sized])
         m.bid[sid[quote]], m.ask[sid[quote]], m.quote_ns[sid[quote]] = bid[quote], ask[quote], ts[quote]
+        self.fx.on_ticks(sid, ticks)
+        self._rates(int(ts.max()) if len(ts) else self.clock.time_ns())
         v = self.venue_of[sid]
         for vi in np.unique(v):
             mine = np.flatnonzero(v == vi)
@@ -369,6 +378,7 @@ class Desk:
         and then."""
         out = self.poll()
         now = self.clock.time_ns()
+        self._rates(now)
         self._account(now)
         if now >= self._next_snapshot:
             self.snapshot()
@@ -509,14 +519,27 @@ class Desk:
                 n[self.venues.index(o.venue)] += 1
         return n
 
+    def _rates(self, now: int) -> None:
+        """The FX rates at ``now``; a currency whose rate goes stale or comes back is said once."""
+        if self.fx.update(now):
+            for quote in self.fx.members:
+                why = self.fx.problems.get(quote)
+                if self.log is not None:
+                    (self.log.warning if why else self.log.info)(
+                        "FX %s: %s", quote, why or f"rate into {self.fx.currency} fresh again")
+                self._tap({"kind": "fx", "quote": quote, "fresh": why is None, "reason": why or "",
+                           "ts_ns": now})
+
     def _account(self, now: int) -> None:
-        """Equity marked to the last price: capital + realised - fees + unrealised; its peak,
-        and its value at the start of the UTC day."""
+        """Equity in the account currency, marked to the last price: capital + (realised - fees
+        + unrealised) x each symbol's FX rate; its peak, and its value at the start of the UTC
+        day. Money of a symbol with no rate yet makes the equity NaN (the guard then lets
+        nothing open): a figure that leaves it out would be wrong without saying so."""
         rows, m = self.portfolio.rows, self.market
         mid = (m.bid + m.ask) / 2
         mark = np.where(np.isfinite(m.last), m.last, np.where(np.isfinite(mid), mid, rows["avg_price"]))
         unreal = np.where(rows["qty"] != 0, rows["qty"] * (mark - rows["avg_price"]), 0.0)
-        equity = self.capital + float(rows["realized_pnl"].sum() - rows["fees"].sum() + unreal.sum())
+        equity = self.capital + in_account(rows["realized_pnl"] - rows["fees"] + unreal, self.fx.factor)
         if now // DAY_NS != self.day:
             self.day, self.day_start_equity = now // DAY_NS, equity
         self.equity_peak = max(self.equity_peak, equity)
@@ -572,6 +595,12 @@ class Desk:
                     ev.old, ev.new, ev.code, ev.reason)
         if events:
             self._next_snapshot = 0              # the next housekeeping snapshots the new states
+
+
+def in_account(money: np.ndarray, factor: np.ndarray) -> float:
+    """The sum of per-symbol ``money`` (each in its quote currency) in the account currency;
+    a symbol with no money counts 0 even without a rate, one with money and no rate is NaN."""
+    return float(np.where(money == 0, 0.0, money * factor).sum())
 
 
 def _tier_key(cmd: dict, index: dict[str, int]) -> tuple[str, object]:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import FxSource, symbol_parts
+from pipeline.config import ExecutionConfig, FxSource, account_currency, symbol_parts
 from pipeline.errors import UserError
 from shm.records import TICK_TRADE
 
@@ -72,6 +72,27 @@ class FxRates:
         self.market_sids = np.array([s.sid for s in self.sources if s.kind == "symbol"], np.int64)
         self.problems: dict[str, str] = {}      # quote -> why its rate is not fresh (now)
 
+    @classmethod
+    def from_config(cls, symbols: list[str], ec: ExecutionConfig) -> "FxRates":
+        """The rates ``[execution]`` asks for (checked by the config's validation)."""
+        return cls(symbols, account_currency(ec, symbols), ec.fx, ec.fx_band_bps)
+
+    def on_price(self, sid: int, price: float, ts_ns: int) -> None:
+        """A market source's price (its symbol's mid, a trade, a bar's close) seen at ``ts_ns``."""
+        if not (math.isfinite(price) and price > 0):
+            return
+        for src in self.sources:
+            if src.sid == sid and ts_ns >= src.ts_ns:
+                src.value = 1.0 / price if src.inverted else price
+                src.ts_ns = ts_ns
+
+    def on_bars(self, rows: np.ndarray) -> None:
+        """Closed bars (BAR or features rows): the FX markets' closes, as the strategy sees them."""
+        mine = np.isin(rows["symbol_id"], self.market_sids)
+        for sid, close, ts in zip(rows["symbol_id"][mine].tolist(), rows["close"][mine].tolist(),
+                                  rows["ts_origin_ns"][mine].tolist()):
+            self.on_price(sid, close, ts)
+
     def on_ticks(self, sid: np.ndarray, ticks: np.ndarray) -> None:
         """Take the markets' newest rates from a batch of TICK records (``sid``: their symbol ids):
         the mid of a two-sided quote, else a trade's price."""
@@ -86,10 +107,7 @@ class FxRates:
                 px = price
             else:
                 continue
-            for src in self.sources:
-                if src.sid == int(sid[i]):
-                    src.value = 1.0 / px if src.inverted else px
-                    src.ts_ns = int(t["ts_origin_ns"])
+            self.on_price(int(sid[i]), px, int(t["ts_origin_ns"]))
 
     def update(self, now: int) -> bool:
         """Recompute ``factor`` and ``fresh`` at ``now``; True when a currency's freshness

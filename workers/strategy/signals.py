@@ -14,7 +14,9 @@ here is for:
   bars unless a stop takes it out.
 * **Volatility-targeted size.** The notional is ``notional`` scaled by
   ``target_vol / vol`` (the bar's ``vol_20``, or ``atr_14 / close``), capped at
-  ``max_notional``: the same risk in a quiet market as in a wild one.
+  ``max_notional``: the same risk in a quiet market as in a wild one. Both are in
+  the account's currency: a KRW symbol is sized at its rate (``fx``), and a
+  symbol with no rate yet opens nothing.
 * **Stop-loss and take-profit** against the entry price, checked on every
   price the strategy sees (each signal's reference price, and ticks through
   `on_price`).
@@ -37,6 +39,7 @@ from pipeline.config import StrategyConfig
 from shm.records import (FLAG_GAP, FLAG_STALE, FLAG_WARMUP, INTENT, ORDER_MARKET, REASON_ENTRY,
                          REASON_EXIT, REASON_STOP_LOSS, REASON_TAKE_PROFIT, SIDE_BUY, SIDE_SELL,
                          TIF_IOC)
+from workers.execution.fx import FxRates
 
 NO_NEW_RISK = FLAG_GAP | FLAG_WARMUP | FLAG_STALE
 SOURCE_BITS = 48        # intent seq = source << 48 | the cause's own sequence
@@ -67,8 +70,9 @@ class SignalStrategy:
     ``params``: the config's [strategy], checked by its validation."""
 
     def __init__(self, n_symbols: int, params: StrategyConfig, clock: Clock,
-                 strategy_id: int = 1):
+                 strategy_id: int = 1, fx: FxRates | None = None):
         self.p = params
+        self.fx = fx                                # sizes in the account currency (None: all in it)
         self.clock = clock
         self.strategy_id = strategy_id
         self.n = n_symbols
@@ -78,11 +82,12 @@ class SignalStrategy:
         self.held_bars = np.zeros(n_symbols, np.int64)
         self.last_bar = np.full(n_symbols, -1, np.int64)
         self.counters = {"signals": 0, "intents": 0, "gated": 0, "held": 0, "no_new_risk": 0,
-                         "stops": 0, "bad_input": 0, "reconciled": 0}
+                         "stops": 0, "bad_input": 0, "reconciled": 0, "no_fx_rate": 0}
 
     # -- sizing ---------------------------------------------------------------------
     def size(self, price: float, vol: float) -> float:
-        """Base quantity for a new position at ``price`` with per-bar volatility ``vol``."""
+        """Base quantity for a new position at ``price`` (in the account currency: the
+        notionals are) with per-bar volatility ``vol``."""
         vol = vol if math.isfinite(vol) and vol > 0 else self.p.target_vol
         notional = min(self.p.max_notional,
                        self.p.notional * self.p.target_vol / max(vol, self.p.min_vol))
@@ -98,6 +103,8 @@ class SignalStrategy:
         the strategy asked for (an intent refused by risk, a fill not yet back), the
         strategy goes on from what is held."""
         out = []
+        if self.fx is not None:
+            self.fx.update(self.clock.time_ns())
         for sig in signals:
             self.counters["signals"] += 1
             sid = int(sig["symbol_id"])
@@ -138,8 +145,12 @@ class SignalStrategy:
             if int(sig["flags"]) & NO_NEW_RISK:
                 self.counters["no_new_risk"] += 1
                 continue
+            factor = 1.0 if self.fx is None else float(self.fx.factor[sid])
+            if not (math.isfinite(factor) and factor > 0):      # no rate yet: nothing sizes it
+                self.counters["no_fx_rate"] += 1
+                continue
             v = float(vol[sid]) if sid < len(vol) else math.nan
-            qty = self.size(price, v)
+            qty = self.size(price * factor, v)
             self.direction[sid] = want
             self.qty[sid] = want * qty
             self.entry[sid] = price

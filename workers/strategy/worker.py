@@ -2,7 +2,8 @@
 
 A thin adapter around the pure core in signals.py: it drains every model
 worker's signals ring, reads each signalling symbol's volatility from the
-latest-features table (``vol_N``, else ``atr_N / close``) for the size, and
+latest-features table (``vol_N``, else ``atr_N / close``) for the size, the
+FX markets' last closes from the same table (sizes are in the account currency), and
 publishes the intents the core returns to the ``intents`` ring.
 
 A restarted strategy skips the signals its predecessor already turned into
@@ -16,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..base import Worker
+from ..execution.fx import FxRates
 from .signals import SOURCE_BITS, SignalStrategy, bar_volatility, volatility_columns
 
 
@@ -24,7 +26,8 @@ class StrategyWorker(Worker):
 
     def setup(self) -> None:
         n = len(self.topo.symbols)
-        self.core = SignalStrategy(n, self.cfg.strategy, self.clock)
+        self.fx = FxRates.from_config(self.topo.symbols.keys, self.cfg.execution)
+        self.core = SignalStrategy(n, self.cfg.strategy, self.clock, fx=self.fx)
         self.features = self.table("features")
         self.positions = self.table("positions")
         self.vol_column, self.atr_column = volatility_columns(self.topo.feature_names)
@@ -59,6 +62,13 @@ class StrategyWorker(Worker):
         vol[ids] = np.where(seqs > 0, bar_volatility(rows, self.vol_column, self.atr_column), np.nan)
         return vol
 
+    def rates(self) -> None:
+        """The FX markets' newest bar closes (features table) into the sizing rates."""
+        sids = self.fx.market_sids
+        if len(sids):
+            rows, seqs = self.features.read(sids.astype(np.intp))
+            self.fx.on_bars(rows[seqs > 0])
+
     def held(self, ids: np.ndarray) -> np.ndarray:
         """Execution's positions by symbol id (0 where never written), for ``ids``."""
         qty = np.zeros(len(self.topo.symbols))
@@ -79,6 +89,7 @@ class StrategyWorker(Worker):
             self.counters["skipped_replay"] += int((~fresh).sum())
             sig = sig[fresh]
             if len(sig):
+                self.rates()
                 ids = np.unique(sig["symbol_id"]).astype(np.intp)
                 intents = self.core.on_signals(sig, self.volatility(ids), j, self.held(ids))
                 self.last_seen[j] = int(sig["seq"][-1])
