@@ -549,10 +549,6 @@ def _carry_taken(taken: dict, levels: list, side: int) -> dict:
         return dict(taken)
     shown = dict(levels)
     last = levels[-1][0]
-    out = {}
-    for price, qty in taken.items():
-        if price in shown:
-            out[price] = min(qty, shown[price])
-        elif not _within(side, price, last):
-            out[price] = qty
-    return out
+    if side == SIDE_BUY:        # kept: shown, or beyond the deepest level (not `_within` it)
+        return {p: (min(q, shown[p]) if p in shown else q) for p, q in taken.items() if p in shown or not p >= last}
+    return {p: (min(q, shown[p]) if p in shown else q) for p, q in taken.items() if p in shown or not p <= last}
