@@ -48,6 +48,7 @@ as much, and nearly every update trades nothing.
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -65,6 +66,9 @@ LEG_SELL, LEG_BUY = 0, 1
 _SCREEN_TOL_BPS = 1e-6            # float walk vs the full pricing: sums in another order
 _FILL_TOL = 1e-12                 # as arbitrage._FILL_TOL
 _INF = math.inf
+
+_NO_INTENTS = np.zeros(0, INTENT)
+_NO_INTENTS.flags.writeable = False
 
 # reason counters (ArbRoute.counters)
 COUNTERS = ("updates", "no_fx", "stale_fx", "bad_book", "books_apart", "stale_book", "warmup",
@@ -220,17 +224,16 @@ def _side_ok(p: list, s: list, falling: bool) -> bool:
     tp, ts = sum(p), sum(s)
     if tp - tp != 0.0 or ts - ts != 0.0 or min(p) <= 0.0 or min(s) <= 0.0:
         return False
-    if falling:
-        return all(a > b for a, b in zip(p, p[1:]))
-    return all(a < b for a, b in zip(p, p[1:]))
+    return all(map(operator.gt if falling else operator.lt, p, p[1:]))
 
 
 def _lists(book: Book) -> tuple[list, list, list, list] | None:
     """A book's four arrays as float lists if it passes ``check_book``, else None."""
     arrays = (book.bid_px, book.bid_sz, book.ask_px, book.ask_sz)
-    if any(getattr(a, "ndim", 0) != 1 for a in arrays):
-        return None
-    bp, bs, ap, as_ = (a.tolist() for a in arrays)
+    for a in arrays:
+        if getattr(a, "ndim", 0) != 1:
+            return None
+    bp, bs, ap, as_ = [a.tolist() for a in arrays]
     if not (_side_ok(bp, bs, True) and _side_ok(ap, as_, False)) or bp[0] >= ap[0]:
         return None
     return bp, bs, ap, as_
@@ -272,6 +275,7 @@ class ArbRoute:
         self.position = 0.0     # coins this route sold net on the Korean venue (filled legs)
         self.legs: dict[int, _Leg] = {}
         self.counters = dict.fromkeys(COUNTERS, 0)
+        self._seen: list[tuple[Book | None, tuple | None]] = [(None, None), (None, None)]
         self.denials: dict[str, int] = {}           # the code of each bad book / refused pricing
         self.last_denial: arb.Denial | None = None
         self.last_mid_bps = math.nan
@@ -297,12 +301,23 @@ class ArbRoute:
             self._sum += x
 
     # -- a book update ------------------------------------------------------------------------
+    def _checked(self, book: Book, venue: int) -> tuple[list, list, list, list] | None:
+        """``_lists`` of ``book``, from the last call when it is the same Book object: an
+        update changes one venue's book, the other was checked when it came (a Book is
+        not changed once handed over)."""
+        cached = self._seen[venue]
+        if cached[0] is book:
+            return cached[1]
+        lists = _lists(book)
+        self._seen[venue] = (book, lists)
+        return lists
+
     def _refuse(self, counter: str, denial: arb.Denial | None = None) -> np.ndarray:
         self.counters[counter] += 1
         if denial is not None:
             self.denials[denial.code] = self.denials.get(denial.code, 0) + 1
             self.last_denial = denial
-        return np.zeros(0, INTENT)
+        return _NO_INTENTS
 
     def on_books(self, krw_book: Book, usdt_book: Book, krw_per_usdt: float | None,
                  fx_ts_ns: int | None, update_seq: int, ts_origin_ns: int | None = None) -> np.ndarray:
@@ -319,8 +334,8 @@ class ArbRoute:
             return self._refuse("no_fx", arb.Denial(arb.BAD_FX, f"KRW per USDT {fx!r}"))
         if fx_ts_ns is None or now - fx_ts_ns > p.max_fx_age_ns:
             return self._refuse("stale_fx", arb.Denial("FX_STALE", f"rate of {fx_ts_ns}, now {now}"))
-        kl = _lists(krw_book)
-        ul = _lists(usdt_book) if kl is not None else None
+        kl = self._checked(krw_book, 0)
+        ul = self._checked(usdt_book, 1) if kl is not None else None
         if ul is None:
             for venue, book in ((self.spec.krw_venue, krw_book), (self.spec.usdt_venue, usdt_book)):
                 d = arb.check_book(book)
