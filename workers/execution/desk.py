@@ -237,13 +237,16 @@ class Desk:
         """Write-ahead: the orders are committed to the journal (created, submitted) before
         the venue hears of any; then what it answered by now."""
         self._commit()
+        if not sent:
+            return self.poll()
         m = self.market
+        bids, asks, quote_ns = m.bid.tolist(), m.ask.tolist(), m.quote_ns.tolist()   # plain values: read per order
         shown, broker, by_venue = self._shown, self.broker, self._by_venue
         for order in sent:
             s = order.symbol_id
-            if shown.get(s) != m.quote_ns[s] and math.isfinite(m.bid[s]) and math.isfinite(m.ask[s]):
-                broker.on_quote(s, float(m.bid[s]), math.inf, float(m.ask[s]), math.inf, int(m.quote_ns[s]))
-                shown[s] = m.quote_ns[s]
+            if shown.get(s) != quote_ns[s] and math.isfinite(bids[s]) and math.isfinite(asks[s]):
+                broker.on_quote(s, bids[s], math.inf, asks[s], math.inf, quote_ns[s])
+                shown[s] = quote_ns[s]
             broker.submit(order.client_id, s, order.venue, order.side, order.order_type, order.tif,
                           order.qty, order.limit_price)
             by_venue[order.venue][INTENT_TO_SUBMIT].append(self.clock.time_ns() - order.timestamps["CREATED"])

@@ -133,9 +133,16 @@ def client_order_id(pipeline: str, strategy: str | int, intent_seq: int) -> str:
     if isinstance(strategy, bool) or not isinstance(strategy, (int, str, np.integer)):
         raise TypeError(f"strategy must be an int id or a name, not {strategy!r}")
     s = str(int(strategy)) if isinstance(strategy, (int, np.integer)) else strategy
-    if not (s.isascii() and s.isdigit() and len(s) <= 8):
-        s = "x" + _hash(s, 7)
-    return f"tp{_hash(pipeline, 8)}-{s}-{_base36(int(intent_seq))}"
+    return _client_id_prefix(pipeline, s) + _base36(int(intent_seq))
+
+
+@lru_cache(maxsize=1024)
+def _client_id_prefix(pipeline: str, strategy: str) -> str:
+    """'tp' + the pipeline's hash + '-' + the strategy as written + '-': the same for
+    every order of a run, so made once."""
+    if not (strategy.isascii() and strategy.isdigit() and len(strategy) <= 8):
+        strategy = "x" + _hash(strategy, 7)
+    return f"tp{_hash(pipeline, 8)}-{strategy}-"
 
 
 # -- orders and events ------------------------------------------------------------------------
@@ -539,11 +546,15 @@ class OrderManager:
         order.state = new
         if new in TERMINAL:
             self._live.pop(order.client_id, None)
-        if (old in BLOCKING) != (new in BLOCKING):
+        blocking = new in BLOCKING
+        if (old in BLOCKING) is not blocking:
             sid = order.symbol_id
-            self._blocking[sid] = self._blocking.get(sid, 0) + (1 if new in BLOCKING else -1)
+            self._blocking[sid] = self._blocking.get(sid, 0) + (1 if blocking else -1)
         order.timestamps.setdefault(NAME[new], ts)
-        self._emit(order, old, new, ts, detail)
+        if self.snapshot_last_only:             # `_emit`, inline: four moves per order
+            self._events.append((order.client_id, old, new, ts, detail, order))
+        else:
+            self._emit(order, old, new, ts, detail)
 
     def _emit(self, order: Order, old: OrderState, new: OrderState, ts: int, detail: dict) -> None:
         if not self.snapshot_last_only:
