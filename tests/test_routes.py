@@ -401,6 +401,65 @@ def test_seqs_are_derived_from_the_route_and_the_update():
     assert len(set(a["seq"].tolist())) == len(a)
 
 
+def test_a_restart_from_state_derives_the_same_pair():
+    """The core stops after the warm-up (its state journaled), a restarted core sees the
+    same update again: the same two rows, the same seqs."""
+    t = Route(entry_bps=30.0, window=5)
+    t.warm()
+    t.feed(LOW)                                                  # six samples: the ring has turned
+    saved = json.loads(json.dumps(t.r.state()))
+    inv_saved = json.loads(json.dumps(t.inv.state()))
+    first = t.feed(FRED, seq=777)
+    again = Route(Inventory.from_state(inv_saved), entry_bps=30.0, window=5)
+    again.r.restore(saved)
+    assert again.r.premium_mean == pytest.approx(-45.3490, abs=1e-4)
+    second = again.feed(FRED, seq=777)
+    assert len(first) == 2 and first.tobytes() == second.tobytes()
+    # legs in flight and their reservations survive a restart too
+    mid = Route(Inventory.from_state(t.inv.state()), entry_bps=30.0, window=5)
+    mid.r.restore(json.loads(json.dumps(t.r.state())))
+    assert set(mid.r.legs) == set(t.r.legs) and mid.inv.free_coins("upbit", "BTC") == pytest.approx(0.99)
+    mid.fill_all(first)
+    assert mid.r.position == pytest.approx(0.01) and not mid.r.legs
+    assert mid.inv.free_coins("upbit", "BTC") == pytest.approx(0.99) == mid.inv.coins[("upbit", "BTC")]
+
+
+def test_a_shorter_history_refills_the_window():
+    t = Route(entry_bps=30.0, window=5)
+    t.feed(LOW), t.feed(LOW)
+    r = Route(entry_bps=30.0, window=5)
+    r.r.restore(t.r.state())
+    assert r.r.premium_mean == pytest.approx(-45.3490, abs=1e-4)
+    for _ in range(3):
+        assert len(r.feed(LOW)) == 0
+    assert len(r.feed(FRED)) == 2                                 # warm after 2 + 3 samples
+
+
+def test_the_fast_screen_agrees_with_check_book_on_random_damage():
+    rng = np.random.default_rng(5)
+    for _ in range(400):
+        src = UPBIT if rng.random() < 0.5 else BINANCE
+        arrays = [np.array([x[c] for x in src[side]], float) for side in ("bids", "asks") for c in (0, 1)]
+        for _ in range(rng.integers(0, 3)):
+            a = arrays[rng.integers(0, 4)]
+            k = rng.integers(0, len(a))
+            kind = rng.integers(0, 6)
+            if kind == 0:
+                a[k] = math.nan
+            elif kind == 1:
+                a[k] = 0.0
+            elif kind == 2:
+                a[k] = -a[k]
+            elif kind == 3:
+                a[k] = math.inf
+            elif kind == 4 and k + 1 < len(a):
+                a[k], a[k + 1] = a[k + 1], a[k]
+            else:
+                a[k] = arrays[2][0] if a is arrays[0] else a[k]      # lock the book
+        book = Book(*arrays)
+        assert (routes._lists(book) is None) == (arb.check_book(book) is not None)
+
+
 # -- imbalance ------------------------------------------------------------------------------------------
 def test_imbalance_after_trading_one_way_suggests_a_transfer_back():
     t = Route(entry_bps=30.0)

@@ -38,12 +38,20 @@ A route is one asset on a Korean venue (quote KRW) against Binance (quote USDT):
 * **Deterministic seqs.** A pair's seqs come from (route index, the update's
   sequence, leg), never from a counter: a restarted core that sees the same update
   derives the same ids and the order manager refuses to send them twice.
+  ``ArbRoute.state``/``restore`` and ``Inventory.state``/``from_state`` carry the
+  rolling window, position, legs in flight and holdings across a restart.
+* **Imbalance.** ``Inventory.imbalance``: per asset, the net exposure across venues
+  (a leg filled without its partner) and each venue's drift from its funding
+  (trading one way moves coins from one venue to the other), an alert beyond a
+  band and the transfer that would bring it back (asset, amount, direction).
 
 Fast path: every update is screened with plain float walks over the books' first
 levels (the same arithmetic as ``arbitrage.walk``); only an update whose edge
 reaches a threshold is priced through ``arbitrage`` in full (lots, ticks,
 notional, in Decimal). Screening every update in full would cost about ten times
-as much, and nearly every update trades nothing.
+as much, and nearly every update trades nothing. A book already checked is not
+checked again when the next update changes only the other venue's book (the same
+``Book`` object): a Book must not be changed once handed over.
 """
 from __future__ import annotations
 
@@ -180,6 +188,21 @@ class Inventory:
 
     def free_cash(self, venue: str) -> float:
         return self.cash.get(venue, 0.0) - self.reserved_cash.get(venue, 0.0)
+
+    def state(self) -> dict:
+        """What a restart needs, JSON-able (tuple keys as "venue/asset")."""
+        pair = lambda d: {f"{v}/{a}": x for (v, a), x in d.items()}      # noqa: E731
+        return {"coins": pair(self.coins), "target": pair(self.target), "cash": dict(self.cash),
+                "reserved_coins": pair(self.reserved_coins), "reserved_cash": dict(self.reserved_cash)}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "Inventory":
+        unpair = lambda d: {tuple(k.split("/", 1)): float(x) for k, x in d.items()}   # noqa: E731
+        inv = cls(unpair(state["target"]), state["cash"])
+        inv.coins = unpair(state["coins"])
+        inv.reserved_coins = unpair(state["reserved_coins"])
+        inv.reserved_cash = {k: float(x) for k, x in state["reserved_cash"].items()}
+        return inv
 
     def imbalance(self, asset: str, band: float) -> Imbalance:
         """``asset`` across its venues; ``band`` a fraction of its funded total (0.2:
@@ -471,6 +494,31 @@ class ArbRoute:
         self.legs[int(rows["seq"][0])] = _Leg(sell_vb.venue, SIDE_SELL, q, 0.0, korean_sells)
         self.legs[int(rows["seq"][1])] = _Leg(buy_vb.venue, SIDE_BUY, q, cash, not korean_sells)
         return rows
+
+    # -- restart --------------------------------------------------------------------------------------
+    def state(self) -> dict:
+        """What a restart needs to go on where this core stopped, JSON-able: the rolling
+        window (oldest first), the position and the legs in flight. With it, a restarted
+        core fed the same update derives the same pair, seqs included."""
+        w, n = self.p.window, self._n
+        ring = self._ring[n % w:] + self._ring[:n % w] if n >= w else self._ring[:n]
+        return {"window": ring, "samples": n, "position": self.position,
+                "legs": {str(k): [g.venue, g.side, g.qty_left, g.cash_left, g.korean]
+                         for k, g in self.legs.items()}}
+
+    def restore(self, state: dict) -> None:
+        """Go on from ``state()`` (the inventory is restored on its own: it is shared)."""
+        w = self.p.window
+        samples = [float(x) for x in state["window"]][-w:]
+        m = len(samples)
+        n = max(int(state["samples"]), m) if m == w else m      # a window of another length: refill
+        self._ring = [0.0] * w
+        for k, x in enumerate(samples):             # the oldest where the next sample goes
+            self._ring[(n - m + k) % w] = x
+        self._n, self._sum = n, math.fsum(samples)
+        self.position = float(state["position"])
+        self.legs = {int(k): _Leg(v[0], int(v[1]), float(v[2]), float(v[3]), bool(v[4]))
+                     for k, v in state["legs"].items()}
 
     # -- fills ------------------------------------------------------------------------------------
     def on_fill(self, seq: int, qty: float, price: float, fee_quote: float = 0.0,
