@@ -302,7 +302,8 @@ def format_summary(status: dict, rep: dict) -> str:
     lines = [f"ticks {ticks}, bars {bars}, signals {sigs}, intents {intents}, "
              f"orders {ex.get('orders', 0)}, "
              f"fills {ex.get('fills', 0)}, dropped {drops}, restarts {restarts}",
-             f"realized pnl {ex.get('realized_pnl', 0.0):.2f}, fees {ex.get('fees', 0.0):.2f}, "
+             f"realized pnl {ex.get('realized_pnl', 0.0):.2f}, fees {ex.get('fees', 0.0):.2f}"
+             f"{' ' + ex['currency'] if ex.get('currency') else ''}, "
              f"open positions {ex.get('open_positions', 0)}"]
     if lat.get("count"):
         lines.append(f"tick-to-fill latency: p50 {lat['p50_us']} us, p99 {lat['p99_us']} us, "

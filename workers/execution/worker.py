@@ -23,7 +23,7 @@ from pipeline.journal import Journal
 from shm.records import FILL, ORDER
 
 from ..base import Worker
-from .desk import Desk, StepOut
+from .desk import Desk, StepOut, in_account
 from .markets import RulesLoader, needs_rules
 from .portfolio import balances
 
@@ -147,7 +147,11 @@ class ExecutionWorker(Worker):
             return dict(self.counters)
         d = self.desk
         events, dropped = d.drain_feed()
+        rows = d.portfolio.rows
         return {**self.counters, **d.counters, **d.portfolio.stats(), "restored": d.restored,
+                # in the account currency (the portfolio's own sums add KRW and USDT up as is)
+                "realized_pnl": in_account(rows["realized_pnl"], d.fx.factor),
+                "fees": in_account(rows["fees"], d.fx.factor), "currency": d.fx.currency,
                 "equity": d.equity(), "equity_peak": d.equity_peak,
                 "denials": d.guard.denials(), "passed": d.guard.passed(),
                 "risk_states": d.risk_states(), "risk_commands": list(self.applied),
