@@ -201,7 +201,7 @@ class Order:
     def snapshot(self) -> list:
         """``to_dict``'s values, in the order of ``SNAPSHOT_FIELDS`` (the batch layout
         writes the names once per batch)."""
-        row = list(_SNAPSHOT_VALUES(self.__dict__))
+        row = list(_SNAPSHOT_VALUES(self))
         row[_STATE_AT] = NAME[self.state]
         row[_FILL_IDS_AT] = list(self.fill_ids)
         row[_TIMESTAMPS_AT] = dict(self.timestamps)
@@ -225,7 +225,9 @@ class Order:
 
 
 SNAPSHOT_FIELDS = tuple(f.name for f in fields(Order) if f.name != "duplicate")
-_SNAPSHOT_VALUES = operator.itemgetter(*SNAPSHOT_FIELDS)
+# by attribute, not through __dict__: reading that makes every order keep one more object
+# for the garbage collector's full passes to walk
+_SNAPSHOT_VALUES = operator.attrgetter(*SNAPSHOT_FIELDS)
 _STATE_AT, _FILL_IDS_AT, _TIMESTAMPS_AT, _LIMIT_AT, _AVG_AT = map(
     SNAPSHOT_FIELDS.index, ("state", "fill_ids", "timestamps", "limit_price", "avg_price"))
 
@@ -281,7 +283,9 @@ class OrderManager:
         # last event of each order in a drain does (the journal's batch layout: what recovery
         # reads is the last snapshot), taken at the drain, when the order is still as it left it
         self.snapshot_last_only = snapshot_last_only
-        self._fill_ids: dict[str, set[str]] = {}
+        # (client id, fill id) of every fill applied: one set of untracked tuples, not a set per
+        # order, which the garbage collector's full passes would walk for every order kept
+        self._fill_ids: set[tuple[str, str]] = set()
         self.stats = {"duplicate_creates": 0, "duplicate_messages": 0, "late_messages": 0,
                       "conflicts": 0, "overfills": 0, "late_fills": 0}
 
@@ -319,7 +323,6 @@ class OrderManager:
         order.timestamps[S.CREATED.name] = ts
         self.orders[cid] = order
         self._live[cid] = order
-        self._fill_ids[cid] = set()
         self._emit(order, S.CREATED, S.CREATED, ts, {"event": "created"})
         return order
 
@@ -421,8 +424,8 @@ class OrderManager:
         order = self._get(cid)
         self._no_venue_message_before_submit(order, "a fill")
         fid = str(fill_id)
-        seen = self._fill_ids[cid]
-        if fid in seen:
+        key = (cid, fid)
+        if key in self._fill_ids:
             self.stats["duplicate_messages"] += 1
             return False
         qty, price, fee = float(qty), float(price), float(fee)
@@ -435,7 +438,7 @@ class OrderManager:
                        {"event": "overfill", "fill_id": fid, "qty": qty, "price": price,
                         "fills_qty": order.fills_qty})
             return False
-        seen.add(fid)
+        self._fill_ids.add(key)
         order.fill_ids.append(fid)
         order.fills_qty += qty
         order.fill_notional += qty * price
@@ -495,7 +498,7 @@ class OrderManager:
             if order.client_id in self.orders:
                 raise ValueError(f"order {order.client_id} restored twice")
             self.orders[order.client_id] = order
-            self._fill_ids[order.client_id] = set(order.fill_ids)
+            self._fill_ids.update((order.client_id, fid) for fid in order.fill_ids)
             if order.state not in TERMINAL:
                 self._live[order.client_id] = order
             if order.state in BLOCKING:
