@@ -306,18 +306,36 @@ def _stats(ns: list[int]) -> dict:
             "max_ms": float(t.max())}
 
 
-def paced(specs, meta, books, first, t0, window: int) -> tuple[dict, dict, dict]:
-    """Both engines on each update at the update's own time."""
+def _warm(ours: Ours, naive: Naive, meta, books, warm: int) -> None:
+    """The first ``warm`` updates, untimed and unpaced: every route's window fills."""
+    for n in range(warm):
+        i, venue, ts = (int(x) for x in meta[n])
+        ours.clock.set(ts)
+        rows = ours.update(i, venue, books[n], ts, n)
+        if len(rows):
+            ours.fill(i, rows)
+        if naive is not None:
+            book = {"bids": books[n][:2].T.tolist(), "asks": books[n][2:].T.tolist()}
+            orders = naive.update(ASSETS[i][0], "upbit" if venue == 0 else "binance", book, FX)
+            if orders:
+                naive.fill(ASSETS[i][0], orders)
+
+
+def paced(specs, meta, books, first, t0, window: int, warm: int) -> tuple[dict, dict, dict]:
+    """Both engines on each update after the warm-up, at the update's own time."""
     import psutil
     proc = psutil.Process()
     ours, naive = Ours(specs, first, t0, window), Naive(specs, first, window)
+    _warm(ours, naive, meta, books, warm)
+    pairs0 = (ours.pairs, naive.pairs)
     lat_o, lat_o_pairs, lat_n, lat_n_pairs = [], [], [], []
     cpu_o = cpu_n = 0.0
     c0 = proc.cpu_times()
     start = time.perf_counter()
-    for n in range(len(meta)):
+    ts0 = int(meta[warm][2])
+    for n in range(warm, len(meta)):
         i, venue, ts = (int(x) for x in meta[n])
-        due = (ts - t0) / 1e9
+        due = (ts - ts0) / 1e9
         ahead = due - (time.perf_counter() - start)
         if ahead > 0:
             time.sleep(ahead)
@@ -344,31 +362,37 @@ def paced(specs, meta, books, first, t0, window: int) -> tuple[dict, dict, dict]
     wall = time.perf_counter() - start
     c1 = proc.cpu_times()
     process_cpu = (c1.user + c1.system - c0.user - c0.system) / wall * 100
-    counters = {}
+    counters, denials = {}, {}
     for r in ours.routes:
         for k, v in r.counters.items():
             counters[k] = counters.get(k, 0) + v
-    o = {"updates": len(meta), "latency_ms": _stats(lat_o), "latency_pairs_ms": _stats(lat_o_pairs),
-         "pairs": ours.pairs, "cpu_percent": cpu_o / wall * 100, "counters": counters,
+        for k, v in r.denials.items():
+            denials[k] = denials.get(k, 0) + v
+    measured = len(meta) - warm
+    o = {"updates": measured, "latency_ms": _stats(lat_o), "latency_pairs_ms": _stats(lat_o_pairs),
+         "pairs": ours.pairs - pairs0[0], "cpu_percent": cpu_o / wall * 100,
+         "counters_with_warmup": counters, "denials": denials,
          "imbalance_alerts": sum(im.alert for im in ours.inventory.imbalances(0.2))}
-    nv = {"updates": len(meta), "latency_ms": _stats(lat_n), "latency_pairs_ms": _stats(lat_n_pairs),
-          "pairs": naive.pairs, "cpu_percent": cpu_n / wall * 100}
-    run = {"wall_s": wall, "process_cpu_percent": process_cpu,
+    nv = {"updates": measured, "latency_ms": _stats(lat_n), "latency_pairs_ms": _stats(lat_n_pairs),
+          "pairs": naive.pairs - pairs0[1], "cpu_percent": cpu_n / wall * 100}
+    run = {"wall_s": wall, "process_cpu_percent": process_cpu, "warmup_updates": warm,
            "rss_mb": proc.memory_info().rss / 2**20}
     return o, nv, run
 
 
-def unpaced(specs, meta, books, first, t0, window: int) -> tuple[float, float]:
-    """Route evaluations per second, each engine alone on fresh state, as fast as it goes."""
+def unpaced(specs, meta, books, first, t0, window: int, warm: int) -> tuple[float, float]:
+    """Route evaluations per second after the warm-up, each engine alone on fresh state,
+    as fast as it goes."""
     ours = Ours(specs, first, t0, window)
+    _warm(ours, None, meta, books, warm)
     start = time.perf_counter()
-    for n in range(len(meta)):
+    for n in range(warm, len(meta)):
         i, venue, ts = (int(x) for x in meta[n])
         ours.clock.set(ts)
         rows = ours.update(i, venue, books[n], ts, n)
         if len(rows):
             ours.fill(i, rows)
-    ours_rate = len(meta) / (time.perf_counter() - start)
+    ours_rate = (len(meta) - warm) / (time.perf_counter() - start)
     naive = Naive(specs, first, window)
     elapsed = 0.0
     for n in range(len(meta)):
@@ -379,8 +403,9 @@ def unpaced(specs, meta, books, first, t0, window: int) -> tuple[float, float]:
         orders = naive.update(asset, "upbit" if venue == 0 else "binance", book, FX)
         if orders:
             naive.fill(asset, orders)
-        elapsed += time.perf_counter() - s
-    return ours_rate, len(meta) / elapsed
+        if n >= warm:
+            elapsed += time.perf_counter() - s
+    return ours_rate, (len(meta) - warm) / elapsed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -392,19 +417,20 @@ def main(argv: list[str] | None = None) -> int:
     args = common.defaults(ap.parse_args(argv), [("updates", 12000, 300), ("window", 300, 10)])
     info = common.machine("psutil")
     print(f"  synthesising {args.updates} updates on {len(ASSETS)} routes ...", file=sys.stderr, flush=True)
-    specs, meta, books, first, t0 = routes_and_replay(args.updates, args.window)
-    print(f"  paced replay, {args.updates / (2 * RATE_PER_VENUE * len(ASSETS)):.1f} s ...",
-          file=sys.stderr, flush=True)
-    ours, naive, run = paced(specs, meta, books, first, t0, args.window)
+    warm = (args.window + 2) * len(ASSETS)          # every route's window full after these
+    specs, meta, books, first, t0 = routes_and_replay(warm + args.updates, args.window)
+    print(f"  {warm} updates of warm-up, then a paced replay of "
+          f"{args.updates / (2 * RATE_PER_VENUE * len(ASSETS)):.1f} s ...", file=sys.stderr, flush=True)
+    ours, naive, run = paced(specs, meta, books, first, t0, args.window, warm)
     print("  unpaced replay ...", file=sys.stderr, flush=True)
     ours["evaluations_per_s"], naive["evaluations_per_s"] = unpaced(specs, meta, books, first, t0,
-                                                                    args.window)
+                                                                    args.window, warm)
     ours["rss_mb"] = naive["rss_mb"] = run["rss_mb"]
     load = common.finish(info)
 
     lo, ln = ours["latency_ms"], naive["latency_ms"]
     print(f"our figures (workers/strategy/routes.py, measured): {len(ASSETS)} routes, {ours['updates']} "
-          f"updates in {run['wall_s']:.1f} s, {ours['pairs']} pairs of IOC legs")
+          f"updates in {run['wall_s']:.1f} s after {warm} of warm-up, {ours['pairs']} pairs of IOC legs")
     print(f"naive peer (a typical bot's loop, measured in this run): {naive['pairs']} pairs")
     print("seed plan target (D75-2, not measured here): avg 25 ms, p99 40 ms, >= 40 iterations/s, "
           "CPU < 10 %, RSS < 60 MB")

@@ -298,6 +298,16 @@ class ArbRoute:
         self.position = 0.0     # coins this route sold net on the Korean venue (filled legs)
         self.legs: dict[int, _Leg] = {}
         self.counters = dict.fromkeys(COUNTERS, 0)
+        self._template = {}                         # a pair's fixed fields, by "the Korean venue sells"
+        for korean_sells in (True, False):
+            t = np.zeros(2, INTENT)
+            t["symbol_id"] = (spec.krw_symbol_id, spec.usdt_symbol_id) if korean_sells \
+                else (spec.usdt_symbol_id, spec.krw_symbol_id)
+            t["side"] = (SIDE_SELL, SIDE_BUY)
+            t["strategy_id"] = strategy_id
+            t["order_type"] = ORDER_LIMIT
+            t["tif"] = TIF_IOC
+            self._template[korean_sells] = t
         self._seen: list[tuple[Book | None, tuple | None]] = [(None, None), (None, None)]
         self.denials: dict[str, int] = {}           # the code of each bad book / refused pricing
         self.last_denial: arb.Denial | None = None
@@ -471,26 +481,20 @@ class ArbRoute:
         cash = q * float(buy.price) * (1 + buy_vb.taker_bps * 1e-4)
         if self.inventory.free_cash(buy_vb.venue) < cash:
             return "no_cash"
-        rows = np.zeros(2, INTENT)
+        korean_sells = sell_vb.venue == s.krw_venue
+        rows = self._template[korean_sells].copy()
         base = ((s.index + 1) << SEQ_BITS) | ((int(update_seq) & UPDATE_MASK) << 1)
         rows["seq"] = (base | LEG_SELL, base | LEG_BUY)
-        rows["symbol_id"] = [s.krw_symbol_id, s.usdt_symbol_id] if sell_vb.venue == s.krw_venue \
-            else [s.usdt_symbol_id, s.krw_symbol_id]
-        rows["side"] = (SIDE_SELL, SIDE_BUY)
         rows["limit_price"] = (float(sell.price), float(buy.price))
         rows["ref_price"] = (prem.sell_vwap, prem.buy_vwap)
         rows["ts_origin_ns"] = ts_origin_ns
         rows["ts_ns"] = now
         rows["signal_seq"] = int(update_seq) & ((1 << 64) - 1)
-        rows["strategy_id"] = self.strategy_id
-        rows["order_type"] = ORDER_LIMIT
-        rows["tif"] = TIF_IOC
         rows["reason"] = reason
         rows["qty"] = q
         inv = self.inventory
         inv.reserved_coins[(sell_vb.venue, asset)] = inv.reserved_coins.get((sell_vb.venue, asset), 0.0) + q
         inv.reserved_cash[buy_vb.venue] = inv.reserved_cash.get(buy_vb.venue, 0.0) + cash
-        korean_sells = sell_vb.venue == s.krw_venue
         self.legs[int(rows["seq"][0])] = _Leg(sell_vb.venue, SIDE_SELL, q, 0.0, korean_sells)
         self.legs[int(rows["seq"][1])] = _Leg(buy_vb.venue, SIDE_BUY, q, cash, not korean_sells)
         return rows
