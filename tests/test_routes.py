@@ -199,6 +199,15 @@ def test_no_unwind_without_a_position_or_below_the_exit():
     assert len(strict.feed(LOW)) == 0 and strict.r.counters["below_threshold"] == 1
 
 
+def test_float_noise_left_by_fills_is_no_position():
+    t = Route(entry_bps=30.0, exit_bps=-5.0)
+    t.warm()
+    t.fill_all(t.feed(FRED))
+    t.r.position = 1e-18                     # what 0.01 - 0.004 - 0.006 may leave
+    assert len(t.feed(LOW)) == 0             # -3.13 bps would unwind a real position
+    assert t.r.counters["below_threshold"] == 1 and t.r.counters["priced_out"] == 0
+
+
 # -- inventory -------------------------------------------------------------------------------------
 def test_an_exhausted_side_stops_that_direction_only():
     t = Route(funded(up_btc=0.015), entry_bps=10.0)

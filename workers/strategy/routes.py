@@ -19,7 +19,8 @@ A route is one asset on a Korean venue (quote KRW) against Binance (quote USDT):
   ``entry_bps``. It also trades when it reduces a position held the other way (an
   unwind) and its edge reaches ``exit_bps`` (lower), then for at most what is held.
   With the mean standing still a round trip earns at least ``entry_bps +
-  exit_bps`` bps after four taker fees; ``exit_bps`` is usually negative.
+  exit_bps`` bps after four taker fees; ``exit_bps`` is usually negative. (The
+  screen walks the route's ``qty``; an unwind of less is priced for what it is.)
 * **Legs.** Two INTENT rows: the sell leg on the rich venue, the buy leg on the
   cheap one, same quantity (floored to both lot steps), ORDER_LIMIT, TIF_IOC. Each
   limit is the deepest level walked moved ``band_bps`` against us (a sell lower, a
@@ -403,8 +404,9 @@ class ArbRoute:
             edge_u = ((su * (1 - fu)) / (bk / fx * (1 + fk)) - 1.0) * 1e4 + mean
         self.last_edges = (edge_k, edge_u)
         wanted = []
-        for direction, edge, reduces in ((SELL_KRW, edge_k, self.position < 0),
-                                         (SELL_USDT, edge_u, self.position > 0)):
+        flat = q * 1e-9                 # a position of float noise left by fills is none
+        for direction, edge, reduces in ((SELL_KRW, edge_k, self.position < -flat),
+                                         (SELL_USDT, edge_u, self.position > flat)):
             need = p.exit_bps if reduces else p.entry_bps
             if edge >= need - _SCREEN_TOL_BPS:
                 wanted.append((edge - need, direction, reduces))
