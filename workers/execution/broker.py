@@ -242,13 +242,15 @@ class PaperBroker:
                                 np.array([[ask, ask_qty]], float), ts_ns, top_only=True)   # empties
         # the common case, as on_book does it, without the checks just made
         ts = self._enter(ts_ns)
-        book = _Book([(b, bq)], [(a, aq)], True)
-        old = self._books.get(symbol_id)
-        if old is not None:
+        book = self._books.get(symbol_id)
+        if book is None:
+            book = self._books[symbol_id] = _Book([(b, bq)], [(a, aq)], True)
+        else:                       # the new top in place of the old book (no one else holds it)
+            book.bids, book.asks, book.top_only = [(b, bq)], [(a, aq)], True
+            taken = book.taken
             for side in (SIDE_BUY, SIDE_SELL):
-                if old.taken[side]:
-                    book.taken[side] = _carry_taken(old.taken[side], book.levels(side), side)
-        self._books[symbol_id] = book
+                if taken[side]:
+                    taken[side] = _carry_taken(taken[side], book.levels(side), side)
         resting = self._resting.get(symbol_id)
         if resting:
             for order in resting:
