@@ -235,10 +235,12 @@ def test_route_imbalance_and_open_legs():
     assert codes(g, market(), buy(0, 4), sell(2, 4), buy(0, 6), buy(2, 1)) == \
         [Denial.PASSED, Denial.PASSED, Denial.ROUTE_IMBALANCE, Denial.PASSED]
     over = market(position=np.array([8.0, 0, 0, 0]))
-    # a REDUCING route unwinds: closing a leg passes, opening the hedge leg does not
+    # a REDUCING route takes what closes its net: closing the leg, or hedging on the other one
+    # (a re-hedge of a leg that filled alone); a hedge past flat is new exposure the other way
     assert codes(g, over, buy(0), sell(2, 3), sell(0, 3)) == \
-        [Denial.ROUTE_IMBALANCE, Denial.ROUTE_IMBALANCE, Denial.PASSED]
+        [Denial.ROUTE_IMBALANCE, Denial.PASSED, Denial.PASSED]
     assert g.tier_state("route", 0) == TradingState.REDUCING
+    assert codes(g, over, sell(2, 10)) == [Denial.ROUTE_IMBALANCE]
     g2 = guard(max_open_legs=1)
     assert codes(g2, market(), buy(0), sell(2), buy(1)) == [Denial.PASSED, Denial.OPEN_LEGS, Denial.PASSED]
 

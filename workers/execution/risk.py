@@ -90,6 +90,7 @@ class Denial(IntEnum):
     IN_FLIGHT = 20          # the desk's own rules, after the guard: counted here, one table of codes
     VENUE_RULES = 21
     FX_RATE = 22            # the symbol's quote currency has no fresh rate into the account's
+    HEDGE_OPEN = 23         # a route's hedge obligation open past its time limit (execution sets it)
 
 
 DENIAL_TEXT = {
@@ -118,6 +119,7 @@ DENIAL_TEXT = {
     Denial.IN_FLIGHT: "an order for the symbol is still unanswered (or a crash left it unresolved)",
     Denial.VENUE_RULES: "no valid order after the venue's tick, lot and notional rules",
     Denial.FX_RATE: "no fresh rate from the symbol's quote currency into the account currency",
+    Denial.HEDGE_OPEN: "a hedge obligation of the route open past its time limit",
 }
 
 
@@ -328,6 +330,17 @@ class RiskGuard:
         else:
             self._set(Tier.GLOBAL, 0, Denial.KILL_SWITCH, None)
 
+    def flag(self, tier: Tier | str, key, code: Denial, on: bool, reason: str = "") -> None:
+        """A condition the caller watches (a hedge obligation overdue): REDUCING with ``code``
+        while ``on``, lifted when it is not; set and lifted only by the caller."""
+        tier, idx = self._index(tier, key)
+        held = code in self._causes.get((tier, idx), {})
+        if on and not held:
+            self._set(tier, idx, code, _Cause(TradingState.REDUCING, reason, False, self.clock.time_ns(),
+                                              FOREVER_NS))
+        elif not on and held:
+            self._set(tier, idx, code, None)
+
     @staticmethod
     def allows_cancel() -> bool:
         """Cancels always pass, in every state: taking an order off the book only lowers risk,
@@ -370,6 +383,7 @@ class RiskGuard:
         venue_expo = np.bincount(self.venue_of, expo, minlength=len(self.venues))
         on_route = self.route_of >= 0
         route_net = np.bincount(self.route_of[on_route], signed[on_route], minlength=self.n_routes)
+        route_qty = np.bincount(self.route_of[on_route], pos[on_route], minlength=self.n_routes)
         route_legs = np.bincount(self.route_of[on_route], (pos[on_route] != 0).astype(float),
                                  minlength=self.n_routes)
         one = np.ones(1, bool)
@@ -413,7 +427,7 @@ class RiskGuard:
                        TradingState.REDUCING,
                        lambda s: f"symbol {s} quote {age_ns[s] / 1e9:.1f}s old > {lim.max_quote_age_s}s", now)
         return {"pos": pos, "mark": mark, "fx": fx, "gross": gross, "venue_expo": venue_expo,
-                "route_net": route_net, "route_legs": route_legs,
+                "route_net": route_net, "route_qty": route_qty, "route_legs": route_legs,
                 "open_orders": np.asarray(mv.open_orders, np.float64)}
 
     def _refill(self, now: int) -> None:
@@ -459,7 +473,9 @@ class RiskGuard:
         An intent is *reducing* when it moves its symbol's position toward zero without crossing
         it. One that would cross (sell 3 of a long 2) is not reducing, and a REDUCING tier denies
         it whole rather than clipping it: a clipped order is a size the strategy never asked for,
-        and a strategy that wants flat sends the exact quantity."""
+        and a strategy that wants flat sends the exact quantity. On a route, an intent that brings
+        the net of the route's legs toward zero without crossing it reduces too: re-hedging a leg
+        that filled without its partner grows one symbol's position but closes the exposure."""
         if intents.dtype != INTENT:
             raise TypeError(f"intents must have the INTENT dtype, got {intents.dtype}")
         lim = self.limits
@@ -548,6 +564,11 @@ class RiskGuard:
         venue_after = by_venue.before(world["venue_expo"], d_exp) + d_exp
         net_b = by_route.before(route_net0, dq * mark)
         net_a = net_b + dq * mark
+        # on a route, an intent that brings the legs' net (base quantity: one asset) toward zero
+        # reduces too: a re-hedge
+        qnet_b = by_route.before(np.append(world["route_qty"], 0.0), dq)
+        qnet_a = qnet_b + dq
+        reducing |= on_route & (np.abs(qnet_a) < np.abs(qnet_b)) & (qnet_a * qnet_b >= 0)
         opened = (pb == 0) & (pa != 0)
         legs_b = by_route.before(route_legs0, opened.astype(float) - ((pb != 0) & (pa == 0)))
         open_b = by_venue.before(open0, resting.astype(float))
@@ -570,11 +591,13 @@ class RiskGuard:
         k = int(np.argmax(breach))
         acc = {"pos": world["pos"].copy(), "gross": float(gross_after[k - 1]) if k else world["gross"],
                "venue": world["venue_expo"].copy(), "net": route_net0.copy(), "legs": route_legs0.copy(),
+               "qnet": np.append(world["route_qty"], 0.0),
                "open": open0.copy(), "used": np.zeros(len(self.venues))}
         if k:
             first = slice(0, k)
             np.add.at(acc["venue"], v[first], d_exp[first])
             np.add.at(acc["net"], rkey[first], (dq * mark)[first])
+            np.add.at(acc["qnet"], rkey[first], dq[first])
             np.add.at(acc["legs"], rkey[first], (opened.astype(float) - ((pb != 0) & (pa == 0)))[first])
             np.add.at(acc["open"], v[first], resting[first].astype(float))
             np.add.at(acc["used"], v[first], 1.0)
@@ -592,6 +615,7 @@ class RiskGuard:
         pos, venue, net, legs, opn, used = (acc["pos"].tolist(), acc["venue"].tolist(), acc["net"].tolist(),
                                             acc["legs"].tolist(), acc["open"].tolist(), acc["used"].tolist())
         gross = acc["gross"]
+        qnet = acc["qnet"].tolist()
         tokens = self._tokens.tolist()
         out = np.zeros(len(s), np.uint8)
         for i, (si, vi, ri, routed, q, m, rest, state, scode, old) in enumerate(zip(
@@ -602,6 +626,8 @@ class RiskGuard:
             red = b != 0 and a * b >= 0 and abs(a) < abs(b)
             d = (abs(a) - abs(b)) * m
             nb, na = net[ri], net[ri] + q * m
+            qb, qa = qnet[ri], qnet[ri] + q
+            red = red or (routed and abs(qa) < abs(qb) and qa * qb >= 0)
             opened = b == 0 and a != 0
             if state == TradingState.REDUCING and not red:
                 code = scode
@@ -623,7 +649,7 @@ class RiskGuard:
                 code = Denial.ORDER_RATE
             else:
                 code = Denial.PASSED
-                pos[si], gross, net[ri] = a, gross + d, na
+                pos[si], gross, net[ri], qnet[ri] = a, gross + d, na, qa
                 venue[vi] += d
                 legs[ri] += float(opened) - float(b != 0 and a == 0)
                 opn[vi] += float(rest)

@@ -1,0 +1,126 @@
+"""Hedge obligations (workers/execution/hedges.py): a route leg filled without its
+partner is found from the positions, re-hedged within a band on the hedge leg with
+seqs that are never reused, escalated past its time limit, and carried across a
+restart; the risk guard lets the re-hedge through a REDUCING route."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.clock import SimClock
+from pipeline.config import RiskConfig
+from shm.records import INTENT, ORDER_LIMIT, SIDE_BUY, SIDE_SELL, TIF_IOC
+from workers.execution.hedges import HEDGE_STRATEGY, HedgeRoute, Hedges
+from workers.execution.risk import Denial, MarketView, RiskGuard, Tier, TradingState
+
+T0 = 1_755_983_000 * 10**9
+S = 10**9
+# symbols: 0 BTC/KRW@upbit, 1 BTC/USDT@binance (route 0, hedged on Binance), 2 ETH/USDT@binance
+ROUTE = HedgeRoute(0, "BTC upbit/binance", (0, 1), hedge_leg=1)
+BID = np.array([159_000_000.0, 115_000.0, 4_300.0])
+ASK = np.array([159_100_000.0, 115_010.0, 4_301.0])
+
+
+def hedges(clock=None, **kw) -> Hedges:
+    return Hedges([ROUTE], 3, kw.pop("band_bps", 10.0), kw.pop("timeout_ns", 30 * S), clock or SimClock(T0),
+                  **kw)
+
+
+def test_a_pair_in_flight_or_filled_whole_is_no_obligation():
+    h = hedges()
+    assert h.update(np.array([-0.01, 0.01, 0.0])) == [] and not h.open      # both legs working or filled
+    assert h.update(np.array([0.0, 0.0, 5.0])) == []                         # another symbol's position
+
+
+def test_a_leg_filled_alone_is_re_hedged_on_the_hedge_leg_within_the_band():
+    h = hedges()
+    (ev,) = h.update(np.array([-0.01, 0.0, 0.0]))        # sold 0.01 on Upbit, the Binance buy expired
+    assert ev["event"] == "opened" and ev["qty"] == pytest.approx(0.01) and ev["since_ns"] == T0
+    (row,) = h.intents(BID, ASK, busy=set())
+    assert row["symbol_id"] == 1 and row["side"] == SIDE_BUY and row["qty"] == pytest.approx(0.01)
+    assert row["order_type"] == ORDER_LIMIT and row["tif"] == TIF_IOC and row["strategy_id"] == HEDGE_STRATEGY
+    assert row["limit_price"] == pytest.approx(115_010.0 * 1.001)             # 10 bps through the ask
+    assert len(h.intents(BID, ASK, busy={1})) == 0                            # one working re-hedge at a time
+    # it filled 0.006: the rest is re-hedged with the next attempt's seq
+    (ev,) = h.update(np.array([-0.01, 0.006, 0.0]))
+    assert ev["event"] == "changed" and h.open[0].qty == pytest.approx(0.004)
+    (row2,) = h.intents(BID, ASK, busy=set())
+    assert row2["qty"] == pytest.approx(0.004) and row2["seq"] == row["seq"] + 1
+    (ev,) = h.update(np.array([-0.01, 0.01, 0.0]))
+    assert ev["event"] == "closed" and not h.open and len(h.intents(BID, ASK, busy=set())) == 0
+
+
+def test_a_long_excess_sells_at_most_the_band_under_the_bid_and_needs_a_quote():
+    h = hedges(band_bps=5.0)
+    h.update(np.array([0.02, 0.0, 0.0]))                  # bought on Upbit, the Binance sell did not fill
+    (row,) = h.intents(BID, ASK, busy=set())
+    assert row["side"] == SIDE_SELL and row["limit_price"] == pytest.approx(115_000.0 * (1 - 5e-4))
+    assert len(h.intents(np.full(3, np.nan), ASK, busy=set())) == 0 and h.counters["no_quote"] == 1
+
+
+def test_dust_below_the_lot_step_is_no_obligation():
+    h = hedges(min_qty=1e-5)
+    assert h.update(np.array([-0.01, 0.009995, 0.0])) == []
+
+
+def test_an_obligation_past_its_time_limit_is_escalated_once():
+    clock = SimClock(T0)
+    h = hedges(clock)
+    h.update(np.array([-0.01, 0.0, 0.0]))
+    clock.advance(30 * S)
+    assert h.update(np.array([-0.01, 0.0, 0.0])) == []
+    clock.advance(1 * S)
+    (ev,) = h.update(np.array([-0.01, 0.0, 0.0]))
+    assert ev["event"] == "escalated" and "31s > 30s" in ev["reason"]
+    assert h.update(np.array([-0.01, 0.0, 0.0])) == []
+
+
+def test_a_restart_resumes_the_obligation_and_never_reuses_a_seq():
+    clock = SimClock(T0)
+    h = hedges(clock)
+    h.update(np.array([-0.01, 0.0, 0.0]))
+    (sent,) = h.intents(BID, ASK, busy=set())
+    saved = h.state()
+    clock.advance(40 * S)
+    again = hedges(clock)
+    again.restore(saved)
+    # the re-hedge sent before the crash is in the order manager: its seq is skipped
+    (ev,) = again.update(np.array([-0.01, 0.0, 0.0]))
+    assert ev["event"] == "escalated" and again.open[0].since_ns == T0       # the clock kept counting
+    (row,) = again.intents(BID, ASK, busy=set(), used=lambda seq: seq == int(sent["seq"]))
+    assert row["seq"] == sent["seq"] + 1
+    # a later obligation of the route takes a new serial: no seq of the first one again
+    again.update(np.array([0.0, 0.0, 0.0]))
+    again.update(np.array([0.0, 0.01, 0.0]))
+    (row3,) = again.intents(BID, ASK, busy=set())
+    assert row3["seq"] not in (sent["seq"], row["seq"]) and row3["side"] == SIDE_SELL
+
+
+def test_a_route_reducing_for_an_open_hedge_lets_only_the_re_hedge_through():
+    clock = SimClock(T0)
+    limits = RiskConfig(max_gross_exposure=1e9, max_venue_exposure=1e9, max_position_notional=1e9,
+                        max_order_notional=1e9, max_spread_bps=0)
+    guard = RiskGuard(3, np.array([0, 1, 1]), ["upbit", "binance"], limits, clock, route_of=np.array([0, 0, -1]))
+    guard.flag(Tier.ROUTE, 0, Denial.HEDGE_OPEN, True, "unhedged -0.01 on BTC upbit/binance for 31s")
+    assert guard.tier_state(Tier.ROUTE, 0) == TradingState.REDUCING
+    last = (BID + ASK) / 2
+    fx = np.array([1 / 1383.0, 1.0, 1.0])
+    mv = MarketView(np.array([-0.01, 0.0, 0.0]), last, BID, ASK, np.full(3, T0, np.int64), np.ones(2, bool),
+                    np.full(2, T0, np.int64), np.zeros(2, np.int64), 1e5, 1e5, 1e5, fx=fx,
+                    fx_fresh=np.ones(3, bool))
+    h = hedges(clock)
+    h.update(mv.position)
+    rehedge = h.intents(BID, ASK, busy=set())
+    pair = np.zeros(2, INTENT)                      # a new pair on the route: not while it is REDUCING
+    pair["symbol_id"], pair["side"], pair["qty"] = [0, 1], [SIDE_SELL, SIDE_BUY], 0.01
+    pair["order_type"], pair["tif"], pair["limit_price"] = ORDER_LIMIT, TIF_IOC, [BID[0], ASK[1]]
+    pair["ref_price"], pair["seq"], pair["ts_origin_ns"] = [BID[0], ASK[1]], [1, 2], T0
+    assert guard.check(rehedge, mv).tolist() == [Denial.PASSED]
+    # a new pair: its Upbit leg is new exposure, its Binance leg alone closes the net (a re-hedge)
+    assert guard.check(pair, mv).tolist() == [Denial.HEDGE_OPEN, Denial.PASSED]
+    flat = MarketView(np.zeros(3), last, BID, ASK, np.full(3, T0, np.int64), np.ones(2, bool),
+                      np.full(2, T0, np.int64), np.zeros(2, np.int64), 1e5, 1e5, 1e5, fx=fx,
+                      fx_fresh=np.ones(3, bool))
+    assert guard.check(pair, flat).tolist() == [Denial.HEDGE_OPEN, Denial.HEDGE_OPEN]
+    guard.flag(Tier.ROUTE, 0, Denial.HEDGE_OPEN, False)
+    assert guard.tier_state(Tier.ROUTE, 0) == TradingState.ACTIVE
