@@ -22,7 +22,8 @@ CORES = ("workers.bars", "workers.execution.portfolio", "workers.execution.desk"
          "workers.execution.broker",
          "workers.strategy.signals", "workers.strategy.arbitrage", "workers.execution.impact",
          "workers.execution.venue_rules",
-         "workers.execution.orders", "workers.execution.risk")
+         "workers.execution.orders", "workers.execution.risk", "workers.execution.fx",
+         "workers.execution.hedges", "workers.strategy.routes")
 NOT_IN_CORES = ("zmq", "shm.ring", "shm.table", "shm.segment", "shm.doorbell", "pipeline.bus",
                 "workers.base")
 
