@@ -246,10 +246,19 @@ def row_hash(prev_hash: str, id: int, ts_ns: int, kind: str, symbol: str | None,
     then a newline (which that JSON cannot hold), then the payload as it is: escaping a
     large payload into a JSON string costs more than hashing it."""
     if kind == BATCH:
-        head = _CONTENT.encode([id, ts_ns, kind, symbol, venue, client_order_id])
-        return hashlib.sha256(f"{prev_hash}{head}\n{payload}".encode()).hexdigest()
+        return _batch_hash(prev_hash, id, ts_ns, symbol, venue, client_order_id, payload.encode())
     content = _CONTENT.encode([id, ts_ns, kind, symbol, venue, client_order_id, payload])
     return hashlib.sha256((prev_hash + content).encode()).hexdigest()
+
+
+def _batch_hash(prev_hash: str, id: int, ts_ns: int, symbol: str | None, venue: str | None,
+                client_order_id: str | None, payload: bytes) -> str:
+    """`row_hash` of a batch row from its payload's UTF-8 bytes (as orjson makes them), fed
+    to the hash as they are: no copy of a large payload into one string and back."""
+    head = _CONTENT.encode([id, ts_ns, BATCH, symbol, venue, client_order_id])
+    h = hashlib.sha256(f"{prev_hash}{head}\n".encode())
+    h.update(payload)
+    return h.hexdigest()
 
 
 # -- schema and migrations -----------------------------------------------------------
@@ -518,12 +527,13 @@ class Journal:
         if isinstance(latest, bool) or not isinstance(latest, (int, np.integer)) or latest < 0:
             raise JournalError(f"journal ts_ns must be a non-negative integer of ns, not {ts_ns!r}")
         try:
-            text = orjson.dumps({"v": BATCH_VERSION, "sections": keep}, default=_plain).decode()
+            raw = orjson.dumps({"v": BATCH_VERSION, "sections": keep}, default=_plain)
         except (TypeError, orjson.JSONEncodeError) as e:
             raise JournalError(f"payload cannot be journaled: {e}") from None
+        text = raw.decode()
         latest = int(latest)
         row_id = self._next_id
-        digest = row_hash(self._last_hash, row_id, latest, BATCH, None, None, None, text)
+        digest = _batch_hash(self._last_hash, row_id, latest, None, None, None, raw)
         self._rows.append((row_id, latest, BATCH, None, None, None, text, self._last_hash, digest))
         self._next_id, self._last_hash = row_id + 1, digest
         return row_id
