@@ -241,12 +241,16 @@ class _Leg:
 # -- the fast screen -------------------------------------------------------------------------------
 def _side_ok(p: list, s: list, falling: bool) -> bool:
     """``arbitrage.check_side`` passes (for a side as lists): non-empty, finite positive
-    prices and sizes, strictly ordered. A finite sum rules out NaN and infinity, and
-    then min() is reliable."""
+    prices and sizes, prices strictly ordered. Prices: a NaN fails a comparison of the
+    order, so ordered prices lie between the two ends, which must be in (0, inf).
+    Sizes: a finite sum rules out NaN and infinity, and then min() is reliable."""
     if not p or len(p) != len(s):
         return False
-    tp, ts = sum(p), sum(s)
-    if tp - tp != 0.0 or ts - ts != 0.0 or min(p) <= 0.0 or min(s) <= 0.0:
+    lo, hi = (p[-1], p[0]) if falling else (p[0], p[-1])
+    if not (0.0 < lo and hi < _INF and 0.0 < hi and lo < _INF):
+        return False
+    ts = sum(s)
+    if ts - ts != 0.0 or min(s) <= 0.0:
         return False
     return all(map(operator.gt if falling else operator.lt, p, p[1:]))
 
