@@ -547,10 +547,18 @@ def _clean(levels, side: int, top_only: bool = False) -> np.ndarray | None:
 def _carry_taken(taken: dict, levels: list, side: int) -> dict:
     """What we took, seen through a new book: a level now showing less keeps only that
     much taken; a level gone from the shown range is forgotten; beyond it, kept."""
-    if not levels:
+    if not levels or not taken:
         return dict(taken)
     shown = dict(levels)
     last = levels[-1][0]
+    if (max(taken) <= last) if side == SIDE_BUY else (min(taken) >= last):
+        # nothing taken inside the shown range but at its deepest level (a top of book's one
+        # level): everything kept, a shown level's amount capped; cheaper than the walk below
+        out = dict(taken)
+        for p, q in shown.items():
+            if p in out:
+                out[p] = min(out[p], q)
+        return out
     if side == SIDE_BUY:        # kept: shown, or beyond the deepest level (not `_within` it)
         return {p: (min(q, shown[p]) if p in shown else q) for p, q in taken.items() if p in shown or not p >= last}
     return {p: (min(q, shown[p]) if p in shown else q) for p, q in taken.items() if p in shown or not p <= last}
