@@ -52,7 +52,7 @@ from models.serving import EnsembleModel, MomentumModel, make_signals
 from models.ta import Engine
 from models.train import market_of
 from pipeline.clock import SimClock
-from pipeline.config import Config, currency_problem, feature_names, fees_of, indicator_specs
+from pipeline.config import Config, currency_problem, feature_names, fees_of, indicator_specs, route_checks
 from pipeline.errors import ConfigurationError, UserError
 from pipeline.journal import Journal
 from pipeline.storage import detect_kind, market_columns, numeric, read_market_table
@@ -217,6 +217,9 @@ def check_currencies(cfg: Config, data: MarketData) -> None:
     problem = currency_problem(cfg.execution, data.symbols)
     if problem:
         raise UserError(f"the data's symbols: {problem}")
+    for ok, msg in route_checks(cfg.routes, data.symbols):
+        if not ok:
+            raise UserError(f"the data's symbols: {msg}")
 
 
 class Backtest:
@@ -247,7 +250,8 @@ class Backtest:
                                        fx=FxRates.from_config(data.symbols, cfg.execution))
         self.journal = Journal(journal_path)
         self.desk = Desk(data.symbols, data.venue_of, data.venues, cfg.execution, cfg.risk, self.clock,
-                         self.journal, PIPELINE, RUN_ID, snapshot_every_ns=SNAPSHOT_EVERY_NS)
+                         self.journal, PIPELINE, RUN_ID, snapshot_every_ns=SNAPSHOT_EVERY_NS,
+                         routes=cfg.routes)
         self.desk.recover()
         if self.desk.portfolio.rows["qty"].any() or self.desk.orders.open_orders():
             raise UserError(f"the journal {journal_path} holds positions or orders of an earlier run; "

@@ -385,6 +385,10 @@ class ExecutionConfig:
     currency: str = ""
     fx: list[FxSource] = field(default_factory=list)
     fx_band_bps: float = 150.0          # two fresh sources of one currency further apart: stale
+    # a route's leg filled without its partner ([[routes]]): re-hedged at most this far
+    # through the touch; past the time limit the route goes REDUCING with an alert
+    hedge_band_bps: float = 20.0
+    hedge_timeout_s: float = 30.0
     # the journal (SQLite): every intent, verdict, order event, fill, position and risk
     # state; everything rebuilt from it at start. "" = <journal_dir>/<pipeline name>.sqlite
     journal: str = ""
@@ -462,6 +466,65 @@ def check_risk(rc: RiskConfig) -> None:
 
 
 @dataclass
+class RouteConfig:
+    """One arbitrage route: one asset on two venues (issue 14), e.g. BTC on Upbit in KRW
+    against Binance in USDT. The risk guard's route tier holds its legs together; a leg
+    that fills without its partner is a hedge obligation, re-hedged on ``hedge_leg``."""
+    legs: list[str] = field(default_factory=list)   # ["BTC/KRW@upbit", "BTC/USDT@binance"]
+    hedge_leg: str = ""                  # where re-hedges go ("": the second leg, the deeper venue)
+    qty: float = 0.0                     # base quantity per pair
+    entry_bps: float = 30.0              # edge over the premium's rolling mean that opens
+    exit_bps: float = -5.0               # edge that unwinds what a route holds
+    band_bps: float = 5.0                # how far past the walked level an IOC leg's limit goes
+    window: int = 600                    # book updates in the premium's rolling mean
+
+    @property
+    def name(self) -> str:
+        return " / ".join(self.legs)
+
+    @property
+    def hedge(self) -> str:
+        return self.hedge_leg or (self.legs[-1] if self.legs else "")
+
+
+def route_checks(routes: list[RouteConfig], symbols: list[str]) -> list[tuple[bool, str]]:
+    """The [[routes]] tables' rules: legs the pipeline feeds, of one asset on two venues,
+    each symbol on one route at most."""
+    out, seen = [], set()
+    for i, r in enumerate(routes):
+        where = f"routes[{i}]"
+        if len(r.legs) != 2:
+            out.append((False, f"{where}.legs must name two symbols, e.g. [\"BTC/KRW@upbit\", "
+                               f"\"BTC/USDT@binance\"], got {r.legs}"))
+            continue
+        parts = [symbol_parts(k) for k in r.legs]
+        out += [(all(k in symbols for k in r.legs),
+                 f"{where}.legs {r.legs} must be symbols the feeds carry, SYMBOL@venue (known: "
+                 f"{', '.join(symbols)})"),
+                (parts[0][0] == parts[1][0] and parts[0][2] != parts[1][2],
+                 f"{where}.legs {r.legs} must be one asset on two venues"),
+                (not (set(r.legs) & seen), f"{where}: a symbol of {r.legs} is on another route already"),
+                (r.hedge in r.legs, f"{where}.hedge_leg '{r.hedge_leg}' must be one of its legs"),
+                (math.isfinite(r.qty) and r.qty > 0, f"{where}.qty must be a number > 0, got {r.qty!r}"),
+                (math.isfinite(r.entry_bps) and math.isfinite(r.exit_bps) and r.exit_bps <= r.entry_bps,
+                 f"{where}.exit_bps ({r.exit_bps:g}) must be at most entry_bps ({r.entry_bps:g})"),
+                (0 <= r.band_bps < 1000, f"{where}.band_bps must be in [0, 1000), got {r.band_bps:g}"),
+                (r.window >= 1, f"{where}.window must be >= 1, got {r.window}")]
+        seen |= set(r.legs)
+    return out
+
+
+def route_of(routes: list[RouteConfig], symbols: list[str]) -> list[int]:
+    """Per symbol id: the index of its route, -1 for none (the risk guard's ``route_of``)."""
+    out = [-1] * len(symbols)
+    for i, r in enumerate(routes):
+        for k in r.legs:
+            if k in symbols:
+                out[symbols.index(k)] = i
+    return out
+
+
+@dataclass
 class RecorderConfig:
     enabled: bool = False               # a recorder process writes every tick to Parquet
     dir: str = "data"                   # root of DIR/ticks/venue=../symbol=../date=YYYY-MM-DD/
@@ -481,6 +544,7 @@ class Config:
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
     risk: RiskConfig = field(default_factory=RiskConfig)
     recorder: RecorderConfig = field(default_factory=RecorderConfig)
+    routes: list[RouteConfig] = field(default_factory=list)
     source: str = "<defaults>"
 
     # -- derived --------------------------------------------------------------
@@ -617,6 +681,8 @@ def validate(cfg: Config) -> None:
         (abs(cfg.execution.maker_fee_bps) < 100, "execution.maker_fee_bps must be within +-100"),
         *_venue_fee_checks(cfg.execution.venue_fees),
         (cfg.execution.fx_band_bps > 0, f"execution.fx_band_bps must be > 0, got {cfg.execution.fx_band_bps:g}"),
+        (0 < cfg.execution.hedge_band_bps < 1000 and cfg.execution.hedge_timeout_s > 0,
+         "execution.hedge_band_bps must be in (0, 1000) and hedge_timeout_s > 0"),
         (min(cfg.execution.ack_latency_ms, cfg.execution.fill_latency_ms,
              cfg.execution.latency_jitter_ms) >= 0,
          "execution.ack_latency_ms, fill_latency_ms and latency_jitter_ms must be >= 0"),
@@ -669,6 +735,7 @@ def validate(cfg: Config) -> None:
                        "set bus.allow_remote = true to allow it"))
     problem = currency_problem(cfg.execution, feed_symbols(cfg))
     checks.append((problem is None, problem or ""))
+    checks += route_checks(cfg.routes, feed_symbols(cfg))
     ind = cfg.indicators
     for kind in PARAM_COUNTS:
         for k, p in enumerate(getattr(ind, kind)):

@@ -78,12 +78,11 @@ def test_an_obligation_past_its_time_limit_is_escalated_once():
 def test_a_restart_resumes_the_obligation_and_never_reuses_a_seq():
     clock = SimClock(T0)
     h = hedges(clock)
-    h.update(np.array([-0.01, 0.0, 0.0]))
+    journaled = h.update(np.array([-0.01, 0.0, 0.0]))
     (sent,) = h.intents(BID, ASK, busy=set())
-    saved = h.state()
     clock.advance(40 * S)
     again = hedges(clock)
-    again.restore(saved)
+    again.restore_events(journaled)
     # the re-hedge sent before the crash is in the order manager: its seq is skipped
     (ev,) = again.update(np.array([-0.01, 0.0, 0.0]))
     assert ev["event"] == "escalated" and again.open[0].since_ns == T0       # the clock kept counting
@@ -124,3 +123,92 @@ def test_a_route_reducing_for_an_open_hedge_lets_only_the_re_hedge_through():
     assert guard.check(pair, flat).tolist() == [Denial.HEDGE_OPEN, Denial.HEDGE_OPEN]
     guard.flag(Tier.ROUTE, 0, Denial.HEDGE_OPEN, False)
     assert guard.tier_state(Tier.ROUTE, 0) == TradingState.ACTIVE
+
+
+# -- in execution: the desk, the paper broker and the journal ---------------------------------
+def _desk(tmp_path, clock):
+    from pipeline.config import ExecutionConfig, FxSource, RouteConfig
+    from pipeline.journal import Journal
+    from workers.execution.desk import Desk
+    ec = ExecutionConfig(currency="USDT", fx=[FxSource(quote="KRW", rate=1383.0)], hedge_band_bps=10.0,
+                         hedge_timeout_s=30.0)
+    rc = RiskConfig(max_gross_exposure=1e9, max_venue_exposure=1e9, max_position_notional=1e9,
+                    max_order_notional=1e9, max_quote_age_s=0)
+    d = Desk(["BTC/KRW@upbit", "BTC/USDT@binance"], np.array([0, 1]), ["upbit", "binance"], ec, rc, clock,
+             Journal(tmp_path / "arb.sqlite"), "arb", "r1",
+             routes=[RouteConfig(legs=["BTC/KRW@upbit", "BTC/USDT@binance"], qty=0.01)])
+    d.recover()
+    return d
+
+
+def _tick(d, sid: int, bid: float, ask: float, last: float) -> None:
+    from shm.records import TICK, TICK_TRADE
+    t = np.zeros(1, TICK)
+    t["symbol_id"], t["kind"], t["side"], t["size"], t["price"] = sid, TICK_TRADE, 1, 1.0, last
+    t["bid"], t["ask"], t["ts_origin_ns"] = bid, ask, d.clock.time_ns()
+    d.on_ticks(t)
+
+
+def _leg(d, sid: int, side: int, limit: float, seq: int) -> np.ndarray:
+    it = np.zeros(1, INTENT)
+    it["seq"], it["symbol_id"], it["side"], it["qty"], it["ref_price"], it["limit_price"] = \
+        seq, sid, side, 0.01, limit, limit
+    it["order_type"], it["tif"], it["strategy_id"] = ORDER_LIMIT, TIF_IOC, 2
+    it["ts_origin_ns"] = it["ts_ns"] = d.clock.time_ns()
+    return it
+
+
+def _hedge_rows(d) -> list[dict]:
+    from pipeline import journal
+    return [r["payload"]["hedge"] for r in journal.rows(d.journal.path, kinds=("risk_state",))
+            if "hedge" in r["payload"]]
+
+
+def test_a_leg_that_filled_alone_is_re_hedged_by_execution_and_journaled(tmp_path):
+    clock = SimClock(T0)
+    d = _desk(tmp_path, clock)
+    _tick(d, 0, BID[0], ASK[0], BID[0])
+    _tick(d, 1, BID[1], ASK[1], BID[1])
+    d.on_intents(_leg(d, 0, SIDE_SELL, BID[0], 1))            # sells on Upbit at the bid: fills
+    d.on_intents(_leg(d, 1, SIDE_BUY, BID[1], 2))             # bids on Binance under the ask: IOC expires
+    d.poll()
+    assert d.portfolio.rows["qty"].tolist() == pytest.approx([-0.01, 0.0])
+    out = d.housekeeping()                                    # obligation -> re-hedge -> filled
+    d.housekeeping()
+    assert d.portfolio.rows["qty"].tolist() == pytest.approx([-0.01, 0.01])
+    assert any(f["symbol_id"] == 1 for f in out.fills) or d.portfolio.rows["n_fills"][1] == 1
+    assert [e["event"] for e in _hedge_rows(d)] == ["opened", "closed"]
+    assert not d.hedges.open and d.guard.tier_state("route", 0) == TradingState.ACTIVE
+
+
+def test_an_obligation_that_cannot_close_escalates_and_survives_a_restart(tmp_path):
+    clock = SimClock(T0)
+    d = _desk(tmp_path, clock)
+    _tick(d, 0, BID[0], ASK[0], BID[0])
+    _tick(d, 1, BID[1], ASK[1], 100_000.0)        # Binance's last trade far off: a hedge there is out of band
+    d.on_intents(_leg(d, 0, SIDE_SELL, BID[0], 1))
+    d.poll()
+    d.housekeeping()
+    assert 0 in d.hedges.open and "PRICE_BAND" in [r["payload"]["code"] for r in
+                                                   __import__("pipeline.journal").journal.rows(
+                                                       d.journal.path, kinds=("verdict",))]
+    clock.advance(31 * S)
+    d.housekeeping()
+    assert d.hedges.open[0].escalated
+    assert d.guard.tier_state("route", 0) == TradingState.REDUCING
+    assert d.guard.tier_code("route", 0) == Denial.HEDGE_OPEN
+    d.snapshot()
+    d.journal.close()
+    # a restart: the obligation is back with its opening time and its route still REDUCING
+    clock.advance(5 * S)
+    again = _desk(tmp_path, clock)
+    assert again.hedges.open[0].since_ns == T0 and again.hedges.open[0].escalated
+    assert again.guard.tier_state("route", 0) == TradingState.REDUCING
+    _tick(again, 0, BID[0], ASK[0], BID[0])
+    _tick(again, 1, BID[1], ASK[1], BID[1])          # Binance trades at its quote again: the hedge goes
+    again.housekeeping()
+    again.housekeeping()
+    assert again.portfolio.rows["qty"].tolist() == pytest.approx([-0.01, 0.01])
+    assert not again.hedges.open and again.guard.tier_state("route", 0) == TradingState.ACTIVE
+    assert [e["event"] for e in _hedge_rows(again)] == ["opened", "escalated", "closed"]
+    again.journal.close()

@@ -24,7 +24,14 @@ Money rules, as the desk keeps them:
   order a crash left open is resolved before any new order: the paper venue
   lived in the crashed process, so nothing more of it can fill, and it is
   expired with that reason. Positions journaled that the fills do not explain
-  halt the global tier.
+  halt the global tier. The routes' hedge obligations come back from their
+  journaled events, their time limits still running.
+
+Money is in the account's currency (fx.py): the guard and the equity value each
+symbol at its quote currency's rate. Routes (``[[routes]]``, one asset on two
+venues) are held together: a leg that filled without its partner is a hedge
+obligation (hedges.py), re-hedged between steps through the same guard and
+journal as any intent, and escalated (route REDUCING, an alert) past its time limit.
 
 Pure: numpy records in, records out, a clock and a journal passed in, so a
 backtest drives the same desk as the execution process.
@@ -40,7 +47,7 @@ from itertools import repeat
 import numpy as np
 
 from pipeline.clock import Clock
-from pipeline.config import ExecutionConfig, RiskConfig, currency_problem, fees_of
+from pipeline.config import ExecutionConfig, RiskConfig, RouteConfig, currency_problem, fees_of, route_of
 from pipeline.journal import Journal
 from pipeline.metrics import LatencyHistogram
 from shm.records import (FILL, INTENT, ORDER, ORDER_LIMIT, TICK_GAP, TICK_TRADE, TIF_GTC,
@@ -48,8 +55,10 @@ from shm.records import (FILL, INTENT, ORDER, ORDER_LIMIT, TICK_GAP, TICK_TRADE,
 
 from .broker import LatencyModel, PaperBroker
 from .fx import FxRates
+from .hedges import HEDGE_STRATEGY, HedgeRoute, Hedges
 from .impact import MarketImpact
-from .orders import BLOCKING, NAME, SNAPSHOT_FIELDS, TERMINAL, OrderManager, OrderState, VenueStatus, orders_from_events
+from .orders import (BLOCKING, NAME, SNAPSHOT_FIELDS, TERMINAL, OrderManager, OrderState, VenueStatus,
+                     client_order_id, orders_from_events)
 from .portfolio import Portfolio
 from .risk import DAY_NS, Denial, MarketView, RiskGuard, TradingState
 from .venue_rules import Denial as RuleDenial, SymbolRules, round_order
@@ -84,7 +93,7 @@ class Desk:
     def __init__(self, symbols: list[str], venue_of: np.ndarray, venues: list[str],
                  ec: ExecutionConfig, rc: RiskConfig, clock: Clock, journal: Journal,
                  pipeline: str, run_id: str, rules: dict[int, SymbolRules] | None = None, log=None,
-                 snapshot_every_ns: int = SNAPSHOT_EVERY_NS):
+                 snapshot_every_ns: int = SNAPSHOT_EVERY_NS, routes: list[RouteConfig] | None = None):
         n = len(symbols)
         self.snapshot_every_ns = int(snapshot_every_ns)
         self.symbols = list(symbols)
@@ -105,7 +114,13 @@ class Desk:
         self.fx = FxRates.from_config(self.symbols, ec)
         self.market.fx, self.market.fx_fresh = self.fx.factor, self.fx.fresh
         self.quoted = np.zeros(n, bool)          # symbols whose feed has sent a quote
-        self.guard = RiskGuard(n, self.venue_of, self.venues, rc, clock)
+        routes = list(routes or [])
+        self.guard = RiskGuard(n, self.venue_of, self.venues, rc, clock,
+                               route_of=np.array(route_of(routes, self.symbols), np.int64))
+        # a route's leg filled without its partner: re-hedged here, where the fills are
+        self.hedges = Hedges([HedgeRoute(i, r.name, (self.index[r.legs[0]], self.index[r.legs[1]]),
+                                         self.index[r.hedge]) for i, r in enumerate(routes)],
+                             n, ec.hedge_band_bps, int(ec.hedge_timeout_s * 1e9), clock) if routes else None
         self.orders = OrderManager(clock, snapshot_last_only=True)
         ms = 1_000_000
         self.impact = MarketImpact(n, ec.impact_coef, ec.impact_window_s) if ec.impact_coef > 0 else None
@@ -383,10 +398,38 @@ class Desk:
         now = self.clock.time_ns()
         self._rates(now)
         self._account(now)
+        if self.hedges is not None:
+            out.extend(self._hedge())
         if now >= self._next_snapshot:
             self.snapshot()
         self.journal.idle()
         return out
+
+    def _hedge(self) -> StepOut:
+        """Routes' hedge obligations from the working positions: each change journaled (and
+        tapped), an overdue one moves its route to REDUCING with an alert, and an open one with
+        no working order on its legs gets a re-hedge, through the guard like any intent."""
+        h = self.hedges
+        events = h.update(self.portfolio.rows["qty"] + self._working())
+        for ev in events:
+            self._batch.add("risk_state", ev["ts_ns"], self.symbols[h.routes[ev["route"]].hedge_leg], None,
+                            None, {"hedge": ev})
+            self._tap(ev)
+            if ev["event"] in ("escalated", "closed"):
+                self.guard.flag("route", ev["route"], Denial.HEDGE_OPEN, ev["event"] == "escalated",
+                                f"hedge obligation: {ev['reason']}")
+            if self.log is not None:
+                (self.log.error if ev["event"] == "escalated" else self.log.info)(
+                    "route %s hedge obligation %s: %s", ev["name"], ev["event"], ev["reason"])
+        if events:
+            self._commit()
+        if not h.open:
+            return StepOut()
+        strategy = f"{HEDGE_STRATEGY}.{self.run_id}"
+        known = self.orders.orders
+        rows = h.intents(self.market.bid, self.market.ask, self.orders.blocked_symbols(),
+                         used=lambda seq: client_order_id(self.pipeline, strategy, seq) in known)
+        return self.on_intents(rows) if len(rows) else StepOut()
 
     def risk_states(self) -> list[dict]:
         return self.guard.state()["causes"]
@@ -409,7 +452,7 @@ class Desk:
     # -- recovery ---------------------------------------------------------------------------
     def recover(self) -> None:
         """Rebuild from the journal (see the module's docstring); commits what it resolves."""
-        events, snapshot, commands, journaled, missing = [], None, [], {}, {}
+        events, snapshot, commands, journaled, missing, hedge_events = [], None, [], {}, {}, []
         denied: dict[str, int] = {}          # verdicts and orders since the snapshot: counted
         passed = 0
         for row in self.journal.replay():
@@ -433,6 +476,8 @@ class Desk:
                 denied[p["code"]] = denied.get(p["code"], 0) + 1
             elif kind == "risk_state" and "snapshot" in p:
                 snapshot, commands, denied, passed = p, [], {}, 0
+            elif kind == "risk_state" and "hedge" in p:
+                hedge_events.append(p["hedge"])
             elif kind == "command":
                 commands.append(p)
         keep = []
@@ -449,6 +494,12 @@ class Desk:
             self.equity_peak = float(snapshot["equity_peak"])
             self.day_start_equity = float(snapshot["day_start_equity"])
             self.day = int(snapshot["day"])
+        if self.hedges is not None:             # open obligations resume, their clocks running
+            self.hedges.restore_events(hedge_events)
+            for idx in self.hedges.routes:
+                ob = self.hedges.open.get(idx)
+                self.guard.flag("route", idx, Denial.HEDGE_OPEN, ob is not None and ob.escalated,
+                                "hedge obligation open past its time limit (before the restart)")
         self.guard.add_counts(denied, passed)
         for cmd in commands:                     # journaled while execution was not running
             why = self.command(cmd)

@@ -6,8 +6,8 @@ does not (or only partly), the account holds the asset's price risk it meant not
 hold. That exposure is read from the positions themselves: the net base quantity of
 the route's legs, counting working orders (a pair still in flight is not unhedged).
 Positions are rebuilt from the journal's fills at start, so an obligation a crash left
-open is found again from them; when it opened is journaled (``state``) so its time
-limit keeps counting across the restart.
+open is found again from them; its events are journaled, and ``restore_events`` reads
+them back, so its time limit keeps counting across the restart.
 
 While an obligation is open and no order of the route's legs is working, ``intents``
 re-hedges it on the route's hedge leg (the deeper venue by default): an IOC limit for
@@ -25,7 +25,7 @@ out, a clock passed in.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -153,16 +153,22 @@ class Hedges:
         return {"kind": "hedge", "event": kind, "route": r.index, "name": r.name, "qty": ob.qty,
                 "since_ns": ob.since_ns, "serial": ob.serial, "ts_ns": now, "reason": reason}
 
-    def state(self) -> dict:
-        """What a restart needs beyond the positions: when each open obligation began, its
-        serial and attempts, and the serials used."""
-        return {"open": [asdict(ob) for ob in self.open.values()],
-                "serials": {str(k): v for k, v in self.serials.items()}}
-
-    def restore(self, saved: dict) -> None:
-        for k, v in saved.get("serials", {}).items():
-            if int(k) in self.serials:
-                self.serials[int(k)] = max(self.serials[int(k)], int(v))
-        for d in saved.get("open", []):
-            if int(d["route"]) in self.routes:
-                self.open[int(d["route"])] = Obligation(**d)
+    def restore_events(self, events: list[dict]) -> None:
+        """Rebuild from the events ``update`` returned, as journaled, in order: each route's
+        serials, and the obligation its last event left open (its opening time, escalated or not).
+        Attempts start at 0; ``used`` skips the seqs already sent."""
+        open_: dict[int, Obligation] = {}
+        for ev in events:
+            idx = int(ev["route"])
+            if idx not in self.routes:
+                continue
+            self.serials[idx] = max(self.serials[idx], int(ev["serial"]))
+            if ev["event"] == "closed":
+                open_.pop(idx, None)
+                continue
+            ob = open_.get(idx)
+            if ob is None or ob.serial != int(ev["serial"]):
+                ob = open_[idx] = Obligation(idx, float(ev["qty"]), int(ev["since_ns"]), int(ev["serial"]))
+            ob.qty = float(ev["qty"])
+            ob.escalated = ob.escalated or ev["event"] == "escalated"
+        self.open.update(open_)

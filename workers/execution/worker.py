@@ -43,7 +43,7 @@ class ExecutionWorker(Worker):
         self.intents = next(r for r in self.readers if r.ring.spec.name == "intents")
         self.journal = Journal(self.cfg.journal_path())
         self.desk = Desk(keys, venue_of, venues, self.cfg.execution, self.cfg.risk, self.clock, self.journal,
-                         self.cfg.pipeline.name, self.topo.run_id, log=self.log)
+                         self.cfg.pipeline.name, self.topo.run_id, log=self.log, routes=self.cfg.routes)
         self.desk.recover()
         self.rules = self._load_rules(keys) if self.cfg.execution.venue_rules else None
         held = np.flatnonzero(self.desk.portfolio.rows["n_fills"] > 0)
