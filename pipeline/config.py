@@ -525,6 +525,16 @@ def route_of(routes: list[RouteConfig], symbols: list[str]) -> list[int]:
 
 
 @dataclass
+class InventoryConfig:
+    """Pre-funded holdings of the arbitrage routes on one venue: ``amount`` of ``asset`` (a
+    coin, or the venue's quote cash: KRW on Upbit, USDT on Binance). The route trader never
+    sells coins or spends cash a venue does not hold; no transfers in the hot path."""
+    venue: str = ""
+    asset: str = ""
+    amount: float = 0.0
+
+
+@dataclass
 class RecorderConfig:
     enabled: bool = False               # a recorder process writes every tick to Parquet
     dir: str = "data"                   # root of DIR/ticks/venue=../symbol=../date=YYYY-MM-DD/
@@ -545,6 +555,7 @@ class Config:
     risk: RiskConfig = field(default_factory=RiskConfig)
     recorder: RecorderConfig = field(default_factory=RecorderConfig)
     routes: list[RouteConfig] = field(default_factory=list)
+    inventory: list[InventoryConfig] = field(default_factory=list)
     source: str = "<defaults>"
 
     # -- derived --------------------------------------------------------------
@@ -736,6 +747,9 @@ def validate(cfg: Config) -> None:
     problem = currency_problem(cfg.execution, feed_symbols(cfg))
     checks.append((problem is None, problem or ""))
     checks += route_checks(cfg.routes, feed_symbols(cfg))
+    for i, inv in enumerate(cfg.inventory):
+        checks.append((bool(inv.venue) and bool(inv.asset) and math.isfinite(inv.amount) and inv.amount >= 0,
+                       f"inventory[{i}] needs a venue, an asset and an amount >= 0, got {inv}"))
     ind = cfg.indicators
     for kind in PARAM_COUNTS:
         for k, p in enumerate(getattr(ind, kind)):

@@ -71,6 +71,8 @@ class FxRates:
             self.sources.append(src)
         self.market_sids = np.array([s.sid for s in self.sources if s.kind == "symbol"], np.int64)
         self.problems: dict[str, str] = {}      # quote -> why its rate is not fresh (now)
+        # quote -> (units of it per account unit, when that rate was seen): what ``factor`` holds
+        self.rates: dict[str, tuple[float, int]] = {}
 
     @classmethod
     def from_config(cls, symbols: list[str], ec: ExecutionConfig) -> "FxRates":
@@ -127,14 +129,16 @@ class FxRates:
                 if now - since > src.max_age_ns:
                     why.append(f"its {src.kind} source's rate is {(now - since) / 1e9:.0f}s old")
                 else:
-                    fresh.append(value)
+                    fresh.append((value, since))
+            values = [v for v, _ in fresh]
             if fresh:
-                spread = (max(fresh) - min(fresh)) / min(fresh)
+                spread = (max(values) - min(values)) / min(values)
                 if spread > self.band:
                     why = [f"its sources are {spread * 1e4:.0f} bps apart (band {self.band * 1e4:.0f})"]
-            rate = fresh[0] if fresh else newest[1]        # stale: the newest rate still values it
+            rate, since = fresh[0] if fresh else (newest[1], newest[0])   # stale: the newest still values it
             if math.isfinite(rate):
                 self.factor[members] = 1.0 / rate
+                self.rates[quote] = (rate, since)
             ok = bool(fresh) and not (len(fresh) > 1 and spread > self.band)
             self.fresh[members] = ok
             if ok:
