@@ -50,8 +50,9 @@ from __future__ import annotations
 import hashlib
 import heapq
 import math
+import operator
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import NamedTuple
 
 import numpy as np
@@ -133,6 +134,9 @@ class _Order:
     last_report_ns: int = 0
 
 
+_ORDER_VALUES = operator.attrgetter(*(f.name for f in fields(_Order)))
+
+
 @dataclass
 class _Book:
     """The last book of one symbol, and what our orders took from each level. The levels
@@ -202,6 +206,9 @@ class PaperBroker:
         self.ignored = {"books": 0, "trades": 0}    # market data refused as malformed
         self._books: dict[int, _Book] = {}
         self._orders: dict[str | int, _Order] = {}
+        # closed orders, their fields as tuples: kept (a late cancel is answered, an id stays
+        # used) but as nothing the garbage collector's full passes walk, for every order sent
+        self._closed: dict[str | int, tuple] = {}
         self._resting: dict[int, list[_Order]] = {}
         self._actions: list = []    # (due_ns, seq, what, coid): requests on their way to the venue
         self._events: list = []     # (ts_ns, seq, BrokerEvent): reports on their way to us
@@ -308,7 +315,7 @@ class PaperBroker:
         """Ask to cancel; an unknown id is rejected at once. It takes effect when it
         reaches the venue, after anything that filled before."""
         now = self.clock.time_ns()
-        order = self._orders.get(client_order_id) if _hashable(client_order_id) else None
+        order = self._order(client_order_id) if _hashable(client_order_id) else None
         if order is None:
             self._push(now, BrokerEvent(REJECT, client_order_id, now, reason="unknown client order id"))
             return
@@ -352,7 +359,7 @@ class PaperBroker:
                                  or (inclusive and self._actions[0][0] == until)):
             due, _, what, coid = heapq.heappop(self._actions)
             self._now = max(self._now, due)
-            order = self._orders[coid]
+            order = self._order(coid)
             if what == "arrive":
                 self._arrive(order, self._now)
             else:
@@ -458,6 +465,17 @@ class PaperBroker:
         rest = self._resting.get(order.symbol_id)
         if rest and order in rest:
             rest.remove(order)
+        if self._orders.pop(order.coid, None) is not None:
+            self._closed[order.coid] = _ORDER_VALUES(order)
+
+    def _order(self, coid) -> _Order | None:
+        """The order of a client id, a closed one made an object again (and kept so)."""
+        order = self._orders.get(coid)
+        if order is None:
+            values = self._closed.pop(coid, None)
+            if values is not None:
+                order = self._orders[coid] = _Order(*values)
+        return order
 
     def _report(self, order: _Order, event: BrokerEvent, at: int) -> None:
         """Queue a report; an order's reports keep their order."""
@@ -483,7 +501,8 @@ class PaperBroker:
         """Why the order cannot be sent, or ''."""
         if (type(coid) is str and coid and type(symbol_id) is int and symbol_id >= 0 and type(venue) is str
                 and venue in self.fees and side in (SIDE_BUY, SIDE_SELL) and tif in _TIFS
-                and type(qty) is float and 0 < qty < math.inf and coid not in self._orders):
+                and type(qty) is float and 0 < qty < math.inf and coid not in self._orders
+                and coid not in self._closed):
             # the common case in plain types, as the checks below take it: '' without them
             if order_type == ORDER_MARKET:
                 if tif != TIF_POST_ONLY and (limit_price is None or (type(limit_price) is float
@@ -493,7 +512,7 @@ class PaperBroker:
                 return ""
         if not _hashable(coid) or coid == "" or isinstance(coid, float):
             return "client order id must be a non-empty str or an int"
-        if coid in self._orders:
+        if coid in self._orders or coid in self._closed:
             return "duplicate client order id"
         if not isinstance(symbol_id, (int, np.integer)) or isinstance(symbol_id, bool) or symbol_id < 0:
             return f"bad symbol id {symbol_id!r}"
