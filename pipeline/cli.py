@@ -218,6 +218,8 @@ def cmd_backtest(args) -> int:
     if args.sweep or args.optimize is not None:
         from .backtest_sweep import run_sweep
         return run_sweep(cfg, args)
+    if cfg.routes:
+        return _backtest_arbitrage(cfg, args)
     from .backtest import run_backtest
     from .backtest_report import fingerprint, metrics, summary_lines, write_report
     if args.check:
@@ -250,6 +252,29 @@ def cmd_backtest(args) -> int:
         print(f"traded        {p['from']} to {p['to']} by {p['registry']} ({versions}), trained on "
               f"{p['train_rows']} bars to {_iso_ns(p['train_to_ns'])[:16]}")
     print(f"report        {written['report.html']} (JSON {written['report.json']}, PNG plots beside it)")
+    return 0
+
+
+def _backtest_arbitrage(cfg, args) -> int:
+    """`pipeline backtest` of a config with [[routes]]: the route trader and the desk on the
+    candle files' closes (pipeline/backtest_arb.py); summary.json and path.csv in --out."""
+    from .backtest_arb import run_arb_backtest, write_result
+    if args.walk_forward or args.check:
+        raise UserError("--walk-forward and --check are for the signals strategy, not [[routes]]")
+    res = run_arb_backtest(cfg, args.data, args.journal, args.half_spread_bps, args.date_from, args.date_to)
+    s = res.summary()
+    folder = write_result(res, args.out)
+    print(f"arbitrage     {s['bars']} bar closes; pairs sent {s['pairs_sent']}, both legs filled "
+          f"{s['pairs_filled']}, one leg only {s['one_leg_only']}")
+    print(f"P&L           {s['pnl_after_fees']:+.2f} {s['currency']} after fees of {s['fees']:.2f} "
+          f"(holding the inventory instead: {s['hold_inventory_change']:+.2f})")
+    if s["premium_captured_bps_mean"] is not None:
+        print(f"premium       {s['premium_captured_bps_mean']:+.2f} bps a filled pair, sell over buy in "
+              f"{s['currency']}, at a {res.counts['half_spread_bps']:g} bps half spread")
+    bad = {k: sum(v.values()) for k, v in s["bad_rows"].items()}
+    if bad:
+        print(f"data          bad rows skipped: {', '.join(f'{k} {n}' for k, n in bad.items())}")
+    print(f"report        {folder / 'summary.json'} (path.csv beside it)")
     return 0
 
 
@@ -881,7 +906,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "portfolio and the journal. The same data and config give the same "
                                     "fills (the fingerprint printed). Writes report.json, report.html, "
                                     "trades.csv and PNG plots to --out; or walks forward, checks for "
-                                    "look-ahead and warm-up, or sweeps parameters.")
+                                    "look-ahead and warm-up, or sweeps parameters. A config with "
+                                    "[[routes]] runs the arbitrage backtest instead: the route trader and "
+                                    "the desk on the files' bar closes (summary.json and path.csv in --out).")
     sp.add_argument("--config", metavar="PATH",
                     help="TOML config (default: conf/default.toml if present, else built-in defaults); "
                          "[indicators] bar_seconds must be the candles' step")
@@ -891,6 +918,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--from", dest="date_from", metavar="DATE", help="first time to play (UTC, YYYY-MM-DD)")
     sp.add_argument("--to", dest="date_to", metavar="DATE", help="play up to this time (UTC, excluded)")
     sp.add_argument("--out", default="backtest", metavar="DIR", help="report folder (default: backtest)")
+    sp.add_argument("--half-spread-bps", type=float, default=1.0, metavar="BPS",
+                    help="with [[routes]] (the arbitrage backtest): each venue's book at a bar close is "
+                         "one level this far either side of the close, on the venue's tick (default 1)")
     sp.add_argument("--journal", metavar="FILE",
                     help="keep the run's journal in this SQLite file (default: a temporary one)")
     sp.add_argument("--walk-forward", action="store_true",
