@@ -565,19 +565,20 @@ def _clean(levels, side: int, top_only: bool = False) -> np.ndarray | None:
 
 def _carry_taken(taken: dict, levels: list, side: int) -> dict:
     """What we took, seen through a new book: a level now showing less keeps only that
-    much taken; a level gone from the shown range is forgotten; beyond it, kept."""
+    much taken; a level gone from the shown range is forgotten; beyond it, kept. May
+    update and return ``taken`` itself: the caller replaces the old book's with it."""
     if not levels or not taken:
         return dict(taken)
     shown = dict(levels)
     last = levels[-1][0]
     if (max(taken) <= last) if side == SIDE_BUY else (min(taken) >= last):
         # nothing taken inside the shown range but at its deepest level (a top of book's one
-        # level): everything kept, a shown level's amount capped; cheaper than the walk below
-        out = dict(taken)
+        # level): everything kept, a shown level's amount capped, in place (the old book's
+        # dict is the new one's); cheaper than the walk below
         for p, q in shown.items():
-            if p in out:
-                out[p] = min(out[p], q)
-        return out
+            if p in taken:
+                taken[p] = min(taken[p], q)
+        return taken
     if side == SIDE_BUY:        # kept: shown, or beyond the deepest level (not `_within` it)
         return {p: (min(q, shown[p]) if p in shown else q) for p, q in taken.items() if p in shown or not p >= last}
     return {p: (min(q, shown[p]) if p in shown else q) for p, q in taken.items() if p in shown or not p <= last}
