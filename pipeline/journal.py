@@ -58,6 +58,7 @@ import functools
 import hashlib
 import json
 import math
+import operator
 import os
 import re
 import sqlite3
@@ -66,7 +67,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from functools import lru_cache
-from itertools import chain
+from itertools import chain, compress, repeat
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 from urllib.parse import quote
@@ -160,7 +161,6 @@ _SCALARS = frozenset({str, int, bool, type(None)})
 _CONTAINERS = frozenset({dict, list, tuple})
 _PLAIN = _SCALARS | _CONTAINERS | {float}
 _FLOATS, _DICTS, _LISTS = {float}, {dict}, {list}
-_is_float = functools.partial(type.__instancecheck__, float)
 _is_dict = functools.partial(type.__instancecheck__, dict)
 _is_list = functools.partial(type.__instancecheck__, list)
 _is_tuple = functools.partial(type.__instancecheck__, tuple)
@@ -195,7 +195,8 @@ def _check_fast(value: Any, where: str) -> None:
             continue
         if not types <= _PLAIN:
             _check_payload(value, where)            # numpy values, mappings: the slow walk (all of it)
-        elif float in types and not math.isfinite(sum(vals if types == _FLOATS else filter(_is_float, vals))):
+        elif float in types and not math.isfinite(
+                sum(vals if types == _FLOATS else compress(vals, map(operator.is_, map(type, vals), repeat(float))))):
             _check_payload(value, where)            # raises, naming where (or a sum overflowed)
         if dict in types:
             dicts = list(vals) if types == _DICTS else list(filter(_is_dict, vals))
