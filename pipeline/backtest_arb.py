@@ -18,6 +18,7 @@ rows, as the loader counts them: Bithumb's four daily prints with low = 0 among 
 """
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
 import tempfile
@@ -73,7 +74,8 @@ class ArbResult:
         sent = len(self.pairs)
         filled = sum(1 for p in self.pairs if p["filled"] == 2)
         pnl = float(self.equity[-1] - self.capital) if len(self.equity) else 0.0
-        hold = float(self.hold[-1] - self.hold[0]) if len(self.hold) else 0.0
+        valued = self.hold[np.isfinite(self.hold)]      # from the first moment every leg has a close
+        hold = float(valued[-1] - valued[0]) if len(valued) else math.nan
         captured = [p["captured_bps"] for p in self.pairs if p["filled"] == 2]
         return {"currency": self.currency, "bars": int(len(self.ts_ns)), "pairs_sent": sent,
                 "pairs_filled": filled, "one_leg_only": sum(1 for p in self.pairs if p["filled"] == 1),
@@ -136,6 +138,14 @@ def run_arb_backtest(cfg: Config, paths: list[str], journal_path: str | Path | N
         raise UserError(f"--half-spread-bps must be in [0, 1000), got {half_spread_bps}")
     lo, hi = _ns(start, "--from"), _ns(end, "--to")
     closes = [load_closes(p, lo, hi) for p in paths]
+    # the period every file covers: outside it one leg's price would be marked stale for months
+    first, last_ts = max(int(c.ts_ns[0]) for c in closes), min(int(c.ts_ns[-1]) for c in closes)
+    if first > last_ts:
+        raise UserError("the --data files share no period: " + ", ".join(
+            f"{c.symbol} {_iso(c.ts_ns[0])} to {_iso(c.ts_ns[-1])}" for c in closes))
+    for c in closes:
+        keep = (c.ts_ns >= first) & (c.ts_ns <= last_ts)
+        c.ts_ns, c.close, c.volume = c.ts_ns[keep], c.close[keep], c.volume[keep]
     symbols = [c.symbol for c in closes]
     if len(set(symbols)) != len(symbols):
         raise UserError(f"--data names one symbol twice: {symbols}")
@@ -239,7 +249,8 @@ def run_arb_backtest(cfg: Config, paths: list[str], journal_path: str | Path | N
         for (v, a) in coins:
             path_coins[f"{v}/{a}"].append(inventory.coins.get((v, a), 0.0))
     rows = desk.portfolio.rows
-    counts = {"bad_rows": {c.symbol: c.dropped for c in closes if c.dropped},
+    counts = {"period": [_iso(ts_all[0]), _iso(ts_all[-1])],
+              "bad_rows": {c.symbol: c.dropped for c in closes if c.dropped},
               "routes": {f"{r.spec.asset} {r.spec.krw_venue}/{r.spec.usdt_venue}": dict(r.counters)
                          for r in routes},
               "denials": {k: v for k, v in desk.guard.denials().items() if v},
@@ -250,6 +261,10 @@ def run_arb_backtest(cfg: Config, paths: list[str], journal_path: str | Path | N
     return ArbResult(symbols, desk.fx.currency, float(ec.capital), ts_all, np.array(rows_eq),
                      np.array(rows_hold), np.array(rows_prem), {k: np.array(v) for k, v in path_coins.items()},
                      list(pairs.values()), counts)
+
+
+def _iso(ns: int) -> str:
+    return dt.datetime.fromtimestamp(int(ns) / 1e9, dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
 
 
 def _cash_of(venue: str, symbols: list[str]) -> str:
