@@ -212,3 +212,25 @@ def test_an_obligation_that_cannot_close_escalates_and_survives_a_restart(tmp_pa
     assert not again.hedges.open and again.guard.tier_state("route", 0) == TradingState.ACTIVE
     assert [e["event"] for e in _hedge_rows(again)] == ["opened", "escalated", "closed"]
     again.journal.close()
+
+
+def test_a_pair_goes_whole_or_not_at_all(tmp_path):
+    from pipeline import journal
+    clock = SimClock(T0)
+    d = _desk(tmp_path, clock)
+    _tick(d, 0, BID[0], ASK[0], BID[0])
+    _tick(d, 1, BID[1], ASK[1], BID[1])
+    d.guard.halt("venue", "binance", reason="maintenance")        # the Binance leg is refused...
+    pair = np.zeros(2, INTENT)
+    for i, row in enumerate((_leg(d, 0, SIDE_SELL, BID[0], 10), _leg(d, 1, SIDE_BUY, ASK[1], 11))):
+        pair[i] = row[0]
+    d.on_intents(pair)
+    d.poll()
+    codes = [r["payload"]["code"] for r in journal.rows(d.journal.path, kinds=("verdict",))]
+    assert codes == ["PAIR_LEG", "HALTED"]                          # ...so the Upbit leg is too
+    assert d.portfolio.rows["qty"].tolist() == [0.0, 0.0] and not d.hedges.open
+    d.guard.resume("venue", "binance")
+    pair["seq"] = [12, 13]
+    d.on_intents(pair)
+    d.poll()
+    assert d.portfolio.rows["qty"].tolist() == pytest.approx([-0.01, 0.01])

@@ -200,6 +200,8 @@ class Desk:
         m.open_orders[:] = self._resting_per_venue()
         self._account(now)
         codes = self.guard.check(intents, m)
+        if self.hedges is not None:
+            self._whole_pairs(intents, codes)
         blocked = self.orders.blocked_symbols()
         out, sent = StepOut(), []
         n_sym, symbols, venues, venue_of = len(self.symbols), self.symbols, self.venues, self.venue_of.tolist()
@@ -277,6 +279,26 @@ class Desk:
         through them from now on. Safe from another thread: two plain rebinds."""
         self.rules = {**self.rules, **rules}
         self.held.pop(self.venues.index(venue), None)
+
+    def _whole_pairs(self, intents: np.ndarray, codes: np.ndarray) -> None:
+        """A route pair goes whole or not at all: a leg the guard passed whose partner it refused
+        is refused too (``PAIR_LEG``), or it would fill alone and open a hedge obligation the
+        strategy never meant. A pair is two intents of one strategy on one route whose seqs
+        differ only in the lowest bit (workers/strategy/routes.py); re-hedges stand alone."""
+        sid = intents["symbol_id"].astype(np.int64)
+        n = len(self.symbols)
+        on = (sid < n) & (intents["strategy_id"] != HEDGE_STRATEGY)
+        on[on] = self.guard.route_of[sid[on]] >= 0
+        if on.sum() < 2:
+            return
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i in np.flatnonzero(on).tolist():
+            groups.setdefault((int(intents["strategy_id"][i]), int(intents["seq"][i]) >> 1), []).append(i)
+        for rows in groups.values():
+            if len(rows) > 1 and any(codes[i] for i in rows):
+                for i in rows:
+                    if not codes[i]:
+                        codes[i] = self._deny_after(Denial.PAIR_LEG)
 
     def _deny_after(self, code: Denial) -> int:
         """A refusal after the guard passed the intent: counted with the guard's."""

@@ -91,6 +91,7 @@ class Denial(IntEnum):
     VENUE_RULES = 21
     FX_RATE = 22            # the symbol's quote currency has no fresh rate into the account's
     HEDGE_OPEN = 23         # a route's hedge obligation open past its time limit (execution sets it)
+    PAIR_LEG = 24           # the other leg of its route pair was refused (execution's rule)
 
 
 DENIAL_TEXT = {
@@ -120,6 +121,7 @@ DENIAL_TEXT = {
     Denial.VENUE_RULES: "no valid order after the venue's tick, lot and notional rules",
     Denial.FX_RATE: "no fresh rate from the symbol's quote currency into the account currency",
     Denial.HEDGE_OPEN: "a hedge obligation of the route open past its time limit",
+    Denial.PAIR_LEG: "the other leg of its route pair was refused: a pair goes whole or not at all",
 }
 
 
