@@ -56,6 +56,7 @@ from shm.records import (FILL, INTENT, ORDER, ORDER_LIMIT, TICK_GAP, TICK_TRADE,
 from .broker import LatencyModel, PaperBroker
 from .fx import FxRates
 from .hedges import HEDGE_STRATEGY, HedgeRoute, Hedges
+from .route_health import Health, HealthLimits, RouteHealth
 from .impact import MarketImpact
 from .orders import (BLOCKING, NAME, SNAPSHOT_FIELDS, TERMINAL, OrderManager, OrderState, VenueStatus,
                      client_order_id, orders_from_events)
@@ -121,6 +122,10 @@ class Desk:
         self.hedges = Hedges([HedgeRoute(i, r.name, (self.index[r.legs[0]], self.index[r.legs[1]]),
                                          self.index[r.hedge]) for i, r in enumerate(routes)],
                              n, ec.hedge_band_bps, int(ec.hedge_timeout_s * 1e9), clock) if routes else None
+        self.route_health = RouteHealth(len(routes), HealthLimits(max_quote_age_s=rc.max_quote_age_s or 5.0))
+        self.max_feed_silence_ns = int(rc.max_feed_silence_s * 1e9)
+        self._route_legs: dict[str, tuple[int, float]] = {}   # a route leg's client id -> (route, ref price)
+        self.health: dict[int, Health] = {}                    # route -> its last health score
         self.orders = OrderManager(clock, snapshot_last_only=True)
         ms = 1_000_000
         self.impact = MarketImpact(n, ec.impact_coef, ec.impact_window_s) if ec.impact_coef > 0 else None
@@ -245,6 +250,8 @@ class Desk:
             self.next_order_id += 1
             blocked.add(sid)
             made.append((order, oid, ref))
+            if self.hedges is not None and strat != HEDGE_STRATEGY and self.guard.route_of[sid] >= 0:
+                self._route_legs[order.client_id] = (int(self.guard.route_of[sid]), ref)
             sent.append(order)
             self._by_venue[order.venue][TICK_TO_INTENT].append(ts_intent - ts_origin)
         out.orders += _order_records(made, now)
@@ -279,6 +286,37 @@ class Desk:
         through them from now on. Safe from another thread: two plain rebinds."""
         self.rules = {**self.rules, **rules}
         self.held.pop(self.venues.index(venue), None)
+
+    def _score_routes(self) -> None:
+        """Each route's health (route_health.py) from its legs' feeds, books, acks and recent
+        fills: under its minimum the route is REDUCING (``ROUTE_HEALTH``) until it recovers."""
+        rh, m, now = self.route_health, self.market, self.clock.time_ns()
+        for cid, (route, ref) in list(self._route_legs.items()):
+            order = self.orders.orders.get(cid)
+            if order is None or order.state in TERMINAL:
+                self._route_legs.pop(cid)
+                if order is not None:
+                    filled = order.filled_qty
+                    avg = order.avg_price if filled else math.nan
+                    rh.on_leg(route, order.qty, filled, order.side * (avg - ref) / ref * 1e4 if ref else math.nan,
+                              now)
+        for idx, r in self.hedges.routes.items():
+            venues = {int(self.venue_of[s]) for s in r.legs}
+            feeds_ok = all(m.venue_connected[v] and now - m.venue_last_ns[v] <= self.max_feed_silence_ns
+                           for v in venues)
+            age = max((now - m.quote_ns[s]) / 1e9 if m.quote_ns[s] else math.inf for s in r.legs)
+            ack = max(self._recent_ack_ms(self.venues[v]) for v in venues)
+            h = rh.score(idx, feeds_ok, age, ack, now)
+            self.health[idx] = h
+            self.guard.flag("route", idx, Denial.ROUTE_HEALTH, h.score < rh.limits.min_score, rh.describe(h))
+
+    def _recent_ack_ms(self, venue: str) -> float:
+        """The venue's median submit-to-ack over its last 20 orders (0 before any)."""
+        recent = self._samples[(venue, STAGES[SUBMIT_TO_ACK])][-20:]
+        if recent:
+            return float(np.median(recent)) / 1e6
+        p50 = self.latency[(venue, STAGES[SUBMIT_TO_ACK])].percentile(50)
+        return float(p50) / 1e6 if p50 is not None else 0.0
 
     def _whole_pairs(self, intents: np.ndarray, codes: np.ndarray) -> None:
         """A route pair goes whole or not at all: a leg the guard passed whose partner it refused
@@ -445,6 +483,7 @@ class Desk:
                     "route %s hedge obligation %s: %s", ev["name"], ev["event"], ev["reason"])
         if events:
             self._commit()
+        self._score_routes()
         if not h.open:
             return StepOut()
         strategy = f"{HEDGE_STRATEGY}.{self.run_id}"

@@ -92,6 +92,7 @@ class Denial(IntEnum):
     FX_RATE = 22            # the symbol's quote currency has no fresh rate into the account's
     HEDGE_OPEN = 23         # a route's hedge obligation open past its time limit (execution sets it)
     PAIR_LEG = 24           # the other leg of its route pair was refused (execution's rule)
+    ROUTE_HEALTH = 25       # the route's health score under its minimum (execution sets it)
 
 
 DENIAL_TEXT = {
@@ -122,6 +123,7 @@ DENIAL_TEXT = {
     Denial.FX_RATE: "no fresh rate from the symbol's quote currency into the account currency",
     Denial.HEDGE_OPEN: "a hedge obligation of the route open past its time limit",
     Denial.PAIR_LEG: "the other leg of its route pair was refused: a pair goes whole or not at all",
+    Denial.ROUTE_HEALTH: "the route's health (feeds, book age, ack latency, fill ratio, slippage) too low",
 }
 
 

@@ -160,7 +160,10 @@ class ExecutionWorker(Worker):
                 "trade_latency": d.latency_sparse(), "orders_open": len(d.orders.open_orders()),
                 "order_stats": dict(d.orders.stats),
                 "venue_rules_missing": sorted(self.rules.failures) if self.rules else [],
-                "balances": balances(d.symbols, d.portfolio.rows)}
+                "balances": balances(d.symbols, d.portfolio.rows),
+                "routes": {h.route: {"score": round(h.score, 4), **{k: round(v, 4) for k, v in h.factors.items()}}
+                           for h in d.health.values()},
+                "hedges_open": {i: ob.qty for i, ob in d.hedges.open.items()} if d.hedges else {}}
 
 
 WORKER = ExecutionWorker
