@@ -160,7 +160,8 @@ _SAFE_KEYS: set[str] = set()       # payload keys already found not to name a cr
 _SCALARS = frozenset({str, int, bool, type(None)})
 _CONTAINERS = frozenset({dict, list, tuple})
 _PLAIN = _SCALARS | _CONTAINERS | {float}
-_FLOATS, _DICTS, _LISTS = {float}, {dict}, {list}
+_FLOATS, _DICTS, _LISTS, _STR = {float}, {dict}, {list}, {str}
+_FLAT = _SCALARS | {float}
 _is_dict = functools.partial(type.__instancecheck__, dict)
 _is_list = functools.partial(type.__instancecheck__, list)
 _is_tuple = functools.partial(type.__instancecheck__, tuple)
@@ -234,7 +235,13 @@ def canonical(payload: Mapping[str, Any]) -> str:
     except (TypeError, ValueError) as e:
         _check_payload(payload, "payload")          # NaN or a credential: say where
         raise JournalError(f"payload cannot be journaled: {e}") from None
-    if _SECRET_IN_TEXT.search(text.lower().replace("_", "").replace("-", "")):
+    if type(payload) is dict and set(map(type, payload.values())) <= _FLAT and set(map(type, payload)) <= _STR:
+        # one level of string keys: each key checked itself (cached), no scan of the text
+        if not _SAFE_KEYS.issuperset(payload):
+            if any(map(_is_secret, payload)):
+                _check_payload(payload, "payload")  # raises, naming the key
+            _SAFE_KEYS.update(payload)
+    elif _SECRET_IN_TEXT.search(text.lower().replace("_", "").replace("-", "")):
         _check_payload(payload, "payload")          # a credential key raises, naming it
     return text
 
