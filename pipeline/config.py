@@ -230,7 +230,7 @@ class ModelConfig:
     lstm_epochs: int = 5
 
 
-STRATEGY_KINDS = ("signals",)
+STRATEGY_KINDS = ("signals", "arbitrage")   # arbitrage: the route trader on [[routes]] (issue 14)
 
 
 @dataclass
@@ -514,6 +514,20 @@ def route_checks(routes: list[RouteConfig], symbols: list[str]) -> list[tuple[bo
     return out
 
 
+def arbitrage_checks(cfg: "Config") -> list[tuple[bool, str]]:
+    """``[strategy] kind = "arbitrage"``: the route trader needs routes, each of one leg in
+    KRW and one in USDT, and the account's money in one of those two."""
+    out = [(bool(cfg.routes), 'strategy.kind = "arbitrage" needs at least one [[routes]] table')]
+    for i, r in enumerate(cfg.routes):
+        quotes = sorted(symbol_parts(k)[1] for k in r.legs)
+        out.append((quotes == ["KRW", "USDT"], f"routes[{i}]: the route trader needs one leg in KRW "
+                                               f"and one in USDT, got {r.legs}"))
+    cur = account_currency(cfg.execution, feed_symbols(cfg))
+    out.append((cur in ("KRW", "USDT"), f'strategy.kind = "arbitrage" needs [execution] currency '
+                                        f'"USDT" or "KRW" (with an [[execution.fx]] rate), got {cur!r}'))
+    return out
+
+
 def route_of(routes: list[RouteConfig], symbols: list[str]) -> list[int]:
     """Per symbol id: the index of its route, -1 for none (the risk guard's ``route_of``)."""
     out = [-1] * len(symbols)
@@ -747,6 +761,8 @@ def validate(cfg: Config) -> None:
     problem = currency_problem(cfg.execution, feed_symbols(cfg))
     checks.append((problem is None, problem or ""))
     checks += route_checks(cfg.routes, feed_symbols(cfg))
+    if cfg.strategy.kind == "arbitrage":
+        checks += arbitrage_checks(cfg)
     for i, inv in enumerate(cfg.inventory):
         checks.append((bool(inv.venue) and bool(inv.asset) and math.isfinite(inv.amount) and inv.amount >= 0,
                        f"inventory[{i}] needs a venue, an asset and an amount >= 0, got {inv}"))

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from shm.doorbell import Doorbell
-from shm.records import FILL, INTENT, ORDER, POSITION, SIGNAL, TICK, features_dtype
+from shm.records import BOOK, FILL, INTENT, ORDER, POSITION, SIGNAL, TICK, features_dtype
 from shm.ring import LOSSLESS, LOSSY, RingSpec
 from shm.segment import segment_name
 from shm.table import TableSpec
@@ -57,6 +57,12 @@ def shard_of(symbol_id: int, n_shards: int) -> int:
     return symbol_id % n_shards
 
 
+def needs_books(cfg: Config) -> bool:
+    """Whether the run has a ``books`` table (latest order book per symbol, written by the
+    feeds with depth): only the route trader reads books, so only it pays for them."""
+    return cfg.strategy.kind == "arbitrage"
+
+
 def build(cfg: Config, run_id: str, with_bells: bool = False) -> Topology:
     """The run's plan. ``with_bells`` creates the doorbells (supervisor only)."""
     symbols = SymbolRegistry.from_config(cfg)
@@ -71,9 +77,13 @@ def build(cfg: Config, run_id: str, with_bells: bool = False) -> Topology:
 
     shard_ids = [f"indicators.{i}" for i in range(n_shards)]
     recorder = ["recorder.0"] if cfg.recorder.enabled else []
+    # the route trader reads the ticks (its wake-up when a book changes, and the FX market's
+    # price), and the orders and fills (which of its legs filled: its inventory)
+    arb = needs_books(cfg)
+    arb_reader = ["strategy.0"] if arb else []
     for i, feed in enumerate(cfg.feeds):
         out = f"ticks.{feed.name}"
-        ring(out, TICK, rc.ticks_capacity, LOSSY, shard_ids + recorder + ["execution.0"])
+        ring(out, TICK, rc.ticks_capacity, LOSSY, shard_ids + recorder + ["execution.0"] + arb_reader)
         workers.append(WorkerSpec("feed", i, outputs=[out], feed=i))
     if recorder:
         # ticks as a reader of the lossy tick rings; bars as an observer of the
@@ -94,10 +104,12 @@ def build(cfg: Config, run_id: str, with_bells: bool = False) -> Topology:
                                   inputs=[f"features.{i}" for i in range(n_shards) if i % n_models == j],
                                   outputs=[out]))
     ring("intents", INTENT, rc.intents_capacity, LOSSLESS, ["execution.0"])
-    workers.append(WorkerSpec("strategy", 0, inputs=[f"signals.{j}" for j in range(n_models)],
-                              outputs=["intents"]))
-    ring("orders", ORDER, rc.orders_capacity, LOSSLESS, [])
-    ring("fills", FILL, rc.fills_capacity, LOSSLESS, [])
+    strategy_inputs = [f"signals.{j}" for j in range(n_models)]
+    if arb:
+        strategy_inputs += [f"ticks.{f.name}" for f in cfg.feeds] + ["fills", "orders"]
+    workers.append(WorkerSpec("strategy", 0, inputs=strategy_inputs, outputs=["intents"]))
+    ring("orders", ORDER, rc.orders_capacity, LOSSLESS, arb_reader)
+    ring("fills", FILL, rc.fills_capacity, LOSSLESS, arb_reader)
     # the ticks (lossy) for the market its risk checks and paper fills see, then the intents
     workers.append(WorkerSpec("execution", 0, inputs=[f"ticks.{f.name}" for f in cfg.feeds] + ["intents"],
                               outputs=["orders", "fills"]))
@@ -106,6 +118,8 @@ def build(cfg: Config, run_id: str, with_bells: bool = False) -> Topology:
         "positions": TableSpec("positions", segment_name(run_id, "tbl.positions"), POSITION,
                                len(symbols)),
     }
+    if arb:
+        tables["books"] = TableSpec("books", segment_name(run_id, "tbl.books"), BOOK, len(symbols))
     topo = Topology(run_id, workers, rings, tables, symbols, names)
     if with_bells:
         bells = topo.bells = {w.id: Doorbell() for w in workers}

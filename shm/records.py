@@ -212,3 +212,21 @@ POSITION = _padded("position", [
     ("fees", "<f8"),
 ])
 SCHEMAS["positions"] = POSITION
+
+# the latest order book of a symbol (the ``books`` table, one row per symbol id): written by
+# a feed whose channel carries depth (Binance ``depth``, Upbit ``orderbook``), read by the
+# route trader. Levels best first; ``n_bids``/``n_asks`` are how many are filled (the rest NaN).
+BOOK_LEVELS = 10
+BOOK = _padded("book", [
+    ("ts_origin_ns", "<i8"),    # local receive time of the message that made this book
+    ("ts_exchange_ns", "<i8"),  # the venue's time of the book
+    ("seq", "<u8"),             # the venue's update id (Binance), else 0
+    ("symbol_id", "<u4"),
+    ("n_bids", "<u2"),
+    ("n_asks", "<u2"),
+    ("bid_px", "<f8", (BOOK_LEVELS,)),
+    ("bid_sz", "<f8", (BOOK_LEVELS,)),
+    ("ask_px", "<f8", (BOOK_LEVELS,)),
+    ("ask_sz", "<f8", (BOOK_LEVELS,)),
+])
+SCHEMAS["books"] = BOOK

@@ -23,7 +23,8 @@ CORES = ("workers.bars", "workers.execution.portfolio", "workers.execution.desk"
          "workers.strategy.signals", "workers.strategy.arbitrage", "workers.execution.impact",
          "workers.execution.venue_rules",
          "workers.execution.orders", "workers.execution.risk", "workers.execution.fx",
-         "workers.execution.hedges", "workers.execution.route_health", "workers.strategy.routes")
+         "workers.execution.hedges", "workers.execution.route_health", "workers.strategy.routes",
+         "workers.strategy.arb_strategy")
 NOT_IN_CORES = ("zmq", "shm.ring", "shm.table", "shm.segment", "shm.doorbell", "pipeline.bus",
                 "workers.base")
 

@@ -405,6 +405,12 @@ class FeedWorker(Worker):
                               "the last trade in the ring of %d of %d symbols", len(resume), len(ids))
             self.source = VenueSource(self.feed, ids, resume, network_timeout(self.cfg),
                                       self.network_wait)
+        # the latest book per symbol, where the run has a books table (the route trader's) and
+        # this feed's venue sends depth: its parsers fill them in only when asked (books = {})
+        self.books = None
+        if "books" in self.topo.tables and isinstance(self.source, VenueSource):
+            self.books = self.table("books")
+            self.source.buffer.books = {}
 
     def _settled(self) -> bool:
         """Every reader of every ring has read all there is (lockstep replay). The rings
@@ -421,8 +427,16 @@ class FeedWorker(Worker):
 
     def step(self) -> bool:
         ticks = self.source.step()
+        wrote = False
+        if self.books is not None:
+            # the books before the ticks: a reader woken by a tick finds the book it goes with
+            books = self.source.buffer.take_books()
+            if books is not None:
+                self.books.write(books["symbol_id"].astype(np.intp), books)
+                self.counters["books"] = self.counters.get("books", 0) + len(books)
+                wrote = True
         if ticks is None:
-            return False
+            return wrote
         self.writers[self.out].write(ticks)   # lossy ring: never waits
         self.counters["out"] += len(ticks)
         return True

@@ -105,4 +105,10 @@ class StrategyWorker(Worker):
         return {**self.counters, "rules": dict(self.core.counters)}
 
 
-WORKER = StrategyWorker
+def WORKER(args):
+    """The strategy process the config asks for: the signals strategy (above), or the
+    route trader (``[strategy] kind = "arbitrage"``, arb_worker.py)."""
+    if args.cfg.strategy.kind == "arbitrage":
+        from .arb_worker import ArbWorker
+        return ArbWorker(args)
+    return StrategyWorker(args)

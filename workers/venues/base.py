@@ -18,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 import orjson
 
-from shm.records import FLAG_GAP, TICK, TICK_GAP, TICK_QUOTE, TICK_TRADE
+from shm.records import BOOK, BOOK_LEVELS, FLAG_GAP, TICK, TICK_GAP, TICK_QUOTE, TICK_TRADE
 
 log = logging.getLogger("feed")
 
@@ -94,6 +94,9 @@ class TickBuffer:
         self.max_ahead_ns = int(max_ahead_s * 1e9)
         self.band = PriceBand(price_band)
         self.max_size = max_size
+        # symbol id -> its newest book since the last take_books; None (the default): the
+        # venue parsers skip building books (no ``books`` table in this run)
+        self.books: dict[int, tuple] | None = None
 
     @classmethod
     def for_feed(cls, feed) -> "TickBuffer":
@@ -155,6 +158,32 @@ class TickBuffer:
         self.rows.append((recv_ns, exch_ns, seq, symbol_id, TICK_QUOTE, 0, 0, (bid + ask) / 2,
                           0.0, bid, ask))
         return True
+
+    def book(self, symbol_id: int, recv_ns: int, exch_ns: int, seq: int,
+             bids: list[tuple[float, float]], asks: list[tuple[float, float]]) -> None:
+        """The symbol's newest book (levels best first, (price, size) each; beyond
+        ``BOOK_LEVELS`` cut), kept until ``take_books``: only the newest of a batch counts.
+        Not checked here: the reader screens a book before it prices anything on it."""
+        if self.books is None or not _fits(exch_ns, seq):
+            return
+        self.books[symbol_id] = (recv_ns, exch_ns, seq, bids[:BOOK_LEVELS], asks[:BOOK_LEVELS])
+
+    def take_books(self) -> np.ndarray | None:
+        """The books collected since the last call as BOOK records (None if none)."""
+        if not self.books:
+            return None
+        out = np.zeros(len(self.books), BOOK)
+        for name in ("bid_px", "bid_sz", "ask_px", "ask_sz"):
+            out[name] = math.nan
+        for r, (sid, (recv_ns, exch_ns, seq, bids, asks)) in zip(out, self.books.items()):
+            r["ts_origin_ns"], r["ts_exchange_ns"], r["seq"], r["symbol_id"] = recv_ns, exch_ns, seq, sid
+            r["n_bids"], r["n_asks"] = len(bids), len(asks)
+            if bids:
+                r["bid_px"][:len(bids)], r["bid_sz"][:len(bids)] = zip(*bids)
+            if asks:
+                r["ask_px"][:len(asks)], r["ask_sz"][:len(asks)] = zip(*asks)
+        self.books.clear()
+        return out
 
     def gap(self, symbol_id: int, recv_ns: int) -> None:
         """Marks that data for this symbol may be missing before what follows."""

@@ -26,6 +26,7 @@ failing snapshot then never holds up the others or the connection.
 """
 from __future__ import annotations
 
+import heapq
 import logging
 import math
 from collections import deque
@@ -33,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Iterable
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from shm.records import SIDE_BUY, SIDE_SELL
+from shm.records import BOOK_LEVELS, SIDE_BUY, SIDE_SELL
 
 from .base import (REST_RETRIES, MalformedMessage, TickBuffer, VenueFeed, decode_json, integer,
                    number, requested_channels, short_reason, to_integer, to_number)
@@ -333,6 +334,9 @@ class BinanceFeed(VenueFeed):
 
     def _emit_top(self, sid: int, st: DepthState, exch_ns: int, seq: int, recv_ns: int,
                   out: TickBuffer) -> None:
+        if out.books is not None:          # a run with a books table: the top levels too
+            out.book(sid, recv_ns, exch_ns, seq, heapq.nlargest(BOOK_LEVELS, st.book.bids.items()),
+                     heapq.nsmallest(BOOK_LEVELS, st.book.asks.items()))
         bid, ask = st.book.best_bid(), st.book.best_ask()
         if bid is None or ask is None or (bid, ask) == st.top:
             return

@@ -28,7 +28,7 @@ import json
 import uuid
 from typing import NamedTuple
 
-from shm.records import SIDE_BUY, SIDE_SELL
+from shm.records import BOOK_LEVELS, SIDE_BUY, SIDE_SELL
 
 from .base import (MalformedMessage, SeenTrades, TickBuffer, VenueFeed, decode_json, integer, need,
                    number, requested_channels)
@@ -47,11 +47,14 @@ class _Keys(NamedTuple):
     units: str
     bid: str
     ask: str
+    bid_size: str
+    ask_size: str
 
 
-SIMPLE = _Keys("ty", "cd", "tms", "ttms", "tp", "tv", "ab", "sid", "obu", "bp", "ap")
+SIMPLE = _Keys("ty", "cd", "tms", "ttms", "tp", "tv", "ab", "sid", "obu", "bp", "ap", "bs", "as")
 DEFAULT = _Keys("type", "code", "timestamp", "trade_timestamp", "trade_price", "trade_volume",
-                "ask_bid", "sequential_id", "orderbook_units", "bid_price", "ask_price")
+                "ask_bid", "sequential_id", "orderbook_units", "bid_price", "ask_price", "bid_size",
+                "ask_size")
 # a row of GET /v1/trades/ticks: DEFAULT's names, the market as "market", its time as "timestamp"
 REST = DEFAULT._replace(type="", code="market", trade_timestamp="timestamp")
 
@@ -138,9 +141,16 @@ class UpbitFeed(VenueFeed):
 
     def _orderbook(self, msg: dict, k: _Keys, recv_ns: int, out: TickBuffer) -> None:
         sid = self.symbol_id(need(msg, k.code))
-        best = need(need(msg, k.units), 0)
-        out.quote(sid, recv_ns, integer(msg, k.timestamp) * 1_000_000, 0,
-                  number(best, k.bid), number(best, k.ask))
+        units = need(msg, k.units)
+        best = need(units, 0)
+        exch_ns = integer(msg, k.timestamp) * 1_000_000
+        if out.books is not None:          # a run with a books table: every level (15) too
+            if not isinstance(units, list):
+                raise MalformedMessage("bad orderbook units", f"{units!r:.40}")
+            out.book(sid, recv_ns, exch_ns, 0,
+                     [(number(u, k.bid), number(u, k.bid_size)) for u in units[:BOOK_LEVELS]],
+                     [(number(u, k.ask), number(u, k.ask_size)) for u in units[:BOOK_LEVELS]])
+        out.quote(sid, recv_ns, exch_ns, 0, number(best, k.bid), number(best, k.ask))
 
     # -- (re)connection -----------------------------------------------------------
     def resume(self, native: str, trade) -> None:
