@@ -62,7 +62,11 @@ tick-to-fill latency, momentum rule and ensemble
     run directory, or into ``--artifacts DIR`` (kept, and reused when it
     already holds an ensemble for these indicators): the default ensemble
     (lstm, forest, xgboost, rl at the default sizes), or with ``--quick`` a
-    tiny one (the tests' TINY_ENSEMBLE sizes); ``--ensemble`` chooses. The
+    tiny one (the tests' TINY_ENSEMBLE sizes); ``--ensemble`` chooses. With
+    ``--quick`` the ensemble run closes 0.25 s bars (``QUICK_ENSEMBLE_BAR_S``) for
+    15 s: past the indicators' warm-up (about 35 bars) in a few seconds, so that
+    the ensemble still serves real predictions in a short smoke run; the tiny
+    ensemble is then trained on 600 bars instead of 1000. The
     aim with the ensemble is tick-to-fill p50 <= 2 ms and p99 <= 10 ms at
     2,000 ticks/s with ``--workers 8``; the bench prints it beside the figure.
     Both runs set every [risk] limit the run could reach (notionals and
@@ -137,6 +141,12 @@ BENCH_RISK = {"max_position_notional": 1e12, "max_order_notional": 1e12,
 TINY_ENSEMBLE = {"models": ["lstm", "forest", "xgboost", "rl"], "folds": 2, "horizon": 6,
                  "forest_trees": 8, "forest_depth": 4, "xgb_rounds": 8, "xgb_depth": 3,
                  "lstm_window": 8, "lstm_units": 8, "lstm_epochs": 1, "bootstrap_bars": 1000}
+# --quick: the ensemble run's bars, short enough that the indicators' warm-up (about 35
+# bars) ends a few seconds into a 15 s run and the ensemble predicts for the rest of it
+QUICK_ENSEMBLE_BAR_S = 0.25
+# --quick with the tiny ensemble: fewer synthetic bars to train it on (the LSTM and RL fits
+# scale with them; the run only has to serve it)
+QUICK_BOOTSTRAP_BARS = 600
 # issue 11's aim for tick-to-fill with the ensemble, at 2,000 ticks/s and --workers 8
 AIM = {"p50_ms": 2.0, "p99_ms": 10.0, "ticks_per_s": 2000.0, "workers": 8}
 
@@ -166,6 +176,10 @@ def make_config(args, name: str, rate: float, n_ticks: int, run: str = "throughp
         if args.ensemble == "tiny":
             for key, value in TINY_ENSEMBLE.items():
                 setattr(cfg.model, key, value)
+        if args.quick:
+            cfg.indicators.bar_seconds = QUICK_ENSEMBLE_BAR_S
+            if args.ensemble == "tiny":
+                cfg.model.bootstrap_bars = QUICK_BOOTSTRAP_BARS
         # two model workers import TensorFlow and compile the LSTM at once on a loaded machine
         cfg.pipeline.startup_timeout_s = max(cfg.pipeline.startup_timeout_s, 180.0)
     else:
@@ -771,8 +785,9 @@ def print_latency(run_name: str, summary: dict, args) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = common.parser(__doc__, "about 3 minutes: fewer ticks, x4 rate steps, no bisection, "
-                                "shorter latency runs, a tiny ensemble")
+    ap = common.parser(__doc__, "about 2 minutes: fewer ticks, x4 rate steps, no bisection, "
+                                "a short search budget (one trial on a loaded machine), "
+                                "shorter latency runs, a tiny ensemble on 0.25 s bars")
     ap.add_argument("--workers", type=int, default=8,
                     help="pipeline.workers: indicator shards + model workers (default 8)")
     ap.add_argument("--ticks", type=int, metavar="N",
@@ -784,7 +799,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--max-rate", type=float, default=5_120_000.0, help="stop doubling here")
     ap.add_argument("--bisect", type=int, default=2, help="bisection steps after the first failure")
     ap.add_argument("--search-budget-s", type=float, help="stop starting trials after this long "
-                    "(default 240 s, 25 s with --quick; a trial's start alone takes 10 to 25 s "
+                    "(default 240 s, 5 s with --quick; a trial's start alone takes 10 to 25 s "
                     "on a loaded 2-core machine)")
     ap.add_argument("--latency-rate", type=float, default=2000.0,
                     help="ticks/s of the latency runs (default 2000, the aim's)")
@@ -794,7 +809,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     "(overrides seconds)")
     ap.add_argument("--ensemble-seconds", type=float, help="length of the ensemble latency run, "
                     "1 s bars of which the first ~35 are the indicators' warm-up "
-                    "(default 150 s, 45 s with --quick)")
+                    "(default 150 s; 15 s of 0.25 s bars with --quick)")
     ap.add_argument("--ensemble-ticks", type=int, help="ticks of the ensemble run (overrides seconds)")
     ap.add_argument("--ensemble", choices=("tiny", "default"),
                     help="the ensemble's sizes: the default model settings (lstm, forest, xgboost, "
@@ -811,8 +826,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--skip-ensemble", action="store_true", help="no ensemble latency run")
     args = common.defaults(ap.parse_args(argv), (
         ("ticks", 300_000, 100_000), ("start_rate", 40_000.0, 40_000.0),
-        ("latency_seconds", 10.0, 5.0), ("search_budget_s", 240.0, 25.0),
-        ("ensemble_seconds", 150.0, 45.0), ("ensemble", "default", "tiny")))
+        ("latency_seconds", 10.0, 5.0), ("search_budget_s", 240.0, 5.0),
+        ("ensemble_seconds", 150.0, 15.0), ("ensemble", "default", "tiny")))
     if args.ticks < 1 or args.workers < 2 or args.start_rate <= 0 or args.latency_rate <= 0:
         ap.error("--ticks must be >= 1, --workers >= 2, --start-rate > 0")
     return args

@@ -258,7 +258,8 @@ def table_text(results: list[dict]) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = common.parser(__doc__, "about 35 s: fewer rows, calls and RL episodes (same model sizes)",
+    ap = common.parser(__doc__, "about 35 s: fewer rows, calls and RL episodes (same model sizes): "
+                                "a smoke run, its figures rough",
                        candles=True)
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 64, 256])
     ap.add_argument("--rows", type=int, default=None, help="candles to train on (default 5000)")
@@ -268,8 +269,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=None, help="untimed calls first (default 10)")
     ap.add_argument("--rl-episodes", type=int, default=None, help="RL training episodes")
     return common.defaults(ap.parse_args(argv), (
-        ("rows", 5000, 1500), ("calls", 200, 50), ("naive_calls", 40, 6), ("warmup", 10, 2),
-        ("rl_episodes", 16, 4)))
+        ("rows", 5000, 800), ("calls", 200, 20), ("naive_calls", 40, 3), ("warmup", 10, 1),
+        ("rl_episodes", 16, 2)))
 
 
 def main(argv: list[str] | None = None) -> int:

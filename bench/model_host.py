@@ -9,7 +9,8 @@ Models
     `models.synthetic.bootstrap` on its ``bootstrap_bars`` synthetic bars into a
     temporary registry. Training is off the clock and shortened where latency does
     not depend on it: one LSTM epoch and two walk-forward folds. ``--quick`` trains
-    the tiny sizes of tests/test_model_host.py instead (800 bars, window 8).
+    the tiny sizes of tests/test_model_host.py instead (window 8) on 500 bars, and
+    times fewer calls.
 
 Paths
     local   `models.serving.EnsembleModel` in this process: what a model worker runs.
@@ -104,7 +105,7 @@ symbols = {symbols}
 ticks_per_s = {ticks_per_s}
 """
 
-QUICK_SIZES = """bootstrap_bars = 800
+QUICK_SIZES = """bootstrap_bars = 500
 horizon = 6
 forest_trees = 8
 forest_depth = 4
@@ -369,13 +370,13 @@ def table_text(results: list[dict]) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = common.parser(__doc__, "tiny models (tests/test_model_host.py's sizes), fewer bars "
-                                "and calls")
+    ap = common.parser(__doc__, "tiny models (tests/test_model_host.py's sizes) on fewer bars, "
+                                "fewer calls (8 timed, 1 warm-up)")
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 64, 256])
-    ap.add_argument("--calls", type=int, default=None, help="timed calls per batch size (default 200)")
+    ap.add_argument("--calls", type=int, default=None, help="timed calls per batch size (default 200, 8 with --quick)")
     ap.add_argument("--warmup", type=int, default=None,
-                    help="untimed calls once the LSTM windows are full (default 10)")
-    args = common.defaults(ap.parse_args(argv), (("calls", 200, 20), ("warmup", 10, 3)))
+                    help="untimed calls once the LSTM windows are full (default 10, 1 with --quick)")
+    args = common.defaults(ap.parse_args(argv), (("calls", 200, 8), ("warmup", 10, 1)))
     bad = [b for b in args.batches if not 1 <= b <= N_SYMBOLS]
     if bad or args.calls < 1 or args.warmup < 0:
         ap.error(f"batch sizes are 1..{N_SYMBOLS}, --calls >= 1, --warmup >= 0")
