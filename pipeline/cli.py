@@ -498,6 +498,11 @@ def format_risk_report(risk: dict | None, trade_latency: dict | None) -> list[st
                    + (f" ({detail})" if detail else ""))
         states = risk.get("states") or []
         out += [f"  {format_risk_state(s)}" for s in states] or ["  every tier ACTIVE"]
+        for route, h in sorted((risk.get("routes") or {}).items(), key=lambda x: int(x[0])):
+            factors = ", ".join(f"{k} {v:.2f}" for k, v in h.items() if k != "score")
+            out.append(f"  route {route} health {h['score']:.2f} ({factors})")
+        for route, qty in sorted((risk.get("hedges_open") or {}).items(), key=lambda x: int(x[0])):
+            out.append(f"  route {route} hedge obligation open: {qty:+.10g} to trade on its hedge leg")
     if trade_latency:
         order = {st: i for i, st in enumerate(TRADE_STAGES)}
         out += ["", "trade latency by venue (us)",

@@ -161,7 +161,8 @@ def risk_summary(exec_stats: list[dict]) -> dict:
     worker restores across restarts, so taken as reported and added across workers only),
     ``commands`` (ids of the manual commands applied). ``reported`` is False until an
     execution heartbeat carries these figures."""
-    out = {"reported": False, "states": [], "denials": {}, "passed": 0, "commands": []}
+    out = {"reported": False, "states": [], "denials": {}, "passed": 0, "commands": [], "routes": {},
+           "hedges_open": {}}
     for st in exec_stats:
         if not any(k in st for k in ("risk_states", "denials", "passed")):
             continue
@@ -171,6 +172,8 @@ def risk_summary(exec_stats: list[dict]) -> dict:
             out["denials"][code] = out["denials"].get(code, 0) + int(n)
         out["passed"] += int(st.get("passed") or 0)
         out["commands"] += list(st.get("risk_commands") or [])
+        out["routes"].update(st.get("routes") or {})
+        out["hedges_open"].update(st.get("hedges_open") or {})
     return out
 
 

@@ -213,7 +213,8 @@ def test_report_and_prometheus_show_the_risk_guard():
 
     risk = risk_summary([st])
     assert risk == {"reported": True, "states": [HALTED, REDUCING], "passed": 40,
-                    "denials": {"HALTED": 3, "POSITION_LIMIT": 2, "SPREAD": 0}, "commands": ["c1"]}
+                    "denials": {"HALTED": 3, "POSITION_LIMIT": 2, "SPREAD": 0}, "commands": ["c1"],
+                    "routes": {}, "hedges_open": {}}
     assert risk_summary([{"orders": 1}])["reported"] is False
     lat = trade_latency([st, {"trade_latency": {"binance": {"tick_to_fill": histogram(2_500_000)}}}])
     assert lat["binance"]["tick_to_fill"]["count"] == 3            # merged across workers
@@ -228,6 +229,11 @@ def test_report_and_prometheus_show_the_risk_guard():
     binance = [ln.split()[1] for ln in lines if ln.startswith("  binance")]
     assert binance == ["signal_to_intent", "tick_to_fill"]          # in the order of a trade
     assert "not reported by execution yet" in "\n".join(cli.format_risk_report(risk_summary([]), {}))
+    arb = risk_summary([{**st, "routes": {0: {"score": 0.1, "feeds": 1.0, "fill_ratio": 0.1}},
+                         "hedges_open": {0: 0.01}}])
+    text = "\n".join(cli.format_risk_report(arb, {}))
+    assert "route 0 health 0.10 (feeds 1.00, fill_ratio 0.10)" in text
+    assert "route 0 hedge obligation open: +0.01 to trade on its hedge leg" in text
 
     from prometheus_client import CollectorRegistry, generate_latest
     rep = {"processes": [], "rings": [], "latency": {}, "risk": risk, "trade_latency": lat}
