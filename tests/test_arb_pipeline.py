@@ -127,6 +127,56 @@ def test_upbit_orderbook_books_reach_the_table_with_their_sizes(shm_names):
         t.close()
 
 
+def test_bithumb_books_follow_snapshot_and_depth():
+    """Bithumb (no captured book: messages in its documented format, as
+    tests/test_feed_bithumb.py builds them): the book after each message, levels below
+    the top included, sizes too."""
+    from test_feed_bithumb import depth, make_feed as bithumb_feed, snapshot, symbol_ids as bithumb_ids
+    feed = bithumb_feed(["BTC_KRW"])
+    sid = bithumb_ids(["BTC_KRW"])["BTC/KRW"]
+    t0 = 1580268255864325
+    out = book_buffer()
+    feed.parse(snapshot("BTC_KRW", t0, bids=[(10572000, 2.3), (10571000, 1.4)],
+                        asks=[(10593000, 1.1), (10596000, 0.5)]), 10, out)
+    row = out.take_books()[0]
+    assert int(row["symbol_id"]) == sid and int(row["ts_exchange_ns"]) == t0 * 1000
+    assert levels_of(row, "bid") == [(10572000, 2.3), (10571000, 1.4)]
+    assert (out.take()["kind"] == TICK_QUOTE).all()
+    feed.parse(depth(t0 + 20, ("BTC_KRW", "bid", 10571000, 9.0), ("BTC_KRW", "ask", 10596000, 0)), 11, out)
+    row = out.take_books()[0]                # below the top: no quote tick, but a new book
+    assert levels_of(row, "bid") == [(10572000, 2.3), (10571000, 9.0)]
+    assert levels_of(row, "ask") == [(10593000, 1.1)]
+    assert len(out.take()) == 0
+
+
+def test_a_reconnect_empties_the_books_until_the_next_one(tmp_path):
+    """A feed that reconnects may have missed book updates: its symbols' rows become empty
+    books (the route trader refuses them: BOOK_EMPTY) until a new book comes."""
+    raws, msgs, recv, codes = upbit_capture()
+    feed = upbit_feed(codes)
+    out = book_buffer()
+    for raw, ts in zip(raws, recv):
+        feed.parse(raw, int(ts * 1e9), out)
+    assert len(out.take_books()) >= 3
+    feed.on_connected(out, 2 ** 62, reconnect=True)
+    rows = out.take_books()
+    assert sorted(rows["symbol_id"].tolist()) == sorted(upbit_ids(codes).values())
+    assert (rows["n_bids"] == 0).all() and (rows["n_asks"] == 0).all() and np.isnan(rows["bid_px"]).all()
+    # what the route trader makes of such a row
+    cfg = arb_config(tmp_path)
+    keys = topology.build(cfg, "tcore").symbols.keys
+    r = Rounds(keys)
+    t0 = r.up[0][0]
+    s = ArbStrategy(keys, cfg, SimClock(t0))
+    s.on_ticks(r.fx_tick(1390.0, t0))
+    books, seqs = r.books(0, t0)
+    k = int(np.flatnonzero(books["symbol_id"] == r.usdt)[0])
+    books[k] = rows[0]                                      # an emptied row, as the feed writes it
+    books["symbol_id"][k], books["ts_origin_ns"][k] = r.usdt, t0
+    assert len(s.on_books(books, seqs)) == 0
+    assert s.routes[0].trader.counters["bad_book"] == 1 and "BOOK_EMPTY" in s.routes[0].trader.denials
+
+
 def test_a_feed_without_a_books_table_builds_no_books():
     raws, _, recv, codes = upbit_capture()
     feed = upbit_feed(codes)

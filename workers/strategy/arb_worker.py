@@ -20,7 +20,8 @@ fills and orders (no deadlock between the two).
 
 Venue rules (tick, lot, notional) are fetched as execution fetches them
 (markets.RulesLoader, a thread); a route trades once both its legs' rules are in. With
-``[execution] venue_rules = false`` the routes start at once on permissive rules.
+``[execution] venue_rules = false``, and for a venue with no rules to fetch (Bithumb), the
+routes take permissive rules at once (execution does not hold those venues either).
 
 A restarted strategy (the intents ring holds its predecessor's intents) takes the
 inventory and route positions from the positions table (ArbStrategy.restore_positions).
@@ -36,7 +37,7 @@ from shm.ring import RingFullError
 
 from ..base import Worker
 from ..execution.markets import RulesLoader, needs_rules
-from .arb_strategy import ArbStrategy
+from .arb_strategy import ArbStrategy, permissive_rules
 
 
 class ArbWorker(Worker):
@@ -63,6 +64,8 @@ class ArbWorker(Worker):
                        if k.endswith("@" + feed.venue_name) and i in self.core.route_of}
                 if needs_rules(feed) and ids:
                     feeds.append((feed, ids))
+                elif ids:       # a venue with no rules to fetch (bithumb): execution holds none
+                    self.core.set_rules(feed.venue_name, {i: permissive_rules(s) for s, i in ids.items()})
             self.rules = RulesLoader(feeds, self._deliver, self.log).start()
         if self.writers["intents"].seq > 0:
             self.core.restore_positions(*self.positions.read())

@@ -186,7 +186,11 @@ class TickBuffer:
         return out
 
     def gap(self, symbol_id: int, recv_ns: int) -> None:
-        """Marks that data for this symbol may be missing before what follows."""
+        """Marks that data for this symbol may be missing before what follows. Where books
+        are kept, the symbol's book is emptied too: a reader must not price on a book
+        that the feed no longer knows to be right (the next book replaces it)."""
+        if self.books is not None:
+            self.books[symbol_id] = (recv_ns, recv_ns, 0, [], [])
         self.rows.append((recv_ns, recv_ns, 0, symbol_id, TICK_GAP, 0, FLAG_GAP, math.nan,
                           math.nan, math.nan, math.nan))
 

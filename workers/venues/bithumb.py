@@ -39,12 +39,13 @@ The websocket's own repeats are known by (microsecond time, price, size, side).
 """
 from __future__ import annotations
 
+import heapq
 import json
 import math
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 
-from shm.records import SIDE_BUY, SIDE_SELL
+from shm.records import BOOK_LEVELS, SIDE_BUY, SIDE_SELL
 
 from .base import (MalformedMessage, SeenTrades, TickBuffer, VenueFeed, decode_json, integer, need,
                    number, requested_channels)
@@ -217,6 +218,10 @@ class BithumbFeed(VenueFeed):
 
     def _quote(self, symbol: str, ts_us: int, recv_ns: int, out: TickBuffer) -> None:
         book = self.books[symbol]
+        if out.books is not None:          # a run with a books table: the top levels too
+            out.book(self.symbol_id(symbol), recv_ns, ts_us * 1000, ts_us,
+                     heapq.nlargest(BOOK_LEVELS, book.bids.items()),
+                     heapq.nsmallest(BOOK_LEVELS, book.asks.items()))
         top = book.top()
         if top is not None and top != book.last_top:
             book.last_top = top
