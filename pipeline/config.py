@@ -290,7 +290,8 @@ FX_FILE_MAX_AGE_S = 4 * 86400.0        # ... and a dated file's (daily fixings s
 @dataclass
 class FxSource:
     """How one quote currency converts into the account's ``[execution] currency``: a market
-    the pipeline feeds (its mid), a fixed rate, or a file of dated rates (backtests). A rate is
+    the pipeline feeds (its mid), a fixed rate, a file of dated rates (backtests), or a URL
+    answering JSON, polled every ``poll_s`` (a reference rate, e.g. Dunamu's KRW/USD). A rate is
     units of ``quote`` per one unit of the account currency (KRW per USDT, about 1,380), the way
     FRED's DEXKOUS gives KRW per USD. Several sources of one currency: the first fresh one is
     used, and they must agree within ``[execution] fx_band_bps``."""
@@ -299,17 +300,21 @@ class FxSource:
     rate: float = 0.0                   # fixed: never stale
     file: str = ""                      # CSV: a date (or time) column, the rate in `column` or the last
     column: str = ""
-    max_age_s: float = 0.0              # older is stale (0: 60 s for a market, 4 days for a file)
+    url: str = ""                       # http(s) URL answering JSON with the rate at `field`
+    field: str = ""                     # its path: "rates.KRW", "0.basePrice" (a list's first item)
+    poll_s: float = 60.0                # one request this often, within the source's rate limit
+    max_age_s: float = 0.0              # older is stale (0: 60 s market, 4 days file, 3 polls URL)
 
     @property
     def kind(self) -> str:
-        return "symbol" if self.symbol else "file" if self.file else "rate"
+        return ("symbol" if self.symbol else "file" if self.file else "url" if self.url else "rate")
 
     @property
     def stale_after_s(self) -> float:
         if self.max_age_s:
             return self.max_age_s
-        return {"symbol": FX_MARKET_MAX_AGE_S, "file": FX_FILE_MAX_AGE_S}.get(self.kind, math.inf)
+        return {"symbol": FX_MARKET_MAX_AGE_S, "file": FX_FILE_MAX_AGE_S,
+                "url": 3 * self.poll_s}.get(self.kind, math.inf)
 
 
 def feed_symbols(cfg: "Config") -> list[str]:
@@ -359,8 +364,12 @@ def currency_problem(ec: "ExecutionConfig", symbols: list[str]) -> str | None:
         where = f"execution.fx[{i}]"
         if not f.quote or f.quote == acct:
             return f"{where}.quote must name a currency other than the account's {acct}, got {f.quote!r}"
-        if sum((bool(f.symbol), f.rate != 0, bool(f.file))) != 1:
-            return f"{where} needs exactly one of symbol, rate or file"
+        if sum((bool(f.symbol), f.rate != 0, bool(f.file), bool(f.url))) != 1:
+            return f"{where} needs exactly one of symbol, rate, file or url"
+        if f.url and not (f.url.startswith(("http://", "https://")) and f.field):
+            return f"{where}: url must be http(s)://... and field the rate's path in its JSON, got {f.url!r}"
+        if f.url and not (math.isfinite(f.poll_s) and f.poll_s >= 1):
+            return f"{where}.poll_s must be at least 1 (a rate limit is a rate limit), got {f.poll_s!r}"
         if f.rate and not (math.isfinite(f.rate) and f.rate > 0):
             return f"{where}.rate must be a finite number > 0 ({f.quote} per {acct}), got {f.rate!r}"
         if not (f.max_age_s >= 0 and math.isfinite(f.max_age_s)):

@@ -137,7 +137,7 @@ def test_mixed_quote_currencies_need_an_account_currency_and_rates():
     assert currency_problem(ec, SYMBOLS) is None
     for bad, says in [(FxSource(quote="KRW", symbol="USDT/KRW@bithumb"), "one of the pipeline's symbols"),
                       (FxSource(quote="KRW", symbol="BTC/KRW@upbit"), "does not trade KRW against USDT"),
-                      (FxSource(quote="KRW"), "exactly one of symbol, rate or file"),
+                      (FxSource(quote="KRW"), "exactly one of symbol, rate, file or url"),
                       (FxSource(quote="KRW", rate=-1.0), "must be a finite number > 0"),
                       (FxSource(quote="KRW", file="/nonexistent.csv"), "is not a file"),
                       (FxSource(quote="USDT", rate=1.0), "other than the account's")]:
@@ -290,3 +290,66 @@ def test_a_backtest_of_krw_and_usdt_symbols_keeps_one_account_in_usdt(tmp_path):
     money = rows["realized_pnl"] - rows["fees"] + rows["qty"] * (mark - rows["avg_price"])
     assert res.equity[-1] == pytest.approx(10_000.0 + float((money * conv).sum()), rel=1e-9)
     assert abs(res.equity[-1] - 10_000.0) < 50.0
+
+
+# -- a reference rate polled from a URL ----------------------------------------------------------
+DUNAMU = Path(__file__).parent / "data" / "fx" / "dunamu_forex_recent_FRX.KRWUSD_2021-08-13.json"
+
+
+def test_the_rate_is_read_at_its_path_in_a_real_answer():
+    import json
+    from workers.execution.fx_feed import rate_at
+    payload = json.loads(DUNAMU.read_text())
+    assert rate_at(payload, "0.basePrice") == 1169.0
+    for field, says in [("0.nothere", "no 'nothere'"), ("1.basePrice", "no '1'"), ("0.change", "not a number"),
+                        ("0.tcBuyingPrice", "NoneType, not a number")]:
+        with pytest.raises(ValueError, match=says):
+            rate_at(payload, field)
+    with pytest.raises(ValueError, match="not a rate > 0"):
+        rate_at({"rates": {"KRW": -1}}, "rates.KRW")
+
+
+def test_a_polled_reference_rate_feeds_the_rates_and_a_bad_answer_only_lets_it_age(tmp_path):
+    import logging
+    import time
+    from venue_servers import HttpReplayServer
+    from workers.execution.fx_feed import RatePoller
+    answers = {"/v1/forex/recent": DUNAMU.read_text()}
+    log = logging.getLogger("test-fx-poll")
+    with HttpReplayServer(answers) as srv:
+        src = FxSource(quote="KRW", url=srv.url + "/v1/forex/recent?codes=FRX.KRWUSD", field="0.basePrice",
+                       poll_s=1.0)
+        assert src.kind == "url" and src.stale_after_s == 3.0
+        fx = FxRates(["BTC/KRW@upbit", "BTC/USDT@binance"], "USDT", [src], 150.0)
+        poller = RatePoller(fx.url_sources(), log).start()
+        try:
+            deadline = time.monotonic() + 60
+            got = []
+            while not got and time.monotonic() < deadline:
+                got = poller.drain()
+                time.sleep(0.05)              # polling, with a deadline
+            assert got and got[0][0] == 0 and got[0][1] == 1169.0
+            for index, rate, ts in got:
+                fx.on_value(index, rate, ts)
+            fx.update(got[-1][2])
+            assert fx.fresh[0] and fx.factor[0] == pytest.approx(1 / 1169.0)
+            answers["/v1/forex/recent"] = (500, "oops")          # the source breaks: no new rate
+            while "0" not in str(poller.failures) and time.monotonic() < deadline:
+                time.sleep(0.05)              # polling, with a deadline
+                for index, rate, ts in poller.drain():
+                    fx.on_value(index, rate, ts)
+            assert "HTTPError" in poller.failures[0]
+        finally:
+            poller.close()
+        fx.update(fx.sources[0].ts_ns + 4 * 10**9)                # three polls missed: stale
+        assert not fx.fresh[0] and fx.factor[0] == pytest.approx(1 / 1169.0)
+        assert "url source's rate is 4s old" in fx.problems["KRW"]
+
+
+def test_a_url_source_is_checked_at_load():
+    ec = ExecutionConfig(currency="USDT")
+    for src, says in [(FxSource(quote="KRW", url="ftp://x", field="a"), "url must be http(s)"),
+                      (FxSource(quote="KRW", url="https://x"), "url must be http(s)"),
+                      (FxSource(quote="KRW", url="https://x", field="a", poll_s=0.1), "poll_s must be at least 1")]:
+        ec.fx = [src]
+        assert says in currency_problem(ec, SYMBOLS)

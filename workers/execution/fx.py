@@ -4,7 +4,8 @@ Execution keeps one account: its capital, equity, P&L and the risk guard's money
 are in ``[execution] currency``. A symbol quoted in another currency (BTC/KRW in a USDT
 account) is valued at a rate from its ``[[execution.fx]]`` sources: a market the pipeline
 feeds (Upbit's USDT/KRW mid), a fixed rate, or a file of dated rates for backtests (FRED's
-daily USD/KRW). Per symbol the core gives ``factor`` (account currency per unit of the
+daily USD/KRW), or a URL a poller fetches (``RatePoller``, a reference such as Dunamu's
+KRW/USD). Per symbol the core gives ``factor`` (account currency per unit of the
 quote; NaN until a rate is known, then the last one) and ``fresh`` (a rate younger than its
 source's ``max_age_s``, and every fresh source of the currency within ``fx_band_bps`` of the
 one in use). The risk guard values exposure with ``factor`` and lets a symbol whose rate is
@@ -33,7 +34,7 @@ DAY_NS = 86_400 * 10**9
 @dataclass
 class _Source:
     quote: str
-    kind: str                       # "symbol", "rate" or "file"
+    kind: str                       # "symbol", "rate", "file" or "url"
     max_age_ns: float
     sid: int = -1                   # the market's symbol id (kind "symbol")
     inverted: bool = False          # the market is QUOTE/ACCOUNT: its price is account per quote
@@ -59,6 +60,7 @@ class FxRates:
         self.members = {q: np.flatnonzero(np.array(quotes) == q) for q in sorted(set(quotes)) if q
                         and q != currency}
         self.sources: list[_Source] = []
+        self._configs = list(sources)
         for f in sources:
             src = _Source(f.quote, f.kind, f.stale_after_s * 1e9)
             if f.kind == "symbol":
@@ -66,7 +68,7 @@ class FxRates:
                 src.inverted = symbol_parts(f.symbol)[0] == f.quote
             elif f.kind == "rate":
                 src.value = float(f.rate)
-            else:
+            elif f.kind == "file":
                 src.times, src.rates = (series or {}).get(f.file) or load_rate_file(f.file, f.column)
             self.sources.append(src)
         self.market_sids = np.array([s.sid for s in self.sources if s.kind == "symbol"], np.int64)
@@ -87,6 +89,16 @@ class FxRates:
             if src.sid == sid and ts_ns >= src.ts_ns:
                 src.value = 1.0 / price if src.inverted else price
                 src.ts_ns = ts_ns
+
+    def url_sources(self) -> list[tuple[int, FxSource]]:
+        """(index, source) of the sources a poller fetches (``on_value`` takes what it gets)."""
+        return [(i, f) for i, f in enumerate(self._configs) if f.kind == "url"]
+
+    def on_value(self, index: int, rate: float, ts_ns: int) -> None:
+        """A polled source's rate (quote per account unit), fetched at ``ts_ns``."""
+        src = self.sources[index]
+        if math.isfinite(rate) and rate > 0 and ts_ns >= src.ts_ns:
+            src.value, src.ts_ns = float(rate), int(ts_ns)
 
     def on_bars(self, rows: np.ndarray) -> None:
         """Closed bars (BAR or features rows): the FX markets' closes, as the strategy sees them."""
@@ -151,7 +163,7 @@ class FxRates:
     def _rate_at(src: _Source, now: int) -> tuple[float, int]:
         if src.kind == "rate":
             return src.value, now
-        if src.kind == "symbol":
+        if src.kind in ("symbol", "url"):
             return src.value, src.ts_ns
         k = int(np.searchsorted(src.times, now, side="right")) - 1
         return (float(src.rates[k]), int(src.times[k])) if k >= 0 else (math.nan, 0)

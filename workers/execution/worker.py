@@ -24,6 +24,7 @@ from shm.records import FILL, ORDER
 
 from ..base import Worker
 from .desk import Desk, StepOut, in_account
+from .fx_feed import RatePoller
 from .markets import RulesLoader, needs_rules
 from .portfolio import balances
 
@@ -46,6 +47,7 @@ class ExecutionWorker(Worker):
                          self.cfg.pipeline.name, self.topo.run_id, log=self.log, routes=self.cfg.routes)
         self.desk.recover()
         self.rules = self._load_rules(keys) if self.cfg.execution.venue_rules else None
+        self.fx_poller = RatePoller(self.desk.fx.url_sources(), self.log).start()
         held = np.flatnonzero(self.desk.portfolio.rows["n_fills"] > 0)
         if len(held):
             self.positions.write(held, self.desk.portfolio.rows[held])
@@ -114,6 +116,8 @@ class ExecutionWorker(Worker):
         super().idle_wait(timeout)
 
     def on_idle(self) -> None:
+        for index, rate, ts in self.fx_poller.drain():
+            self.desk.fx.on_value(index, rate, ts)
         self._publish(self.desk.housekeeping())
 
     def on_command(self, msg: dict) -> None:
@@ -138,6 +142,8 @@ class ExecutionWorker(Worker):
     def close(self) -> None:
         if getattr(self, "rules", None) is not None:
             self.rules.close()
+        if getattr(self, "fx_poller", None) is not None:
+            self.fx_poller.close()
         if getattr(self, "journal", None) is not None:
             self.journal.close()
         super().close()

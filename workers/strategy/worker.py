@@ -18,6 +18,7 @@ import numpy as np
 
 from ..base import Worker
 from ..execution.fx import FxRates
+from ..execution.fx_feed import RatePoller
 from .signals import SOURCE_BITS, SignalStrategy, bar_volatility, volatility_columns
 
 
@@ -27,6 +28,7 @@ class StrategyWorker(Worker):
     def setup(self) -> None:
         n = len(self.topo.symbols)
         self.fx = FxRates.from_config(self.topo.symbols.keys, self.cfg.execution)
+        self.fx_poller = RatePoller(self.fx.url_sources(), self.log).start()
         self.core = SignalStrategy(n, self.cfg.strategy, self.clock, fx=self.fx)
         self.features = self.table("features")
         self.positions = self.table("positions")
@@ -63,7 +65,10 @@ class StrategyWorker(Worker):
         return vol
 
     def rates(self) -> None:
-        """The FX markets' newest bar closes (features table) into the sizing rates."""
+        """The FX markets' newest bar closes (features table) and the polled reference rates
+        into the sizing rates."""
+        for index, rate, ts in self.fx_poller.drain():
+            self.fx.on_value(index, rate, ts)
         sids = self.fx.market_sids
         if len(sids):
             rows, seqs = self.features.read(sids.astype(np.intp))
@@ -103,6 +108,11 @@ class StrategyWorker(Worker):
 
     def stats(self) -> dict:
         return {**self.counters, "rules": dict(self.core.counters)}
+
+    def close(self) -> None:
+        if getattr(self, "fx_poller", None) is not None:
+            self.fx_poller.close()
+        super().close()
 
 
 def WORKER(args):
