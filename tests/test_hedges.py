@@ -4,6 +4,8 @@ seqs that are never reused, escalated past its time limit, and carried across a
 restart; the risk guard lets the re-hedge through a REDUCING route."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -126,14 +128,14 @@ def test_a_route_reducing_for_an_open_hedge_lets_only_the_re_hedge_through():
 
 
 # -- in execution: the desk, the paper broker and the journal ---------------------------------
-def _desk(tmp_path, clock):
+def _desk(tmp_path, clock, **risk):
     from pipeline.config import ExecutionConfig, FxSource, RouteConfig
     from pipeline.journal import Journal
     from workers.execution.desk import Desk
     ec = ExecutionConfig(currency="USDT", fx=[FxSource(quote="KRW", rate=1383.0)], hedge_band_bps=10.0,
                          hedge_timeout_s=30.0)
-    rc = RiskConfig(max_gross_exposure=1e9, max_venue_exposure=1e9, max_position_notional=1e9,
-                    max_order_notional=1e9, max_quote_age_s=0)
+    rc = RiskConfig(**{"max_gross_exposure": 1e9, "max_venue_exposure": 1e9, "max_position_notional": 1e9,
+                       "max_order_notional": 1e9, "max_quote_age_s": 0, **risk})
     d = Desk(["BTC/KRW@upbit", "BTC/USDT@binance"], np.array([0, 1]), ["upbit", "binance"], ec, rc, clock,
              Journal(tmp_path / "arb.sqlite"), "arb", "r1",
              routes=[RouteConfig(legs=["BTC/KRW@upbit", "BTC/USDT@binance"], qty=0.01)])
@@ -234,3 +236,35 @@ def test_a_pair_goes_whole_or_not_at_all(tmp_path):
     d.on_intents(pair)
     d.poll()
     assert d.portfolio.rows["qty"].tolist() == pytest.approx([-0.01, 0.01])
+
+
+# -- the feeds' L2 books in the paper broker ------------------------------------------------------
+def test_a_market_order_walks_the_feeds_l2_book(tmp_path):
+    """A real Binance book (tests/data/orderbook, 2025-08-23 21:05 UTC) given to execution as a
+    BOOK row: a market sell of 3.1 BTC takes the 3.06231 BTC of the best bid, then the next
+    levels, at their prices, not one price plus slippage."""
+    import json
+    from shm.records import BOOK, BOOK_LEVELS, ORDER_MARKET
+    snap = json.loads((Path(__file__).parent / "data" / "orderbook"
+                       / "binance_BTC-USDT_top20_snapshots_2025-08-23T2105Z.jsonl").read_text().splitlines()[0])
+    clock = SimClock(T0)
+    d = _desk(tmp_path, clock, max_route_imbalance=1e9)
+    bids, asks = np.array(snap["bids"][:BOOK_LEVELS]), np.array(snap["asks"][:BOOK_LEVELS])
+    _tick(d, 1, bids[0, 0], asks[0, 0], bids[0, 0])
+    row = np.zeros(1, BOOK)
+    row["symbol_id"], row["ts_origin_ns"], row["n_bids"], row["n_asks"] = 1, clock.time_ns(), BOOK_LEVELS, BOOK_LEVELS
+    row["bid_px"], row["bid_sz"], row["ask_px"], row["ask_sz"] = bids[:, 0], bids[:, 1], asks[:, 0], asks[:, 1]
+    d.on_books(row)
+    it = _leg(d, 1, SIDE_SELL, bids[0, 0], 1)
+    it["order_type"], it["qty"], it["limit_price"], it["strategy_id"] = ORDER_MARKET, 3.1, np.nan, 3
+    out = d.on_intents(it)
+    out.extend(d.poll())
+    got = sorted(((float(f["price"]), float(f["qty"])) for f in out.fills), reverse=True)
+    want, left = [], 3.1
+    for px, sz in bids:
+        take = min(sz, left)
+        if take > 1e-12:
+            want.append((px, take))
+        left -= take
+    assert [p for p, _ in got] == [p for p, _ in want] and len(want) == 5
+    assert [q for _, q in got] == pytest.approx([q for _, q in want])

@@ -145,6 +145,9 @@ class Desk:
         self.feed_dropped = 0
         self.restored: dict[str, float] = {}
         self._shown: dict[int, int] = {}        # symbol -> time of the quote the broker last saw
+        # symbol -> (time, bids, asks): the feed's L2 book (the books table), which the paper
+        # broker walks instead of the top of book when it is the newer of the two
+        self.books: dict[int, tuple[int, np.ndarray, np.ndarray]] = {}
         self.counters = {"intents": 0, "orders": 0, "fills": 0, "skipped_replay": 0,
                          "resolved_at_start": 0}
         self._next_snapshot = 0
@@ -193,6 +196,26 @@ class Desk:
                 if trade[i]:
                     self.broker.on_trade(s, float(price[i]), float(ticks["size"][i]), int(ticks["side"][i]),
                                          int(ts[i]))
+
+    def on_books(self, rows: np.ndarray) -> None:
+        """BOOK rows (the feeds' L2 books): kept per symbol, and shown to the paper broker at
+        once for a symbol with open orders, so market orders walk the depth and resting ones
+        see what trades ahead of them. An empty book (a feed that lost its depth) is forgotten."""
+        active = {o.symbol_id for o in self.orders._live.values()} if self.orders._live else set()
+        for row in rows:
+            s = int(row["symbol_id"])
+            if s >= len(self.symbols):
+                continue
+            nb, na = int(row["n_bids"]), int(row["n_asks"])
+            if not (nb and na):
+                self.books.pop(s, None)
+                continue
+            ts = int(row["ts_origin_ns"])
+            bids = np.column_stack([row["bid_px"][:nb], row["bid_sz"][:nb]])
+            asks = np.column_stack([row["ask_px"][:na], row["ask_sz"][:na]])
+            self.books[s] = (ts, bids, asks)
+            if s in active and self._shown.get(s) != ts and self.broker.on_book(s, bids, asks, ts):
+                self._shown[s] = ts
 
     # -- intents ----------------------------------------------------------------------------
     def on_intents(self, intents: np.ndarray) -> StepOut:
@@ -266,9 +289,15 @@ class Desk:
         m = self.market
         bids, asks, quote_ns = m.bid.tolist(), m.ask.tolist(), m.quote_ns.tolist()   # plain values: read per order
         shown, broker, by_venue = self._shown, self.broker, self._by_venue
+        books = self.books
         for order in sent:
             s = order.symbol_id
-            if shown.get(s) != quote_ns[s] and math.isfinite(bids[s]) and math.isfinite(asks[s]):
+            book = books.get(s)
+            if book is not None and book[0] >= quote_ns[s]:
+                if shown.get(s) != book[0]:
+                    broker.on_book(s, book[1], book[2], book[0])
+                    shown[s] = book[0]
+            elif shown.get(s) != quote_ns[s] and math.isfinite(bids[s]) and math.isfinite(asks[s]):
                 broker.on_quote(s, bids[s], math.inf, asks[s], math.inf, quote_ns[s])
                 shown[s] = quote_ns[s]
             broker.submit(order.client_id, s, order.venue, order.side, order.order_type, order.tif,

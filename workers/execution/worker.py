@@ -48,6 +48,9 @@ class ExecutionWorker(Worker):
         self.desk.recover()
         self.rules = self._load_rules(keys) if self.cfg.execution.venue_rules else None
         self.fx_poller = RatePoller(self.desk.fx.url_sources(), self.log).start()
+        # the feeds' L2 books, where the run keeps them: the paper broker walks them
+        self.books = self.table("books") if "books" in self.topo.tables else None
+        self.book_seqs = np.zeros(len(keys), np.uint64)
         held = np.flatnonzero(self.desk.portfolio.rows["n_fills"] > 0)
         if len(held):
             self.positions.write(held, self.desk.portfolio.rows[held])
@@ -86,7 +89,7 @@ class ExecutionWorker(Worker):
         return did
 
     def _read_ticks(self) -> bool:
-        did = False
+        did = self._read_books()
         for reader in self.readers:
             if reader is self.intents:
                 continue
@@ -96,6 +99,18 @@ class ExecutionWorker(Worker):
                 self.desk.on_ticks(batch.records)
                 reader.commit()
         return did
+
+    def _read_books(self) -> bool:
+        """The books that changed since the last read, to the desk."""
+        if self.books is None:
+            return False
+        rows, seqs = self.books.read()
+        changed = np.flatnonzero(seqs != self.book_seqs)
+        if not len(changed):
+            return False
+        self.book_seqs[changed] = seqs[changed]
+        self.desk.on_books(rows[changed])
+        return True
 
     def _publish(self, out: StepOut) -> None:
         """Orders and fills (already committed to the journal), then the positions they made."""
