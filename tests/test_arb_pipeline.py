@@ -816,7 +816,11 @@ def test_pipeline_start_trades_pairs_from_local_venue_servers(tmp_path):
             strat = by["strategy.0"]
             assert strat["intents"] >= 2 and strat["book_updates"] >= 2
             route = strat["routes"]["BTC/KRW@upbit / BTC/USDT@binance"]
-            assert route["pairs"] >= 1 and route.get("bad_book", 0) == 0
+            assert route["pairs"] >= 1
+            # no book the table handed over was damaged (torn, crossed, unsorted); an empty
+            # one (a feed reconnecting: the replay server goes quiet after each pass) is refused
+            damaged = {"BOOK_CROSSED", "BOOK_UNSORTED", "BOOK_BAD_PRICE", "BOOK_BAD_SIZE", "BOOK_SHAPE"}
+            assert not damaged & set(route["denials"]), route
             coins = strat["inventory"]["coins"]
             # every pair moves 0.01 BTC from one venue to the other, none is lost
             assert coins["upbit/BTC"] + coins["binance/BTC"] == pytest.approx(0.2, abs=0.011)

@@ -303,6 +303,7 @@ class ArbStrategy:
             routes[rc.name] = ({"problem": r.problem or "waiting for venue rules"} if t is None else
                                {"position": t.position, "premium_mean_bps": _num(t.premium_mean),
                                 "last_mid_bps": _num(t.last_mid_bps), "legs_in_flight": len(t.legs),
+                                "denials": dict(t.denials),
                                 **{k: v for k, v in t.counters.items() if v}})
         return {**self.counters, "routes": routes, "fx_problems": dict(self.fx.problems),
                 "inventory": self.inventory.state()}
