@@ -520,10 +520,15 @@ def test_real_books_and_a_premium_spike_make_both_legs_and_fills_move_the_invent
     # a restarted core: the same inventory from the positions execution keeps
     pf = Portfolio.empty(len(keys))
     everything = np.concatenate([fills_of(intents, 11, fee)[1], fills, hedge])
+    everything["ts_ns"] = np.arange(1, len(everything) + 1)
     pf.apply_many([(int(f["symbol_id"]), int(f["side"]), float(f["qty"]), float(f["price"]),
-                    float(f["fee"]), int(f["order_id"]), 0) for f in everything])
+                    float(f["fee"]), int(f["order_id"]), int(f["ts_ns"])) for f in everything])
     again = ArbStrategy(keys, cfg, clock)
     again.restore_positions(pf.rows, np.full(len(keys), 2, np.uint64))
+    # the fills ring hands the last ones over again (read, not committed, before a crash):
+    # the positions hold them already
+    again.on_fills(everything[-2:])
+    assert again.counters["fills_restored"] == 2 and again.counters["other_fills"] == 0
     for key, value in inv.coins.items():
         assert again.inventory.coins[key] == pytest.approx(value), key
     for venue, value in inv.cash.items():

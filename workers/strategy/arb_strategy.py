@@ -30,7 +30,9 @@ process adapter (arb_worker.py) reads those and calls this.
   one-legged pair) move the inventory too: the coins did move.
 * **Restart.** ``restore_positions`` takes execution's positions table: each route
   symbol's position and cash change since the journal's first fill (``portfolio.balances``)
-  are added to the funding, and the Korean leg's position is the route's. The rolling
+  are added to the funding, and the Korean leg's position is the route's; a fill the
+  fills ring hands over again (read, not committed, before the crash) that the positions
+  already hold (no newer than the symbol's last fill in them) is skipped. The rolling
   premium window starts empty again (the routes warm up anew); legs in flight at the
   crash are execution's business (hedge obligations).
 """
@@ -124,7 +126,8 @@ class ArbStrategy:
         self.timed_out: dict[int, tuple] = {}       # intent seq -> (route, venue, side, korean)
         self.order_seq: dict[int, int] = {}         # order id -> intent seq (ours)
         self.counters = dict.fromkeys(("book_updates", "route_calls", "intents", "pairs", "fills",
-                                       "late_fills", "other_fills", "legs_timed_out"), 0)
+                                       "late_fills", "other_fills", "legs_timed_out", "fills_restored"), 0)
+        self.restored_upto: dict[int, int] = {}     # symbol id -> time of the last fill restored
         self._build()
 
     # -- routes ---------------------------------------------------------------------------------
@@ -226,6 +229,9 @@ class ArbStrategy:
         (re-hedges) to the inventory as they are."""
         for f in fills:
             oid, sid = int(f["order_id"]), int(f["symbol_id"])
+            if int(f["ts_ns"]) <= self.restored_upto.get(sid, -1):
+                self.counters["fills_restored"] += 1     # in the positions this core started from
+                continue
             qty, price, fee = float(f["qty"]), float(f["price"]), float(f["fee"])
             seq = self.order_seq.get(oid)
             if seq is not None and seq in self.sent:
@@ -289,6 +295,10 @@ class ArbStrategy:
                     inv.cash[venue] = inv.cash.get(venue, 0.0) + change
                 else:
                     inv.coins[(venue, asset)] = inv.coins.get((venue, asset), 0.0) + change
+        # fills a predecessor read but did not commit come again from the ring: those the
+        # positions hold already (as old as the symbol's last fill in them) are skipped
+        self.restored_upto = {int(sid): int(rows["ts_ns"][sid]) for sid in self.sids.tolist()
+                              if rows["n_fills"][sid] > 0}
         for i, r in enumerate(self.routes):
             position = -float(rows["qty"][r.krw])         # coins sold net on the Korean venue
             if r.trader is not None:
