@@ -59,8 +59,9 @@ def shard_of(symbol_id: int, n_shards: int) -> int:
 
 def needs_books(cfg: Config) -> bool:
     """Whether the run has a ``books`` table (latest order book per symbol, written by the
-    feeds with depth): only the route trader reads books, so only it pays for them."""
-    return cfg.strategy.kind == "arbitrage"
+    feeds with depth): the route trader's, and a run whose feed keeps a depth book (Binance
+    ``depth``), whose paper broker then walks it; other runs do not pay for it."""
+    return cfg.strategy.kind == "arbitrage" or any("depth" in f.channels for f in cfg.feeds)
 
 
 def build(cfg: Config, run_id: str, with_bells: bool = False) -> Topology:
@@ -79,7 +80,7 @@ def build(cfg: Config, run_id: str, with_bells: bool = False) -> Topology:
     recorder = ["recorder.0"] if cfg.recorder.enabled else []
     # the route trader reads the ticks (its wake-up when a book changes, and the FX market's
     # price), and the orders and fills (which of its legs filled: its inventory)
-    arb = needs_books(cfg)
+    arb = cfg.strategy.kind == "arbitrage"
     arb_reader = ["strategy.0"] if arb else []
     for i, feed in enumerate(cfg.feeds):
         out = f"ticks.{feed.name}"
@@ -118,7 +119,7 @@ def build(cfg: Config, run_id: str, with_bells: bool = False) -> Topology:
         "positions": TableSpec("positions", segment_name(run_id, "tbl.positions"), POSITION,
                                len(symbols)),
     }
-    if arb:
+    if needs_books(cfg):
         tables["books"] = TableSpec("books", segment_name(run_id, "tbl.books"), BOOK, len(symbols))
     topo = Topology(run_id, workers, rings, tables, symbols, names)
     if with_bells:

@@ -502,6 +502,22 @@ no_message_timeout_s = 2.0
 reconnect_backoff_s = 0.1
 reconnect_backoff_max_s = 0.5
 rest_rate_per_s = 100.0
+
+# one account in USDT: the ETH, BTC and EUR quotes at fixed rates (of 2021, the capture's)
+[execution]
+currency = "USDT"
+
+[[execution.fx]]
+quote = "ETH"
+rate = 0.0005
+
+[[execution.fx]]
+quote = "BTC"
+rate = 0.00003
+
+[[execution.fx]]
+quote = "EUR"
+rate = 0.85
 """
 
 
