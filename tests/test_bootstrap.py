@@ -63,19 +63,37 @@ def test_synthetic_candles_are_valid_bars_of_the_live_market():
         synthetic_candles(feed, 0.5, 10, seed=1, symbol=2)
 
 
-def test_bootstrap_trains_once_and_keeps_it(tmp_path):
-    arts = tmp_path / "artifacts"
-    cfg = tiny(tmp_path, arts)
-    assert "no trained ensemble" in needs_bootstrap(cfg)
+@pytest.fixture(scope="module")
+def first_bootstrap(tmp_path_factory):
+    """The tiny ensemble's first bootstrap (1 s bars, EMA 12/26), trained once for the tests
+    that start from it: (artifacts, what needs_bootstrap said before, report, its text).
+    Each test copies the artifacts (`fresh_copy`) and changes only its copy."""
+    tmp = tmp_path_factory.mktemp("first-bootstrap")
+    arts = tmp / "artifacts"
+    cfg = tiny(tmp, arts)
+    before = needs_bootstrap(cfg)
     out = io.StringIO()                                 # not stdout: the text comes back from the child
     report = bootstrap(cfg, progress=False, out=out)
+    return arts, before, report, out.getvalue()
+
+
+def fresh_copy(first_bootstrap, tmp_path: Path) -> Path:
+    arts = tmp_path / "artifacts"
+    shutil.copytree(first_bootstrap[0], arts)
+    return arts
+
+
+def test_bootstrap_trains_once_and_keeps_it(tmp_path, first_bootstrap):
+    _, before, report, text = first_bootstrap
+    assert "no trained ensemble" in before
+    arts = fresh_copy(first_bootstrap, tmp_path)
+    cfg = tiny(tmp_path, arts)
     assert report["artifacts"] == {"forest": 1, "xgboost": 1, ENSEMBLE: 1}
     assert report["data"]["source"].startswith(f"{SOURCE}:BTC/USDT")
     _, meta = Registry(arts).load(ENSEMBLE)
     assert meta["training"]["data"] == report["data"]["source"]
     assert meta["bar_seconds"] == 1.0
     assert meta["market"] == {"venue": "synthetic", "symbol": "BTC/USDT", "quote": "USDT", "synthetic": True}
-    text = out.getvalue()
     assert text.startswith("no trained ensemble in")
     # the report says, in its table, what its figures are worth (issue 12, item 8)
     lines = text.splitlines()
@@ -97,11 +115,11 @@ def test_bootstrap_trains_once_and_keeps_it(tmp_path):
     assert Registry(arts).versions(ENSEMBLE) == [1, 2]
 
 
-def test_bootstrap_trains_again_for_other_bars(tmp_path):
+def test_bootstrap_trains_again_for_other_bars(tmp_path, first_bootstrap):
     """The synthetic ensemble is trained for the config's bar length; another bar length
     (or an older ensemble that does not record it) makes a new version, which serves."""
-    arts = tmp_path / "artifacts"
-    bootstrap(tiny(tmp_path, arts), progress=False, out=open(os.devnull, "w"))
+    arts = fresh_copy(first_bootstrap, tmp_path)      # version 1, trained on 1 s bars
+    assert needs_bootstrap(tiny(tmp_path, arts)) is None
     slower = tiny(tmp_path, arts, name="slower", bar_seconds=2.0)
     assert needs_bootstrap(slower) == (f"the synthetic ensemble in {arts} was trained on 1 s bars and this "
                                        "config closes 2 s bars")
@@ -224,9 +242,14 @@ def test_default_config_serves_the_ensemble_from_a_fresh_directory(tmp_path):
     try:
         signals = []
         deadline = time.monotonic() + 6 * TIMEOUT          # training first: about a minute here
+        # no CLI process until the supervisor has started (its first line after the training):
+        # a tap started in a loop all through the training takes a core from it
+        while "starting tickpipe" not in (tmp_path / "first.log").read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "first.log").read_text()
+            time.sleep(0.2)                                 # polling the log, against the deadline
         while not signals and time.monotonic() < deadline:
             assert proc.poll() is None, (tmp_path / "first.log").read_text()
-            r = cli("tap", "signals", "--json", "--limit", "3", "--timeout", "5")
+            r = cli("tap", "signals", "--json", "--limit", "3", "--timeout", "20")
             if r.returncode == 0:
                 signals = [json.loads(line) for line in r.stdout.splitlines()]
         assert signals, (tmp_path / "first.log").read_text()
