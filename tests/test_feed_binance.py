@@ -502,8 +502,9 @@ no_message_timeout_s = 2.0
 reconnect_backoff_s = 0.1
 reconnect_backoff_max_s = 0.5
 rest_rate_per_s = 100.0
-
+"""
 # one account in USDT: the ETH, BTC and EUR quotes at fixed rates (of 2021, the capture's)
+USDT_ACCOUNT = """
 [execution]
 currency = "USDT"
 
@@ -519,6 +520,7 @@ rate = 0.00003
 quote = "EUR"
 rate = 0.85
 """
+BINANCE_FEED += USDT_ACCOUNT
 
 
 def test_pipeline_runs_a_binance_feed_from_local_servers(tmp_path):

@@ -80,7 +80,7 @@ def test_a_restarted_venue_feed_marks_the_gap_and_backfills_from_the_ring(tmp_pa
     trades 100 more. Its successor knows nothing but the ticks ring: its first
     connection is a reconnect, with a gap marker per symbol and a backfill from the
     last trade id in the ring; the new connection brings trades 150 to 199."""
-    from test_feed_binance import (SYMBOLS as BN_SYMBOLS, rest_routes, ws_messages,
+    from test_feed_binance import (SYMBOLS as BN_SYMBOLS, USDT_ACCOUNT, rest_routes, ws_messages,
                                    xrp_agg_trades, xrp_ws_events)
     from venue_servers import Behaviour, HttpReplayServer, WsReplayServer
     capture, xrp = list(ws_messages()), xrp_ws_events(200)
@@ -100,7 +100,7 @@ ws_url = "{ws.url}"
 rest_url = "{http.url}"
 reconnect_backoff_s = 0.05
 rest_rate_per_s = 1000.0
-""")
+""" + USDT_ACCOUNT)
         try:
             ring = lambda w: w.writers["ticks.binance"]
             ids = {s: run.topo.symbols.id(f"{s}@binance") for s in symbols}

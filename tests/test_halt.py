@@ -380,7 +380,7 @@ def test_a_running_pipeline_forwards_halt_to_execution(tmp_path):
         assert "risk: global HALTED (manual: e2e)" in p.cli("status").stdout
         assert p.cli("resume", "--timeout", "30").returncode == 0
         rep = json.loads(p.cli("report", "--json").stdout)
-        assert set(rep["risk"]) == {"reported", "states", "denials", "passed", "commands"}
+        assert set(rep["risk"]) == {"reported", "states", "denials", "passed", "commands", "routes", "hedges_open"}
         assert isinstance(rep["trade_latency"], dict)
         assert "\nrisk\n" in p.cli("report").stdout
         assert p.cli("stop").returncode == 0
