@@ -15,6 +15,7 @@ nothing), and the positions table shows them before any intent is read.
 """
 from __future__ import annotations
 
+import gc
 from collections import deque
 
 import numpy as np
@@ -46,6 +47,9 @@ class ExecutionWorker(Worker):
         self.desk = Desk(keys, venue_of, venues, self.cfg.execution, self.cfg.risk, self.clock, self.journal,
                          self.cfg.pipeline.name, self.topo.run_id, log=self.log, routes=self.cfg.routes)
         self.desk.recover()
+        # what the journal rebuilt lives as long as the process: out of the collector's full
+        # passes, which would otherwise walk it again and again between steps
+        gc.freeze()
         self.rules = self._load_rules(keys) if self.cfg.execution.venue_rules else None
         self.fx_poller = RatePoller(self.desk.fx.url_sources(), self.log).start()
         # the feeds' L2 books, where the run keeps them: the paper broker walks them
