@@ -53,6 +53,9 @@ class Pipeline:
                     "TICKPIPE_LOG_LEVEL": "WARNING"}
         self.proc: subprocess.Popen | None = None
         self.log = tmp / f"{name}.log"
+        # how `start` runs the CLI: `python -m pipeline`, as a user does (a test may put a
+        # `-c` script here that sets a module constant first)
+        self.entry = ["-m", "pipeline"]
 
     def cli(self, *args, timeout: float = TIMEOUT) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "pipeline", *args, "--config", str(self.config)],
@@ -62,7 +65,7 @@ class Pipeline:
     def start(self, *extra) -> "Pipeline":
         self._logf = open(self.log, "w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline", "start", "--config", str(self.config), *extra],
+            [sys.executable, *self.entry, "start", "--config", str(self.config), *extra],
             env=self.env, cwd=ROOT, stdout=self._logf, stderr=subprocess.STDOUT, text=True,
             start_new_session=True)
         return self
@@ -214,15 +217,6 @@ def test_signal_stops_cleanly(pipe, sig):
     assert leftovers(st["run_id"], p.tmp / "run") == []
 
 
-def test_duration_stops_by_itself(pipe):
-    p = pipe().start("--duration", "4")
-    assert p.wait_exit() == 0
-    out = p.output()
-    assert "duration of 4 s reached" in out and "ticks " in out
-    assert not [e for e in os.listdir("/dev/shm") if e.startswith("tp_") and
-                json.dumps(e) and "Traceback" in out]
-
-
 KILLED = ("feed.0", "indicators.1", "model.0", "execution.0")
 
 
@@ -263,7 +257,9 @@ def test_kill9_workers_restart_and_resume(pipe):
     assert leftovers(run_id, p.tmp / "run") == []
 
 
-def test_start_removes_stale_segments_and_says_so(pipe):
+def test_start_removes_stale_segments_and_says_so_and_duration_stops_it(pipe):
+    """Two behaviours of one short run (one pipeline start, not two): a start removes a
+    dead run's segments and says so, and --duration stops the run by itself."""
     from shm.segment import KIND_RING, Segment, segment_name
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -273,8 +269,13 @@ def test_start_removes_stale_segments_and_says_so(pipe):
     try:
         p = pipe().start("--duration", "1")
         assert p.wait_exit() == 0
-        assert "removed 1 stale shared-memory segments of dead runs deadbeef" in p.output()
+        out = p.output()
+        assert "removed 1 stale shared-memory segments of dead runs deadbeef" in out
         assert not os.path.exists("/dev/shm" + name)
+        # the duration stopped it by itself, with its summary
+        assert "duration of 1 s reached" in out and "ticks " in out
+        assert not [e for e in os.listdir("/dev/shm") if e.startswith("tp_") and
+                    json.dumps(e) and "Traceback" in out]
     finally:
         from shm.segment import unlink
         unlink(name)
@@ -341,20 +342,14 @@ def test_whole_group_kill9_is_cleaned_by_the_next_start(pipe):
     assert [x for x in sems if os.path.exists(x)] == []
 
 
-def test_second_start_with_same_name_is_refused(pipe):
-    p = pipe().start()
+def test_tap_over_tcp_and_a_second_start_with_same_name_is_refused(pipe):
+    """Two behaviours of one running pipeline (one start, not two)."""
+    port = free_port()
+    p = pipe(tap_bind=f"tcp://127.0.0.1:{port}").start()
     p.wait_running()
     r = p.cli("start", "--duration", "1")
     assert r.returncode == 2
     assert "already running" in r.stderr and "Traceback" not in r.stderr
-    assert p.cli("stop").returncode == 0
-    assert p.wait_exit() == 0
-
-
-def test_tap_over_tcp(pipe):
-    port = free_port()
-    p = pipe(tap_bind=f"tcp://127.0.0.1:{port}").start()
-    p.wait_running()
     r = subprocess.run([sys.executable, "-m", "pipeline", "tap", "fills", "--json", "--limit", "2",
                         "--connect", f"tcp://127.0.0.1:{port}", "--timeout", str(TIMEOUT)],
                        cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT)
