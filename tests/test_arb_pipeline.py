@@ -749,7 +749,7 @@ channels = ["trades", "quotes"]
 symbols = ["BTC/KRW"]
 ws_url = "{upbit_ws}"
 rest_url = "{rest}"
-no_message_timeout_s = 2.0
+no_message_timeout_s = 1.0
 reconnect_backoff_s = 0.1
 reconnect_backoff_max_s = 0.5
 rest_rate_per_s = 100.0
@@ -760,7 +760,7 @@ channels = ["trades", "depth"]
 symbols = ["BTC/USDT"]
 ws_url = "{binance_ws}"
 rest_url = "{rest}"
-no_message_timeout_s = 2.0
+no_message_timeout_s = 1.0
 reconnect_backoff_s = 0.1
 reconnect_backoff_max_s = 0.5
 rest_rate_per_s = 100.0
@@ -797,8 +797,9 @@ def E2E_REST(depth: str) -> dict:
 
 def test_pipeline_start_trades_pairs_from_local_venue_servers(tmp_path):
     """`pipeline start` with the Upbit and Binance feeds on local servers replaying the real
-    BTC books (each connection gets them all, then silence: the watchdog reconnects every
-    2 s and they come again). The entry threshold is set below any premium (-100 bps,
+    BTC books (each connection gets them all, then silence: the watchdog reconnects after
+    1 s and they come again; with cycles of about 1.2 s, each cycle has an update of one
+    venue within the route's 1 s skew of the other's, whatever the phase between them). The entry threshold is set below any premium (-100 bps,
     window 1) so that every valid update may trade: this checks the wiring (feeds write
     books, the route trader reads them, execution fills the IOC legs on paper, the fills
     come back to the inventory), not the premium. Then a clean stop leaves nothing behind."""
