@@ -44,7 +44,7 @@ def write_host_config(tmp: Path, name: str, artifacts: Path, keys: Path, remote:
     return write_config(tmp, name, ensemble=True, pipeline={"workers": 2, "startup_timeout_s": 120},
                         bus={"metrics_bind": ""}, feeds={"symbols": SYMBOLS},
                         model={"artifacts": artifacts, "remote": remote, "remote_keys": keys,
-                               "remote_timeout_s": 1.0, "bootstrap_bars": 800})
+                               "remote_timeout_s": 1.0, "bootstrap_bars": 500})
 
 
 @pytest.fixture(scope="module")
