@@ -535,6 +535,18 @@ def test_real_books_and_a_premium_spike_make_both_legs_and_fills_move_the_invent
         assert again.inventory.cash[venue] == pytest.approx(value), venue
     assert again.routes[0].trader.position == pytest.approx(trader.position)
 
+    # a fresh start over that journal, before execution has written what it rebuilt: the
+    # funding alone; once the positions are there (and no leg in flight), the same inventory
+    fresh = ArbStrategy(keys, cfg, clock)
+    assert not fresh.sync_positions(pf.rows, np.zeros(len(keys), np.uint64)) or \
+        fresh.inventory.coins[("upbit", "BTC")] == pytest.approx(fresh.funding[0][("upbit", "BTC")])
+    assert fresh.sync_positions(pf.rows, np.full(len(keys), 3, np.uint64))
+    assert not fresh.sync_positions(pf.rows, np.full(len(keys), 3, np.uint64))     # unchanged rows
+    for key, value in inv.coins.items():
+        assert fresh.inventory.coins[key] == pytest.approx(value), key
+    for venue, value in inv.cash.items():
+        assert fresh.inventory.cash[venue] == pytest.approx(value), venue
+
 
 def test_stale_or_missing_fx_and_bad_books_make_no_order(tmp_path):
     cfg = arb_config(tmp_path)

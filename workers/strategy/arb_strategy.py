@@ -111,6 +111,8 @@ class ArbStrategy:
             else:
                 coins[(inv.venue, inv.asset)] = coins.get((inv.venue, inv.asset), 0.0) + float(inv.amount)
         self.inventory = Inventory(coins, cash)
+        self.funding = (dict(coins), dict(cash))    # [[inventory]]: the holdings before any fill
+        self.synced_seqs: tuple | None = None       # the positions rows the inventory was last set from
         self.route_of = {}                          # symbol id -> route index
         for i, r in enumerate(self.routes):
             self.route_of[r.krw] = self.route_of[r.usdt] = i
@@ -280,15 +282,33 @@ class ArbStrategy:
         return n
 
     # -- restart ----------------------------------------------------------------------------------
+    def in_flight(self) -> bool:
+        return bool(self.sent) or any(r.trader is not None and r.trader.legs for r in self.routes)
+
+    def sync_positions(self, rows: np.ndarray, seqs: np.ndarray) -> bool:
+        """The inventory set anew from the funding and execution's positions table, when the
+        route symbols' rows changed and no leg is in flight (nothing reserved): at a fresh
+        start over an old journal (execution writes what it rebuilt, maybe after this process
+        started), after a restart, and after every fill, so the inventory never drifts from
+        what the journal says was filled. True when it was set."""
+        key = tuple(seqs[self.sids].tolist())
+        if key == self.synced_seqs or self.in_flight():
+            return False
+        self.synced_seqs = key
+        self.restore_positions(rows, seqs)
+        return True
+
     def restore_positions(self, rows: np.ndarray, seqs: np.ndarray) -> None:
         """Execution's positions table (POSITION rows by symbol id and their sequences):
-        what the journaled fills moved on the route symbols, added to the funding."""
+        what the journaled fills moved on the route symbols, added to the funding (the
+        inventory is set from scratch)."""
+        inv = self.inventory
+        inv.coins, inv.cash = dict(self.funding[0]), dict(self.funding[1])
         rows = rows.copy()
         rows[seqs == 0] = np.zeros(1, rows.dtype)
         mine = np.zeros(len(rows), bool)
         mine[self.sids] = True
         rows[~mine] = np.zeros(1, rows.dtype)
-        inv = self.inventory
         for venue, assets in balances(self.symbols[:len(rows)], rows).items():
             for asset, change in assets.items():
                 if self.quote_of.get(venue) == asset:

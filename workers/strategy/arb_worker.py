@@ -67,9 +67,13 @@ class ArbWorker(Worker):
                 elif ids:       # a venue with no rules to fetch (bithumb): execution holds none
                     self.core.set_rules(feed.venue_name, {i: permissive_rules(s) for s, i in ids.items()})
             self.rules = RulesLoader(feeds, self._deliver, self.log).start()
-        if self.writers["intents"].seq > 0:
-            self.core.restore_positions(*self.positions.read())
-            self.log.info("restarted: inventory from the positions table: %s", self.core.inventory.state())
+        self._sync_positions()
+
+    def _sync_positions(self) -> None:
+        """The inventory from the funding and execution's positions table whenever those rows
+        change with no leg in flight (ArbStrategy.sync_positions)."""
+        if self.core.sync_positions(*self.positions.read()) and self.core.counters["fills"] == 0:
+            self.log.info("inventory from the funding and the journal's fills: %s", self.core.inventory.state())
 
     def _deliver(self, venue: str, rules: dict) -> None:
         with self._rules_lock:                  # the loader's thread: applied in the loop
@@ -148,6 +152,7 @@ class ArbWorker(Worker):
             r.commit()
             ticked = True
         did |= self._legs_back()
+        self._sync_positions()
         if ticked:
             did |= self._check_books()
         return did or ticked
