@@ -214,6 +214,13 @@ rest_url = "http://127.0.0.1:{port}"
 poll_interval_s = 0.1
 reconnect_backoff_s = 0.05
 reconnect_backoff_max_s = 0.5
+
+[execution]                 # one account in USDT: Kraken's USD at a fixed rate
+currency = "USDT"
+
+[[execution.fx]]
+quote = "USD"
+rate = 1.0
 """
 
 
