@@ -249,6 +249,9 @@ class StrategyConfig:
     min_vol: float = 1e-5               # a volatility below this counts as this (no huge sizes)
     stop_loss: float = 0.0              # close at this fractional move against (0: off)
     take_profit: float = 0.0            # close at this fractional move in favour (0: off)
+    # arbitrage: a venue's coins this fraction of the asset's funded total off their funding
+    # (or coins held net of it: a leg filled alone) raise an alert with a suggested transfer
+    imbalance_band: float = 0.2
 
 
 def strategy_checks(sc: StrategyConfig) -> list[tuple[bool, str]]:
@@ -271,6 +274,7 @@ def strategy_checks(sc: StrategyConfig) -> list[tuple[bool, str]]:
         (sc.target_vol > 0 and sc.min_vol > 0, "strategy.target_vol and min_vol must be > 0"),
         (0 <= sc.stop_loss < 1 and sc.take_profit >= 0,
          "strategy.stop_loss must be in [0, 1) and take_profit >= 0 (0: off)"),
+        (0 < sc.imbalance_band <= 1, f"strategy.imbalance_band must be in (0, 1], got {sc.imbalance_band:g}"),
     ]
 
 

@@ -852,3 +852,24 @@ def test_pipeline_start_trades_pairs_from_local_venue_servers(tmp_path):
             assert leftovers(st["run_id"], p.tmp / "run") == []
         finally:
             p.kill()
+
+
+def test_an_inventory_drifting_past_its_band_is_said_once_with_a_suggested_transfer(tmp_path):
+    cfg = arb_config(tmp_path)
+    keys = topology.build(cfg, "tinv").symbols.keys
+    s = ArbStrategy(keys, cfg, SimClock(0))
+    assert s.imbalance_changes() == []                       # as funded: nothing to say
+    inv = s.inventory
+    funded = {k: v for k, v in inv.coins.items() if k[1] == "BTC"}
+    total = sum(funded.values())
+    up, bn = ("upbit", "BTC"), ("binance", "BTC")
+    inv.coins[up] -= 0.3 * total                             # sold in Korea, bought on Binance
+    inv.coins[bn] += 0.3 * total
+    (alert, text), = [c for c in s.imbalance_changes() if "BTC" in c[1]]
+    assert alert and "suggested transfer" in text and "binance -> upbit" in text
+    assert s.imbalance_changes() == []                       # said once
+    (btc,) = [i for i in s.stats()["imbalances"] if i["asset"] == "BTC"]
+    assert btc["alert"] and btc["rebalance"]["amount"] == pytest.approx(0.3 * total)
+    inv.coins[up], inv.coins[bn] = funded[up], funded[bn]
+    (alert, text), = [c for c in s.imbalance_changes() if "BTC" in c[1]]
+    assert not alert and "back within its band" in text

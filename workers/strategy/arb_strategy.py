@@ -63,6 +63,22 @@ def _num(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def _imbalance_dict(im) -> dict:
+    return {"asset": im.asset, "net": im.net, "drift": dict(im.drift), "band": im.band, "alert": im.alert,
+            "rebalance": None if im.rebalance is None else
+            {"amount": im.rebalance.amount, "from": im.rebalance.from_venue, "to": im.rebalance.to_venue}}
+
+
+def _imbalance_text(im) -> str:
+    drift = ", ".join(f"{v} {d:+.8g}" for v, d in sorted(im.drift.items()))
+    if not im.alert:
+        return f"{im.asset} inventory back within its band ({drift})"
+    move = (f"; suggested transfer: {im.rebalance.amount:.8g} {im.asset} {im.rebalance.direction}"
+            if im.rebalance is not None else "")
+    return (f"{im.asset} inventory off its funding beyond {im.band:.8g}: net {im.net:+.8g}, "
+            f"drift {drift}{move}")
+
+
 def permissive_rules(symbol: str) -> SymbolRules:
     """Rules that refuse nothing: no lot, no tick, no minimum (``venue_rules = false``)."""
     return SymbolRules(symbol=symbol, lot_step=None)
@@ -130,6 +146,7 @@ class ArbStrategy:
         self.counters = dict.fromkeys(("book_updates", "route_calls", "intents", "pairs", "fills",
                                        "late_fills", "other_fills", "legs_timed_out", "fills_restored"), 0)
         self.restored_upto: dict[int, int] = {}     # symbol id -> time of the last fill restored
+        self._alerting: dict[str, bool] = {}        # asset -> its imbalance alert, as last said
         self._build()
 
     # -- routes ---------------------------------------------------------------------------------
@@ -336,4 +353,18 @@ class ArbStrategy:
                                 "denials": dict(t.denials),
                                 **{k: v for k, v in t.counters.items() if v}})
         return {**self.counters, "routes": routes, "fx_problems": dict(self.fx.problems),
-                "inventory": self.inventory.state()}
+                "inventory": self.inventory.state(),
+                "imbalances": [_imbalance_dict(i) for i in self.imbalances()]}
+
+    def imbalances(self) -> list:
+        """Each funded asset across its venues (routes.Inventory.imbalance) at the configured band."""
+        return self.inventory.imbalances(self.cfg.strategy.imbalance_band)
+
+    def imbalance_changes(self) -> list[tuple[bool, str]]:
+        """(alert, what to say) for each asset whose alert came or went since the last call."""
+        out = []
+        for im in self.imbalances():
+            if im.alert != self._alerting.get(im.asset, False):
+                self._alerting[im.asset] = im.alert
+                out.append((im.alert, _imbalance_text(im)))
+        return out

@@ -160,6 +160,8 @@ class ArbWorker(Worker):
     def on_idle(self) -> None:
         self._apply_rules()
         self.core.expire()
+        for alert, text in self.core.imbalance_changes():   # said once when it comes and goes
+            (self.log.warning if alert else self.log.info)("imbalance: %s", text)
         if not self._publishing:
             self._check_books()
 
