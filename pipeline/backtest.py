@@ -211,13 +211,14 @@ def check_bars(data: MarketData, bar_seconds: float) -> None:
                             f"(conf/backtest.toml is one for 5-minute candles)")
 
 
-def check_currencies(cfg: Config, data: MarketData) -> None:
+def check_currencies(cfg: Config, symbols: list[str]) -> None:
     """One account in one currency: the data's symbols in others need a rate into it
-    (``[execution] currency`` and ``[[execution.fx]]``), or KRW and USDT would be summed."""
-    problem = currency_problem(cfg.execution, data.symbols)
+    (``[execution] currency`` and ``[[execution.fx]]``), or KRW and USDT would be summed;
+    and every ``[[routes]]`` leg must be among the data's symbols."""
+    problem = currency_problem(cfg.execution, symbols)
     if problem:
         raise UserError(f"the data's symbols: {problem}")
-    for ok, msg in route_checks(cfg.routes, data.symbols):
+    for ok, msg in route_checks(cfg.routes, symbols):
         if not ok:
             raise UserError(f"the data's symbols: {msg}")
 
@@ -234,7 +235,7 @@ class Backtest:
         self.on_features = on_features
         n = len(data.symbols)
         check_bars(data, cfg.indicators.bar_seconds)
-        check_currencies(cfg, data)
+        check_currencies(cfg, data.symbols)
         first = int(data.ticks["ts_exchange_ns"][0])
         self.clock = SimClock(first)
         ic = cfg.indicators

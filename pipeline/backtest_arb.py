@@ -151,12 +151,7 @@ def run_arb_backtest(cfg: Config, paths: list[str], journal_path: str | Path | N
         raise UserError(f"--data names one symbol twice: {symbols}")
     venues = sorted({symbol_parts(s)[2] for s in symbols})
     venue_of = np.array([venues.index(symbol_parts(s)[2]) for s in symbols], np.int64)
-
-    class _Data:                                    # what check_currencies reads
-        pass
-    data = _Data()
-    data.symbols = symbols
-    check_currencies(cfg, data)
+    check_currencies(cfg, symbols)
     ts_all = np.unique(np.concatenate([c.ts_ns for c in closes]))
     clock = SimClock(int(ts_all[0]) - 1)
     journal = Journal(journal_path)

@@ -276,6 +276,26 @@ def test_the_default_pipeline_has_no_books_table():
     assert topo.rings["fills"].readers == [] and topo.rings["orders"].readers == []
 
 
+# both sides pre-funded: what every test pipeline here starts from
+INVENTORY = """
+[[inventory]]
+venue = "upbit"
+asset = "KRW"
+amount = 20000000.0
+[[inventory]]
+venue = "binance"
+asset = "USDT"
+amount = 15000.0
+[[inventory]]
+venue = "upbit"
+asset = "BTC"
+amount = 0.1
+[[inventory]]
+venue = "binance"
+asset = "BTC"
+amount = 0.1
+"""
+
 ARB = """
 [pipeline]
 name = "arbt"
@@ -320,23 +340,7 @@ rest_url = "http://127.0.0.1:9"
 channels = ["trades", "depth"]
 symbols = ["BTC/USDT"]
 {routes}
-[[inventory]]
-venue = "upbit"
-asset = "KRW"
-amount = 20000000.0
-[[inventory]]
-venue = "binance"
-asset = "USDT"
-amount = 15000.0
-[[inventory]]
-venue = "upbit"
-asset = "BTC"
-amount = 0.1
-[[inventory]]
-venue = "binance"
-asset = "BTC"
-amount = 0.1
-"""
+""" + INVENTORY
 ROUTE = """
 [[routes]]
 legs = ["BTC/KRW@upbit", "BTC/USDT@binance"]
@@ -782,23 +786,7 @@ qty = 0.01
 entry_bps = -100.0
 exit_bps = -100.0
 window = 1
-[[inventory]]
-venue = "upbit"
-asset = "KRW"
-amount = 20000000.0
-[[inventory]]
-venue = "binance"
-asset = "USDT"
-amount = 15000.0
-[[inventory]]
-venue = "upbit"
-asset = "BTC"
-amount = 0.1
-[[inventory]]
-venue = "binance"
-asset = "BTC"
-amount = 0.1
-"""
+""" + INVENTORY
 
 
 def E2E_REST(depth: str) -> dict:
