@@ -252,13 +252,24 @@ class StrategyConfig:
     # arbitrage: a venue's coins this fraction of the asset's funded total off their funding
     # (or coins held net of it: a leg filled alone) raise an alert with a suggested transfer
     imbalance_band: float = 0.2
+    # arbitrage, dynamic route selection (workers/strategy/route_select.py): the [[routes]]
+    # are the universe; every select_every_s the best max_active_routes by premium over a
+    # window of select_window_s may open pairs, the rest only unwind (0 and 0: off)
+    max_active_routes: int = 0          # 0: every route the gates pass
+    select_every_s: float = 60.0
+    select_window_s: float = 300.0
+    select_hysteresis_bps: float = 5.0  # an active route's score margin over a challenger
+    max_spread_bps: float = 0.0         # gate: the wider book's spread at the touch (0: off)
+    min_depth_quote: float = 0.0        # gate: thinnest side's USDT within depth_band_bps (0: off)
+    depth_band_bps: float = 10.0
 
 
 def strategy_checks(sc: StrategyConfig) -> list[tuple[bool, str]]:
     """The [strategy] section's rules: (ok, message) pairs, as `validate` takes them."""
     finite = all(math.isfinite(getattr(sc, k)) for k in (
         "enter_margin", "exit_margin", "notional", "max_notional", "target_vol", "min_vol",
-        "stop_loss", "take_profit"))
+        "stop_loss", "take_profit", "select_every_s", "select_window_s", "select_hysteresis_bps",
+        "max_spread_bps", "min_depth_quote", "depth_band_bps"))
     return [
         (sc.kind in STRATEGY_KINDS,
          f"strategy.kind must be one of {', '.join(STRATEGY_KINDS)}, got '{sc.kind}'"),
@@ -275,6 +286,13 @@ def strategy_checks(sc: StrategyConfig) -> list[tuple[bool, str]]:
         (0 <= sc.stop_loss < 1 and sc.take_profit >= 0,
          "strategy.stop_loss must be in [0, 1) and take_profit >= 0 (0: off)"),
         (0 < sc.imbalance_band <= 1, f"strategy.imbalance_band must be in (0, 1], got {sc.imbalance_band:g}"),
+        (sc.max_active_routes >= 0, f"strategy.max_active_routes must be >= 0 (0: all), got {sc.max_active_routes}"),
+        (sc.select_every_s > 0 and sc.select_window_s >= sc.select_every_s,
+         f"strategy.select_every_s must be > 0 and select_window_s at least that, got "
+         f"{sc.select_every_s:g} and {sc.select_window_s:g}"),
+        (sc.select_hysteresis_bps >= 0 and sc.max_spread_bps >= 0 and sc.min_depth_quote >= 0,
+         "strategy.select_hysteresis_bps, max_spread_bps and min_depth_quote must be >= 0 (0: off)"),
+        (0 < sc.depth_band_bps < 1000, f"strategy.depth_band_bps must be in (0, 1000), got {sc.depth_band_bps:g}"),
     ]
 
 
