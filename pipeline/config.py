@@ -249,6 +249,10 @@ class StrategyConfig:
     min_vol: float = 1e-5               # a volatility below this counts as this (no huge sizes)
     stop_loss: float = 0.0              # close at this fractional move against (0: off)
     take_profit: float = 0.0            # close at this fractional move in favour (0: off)
+    entry_order: str = "market"         # "limit": entries rest as limit orders (exits stay market)
+    entry_offset_bps: float = 5.0       # a limit entry's price: this much better than the signal's
+    entry_ttl_s: float = 300.0          # execution cancels what of a limit entry has not filled by then
+    entry_post_only: bool = False       # limit entries as post-only (maker or nothing)
     # arbitrage: a venue's coins this fraction of the asset's funded total off their funding
     # (or coins held net of it: a leg filled alone) raise an alert with a suggested transfer
     imbalance_band: float = 0.2
@@ -268,8 +272,8 @@ def strategy_checks(sc: StrategyConfig) -> list[tuple[bool, str]]:
     """The [strategy] section's rules: (ok, message) pairs, as `validate` takes them."""
     finite = all(math.isfinite(getattr(sc, k)) for k in (
         "enter_margin", "exit_margin", "notional", "max_notional", "target_vol", "min_vol",
-        "stop_loss", "take_profit", "select_every_s", "select_window_s", "select_hysteresis_bps",
-        "max_spread_bps", "min_depth_quote", "depth_band_bps"))
+        "stop_loss", "take_profit", "entry_offset_bps", "entry_ttl_s", "select_every_s", "select_window_s",
+        "select_hysteresis_bps", "max_spread_bps", "min_depth_quote", "depth_band_bps"))
     return [
         (sc.kind in STRATEGY_KINDS,
          f"strategy.kind must be one of {', '.join(STRATEGY_KINDS)}, got '{sc.kind}'"),
@@ -285,6 +289,12 @@ def strategy_checks(sc: StrategyConfig) -> list[tuple[bool, str]]:
         (sc.target_vol > 0 and sc.min_vol > 0, "strategy.target_vol and min_vol must be > 0"),
         (0 <= sc.stop_loss < 1 and sc.take_profit >= 0,
          "strategy.stop_loss must be in [0, 1) and take_profit >= 0 (0: off)"),
+        (sc.entry_order in ("market", "limit"),
+         f"strategy.entry_order must be 'market' or 'limit', got '{sc.entry_order}'"),
+        (-1000 <= sc.entry_offset_bps < 10000,
+         f"strategy.entry_offset_bps must be in [-1000, 10000) (negative: through the signal's price), "
+         f"got {sc.entry_offset_bps:g}"),
+        (sc.entry_ttl_s > 0, f"strategy.entry_ttl_s must be > 0, got {sc.entry_ttl_s:g}"),
         (0 < sc.imbalance_band <= 1, f"strategy.imbalance_band must be in (0, 1], got {sc.imbalance_band:g}"),
         (sc.max_active_routes >= 0, f"strategy.max_active_routes must be >= 0 (0: all), got {sc.max_active_routes}"),
         (sc.select_every_s > 0 and sc.select_window_s >= sc.select_every_s,
