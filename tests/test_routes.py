@@ -186,6 +186,27 @@ def test_unwind_reverses_the_position_when_the_premium_comes_back():
     assert t.r.position == pytest.approx(0.0, abs=1e-12)
 
 
+def test_a_parked_route_opens_nothing_and_still_unwinds_at_most_what_it_holds():
+    # dynamic selection parked the route (route_select.py): +44.50 bps over the mean opens nothing
+    t = Route(entry_bps=30.0, exit_bps=-5.0)
+    t.warm()
+    t.r.may_open = False
+    assert len(t.feed(FRED)) == 0 and t.r.counters["parked"] == 1 and not t.r.legs
+    # holding 0.004 sold in Korea, and the premium falls far enough to open the other way:
+    # parked, it unwinds the 0.004 only; active, the same update would sell the whole 0.01
+    both = []
+    for may_open in (False, True):
+        u = Route(entry_bps=30.0, exit_bps=-5.0)
+        for _ in range(5):
+            u.feed(FRED)
+        u.r.position, u.r.may_open = 0.004, may_open
+        rows = u.feed(LOW)
+        assert len(rows) == 2 and (rows["reason"] == REASON_EXIT).all() and rows[0]["symbol_id"] == BN_ID
+        assert u.r.last_edges[1] >= 30.0
+        both.append(float(rows[0]["qty"]))
+    assert both == [0.004, 0.01]
+
+
 def test_no_unwind_without_a_position_or_below_the_exit():
     flat = Route(entry_bps=30.0, exit_bps=-5.0)
     flat.warm()

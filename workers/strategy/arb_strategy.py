@@ -28,6 +28,12 @@ process adapter (arb_worker.py) reads those and calls this.
   reservation freed); a fill of it that still comes is applied to the inventory as it
   is. Fills of orders that are not ours on a route's symbol (execution's re-hedges of a
   one-legged pair) move the inventory too: the coins did move.
+* **Selection.** With ``[strategy] max_active_routes`` or a gate set, a ``RouteSelector``
+  (route_select.py) sees every route update that got as far as its edges (premium over
+  the entry threshold, spread, depth within ``depth_band_bps`` in USDT) and, every
+  ``select_every_s`` of the clock, parks the routes outside the best (``ArbRoute.may_open``
+  False: they unwind, never open). Each change is said once (``selection_changes``: the
+  worker logs it and puts it on the tap) and counted; the stats show each route's state.
 * **Restart.** ``restore_positions`` takes execution's positions table: each route
   symbol's position and cash change since the journal's first fill (``portfolio.balances``)
   are added to the funding, and the Korean leg's position is the route's; a fill the
@@ -51,6 +57,7 @@ from ..execution.fx import FxRates
 from ..execution.portfolio import balances
 from ..execution.venue_rules import SymbolRules
 from .arbitrage import Book
+from .route_select import Change, RouteSelector, SelectParams, book_spread_bps, side_depth
 from .routes import ArbRoute, Inventory, RouteParams, RouteSpec
 
 LEG_TIMEOUT_NS = 10_000_000_000     # an IOC leg with no fill for this long is over
@@ -106,8 +113,12 @@ class ArbStrategy:
     that turns execution's order and fill records back into leg reports."""
 
     def __init__(self, symbols: list[str], cfg: Config, clock: Clock,
-                 rules: dict[int, SymbolRules] | None = None, leg_timeout_ns: int = LEG_TIMEOUT_NS):
+                 rules: dict[int, SymbolRules] | None = None, leg_timeout_ns: int = LEG_TIMEOUT_NS,
+                 route_params: dict | None = None):
+        """``route_params``: RouteParams fields set alike for every route (a backtest's
+        staleness limits), beside each ``[[routes]]`` table's own."""
         self.symbols = list(symbols)
+        self.route_params = dict(route_params or {})
         self.cfg, self.clock = cfg, clock
         self.leg_timeout_ns = int(leg_timeout_ns)
         index = {k: i for i, k in enumerate(self.symbols)}
@@ -147,6 +158,13 @@ class ArbStrategy:
                                        "late_fills", "other_fills", "legs_timed_out", "fills_restored"), 0)
         self.restored_upto: dict[int, int] = {}     # symbol id -> time of the last fill restored
         self._alerting: dict[str, bool] = {}        # asset -> its imbalance alert, as last said
+        sc = cfg.strategy
+        sp = SelectParams(sc.max_active_routes, int(sc.select_every_s * 1e9),
+                          max(1, math.ceil(sc.select_window_s / sc.select_every_s - 1e-9)),
+                          sc.min_depth_quote, sc.max_spread_bps, sc.select_hysteresis_bps)
+        self.selector = RouteSelector(len(self.routes), sp, clock.time_ns()) if sp.enabled else None
+        self._selected: list[Change] = []           # changes not yet said (selection_changes)
+        self.counters.update(routes_activated=0, routes_parked=0)
         self._build()
 
     # -- routes ---------------------------------------------------------------------------------
@@ -166,11 +184,14 @@ class ArbStrategy:
                              uv, r.usdt, self.rules[r.usdt], fees_of(ec, uv)[1])
             try:
                 r.trader = ArbRoute(spec, RouteParams(rc.qty, rc.entry_bps, rc.exit_bps, rc.band_bps,
-                                                      rc.window), self.inventory, self.clock, STRATEGY_ID)
+                                                      rc.window, **self.route_params),
+                                    self.inventory, self.clock, STRATEGY_ID)
             except ValueError as e:          # a pair size below a venue's lot: never trades
                 r.problem = str(e)
                 continue
             r.trader.position = self._positions.pop(i, 0.0)
+            if self.selector is not None:
+                r.trader.may_open = bool(self.selector.active[i])
 
     @property
     def ready(self) -> list[bool]:
@@ -198,6 +219,8 @@ class ArbStrategy:
     def on_books(self, rows: np.ndarray, seqs: np.ndarray) -> np.ndarray:
         """BOOK rows and their table sequences (0: never written), of any symbols: every
         route with a leg whose sequence moved is called; returns the INTENT rows."""
+        if self.selector is not None and self.selector.due(self.clock.time_ns()):
+            self._select(self.clock.time_ns())
         moved = set()
         for row, seq in zip(rows, seqs.tolist()):
             sid = int(row["symbol_id"])
@@ -219,6 +242,8 @@ class ArbStrategy:
                 continue
             self.counters["route_calls"] += 1
             rows_out = r.trader.on_books(kb, ub, fx, fx_ts, (self.book_seq[r.krw] + self.book_seq[r.usdt]) >> 1)
+            if self.selector is not None:
+                self._observe(i, r.trader, kb, ub, fx)
             if len(rows_out):
                 for s in rows_out["seq"].tolist():
                     self.sent[int(s)] = (i, now)
@@ -233,6 +258,42 @@ class ArbStrategy:
             k += len(x)
         self.counters["intents"] += len(intents)
         return intents
+
+    # -- selection --------------------------------------------------------------------------------
+    def _observe(self, i: int, trader: ArbRoute, kb: Book, ub: Book, fx: float) -> None:
+        """The update the route just judged, to the selector: only one that got as far as
+        its edges (valid books and FX, window warm)."""
+        ek, eu = trader.last_edges
+        if not (ek == ek and eu == eu):
+            return
+        band = self.cfg.strategy.depth_band_bps
+        depth = min(side_depth(kb.bid_px, kb.bid_sz, band, True), side_depth(kb.ask_px, kb.ask_sz, band, False)) / fx
+        depth = min(depth, side_depth(ub.bid_px, ub.bid_sz, band, True), side_depth(ub.ask_px, ub.ask_sz, band, False))
+        spread = max(book_spread_bps(float(kb.bid_px[0]), float(kb.ask_px[0])),
+                     book_spread_bps(float(ub.bid_px[0]), float(ub.ask_px[0])))
+        self.selector.observe(i, max(ek, eu) - trader.p.entry_bps, spread, depth)
+
+    def _select(self, now: int) -> None:
+        """A selection period is over: the routes' new states, each change kept to be said."""
+        sel = self.selector
+        for c in sel.select(now):
+            self._selected.append(c)
+            self.counters["routes_activated" if c.active else "routes_parked"] += 1
+        for i, r in enumerate(self.routes):
+            if r.trader is not None:
+                r.trader.may_open = bool(sel.active[i])
+
+    def selection_changes(self) -> list[tuple[bool, str, dict]]:
+        """(active, what to say, tap event) for each route that changed state since the last call."""
+        out = []
+        for c in self._selected:
+            name = self.cfg.routes[c.route].name
+            word = "active" if c.active else "parked"
+            out.append((c.active, f"route {name} {word}: {c.reason}",
+                        {"kind": "route_selection", "tier": "route", "key": name, "route": c.route,
+                         "state": word.upper(), "reason": c.reason, "ts_ns": self.clock.time_ns()}))
+        self._selected = []
+        return out
 
     # -- legs back --------------------------------------------------------------------------------
     def on_orders(self, orders: np.ndarray) -> None:
@@ -352,6 +413,12 @@ class ArbStrategy:
                                 "last_mid_bps": _num(t.last_mid_bps), "legs_in_flight": len(t.legs),
                                 "denials": dict(t.denials),
                                 **{k: v for k, v in t.counters.items() if v}})
+        sel = self.selector
+        if sel is not None:
+            for i, rc in enumerate(self.cfg.routes):
+                routes[rc.name].update(active=bool(sel.active[i]), selection=sel.why[i],
+                                       score_bps=_num(float(sel.score[i])), spread_bps=_num(float(sel.spread[i])),
+                                       depth_quote=_num(float(sel.depth[i])))
         return {**self.counters, "routes": routes, "fx_problems": dict(self.fx.problems),
                 "inventory": self.inventory.state(),
                 "imbalances": [_imbalance_dict(i) for i in self.imbalances()]}

@@ -23,6 +23,10 @@ Venue rules (tick, lot, notional) are fetched as execution fetches them
 ``[execution] venue_rules = false``, and for a venue with no rules to fetch (Bithumb), the
 routes take permissive rules at once (execution does not hold those venues either).
 
+Route selection changes (ArbStrategy.selection_changes) are logged once and go out in the
+next heartbeat as ``risk_events`` (the supervisor puts those on the tap's ``risk`` stream,
+as it does execution's), with the imbalance alerts as they come and go.
+
 A restarted strategy (the intents ring holds its predecessor's intents) takes the
 inventory and route positions from the positions table (ArbStrategy.restore_positions).
 """
@@ -38,6 +42,8 @@ from shm.ring import RingFullError
 from ..base import Worker
 from ..execution.markets import RulesLoader, needs_rules
 from .arb_strategy import ArbStrategy, permissive_rules
+
+EVENTS_KEPT = 200
 
 
 class ArbWorker(Worker):
@@ -56,6 +62,7 @@ class ArbWorker(Worker):
         self._rules: list[tuple[str, dict]] = []
         self._rules_lock = threading.Lock()
         self._publishing = False
+        self._events: list[dict] = []           # for the next heartbeat's risk_events (the tap)
         self.rules = None
         if self.cfg.execution.venue_rules:
             feeds = []
@@ -162,8 +169,17 @@ class ArbWorker(Worker):
         self.core.expire()
         for alert, text in self.core.imbalance_changes():   # said once when it comes and goes
             (self.log.warning if alert else self.log.info)("imbalance: %s", text)
+            self._event({"kind": "imbalance", "tier": "route", "alert": alert, "reason": text,
+                         "ts_ns": self.clock.time_ns()})
+        for _active, text, event in self.core.selection_changes():
+            self.log.info("selection: %s", text)
+            self._event(event)
         if not self._publishing:
             self._check_books()
+
+    def _event(self, event: dict) -> None:
+        self._events.append(event)
+        del self._events[:-EVENTS_KEPT]         # a heartbeat that never comes keeps the newest
 
     def close(self) -> None:
         if getattr(self, "rules", None) is not None:
@@ -173,5 +189,6 @@ class ArbWorker(Worker):
     def stats(self) -> dict:
         if not hasattr(self, "core"):
             return dict(self.counters)
+        events, self._events = self._events, []
         return {**self.counters, **self.core.stats(), "rules_missing": sorted(self.rules.failures)
-                if self.rules else []}
+                if self.rules else [], "risk_events": events}

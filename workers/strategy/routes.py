@@ -21,6 +21,8 @@ A route is one asset on a Korean venue (quote KRW) against Binance (quote USDT):
   With the mean standing still a round trip earns at least ``entry_bps +
   exit_bps`` bps after four taker fees; ``exit_bps`` is usually negative. (The
   screen walks the route's ``qty``; an unwind of less is priced for what it is.)
+  A route parked by dynamic selection (``may_open`` False, route_select.py) opens
+  nothing: it still unwinds, for at most what it holds (counter ``parked``).
 * **Legs.** Two INTENT rows: the sell leg on the rich venue, the buy leg on the
   cheap one, same quantity (floored to both lot steps), ORDER_LIMIT, TIF_IOC. Each
   limit is the deepest level walked moved ``band_bps`` against us (a sell lower, a
@@ -78,11 +80,12 @@ _INF = math.inf
 
 _NO_INTENTS = np.zeros(0, INTENT)
 _NO_INTENTS.flags.writeable = False
+_NO_EDGES = (math.nan, math.nan)
 
 # reason counters (ArbRoute.counters)
 COUNTERS = ("updates", "no_fx", "stale_fx", "bad_book", "books_apart", "stale_book", "warmup",
             "below_threshold", "legs_open", "no_coins", "no_cash", "priced_out", "band_rounding",
-            "pairs", "fills", "unknown_fill")
+            "pairs", "fills", "unknown_fill", "parked")
 
 
 @dataclass(frozen=True)
@@ -317,7 +320,8 @@ class ArbRoute:
         self.denials: dict[str, int] = {}           # the code of each bad book / refused pricing
         self.last_denial: arb.Denial | None = None
         self.last_mid_bps = math.nan
-        self.last_edges = (math.nan, math.nan)      # (sell Korea, sell Binance), bps over the mean
+        self.last_edges = _NO_EDGES                 # (sell Korea, sell Binance), bps over the mean
+        self.may_open = True    # False: parked by route selection (route_select.py): unwinds only
 
     # -- rolling level ------------------------------------------------------------------------
     @property
@@ -365,6 +369,7 @@ class ArbRoute:
         book's time). Returns no INTENT row (a counter says why) or two: the sell leg,
         then the buy leg."""
         self.counters["updates"] += 1
+        self.last_edges = _NO_EDGES                 # this update's, once it gets that far
         p = self.p
         now = self.clock.time_ns()
         fx = krw_per_usdt
@@ -414,6 +419,10 @@ class ArbRoute:
             need = p.exit_bps if reduces else p.entry_bps
             if edge >= need - _SCREEN_TOL_BPS:
                 wanted.append((edge - need, direction, reduces))
+        if not self.may_open and wanted:
+            wanted = [w for w in wanted if w[2]]    # parked: an unwind only
+            if not wanted:
+                return self._refuse("parked")
         if not wanted:
             return self._refuse("below_threshold")
         if self.legs:
@@ -448,7 +457,7 @@ class ArbRoute:
             return r, e
 
         prem, edge = price(qty)
-        if not isinstance(prem, arb.Denial) and edge < p.entry_bps:
+        if not isinstance(prem, arb.Denial) and (edge < p.entry_bps or (reduces and not self.may_open)):
             if not reduces or edge < p.exit_bps:
                 return "below_threshold"
             held = arb.common_qty(abs(self.position), s.krw_rules, s.usdt_rules)
