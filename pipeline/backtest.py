@@ -373,7 +373,8 @@ class Backtest:
                 sig = sig[~early]
         if not len(sig):
             return
-        intents = self.strategy.on_signals(sig, self.vol, 0, self.desk.portfolio.rows["qty"])
+        rows = self.desk.portfolio.rows
+        intents = self.strategy.on_signals(sig, self.vol, 0, rows["qty"], rows["working"])
         if len(intents):
             self.counts["intents"] += len(intents)
             log = np.zeros(len(intents), INTENT_ROW)
@@ -384,10 +385,11 @@ class Backtest:
             self._collect(self.desk.on_intents(intents), fills)
 
     def _reports(self, before_ns: int | None, fills: list) -> None:
-        """The broker's reports due before ``before_ns`` (None: all still in flight), each
-        taken at its own time, as a live desk polling between ticks takes them."""
+        """The broker's reports and the resting orders' expiries due before ``before_ns``
+        (None: the reports still in flight), each taken at its own time, as a live desk
+        polling between ticks takes them."""
         while True:
-            due = self.desk.broker.next_due_ns()
+            due = self.desk.next_due_ns() if before_ns is not None else self.desk.broker.next_due_ns()
             if due is None or (before_ns is not None and due >= before_ns):
                 return
             self.clock.set(max(due, self.clock.time_ns()))

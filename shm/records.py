@@ -94,6 +94,7 @@ SIGNAL = _padded("signal", [
 # order types, times in force and the reasons a strategy gives (INTENT, ORDER)
 ORDER_MARKET = 1
 ORDER_LIMIT = 2
+ORDER_CANCEL = 3         # an INTENT only: cancel the strategy's open orders of the symbol
 TIF_GTC = 1              # good till cancelled
 TIF_IOC = 2              # immediate or cancel: what does not fill at once is cancelled
 TIF_FOK = 3              # fill or kill: all at once or nothing
@@ -122,6 +123,7 @@ INTENT = _padded("intent", [
     ("qty", "<f8"),             # base-asset quantity, > 0
     ("limit_price", "<f8"),     # NaN for a market order
     ("ref_price", "<f8"),       # the price the strategy saw (last trade or mid)
+    ("expire_ns", "<i8"),       # a resting limit's end: execution cancels what is left (0: none)
 ])
 
 ORDER = _padded("order", [
@@ -210,6 +212,7 @@ POSITION = _padded("position", [
     ("avg_price", "<f8"),
     ("realized_pnl", "<f8"),
     ("fees", "<f8"),
+    ("working", "<f8"),         # signed quantity of the symbol's open orders not yet filled
 ])
 SCHEMAS["positions"] = POSITION
 

@@ -5,6 +5,7 @@ broker and a SQLite journal on disk."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 from pathlib import Path
 
@@ -266,3 +267,30 @@ def test_symbols_in_two_quote_currencies_are_a_one_line_error(tmp_path, capsys):
                  "--no-progress", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert "quoted in KRW, USDT" in err and "\n" not in err and "Traceback" not in err
+
+
+def test_limit_entries_rest_fill_as_maker_and_end_at_their_expiry(tmp_path):
+    """``entry_order = "limit"``: entries rest 5 bps better than the bar's close and fill
+    (maker fee) only when a later trade prints through; what has not filled within the
+    time to live is cancelled by the desk; exits stay market orders (taker fee)."""
+    cfg = load_config(config(tmp_path))
+    cfg = dataclasses.replace(cfg, strategy=dataclasses.replace(cfg.strategy, entry_order="limit",
+                                                                entry_offset_bps=5.0, entry_ttl_s=600.0))
+    r = run_backtest(cfg, [str(BTC)], end=TO)
+    bars = candles(BTC)
+    entries = r.fills[r.fills["reason"] == REASON_ENTRY]
+    exits = r.fills[r.fills["reason"] != REASON_ENTRY]
+    assert len(entries) >= 5 and len(exits) >= 5
+    for f in entries:
+        assert math.isclose(f["fee"], f["price"] * f["qty"] * 2 / 1e4, rel_tol=1e-9)     # maker 2 bps
+        bar = bars[(int(f["ts_ns"]) // 300_000_000_000) * 300_000_000_000]
+        assert bar["low"] <= f["price"] <= bar["high"]         # a trade of that bar printed through it
+    for f in exits:
+        assert math.isclose(f["fee"], f["price"] * f["qty"] * 10 / 1e4, rel_tol=1e-9)    # taker 10 bps
+    desk, strategy = r.counts["desk"], r.counts["strategy"]
+    assert desk["cancels"] >= 1                                 # entries that did not fill in time
+    assert strategy["intents"] > len(set(r.fills["client_order_id"].tolist()))
+    # every fill is in the position, and nothing was entered twice: flat at every exit's end
+    assert desk["fills"] == len(r.fills)
+    held = np.cumsum(r.fills["side"] * r.fills["qty"])
+    assert np.all(np.abs(held) <= max(np.abs(entries["qty"])) * (1 + 1e-9))

@@ -15,7 +15,7 @@ from pipeline import journal
 from pipeline.clock import SimClock
 from pipeline.config import ExecutionConfig, FxSource, RiskConfig
 from pipeline.journal import Journal
-from shm.records import (INTENT, LIQUIDITY_MAKER, ORDER_LIMIT, ORDER_MARKET, SIDE_BUY, SIDE_SELL, TICK,
+from shm.records import (INTENT, LIQUIDITY_MAKER, ORDER_CANCEL, ORDER_LIMIT, ORDER_MARKET, SIDE_BUY, SIDE_SELL, TICK,
                          TICK_GAP, TICK_QUOTE, TICK_TRADE, TIF_GTC, TIF_IOC)
 from workers.execution.desk import Desk
 from workers.execution.venue_rules import SymbolRules
@@ -217,3 +217,68 @@ def test_a_feed_without_quotes_trades_at_its_last_trade(make):
     t["price"] = 90.0
     d.on_ticks(t)                                          # a trade no longer moves the quote
     assert d.market.bid[0] == pytest.approx(101.0 * (1 - 0.0005))
+
+
+def order_events(d: Desk) -> list[tuple[str, str]]:
+    """(client order id, event) of every journaled order event, in order."""
+    return [(r["payload"]["cid"], r["payload"]["detail"]["event"])
+            for r in journal.rows(d.journal.path, kinds=("order",)) if "cid" in r["payload"]]
+
+
+def test_a_resting_limit_is_cancelled_at_its_expiry_and_what_filled_stays(make):
+    clock = SimClock(T0)
+    d = make(clock, ExecutionConfig(ack_latency_ms=5.0))
+    market(d, 0, 100.0)
+    it = intent(d, 0, SIDE_BUY, 2.0, 1, order_type=ORDER_LIMIT, tif=TIF_GTC, limit=99.0)
+    it["expire_ns"] = T0 + 1_000 * MS
+    out = d.on_intents(it)
+    assert 0 in out.symbols and d.portfolio.rows["working"][0] == 2.0     # published: it rests
+    clock.set(T0 + 6 * MS)
+    d.poll()
+    market(d, 0, 98.5, side=SIDE_SELL, size=0.5)                          # 0.5 fills at 99
+    out = d.poll()
+    assert d.portfolio.qty(0) == 0.5 and d.portfolio.rows["working"][0] == 1.5 and 0 in out.symbols
+    assert d.next_due_ns() == T0 + 1_000 * MS                            # the worker wakes for it
+    clock.set(T0 + 1_000 * MS)
+    d.poll()                                                             # the cancel asked, journaled first
+    order = d.orders.open_orders()[0]
+    assert order.cancel_ns == T0 + 1_000 * MS and order.state.name == "PARTIALLY_FILLED"
+    assert order_events(d)[-1] == (order.client_id, "cancel_requested")
+    clock.set(T0 + 1_010 * MS)                                           # the venue hears it 5 ms on
+    out = d.poll()
+    assert order.state.name == "CANCELLED" and order.reason == "cancelled by request"
+    assert d.portfolio.qty(0) == 0.5 and d.portfolio.rows["working"][0] == 0.0 and 0 in out.symbols
+    assert d.next_due_ns() is None
+    # journaled positions leave the working quantity to the orders
+    pos = journal.rows(d.journal.path, kinds=("position",))
+    assert pos and all("working" not in r["payload"] for r in pos)
+
+
+def test_a_market_order_ignores_an_expiry(make):
+    d = make()
+    market(d, 0, 100.0)
+    it = intent(d, 0, SIDE_BUY, 1.0, 1)
+    it["expire_ns"] = T0 + 1
+    d.on_intents(it)
+    assert d.portfolio.qty(0) == 1.0 and d.next_due_ns() is None
+
+
+def test_a_cancel_intent_cancels_its_strategys_open_orders_even_when_halted(make):
+    clock = SimClock(T0)
+    d = make(clock)
+    market(d, 0, 100.0)
+    mine = [intent(d, 0, SIDE_BUY, 1.0, seq, order_type=ORDER_LIMIT, tif=TIF_GTC, limit=98.0 + seq / 10)
+            for seq in (1, 2)]
+    other = intent(d, 0, SIDE_BUY, 1.0, 3, order_type=ORDER_LIMIT, tif=TIF_GTC, limit=99.5)
+    other["strategy_id"] = 2
+    d.on_intents(batch(*mine, other))
+    assert len(d.orders.open_orders(0)) == 3 and d.portfolio.rows["working"][0] == 3.0
+    d.command({"action": "halt", "tier": "global"})
+    cancel = intent(d, 0, SIDE_BUY, 0.0, 4, order_type=ORDER_CANCEL, tif=0)
+    unknown = intent(d, 9, SIDE_BUY, 0.0, 5, order_type=ORDER_CANCEL, tif=0)
+    out = d.on_intents(batch(cancel, unknown))
+    left = d.orders.open_orders(0)
+    assert [o.strategy_id for o in left] == [2] and d.portfolio.rows["working"][0] == 1.0 and 0 in out.symbols
+    assert verdicts(d) == ["BAD_INPUT"]
+    assert [e for _, e in order_events(d)].count("cancel_requested") == 2
+    assert d.counters["cancels"] == 2

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import RunSegments, data_file
 from pipeline import journal
-from shm.records import INTENT, ORDER_MARKET, SIDE_BUY, SIDE_SELL, TICK, TICK_TRADE
+from shm.records import INTENT, ORDER_LIMIT, ORDER_MARKET, SIDE_BUY, SIDE_SELL, TICK, TICK_TRADE, TIF_GTC
 from shm.ring import Ring
 from workers.execution.desk import PAPER_LOST
 from workers.execution.worker import ExecutionWorker
@@ -410,3 +410,36 @@ rest_url = "{rest_url}"
     orders, verdicts = verdicts_of(tmp_path / "down", "http://127.0.0.1:9", lambda r: [(1, btc(r), 0.01, 50_000.0)])
     assert orders == [] and verdicts[0]["payload"]["code"] == "VENUE_RULES"
     assert "not loaded yet" in verdicts[0]["payload"]["reason"]
+
+
+def test_a_resting_limit_shows_in_the_positions_table_until_its_expiry_ends_it(runs):
+    """The working quantity of a resting limit is published with the positions (the
+    strategy counts it as asked for), and the worker wakes for its expiry and cancels it."""
+    make, path = runs
+    run = make("a")
+    w = run.worker()
+    run.tick(("AAA/USDT", 100.0))
+    rows = np.zeros(1, INTENT)
+    rows["seq"], rows["symbol_id"] = 1, run.topo.symbols.id("AAA/USDT@synthetic")
+    rows["side"], rows["qty"], rows["ref_price"], rows["limit_price"] = SIDE_BUY, 2.0, 100.0, 99.0
+    rows["order_type"], rows["tif"], rows["strategy_id"] = ORDER_LIMIT, TIF_GTC, 1
+    rows["ts_origin_ns"] = rows["ts_ns"] = now = time.time_ns()
+    rows["expire_ns"] = now + 300_000_000                      # 0.3 s to rest
+    run.intents.write(rows)
+    drain(w)
+    aaa = int(rows["symbol_id"][0])
+    table, seqs = w.positions.read()
+    assert seqs[aaa] > 0 and table["working"][aaa] == 2.0 and table["qty"][aaa] == 0.0
+    assert w.desk.next_due_ns() <= now + 300_000_000           # idle_wait wakes for it
+    deadline = time.monotonic() + 60
+    while w.desk.orders.open_orders() and time.monotonic() < deadline:
+        w.idle_wait(0.05)
+        w.step()
+        w.on_idle()
+    order = w.desk.orders.get(next(iter(w.desk.orders.orders)))
+    assert order.state.name == "CANCELLED" and order.cancel_ns >= now + 300_000_000
+    table, seqs = w.positions.read()
+    assert table["working"][aaa] == 0.0
+    events = [r["payload"]["detail"]["event"] for r in journaled(path, "order") if "cid" in r["payload"]]
+    assert events.index("cancel_requested") < events.index("cancel")
+    w.close()

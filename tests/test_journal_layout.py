@@ -114,7 +114,7 @@ def test_a_journal_of_the_old_layout_recovers_exactly_and_trading_goes_on(tmp_pa
     clock = SimClock(T0 + 3_000_000_000)
     d = desk(path, clock)                                  # the same run, restarted after the crash
     assert d.journal.schema_version == J.SCHEMA_VERSION    # migrated; the old rows as they were
-    assert d.portfolio.rows.tolist() == [tuple(r) for r in OLD_POSITIONS]
+    assert d.portfolio.rows.tolist() == [(*r, 0.0) for r in OLD_POSITIONS]      # working: 0 (none open)
     assert d.next_order_id == 5 and d.guard.state()["causes"] == OLD_CAUSES and d.equity_peak == OLD_PEAK
     assert d.guard.denials()["BAD_INPUT"] == 1 and d.guard.denials()["REDUCING_ONLY"] == 1
     assert d.guard.passed() == 4

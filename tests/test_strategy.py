@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 from pipeline.clock import SimClock
-from shm.records import (FLAG_GAP, FLAG_STALE, FLAG_WARMUP, INTENT, REASON_ENTRY, REASON_EXIT,
-                         REASON_STOP_LOSS, REASON_TAKE_PROFIT, SIDE_BUY, SIDE_SELL, SIGNAL)
+from shm.records import (FLAG_GAP, FLAG_STALE, FLAG_WARMUP, INTENT, ORDER_CANCEL, ORDER_LIMIT, ORDER_MARKET,
+                         REASON_ENTRY, REASON_EXIT, REASON_STOP_LOSS, REASON_TAKE_PROFIT, SIDE_BUY,
+                         SIDE_SELL, SIGNAL, TIF_GTC, TIF_IOC, TIF_POST_ONLY)
 from pipeline.config import Config, ConfigError, StrategyConfig, validate
-from workers.strategy.signals import SOURCE_BITS, SignalStrategy
+from workers.strategy.signals import CANCEL_BIT, SOURCE_BITS, SignalStrategy
 
 BAR = 60 * 10**9
 NO_VOL = np.full(4, np.nan)
@@ -152,6 +153,9 @@ def test_state_survives_a_json_round_trip():
     (dict(min_hold_bars=-1), "min_hold_bars"),
     (dict(notional=500.0, max_notional=100.0), "notional must be > 0 and at most max_notional"),
     (dict(stop_loss=float("nan")), "every number must be finite"),
+    (dict(entry_order="limt"), "entry_order must be 'market' or 'limit', got 'limt'"),
+    (dict(entry_ttl_s=0.0), "entry_ttl_s must be > 0"),
+    (dict(entry_offset_bps=-5000.0), "entry_offset_bps must be in"),
 ])
 def test_params_are_checked(bad, match):
     with pytest.raises(ConfigError, match=match):
@@ -173,3 +177,69 @@ def test_the_strategy_goes_on_from_what_is_held():
     out = s.on_signals(signal(-0.5, 2), NO_VOL, positions=held)
     assert out["reason"].tolist() == [REASON_EXIT] and out["qty"][0] == 3.5
     assert s.counters["reconciled"] == 2
+
+
+def limits(**params) -> tuple[SignalStrategy, SimClock]:
+    clock = SimClock(10 * BAR)
+    return SignalStrategy(4, StrategyConfig(entry_order="limit", entry_offset_bps=10.0, entry_ttl_s=120.0,
+                                            min_hold_bars=0, allow_short=True, **params), clock), clock
+
+
+def told(held: float = 0.0, working: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Execution's positions table for symbol 0: (positions, working) by symbol id."""
+    return np.array([held, 0, 0, 0]), np.array([working, 0, 0, 0])
+
+
+def test_a_limit_entry_rests_better_than_the_signal_until_its_expiry():
+    s, clock = limits()
+    buy = s.on_signals(signal(0.3, 1, 100.0), NO_VOL, 0, *told())
+    assert buy["order_type"].tolist() == [ORDER_LIMIT] and buy["tif"].tolist() == [TIF_GTC]
+    assert buy["limit_price"][0] == pytest.approx(99.9) and buy["expire_ns"][0] == clock.time_ns() + 120 * 10**9
+    sell = s.on_signals(signal(-0.3, 1, 200.0, sid=1), NO_VOL, 0, *told())
+    assert sell["side"].tolist() == [SIDE_SELL] and sell["limit_price"][0] == pytest.approx(200.2)
+    post, _ = limits(entry_post_only=True)
+    assert post.on_signals(signal(0.3, 1), NO_VOL, 0, *told())["tif"].tolist() == [TIF_POST_ONLY]
+    # exits stay market orders; market entries carry no expiry
+    market = make(min_hold_bars=0)
+    entry = market.on_signals(signal(0.3, 1), NO_VOL, 0, *told())
+    assert entry["order_type"].tolist() == [ORDER_MARKET] and entry["tif"].tolist() == [TIF_IOC]
+    assert entry["expire_ns"].tolist() == [0]
+
+
+def test_what_rests_counts_as_asked_so_an_entry_is_never_sent_twice():
+    s, _ = limits()
+    qty = float(s.on_signals(signal(0.3, 1), NO_VOL, 0, *told())["qty"][0])
+    # the next bars, the limit still resting (positions 0, working qty): no second entry, no reconcile
+    assert len(s.on_signals(signal(0.3, 2), NO_VOL, 0, *told(0.0, qty))) == 0
+    assert len(s.on_signals(signal(0.3, 3), NO_VOL, 0, *told(0.4 * qty, 0.6 * qty))) == 0
+    assert s.counters["reconciled"] == 0 and s.direction[0] == 1
+    # it expired with 0.4 filled: that is the position now, and a signal to exit sells just that
+    assert len(s.on_signals(signal(0.3, 4), NO_VOL, 0, *told(0.4 * qty, 0.0))) == 0
+    assert s.counters["reconciled"] == 1 and s.qty[0] == pytest.approx(0.4 * qty)
+    out = s.on_signals(signal(-0.05, 5), NO_VOL, 0, *told(0.4 * qty, 0.0))
+    assert out["order_type"].tolist() == [ORDER_MARKET] and out["qty"][0] == pytest.approx(0.4 * qty)
+    # an entry that expired unfilled: flat again, and the next signal may enter anew
+    s2, _ = limits()
+    s2.on_signals(signal(0.3, 1), NO_VOL, 0, *told())
+    again = s2.on_signals(signal(0.3, 2), NO_VOL, 0, *told(0.0, 0.0))
+    assert again["reason"].tolist() == [REASON_ENTRY] and s2.counters["reconciled"] == 1
+
+
+def test_an_exit_while_the_entry_rests_cancels_it_and_sells_what_filled():
+    s, _ = limits()
+    qty = float(s.on_signals(signal(0.3, 1, seq=7), NO_VOL, 0, *told())["qty"][0])
+    out = s.on_signals(signal(-0.05, 2, seq=8), NO_VOL, 0, *told(0.25 * qty, 0.75 * qty))
+    assert out["order_type"].tolist() == [ORDER_CANCEL, ORDER_MARKET]
+    assert out["seq"].tolist() == [8 | CANCEL_BIT, 8]             # derived from the signal, distinct
+    assert out["side"].tolist() == [SIDE_BUY, SIDE_SELL] and out["qty"][1] == pytest.approx(0.25 * qty)
+    assert out["reason"].tolist() == [REASON_EXIT, REASON_EXIT] and s.counters["cancels"] == 1
+    assert s.direction[0] == 0
+    # nothing filled yet: the cancel alone
+    s2, _ = limits()
+    s2.on_signals(signal(0.3, 1), NO_VOL, 0, *told())
+    only = s2.on_signals(signal(-0.05, 2), NO_VOL, 0, *told(0.0, 1.0))
+    assert only["order_type"].tolist() == [ORDER_CANCEL]
+    # a stop between two words of execution cancels rather than sell what may not be held
+    s3, _ = limits(stop_loss=0.05)
+    s3.on_signals(signal(0.3, 1), NO_VOL, 0, *told())
+    assert s3.on_price(0, 90.0, 1, 1)["order_type"].tolist() == [ORDER_CANCEL]

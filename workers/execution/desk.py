@@ -38,6 +38,7 @@ backtest drives the same desk as the execution process.
 """
 from __future__ import annotations
 
+import heapq
 import math
 import operator
 from collections import deque
@@ -50,7 +51,7 @@ from pipeline.clock import Clock
 from pipeline.config import ExecutionConfig, RiskConfig, RouteConfig, currency_problem, fees_of, route_of
 from pipeline.journal import Journal
 from pipeline.metrics import LatencyHistogram
-from shm.records import (FILL, INTENT, ORDER, ORDER_LIMIT, TICK_GAP, TICK_TRADE, TIF_GTC,
+from shm.records import (FILL, INTENT, ORDER, ORDER_CANCEL, ORDER_LIMIT, TICK_GAP, TICK_TRADE, TIF_GTC,
                          TIF_POST_ONLY)
 
 from .broker import LatencyModel, PaperBroker
@@ -152,6 +153,8 @@ class Desk:
                          "resolved_at_start": 0}
         self._next_snapshot = 0
         self._batch = _Batch()
+        self._expiries: list[tuple[int, str]] = []   # (expire_ns, client id) of resting orders: a heap
+        self._orders_moved = False               # since the positions' working quantities were marked
 
     # -- market data ------------------------------------------------------------------------
     def on_ticks(self, ticks: np.ndarray) -> None:
@@ -223,6 +226,10 @@ class Desk:
         if intents.dtype != INTENT:
             raise TypeError(f"intents must have the INTENT dtype, got {intents.dtype}")
         now = self.clock.time_ns()
+        cancel = intents["order_type"] == ORDER_CANCEL
+        if cancel.any():                        # before the rest: an exit after its entry's cancel
+            self._cancel_intents(intents[cancel], now)
+            intents = intents[~cancel]
         m = self.market
         m.position[:] = self.portfolio.rows["qty"] + self._working()
         m.open_orders[:] = self._resting_per_venue()
@@ -241,10 +248,10 @@ class Desk:
             return out.extend(self._send(sent))
         cols = [intents[name].tolist() for name in ("seq", "side", "order_type", "tif", "qty", "limit_price",
                                                      "ref_price", "strategy_id", "reason", "ts_origin_ns",
-                                                     "ts_ns")]
+                                                     "ts_ns", "expire_ns")]
         made = []                               # (order, order id, ref price) of the orders sent
-        for i, (sid, key, code, seq, side, otype, tif, qty, limit, ref, strat, reason, ts_origin, ts_intent) \
-                in enumerate(zip(sids, keys, codes.tolist(), *cols)):
+        for i, (sid, key, code, seq, side, otype, tif, qty, limit, ref, strat, reason, ts_origin, ts_intent,
+                expire) in enumerate(zip(sids, keys, codes.tolist(), *cols)):
             why = ""                            # a reason beyond the code's, for the verdict
             if code == 0 and sid in blocked and any(o.symbol_id == sid for o in sent):
                 out.extend(self._send(sent))   # a second intent for a symbol in one step:
@@ -263,11 +270,15 @@ class Desk:
             if code:
                 self._verdict(intents[i], key, code, why, now)
                 continue
+            rests = expire > 0 and otype == ORDER_LIMIT and tif in (TIF_GTC, TIF_POST_ONLY)
             order = self.orders.create_values(seq, sid, venues[venue_of[sid]], side, otype, tif, qty, limit,
-                                              strat, reason, ts_origin, self.pipeline, f"{strat}.{self.run_id}")
+                                              strat, reason, ts_origin, self.pipeline, f"{strat}.{self.run_id}",
+                                              expire if rests else 0)
             if order.duplicate:
                 self.counters["skipped_replay"] += 1
                 continue
+            if rests:
+                heapq.heappush(self._expiries, (expire, order.client_id))
             self.orders.submitted(order.client_id)
             self.order_ids[order.client_id] = oid = self.next_order_id
             self.next_order_id += 1
@@ -279,6 +290,48 @@ class Desk:
             self._by_venue[order.venue][TICK_TO_INTENT].append(ts_intent - ts_origin)
         out.orders += _order_records(made, now)
         return out.extend(self._send(sent))
+
+    def _cancel_intents(self, cancels: np.ndarray, now: int) -> None:
+        """ORDER_CANCEL intents: journaled, then each cancels its strategy's open orders of its
+        symbol (a cancel passes every tier, HALTED included: it only takes risk away)."""
+        n_sym = len(self.symbols)
+        sids = cancels["symbol_id"].tolist()
+        self._batch.intents(now, [self.symbols[s] if s < n_sym else f"#{s}" for s in sids], cancels)
+        self.counters["intents"] += len(cancels)
+        cids = []
+        for i, (sid, strat, seq) in enumerate(zip(sids, cancels["strategy_id"].tolist(), cancels["seq"].tolist())):
+            if sid >= n_sym:
+                self._verdict(cancels[i], f"#{sid}", self._deny_after(Denial.BAD_INPUT), "cancel of an unknown symbol",
+                              now)
+                continue
+            cids += [o.client_id for o in self.orders.open_orders(sid) if o.strategy_id == strat]
+        self._request_cancels(cids, "cancelled by its strategy")
+
+    def _request_cancels(self, cids: list[str], reason: str) -> None:
+        """Write-ahead cancels: each request journaled and committed before the venue hears it."""
+        asked = [cid for cid in cids if self.orders.cancel_requested(cid, reason)]
+        if not asked:
+            return
+        self._commit()
+        for cid in asked:
+            self.broker.cancel(cid)
+        self.counters["cancels"] = self.counters.get("cancels", 0) + len(asked)
+
+    def _expire_due(self, now: int) -> None:
+        """Resting orders past their intent's ``expire_ns``: cancelled (what filled stays)."""
+        due = []
+        while self._expiries and self._expiries[0][0] <= now:
+            due.append(heapq.heappop(self._expiries)[1])
+        live = self.orders._live
+        self._request_cancels([cid for cid in due if cid in live], "time in force: rested until its expiry")
+
+    def next_due_ns(self) -> int | None:
+        """When the desk next has something to do by itself: a broker report due, or a resting
+        order's expiry (None: nothing)."""
+        due = self.broker.next_due_ns()
+        if self._expiries:
+            due = self._expiries[0][0] if due is None else min(due, self._expiries[0][0])
+        return due
 
     def _send(self, sent: list) -> StepOut:
         """Write-ahead: the orders are committed to the journal (created, submitted) before
@@ -386,6 +439,8 @@ class Desk:
         out = StepOut()
         fills = []
         orders, by_venue = self.orders, self._by_venue
+        if self._expiries and self._expiries[0][0] <= self.clock.time_ns():
+            self._expire_due(self.clock.time_ns())
         for ev in self.broker.poll():
             cid = ev.client_order_id
             order = orders.get(cid)
@@ -415,7 +470,19 @@ class Desk:
         if fills:
             out.fills += self._journal_fills(self._apply_fills(fills))
         self._commit()
+        if self._orders_moved:
+            self._mark_working(out)
         return out
+
+    def _mark_working(self, out: StepOut) -> None:
+        """The positions' working quantities (open orders not yet filled, signed), where they
+        changed: published with the positions, so a strategy counts what still rests."""
+        self._orders_moved = False
+        w, rows = self._working(), self.portfolio.rows
+        changed = np.flatnonzero(w != rows["working"])
+        if len(changed):
+            rows["working"][changed] = w[changed]
+            out.symbols.update(changed.tolist())
 
     def _apply_fills(self, fills: list) -> list:
         """Fold a poll's applied fills, (order, fill event) each, into the portfolio in
@@ -444,7 +511,9 @@ class Desk:
             last[s] = i
         sids = list(last)
         rows = self.portfolio.rows[sids]
-        self._batch.section("position", _columns(rows), rows["ts_ns"].tolist(), [syms[s] for s in sids])
+        cols = _columns(rows)
+        del cols["working"]                     # the orders' business, journaled with them
+        self._batch.section("position", cols, rows["ts_ns"].tolist(), [syms[s] for s in sids])
         return list(recs)
 
     # -- commands and state ----------------------------------------------------------------------
@@ -579,6 +648,9 @@ class Desk:
             if runs.get(o["client_id"]) == self.run_id or OrderState[o["state"]] not in TERMINAL:
                 keep.append(o)
         self.orders.restore(keep)
+        for o in self.orders.open_orders():
+            if o.expire_ns and not o.cancel_ns:
+                heapq.heappush(self._expiries, (o.expire_ns, o.client_id))
         if snapshot is not None:
             self.guard.restore(snapshot["snapshot"])
             self.equity_peak = float(snapshot["equity_peak"])
@@ -708,6 +780,7 @@ class Desk:
     def _journal_order_events(self) -> None:
         events, last = self.orders.drain_with_last()
         if events:
+            self._orders_moved = True
             self._batch.order_events(events, last, self.order_ids, self.symbols)
 
     def _commit(self) -> None:

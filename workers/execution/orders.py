@@ -173,6 +173,8 @@ class Order:
     intent_seq: int = 0
     intent_reason: int = 0          # REASON_* of the intent
     ts_origin_ns: int = 0
+    expire_ns: int = 0              # a resting order's end, when the desk cancels it (0: none)
+    cancel_ns: int = 0              # when we asked the venue to cancel it (0: never)
     state: OrderState = S.CREATED
     filled_qty: float = 0.0
     fills_qty: float = 0.0
@@ -312,11 +314,11 @@ class OrderManager:
             float(intent_row["qty"] if qty is None else qty),
             float(intent_row["limit_price"] if limit_price is None else limit_price),
             int(intent_row["strategy_id"]), int(intent_row["reason"]), int(intent_row["ts_origin_ns"]),
-            pipeline, strategy)
+            pipeline, strategy, int(intent_row["expire_ns"]))
 
     def create_values(self, seq: int, symbol_id: int, venue: str, side: int, order_type: int, tif: int,
                       qty: float, limit_price: float, strategy_id: int, reason: int, ts_origin_ns: int,
-                      pipeline: str, strategy: str | int) -> Order:
+                      pipeline: str, strategy: str | int, expire_ns: int = 0) -> Order:
         """``create`` from an intent's fields as plain Python values (the desk's hot path)."""
         cid = client_order_id(pipeline, strategy, seq)
         if cid in self.orders:
@@ -325,7 +327,7 @@ class OrderManager:
             self.stats["duplicate_creates"] += 1
             return order
         order = Order(cid, symbol_id, venue, side, order_type, tif, qty, limit_price, strategy_id, seq,
-                      reason, ts_origin_ns)
+                      reason, ts_origin_ns, expire_ns)
         if not (order.qty > 0 and math.isfinite(order.qty)):
             raise ValueError(f"order {cid}: quantity {order.qty} is not a positive number")
         ts = self.clock.time_ns()
@@ -347,6 +349,17 @@ class OrderManager:
                 raise SymbolBlocked(f"symbol {order.symbol_id} has unanswered orders {others}: "
                                     f"resolve them before sending {cid}")
         self._move(order, S.SUBMITTED, {"event": "submitted"})
+
+    def cancel_requested(self, cid: str, reason: str) -> bool:
+        """We ask the venue to cancel the order: recorded (an event, no state change: the
+        venue's answer, or a fill that gets there first, moves it) *before* the request
+        leaves. False, and nothing recorded, for an order already ended or already asked."""
+        order = self._get(cid)
+        if order.state in TERMINAL or order.state is S.CREATED or order.cancel_ns:
+            return False
+        order.cancel_ns = ts = self.clock.time_ns()
+        self._emit(order, order.state, order.state, ts, {"event": "cancel_requested", "reason": reason})
+        return True
 
     def no_answer(self, cid: str) -> bool:
         """SUBMITTED -> UNKNOWN: the submit timed out or failed in transit. Returns False

@@ -129,7 +129,7 @@ class ExecutionWorker(Worker):
             self.positions.write(ids, self.desk.portfolio.rows[ids])
 
     def idle_wait(self, timeout: float) -> None:
-        due = self.desk.broker.next_due_ns()        # a paper report on its way: wake for it
+        due = self.desk.next_due_ns()       # a paper report on its way, an expiry: wake for it
         if due is not None:
             timeout = min(timeout, max(due - self.clock.time_ns(), 0) / 1e9)
         super().idle_wait(timeout)

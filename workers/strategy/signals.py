@@ -20,6 +20,13 @@ here is for:
 * **Stop-loss and take-profit** against the entry price, checked on every
   price the strategy sees (each signal's reference price, and ticks through
   `on_price`).
+* **Limit entries** (``entry_order = "limit"``): an entry rests as a limit order
+  ``entry_offset_bps`` better than the signal's price (post-only with
+  ``entry_post_only``), and execution cancels what has not filled after
+  ``entry_ttl_s``; exits stay market orders. What rests counts as asked for:
+  execution's positions table carries each symbol's working quantity, so a
+  resting entry is neither entered twice nor taken for a refusal. An exit while
+  an entry rests cancels it (an ORDER_CANCEL intent) and sells what filled.
 * **Bad data trades nothing new.** A signal flagged FLAG_GAP, FLAG_WARMUP or
   FLAG_STALE, or with a NaN or non-positive price, opens nothing; a position
   may still be closed by a stop.
@@ -36,14 +43,16 @@ import numpy as np
 
 from pipeline.clock import Clock
 from pipeline.config import StrategyConfig
-from shm.records import (FLAG_GAP, FLAG_STALE, FLAG_WARMUP, INTENT, ORDER_MARKET, REASON_ENTRY,
-                         REASON_EXIT, REASON_STOP_LOSS, REASON_TAKE_PROFIT, SIDE_BUY, SIDE_SELL,
-                         TIF_IOC)
+from shm.records import (FLAG_GAP, FLAG_STALE, FLAG_WARMUP, INTENT, ORDER_CANCEL, ORDER_LIMIT, ORDER_MARKET,
+                         REASON_ENTRY, REASON_EXIT, REASON_STOP_LOSS, REASON_TAKE_PROFIT, SIDE_BUY,
+                         SIDE_SELL, TIF_GTC, TIF_IOC, TIF_POST_ONLY)
 from workers.execution.fx import FxRates
 
 NO_NEW_RISK = FLAG_GAP | FLAG_WARMUP | FLAG_STALE
 SOURCE_BITS = 48        # intent seq = source << 48 | the cause's own sequence
 STOP_SOURCE = 0xFFFF    # the source of intents from a stop on a price update
+CANCEL_BIT = 1 << 47    # the cancel that goes with an exit: the exit's seq with this bit set
+QTY_TOL = 1e-9          # relative: held plus working "is" what was asked within this
 
 
 def volatility_columns(feature_names: list[str]) -> tuple[str | None, str | None]:
@@ -81,8 +90,11 @@ class SignalStrategy:
         self.entry = np.full(n_symbols, np.nan)
         self.held_bars = np.zeros(n_symbols, np.int64)
         self.last_bar = np.full(n_symbols, -1, np.int64)
+        # execution's last word per symbol: filled position and open orders (NaN: not told)
+        self.held = np.full(n_symbols, np.nan)
+        self.working = np.full(n_symbols, np.nan)
         self.counters = {"signals": 0, "intents": 0, "gated": 0, "held": 0, "no_new_risk": 0,
-                         "stops": 0, "bad_input": 0, "reconciled": 0, "no_fx_rate": 0}
+                         "stops": 0, "bad_input": 0, "reconciled": 0, "no_fx_rate": 0, "cancels": 0}
 
     # -- sizing ---------------------------------------------------------------------
     def size(self, price: float, vol: float) -> float:
@@ -95,14 +107,15 @@ class SignalStrategy:
 
     # -- inputs ---------------------------------------------------------------------
     def on_signals(self, signals: np.ndarray, vol: np.ndarray, source: int = 0,
-                   positions: np.ndarray | None = None) -> np.ndarray:
+                   positions: np.ndarray | None = None, working: np.ndarray | None = None) -> np.ndarray:
         """SIGNAL rows (in order) -> INTENT rows. ``vol``: each symbol's per-bar
         volatility by symbol id (NaN: unknown, sized at the target). ``source``: the
         index of the signal ring, part of each intent's seq. ``positions``: what is
-        actually held, by symbol id (execution's positions): where it differs from what
-        the strategy asked for (an intent refused by risk, a fill not yet back), the
-        strategy goes on from what is held."""
-        out = []
+        actually held, by symbol id (execution's positions), and ``working`` what its open
+        orders may still add (signed; None: nothing rests): where the two together differ
+        from what the strategy asked for (an intent refused by risk, an entry that expired
+        unfilled), the strategy goes on from them."""
+        out: list[np.ndarray] = []
         if self.fx is not None:
             self.fx.update(self.clock.time_ns())
         for sig in signals:
@@ -113,7 +126,8 @@ class SignalStrategy:
                 self.counters["bad_input"] += 1
                 continue
             if positions is not None:
-                self._reconcile(sid, float(positions[sid]), price)
+                self._reconcile(sid, float(positions[sid]), 0.0 if working is None else float(working[sid]),
+                                price)
             bar = int(sig["ts_bar_ns"])
             if bar != self.last_bar[sid]:
                 self.last_bar[sid] = bar
@@ -122,7 +136,7 @@ class SignalStrategy:
             seq = (source << SOURCE_BITS) | (int(sig["seq"]) & ((1 << SOURCE_BITS) - 1))
             stop = self._stop(sid, price)
             if stop:
-                out.append(self._close(sid, price, stop, seq, sig))
+                out += self._close(sid, price, stop, seq, sig)
                 continue
             p_down, _, p_up = (float(x) for x in sig["probs"])
             margin = p_up - p_down
@@ -134,8 +148,8 @@ class SignalStrategy:
                 if self.held_bars[sid] < self.p.min_hold_bars:
                     self.counters["held"] += 1
                     continue
-                out.append(self._close(sid, price, REASON_EXIT, seq, sig))
-                continue                     # one intent per signal: a reversal waits a signal
+                out += self._close(sid, price, REASON_EXIT, seq, sig)
+                continue                     # one exit per signal: a reversal waits a signal
             want = 1 if margin >= self.p.enter_margin else (
                 -1 if self.p.allow_short and margin <= -self.p.enter_margin else 0)
             if want == 0 or want == d:
@@ -155,7 +169,7 @@ class SignalStrategy:
             self.qty[sid] = want * qty
             self.entry[sid] = price
             self.held_bars[sid] = 0
-            out.append(self._intent(sid, want, qty, price, REASON_ENTRY, seq, sig))
+            out.append(self._entry(sid, want, qty, price, seq, sig))
         rows = np.zeros(len(out), INTENT)     # (np.concatenate would drop the padding)
         for i, row in enumerate(out):
             rows[i] = row[0]
@@ -175,21 +189,26 @@ class SignalStrategy:
         cause = np.zeros((), [("ts_origin_ns", "<i8"), ("seq", "<u8")])
         cause["ts_origin_ns"] = ts_origin_ns
         full = (STOP_SOURCE << SOURCE_BITS) | (int(seq) & ((1 << SOURCE_BITS) - 1))
-        rows = self._close(symbol_id, price, stop, full, cause, signal_seq=0)
+        out = self._close(symbol_id, price, stop, full, cause, signal_seq=0)
+        rows = np.zeros(len(out), INTENT)
+        for i, row in enumerate(out):
+            rows[i] = row[0]
         self.counters["intents"] += len(rows)
         return rows
 
-    def _reconcile(self, sid: int, held: float, price: float) -> None:
-        """Take what is held as the position, if it is not what was asked for."""
-        if held == self.qty[sid]:
+    def _reconcile(self, sid: int, held: float, working: float, price: float) -> None:
+        """Take what is held plus what rests as the position, if it is not what was asked for."""
+        self.held[sid], self.working[sid] = held, working
+        total, asked = held + working, float(self.qty[sid])
+        if total == asked or abs(total - asked) <= QTY_TOL * max(abs(total), abs(asked)):
             return
         self.counters["reconciled"] += 1
-        d = int(np.sign(held))
+        d = int(np.sign(total))
         if d != self.direction[sid]:
             self.entry[sid] = price if d else np.nan
             self.held_bars[sid] = 0
         self.direction[sid] = d
-        self.qty[sid] = held
+        self.qty[sid] = total
 
     # -- rules ------------------------------------------------------------------------
     def _stop(self, sid: int, price: float) -> int:
@@ -207,14 +226,41 @@ class SignalStrategy:
         return 0
 
     def _close(self, sid: int, price: float, reason: int, seq: int, cause,
-               signal_seq: int | None = None) -> np.ndarray:
-        qty = abs(float(self.qty[sid]))
-        side = -int(self.direction[sid])
+               signal_seq: int | None = None) -> list[np.ndarray]:
+        """Flat: the open orders cancelled (an entry still resting), what is held sold or
+        bought back. Where execution has not said what is held, what was asked for is."""
+        held, working = float(self.held[sid]), float(self.working[sid])
+        if not (math.isfinite(held) and math.isfinite(working)):
+            held, working = float(self.qty[sid]), 0.0
         self.direction[sid] = 0
         self.qty[sid] = 0.0
         self.entry[sid] = np.nan
         self.held_bars[sid] = 0
-        return self._intent(sid, side, qty, price, reason, seq, cause, signal_seq)
+        self.held[sid] = self.working[sid] = 0.0        # until execution says otherwise
+        out = []
+        if working:
+            self.counters["cancels"] += 1
+            row = self._intent(sid, 1 if working > 0 else -1, abs(working), price, reason, seq | CANCEL_BIT,
+                               cause, signal_seq)
+            row["order_type"], row["tif"] = ORDER_CANCEL, 0
+            out.append(row)
+        if held:
+            out.append(self._intent(sid, -1 if held > 0 else 1, abs(held), price, reason, seq, cause, signal_seq))
+        return out
+
+    def _entry(self, sid: int, side: int, qty: float, price: float, seq: int, cause) -> np.ndarray:
+        """An entry: a market order, or a limit resting ``entry_offset_bps`` better than the
+        signal's price until ``entry_ttl_s`` has passed."""
+        row = self._intent(sid, side, qty, price, REASON_ENTRY, seq, cause)
+        # until execution says otherwise: a market entry filled, a limit one resting unfilled
+        # (a stop before the next word then cancels it rather than sell what may not be held)
+        self.held[sid], self.working[sid] = (side * qty, 0.0) if self.p.entry_order != "limit" else (0.0, side * qty)
+        if self.p.entry_order == "limit":
+            row["order_type"] = ORDER_LIMIT
+            row["tif"] = TIF_POST_ONLY if self.p.entry_post_only else TIF_GTC
+            row["limit_price"] = price * (1 - side * self.p.entry_offset_bps / 1e4)
+            row["expire_ns"] = self.clock.time_ns() + int(self.p.entry_ttl_s * 1e9)
+        return row
 
     def _intent(self, sid: int, side: int, qty: float, price: float, reason: int, seq: int,
                 cause, signal_seq: int | None = None) -> np.ndarray:

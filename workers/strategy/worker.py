@@ -74,12 +74,14 @@ class StrategyWorker(Worker):
             rows, seqs = self.features.read(sids.astype(np.intp))
             self.fx.on_bars(rows[seqs > 0])
 
-    def held(self, ids: np.ndarray) -> np.ndarray:
-        """Execution's positions by symbol id (0 where never written), for ``ids``."""
-        qty = np.zeros(len(self.topo.symbols))
+    def held(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Execution's positions and its open orders' working quantities by symbol id (0
+        where never written), for ``ids``."""
+        qty, working = np.zeros(len(self.topo.symbols)), np.zeros(len(self.topo.symbols))
         rows, seqs = self.positions.read(ids)
         qty[ids] = np.where(seqs > 0, rows["qty"], 0.0)
-        return qty
+        working[ids] = np.where(seqs > 0, rows["working"], 0.0)
+        return qty, working
 
     def step(self) -> bool:
         did = False
@@ -96,7 +98,7 @@ class StrategyWorker(Worker):
             if len(sig):
                 self.rates()
                 ids = np.unique(sig["symbol_id"]).astype(np.intp)
-                intents = self.core.on_signals(sig, self.volatility(ids), j, self.held(ids))
+                intents = self.core.on_signals(sig, self.volatility(ids), j, *self.held(ids))
                 self.last_seen[j] = int(sig["seq"][-1])
                 self.counters["signals"] += len(sig)
                 if len(intents):
