@@ -1,13 +1,22 @@
 """The arbitrage backtest (issue 14): the route trader and execution's desk on candles.
 
-The live chain is book updates -> the route trader (workers/strategy/routes.py) ->
-the desk (risk guard with its route tier, paper broker, portfolio, hedge obligations,
-journal). Candles carry no books, so at each bar close a venue shows a one-level book
-around the close, ``half_spread_bps`` either side, as deep as the bar's volume: the
-route trader walks it, the paper broker fills the IOC legs against the same quote.
-Only bar closes are used: the two venues' closes are the one price pair known to be
+The live chain is book updates -> the route trader (the strategy process's
+``ArbStrategy``, workers/strategy/arb_strategy.py, around routes.py) -> the desk (risk
+guard with its route tier, paper broker, portfolio, hedge obligations, journal). Here
+the same two cores run on a simulated clock and are driven as the two processes drive
+them: per bar close the desk's ticks and housekeeping, the desk's ORDER and FILL
+records back to ``ArbStrategy.on_orders``/``on_fills`` (re-hedges included), legs not
+done expired, then ``on_books`` with the ``books`` table's rows; its intents to the
+desk. Route selection ([strategy] max_active_routes and gates) runs here as live.
+
+Candles carry no books, so at each bar close a venue shows a one-level book around
+the close, ``half_spread_bps`` either side, as deep as the bar's volume: the route
+trader walks it, the paper broker fills the IOC legs against the same quote. Only
+bar closes are used: the two venues' closes are the one price pair known to be
 simultaneous (a bar's high on one venue and low on the other happened at unknown
-times, and a premium between them would be made up).
+times, and a premium between them would be made up): the routes allow no skew
+between their books, so a bar close of one leg alone (1-minute bars against
+5-minute ones) is refused and counted (``books_apart``).
 
 Money is the account's (``[execution] currency``): the equity is the desk's, KRW
 valued at the ``[[execution.fx]]`` rate of the moment (FRED's daily fixing, valid from
@@ -29,16 +38,15 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.clock import SimClock
-from pipeline.config import Config, fees_of, symbol_parts
+from pipeline.config import Config, symbol_parts
 from pipeline.errors import UserError
 from pipeline.journal import Journal
 from pipeline.storage import read_market_table, tidy_market_rows
-from shm.records import TICK, TICK_TRADE
+from shm.records import BOOK, FILL, ORDER, TICK, TICK_TRADE
 from workers.execution.desk import Desk, in_account
-from workers.execution.orders import client_order_id
 from workers.execution.venue_rules import SymbolRules, upbit_rules
+from workers.strategy.arb_strategy import ArbStrategy
 from workers.strategy.arbitrage import Book
-from workers.strategy.routes import ArbRoute, Inventory, RouteParams, RouteSpec
 
 from .backtest import _ns, check_currencies, symbol_of
 
@@ -161,111 +169,156 @@ def run_arb_backtest(cfg: Config, paths: list[str], journal_path: str | Path | N
     if desk.portfolio.rows["qty"].any():
         raise UserError(f"the journal {journal_path} holds positions of an earlier run; give a new file")
     ec = cfg.execution
-    coins = {(i.venue, i.asset): i.amount for i in cfg.inventory if i.asset != _cash_of(i.venue, symbols)}
-    cash = {i.venue: i.amount for i in cfg.inventory if i.asset == _cash_of(i.venue, symbols)}
-    inventory = Inventory(coins, cash)
-    routes, by_sid, rules_of = [], {}, {}
-    fx_age = min((f.stale_after_s for f in ec.fx), default=math.inf)
     for i, r in enumerate(cfg.routes):
         krw, usdt = sorted(r.legs, key=lambda k: symbol_parts(k)[1] != "KRW")
         if symbol_parts(krw)[1] != "KRW" or symbol_parts(usdt)[1] == "KRW":
             raise UserError(f"routes[{i}]: the arbitrage backtest prices a KRW leg against another "
                             f"currency, got {r.legs}")
-        a, b = symbols.index(krw), symbols.index(usdt)
-        spec = RouteSpec(i, symbol_parts(krw)[0], symbol_parts(krw)[2], a,
-                         _rules(krw, int(ts_all[0]), ec.venue_rules), fees_of(ec, symbol_parts(krw)[2])[1],
-                         symbol_parts(usdt)[2], b, _rules(usdt, int(ts_all[0]), ec.venue_rules),
-                         fees_of(ec, symbol_parts(usdt)[2])[1])
-        params = RouteParams(qty=r.qty, entry_bps=r.entry_bps, exit_bps=r.exit_bps, band_bps=r.band_bps,
-                             window=r.window,
-                             max_fx_age_ns=int(fx_age * 1e9) if math.isfinite(fx_age) else 2**62,
-                             max_skew_ns=0, max_book_age_ns=None)
-        route = ArbRoute(spec, params, inventory, clock)
-        rules_of[a], rules_of[b] = spec.krw_rules, spec.usdt_rules
-        routes.append(route)
-        by_sid[a] = by_sid[b] = route
+        missing = [k for k in (krw, usdt) if k not in symbols]
+        if missing:
+            raise UserError(f"routes[{i}]: no --data file for {', '.join(missing)} (the files give {symbols})")
+    rules_of = {sid: _rules(symbols[sid], int(ts_all[0]), ec.venue_rules)
+                for r in cfg.routes for sid in (symbols.index(k) for k in r.legs)}
+    # the live adapter on the simulated clock: bar closes are simultaneous by construction
+    # (no skew allowed) and as old as the clock says (no book age); the FX file's own age
+    fx_age = min((f.stale_after_s for f in ec.fx), default=math.inf)
+    strat = ArbStrategy(symbols, cfg, clock, rules=rules_of, route_params={
+        "max_fx_age_ns": int(fx_age * 1e9) if math.isfinite(fx_age) else 2**62,
+        "max_skew_ns": 0, "max_book_age_ns": None})
+    coins, cash = strat.funding
+    legs = _Legs(strat)
 
     h = half_spread_bps / 1e4
-    hold_coins = {k: v for k, v in coins.items()}
-    hold_cash = dict(cash)
     last = np.full(len(symbols), np.nan)
-    rows_eq, rows_hold, rows_prem, pairs = [], [], [], {}
+    book_rows = np.zeros(len(symbols), BOOK)
+    book_rows["symbol_id"] = np.arange(len(symbols))
+    book_seqs = np.zeros(len(symbols), np.uint64)
+    rows_eq, rows_hold, rows_prem, selection = [], [], [], []
     path_coins: dict[str, list[float]] = {f"{v}/{a}": [] for v, a in coins}
     cursor = [0] * len(closes)
-    update = 0
     for t in ts_all.tolist():
         clock.set(t)
-        ticks, moved = [], []
+        rec = []
         for k, c in enumerate(closes):
             j = cursor[k]
             if j < len(c.ts_ns) and c.ts_ns[j] == t:
                 cursor[k] = j + 1
                 px, vol = float(c.close[j]), float(c.volume[j])
-                ticks.append((k, px, vol))
                 last[k] = px
-                moved.append(k)
-        rec = np.zeros(len(ticks), TICK)
-        for i, (k, px, vol) in enumerate(ticks):
-            top = _book(px, h, vol, rules_of.get(k), t)
-            rec[i]["symbol_id"], rec[i]["kind"], rec[i]["price"], rec[i]["size"] = k, TICK_TRADE, px, vol
-            rec[i]["bid"], rec[i]["ask"] = top.bid_px[0], top.ask_px[0]
-            rec[i]["ts_origin_ns"] = rec[i]["ts_exchange_ns"] = t
-        desk.on_ticks(rec)
-        desk.housekeeping()
-        krw_rate = desk.fx.rates.get("KRW")
-        for route in routes:
-            s = route.spec
-            if not (s.krw_symbol_id in moved and s.usdt_symbol_id in moved):
-                continue                              # only closes of the same moment make a pair
-            update += 1
-            books = [_book(last[sid], h, _size(closes[sid], cursor[sid]), rules, t)
-                     for sid, rules in ((s.krw_symbol_id, s.krw_rules), (s.usdt_symbol_id, s.usdt_rules))]
-            intents = route.on_books(books[0], books[1], krw_rate[0] if krw_rate else None,
-                                     krw_rate[1] if krw_rate else None, update, t)
-            if not len(intents):
-                continue
-            intents["ts_ns"] = t
+                top = _book(px, h, vol, rules_of.get(k), t)
+                _write_book(book_rows[k], top)
+                book_seqs[k] += 1
+                rec.append((k, px, vol, top))
+        ticks = np.zeros(len(rec), TICK)
+        for i, (k, px, vol, top) in enumerate(rec):
+            ticks[i]["symbol_id"], ticks[i]["kind"], ticks[i]["price"], ticks[i]["size"] = k, TICK_TRADE, px, vol
+            ticks[i]["bid"], ticks[i]["ask"] = top.bid_px[0], top.ask_px[0]
+            ticks[i]["ts_origin_ns"] = ticks[i]["ts_exchange_ns"] = t
+        # as the live processes do it: execution's reports due, then the strategy's turn
+        desk.on_ticks(ticks)
+        legs.back(desk.housekeeping())
+        strat.on_ticks(ticks)
+        strat.expire(t)
+        intents = strat.on_books(book_rows[strat.sids], book_seqs[strat.sids])
+        selection += [{"ts_ns": t, "route": e["route"], "state": e["state"], "reason": e["reason"]}
+                      for _, _, e in strat.selection_changes()]
+        if len(intents):
+            legs.sent(intents, t)
             out = desk.on_intents(intents)
-            out.extend(desk.poll())
-            pair = {"ts_ns": t, "route": s.index, "direction": "sell " + desk.symbols[int(intents["symbol_id"][0])],
-                    "legs": [int(x) for x in intents["seq"]], "filled": 0, "captured_bps": math.nan,
-                    "edges_bps": [round(x, 3) for x in route.last_edges]}
-            pairs[pair["legs"][0]] = pair
-            _report_fills(desk, route, out, intents, pair, krw_rate[0] if krw_rate else math.nan)
-        for route in routes:                          # legs over without a fill: free what they held
-            for seq in list(route.legs):
-                cid = _cid(desk, seq, route.strategy_id)
-                if cid in desk.orders.orders and desk.orders.orders[cid].state.name in (
-                        "FILLED", "CANCELLED", "REJECTED", "EXPIRED"):
-                    route.on_leg_done(seq)
+            legs.back(out.extend(desk.poll()))
         rows_eq.append(desk.equity())
-        rows_hold.append(_value(hold_coins, hold_cash, symbols, last, desk.fx.factor))
-        rows_prem.append([route.last_mid_bps for route in routes])
+        rows_hold.append(_value(coins, cash, symbols, last, desk.fx.factor))
+        rows_prem.append([r.trader.last_mid_bps if r.trader is not None else math.nan for r in strat.routes])
         for (v, a) in coins:
-            path_coins[f"{v}/{a}"].append(inventory.coins.get((v, a), 0.0))
+            path_coins[f"{v}/{a}"].append(strat.inventory.coins.get((v, a), 0.0))
     rows = desk.portfolio.rows
     counts = {"period": [_iso(ts_all[0]), _iso(ts_all[-1])],
               "bad_rows": {c.symbol: c.dropped for c in closes if c.dropped},
-              "routes": {f"{r.spec.asset} {r.spec.krw_venue}/{r.spec.usdt_venue}": dict(r.counters)
-                         for r in routes},
+              "routes": {_route_name(strat, r): dict(r.trader.counters) if r.trader is not None
+                         else {"problem": r.problem} for r in strat.routes},
               "denials": {k: v for k, v in desk.guard.denials().items() if v},
               "hedges": dict(desk.hedges.counters) if desk.hedges else {},
               "fees_account": in_account(rows["fees"], desk.fx.factor),
               "half_spread_bps": half_spread_bps}
+    if strat.selector is not None:
+        counts["selection"] = selection
     journal.close()
     return ArbResult(symbols, desk.fx.currency, float(ec.capital), ts_all, np.array(rows_eq),
                      np.array(rows_hold), np.array(rows_prem), {k: np.array(v) for k, v in path_coins.items()},
-                     list(pairs.values()), counts)
+                     legs.pairs, counts)
+
+
+class _Legs:
+    """The desk's ORDER and FILL records back to the route trader (ArbStrategy.on_orders,
+    on_fills, as the live strategy process reads them off the rings), and each pair's
+    fills summed for the result: how many legs filled and the premium captured."""
+
+    def __init__(self, strat: ArbStrategy):
+        self.strat = strat
+        self.pairs: list[dict] = []
+        self._pair_of: dict[int, dict] = {}             # leg seq -> its pair
+        self._seq_of: dict[int, int] = {}               # order id -> leg seq (ours)
+        self._got: dict[int, list] = {}                 # leg seq -> [qty, USDT notional, side]
+
+    def sent(self, intents: np.ndarray, t: int) -> None:
+        """The pairs of one ``on_books``: two rows each, sell leg first."""
+        for k in range(0, len(intents), 2):
+            seqs = [int(x) for x in intents["seq"][k:k + 2]]
+            ri = self.strat.sent[seqs[0]][0]
+            pair = {"ts_ns": t, "route": ri, "direction": "sell " + self.strat.symbols[int(intents["symbol_id"][k])],
+                    "legs": seqs, "filled": 0, "captured_bps": math.nan,
+                    "edges_bps": [round(x, 3) for x in self.strat.routes[ri].trader.last_edges]}
+            self.pairs.append(pair)
+            for seq in seqs:
+                self._pair_of[seq] = pair
+
+    def back(self, out) -> None:
+        if out.orders:
+            orders = np.array(out.orders, ORDER)
+            self.strat.on_orders(orders)
+            for oid, seq in zip(orders["order_id"].tolist(), orders["intent_seq"].tolist()):
+                if seq in self._pair_of:
+                    self._seq_of[oid] = seq
+        if not out.fills:
+            return
+        fills = np.array(out.fills, FILL)
+        self.strat.on_fills(fills)
+        krw, _ = self.strat.krw_per_usdt(self.strat.clock.time_ns())
+        for f in fills:
+            seq = self._seq_of.get(int(f["order_id"]))
+            if seq is None:
+                continue
+            quote = symbol_parts(self.strat.symbols[int(f["symbol_id"])])[1]
+            usdt = float(f["price"]) / (krw if quote == "KRW" and krw else 1.0)
+            got = self._got.setdefault(seq, [0.0, 0.0, int(f["side"])])
+            got[0] += float(f["qty"])
+            got[1] += float(f["qty"]) * usdt
+            pair = self._pair_of[seq]
+            done = [self._got[s] for s in pair["legs"] if s in self._got]
+            pair["filled"] = len(done)
+            if len(done) == 2:
+                sell = next(n / q for q, n, side in done if side < 0)
+                buy = next(n / q for q, n, side in done if side > 0)
+                pair["captured_bps"] = round((sell / buy - 1) * 1e4, 3)
+
+
+def _route_name(strat: ArbStrategy, r) -> str:
+    """"BTC upbit/binance": a route's asset and its Korean and other venue."""
+    asset, _, kv = symbol_parts(strat.symbols[r.krw])
+    return f"{asset} {kv}/{symbol_parts(strat.symbols[r.usdt])[2]}"
+
+
+def _write_book(row, book: Book) -> None:
+    """A Book as the ``books`` table's BOOK row holds it."""
+    nb, na = len(book.bid_px), len(book.ask_px)
+    row["n_bids"], row["n_asks"] = nb, na
+    row["bid_px"][:nb], row["bid_sz"][:nb] = book.bid_px, book.bid_sz
+    row["ask_px"][:na], row["ask_sz"][:na] = book.ask_px, book.ask_sz
+    row["ts_origin_ns"] = row["ts_exchange_ns"] = book.ts_ns
 
 
 def _iso(ns: int) -> str:
     return dt.datetime.fromtimestamp(int(ns) / 1e9, dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
-
-
-def _cash_of(venue: str, symbols: list[str]) -> str:
-    """A venue's quote currency among the symbols (its cash in the inventory)."""
-    quotes = {symbol_parts(s)[1] for s in symbols if symbol_parts(s)[2] == venue}
-    return quotes.pop() if len(quotes) == 1 else ""
 
 
 def _book(close: float, h: float, size: float, rules: SymbolRules | None, ts_ns: int) -> Book:
@@ -280,37 +333,6 @@ def _book(close: float, h: float, size: float, rules: SymbolRules | None, ts_ns:
         if ta:
             ask = float((Decimal(repr(ask)) / ta).to_integral_value(ROUND_CEILING) * ta)
     return Book(np.array([bid]), np.array([size]), np.array([ask]), np.array([size]), ts_ns)
-
-
-def _size(c: Closes, cursor: int) -> float:
-    """The bar's volume, the depth of its one-level book (the bar just closed)."""
-    return float(c.volume[cursor - 1]) if cursor else 0.0
-
-
-def _cid(desk: Desk, seq: int, strategy_id: int) -> str:
-    """The client order id the desk gave the intent ``seq`` (orders.create_values)."""
-    return client_order_id(desk.pipeline, f"{strategy_id}.{desk.run_id}", seq)
-
-
-def _report_fills(desk: Desk, route: ArbRoute, out, intents: np.ndarray, pair: dict, krw_per: float) -> None:
-    """The pair's fills into the route's inventory, and what the pair captured."""
-    got = {}
-    ids = {v: k for k, v in desk.order_ids.items()}
-    for f in out.fills:
-        cid = ids.get(int(f["order_id"]))
-        order = desk.orders.orders.get(cid) if cid else None
-        if order is None or int(order.intent_seq) not in route.legs:
-            continue
-        quote = symbol_parts(desk.symbols[order.symbol_id])[1]
-        route.on_fill(int(order.intent_seq), float(f["qty"]), float(f["price"]),
-                      fee_quote=float(f["fee"]) if quote else 0.0)
-        got[int(order.intent_seq)] = (float(f["price"]) / (krw_per if quote == "KRW" else 1.0),
-                                      float(f["qty"]), int(order.side))
-    pair["filled"] = len(got)
-    if len(got) == 2:
-        sell = next(p for p, _, side in got.values() if side < 0)
-        buy = next(p for p, _, side in got.values() if side > 0)
-        pair["captured_bps"] = round((sell / buy - 1) * 1e4, 3)
 
 
 def _value(coins: dict, cash: dict, symbols: list[str], last: np.ndarray, factor: np.ndarray) -> float:

@@ -111,3 +111,20 @@ def test_mixed_currencies_without_a_rate_are_a_one_line_error(tmp_path, capsys):
                  "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert "set [execution] currency" in err and "\n" not in err and "Traceback" not in err
+
+
+def test_route_selection_runs_in_the_backtest_as_live(tmp_path, result):
+    # the backtest's books are 2 bps wide (1 bp either side of the close): a 1 bp spread
+    # gate parks the route at the first selection that can judge it (the window of 12 bars
+    # is warm after the first hour: at the second), before its first pair of the free run;
+    # parked, it opens nothing all day and, holding nothing, has nothing to unwind
+    path = arb_config(tmp_path)
+    path.write_text(path.read_text().replace("[[routes]]", "[strategy]\nmax_spread_bps = 1.0\n"
+                                             "select_every_s = 3600.0\nselect_window_s = 3600.0\n\n[[routes]]", 1))
+    res = run_arb_backtest(load_config(path), [str(UPBIT), str(BINANCE)])
+    (parked,) = res.counts["selection"]
+    assert parked == {"ts_ns": int(res.ts_ns[0]) + 2 * 3600 * 10**9, "route": 0, "state": "PARKED",
+                      "reason": "spread 2.0 bps over max_spread_bps 1"}
+    assert result.pairs[0]["ts_ns"] > parked["ts_ns"] and res.pairs == []
+    assert res.counts["routes"]["BTC upbit/binance"]["parked"] >= result.summary()["pairs_sent"] // 2
+    assert "selection" not in result.counts                     # no settings: no selector
