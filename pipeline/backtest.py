@@ -15,6 +15,12 @@ What runs is what `pipeline start` runs, core for core:
   taker fees), the portfolio and the journal (SQLite; a temporary file unless
   ``--journal`` names one to keep).
 
+A file of recorded L2 order books beside a symbol's trades or candles (JSON Lines:
+ccxt snapshots or a Bybit archive, pipeline/book_files.py) is shown to the desk as
+time reaches each book, as a depth feed's books reach it live: the book's top is the
+quote, and market orders walk its levels (partly filled, the rest expired, when the
+book is thinner than the order).
+
 Time is a `SimClock` moved to each tick's time (the tick's receipt time is its
 event time), so every rule that reads a clock (stale intents, daily loss, order
 rates, bar timers) reads market time. The order of events is that of a live
@@ -64,6 +70,7 @@ from workers.feed import replay_ticks
 from workers.strategy.signals import SignalStrategy, bar_volatility, volatility_columns
 
 from .backtest_report import FILL_ROW, FUNDING_ROW, INTENT_ROW, SIGNAL_ROW, VOTE_ROW, BacktestResult
+from .book_files import is_book_file, read_books
 
 RUN_ID = "backtest"
 PIPELINE = "backtest"
@@ -82,6 +89,7 @@ class MarketData:
     ticks: np.ndarray                   # TICK records, ts_origin_ns = ts_exchange_ns
     files: list[dict] = field(default_factory=list)   # per file: path, symbol, kind, rows dropped...
     funding: dict[int, np.ndarray] = field(default_factory=dict)   # symbol id -> (ts_ns, rate) rows
+    books: np.ndarray | None = None     # BOOK records of recorded L2 books, in time order
 
 
 def _ns(date: str | None, flag: str) -> int | None:
@@ -108,19 +116,26 @@ def symbol_of(path: str) -> str:
 
 def load_data(paths: list[str], start: str | None = None, end: str | None = None) -> MarketData:
     """Every file's ticks as the replay feed plays them, one symbol per file (and a file
-    of its quotes beside it, if any: market orders then fill at the quotes), merged by
-    time; ``start``/``end`` (dates) keep the ticks in [start, end)."""
+    of its quotes beside it, if any: market orders then fill at the quotes; and a file of
+    its recorded order books, pipeline/book_files.py: market orders then walk them), merged
+    by time; ``start``/``end`` (dates) keep the ticks and books in [start, end)."""
     lo, hi = _ns(start, "--from"), _ns(end, "--to")
     if lo is not None and hi is not None and hi <= lo:
         raise UserError(f"--to {end} is not after --from {start}")
     symbols, venues, venue_of, parts, files = [], [], [], [], []
     rates: dict[str, tuple[str, np.ndarray]] = {}
+    book_files: dict[str, str] = {}
     kinds: set[tuple[str, bool]] = set()     # (symbol, trades or candles / quotes) already read
     for path in paths:
         p = Path(path).expanduser()
         if not p.exists():
             raise UserError(f"--data {path}: no such file or directory")
         key = symbol_of(str(p))
+        if is_book_file(p) and not p.is_dir():
+            if key in book_files:
+                raise UserError(f"--data {path}: a second book file for {key} (one per symbol)")
+            book_files[key] = str(p)
+            continue
         try:
             columns = market_columns(str(p))
         except (OSError, ValueError) as e:
@@ -179,11 +194,30 @@ def load_data(paths: list[str], start: str | None = None, end: str | None = None
         funding[sid] = rows[keep]
         files.append({"path": path, "symbol": key, "kind": "funding", "step_s": None,
                       "funding_times": int(keep.sum())})
+    books = []
+    for key, path in book_files.items():
+        if key not in symbols:
+            raise UserError(f"--data {path}: order books of {key}, and no --data file trades it "
+                            f"(a book file goes beside the symbol's trades or candles; the symbols: "
+                            f"{', '.join(symbols)})")
+        try:
+            rows, stats = read_books(path, symbols.index(key))
+        except (OSError, ValueError) as e:
+            raise UserError(f"--data {path}: {e}") from None
+        ts = rows["ts_exchange_ns"]
+        rows = rows[((ts >= lo) if lo is not None else True) & ((ts < hi) if hi is not None else True)]
+        books.append(rows)
+        files.append({"path": path, "symbol": key, "kind": "books", "step_s": None, **stats,
+                      "books_in_period": len(rows)})
     ticks = np.concatenate(parts)
     ticks = ticks[np.argsort(ticks["ts_exchange_ns"], kind="stable")]
     if not (ticks["kind"] == TICK_TRADE).any():
         raise UserError("the data holds no trade or candle with volume in the period asked")
-    return MarketData(symbols, venues, np.array(venue_of, np.int64), ticks, files, funding)
+    book_rows = None
+    if books:
+        book_rows = np.concatenate(books)
+        book_rows = book_rows[np.argsort(book_rows["ts_exchange_ns"], kind="stable")]
+    return MarketData(symbols, venues, np.array(venue_of, np.int64), ticks, files, funding, book_rows)
 
 
 def funding_rates(path: Path) -> np.ndarray:
@@ -264,6 +298,9 @@ class Backtest:
         self.funding_next = 0
         self.funding_paid = np.zeros(n)              # per symbol: + received, - paid
         self.funding_log: list[tuple] = []
+        self.book_times = (data.books["ts_exchange_ns"].astype(np.int64) if data.books is not None
+                           else np.zeros(0, np.int64))
+        self.book_next = 0                           # the next recorded book to show the desk
         self.signal_seq = 0
         self.counts = {"bars": 0, "signals": 0, "intents": 0, "gap_bars": 0, "not_traded_before_start": 0}
         self.signal_log: list[np.ndarray] = []
@@ -304,6 +341,7 @@ class Backtest:
                 self._fund(int(seg["ts_exchange_ns"][0]))
                 self.clock.set(int(seg["ts_exchange_ns"][-1]))
                 self.desk.on_ticks(seg)
+                self._books(int(seg["ts_exchange_ns"][-1]))
                 closed = self.bars.on_ticks(seg)
                 due = self.bars.close_due()
                 if due is not None:
@@ -394,6 +432,18 @@ class Backtest:
                 return
             self.clock.set(max(due, self.clock.time_ns()))
             self._collect(self.desk.poll(), fills)
+
+    def _books(self, until_ns: int) -> None:
+        """The recorded books up to ``until_ns`` (the segment's last tick: what a live desk
+        would have had by then), to the desk: orders decided at that time walk the newest."""
+        end = int(np.searchsorted(self.book_times, until_ns, side="right"))
+        if end > self.book_next:
+            rows = self.data.books[self.book_next:end]
+            if not self.desk.orders.open_orders():       # nothing resting: each symbol's newest is all
+                sid = rows["symbol_id"][::-1]
+                rows = rows[len(rows) - 1 - np.unique(sid, return_index=True)[1]]
+            self.desk.on_books(rows)
+            self.book_next = end
 
     def _fund(self, until_ns: int) -> None:
         """Perpetuals' funding due by ``until_ns``: the position held then pays (or, at a

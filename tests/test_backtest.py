@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import math
 from pathlib import Path
 
@@ -294,3 +295,68 @@ def test_limit_entries_rest_fill_as_maker_and_end_at_their_expiry(tmp_path):
     assert desk["fills"] == len(r.fills)
     held = np.cumsum(r.fills["side"] * r.fills["qty"])
     assert np.all(np.abs(held) <= max(np.abs(entries["qty"])) * (1 + 1e-9))
+
+
+def book_file(path: Path, bars: dict, level_size: float, levels: int = 10, step: float = 1e-4) -> Path:
+    """ccxt-style snapshots, one at each bar's open: ``levels`` a side, ``step`` of the open
+    apart, ``level_size`` each (what a recorder of a thin book would have saved)."""
+    with open(path, "w") as f:
+        for open_ns, bar in bars.items():
+            o = bar["open"]
+            f.write(json.dumps({"timestamp": open_ns // 1_000_000, "symbol": "BTC/USDT",
+                                "bids": [[o * (1 - step * (j + 1)), level_size] for j in range(levels)],
+                                "asks": [[o * (1 + step * (j + 1)), level_size] for j in range(levels)]}) + "\n")
+    return path
+
+
+def test_market_orders_walk_the_recorded_books(tmp_path):
+    """A book file beside the candles: each market order walks the book recorded at the
+    bar's open (the time it is sent), level by level, at the levels' prices and sizes,
+    instead of the open plus a constant slippage."""
+    bars = {t: b for t, b in candles(BTC).items() if t < 1_770_595_200_000_000_000}
+    books = book_file(tmp_path / "binance_BTC-USDT_books.jsonl", bars, level_size=0.0004)
+    r = run_backtest(load_config(config(tmp_path)), [str(BTC), str(books)], end=TO)
+    assert len(r.fills) >= 20
+    read = [f for f in load_data([str(BTC), str(books)], end=TO).files if f["kind"] == "books"]
+    assert read[0]["books"] == len(bars) and read[0]["layout"] == "snapshots"
+    by_order: dict[str, list] = {}
+    for f in r.fills:
+        by_order.setdefault(str(f["client_order_id"]), []).append(f)
+    walked = 0
+    for fills in by_order.values():
+        open_ns = int(fills[0]["ts_ns"])
+        o, side = bars[open_ns]["open"], int(fills[0]["side"])
+        levels = [o * (1 + side * 1e-4 * (j + 1)) for j in range(10)]
+        got = [float(f["price"]) for f in fills]
+        assert got == pytest.approx(levels[:len(got)], rel=1e-12)        # best first, none skipped
+        assert all(float(f["qty"]) <= 0.0004 * (1 + 1e-9) for f in fills)
+        walked += len(fills) > 1
+    assert walked >= 5, "orders larger than a level should walk several"
+
+
+def test_an_order_larger_than_the_recorded_book_fills_partly(tmp_path):
+    bars = {t: b for t, b in candles(BTC).items() if t < 1_770_595_200_000_000_000}
+    books = book_file(tmp_path / "binance_BTC-USDT_books.jsonl", bars, level_size=0.0001, levels=2)
+    r = run_backtest(load_config(config(tmp_path)), [str(BTC), str(books)], end=TO)
+    assert len(r.fills) >= 10
+    assert max(r.fills["qty"]) <= 0.0001 * (1 + 1e-9)
+    per_order = {}
+    for f in r.fills:
+        per_order[str(f["client_order_id"])] = per_order.get(str(f["client_order_id"]), 0) + 1
+    assert max(per_order.values()) == 2                 # two levels, then nothing more to take
+
+
+@pytest.mark.parametrize("line, words", [
+    ('{"timestamp": "2025-08-24T06:05:21", "bids": [[1, 1]], "asks": [[2, 1]]}', "has no zone"),
+    ('{"timestamp": 1700000000000, "bids": [[1, 1]]', "line 1: not JSON"),
+    ('{"topic": "orderbook.50.BTCUSDT", "type": "delta", "ts": 1, "data": {"u": 2, "b": [], "a": []}}',
+     "a delta before any snapshot"),
+])
+def test_a_bad_book_file_is_one_line(tmp_path, capsys, line, words):
+    books = tmp_path / "binance_BTC-USDT_books.jsonl"
+    books.write_text(line + "\n")
+    out = tmp_path / "out"
+    assert main(["backtest", "--data", str(BTC), str(books), "--config", str(config(tmp_path)),
+                 "--out", str(out), "--no-progress", "--to", TO]) == 2
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -203,8 +203,11 @@ class Desk:
     def on_books(self, rows: np.ndarray) -> None:
         """BOOK rows (the feeds' L2 books): kept per symbol, and shown to the paper broker at
         once for a symbol with open orders, so market orders walk the depth and resting ones
-        see what trades ahead of them. An empty book (a feed that lost its depth) is forgotten."""
+        see what trades ahead of them; a book at least as new as the quote sets it (the risk
+        guard's spread and notional read the book's top). An empty book (a feed that lost its
+        depth) is forgotten."""
         active = {o.symbol_id for o in self.orders._live.values()} if self.orders._live else set()
+        m = self.market
         for row in rows:
             s = int(row["symbol_id"])
             if s >= len(self.symbols):
@@ -217,6 +220,10 @@ class Desk:
             bids = np.column_stack([row["bid_px"][:nb], row["bid_sz"][:nb]])
             asks = np.column_stack([row["ask_px"][:na], row["ask_sz"][:na]])
             self.books[s] = (ts, bids, asks)
+            bid, ask = float(bids[0, 0]), float(asks[0, 0])
+            if ts >= m.quote_ns[s] and 0 < bid < ask:   # its top is the quote (a trade no longer stands in)
+                m.bid[s], m.ask[s], m.quote_ns[s] = bid, ask, ts
+                self.quoted[s] = True
             if s in active and self._shown.get(s) != ts and self.broker.on_book(s, bids, asks, ts):
                 self._shown[s] = ts
 

@@ -99,6 +99,18 @@ class L2Book:
         self.bridged = True
         return True
 
+    def apply_delta(self, update_id: int, bids: Levels, asks: Levels) -> None:
+        """Apply a delta of a venue that numbers each message one past the last (Bybit's
+        ``u``); SequenceGap if one is missing or there is no snapshot."""
+        if self.last_update_id is None:
+            raise SequenceGap("no snapshot")
+        if update_id != self.last_update_id + 1:
+            raise SequenceGap(f"expected update {self.last_update_id + 1}, got {update_id}")
+        self._best_bid = self._update(self.bids, bids, self._best_bid, max)
+        self._best_ask = self._update(self.asks, asks, self._best_ask, min)
+        self.last_update_id = update_id
+        self.bridged = True
+
     @staticmethod
     def _update(side: dict[float, float], levels: Levels, best: float | None, pick) -> float | None:
         lost_best = False
