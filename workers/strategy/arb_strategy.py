@@ -39,7 +39,8 @@ process adapter (arb_worker.py) reads those and calls this.
   are added to the funding, and the Korean leg's position is the route's; a fill the
   fills ring hands over again (read, not committed, before the crash) that the positions
   already hold (no newer than the symbol's last fill in them) is skipped. The rolling
-  premium window starts empty again (the routes warm up anew); legs in flight at the
+  premium window starts empty again (the routes warm up anew), and so does the
+  selection's (every route active until its first period); legs in flight at the
   crash are execution's business (hedge obligations).
 """
 from __future__ import annotations
@@ -163,7 +164,8 @@ class ArbStrategy:
                           max(1, math.ceil(sc.select_window_s / sc.select_every_s - 1e-9)),
                           sc.min_depth_quote, sc.max_spread_bps, sc.select_hysteresis_bps)
         self.selector = RouteSelector(len(self.routes), sp, clock.time_ns()) if sp.enabled else None
-        self._selected: list[Change] = []           # changes not yet said (selection_changes)
+        self._selected: list[tuple[int, Change]] = []   # (when, change) not yet said
+        self._figures: dict[int, tuple] = {}        # id(Book) -> (Book, its depth and spread)
         self.counters.update(routes_activated=0, routes_parked=0)
         self._build()
 
@@ -266,18 +268,30 @@ class ArbStrategy:
         ek, eu = trader.last_edges
         if not (ek == ek and eu == eu):
             return
+        kd, ks = self._book_figures(kb)
+        ud, us = self._book_figures(ub)
+        self.selector.observe(i, max(ek, eu) - trader.p.entry_bps, max(ks, us), min(kd / fx, ud))
+
+    def _book_figures(self, book: Book) -> tuple[float, float]:
+        """(thinner side's quote within depth_band_bps, spread in bps) of a book, worked out
+        once per Book (an update changes one leg's; a Book is never changed once made)."""
+        hit = self._figures.get(id(book))
+        if hit is not None and hit[0] is book:
+            return hit[1]
         band = self.cfg.strategy.depth_band_bps
-        depth = min(side_depth(kb.bid_px, kb.bid_sz, band, True), side_depth(kb.ask_px, kb.ask_sz, band, False)) / fx
-        depth = min(depth, side_depth(ub.bid_px, ub.bid_sz, band, True), side_depth(ub.ask_px, ub.ask_sz, band, False))
-        spread = max(book_spread_bps(float(kb.bid_px[0]), float(kb.ask_px[0])),
-                     book_spread_bps(float(ub.bid_px[0]), float(ub.ask_px[0])))
-        self.selector.observe(i, max(ek, eu) - trader.p.entry_bps, spread, depth)
+        figures = (min(side_depth(book.bid_px, book.bid_sz, band, True),
+                       side_depth(book.ask_px, book.ask_sz, band, False)),
+                   book_spread_bps(float(book.bid_px[0]), float(book.ask_px[0])))
+        if len(self._figures) > 4 * len(self.routes) + 8:
+            self._figures.clear()
+        self._figures[id(book)] = (book, figures)
+        return figures
 
     def _select(self, now: int) -> None:
         """A selection period is over: the routes' new states, each change kept to be said."""
         sel = self.selector
         for c in sel.select(now):
-            self._selected.append(c)
+            self._selected.append((now, c))
             self.counters["routes_activated" if c.active else "routes_parked"] += 1
         for i, r in enumerate(self.routes):
             if r.trader is not None:
@@ -286,12 +300,12 @@ class ArbStrategy:
     def selection_changes(self) -> list[tuple[bool, str, dict]]:
         """(active, what to say, tap event) for each route that changed state since the last call."""
         out = []
-        for c in self._selected:
+        for ts, c in self._selected:
             name = self.cfg.routes[c.route].name
             word = "active" if c.active else "parked"
             out.append((c.active, f"route {name} {word}: {c.reason}",
                         {"kind": "route_selection", "tier": "route", "key": name, "route": c.route,
-                         "state": word.upper(), "reason": c.reason, "ts_ns": self.clock.time_ns()}))
+                         "state": word.upper(), "reason": c.reason, "ts_ns": ts}))
         self._selected = []
         return out
 

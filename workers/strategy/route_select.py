@@ -157,9 +157,16 @@ def book_spread_bps(bid: float, ask: float) -> float:
 
 
 def side_depth(px: np.ndarray, sz: np.ndarray, band_bps: float, bids: bool) -> float:
-    """Quote notional of one book side within ``band_bps`` of its touch."""
-    if not len(px):
+    """Quote notional of one book side within ``band_bps`` of its touch: the levels from
+    the best until the first past the band (the side is ordered: the route checked it).
+    Plain floats: a book has a few levels, and numpy would cost more than the sum."""
+    p, s = px.tolist(), sz.tolist()
+    if not p:
         return 0.0
-    lim = px[0] * (1 - band_bps * 1e-4) if bids else px[0] * (1 + band_bps * 1e-4)
-    m = px >= lim if bids else px <= lim
-    return float(px[m] @ sz[m])
+    lim = p[0] * (1 - band_bps * 1e-4) if bids else p[0] * (1 + band_bps * 1e-4)
+    total = 0.0
+    for a, b in zip(p, s):
+        if (a < lim) if bids else (a > lim):
+            break
+        total += a * b
+    return total
