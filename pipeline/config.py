@@ -266,6 +266,7 @@ class StrategyConfig:
     max_spread_bps: float = 0.0         # gate: the wider book's spread at the touch (0: off)
     min_depth_quote: float = 0.0        # gate: thinnest side's USDT within depth_band_bps (0: off)
     depth_band_bps: float = 10.0
+    min_volume_quote: float = 0.0       # gate: USDT traded on the quieter leg in the window (0: off)
 
 
 def strategy_checks(sc: StrategyConfig) -> list[tuple[bool, str]]:
@@ -273,7 +274,7 @@ def strategy_checks(sc: StrategyConfig) -> list[tuple[bool, str]]:
     finite = all(math.isfinite(getattr(sc, k)) for k in (
         "enter_margin", "exit_margin", "notional", "max_notional", "target_vol", "min_vol",
         "stop_loss", "take_profit", "entry_offset_bps", "entry_ttl_s", "select_every_s", "select_window_s",
-        "select_hysteresis_bps", "max_spread_bps", "min_depth_quote", "depth_band_bps"))
+        "select_hysteresis_bps", "max_spread_bps", "min_depth_quote", "depth_band_bps", "min_volume_quote"))
     return [
         (sc.kind in STRATEGY_KINDS,
          f"strategy.kind must be one of {', '.join(STRATEGY_KINDS)}, got '{sc.kind}'"),
@@ -300,8 +301,10 @@ def strategy_checks(sc: StrategyConfig) -> list[tuple[bool, str]]:
         (sc.select_every_s > 0 and sc.select_window_s >= sc.select_every_s,
          f"strategy.select_every_s must be > 0 and select_window_s at least that, got "
          f"{sc.select_every_s:g} and {sc.select_window_s:g}"),
-        (sc.select_hysteresis_bps >= 0 and sc.max_spread_bps >= 0 and sc.min_depth_quote >= 0,
-         "strategy.select_hysteresis_bps, max_spread_bps and min_depth_quote must be >= 0 (0: off)"),
+        (sc.select_hysteresis_bps >= 0 and sc.max_spread_bps >= 0 and sc.min_depth_quote >= 0
+         and sc.min_volume_quote >= 0,
+         "strategy.select_hysteresis_bps, max_spread_bps, min_depth_quote and min_volume_quote must be "
+         ">= 0 (0: off)"),
         (0 < sc.depth_band_bps < 1000, f"strategy.depth_band_bps must be in (0, 1000), got {sc.depth_band_bps:g}"),
     ]
 
