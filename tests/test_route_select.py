@@ -11,7 +11,7 @@ from conftest import toml
 from pipeline.clock import SimClock
 from pipeline.config import ConfigError, load_config
 from pipeline.cli import main
-from shm.records import BOOK, TICK, TICK_QUOTE
+from shm.records import BOOK, TICK, TICK_QUOTE, TICK_TRADE
 from workers.strategy.arb_strategy import ArbStrategy
 from workers.strategy.route_select import Change, RouteSelector, SelectParams, choose, side_depth
 
@@ -60,6 +60,21 @@ def test_gates_park_a_wide_or_thin_route_whatever_its_premium():
     assert sel.active.tolist() == [False, False, True]
     assert why[0].startswith("spread 25.0 bps over max_spread_bps 10")
     assert why[1].startswith("depth 1000 under min_depth_quote 5000")
+
+
+def test_the_volume_gate_counts_the_quieter_leg_over_the_window():
+    sel = selector(min_volume_quote=1000.0)
+    for route, (a, b) in enumerate(((5000.0, 400.0), (5000.0, 1500.0), (0.0, 0.0))):
+        sel.observe_volume(route, 0, a)
+        sel.observe_volume(route, 1, b)
+    changes = period(sel, 10 * S, {0: 0.0, 1: 0.0, 2: 0.0})
+    assert sel.volume.tolist() == [400.0, 1500.0, 0.0] and sel.active.tolist() == [False, True, False]
+    assert {c.route: c.reason for c in changes}[0] == "volume 400 under min_volume_quote 1000"
+    # the window holds two periods: 700 more on route 0's quiet leg brings it to 1,100
+    sel.observe_volume(0, 1, 700.0)
+    sel.observe_volume(0, 0, 700.0)
+    (back,) = [c for c in period(sel, 20 * S, {0: 0.0, 1: 0.0, 2: 0.0}) if c.route == 0]
+    assert back.active and sel.volume[0] == 1100.0
 
 
 def test_a_route_without_data_keeps_its_state_while_a_slot_is_left():
@@ -207,6 +222,30 @@ def test_arb_strategy_parks_the_worse_route_says_it_once_and_the_parked_one_stil
     assert len(btc_legs) == 2 and (btc_legs["qty"] == 0.004).all()
 
 
+def test_arb_strategy_counts_the_route_symbols_trades_for_the_volume_gate(tmp_path):
+    cfg = load(tmp_path, min_volume_quote=50_000.0, select_every_s=1.0, select_window_s=1.0)
+    clock = SimClock(0)
+    s = ArbStrategy(SYMBOLS, cfg, clock)
+    b = Books()
+    trades = np.zeros(4, TICK)
+    trades["kind"] = TICK_TRADE
+    # BTC: 1 BTC on Binance (100,000 USDT), 0.1 on Upbit at 140M KRW (10,000 USDT at 1,400):
+    # its quieter leg under the gate; ETH: 20 and 20 at 4,000 USDT (80,000 on each)
+    for k, (key, px, qty) in enumerate((("BTC/USDT@binance", 100_000.0, 1.0), ("BTC/KRW@upbit", 1.4e8, 0.1),
+                                        ("ETH/USDT@binance", 4_000.0, 20.0), ("ETH/KRW@upbit", 5.6e6, 20.0))):
+        trades[k]["symbol_id"], trades[k]["price"], trades[k]["size"] = SYMBOLS.index(key), px, qty
+    for k in range(6):
+        clock.set(k * S // 5)
+        s.on_ticks(fx_tick(clock.time_ns()))
+        if k == 3:
+            s.on_ticks(trades)
+        s.on_books(*b.round(clock.time_ns()))
+    (change,) = s.selection_changes()
+    assert change[1].endswith("volume 10000 under min_volume_quote 50000")
+    st = s.stats()["routes"]
+    assert st["ETH/KRW@upbit / ETH/USDT@binance"]["volume_quote"] == pytest.approx(80_000.0)
+
+
 def test_arb_strategy_without_selection_settings_has_no_selector(tmp_path):
     s = ArbStrategy(SYMBOLS, load(tmp_path), SimClock(0))
     assert s.selector is None and s.selection_changes() == []
@@ -217,8 +256,9 @@ def test_arb_strategy_without_selection_settings_has_no_selector(tmp_path):
     (dict(max_active_routes=-1), "strategy.max_active_routes must be >= 0"),
     (dict(select_every_s=0.0), "strategy.select_every_s must be > 0"),
     (dict(select_every_s=60.0, select_window_s=30.0), "select_window_s at least that"),
-    (dict(max_spread_bps=-1.0), "max_spread_bps and min_depth_quote must be >= 0"),
-    (dict(min_depth_quote=-5.0), "max_spread_bps and min_depth_quote must be >= 0"),
+    (dict(max_spread_bps=-1.0), "min_volume_quote must be >= 0 (0: off)"),
+    (dict(min_volume_quote=-1.0), "min_volume_quote must be >= 0 (0: off)"),
+    (dict(min_depth_quote=-5.0), "min_volume_quote must be >= 0 (0: off)"),
     (dict(depth_band_bps=0.0), "strategy.depth_band_bps must be in (0, 1000)"),
 ])
 def test_bad_selection_settings_are_one_line_config_errors(tmp_path, capsys, bad, words):

@@ -52,7 +52,7 @@ import numpy as np
 
 from pipeline.clock import Clock
 from pipeline.config import Config, fees_of, symbol_parts
-from shm.records import INTENT, SIDE_SELL
+from shm.records import INTENT, SIDE_SELL, TICK_TRADE
 
 from ..execution.fx import FxRates
 from ..execution.portfolio import balances
@@ -162,10 +162,16 @@ class ArbStrategy:
         sc = cfg.strategy
         sp = SelectParams(sc.max_active_routes, int(sc.select_every_s * 1e9),
                           max(1, math.ceil(sc.select_window_s / sc.select_every_s - 1e-9)),
-                          sc.min_depth_quote, sc.max_spread_bps, sc.select_hysteresis_bps)
+                          sc.min_depth_quote, sc.max_spread_bps, sc.select_hysteresis_bps, sc.min_volume_quote)
         self.selector = RouteSelector(len(self.routes), sp, clock.time_ns()) if sp.enabled else None
         self._selected: list[tuple[int, Change]] = []   # (when, change) not yet said
         self._figures: dict[int, tuple] = {}        # id(Book) -> (Book, its depth and spread)
+        # trade ticks -> (route, leg) of each route symbol, for the volume gate (-1: none)
+        self._volume_of = None
+        if self.selector is not None and sc.min_volume_quote > 0:
+            self._volume_of = np.full((len(self.symbols), 2), -1, np.int64)
+            for i, r in enumerate(self.routes):
+                self._volume_of[r.krw], self._volume_of[r.usdt] = (i, 0), (i, 1)
         self.counters.update(routes_activated=0, routes_parked=0)
         self._build()
 
@@ -201,8 +207,31 @@ class ArbStrategy:
 
     # -- market data ----------------------------------------------------------------------------
     def on_ticks(self, ticks: np.ndarray) -> None:
-        """Ticks of any feed: the FX markets' newest prices."""
+        """Ticks of any feed: the FX markets' newest prices; with a volume gate, the route
+        symbols' trades (their quote, the Korean in USDT at the current rate)."""
         self.fx.on_ticks(ticks["symbol_id"], ticks)
+        if self._volume_of is not None and len(ticks):
+            self._count_volume(ticks)
+
+    def _count_volume(self, ticks: np.ndarray) -> None:
+        sids = ticks["symbol_id"].astype(np.int64)
+        ok = (ticks["kind"] == TICK_TRADE) & (sids < len(self._volume_of))
+        where = self._volume_of[np.where(ok, sids, 0)]
+        ok &= where[:, 0] >= 0
+        if not ok.any():
+            return
+        quote = ticks["price"][ok] * ticks["size"][ok]
+        route, leg = where[ok, 0], where[ok, 1]
+        korean = leg == 0
+        if korean.any():
+            fx, ts = self.krw_per_usdt(self.clock.time_ns())
+            if ts is None:                              # no fresh rate: the Korean trades are not counted
+                quote, route, leg = quote[~korean], route[~korean], leg[~korean]
+            else:
+                quote = np.where(korean, quote / fx, quote)
+        for r, g, q in zip(route.tolist(), leg.tolist(), quote.tolist()):
+            if q == q:
+                self.selector.observe_volume(r, g, q)
 
     def krw_per_usdt(self, now: int) -> tuple[float | None, int | None]:
         """KRW per USDT and when it was seen; no time when FxRates does not call it fresh."""
@@ -432,7 +461,7 @@ class ArbStrategy:
             for i, rc in enumerate(self.cfg.routes):
                 routes[rc.name].update(active=bool(sel.active[i]), selection=sel.why[i],
                                        score_bps=_num(float(sel.score[i])), spread_bps=_num(float(sel.spread[i])),
-                                       depth_quote=_num(float(sel.depth[i])))
+                                       depth_quote=_num(float(sel.depth[i])), volume_quote=float(sel.volume[i]))
         return {**self.counters, "routes": routes, "fx_problems": dict(self.fx.problems),
                 "inventory": self.inventory.state(),
                 "imbalances": [_imbalance_dict(i) for i in self.imbalances()]}

@@ -15,10 +15,12 @@ Per route, over a rolling window of ``periods`` selection periods of ``every_ns`
 * **spread**: the wider of its two books' spreads at the touch (bps of the mid).
 * **depth**: the thinnest of the four book sides it trades, as quote (USDT)
   within ``depth_band_bps`` of the touch.
+* **volume**: quote (USDT) traded on each leg's market over the window (trade ticks,
+  ``observe_volume``); the quieter leg's counts.
 
 Every ``every_ns`` (``select``): a route whose window mean spread is over
-``max_spread_bps`` or whose mean depth is under ``min_depth_quote`` is parked (gates;
-0 = off). The others rank by score, an active route's score raised by
+``max_spread_bps``, whose mean depth is under ``min_depth_quote`` or whose volume is
+under ``min_volume_quote`` is parked (gates; 0 = off). The others rank by score, an active route's score raised by
 ``hysteresis_bps`` (a parked route must beat it by that much to take its place, so
 two routes near each other do not swap every period), and the best ``max_active``
 are active (0 = all that pass the gates). A route with no valid update in the window
@@ -34,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 EDGE_CLIP_BPS = 1000.0
-_N, _EDGE, _SPREAD, _DEPTH = range(4)
+_N, _EDGE, _SPREAD, _DEPTH, _VOL_A, _VOL_B = range(6)
 
 
 @dataclass(frozen=True)
@@ -49,18 +51,20 @@ class SelectParams:
     min_depth_quote: float = 0.0
     max_spread_bps: float = 0.0
     hysteresis_bps: float = 5.0
+    min_volume_quote: float = 0.0
 
     def __post_init__(self):
         if self.max_active < 0 or self.every_ns <= 0 or self.periods < 1:
             raise ValueError(f"max_active >= 0, every_ns > 0 and periods >= 1, got {self}")
-        for v in (self.min_depth_quote, self.max_spread_bps, self.hysteresis_bps):
+        for v in (self.min_depth_quote, self.max_spread_bps, self.hysteresis_bps, self.min_volume_quote):
             if not (math.isfinite(v) and v >= 0):
                 raise ValueError(f"gates and hysteresis must be finite and >= 0, got {self}")
 
     @property
     def enabled(self) -> bool:
         """Anything to select: a cap on active routes or a gate."""
-        return self.max_active > 0 or self.min_depth_quote > 0 or self.max_spread_bps > 0
+        return (self.max_active > 0 or self.min_depth_quote > 0 or self.max_spread_bps > 0
+                or self.min_volume_quote > 0)
 
 
 @dataclass(frozen=True)
@@ -72,9 +76,10 @@ class Change:
 
 
 def choose(active: np.ndarray, n: np.ndarray, score: np.ndarray, spread: np.ndarray,
-           depth: np.ndarray, p: SelectParams) -> tuple[np.ndarray, list[str]]:
+           depth: np.ndarray, p: SelectParams, volume: np.ndarray | None = None) -> tuple[np.ndarray, list[str]]:
     """The routes active next and why each is as it is: ``active`` now, and per route its
-    window's valid updates ``n`` and means ``score``/``spread``/``depth``."""
+    window's valid updates ``n``, means ``score``/``spread``/``depth`` and the quieter
+    leg's traded ``volume`` (None: not counted)."""
     k = len(active)
     why = [""] * k
     judged = n > 0
@@ -86,6 +91,9 @@ def choose(active: np.ndarray, n: np.ndarray, score: np.ndarray, spread: np.ndar
         elif p.min_depth_quote > 0 and depth[i] < p.min_depth_quote:
             passed[i] = False
             why[i] = f"depth {depth[i]:.0f} under min_depth_quote {p.min_depth_quote:g}"
+        elif p.min_volume_quote > 0 and volume is not None and volume[i] < p.min_volume_quote:
+            passed[i] = False
+            why[i] = f"volume {volume[i]:.0f} under min_volume_quote {p.min_volume_quote:g}"
     ranked_score = score + np.where(active, p.hysteresis_bps, 0.0)
     ranked = sorted(np.flatnonzero(passed).tolist(), key=lambda i: (-ranked_score[i], i))
     # routes not judged keep their state where a slot is left: the active ones first
@@ -112,14 +120,15 @@ class RouteSelector:
         self.p = params
         self.active = np.ones(n_routes, bool)
         self.why = ["not selected yet"] * n_routes
-        self._cur = [[0, 0.0, 0.0, 0.0] for _ in range(n_routes)]     # this period's sums
-        self._past = np.zeros((params.periods, n_routes, 4))            # the last periods' sums
+        self._cur = [[0, 0.0, 0.0, 0.0, 0.0, 0.0] for _ in range(n_routes)]   # this period's sums
+        self._past = np.zeros((params.periods, n_routes, 6))                  # the last periods' sums
         self._k = 0
         self.next_ns = int(start_ns) + params.every_ns
         self.n = np.zeros(n_routes, np.int64)
         self.score = np.full(n_routes, math.nan)
         self.spread = np.full(n_routes, math.nan)
         self.depth = np.full(n_routes, math.nan)
+        self.volume = np.zeros(n_routes)
         self.changes = 0
 
     def observe(self, route: int, edge_bps: float, spread_bps: float, depth_quote: float) -> None:
@@ -130,6 +139,10 @@ class RouteSelector:
         c[_SPREAD] += spread_bps
         c[_DEPTH] += depth_quote
 
+    def observe_volume(self, route: int, leg: int, quote: float) -> None:
+        """Quote traded on ``route``'s leg 0 (Korean) or 1 (the other) since the last call."""
+        self._cur[route][_VOL_A + leg] += quote
+
     def due(self, now_ns: int) -> bool:
         return now_ns >= self.next_ns
 
@@ -137,14 +150,15 @@ class RouteSelector:
         """Close the period, rank the window, and return the routes that changed state."""
         self._past[self._k % self.p.periods] = self._cur
         self._k += 1
-        self._cur = [[0, 0.0, 0.0, 0.0] for _ in self._cur]
+        self._cur = [[0, 0.0, 0.0, 0.0, 0.0, 0.0] for _ in self._cur]
         every = self.p.every_ns
         self.next_ns += max(1, (now_ns - self.next_ns) // every + 1) * every   # skip missed periods
         tot = self._past.sum(axis=0)
         self.n = tot[:, _N].astype(np.int64)
         with np.errstate(invalid="ignore", divide="ignore"):
             self.score, self.spread, self.depth = (tot[:, j] / tot[:, _N] for j in (_EDGE, _SPREAD, _DEPTH))
-        new, self.why = choose(self.active, self.n, self.score, self.spread, self.depth, self.p)
+        self.volume = np.minimum(tot[:, _VOL_A], tot[:, _VOL_B])
+        new, self.why = choose(self.active, self.n, self.score, self.spread, self.depth, self.p, self.volume)
         out = [Change(i, bool(new[i]), self.why[i]) for i in np.flatnonzero(new != self.active).tolist()]
         self.active = new
         self.changes += len(out)
