@@ -662,6 +662,15 @@ def test_strategy_and_execution_trade_a_pair_on_real_rings(tmp_path):
         assert pos["qty"][r.krw] == pytest.approx(-0.01) and pos["qty"][r.usdt] == pytest.approx(0.01)
         stats = strat.stats()
         assert stats["intents"] == 2 and stats["ticks"] >= 4
+        # a route selection change (route_select.py) is said once: logged, and in the next
+        # heartbeat's risk_events, which the supervisor puts on the tap's risk stream
+        from workers.strategy.route_select import Change
+        core._selected.append((123, Change(0, False, "spread 9.0 bps over max_spread_bps 5")))
+        strat.on_idle()
+        (event,) = [e for e in strat.stats()["risk_events"] if e["kind"] == "route_selection"]
+        assert event == {"kind": "route_selection", "tier": "route", "key": core.cfg.routes[0].name, "route": 0,
+                         "state": "PARKED", "reason": "spread 9.0 bps over max_spread_bps 5", "ts_ns": 123}
+        assert strat.stats()["risk_events"] == []
 
         # a restarted strategy takes the same inventory from the positions table
         again = run.worker(WORKER, "strategy.0", restart=1)

@@ -189,6 +189,8 @@ class ArbWorker(Worker):
     def stats(self) -> dict:
         if not hasattr(self, "core"):
             return dict(self.counters)
-        events, self._events = self._events, []
+        n = len(self._events)                   # taken, not swapped: a pulse thread may beat meanwhile
+        events = self._events[:n]
+        del self._events[:n]
         return {**self.counters, **self.core.stats(), "rules_missing": sorted(self.rules.failures)
                 if self.rules else [], "risk_events": events}
