@@ -30,7 +30,8 @@ process adapter (arb_worker.py) reads those and calls this.
   one-legged pair) move the inventory too: the coins did move.
 * **Selection.** With ``[strategy] max_active_routes`` or a gate set, a ``RouteSelector``
   (route_select.py) sees every route update that got as far as its edges (premium over
-  the entry threshold, spread, depth within ``depth_band_bps`` in USDT) and, every
+  the entry threshold, spread, depth within ``depth_band_bps`` in USDT), and with
+  ``min_volume_quote`` the route symbols' trade ticks (in USDT), and, every
   ``select_every_s`` of the clock, parks the routes outside the best (``ArbRoute.may_open``
   False: they unwind, never open). Each change is said once (``selection_changes``: the
   worker logs it and puts it on the tap) and counted; the stats show each route's state.
@@ -214,6 +215,8 @@ class ArbStrategy:
             self._count_volume(ticks)
 
     def _count_volume(self, ticks: np.ndarray) -> None:
+        """The route symbols' trades to the selector, per route and leg, in USDT (a Korean
+        trade at the current rate; none counted while the rate is not fresh)."""
         sids = ticks["symbol_id"].astype(np.int64)
         ok = (ticks["kind"] == TICK_TRADE) & (sids < len(self._volume_of))
         where = self._volume_of[np.where(ok, sids, 0)]
