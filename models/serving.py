@@ -62,6 +62,9 @@ class MomentumModel:
         return p / p.sum(axis=1, keepdims=True)
 
 
+BULK_WINDOWS = 8192          # sequence windows built and predicted at once by `predict_bulk`
+
+
 def _pad_sizes(n_symbols: int, cap: int) -> list[int]:
     """Batch sizes the LSTM is compiled for: powers of two up to the first >= n_symbols
     (at most ``cap``); a batch is padded up to the next one."""
@@ -228,6 +231,98 @@ class EnsembleModel:
         self.infer_ms.append((time.perf_counter() - t0) * 1e3)
         return probs, member, versions, flags, hold
 
+    def predict_bulk(self, ids: np.ndarray, rows: np.ndarray, batch: np.ndarray):
+        """``predict`` of many bar closes at once: ``ids``/``rows`` are the batches one
+        after another, ``batch`` each row's batch number (non-decreasing). The outputs are
+        those of calling ``predict`` batch by batch in order (each member is a function of
+        a row, or for a sequence member of the symbol's last ``window`` rows), with every
+        member called on all rows in a few large calls: a backtest knows every bar before
+        it trades, a live worker only the newest. The symbols' histories end as those calls
+        would leave them."""
+        t0 = time.perf_counter()
+        n, M = len(ids), len(self.members)
+        ids = np.asarray(ids, np.int64)
+        X = model_inputs(rows, self.feature_names)
+        ok = np.isfinite(X).all(axis=1)
+        member = np.zeros((n, SIGNAL_MEMBERS, 3))
+        versions = np.zeros((n, SIGNAL_MEMBERS), np.uint16)
+        flags = np.where(ok, 0, FLAG_WARMUP).astype(np.uint16)
+        hold = ~ok
+        probs = np.full((n, 3), 1.0 / 3.0)
+        okr = np.flatnonzero(ok)
+        have = np.ones((len(okr), M), bool)
+        after = np.zeros(len(okr), np.int64)
+        if len(okr) and self.window:
+            # each symbol's history as `_push` builds it: a row is appended when its bar is
+            # newer than the symbol's last; `after` is the count after the row's own push
+            bar_ns = rows["ts_bar_ns"][okr].astype(np.int64)
+            count, last = self.count.copy(), self.last_bar.copy()
+            appended = []
+            for k, (sid, b) in enumerate(zip(ids[okr].tolist(), bar_ns.tolist())):
+                if b > last[sid]:
+                    last[sid] = b
+                    count[sid] += 1
+                    appended.append(k)
+                after[k] = count[sid]
+            hist = {int(s): self._windows(np.array([s]), self.window)[0][self.window - min(int(self.count[s]),
+                                                                                        self.window):]
+                    for s in np.unique(ids[okr])}     # what each symbol held before
+            rows_of = {s: [h] for s, h in hist.items()}
+            app = np.array(appended, np.int64)
+            for s in rows_of:
+                mine = app[ids[okr][app] == s]
+                rows_of[s].append(X[okr][mine])
+            series = {s: np.concatenate(parts) for s, parts in rows_of.items()}
+            before = {s: len(h) for s, h in hist.items()}   # rows of history kept before the bulk
+            base = {s: int(self.count[s]) for s in hist}
+        for j, name in enumerate(self.members):
+            model = self.models[name]
+            if name in self.windows:
+                w = self.windows[name]
+                full = after >= w
+                have[:, j] = full
+                rows_full = np.flatnonzero(full)
+                for start in range(0, len(rows_full), BULK_WINDOWS):     # bounded memory
+                    chunk = rows_full[start:start + BULK_WINDOWS]
+                    W = np.empty((len(chunk), w, X.shape[1]))
+                    for i, k in enumerate(chunk.tolist()):
+                        s = int(ids[okr[k]])
+                        end = before[s] + (int(after[k]) - base[s])      # rows of `series[s]` up to k
+                        W[i] = series[s][end - w:end]
+                    member[okr[chunk], j] = model.predict_proba(W)
+            elif len(okr):
+                member[okr, j] = model.predict_proba(X[okr])
+        if len(okr):
+            versions[okr, :M] = np.where(have, self.slot_versions[None, :], 0)
+            P = member[okr, :M]
+            complete = have.all(axis=1)
+            out = np.full((len(okr), 3), 1.0 / 3.0)
+            if complete.any():
+                c = np.flatnonzero(complete)
+                out[c] = self.ensemble.predict_proba({name: P[c, j] for j, name in enumerate(self.members)})
+            part = np.flatnonzero(~complete)
+            if len(part):
+                flags[okr[part]] |= FLAG_PARTIAL
+                if self.method == "soft_vote":
+                    wts = self.ensemble.weights[None, :] * have[part]
+                    tot = wts.sum(axis=1)
+                    good = tot > 0
+                    out[part[good]] = np.einsum("pm,pmk->pk", wts[good] / tot[good, None], P[part[good]])
+                    hold[okr[part[~good]]] = True
+                else:
+                    hold[okr[part]] = True
+            probs[okr] = out
+            probs[hold] = 1.0 / 3.0
+            if self.window:                              # the histories as the calls would leave them
+                for s, arr in series.items():
+                    total = base[s] + len(arr) - before[s]
+                    for k in range(max(total - self.window, 0), total):
+                        self.hist[s, k % self.window] = arr[before[s] + k - base[s]]
+                    self.count[s] = total
+                    self.last_bar[s] = last[s]
+        self.infer_ms.append((time.perf_counter() - t0) * 1e3)
+        return probs, member, versions, flags, hold
+
     def stats(self) -> dict:
         lat = np.asarray(self.infer_ms) if self.infer_ms else None
         return {"model": "ensemble", "method": self.method, "members": list(self.members),
@@ -237,24 +332,38 @@ class EnsembleModel:
                 "infer_ms_max": round(float(lat.max()), 3) if lat is not None else None}
 
 
+def bulk_outputs(model, ids: np.ndarray, rows: np.ndarray, batch: np.ndarray):
+    """The model's outputs for many bar closes at once (``batch``: each row's close, in
+    order), as `make_signals` takes them per close: the momentum rule's probabilities
+    (it scores each row alone), an ensemble's ``predict_bulk``; None for a model that
+    serves one close at a time only (the model host bridge, a test's model)."""
+    if isinstance(model, MomentumModel):
+        return model.predict(rows)
+    if hasattr(model, "predict_bulk"):
+        return model.predict_bulk(ids, rows, batch)
+    return None
+
+
 def make_signals(model, ids: np.ndarray, rows: np.ndarray, origin_ns: np.ndarray,
-                 bar_flags: np.ndarray, first_seq: int) -> np.ndarray:
+                 bar_flags: np.ndarray, first_seq: int, outputs=None) -> np.ndarray:
     """SIGNAL rows for the symbols ``ids`` from their newest feature ``rows``: the
     model's probabilities, action (argmax down / flat / up -> SELL / HOLD / BUY, HOLD
     where the model holds), confidence, reference price (the bar's close) and flags
     (the bar's FLAG_GAP, and the model's own). ``model``: a `MomentumModel`, or an
     ensemble (`EnsembleModel` or the model host bridge, which serve the same
     ``predict``). The model worker and a backtest build their signals here, so both
-    trade on the same rows; an ensemble's ConfigurationError goes to the caller."""
+    trade on the same rows; an ensemble's ConfigurationError goes to the caller.
+    ``outputs``: the model's outputs for these rows computed ahead (`bulk_outputs`),
+    instead of calling it."""
     ids = np.asarray(ids, np.intp)
     sig = np.zeros(len(ids), SIGNAL)
     flags = np.asarray(bar_flags, np.uint16) & FLAG_GAP
     if isinstance(model, MomentumModel):
-        probs = model.predict(rows)
+        probs = model.predict(rows) if outputs is None else outputs
         hold = np.zeros(len(ids), bool)
         sig["model_id"] = MODEL_MOMENTUM
     else:
-        probs, member, versions, extra, hold = model.predict(ids, rows)
+        probs, member, versions, extra, hold = model.predict(ids, rows) if outputs is None else outputs
         sig["model_id"] = MODEL_ENSEMBLE
         sig["member_probs"] = member
         sig["model_versions"] = versions

@@ -54,7 +54,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.serving import EnsembleModel, MomentumModel, make_signals
+from models.serving import EnsembleModel, MomentumModel, bulk_outputs, make_signals
 from models.ta import Engine
 from models.train import market_of
 from pipeline.clock import SimClock
@@ -274,7 +274,8 @@ class Backtest:
         self.clock = SimClock(first)
         ic = cfg.indicators
         self.bar_ns = int(round(ic.bar_seconds * 1e9))
-        self.bars = BarBuilder(np.ones(n, bool), self.bar_ns, int(ic.close_grace_s * 1e9), self.clock,
+        # the bars are built ahead of the trading (`_closes`), on a clock of their own
+        self.bars = BarBuilder(np.ones(n, bool), self.bar_ns, int(ic.close_grace_s * 1e9), SimClock(first),
                                int(max(f.max_ahead_s for f in cfg.feeds) * 1e9))
         self.engine = Engine(n, indicator_specs(ic))
         self.names = feature_names(cfg)
@@ -332,22 +333,20 @@ class Backtest:
         if self.progress:
             from tqdm import tqdm
             bar = tqdm(total=len(ticks), unit="tick", unit_scale=True, desc="backtest", leave=False)
-        start = 0
         t0 = time.perf_counter()
         try:
-            for end in ends.tolist():
+            closes = self._closes(ends)
+            start = 0
+            for i, end in enumerate(ends.tolist()):
                 seg = ticks[start:end]
                 self._reports(int(seg["ts_exchange_ns"][0]), fills)
                 self._fund(int(seg["ts_exchange_ns"][0]))
                 self.clock.set(int(seg["ts_exchange_ns"][-1]))
                 self.desk.on_ticks(seg)
                 self._books(int(seg["ts_exchange_ns"][-1]))
-                closed = self.bars.on_ticks(seg)
-                due = self.bars.close_due()
-                if due is not None:
-                    closed.append(due)
-                for bars in closed:
-                    self._decide(bars, fills, votes)
+                closed = closes.get(i, ())
+                for bars, rows, outputs in closed:
+                    self._decide(bars, rows, outputs, fills, votes)
                 if closed:
                     self._sample(times, marks, held, equity)
                 self._collect(self.desk.housekeeping(), fills)
@@ -380,18 +379,54 @@ class Backtest:
             funding=np.array(self.funding_log, FUNDING_ROW) if self.funding_log else None,
             counts=self._counts(), meta=self._meta(seconds))
 
-    def _decide(self, bars, fills: list, votes: list) -> None:
-        """Closed bars -> features -> signals -> intents -> the desk: what a live bar
-        close does, stage after stage."""
-        values = self.engine.update(bars.ids, bars.o, bars.h, bars.l, bars.c, bars.v)
-        rows = feature_rows(bars, values, self.names, self.fdtype)
+    def _closes(self, ends: np.ndarray) -> dict[int, list]:
+        """Every bar close of the data, before any trading: segment index -> [(closed
+        bars, their feature rows, the model's outputs for them)], in order. The bars,
+        indicators and model depend on the market data only, never on what was traded, so
+        they are the live stages' values computed ahead: the bar builder and the indicator
+        engine bar after bar as live, and the model on every close at once where it can
+        (models/serving.bulk_outputs: the same outputs as one call per close, far fewer
+        calls), else one close at a time in `_decide`."""
+        ticks, closes, batches = self.data.ticks, {}, []
+        clock = self.bars.clock
+        start = 0
+        for i, end in enumerate(ends.tolist()):
+            seg = ticks[start:end]
+            clock.set(int(seg["ts_exchange_ns"][-1]))
+            closed = self.bars.on_ticks(seg)
+            due = self.bars.close_due()
+            if due is not None:
+                closed.append(due)
+            for bars in closed:
+                values = self.engine.update(bars.ids, bars.o, bars.h, bars.l, bars.c, bars.v)
+                rows = feature_rows(bars, values, self.names, self.fdtype)
+                closes.setdefault(i, []).append([bars, rows, None])
+                batches.append(closes[i][-1])
+            start = end
+        if batches:
+            ids = np.concatenate([b[0].ids for b in batches]).astype(np.intp)
+            rows = np.concatenate([b[1] for b in batches])
+            number = np.repeat(np.arange(len(batches)), [len(b[1]) for b in batches])
+            out = bulk_outputs(self.model, ids, rows, number)
+            if out is not None:
+                at = 0
+                for b in batches:
+                    k = len(b[1])
+                    b[2] = out[at:at + k] if isinstance(out, np.ndarray) else tuple(x[at:at + k] for x in out)
+                    at += k
+        return closes
+
+    def _decide(self, bars, rows: np.ndarray, outputs, fills: list, votes: list) -> None:
+        """Closed bars' feature rows -> signals -> intents -> the desk: what a live bar
+        close does, stage after stage (``outputs``: the model's for these rows, computed
+        ahead, or None to call it now)."""
         self.strategy.fx.on_bars(rows)
         if self.on_features is not None:
             self.on_features(rows)
         self.counts["bars"] += len(rows)
         self.counts["gap_bars"] += int((rows["flags"] & FLAG_GAP).astype(bool).sum())
         ids = bars.ids.astype(np.intp)
-        sig = make_signals(self.model, ids, rows, bars.origin_ns, bars.flags, self.signal_seq)
+        sig = make_signals(self.model, ids, rows, bars.origin_ns, bars.flags, self.signal_seq, outputs)
         self.signal_seq += len(sig)
         self.counts["signals"] += len(sig)
         if "member_probs" in sig.dtype.names and getattr(self.model, "members", None):
