@@ -480,8 +480,29 @@ def format_report(rep: dict) -> str:
     for stage, s in rep["latency"].items():
         out.append(f"  {stage:<18}{s['count']:>10}{_fmt(s['p50_us']):>10}{_fmt(s['p99_us']):>10}"
                    f"{_fmt(s['p999_us']):>10}")
+    out += format_routes(rep.get("routes") or {})
     out += format_risk_report(rep.get("risk"), rep.get("trade_latency"))
     return "\n".join(out)
+
+
+def format_routes(routes: dict) -> list[str]:
+    """The route trader's routes (a [[routes]] pipeline): selected or parked and why, the
+    position, the premium against its mean, legs in flight, pairs sent and legs filled."""
+    if not routes:
+        return []
+    w = max(len(name) for name in routes) + 2
+    out = ["", "routes",
+           f"  {'route':<{w}}{'state':<9}{'position':>12}{'premium bps':>13}{'mean bps':>10}{'legs':>6}"
+           f"{'pairs':>7}{'fills':>7}  selection"]
+    for name, r in routes.items():
+        if "problem" in r:
+            out.append(f"  {name:<{w}}{'-':<9}  {r['problem']}")
+            continue
+        state = "active" if r.get("active", True) else "parked"
+        out.append(f"  {name:<{w}}{state:<9}{r.get('position', 0.0):>12.6g}{_fmt(r.get('last_mid_bps'), '.1f'):>13}"
+                   f"{_fmt(r.get('premium_mean_bps'), '.1f'):>10}{r.get('legs_in_flight', 0):>6}"
+                   f"{r.get('pairs', 0):>7}{r.get('fills', 0):>7}  {r.get('selection') or '-'}")
+    return out
 
 
 def format_risk_report(risk: dict | None, trade_latency: dict | None) -> list[str]:

@@ -618,7 +618,11 @@ class Supervisor:
                     h.merge(LatencyHistogram.from_sparse(ws.hb["latency"]))
             stages[stage] = h.summary_us()
         execs = [ws.stats() for ws in self.workers.values() if ws.spec.role == "execution"]
-        return {"name": self.cfg.pipeline.name, "run_id": self.run_id,
+        routes: dict = {}                       # the route trader's routes, as it last said
+        for ws in self.workers.values():
+            if ws.spec.role == "strategy" and isinstance(ws.stats().get("routes"), dict):
+                routes.update(ws.stats()["routes"])
+        return {"name": self.cfg.pipeline.name, "run_id": self.run_id, "routes": routes,
                 "uptime_s": round(time.time() - self.started, 1),
                 "processes": procs, "rings": rings, "latency": stages,
                 "feeds": self.feed_health(), "models": self.model_health(),

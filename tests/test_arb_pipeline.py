@@ -841,6 +841,10 @@ def test_pipeline_start_trades_pairs_from_local_venue_servers(tmp_path):
             assert coins["upbit/BTC"] + coins["binance/BTC"] == pytest.approx(0.2, abs=0.011)
             books = [w["stats"].get("books", 0) for w in st["workers"] if w["id"].startswith("feed.")]
             assert len(books) == 2 and all(n > 0 for n in books), books
+            rep = p.cli("report")                   # the routes, as the route trader last said
+            assert rep.returncode == 0, rep.stderr
+            line = next(x for x in rep.stdout.splitlines() if x.strip().startswith("BTC/KRW@upbit / BTC/USDT@binance"))
+            assert "active" in line and "\nroutes\n" in rep.stdout
             r = p.cli("stop")
             assert r.returncode == 0, r.stderr
             assert p.wait_exit() == 0
