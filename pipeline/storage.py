@@ -50,6 +50,9 @@ TRADES_SCHEMA = pa.schema([("timestamp_ms", pa.int64()), ("trade_id", pa.int64()
                            ("price", pa.float64()), ("amount", pa.float64()),
                            ("side", pa.string())])
 TRADE_SIZE_COLUMNS = ("quantity", "amount")
+# other names of a column, read as ours when ours is absent (investing.com exports give an
+# approximate ``volume_approx``)
+COLUMN_ALIASES = {"volume_approx": "volume"}
 QUOTE_COLUMNS = ("timestamp_ms", "bid", "ask")      # a top of book (book ticker); sizes optional
 MS_PER_DAY = 86_400_000
 NS_PER_DAY = 86_400 * 10**9
@@ -279,11 +282,20 @@ def read_market_table(path: str | Path) -> pa.Table:
     schema metadata (``tickpipe.malformed``), where `tidy_market_rows` counts it."""
     path = Path(path).expanduser()
     if path.suffix == ".csv" or path.name.endswith(".csv.gz"):
-        return _read_csv(path)
-    if path.is_dir():
+        table = _read_csv(path)
+    elif path.is_dir():
         import pyarrow.dataset as ds
-        return ds.dataset(_parquet_in(path), format="parquet").to_table()
-    return pq.read_table(path)
+        table = ds.dataset(_parquet_in(path), format="parquet").to_table()
+    else:
+        table = pq.read_table(path)
+    names = _aliased(table.column_names)
+    return table.rename_columns(names) if names != table.column_names else table
+
+
+def _aliased(names: list[str]) -> list[str]:
+    """Column names with `COLUMN_ALIASES` read as ours where ours is absent."""
+    return [COLUMN_ALIASES[n] if n in COLUMN_ALIASES and COLUMN_ALIASES[n] not in names else n
+            for n in names]
 
 
 def _read_csv(path: Path) -> pa.Table:
@@ -376,11 +388,11 @@ def market_columns(path: str | Path) -> list[str]:
         # utf-8-sig: a BOM (Excel, many exporters) is not part of the first name; pyarrow's
         # reader skips it too
         with opener(path, "rt", encoding="utf-8-sig") as f:
-            return [c.strip().strip('"') for c in f.readline().strip().split(",")]
+            return _aliased([c.strip().strip('"') for c in f.readline().strip().split(",")])
     if path.is_dir():
         import pyarrow.dataset as ds
-        return ds.dataset(_parquet_in(path), format="parquet").schema.names
-    return pq.read_schema(path).names
+        return _aliased(ds.dataset(_parquet_in(path), format="parquet").schema.names)
+    return _aliased(pq.read_schema(path).names)
 
 
 def numeric(table: pa.Table, name: str) -> np.ndarray:

@@ -703,3 +703,16 @@ def test_venue_pages_still_drop_out_of_order_rows():
     t = _candles([1, 3, 2], [10, 30, 20])
     ok, bad = check_candles(*(t.column(c).to_numpy().astype(float) for c in t.column_names))
     assert ok.tolist() == [True, True, False] and bad == {"out of order": 1}
+
+
+def test_an_investing_com_export_reads_as_candles(tmp_path):
+    """investing.com exports (the daily Upbit, Bithumb and Coinone files in ../shared/data)
+    name their volume ``volume_approx``: read as the volume, so the files load as they are."""
+    from pipeline.storage import detect_kind, market_columns, read_market_table
+    path = tmp_path / "upbit_BTC-KRW_1d_investingcom.csv"
+    path.write_text("timestamp_ms,open,high,low,close,volume_approx\n"
+                    "1519084800000,12654000,14148000,12653000,13542000,41010\n"
+                    "1519171200000,13550000,13648000,12412000,12815000,37630\n")
+    assert detect_kind(market_columns(path)) == "candles"
+    table = read_market_table(path)
+    assert table.column_names[-1] == "volume" and table.column("volume").to_pylist() == [41010, 37630]
