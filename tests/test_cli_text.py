@@ -3,7 +3,7 @@ as words (``--json`` keeps the raw records), counts agree in number."""
 from __future__ import annotations
 
 from pipeline.cli import _count, format_record
-from shm.records import ORDER_MARKET, REASON_ENTRY, SIDE_SELL, TICK_QUOTE, TIF_IOC
+from shm.records import ORDER_CANCEL, ORDER_MARKET, REASON_ENTRY, REASON_EXIT, SIDE_SELL, TICK_QUOTE, TIF_IOC
 
 
 def test_tap_lines_speak_words_and_times():
@@ -18,6 +18,10 @@ def test_tap_lines_speak_words_and_times():
     line = format_record("intents", intent)
     for word in ("side=sell", "order_type=market", "tif=ioc", "reason=entry", "ts_ns=2023-11-14T22:13:20."):
         assert word in line
+    cancel = {"symbol": "ETH/USDT@x", "side": SIDE_SELL, "order_type": ORDER_CANCEL, "tif": 0,
+              "reason": REASON_EXIT, "expire_ns": 0}
+    line = format_record("intents", cancel)
+    assert "order_type=cancel" in line and "tif=-" in line and "expire_ns=0" in line
     # a risk event's reason is text already, and its kind a word
     ev = {"kind": "denial", "code": "HALTED", "reason": "halted by hand", "ts_ns": 1_700_000_000_000_000_000}
     assert "kind=denial" in format_record("risk", ev)
