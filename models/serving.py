@@ -208,28 +208,36 @@ class EnsembleModel:
                         member[okr[full], j] = self._predict_seq(model, self._windows(ids[okr][full], w))
                 else:
                     member[okr, j] = model.predict_proba(Xo)
-            versions[okr, :M] = np.where(have, self.slot_versions[None, :], 0)
-            P = member[okr, :M]                                   # (k, M, 3)
-            complete = have.all(axis=1)
-            out = np.full((len(okr), 3), 1.0 / 3.0)
-            if complete.any():
-                c = np.flatnonzero(complete)
-                out[c] = self.ensemble.predict_proba({name: P[c, j] for j, name in enumerate(self.members)})
-            part = np.flatnonzero(~complete)
-            if len(part):
-                flags[okr[part]] |= FLAG_PARTIAL
-                if self.method == "soft_vote":
-                    w = self.ensemble.weights[None, :] * have[part]          # (p, M)
-                    tot = w.sum(axis=1)
-                    good = tot > 0
-                    out[part[good]] = np.einsum("pm,pmk->pk", w[good] / tot[good, None], P[part[good]])
-                    hold[okr[part[~good]]] = True
-                else:
-                    hold[okr[part]] = True
-            probs[okr] = out
-            probs[hold] = 1.0 / 3.0
+            self._combine(okr, have, member, versions, flags, hold, probs)
         self.infer_ms.append((time.perf_counter() - t0) * 1e3)
         return probs, member, versions, flags, hold
+
+    def _combine(self, okr: np.ndarray, have: np.ndarray, member: np.ndarray, versions: np.ndarray,
+                 flags: np.ndarray, hold: np.ndarray, probs: np.ndarray) -> None:
+        """The members' probabilities of rows ``okr`` (``have``: which members had one)
+        into the ensemble's, in place: a row missing a member is FLAG_PARTIAL, combined by
+        the others with their weights renormalised (soft vote), else HOLD."""
+        M = len(self.members)
+        versions[okr, :M] = np.where(have, self.slot_versions[None, :], 0)
+        P = member[okr, :M]                                       # (k, M, 3)
+        complete = have.all(axis=1)
+        out = np.full((len(okr), 3), 1.0 / 3.0)
+        if complete.any():
+            c = np.flatnonzero(complete)
+            out[c] = self.ensemble.predict_proba({name: P[c, j] for j, name in enumerate(self.members)})
+        part = np.flatnonzero(~complete)
+        if len(part):
+            flags[okr[part]] |= FLAG_PARTIAL
+            if self.method == "soft_vote":
+                w = self.ensemble.weights[None, :] * have[part]              # (p, M)
+                tot = w.sum(axis=1)
+                good = tot > 0
+                out[part[good]] = np.einsum("pm,pmk->pk", w[good] / tot[good, None], P[part[good]])
+                hold[okr[part[~good]]] = True
+            else:
+                hold[okr[part]] = True
+        probs[okr] = out
+        probs[hold] = 1.0 / 3.0
 
     def predict_bulk(self, ids: np.ndarray, rows: np.ndarray, batch: np.ndarray):
         """``predict`` of many bar closes at once: ``ids``/``rows`` are the batches one
@@ -293,26 +301,7 @@ class EnsembleModel:
             elif len(okr):
                 member[okr, j] = model.predict_proba(X[okr])
         if len(okr):
-            versions[okr, :M] = np.where(have, self.slot_versions[None, :], 0)
-            P = member[okr, :M]
-            complete = have.all(axis=1)
-            out = np.full((len(okr), 3), 1.0 / 3.0)
-            if complete.any():
-                c = np.flatnonzero(complete)
-                out[c] = self.ensemble.predict_proba({name: P[c, j] for j, name in enumerate(self.members)})
-            part = np.flatnonzero(~complete)
-            if len(part):
-                flags[okr[part]] |= FLAG_PARTIAL
-                if self.method == "soft_vote":
-                    wts = self.ensemble.weights[None, :] * have[part]
-                    tot = wts.sum(axis=1)
-                    good = tot > 0
-                    out[part[good]] = np.einsum("pm,pmk->pk", wts[good] / tot[good, None], P[part[good]])
-                    hold[okr[part[~good]]] = True
-                else:
-                    hold[okr[part]] = True
-            probs[okr] = out
-            probs[hold] = 1.0 / 3.0
+            self._combine(okr, have, member, versions, flags, hold, probs)
             if self.window:                              # the histories as the calls would leave them
                 for s, arr in series.items():
                     total = base[s] + len(arr) - before[s]
