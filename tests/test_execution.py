@@ -443,3 +443,59 @@ def test_a_resting_limit_shows_in_the_positions_table_until_its_expiry_ends_it(r
     events = [r["payload"]["detail"]["event"] for r in journaled(path, "order") if "cid" in r["payload"]]
     assert events.index("cancel_requested") < events.index("cancel")
     w.close()
+
+
+def test_a_resting_limit_entry_is_never_entered_twice_by_the_strategy_process(runs):
+    """The strategy and execution processes on real rings, limit entries: the entry rests
+    (the positions table shows its working quantity), further strong signals send no second
+    entry, an exit cancels it through a cancel intent, and after the cancel the next signal
+    may enter again."""
+    from shm.records import ORDER_CANCEL, SIGNAL
+    from workers.strategy.worker import WORKER
+    make, path = runs
+    run = make("a", extra='[strategy]\nentry_order = "limit"\nentry_offset_bps = 50.0\nentry_ttl_s = 600.0\n'
+                          'min_hold_bars = 0\n')
+    signals = Ring.attach(run.topo.rings["signals.0"])
+    run.rings.append(signals)
+    to_strategy = signals.writer()
+    execution = run.worker()
+    strat = RunSegments.worker(run, WORKER, "strategy.0")
+    aaa = run.topo.symbols.id("AAA/USDT@synthetic")
+    seq = iter(range(1, 100))
+
+    def signal(margin: float, bar: int) -> None:
+        run.tick(("AAA/USDT", 100.0))
+        s = np.zeros(1, SIGNAL)
+        s["symbol_id"], s["seq"], s["ts_bar_ns"], s["ref_price"] = aaa, next(seq), bar, 100.0
+        s["probs"] = [[0.5 - margin / 2, 0.0, 0.5 + margin / 2]]
+        s["ts_origin_ns"] = time.time_ns()
+        to_strategy.write(s)
+        for _ in range(100):                    # both, until neither has anything left
+            if not (strat.step() | execution.step()):
+                return
+        raise AssertionError("the two workers kept stepping")
+
+    signal(0.5, 1)                              # an entry: a limit 50 bps under 100, resting
+    table, _ = execution.positions.read()
+    assert table["working"][aaa] > 0 and table["qty"][aaa] == 0.0
+    assert [o.order_type for o in execution.desk.orders.open_orders()] == [ORDER_LIMIT]
+    signal(0.5, 2)                              # still strong: nothing more is sent
+    signal(0.6, 3)
+    assert execution.desk.counters["orders"] == 1 and strat.core.counters["reconciled"] == 0
+    signal(-0.5, 4)                             # an exit: the resting entry is cancelled
+    assert strat.core.counters["cancels"] == 1
+    events = [r["payload"]["detail"]["event"] for r in journaled(path, "order") if "cid" in r["payload"]]
+    assert "cancel_requested" in events
+    intents = journaled(path, "intent")
+    assert [r["payload"]["order_type"] for r in intents] == [ORDER_LIMIT, ORDER_CANCEL]
+    deadline = time.monotonic() + 60           # the paper venue answers the cancel
+    while execution.desk.orders.open_orders() and time.monotonic() < deadline:
+        execution.idle_wait(0.05)
+        execution.step()
+    assert not execution.desk.orders.open_orders()
+    table, _ = execution.positions.read()
+    assert table["working"][aaa] == 0.0 and table["qty"][aaa] == 0.0
+    signal(0.5, 5)                              # flat again: a new entry may rest
+    assert execution.desk.counters["orders"] == 2
+    strat.close()
+    execution.close()
