@@ -102,6 +102,8 @@ class FxRates:
 
     def on_bars(self, rows: np.ndarray) -> None:
         """Closed bars (BAR or features rows): the FX markets' closes, as the strategy sees them."""
+        if not len(self.market_sids):
+            return
         mine = np.isin(rows["symbol_id"], self.market_sids)
         for sid, close, ts in zip(rows["symbol_id"][mine].tolist(), rows["close"][mine].tolist(),
                                   rows["ts_origin_ns"][mine].tolist()):
