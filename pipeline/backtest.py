@@ -15,6 +15,10 @@ What runs is what `pipeline start` runs, core for core:
   taker fees), the portfolio and the journal (SQLite; a temporary file unless
   ``--journal`` names one to keep).
 
+With a stop-loss or take-profit, every trade of a symbol the strategy holds goes to its
+stop check as it happens (the strategy process reads the tick rings live for the same),
+so an exit is sent at the trade that crossed the stop, inside the bar.
+
 A file of recorded L2 order books beside a symbol's trades or candles (JSON Lines:
 ccxt snapshots or a Bybit archive, pipeline/book_files.py) is shown to the desk as
 time reaches each book, as a depth feed's books reach it live: the book's top is the
@@ -294,6 +298,7 @@ class Backtest:
             raise UserError(f"the journal {journal_path} holds positions or orders of an earlier run; "
                             "give a new file with --journal")
         self.vol = np.full(n, np.nan)
+        self.stops = cfg.strategy.stop_loss > 0 or cfg.strategy.take_profit > 0
         events = [(int(t), sid, float(r)) for sid, rows in data.funding.items()
                   for t, r in zip(rows["ts_ns"].tolist(), rows["rate"].tolist())]
         self.funding_due = sorted(events)            # (ts_ns, symbol id, rate), in time order
@@ -342,8 +347,7 @@ class Backtest:
                 seg = ticks[start:end]
                 self._reports(int(seg["ts_exchange_ns"][0]), fills)
                 self._fund(int(seg["ts_exchange_ns"][0]))
-                self.clock.set(int(seg["ts_exchange_ns"][-1]))
-                self.desk.on_ticks(seg)
+                self._ticks(seg, start, fills)
                 self._books(int(seg["ts_exchange_ns"][-1]))
                 closed = closes.get(i, ())
                 for bars, rows, outputs in closed:
@@ -448,7 +452,10 @@ class Backtest:
         if not len(sig):
             return
         rows = self.desk.portfolio.rows
-        intents = self.strategy.on_signals(sig, self.vol, 0, rows["qty"], rows["working"])
+        self._send(self.strategy.on_signals(sig, self.vol, 0, rows["qty"], rows["working"]), fills)
+
+    def _send(self, intents: np.ndarray, fills: list) -> None:
+        """The strategy's intents, logged, to the desk."""
         if len(intents):
             self.counts["intents"] += len(intents)
             log = np.zeros(len(intents), INTENT_ROW)
@@ -457,6 +464,33 @@ class Backtest:
             log["reason"], log["seq"] = intents["reason"], intents["seq"]
             self.intent_log.append(log)
             self._collect(self.desk.on_intents(intents), fills)
+
+    def _ticks(self, seg: np.ndarray, offset: int, fills: list) -> None:
+        """A segment's ticks to the desk. With a stop-loss or take-profit, every trade of a
+        symbol the strategy holds goes to its stop check as it happens, as the strategy
+        process reads the ticks live: the desk has seen the market up to that trade when
+        the exit reaches it. ``offset``: the segment's first tick's place in the data (the
+        stop intent's seq, as a tick's place in its ring is live)."""
+        last = int(seg["ts_exchange_ns"][-1])
+        if not self.stops:
+            self.clock.set(last)
+            self.desk.on_ticks(seg)
+            return
+        s, start = self.strategy, 0
+        trades = np.flatnonzero(seg["kind"] == TICK_TRADE)
+        held = s.direction[seg["symbol_id"][trades].astype(np.intp)] != 0
+        for i in trades[held].tolist():
+            sid = int(seg["symbol_id"][i])
+            if not s.direction[sid]:               # an earlier trade of this segment closed it
+                continue
+            ts = int(seg["ts_exchange_ns"][i])
+            self.clock.set(ts)
+            self.desk.on_ticks(seg[start:i + 1])
+            start = i + 1
+            self._send(s.on_price(sid, float(seg["price"][i]), offset + i, ts), fills)
+        self.clock.set(last)
+        if start < len(seg):
+            self.desk.on_ticks(seg[start:])
 
     def _reports(self, before_ns: int | None, fills: list) -> None:
         """The broker's reports and the resting orders' expiries due before ``before_ns``

@@ -82,9 +82,12 @@ def build(cfg: Config, run_id: str, with_bells: bool = False) -> Topology:
     # price), and the orders and fills (which of its legs filled: its inventory)
     arb = cfg.strategy.kind == "arbitrage"
     arb_reader = ["strategy.0"] if arb else []
+    # the signals strategy reads them too when it has stops to check on every trade
+    stops = not arb and (cfg.strategy.stop_loss > 0 or cfg.strategy.take_profit > 0)
+    tick_readers = ["strategy.0"] if arb or stops else []
     for i, feed in enumerate(cfg.feeds):
         out = f"ticks.{feed.name}"
-        ring(out, TICK, rc.ticks_capacity, LOSSY, shard_ids + recorder + ["execution.0"] + arb_reader)
+        ring(out, TICK, rc.ticks_capacity, LOSSY, shard_ids + recorder + ["execution.0"] + tick_readers)
         workers.append(WorkerSpec("feed", i, outputs=[out], feed=i))
     if recorder:
         # ticks as a reader of the lossy tick rings; bars as an observer of the
@@ -108,6 +111,8 @@ def build(cfg: Config, run_id: str, with_bells: bool = False) -> Topology:
     strategy_inputs = [f"signals.{j}" for j in range(n_models)]
     if arb:
         strategy_inputs += [f"ticks.{f.name}" for f in cfg.feeds] + ["fills", "orders"]
+    elif stops:
+        strategy_inputs += [f"ticks.{f.name}" for f in cfg.feeds]
     workers.append(WorkerSpec("strategy", 0, inputs=strategy_inputs, outputs=["intents"]))
     ring("orders", ORDER, rc.orders_capacity, LOSSLESS, arb_reader)
     ring("fills", FILL, rc.fills_capacity, LOSSLESS, arb_reader)

@@ -360,3 +360,24 @@ def test_a_bad_book_file_is_one_line(tmp_path, capsys, line, words):
                  "--out", str(out), "--no-progress", "--to", TO]) == 2
     err = capsys.readouterr().err
     assert words in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_stop_loss_is_checked_on_every_trade_not_at_the_next_close(tmp_path):
+    """With a stop-loss the strategy checks every trade of a held symbol (a candle's
+    low or high included), as the strategy process does live on the tick rings: the
+    exit is sent at the trade that crossed the stop, inside the bar."""
+    from shm.records import REASON_STOP_LOSS
+    cfg = load_config(config(tmp_path))
+    cfg = dataclasses.replace(cfg, strategy=dataclasses.replace(cfg.strategy, stop_loss=0.002))
+    r = run_backtest(cfg, [str(BTC)], end=TO)
+    stops = r.fills[r.fills["reason"] == REASON_STOP_LOSS]
+    assert len(stops) >= 3
+    bar_ns = 300_000_000_000
+    inside = [int(f["ts_ns"]) % bar_ns != 0 for f in stops]
+    assert any(inside)                              # at a candle's low or high, a quarter bar in
+    # every stop sells (or buys back) what the entry before it bought (or sold)
+    for f in stops:
+        before = r.fills[(r.fills["ts_ns"] < f["ts_ns"])]
+        assert int(before["side"][-1]) == -int(f["side"]) and before["qty"][-1] == pytest.approx(f["qty"])
+    again = run_backtest(cfg, [str(BTC)], end=TO)
+    assert fingerprint(again.fills) == fingerprint(r.fills)

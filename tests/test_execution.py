@@ -499,3 +499,46 @@ def test_a_resting_limit_entry_is_never_entered_twice_by_the_strategy_process(ru
     assert execution.desk.counters["orders"] == 2
     strat.close()
     execution.close()
+
+
+def test_the_strategy_process_stops_out_on_a_trade_between_bars(runs):
+    """With a stop-loss the strategy process reads the feeds' ticks: a trade through the
+    stop of a held position sends the exit at once (a seq of the tick ring's own source),
+    not at the next bar's signal."""
+    from shm.records import REASON_STOP_LOSS, SIGNAL
+    from workers.strategy.signals import SOURCE_BITS, STOP_SOURCE
+    from workers.strategy.worker import WORKER
+    make, path = runs
+    run = make("a", extra="[strategy]\nstop_loss = 0.01\nmin_hold_bars = 0\n")
+    signals = Ring.attach(run.topo.rings["signals.0"])
+    run.rings.append(signals)
+    execution = run.worker()
+    strat = RunSegments.worker(run, WORKER, "strategy.0")
+    assert [r.ring.spec.name for r in strat.tick_readers] == ["ticks.synthetic"]
+    aaa = run.topo.symbols.id("AAA/USDT@synthetic")
+
+    def settle() -> None:
+        for _ in range(100):
+            if not (strat.step() | execution.step()):
+                return
+        raise AssertionError("the two workers kept stepping")
+
+    run.tick(("AAA/USDT", 100.0))
+    s = np.zeros(1, SIGNAL)
+    s["symbol_id"], s["seq"], s["ts_bar_ns"], s["ref_price"] = aaa, 1, 1, 100.0
+    s["probs"] = [[0.2, 0.2, 0.6]]
+    s["ts_origin_ns"] = time.time_ns()
+    signals.writer().write(s)
+    settle()
+    assert execution.desk.portfolio.qty(aaa) > 0
+    run.tick(("AAA/USDT", 99.5))                  # inside the stop: nothing
+    settle()
+    assert execution.desk.counters["orders"] == 1
+    run.tick(("AAA/USDT", 98.5))                  # 1.5 % down: out at once
+    settle()
+    assert execution.desk.portfolio.qty(aaa) == 0.0
+    (stop,) = [r["payload"] for r in journaled(path, "intent") if r["payload"]["reason"] == REASON_STOP_LOSS]
+    assert stop["seq"] >> SOURCE_BITS == STOP_SOURCE and stop["signal_seq"] == 0
+    assert strat.stats()["ticks"] >= 3
+    strat.close()
+    execution.close()

@@ -176,10 +176,12 @@ class SignalStrategy:
         self.counters["intents"] += len(rows)
         return rows
 
-    def on_price(self, symbol_id: int, price: float, seq: int, ts_origin_ns: int) -> np.ndarray:
+    def on_price(self, symbol_id: int, price: float, seq: int, ts_origin_ns: int,
+                 source: int = STOP_SOURCE) -> np.ndarray:
         """A price update (a trade): the stop-loss and take-profit of a held position.
-        ``seq``: the update's own sequence (the tick ring's), so the intent is the same
-        if a restart sees the same tick again."""
+        ``seq``: the update's own sequence (its place in the tick ring), so the intent is the
+        same if a restart sees the same tick again; ``source``: the ring's (one per feed,
+        counting down from STOP_SOURCE, so two feeds' ticks never make one seq)."""
         if symbol_id >= self.n or not math.isfinite(price) or price <= 0:
             self.counters["bad_input"] += 1
             return np.zeros(0, INTENT)
@@ -188,7 +190,7 @@ class SignalStrategy:
             return np.zeros(0, INTENT)
         cause = np.zeros((), [("ts_origin_ns", "<i8"), ("seq", "<u8")])
         cause["ts_origin_ns"] = ts_origin_ns
-        full = (STOP_SOURCE << SOURCE_BITS) | (int(seq) & ((1 << SOURCE_BITS) - 1))
+        full = (source << SOURCE_BITS) | (int(seq) & ((1 << SOURCE_BITS) - 1))
         out = self._close(symbol_id, price, stop, full, cause, signal_seq=0)
         rows = np.zeros(len(out), INTENT)
         for i, row in enumerate(out):

@@ -4,7 +4,10 @@ A thin adapter around the pure core in signals.py: it drains every model
 worker's signals ring, reads each signalling symbol's volatility from the
 latest-features table (``vol_N``, else ``atr_N / close``) for the size, the
 FX markets' last closes from the same table (sizes are in the account currency), and
-publishes the intents the core returns to the ``intents`` ring.
+publishes the intents the core returns to the ``intents`` ring. With a stop-loss or
+take-profit set it also reads every feed's ticks (a lossy reader, as the indicator
+shards): each trade of a held symbol goes to the core's stop check at once, not at the
+next bar's close.
 
 A restarted strategy skips the signals its predecessor already turned into
 intents (their sequence is in the intents ring), and takes the positions it
@@ -16,10 +19,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from shm.records import TICK_TRADE
+
 from ..base import Worker
 from ..execution.fx import FxRates
 from ..execution.fx_feed import RatePoller
-from .signals import SOURCE_BITS, SignalStrategy, bar_volatility, volatility_columns
+from .signals import SOURCE_BITS, STOP_SOURCE, SignalStrategy, bar_volatility, volatility_columns
 
 
 class StrategyWorker(Worker):
@@ -33,8 +38,10 @@ class StrategyWorker(Worker):
         self.features = self.table("features")
         self.positions = self.table("positions")
         self.vol_column, self.atr_column = volatility_columns(self.topo.feature_names)
-        self.last_seen = np.full(len(self.readers), -1, np.int64)
-        self.counters.update(signals=0, intents=0, skipped_replay=0)
+        self.tick_readers = [r for r in self.readers if r.ring.spec.name.startswith("ticks.")]
+        self.signal_readers = [r for r in self.readers if r not in self.tick_readers]
+        self.last_seen = np.full(len(self.signal_readers), -1, np.int64)
+        self.counters.update(signals=0, intents=0, skipped_replay=0, ticks=0, ticks_dropped=0)
         writer = self.writers["intents"]
         if writer.seq > 0:
             self.resume(writer.tail())
@@ -84,8 +91,8 @@ class StrategyWorker(Worker):
         return qty, working
 
     def step(self) -> bool:
-        did = False
-        for j, reader in enumerate(self.readers):
+        did = self._stops()
+        for j, reader in enumerate(self.signal_readers):
             batch = reader.read()
             if batch is None:
                 continue
@@ -105,6 +112,32 @@ class StrategyWorker(Worker):
                     self.publish("intents", intents)
                     self.record_latency(intents["ts_origin_ns"])
                     self.counters["intents"] += len(intents)
+            reader.commit()
+        return did
+
+    def _stops(self) -> bool:
+        """Every trade of a held symbol to the stop-loss and take-profit; an exit they make
+        is published at once. Its seq comes from the tick's place in its ring (a source of
+        its own per feed), so a restarted strategy that reads the tick again derives the same
+        intent, which execution never acts on twice."""
+        did = False
+        for j, reader in enumerate(self.tick_readers):
+            batch = reader.read()
+            if batch is None:
+                continue
+            did = True
+            self.counters["ticks"] += len(batch)
+            self.counters["ticks_dropped"] += batch.dropped
+            t = batch.records
+            held = self.core.direction[np.minimum(t["symbol_id"], self.core.n - 1)] != 0
+            hit = np.flatnonzero((t["kind"] == TICK_TRADE) & held & (t["symbol_id"] < self.core.n))
+            for i in hit.tolist():
+                rows = self.core.on_price(int(t["symbol_id"][i]), float(t["price"][i]), batch.first_seq + i,
+                                          int(t["ts_origin_ns"][i]), source=STOP_SOURCE - j)
+                if len(rows):
+                    self.publish("intents", rows)
+                    self.record_latency(rows["ts_origin_ns"])
+                    self.counters["intents"] += len(rows)
             reader.commit()
         return did
 
