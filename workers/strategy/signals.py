@@ -73,6 +73,21 @@ def bar_volatility(rows: np.ndarray, vol_column: str | None, atr_column: str | N
         return rows[atr_column] / rows["close"]
 
 
+INTENT_FIELDS = ("ts_origin_ns", "ts_ns", "seq", "signal_seq", "symbol_id", "strategy_id", "side", "order_type",
+                 "tif", "reason", "flags", "qty", "limit_price", "ref_price", "expire_ns")
+assert INTENT_FIELDS == INTENT.names, "signals.py builds intents in INTENT's field order"
+
+
+def _rows(intents: list[tuple]) -> np.ndarray:
+    """INTENT records of intents as `SignalStrategy._intent` makes them (one array for a
+    batch: filling records one at a time costs far more)."""
+    rows = np.zeros(len(intents), INTENT)
+    if intents:
+        for name, values in zip(INTENT_FIELDS, zip(*intents)):
+            rows[name] = values
+    return rows
+
+
 class SignalStrategy:
     """Per symbol: the direction it holds (-1, 0, 1), the entry price, the bar it
     entered on and bars held. ``on_signals`` and ``on_price`` return INTENT rows.
@@ -115,31 +130,32 @@ class SignalStrategy:
         orders may still add (signed; None: nothing rests): where the two together differ
         from what the strategy asked for (an intent refused by risk, an entry that expired
         unfilled), the strategy goes on from them."""
-        out: list[np.ndarray] = []
+        out: list[tuple] = []
         if self.fx is not None:
             self.fx.update(self.clock.time_ns())
-        for sig in signals:
+        # the signals' fields as plain values, read once (a record's field costs far more)
+        cols = zip(signals["symbol_id"].tolist(), signals["ref_price"].tolist(), signals["ts_bar_ns"].tolist(),
+                   signals["seq"].tolist(), signals["probs"].tolist(), signals["flags"].tolist(),
+                   signals["ts_origin_ns"].tolist())
+        for sid, price, bar, sig_seq, probs, flags, origin in cols:
             self.counters["signals"] += 1
-            sid = int(sig["symbol_id"])
-            price = float(sig["ref_price"])
+            sig = (origin, sig_seq)                  # the cause: its time, its seq
             if sid >= self.n or not math.isfinite(price) or price <= 0:
                 self.counters["bad_input"] += 1
                 continue
             if positions is not None:
                 self._reconcile(sid, float(positions[sid]), 0.0 if working is None else float(working[sid]),
                                 price)
-            bar = int(sig["ts_bar_ns"])
             if bar != self.last_bar[sid]:
                 self.last_bar[sid] = bar
                 if self.direction[sid]:
                     self.held_bars[sid] += 1
-            seq = (source << SOURCE_BITS) | (int(sig["seq"]) & ((1 << SOURCE_BITS) - 1))
+            seq = (source << SOURCE_BITS) | (sig_seq & ((1 << SOURCE_BITS) - 1))
             stop = self._stop(sid, price)
             if stop:
                 out += self._close(sid, price, stop, seq, sig)
                 continue
-            p_down, _, p_up = (float(x) for x in sig["probs"])
-            margin = p_up - p_down
+            margin = probs[2] - probs[0]
             if not math.isfinite(margin):
                 self.counters["bad_input"] += 1
                 continue
@@ -156,7 +172,7 @@ class SignalStrategy:
                 if want == 0 and not d:
                     self.counters["gated"] += 1
                 continue
-            if int(sig["flags"]) & NO_NEW_RISK:
+            if flags & NO_NEW_RISK:
                 self.counters["no_new_risk"] += 1
                 continue
             factor = 1.0 if self.fx is None else float(self.fx.factor[sid])
@@ -170,9 +186,7 @@ class SignalStrategy:
             self.entry[sid] = price
             self.held_bars[sid] = 0
             out.append(self._entry(sid, want, qty, price, seq, sig))
-        rows = np.zeros(len(out), INTENT)     # (np.concatenate would drop the padding)
-        for i, row in enumerate(out):
-            rows[i] = row[0]
+        rows = _rows(out)
         self.counters["intents"] += len(rows)
         return rows
 
@@ -188,13 +202,8 @@ class SignalStrategy:
         stop = self._stop(symbol_id, price)
         if not stop:
             return np.zeros(0, INTENT)
-        cause = np.zeros((), [("ts_origin_ns", "<i8"), ("seq", "<u8")])
-        cause["ts_origin_ns"] = ts_origin_ns
         full = (source << SOURCE_BITS) | (int(seq) & ((1 << SOURCE_BITS) - 1))
-        out = self._close(symbol_id, price, stop, full, cause, signal_seq=0)
-        rows = np.zeros(len(out), INTENT)
-        for i, row in enumerate(out):
-            rows[i] = row[0]
+        rows = _rows(self._close(symbol_id, price, stop, full, (int(ts_origin_ns), 0)))
         self.counters["intents"] += len(rows)
         return rows
 
@@ -227,8 +236,7 @@ class SignalStrategy:
             return REASON_TAKE_PROFIT
         return 0
 
-    def _close(self, sid: int, price: float, reason: int, seq: int, cause,
-               signal_seq: int | None = None) -> list[np.ndarray]:
+    def _close(self, sid: int, price: float, reason: int, seq: int, cause: tuple[int, int]) -> list[tuple]:
         """Flat: the open orders cancelled (an entry still resting), what is held sold or
         bought back. Where execution has not said what is held, what was asked for is."""
         held, working = float(self.held[sid]), float(self.working[sid])
@@ -242,45 +250,32 @@ class SignalStrategy:
         out = []
         if working:
             self.counters["cancels"] += 1
-            row = self._intent(sid, 1 if working > 0 else -1, abs(working), price, reason, seq | CANCEL_BIT,
-                               cause, signal_seq)
-            row["order_type"], row["tif"] = ORDER_CANCEL, 0
-            out.append(row)
+            out.append(self._intent(sid, 1 if working > 0 else -1, abs(working), price, reason, seq | CANCEL_BIT,
+                                    cause, ORDER_CANCEL, 0))
         if held:
-            out.append(self._intent(sid, -1 if held > 0 else 1, abs(held), price, reason, seq, cause, signal_seq))
+            out.append(self._intent(sid, -1 if held > 0 else 1, abs(held), price, reason, seq, cause))
         return out
 
-    def _entry(self, sid: int, side: int, qty: float, price: float, seq: int, cause) -> np.ndarray:
+    def _entry(self, sid: int, side: int, qty: float, price: float, seq: int, cause: tuple[int, int]) -> tuple:
         """An entry: a market order, or a limit resting ``entry_offset_bps`` better than the
         signal's price until ``entry_ttl_s`` has passed."""
-        row = self._intent(sid, side, qty, price, REASON_ENTRY, seq, cause)
         # until execution says otherwise: a market entry filled, a limit one resting unfilled
         # (a stop before the next word then cancels it rather than sell what may not be held)
         self.held[sid], self.working[sid] = (side * qty, 0.0) if self.p.entry_order != "limit" else (0.0, side * qty)
-        if self.p.entry_order == "limit":
-            row["order_type"] = ORDER_LIMIT
-            row["tif"] = TIF_POST_ONLY if self.p.entry_post_only else TIF_GTC
-            row["limit_price"] = price * (1 - side * self.p.entry_offset_bps / 1e4)
-            row["expire_ns"] = self.clock.time_ns() + int(self.p.entry_ttl_s * 1e9)
-        return row
+        if self.p.entry_order != "limit":
+            return self._intent(sid, side, qty, price, REASON_ENTRY, seq, cause)
+        return self._intent(sid, side, qty, price, REASON_ENTRY, seq, cause, ORDER_LIMIT,
+                            TIF_POST_ONLY if self.p.entry_post_only else TIF_GTC,
+                            price * (1 - side * self.p.entry_offset_bps / 1e4),
+                            self.clock.time_ns() + int(self.p.entry_ttl_s * 1e9))
 
     def _intent(self, sid: int, side: int, qty: float, price: float, reason: int, seq: int,
-                cause, signal_seq: int | None = None) -> np.ndarray:
-        row = np.zeros(1, INTENT)
-        row["ts_origin_ns"] = cause["ts_origin_ns"]
-        row["ts_ns"] = self.clock.time_ns()
-        row["seq"] = seq
-        row["signal_seq"] = cause["seq"] if signal_seq is None else signal_seq
-        row["symbol_id"] = sid
-        row["strategy_id"] = self.strategy_id
-        row["side"] = SIDE_BUY if side > 0 else SIDE_SELL
-        row["order_type"] = ORDER_MARKET
-        row["tif"] = TIF_IOC
-        row["reason"] = reason
-        row["qty"] = qty
-        row["limit_price"] = np.nan
-        row["ref_price"] = price
-        return row
+                cause: tuple[int, int], order_type: int = ORDER_MARKET, tif: int = TIF_IOC,
+                limit: float = math.nan, expire_ns: int = 0) -> tuple:
+        """One INTENT's fields as a tuple, in `INTENT_FIELDS` order; ``cause``: (its origin
+        time, the signal's seq or 0)."""
+        return (cause[0], self.clock.time_ns(), seq, cause[1], sid, self.strategy_id,
+                SIDE_BUY if side > 0 else SIDE_SELL, order_type, tif, reason, 0, qty, limit, price, expire_ns)
 
     # -- persistence --------------------------------------------------------------------
     def state(self) -> dict:
