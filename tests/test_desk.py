@@ -282,3 +282,10 @@ def test_a_cancel_intent_cancels_its_strategys_open_orders_even_when_halted(make
     assert verdicts(d) == ["BAD_INPUT"]
     assert [e for _, e in order_events(d)].count("cancel_requested") == 2
     assert d.counters["cancels"] == 2
+    # the same cancel read again later (a restart re-reading its batch) takes no newer order
+    clock.set(T0 + 1_000 * MS)
+    d.command({"action": "resume", "tier": "global"})
+    market(d, 0, 100.0)
+    d.on_intents(intent(d, 0, SIDE_BUY, 1.0, 6, order_type=ORDER_LIMIT, tif=TIF_GTC, limit=99.5))
+    d.on_intents(batch(cancel))
+    assert sorted(o.strategy_id for o in d.orders.open_orders(0)) == [1, 2] and d.counters["cancels"] == 2

@@ -300,18 +300,21 @@ class Desk:
 
     def _cancel_intents(self, cancels: np.ndarray, now: int) -> None:
         """ORDER_CANCEL intents: journaled, then each cancels its strategy's open orders of its
-        symbol (a cancel passes every tier, HALTED included: it only takes risk away)."""
+        symbol made before the strategy sent it (a cancel read again after a restart never
+        takes a newer order), passing every tier, HALTED included: it only takes risk away."""
         n_sym = len(self.symbols)
         sids = cancels["symbol_id"].tolist()
         self._batch.intents(now, [self.symbols[s] if s < n_sym else f"#{s}" for s in sids], cancels)
         self.counters["intents"] += len(cancels)
         cids = []
-        for i, (sid, strat, seq) in enumerate(zip(sids, cancels["strategy_id"].tolist(), cancels["seq"].tolist())):
+        for i, (sid, strat, sent_ns) in enumerate(zip(sids, cancels["strategy_id"].tolist(),
+                                                       cancels["ts_ns"].tolist())):
             if sid >= n_sym:
                 self._verdict(cancels[i], f"#{sid}", self._deny_after(Denial.BAD_INPUT), "cancel of an unknown symbol",
                               now)
                 continue
-            cids += [o.client_id for o in self.orders.open_orders(sid) if o.strategy_id == strat]
+            cids += [o.client_id for o in self.orders.open_orders(sid)
+                     if o.strategy_id == strat and o.timestamps.get("CREATED", 0) <= sent_ns]
         self._request_cancels(cids, "cancelled by its strategy")
 
     def _request_cancels(self, cids: list[str], reason: str) -> None:
