@@ -113,13 +113,7 @@ def _time_ns(value) -> int:
 def _levels(raw, best_first_desc: bool) -> list[tuple[float, float]]:
     """[[price, size], ...] as floats, best first, zero sizes left out; ValueError for
     a NaN, a non-positive price or a negative size."""
-    out = []
-    for level in raw:
-        price, size = float(level[0]), float(level[1])
-        if not (math.isfinite(price) and price > 0 and math.isfinite(size) and size >= 0):
-            raise ValueError(f"level {level!r}: a price must be > 0 and a size >= 0")
-        if size > 0:
-            out.append((price, size))
+    out = [(price, size) for price, size in _raw(raw) if size > 0]
     out.sort(key=lambda lv: -lv[0] if best_first_desc else lv[0])
     return out
 

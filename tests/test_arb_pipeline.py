@@ -296,6 +296,24 @@ asset = "BTC"
 amount = 0.1
 """
 
+# each venue's fees and risk limits that never bind, in every test pipeline here
+FEES_AND_LIMITS = """
+[[execution.venue_fees]]
+venue = "upbit"
+taker_bps = 5.0
+maker_bps = 5.0
+[[execution.venue_fees]]
+venue = "binance"
+taker_bps = 10.0
+maker_bps = 10.0
+[risk]
+max_position_notional = 1e9
+max_order_notional = 1e9
+max_gross_exposure = 1e9
+max_venue_exposure = 1e9
+max_route_imbalance = 1e9
+"""
+
 ARB = """
 [pipeline]
 name = "arbt"
@@ -312,21 +330,7 @@ venue_rules = false
 [[execution.fx]]
 quote = "KRW"
 symbol = "USDT/KRW@upbit"
-[[execution.venue_fees]]
-venue = "upbit"
-taker_bps = 5.0
-maker_bps = 5.0
-[[execution.venue_fees]]
-venue = "binance"
-taker_bps = 10.0
-maker_bps = 10.0
-[risk]
-max_position_notional = 1e9
-max_order_notional = 1e9
-max_gross_exposure = 1e9
-max_venue_exposure = 1e9
-max_route_imbalance = 1e9
-[[feeds]]
+""" + FEES_AND_LIMITS + """[[feeds]]
 name = "upbit"
 kind = "upbit"
 ws_url = "ws://127.0.0.1:9"
@@ -751,21 +755,7 @@ venue_rules = false
 [[execution.fx]]
 quote = "KRW"
 rate = 1389.0
-[[execution.venue_fees]]
-venue = "upbit"
-taker_bps = 5.0
-maker_bps = 5.0
-[[execution.venue_fees]]
-venue = "binance"
-taker_bps = 10.0
-maker_bps = 10.0
-[risk]
-max_position_notional = 1e9
-max_order_notional = 1e9
-max_gross_exposure = 1e9
-max_venue_exposure = 1e9
-max_route_imbalance = 1e9
-max_orders_per_s = 1000.0
+""" + FEES_AND_LIMITS + """max_orders_per_s = 1000.0
 order_burst = 1000
 [[feeds]]
 name = "upbit"

@@ -108,12 +108,15 @@ class StrategyWorker(Worker):
                 intents = self.core.on_signals(sig, self.volatility(ids), j, *self.held(ids))
                 self.last_seen[j] = int(sig["seq"][-1])
                 self.counters["signals"] += len(sig)
-                if len(intents):
-                    self.publish("intents", intents)
-                    self.record_latency(intents["ts_origin_ns"])
-                    self.counters["intents"] += len(intents)
+                self._publish_intents(intents)
             reader.commit()
         return did
+
+    def _publish_intents(self, intents: np.ndarray) -> None:
+        if len(intents):
+            self.publish("intents", intents)
+            self.record_latency(intents["ts_origin_ns"])
+            self.counters["intents"] += len(intents)
 
     def _stops(self) -> bool:
         """Every trade of a held symbol to the stop-loss and take-profit; an exit they make
@@ -132,12 +135,9 @@ class StrategyWorker(Worker):
             held = self.core.direction[np.minimum(t["symbol_id"], self.core.n - 1)] != 0
             hit = np.flatnonzero((t["kind"] == TICK_TRADE) & held & (t["symbol_id"] < self.core.n))
             for i in hit.tolist():
-                rows = self.core.on_price(int(t["symbol_id"][i]), float(t["price"][i]), batch.first_seq + i,
-                                          int(t["ts_origin_ns"][i]), source=STOP_SOURCE - j)
-                if len(rows):
-                    self.publish("intents", rows)
-                    self.record_latency(rows["ts_origin_ns"])
-                    self.counters["intents"] += len(rows)
+                self._publish_intents(self.core.on_price(int(t["symbol_id"][i]), float(t["price"][i]),
+                                                         batch.first_seq + i, int(t["ts_origin_ns"][i]),
+                                                         source=STOP_SOURCE - j))
             reader.commit()
         return did
 
