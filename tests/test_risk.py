@@ -403,6 +403,23 @@ def test_the_fast_pass_and_the_one_by_one_finish_agree():
         assert got == ref[1:]
 
 
+def test_one_intent_alone_gets_the_code_it_gets_first_in_a_batch():
+    """A batch of one takes the one-by-one rules alone (a backtest's path); first in a batch of
+    two it takes the fast pass: the codes must agree, passes and denials alike."""
+    rng = np.random.default_rng(11)
+    limits = {"max_position_notional": 1_000.0, "max_gross_exposure": 2_500.0, "max_venue_exposure": 1_800.0,
+              "max_open_orders": 1, "order_burst": 2}
+    for _ in range(40):
+        row = (buy if rng.random() < 0.6 else sell)(int(rng.integers(4)), float(rng.choice([0.5, 1.0, 3.0, 20.0])))
+        if rng.random() < 0.3:
+            row.update(type=ORDER_LIMIT, tif=TIF_GTC, limit=100.0)
+        pos = rng.choice([-4.0, 0.0, 2.0], 4)
+        alone, first = guard(**limits), guard(**limits)
+        if rng.random() < 0.3:
+            alone.halt("venue", "upbit", reducing=True)
+            first.halt("venue", "upbit", reducing=True)
+        assert codes(alone, market(position=pos), row) == codes(first, market(position=pos), row, sell(0, 0.5))[:1]
+
 def test_a_stale_intent_only_reduces():
     """From a stale model stage (FLAG_STALE) or older than max_intent_age_s: it may close or
     shrink a position, never open, grow or flip one."""
