@@ -355,8 +355,13 @@ class RiskGuard:
               latch_ns: int = NO_LATCH) -> None:
         """Make the automatic causes ``code`` of a tier match ``holds`` (one bool per key); only the
         keys that changed cost a Python step."""
-        has = self._has.setdefault((tier, code), np.zeros(self._sizes[tier], bool))
-        for idx in np.flatnonzero(holds != has):
+        has = self._has.get((tier, code))
+        if has is None:
+            has = self._has[(tier, code)] = np.zeros(self._sizes[tier], bool)
+        changed = holds != has
+        if not changed.any():                   # the common case: nothing moved (one numpy call)
+            return
+        for idx in np.flatnonzero(changed):
             idx = int(idx)
             if holds[idx]:
                 self._set(tier, idx, code, _Cause(state, why(idx), False, now, latch_ns))
