@@ -164,7 +164,8 @@ class Desk:
             return
         sid = ticks["symbol_id"].astype(np.int64)
         ok = sid < len(self.symbols)
-        ticks, sid = ticks[ok], sid[ok]
+        if not ok.all():                        # a copy only when some tick is not ours
+            ticks, sid = ticks[ok], sid[ok]
         ts = ticks["ts_origin_ns"].astype(np.int64)
         m = self.market
         price, bid, ask = ticks["price"], ticks["bid"], ticks["ask"]
@@ -181,14 +182,21 @@ class Desk:
         if self.impact is not None:
             sized = trade & np.isfinite(ticks["size"]) & (ticks["size"] > 0)
             self.impact.on_trades(sid[sized], ticks["ts_exchange_ns"][sized], price[sized], ticks["size"][sized])
-        m.bid[sid[quote]], m.ask[sid[quote]], m.quote_ns[sid[quote]] = bid[quote], ask[quote], ts[quote]
+        quoted = sid[quote]
+        m.bid[quoted], m.ask[quoted], m.quote_ns[quoted] = bid[quote], ask[quote], ts[quote]
         self.fx.on_ticks(sid, ticks)
-        self._rates(int(ts.max()) if len(ts) else self.clock.time_ns())
-        v = self.venue_of[sid]
-        for vi in np.unique(v):
-            mine = np.flatnonzero(v == vi)
-            m.venue_last_ns[vi] = max(int(m.venue_last_ns[vi]), int(ts[mine].max()))
-            m.venue_connected[vi] = ticks["kind"][mine[-1]] != TICK_GAP
+        latest = int(ts.max()) if len(ts) else None
+        self._rates(self.clock.time_ns() if latest is None else latest)
+        if len(self.venues) == 1:
+            if latest is not None:              # one venue: every tick is its (no grouping)
+                m.venue_last_ns[0] = max(int(m.venue_last_ns[0]), latest)
+                m.venue_connected[0] = ticks["kind"][-1] != TICK_GAP
+        else:
+            v = self.venue_of[sid]
+            for vi in np.unique(v):
+                mine = np.flatnonzero(v == vi)
+                m.venue_last_ns[vi] = max(int(m.venue_last_ns[vi]), int(ts[mine].max()))
+                m.venue_connected[vi] = ticks["kind"][mine[-1]] != TICK_GAP
         active = {o.symbol_id for o in self.orders._live.values()}
         if active:
             for i in np.flatnonzero(np.isin(sid, list(active))):
