@@ -509,7 +509,8 @@ class Journal:
                 raise JournalError(f"batch section {i}: unknown parts {sorted(set(sec) - _SECTION_KEYS)}")
             if "cols" in sec:
                 cols = sec["cols"]
-                if type(cols) is not dict or any(type(c) is not list or len(c) != n for c in cols.values()):
+                if (type(cols) is not dict or not set(map(type, cols.values())) <= _LISTS
+                        or not set(map(len, cols.values())) <= {n}):
                     raise JournalError(f"batch section {i}: cols must be lists of {n} values")
                 _check_fast(cols, "payload")
                 for name in ("const", "copy", "attach"):

@@ -870,7 +870,8 @@ def _columns(recs: np.ndarray) -> dict:
     for name in recs.dtype.names:
         col = recs[name]
         values = col.tolist()
-        if col.dtype.kind == "f" and not np.isfinite(col).all():
+        # the sum of the plain floats is finite only if every one is: no numpy call per field
+        if col.dtype.kind == "f" and not math.isfinite(sum(values)):
             values = [v if math.isfinite(v) else None for v in values]
         out[name] = values
     return out
