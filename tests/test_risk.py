@@ -10,7 +10,7 @@ import pytest
 from pipeline.clock import SimClock
 from shm.records import FLAG_STALE, INTENT, ORDER_LIMIT, ORDER_MARKET, SIDE_BUY, SIDE_SELL, TIF_GTC, TIF_IOC
 from pipeline.config import RiskConfig
-from workers.execution.risk import DAY_NS, Denial, MarketView, RiskGuard, Tier, TradingState
+from workers.execution.risk import DAY_NS, Denial, MarketView, RiskGuard, Tier, TradingState, _Grouped
 
 T0 = 1_700_000_000 * 1_000_000_000 + 3_600 * 1_000_000_000   # an hour into a UTC day
 VENUES = ["binance", "upbit"]
@@ -419,6 +419,19 @@ def test_one_intent_alone_gets_the_code_it_gets_first_in_a_batch():
             alone.halt("venue", "upbit", reducing=True)
             first.halt("venue", "upbit", reducing=True)
         assert codes(alone, market(position=pos), row) == codes(first, market(position=pos), row, sell(0, 0.5))[:1]
+
+def test_running_sums_per_key_round_as_adding_one_by_one():
+    """The batch's running sums per symbol, venue and route (every key once, one key, a mix):
+    each row's start plus the earlier rows of its key, bit for bit as adding them in order."""
+    rng = np.random.default_rng(5)
+    for keys in ([3, 1, 2, 0], [1, 1, 1, 1, 1], [2, 0, 2, 1, 0, 2], list(rng.integers(0, 4, 30))):
+        keys = np.array(keys, np.int64)
+        start, x = rng.normal(size=4) * 1e3, rng.normal(size=len(keys)) * 1e-3
+        acc, want = list(start), []
+        for k, v in zip(keys.tolist(), x.tolist()):
+            want.append(acc[k])
+            acc[k] += v
+        assert _Grouped(keys).before(start, x).tolist() == want
 
 def test_a_stale_intent_only_reduces():
     """From a stale model stage (FLAG_STALE) or older than max_intent_age_s: it may close or

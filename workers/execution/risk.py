@@ -207,6 +207,14 @@ class _Grouped:
 
     def before(self, start: np.ndarray, x: np.ndarray) -> np.ndarray:
         """start[key] plus x of the earlier rows of the same key, per row (x in batch order)."""
+        groups, width = self.shape
+        if width == 2:                          # every key once (a symbol per intent): its start
+            return start[self.keys].astype(np.float64)
+        if groups == 1:                         # one key (one venue, no route): one running sum
+            c = np.empty(len(self.keys) + 1)
+            c[0] = start[self.uniq[0]]
+            c[1:] = x
+            return np.cumsum(c)[:-1]
         m = np.zeros(self.shape)
         m[:, 0] = start[self.uniq]
         m[self.row, self.col + 1] = x[self.order]
