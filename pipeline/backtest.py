@@ -53,7 +53,7 @@ from __future__ import annotations
 import math
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -67,8 +67,8 @@ from pipeline.errors import ConfigurationError, UserError
 from pipeline.journal import Journal
 from pipeline.storage import detect_kind, market_columns, numeric, read_market_table
 from shm.records import FLAG_GAP, TICK_GAP, TICK_TRADE, features_dtype
-from workers.bars import BarBuilder, bar_steps, feature_rows
-from workers.execution.desk import Desk, in_account
+from workers.bars import BarBuilder, ClosedBars, bar_steps, feature_rows
+from workers.execution.desk import Desk
 from workers.execution.fx import FxRates
 from workers.feed import replay_ticks
 from workers.strategy.signals import SignalStrategy, bar_volatility, volatility_columns
@@ -262,13 +262,56 @@ def check_currencies(cfg: Config, symbols: list[str]) -> None:
             raise UserError(f"the data's symbols: {msg}")
 
 
+@dataclass
+class Close:
+    """Bars closed together (one engine call's worth, as live) and what follows from the
+    data alone: their feature rows (the bars in them), per-bar volatility, how many are
+    flagged FLAG_GAP, and the model's outputs and signals where the model serves in bulk
+    (else None: `_decide` calls it)."""
+    rows: np.ndarray
+    vol: np.ndarray
+    gaps: int
+    outputs: object = None
+    signals: np.ndarray | None = None
+
+
+def _joined(parts: list[ClosedBars]) -> ClosedBars:
+    """Closed bars of many closes as one, in order."""
+    return ClosedBars(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(ClosedBars)))
+
+
+def _no_bars() -> ClosedBars:
+    i8, f8 = np.zeros(0, np.int64), np.zeros(0)
+    return ClosedBars(np.zeros(0, np.intp), i8, i8, f8, f8, f8, f8, f8, i8, np.zeros(0, np.uint16))
+
+
+def _part(bars: ClosedBars, index: np.ndarray) -> ClosedBars:
+    """The closed bars at ``index``."""
+    return ClosedBars(*(getattr(bars, f.name)[index] for f in fields(ClosedBars)))
+
+
+def _last_trades(ticks: np.ndarray, ends: np.ndarray, n: int) -> np.ndarray:
+    """Each symbol's last valid trade price among ``ticks[:end]`` for each of ``ends`` (NaN
+    before its first): the desk's last price (Desk.on_ticks keeps the same) at those times."""
+    sid = ticks["symbol_id"].astype(np.int64)
+    price = ticks["price"]
+    with np.errstate(invalid="ignore"):
+        valid = (ticks["kind"] == TICK_TRADE) & np.isfinite(price) & (price > 0)
+    out = np.full((len(ends), n), np.nan)
+    for s in range(n):
+        idx = np.flatnonzero(valid & (sid == s))
+        k = np.searchsorted(idx, ends, side="left") - 1
+        out[:, s] = np.where(k >= 0, price[idx[np.maximum(k, 0)]] if len(idx) else np.nan, np.nan)
+    return out
+
+
 class Backtest:
     """One run: the cores of a live pipeline wired in one process (the module
     docstring says how). ``run`` plays the data and returns a BacktestResult."""
 
     def __init__(self, cfg: Config, data: MarketData, journal_path: str | Path,
                  progress: bool = False, model=None, trade_from_ns: int | None = None,
-                 on_features=None):
+                 on_features=None, defer: bool = True):
         self.cfg, self.data, self.progress = cfg, data, progress
         self.trade_from_ns = trade_from_ns
         self.on_features = on_features
@@ -279,15 +322,16 @@ class Backtest:
         self.clock = SimClock(first)
         ic = cfg.indicators
         self.bar_ns = int(round(ic.bar_seconds * 1e9))
-        # the bars are built ahead of the trading (`_closes`), on a clock of their own
-        self.bars = BarBuilder(np.ones(n, bool), self.bar_ns, int(ic.close_grace_s * 1e9), SimClock(first),
-                               int(max(f.max_ahead_s for f in cfg.feeds) * 1e9))
+        self.bars = self._bar_builder()                 # built ahead of the trading (`_closes`)
         self.engine = Engine(n, indicator_specs(ic))
         self.names = feature_names(cfg)
         self.fdtype = features_dtype(self.names)
         self.model = model if model is not None else self._model()
         self.vol_column, self.atr_column = volatility_columns(self.names)
-        self.strategy = SignalStrategy(n, cfg.strategy, self.clock,
+        # the strategy's own clock: the desk's may lag behind the market through a quiet stretch
+        # (`_quiet`), and catches up before the strategy's intents reach it
+        self.strategy_clock = SimClock(first)
+        self.strategy = SignalStrategy(n, cfg.strategy, self.strategy_clock,
                                        fx=FxRates.from_config(data.symbols, cfg.execution))
         self.journal = Journal(journal_path)
         self.desk = Desk(data.symbols, data.venue_of, data.venues, cfg.execution, cfg.risk, self.clock,
@@ -309,6 +353,13 @@ class Backtest:
                            else np.zeros(0, np.int64))
         self.book_next = 0                           # the next recorded book to show the desk
         self.signal_seq = 0
+        self.may_defer = defer and data.books is None and self.desk.hedges is None and not self.desk.fx.sources
+        self.behind: int | None = None               # the first tick the desk has not seen (a quiet stretch)
+        self.seg = (0, 0)                            # the segment being played: its ticks' bounds
+        self.fills: list[tuple] = []
+        self.samples: list[tuple] = []               # (ts_ns, segment, state index), `_sample`
+        self.states: list[tuple] = []                # (qty, avg price, realised - fees, funding, fx factor)
+        self.state_key: tuple | None = None
         self.counts = {"bars": 0, "signals": 0, "intents": 0, "gap_bars": 0, "not_traded_before_start": 0}
         self.signal_log: list[np.ndarray] = []
         self.intent_log: list[np.ndarray] = []
@@ -330,10 +381,9 @@ class Backtest:
     # -- the run ---------------------------------------------------------------------------
     def run(self) -> BacktestResult:
         ticks = self.data.ticks
-        n = len(self.data.symbols)
         ends = bar_steps(ticks, self.bar_ns)
-        times, marks, held, equity = [], [], [], []
-        fills: list[tuple] = []
+        self.seg_last = ticks["ts_exchange_ns"].astype(np.int64)[ends - 1]
+        fills = self.fills
         votes: list[tuple] = []
         bar = None
         if self.progress:
@@ -344,23 +394,32 @@ class Backtest:
             closes = self._closes(ends)
             start = 0
             for i, end in enumerate(ends.tolist()):
-                seg = ticks[start:end]
-                self._reports(int(seg["ts_exchange_ns"][0]), fills)
-                self._fund(int(seg["ts_exchange_ns"][0]))
-                self._ticks(seg, start, fills)
-                self._books(int(seg["ts_exchange_ns"][-1]))
+                self.seg = (start, end)
+                last = int(self.seg_last[i])
+                if self.behind is None:
+                    if self.may_defer and self._quiet(last):
+                        self.behind = start
+                    else:
+                        self._watch(start, end)
+                elif not self._quiet(last):
+                    self._catch_up(start)
+                    self._watch(start, end)
                 closed = closes.get(i, ())
-                for bars, rows, outputs in closed:
-                    self._decide(bars, rows, outputs, fills, votes)
                 if closed:
-                    self._sample(times, marks, held, equity)
-                self._collect(self.desk.housekeeping(), fills)
+                    self.strategy_clock.set(last)
+                    for close in closed:
+                        self._decide(close, fills, votes)
+                    self._sample(i)
+                if self.behind is None:
+                    self._collect(self.desk.housekeeping(), fills)
                 if bar is not None:
                     bar.update(end - start)
                 start = end
+            if self.behind is not None:
+                self._catch_up(len(ticks))
             self._reports(None, fills)
             self._fund(int(ticks["ts_exchange_ns"][-1]))
-            self._sample(times, marks, held, equity)
+            self._sample(len(ends) - 1, self.clock.time_ns())
         finally:
             if bar is not None:
                 bar.close()
@@ -374,25 +433,113 @@ class Backtest:
                 vote_rows[i] = (ts, sid, probs, member[:len(members)])
         signals = np.concatenate(self.signal_log) if self.signal_log else np.zeros(0, SIGNAL_ROW)
         intents = np.concatenate(self.intent_log) if self.intent_log else np.zeros(0, INTENT_ROW)
-        T = np.array(times, np.int64)
-        close = np.array(marks).reshape(len(T), n)
+        T, close, position, equity = self._equity(ends)
         return BacktestResult(
             symbols=list(self.data.symbols), bar_seconds=float(self.cfg.indicators.bar_seconds),
             capital=float(self.cfg.execution.capital), ts_ns=T, close=close,
-            position=np.array(held).reshape(len(T), n), equity=np.array(equity, float),
+            position=position, equity=equity,
             fills=fill_rows, members=members, votes=vote_rows, signals=signals, intents=intents,
             funding=np.array(self.funding_log, FUNDING_ROW) if self.funding_log else None,
             counts=self._counts(), meta=self._meta(seconds))
 
-    def _closes(self, ends: np.ndarray) -> dict[int, list]:
-        """Every bar close of the data, before any trading: segment index -> [(closed
-        bars, their feature rows, the model's outputs for them)], in order. The bars,
-        indicators and model depend on the market data only, never on what was traded, so
-        they are the live stages' values computed ahead: the bar builder and the indicator
-        engine bar after bar as live, and the model on every close at once where it can
+    def _watch(self, start: int, end: int, stops: bool = True) -> None:
+        """A segment of the market up to the desk, as a live desk polling between ticks sees
+        it: the reports and funding due before it, its ticks (each trade to the strategy's
+        stops too, unless ``stops`` is False: nothing was held), the books recorded by its end."""
+        first = int(self.data.ticks["ts_exchange_ns"][start])
+        self._reports(first, self.fills)
+        self._fund(first)
+        if stops:
+            self._ticks(self.data.ticks[start:end], start, self.fills)
+        else:
+            self.clock.set(self._ts_before(end))
+            self.desk.on_ticks(self.data.ticks[start:end])
+        self._books(self._ts_before(end))
+
+    def _ts_before(self, end: int) -> int:
+        """The time of the tick before ``end``."""
+        return int(self.data.ticks["ts_exchange_ns"][end - 1])
+
+    def _quiet(self, until_ns: int) -> bool:
+        """Whether the desk would only watch the market through a segment ending at
+        ``until_ns``: nothing held, no order open or report due, no funding and no recovery
+        snapshot due, nothing the strategy's stops watch. Then its equity stays what it is,
+        its tick handling adds up (the last trade and quote, feed health, order rates are the
+        same seen in one batch or many), and the desk is shown a quiet stretch at once, only
+        when it must act (`_catch_up`). Not at all with recorded books, hedged routes or FX
+        markets (each moves the desk's figures by itself)."""
+        d = self.desk
+        if d.portfolio.rows["qty"].any() or d.orders.open_orders() or d.next_due_ns() is not None:
+            return False
+        if until_ns >= d.snapshot_due_ns():
+            return False
+        if self.funding_next < len(self.funding_due) and self.funding_due[self.funding_next][0] <= until_ns:
+            return False
+        return not (self.stops and self.strategy.direction.any())
+
+    def _catch_up(self, upto: int) -> None:
+        """The end of a quiet stretch: the desk is shown the ticks it has not seen, before
+        ``upto``, and does the housekeeping it did after the last of them, at that time (what
+        each step of the stretch would have left it with, `_quiet` says why)."""
+        if upto > self.behind:
+            self.clock.set(self._ts_before(upto))
+            self.desk.on_ticks(self.data.ticks[self.behind:upto])
+            self._collect(self.desk.housekeeping(), self.fills)
+        self.behind = None
+
+    def _closes(self, ends: np.ndarray) -> dict[int, list[Close]]:
+        """Every bar close of the data, before any trading: segment index -> the closes it
+        causes, in order. The bars, indicators and model depend on the market data only,
+        never on what was traded, so they are the live stages' values computed ahead: the
+        bar builder as live (`_bar_closes`), the indicator engine in one call over every
+        close (its kernels run event after event, so one call gives what one call per close
+        gives), and the model and its signals on every close at once where it can
         (models/serving.bulk_outputs: the same outputs as one call per close, far fewer
         calls), else one close at a time in `_decide`."""
-        ticks, closes, batches = self.data.ticks, {}, []
+        every, step_seg, bounds = self._bar_closes(ends)
+        if not len(step_seg):
+            return {}
+        values = self.engine.update(every.ids, every.o, every.h, every.l, every.c, every.v)
+        rows = feature_rows(every, values, self.names, self.fdtype)
+        ids = every.ids.astype(np.intp)
+        out = bulk_outputs(self.model, ids, rows, np.repeat(np.arange(len(step_seg)), np.diff(bounds)))
+        sig = (make_signals(self.model, ids, rows, every.origin_ns, every.flags, 0, out)
+               if out is not None else None)
+        if sig is not None:
+            self.signal_log.append(self._signal_rows(sig))
+        vol = bar_volatility(rows, self.vol_column, self.atr_column)
+        gaps = np.r_[0, np.cumsum((rows["flags"] & FLAG_GAP) != 0)].tolist()
+        closes: dict[int, list[Close]] = {}
+        for i, a, b in zip(step_seg.tolist(), bounds[:-1].tolist(), bounds[1:].tolist()):
+            part = slice(a, b)
+            outputs = None if out is None else (out[part] if isinstance(out, np.ndarray)
+                                                else tuple(x[part] for x in out))
+            closes.setdefault(i, []).append(Close(rows[part], vol[part], gaps[b] - gaps[a], outputs,
+                                                  None if sig is None else sig[part]))
+        return closes
+
+    def _signal_rows(self, sig: np.ndarray) -> np.ndarray:
+        """The result's record of signals (SIGNAL_ROW), at their bars' close times."""
+        log = np.zeros(len(sig), SIGNAL_ROW)
+        log["ts_ns"] = sig["ts_bar_ns"].astype(np.int64) + self.bar_ns
+        log["symbol_id"], log["action"] = sig["symbol_id"], sig["action"]
+        log["flags"], log["probs"] = sig["flags"], sig["probs"]
+        return log
+
+    def _bar_closes(self, ends: np.ndarray) -> tuple[ClosedBars, np.ndarray, np.ndarray]:
+        """Every bar close of the data, in the order a live bar builder closes them when the
+        replay is played segment by segment (`run`): by the trades that open the next bars,
+        and by the timer where a symbol's next trade is late. As (every closed bar in that
+        order; per close, one engine call's worth: its segment index; the closes' bounds in
+        the first). One builder call over all the ticks where that gives the same closes
+        (`_bar_closes_at_once`), else the segments one by one, as live."""
+        at_once = self._bar_closes_at_once(ends)
+        return at_once if at_once is not None else self._bar_closes_by_segment(ends)
+
+    def _bar_closes_by_segment(self, ends: np.ndarray) -> tuple[ClosedBars, np.ndarray, np.ndarray]:
+        """`_bar_closes` the way live plays them: the segments one by one, the timer after each."""
+        ticks, steps, segs = self.data.ticks, [], []
+        self.bars = self._bar_builder()
         clock = self.bars.clock
         start = 0
         for i, end in enumerate(ends.tolist()):
@@ -402,50 +549,80 @@ class Backtest:
             due = self.bars.close_due()
             if due is not None:
                 closed.append(due)
-            for bars in closed:
-                values = self.engine.update(bars.ids, bars.o, bars.h, bars.l, bars.c, bars.v)
-                rows = feature_rows(bars, values, self.names, self.fdtype)
-                closes.setdefault(i, []).append([bars, rows, None])
-                batches.append(closes[i][-1])
+            steps += closed
+            segs += [i] * len(closed)
             start = end
-        if batches:
-            ids = np.concatenate([b[0].ids for b in batches]).astype(np.intp)
-            rows = np.concatenate([b[1] for b in batches])
-            number = np.repeat(np.arange(len(batches)), [len(b[1]) for b in batches])
-            out = bulk_outputs(self.model, ids, rows, number)
-            if out is not None:
-                at = 0
-                for b in batches:
-                    k = len(b[1])
-                    b[2] = out[at:at + k] if isinstance(out, np.ndarray) else tuple(x[at:at + k] for x in out)
-                    at += k
-        return closes
+        bounds = np.cumsum([0] + [len(bars) for bars in steps])
+        every = _joined(steps) if steps else _no_bars()
+        return every, np.array(segs, np.int64), bounds
 
-    def _decide(self, bars, rows: np.ndarray, outputs, fills: list, votes: list) -> None:
-        """Closed bars' feature rows -> signals -> intents -> the desk: what a live bar
-        close does, stage after stage (``outputs``: the model's for these rows, computed
-        ahead, or None to call it now)."""
+    def _bar_closes_at_once(self, ends: np.ndarray) -> tuple[ClosedBars, np.ndarray, np.ndarray] | None:
+        """`_bar_closes` from one bar builder call over all the ticks (one per stretch between
+        gap markers), each close put in the segment of the trade that made it; None where playing segment by segment could close
+        some bar by the timer (its symbol's next trade comes after the bar's end plus the
+        close grace, and another symbol's step ends in between), which only the segments
+        one by one reproduce. The test is safe: it may say None where no timer would fire,
+        never the reverse (the market clock of a step is at most its last tick's time)."""
+        ticks = self.data.ticks
+        builder = self._bar_builder()
+        builder.clock.set(int(ticks["ts_exchange_ns"][-1]))
+        limit = builder.bar_ns + builder.grace_ns
+        last = ticks["ts_exchange_ns"].astype(np.int64)[ends - 1]     # each segment's last tick time
+        # a gap marker flags the bar open when its batch starts: the segments with one start
+        # batches of their own, as played segment by segment
+        gap_seg = np.unique(np.searchsorted(ends, np.flatnonzero(ticks["kind"] == TICK_GAP), side="right"))
+        cuts = np.r_[0, ends][np.r_[0, gap_seg]].tolist() + [len(ticks)]
+        groups = [bars for a, b in zip(cuts[:-1], cuts[1:]) if b > a for bars in builder.on_ticks(ticks[a:b])]
+        still = builder.open_ns[builder.owned & (builder.open_ns >= 0)]
+        if len(still) and int(last[-1]) >= int(still.min()) + limit:
+            return None                                      # the last segment's timer closes some
+        if not groups:
+            self.bars = builder
+            return _no_bars(), np.zeros(0, np.int64), np.zeros(1, np.int64)
+        every = _joined(groups)
+        group = np.repeat(np.arange(len(groups)), [len(g) for g in groups])
+        seg = np.searchsorted(last, every.origin_ns, side="left")
+        if ((seg > 0) & (last[np.maximum(seg - 1, 0)] >= every.open_ns + limit)).any():
+            return None
+        order = np.lexsort((group, seg))       # by segment, then bar group; symbol order kept within
+        every, seg, group = _part(every, order), seg[order], group[order]
+        starts = np.flatnonzero(np.r_[True, (seg[1:] != seg[:-1]) | (group[1:] != group[:-1])])
+        self.bars = builder
+        return every, seg[starts].astype(np.int64), np.r_[starts, len(seg)]
+
+    def _bar_builder(self) -> BarBuilder:
+        """A bar builder of every symbol, on a clock of its own (bars are built ahead of the
+        trading)."""
+        ic = self.cfg.indicators
+        first = int(self.data.ticks["ts_exchange_ns"][0])
+        return BarBuilder(np.ones(len(self.data.symbols), bool), self.bar_ns, int(ic.close_grace_s * 1e9),
+                          SimClock(first), int(max(f.max_ahead_s for f in self.cfg.feeds) * 1e9))
+
+    def _decide(self, close: Close, fills: list, votes: list) -> None:
+        """A close's feature rows -> signals -> intents -> the desk: what a live bar close
+        does, stage after stage (the model's outputs and signals computed ahead where
+        ``close`` has them, else the model is called now)."""
+        rows = close.rows
         self.strategy.fx.on_bars(rows)
         if self.on_features is not None:
             self.on_features(rows)
         self.counts["bars"] += len(rows)
-        self.counts["gap_bars"] += int((rows["flags"] & FLAG_GAP).astype(bool).sum())
-        ids = bars.ids.astype(np.intp)
-        sig = make_signals(self.model, ids, rows, bars.origin_ns, bars.flags, self.signal_seq, outputs)
+        self.counts["gap_bars"] += close.gaps
+        ids = rows["symbol_id"].astype(np.intp)
+        sig = close.signals
+        if sig is None:
+            sig = make_signals(self.model, ids, rows, rows["ts_origin_ns"], rows["flags"], self.signal_seq,
+                               close.outputs)
+            self.signal_log.append(self._signal_rows(sig))
         self.signal_seq += len(sig)
         self.counts["signals"] += len(sig)
         if "member_probs" in sig.dtype.names and getattr(self.model, "members", None):
             for s in sig:
                 votes.append((int(s["ts_bar_ns"]) + self.bar_ns, int(s["symbol_id"]), s["probs"],
                               s["member_probs"]))
-        close_ns = sig["ts_bar_ns"].astype(np.int64) + self.bar_ns
-        log = np.zeros(len(sig), SIGNAL_ROW)
-        log["ts_ns"], log["symbol_id"], log["action"] = close_ns, sig["symbol_id"], sig["action"]
-        log["flags"], log["probs"] = sig["flags"], sig["probs"]
-        self.signal_log.append(log)
-        self.vol[ids] = bar_volatility(rows, self.vol_column, self.atr_column)
+        self.vol[ids] = close.vol
         if self.trade_from_ns is not None:
-            early = close_ns < self.trade_from_ns
+            early = sig["ts_bar_ns"].astype(np.int64) + self.bar_ns < self.trade_from_ns
             if early.any():                       # warm-up before the period traded
                 self.counts["not_traded_before_start"] += int(early.sum())
                 sig = sig[~early]
@@ -457,6 +634,10 @@ class Backtest:
     def _send(self, intents: np.ndarray, fills: list) -> None:
         """The strategy's intents, logged, to the desk."""
         if len(intents):
+            if self.behind is not None:             # a quiet stretch ends: the desk catches up first
+                start, end = self.seg
+                self._catch_up(start)
+                self._watch(start, end, stops=False)    # the strategy held nothing before this step
             self.counts["intents"] += len(intents)
             log = np.zeros(len(intents), INTENT_ROW)
             log["ts_ns"], log["symbol_id"] = intents["ts_ns"], intents["symbol_id"]
@@ -485,6 +666,7 @@ class Backtest:
                 continue
             ts = int(seg["ts_exchange_ns"][i])
             self.clock.set(ts)
+            self.strategy_clock.set(ts)
             self.desk.on_ticks(seg[start:i + 1])
             start = i + 1
             self._send(s.on_price(sid, float(seg["price"][i]), offset + i, ts), fills)
@@ -541,21 +723,34 @@ class Backtest:
             fills.append((int(rec["ts_ns"]), sid, side, qty, price, float(rec["fee"]), slip,
                           int(order.intent_reason) if order is not None else 0, coid))
 
-    def _sample(self, times: list, marks: list, held: list, equity: list) -> None:
-        """Equity now, in the account currency: open positions marked at the last trade."""
-        m, rows = self.desk.market, self.desk.portfolio.rows
-        mark = np.where(np.isfinite(m.last), m.last, np.nan)
-        unreal = np.where(rows["qty"] != 0, rows["qty"] * (np.nan_to_num(mark) - rows["avg_price"]), 0.0)
-        eq = self.cfg.execution.capital + in_account(rows["realized_pnl"] - rows["fees"] + unreal
-                                                     + self.funding_paid, self.desk.fx.factor)
-        now = self.clock.time_ns()
-        if times and times[-1] == now:
-            marks[-1], held[-1], equity[-1] = mark.copy(), rows["qty"].copy(), eq
-            return
-        times.append(now)
-        marks.append(mark.copy())
-        held.append(rows["qty"].copy())
-        equity.append(eq)
+    def _sample(self, segment: int, now: int | None = None) -> None:
+        """The account after ``segment`` (at its last tick, or ``now``), for the equity series
+        (`_equity`): what it holds, its money and its FX rates, kept again only when a fill,
+        a funding payment or a rate has moved them since."""
+        now = int(self.seg_last[segment]) if now is None else now
+        rows, fx = self.desk.portfolio.rows, self.desk.fx
+        key = (self.desk.counters["fills"], self.funding_next, fx.factor.tobytes() if fx.sources else None)
+        if key != self.state_key:
+            self.state_key = key
+            self.states.append((rows["qty"].copy(), rows["avg_price"].copy(),
+                                rows["realized_pnl"] - rows["fees"], self.funding_paid.copy(), fx.factor.copy()))
+        if self.samples and self.samples[-1][0] == now:
+            self.samples.pop()
+        self.samples.append((now, segment, len(self.states) - 1))
+
+    def _equity(self, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The equity series in the account currency, from the samples: (times, each
+        symbol's mark, position, equity), open positions marked at the last trade by then."""
+        n = len(self.data.symbols)
+        if not self.samples:
+            return np.zeros(0, np.int64), np.zeros((0, n)), np.zeros((0, n)), np.zeros(0)
+        T, segment, state = (np.array(x, np.int64) for x in zip(*self.samples))
+        mark = _last_trades(self.data.ticks, ends[segment], n)
+        qty, avg, money, funding, factor = (np.stack(x)[state] for x in zip(*self.states))
+        unreal = np.where(qty != 0, qty * (np.nan_to_num(mark) - avg), 0.0)
+        money = money + unreal + funding
+        equity = self.cfg.execution.capital + np.where(money == 0, 0.0, money * factor).sum(axis=1)
+        return T, mark, qty, equity
 
     def _counts(self) -> dict:
         guard = self.desk.guard

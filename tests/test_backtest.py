@@ -381,3 +381,81 @@ def test_a_stop_loss_is_checked_on_every_trade_not_at_the_next_close(tmp_path):
         assert int(before["side"][-1]) == -int(f["side"]) and before["qty"][-1] == pytest.approx(f["qty"])
     again = run_backtest(cfg, [str(BTC)], end=TO)
     assert fingerprint(again.fills) == fingerprint(r.fills)
+
+
+# -- the shortcuts a backtest takes give what playing every step gives --------------------
+def closes_both_ways(cfg, data):
+    """(`_bar_closes_at_once`, `_bar_closes_by_segment`) of one backtest's data."""
+    from pipeline.backtest import Backtest
+    from workers.bars import bar_steps
+    bt = Backtest(cfg, data, Path(data.files[0]["path"]).parent / "j.sqlite")
+    try:
+        ends = bar_steps(data.ticks, bt.bar_ns)
+        return bt._bar_closes_at_once(ends), bt._bar_closes_by_segment(ends)
+    finally:
+        bt.close()
+
+
+def with_holes(tmp_path: Path, source: Path, name: str, holes: list[tuple[int, int]]) -> Path:
+    with open(source) as f:
+        rows = list(csv.reader(f))
+    head, body = rows[0], rows[1:1200]
+    for a, b in sorted(holes, reverse=True):
+        del body[a:b]
+    path = tmp_path / name
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows([head] + body)
+    return path
+
+
+def test_bar_closes_built_at_once_are_those_of_each_step(tmp_path):
+    """One bar builder call over all the ticks closes the same bars, in the same steps and
+    engine calls, as the builder fed step by step; where a step's timer would close a bar
+    (one symbol's hole while the other trades) it declines, and the steps are played."""
+    cfg = load_config(config(tmp_path))
+    btc = with_holes(tmp_path, BTC, "binance_BTC-USDT_5m.csv", [(600, 612), (900, 901)])
+    fast, slow = closes_both_ways(cfg, load_data([str(btc)]))
+    assert fast is not None and (slow[0].flags & 1).sum() >= 2       # FLAG_GAP on the bars across the holes
+    for a, b in zip(fast[1:], slow[1:]):
+        assert np.array_equal(a, b)
+    for f in dataclasses.fields(fast[0]):
+        assert np.array_equal(getattr(fast[0], f.name), getattr(slow[0], f.name)), f.name
+    both = load_data([str(BTC), str(ETH)], end=TO)                  # the same hours: no timer
+    fast, slow = closes_both_ways(cfg, both)
+    assert fast is not None and np.array_equal(fast[0].c, slow[0].c) and np.array_equal(fast[1], slow[1])
+    eth = with_holes(tmp_path, ETH, "binance_ETH-USDT_5m.csv", [(300, 310)])
+    fast, slow = closes_both_ways(cfg, load_data([str(BTC), str(eth)], end=TO))
+    assert fast is None and (slow[0].flags & 2).any()               # FLAG_TIMER_CLOSE
+
+
+@pytest.mark.parametrize("strategy", [
+    {},
+    {"stop_loss": 0.002, "take_profit": 0.003},
+    {"entry_order": "limit", "entry_ttl_s": 600.0},
+])
+def test_quiet_stretches_shown_at_once_change_nothing(tmp_path, strategy):
+    """While nothing is held or open the desk sees the market only when it must act; the
+    fills, the equity, the denials and every journal row are those of a desk shown each step."""
+    import sqlite3
+    from pipeline.backtest import Backtest
+    cfg = load_config(config(tmp_path))
+    cfg.risk.max_daily_loss_frac = 0.0005                        # entries denied, some days
+    for key, value in strategy.items():
+        setattr(cfg.strategy, key, value)
+    data = load_data([str(BTC), str(ETH)], end=TO)
+    results, journals = [], []
+    for defer in (True, False):
+        j = tmp_path / f"j{defer}.sqlite"
+        bt = Backtest(cfg, data, j, defer=defer)
+        try:
+            results.append(bt.run())
+        finally:
+            bt.close()
+        with sqlite3.connect(j) as db:
+            journals.append(db.execute("SELECT * FROM entries ORDER BY rowid").fetchall())
+    a, b = results
+    assert len(a.fills) >= 20 and fingerprint(a.fills) == fingerprint(b.fills)
+    assert np.array_equal(a.equity, b.equity) and np.array_equal(a.position, b.position)
+    assert np.array_equal(a.close, b.close, equal_nan=True) and a.counts == b.counts
+    assert a.counts["denials"]["DAILY_LOSS"] > 0
+    assert journals[0] == journals[1] and len(journals[0]) > 100

@@ -55,8 +55,8 @@ def test_bulk_outputs_are_one_call_per_close(trained, tmp_path):
     finally:
         bt.close()
     closes.insert(40, closes[39])                        # a close seen twice (a re-read): not appended twice
-    ids = [c[0].ids.astype(np.intp) for c in closes]
-    rows = [c[1] for c in closes]
+    ids = [c.rows["symbol_id"].astype(np.intp) for c in closes]
+    rows = [c.rows for c in closes]
     one, bulk = serve(trained, 2), serve(trained, 2)
     each = [one.predict(i, r) for i, r in zip(ids, rows)]
     number = np.repeat(np.arange(len(rows)), [len(r) for r in rows])

@@ -351,6 +351,10 @@ class Desk:
             due = self._expiries[0][0] if due is None else min(due, self._expiries[0][0])
         return due
 
+    def snapshot_due_ns(self) -> int:
+        """When housekeeping next writes a recovery snapshot (0: at the next call)."""
+        return self._next_snapshot
+
     def _send(self, sent: list) -> StepOut:
         """Write-ahead: the orders are committed to the journal (created, submitted) before
         the venue hears of any; then what it answered by now."""
