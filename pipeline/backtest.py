@@ -68,7 +68,7 @@ from pipeline.journal import Journal
 from pipeline.storage import detect_kind, market_columns, numeric, read_market_table
 from shm.records import FLAG_GAP, TICK_GAP, TICK_TRADE, features_dtype
 from workers.bars import BarBuilder, ClosedBars, bar_steps, feature_rows
-from workers.execution.desk import Desk
+from workers.execution.desk import Desk, in_account
 from workers.execution.fx import FxRates
 from workers.feed import replay_ticks
 from workers.strategy.signals import SignalStrategy, bar_volatility, volatility_columns
@@ -290,18 +290,25 @@ def _part(bars: ClosedBars, index: np.ndarray) -> ClosedBars:
     return ClosedBars(*(getattr(bars, f.name)[index] for f in fields(ClosedBars)))
 
 
-def _last_trades(ticks: np.ndarray, ends: np.ndarray, n: int) -> np.ndarray:
-    """Each symbol's last valid trade price among ``ticks[:end]`` for each of ``ends`` (NaN
-    before its first): the desk's last price (Desk.on_ticks keeps the same) at those times."""
+def trades_by_symbol(ticks: np.ndarray, n: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """Each symbol's valid trades (a positive finite price: those the desk takes for its last
+    price, Desk.on_ticks) as indices into ``ticks``; and the prices."""
     sid = ticks["symbol_id"].astype(np.int64)
     price = ticks["price"]
     with np.errstate(invalid="ignore"):
         valid = (ticks["kind"] == TICK_TRADE) & np.isfinite(price) & (price > 0)
-    out = np.full((len(ends), n), np.nan)
-    for s in range(n):
-        idx = np.flatnonzero(valid & (sid == s))
-        k = np.searchsorted(idx, ends, side="left") - 1
-        out[:, s] = np.where(k >= 0, price[idx[np.maximum(k, 0)]] if len(idx) else np.nan, np.nan)
+    return [np.flatnonzero(valid & (sid == s)) for s in range(n)], price
+
+
+def last_trades(trades: tuple[list[np.ndarray], np.ndarray], ends: np.ndarray) -> np.ndarray:
+    """Each symbol's last valid trade price among ``ticks[:end]`` for each of ``ends`` (NaN
+    before its first), ``trades`` from `trades_by_symbol`: the desk's last price then."""
+    at, price = trades
+    out = np.full((len(ends), len(at)), np.nan)
+    for s, idx in enumerate(at):
+        if len(idx):
+            k = np.searchsorted(idx, ends, side="left") - 1
+            out[:, s] = np.where(k >= 0, price[idx[np.maximum(k, 0)]], np.nan)
     return out
 
 
@@ -353,9 +360,10 @@ class Backtest:
                            else np.zeros(0, np.int64))
         self.book_next = 0                           # the next recorded book to show the desk
         self.signal_seq = 0
-        self.may_defer = defer and data.books is None and self.desk.hedges is None and not self.desk.fx.sources
-        self.behind: int | None = None               # the first tick the desk has not seen (a quiet stretch)
-        self.seg = (0, 0)                            # the segment being played: its ticks' bounds
+        self.may_defer = (defer and data.books is None and self.desk.hedges is None and not self.desk.fx.sources
+                          and self.desk.impact is None)
+        self.behind: int | None = None               # the first segment the desk has not seen (a quiet stretch)
+        self.seg = (0, 0, 0)                         # the segment being played: index, its ticks' bounds
         self.fills: list[tuple] = []
         self.samples: list[tuple] = []               # (ts_ns, segment, state index), `_sample`
         self.states: list[tuple] = []                # (qty, avg price, realised - fees, funding, fx factor)
@@ -381,8 +389,9 @@ class Backtest:
     # -- the run ---------------------------------------------------------------------------
     def run(self) -> BacktestResult:
         ticks = self.data.ticks
-        ends = bar_steps(ticks, self.bar_ns)
+        ends = self.ends = bar_steps(ticks, self.bar_ns)
         self.seg_last = ticks["ts_exchange_ns"].astype(np.int64)[ends - 1]
+        self.trades = trades_by_symbol(ticks, len(self.data.symbols))
         fills = self.fills
         votes: list[tuple] = []
         bar = None
@@ -394,15 +403,15 @@ class Backtest:
             closes = self._closes(ends)
             start = 0
             for i, end in enumerate(ends.tolist()):
-                self.seg = (start, end)
+                self.seg = (i, start, end)
                 last = int(self.seg_last[i])
                 if self.behind is None:
                     if self.may_defer and self._quiet(last):
-                        self.behind = start
+                        self.behind = i
                     else:
                         self._watch(start, end)
                 elif not self._quiet(last):
-                    self._catch_up(start)
+                    self._catch_up(i)
                     self._watch(start, end)
                 closed = closes.get(i, ())
                 if closed:
@@ -416,7 +425,7 @@ class Backtest:
                     bar.update(end - start)
                 start = end
             if self.behind is not None:
-                self._catch_up(len(ticks))
+                self._catch_up(len(ends))
             self._reports(None, fills)
             self._fund(int(ticks["ts_exchange_ns"][-1]))
             self._sample(len(ends) - 1, self.clock.time_ns())
@@ -462,28 +471,34 @@ class Backtest:
 
     def _quiet(self, until_ns: int) -> bool:
         """Whether the desk would only watch the market through a segment ending at
-        ``until_ns``: nothing held, no order open or report due, no funding and no recovery
-        snapshot due, nothing the strategy's stops watch. Then its equity stays what it is,
-        its tick handling adds up (the last trade and quote, feed health, order rates are the
-        same seen in one batch or many), and the desk is shown a quiet stretch at once, only
-        when it must act (`_catch_up`). Not at all with recorded books, hedged routes or FX
-        markets (each moves the desk's figures by itself)."""
+        ``until_ns``: no order open or report due, no funding or recovery snapshot due, no
+        stop of the strategy's to watch, and every symbol held has a last price. Then its
+        tick handling adds up (the last trade and quote, feed health and order rates are the
+        same seen in one batch or many) and its equity moves with the last prices only, so
+        the desk is shown such a stretch at once when it must act (`_catch_up`). Not at all
+        with recorded books, hedged routes, FX markets or the impact model (each moves the
+        desk's figures by itself, `may_defer`)."""
         d = self.desk
-        if d.portfolio.rows["qty"].any() or d.orders.open_orders() or d.next_due_ns() is not None:
-            return False
-        if until_ns >= d.snapshot_due_ns():
+        if d.orders.open_orders() or d.next_due_ns() is not None or until_ns >= d.snapshot_due_ns():
             return False
         if self.funding_next < len(self.funding_due) and self.funding_due[self.funding_next][0] <= until_ns:
             return False
-        return not (self.stops and self.strategy.direction.any())
+        if self.stops and self.strategy.direction.any():
+            return False
+        held = d.portfolio.rows["qty"] != 0
+        return not held.any() or bool(np.isfinite(d.market.last[held]).all())
 
-    def _catch_up(self, upto: int) -> None:
-        """The end of a quiet stretch: the desk is shown the ticks it has not seen, before
-        ``upto``, and does the housekeeping it did after the last of them, at that time (what
-        each step of the stretch would have left it with, `_quiet` says why)."""
-        if upto > self.behind:
+    def _catch_up(self, segment: int) -> None:
+        """The end of a quiet stretch: the desk is shown the ticks it has not seen, those
+        before ``segment``, marks its equity as each step's housekeeping did, and does the
+        housekeeping of the last step (what each step of the stretch would have left it
+        with, `_quiet` says why)."""
+        first, ends = self.behind, self.ends
+        if segment > first:
+            start, upto = (int(ends[first - 1]) if first else 0), int(ends[segment - 1])
             self.clock.set(self._ts_before(upto))
-            self.desk.on_ticks(self.data.ticks[self.behind:upto])
+            self.desk.on_ticks(self.data.ticks[start:upto])
+            self.desk.mark_quiet(self.seg_last[first:segment], last_trades(self.trades, ends[first:segment]))
             self._collect(self.desk.housekeeping(), self.fills)
         self.behind = None
 
@@ -572,15 +587,18 @@ class Backtest:
         # batches of their own, as played segment by segment
         gap_seg = np.unique(np.searchsorted(ends, np.flatnonzero(ticks["kind"] == TICK_GAP), side="right"))
         cuts = np.r_[0, ends][np.r_[0, gap_seg]].tolist() + [len(ticks)]
-        groups = [bars for a, b in zip(cuts[:-1], cuts[1:]) if b > a for bars in builder.on_ticks(ticks[a:b])]
+        folded = [builder.fold(ticks[a:b]) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
+        folded = [(bars, close) for bars, close in folded if bars is not None]
         still = builder.open_ns[builder.owned & (builder.open_ns >= 0)]
         if len(still) and int(last[-1]) >= int(still.min()) + limit:
             return None                                      # the last segment's timer closes some
-        if not groups:
+        if not folded:
             self.bars = builder
             return _no_bars(), np.zeros(0, np.int64), np.zeros(1, np.int64)
-        every = _joined(groups)
-        group = np.repeat(np.arange(len(groups)), [len(g) for g in groups])
+        every = _joined([bars for bars, _ in folded])
+        close = np.concatenate([close for _, close in folded])          # numbered per batch
+        batch = np.repeat(np.arange(len(folded)), [len(c) for _, c in folded])
+        group = np.cumsum(np.r_[True, (batch[1:] != batch[:-1]) | (close[1:] != close[:-1])])
         seg = np.searchsorted(last, every.origin_ns, side="left")
         if ((seg > 0) & (last[np.maximum(seg - 1, 0)] >= every.open_ns + limit)).any():
             return None
@@ -635,8 +653,8 @@ class Backtest:
         """The strategy's intents, logged, to the desk."""
         if len(intents):
             if self.behind is not None:             # a quiet stretch ends: the desk catches up first
-                start, end = self.seg
-                self._catch_up(start)
+                i, start, end = self.seg
+                self._catch_up(i)
                 self._watch(start, end, stops=False)    # the strategy held nothing before this step
             self.counts["intents"] += len(intents)
             log = np.zeros(len(intents), INTENT_ROW)
@@ -745,12 +763,10 @@ class Backtest:
         if not self.samples:
             return np.zeros(0, np.int64), np.zeros((0, n)), np.zeros((0, n)), np.zeros(0)
         T, segment, state = (np.array(x, np.int64) for x in zip(*self.samples))
-        mark = _last_trades(self.data.ticks, ends[segment], n)
+        mark = last_trades(self.trades, ends[segment])
         qty, avg, money, funding, factor = (np.stack(x)[state] for x in zip(*self.states))
         unreal = np.where(qty != 0, qty * (np.nan_to_num(mark) - avg), 0.0)
-        money = money + unreal + funding
-        equity = self.cfg.execution.capital + np.where(money == 0, 0.0, money * factor).sum(axis=1)
-        return T, mark, qty, equity
+        return T, mark, qty, self.cfg.execution.capital + in_account(money + unreal + funding, factor)
 
     def _counts(self) -> dict:
         guard = self.desk.guard

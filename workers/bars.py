@@ -16,7 +16,7 @@ flags the open bars it touches with FLAG_GAP.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numba
 import numpy as np
@@ -160,7 +160,16 @@ class BarBuilder:
     def on_ticks(self, ticks: np.ndarray) -> list[ClosedBars]:
         """Fold a batch of TICK records in arrival order; the bars it closed, in the
         order they closed (each list element one engine call's worth)."""
-        closed: list[ClosedBars] = []
+        every, close = self.fold(ticks)
+        if every is None:
+            return []
+        cuts = (np.flatnonzero(close[1:] != close[:-1]) + 1).tolist()
+        return [ClosedBars(*(getattr(every, f.name)[a:b] for f in fields(ClosedBars)))
+                for a, b in zip([0] + cuts, cuts + [len(close)])]
+
+    def fold(self, ticks: np.ndarray) -> tuple[ClosedBars | None, np.ndarray | None]:
+        """`on_ticks` for a caller that takes many closes at once: every bar the batch
+        closed, in one, and each one's close number (nondecreasing); None, None if none."""
         ticks = ticks[self.owned[ticks["symbol_id"]]]
         self.counters["in"] += len(ticks)
         gaps = ticks["kind"] == TICK_GAP
@@ -174,7 +183,7 @@ class BarBuilder:
             self.counters["rejected"] += int((~ok).sum())
             trades = trades[ok]
         if len(trades) == 0:
-            return closed
+            return None, None
         newest = int(trades["ts_exchange_ns"].max())
         if newest > self.market_ns:
             self.market_ns, self.market_at_ns = newest, self.clock.time_ns()
@@ -187,15 +196,12 @@ class BarBuilder:
             order = np.argsort(bars, kind="stable")        # by bar, arrival order within each
             trades, bars = trades[order], bars[order]
         k, out_group, out_sym, out_ns, out_f, out_flags = self._fold_trades(trades, bars)
-        if k:
-            cuts = (np.flatnonzero(out_group[1:k] != out_group[:k - 1]) + 1).tolist()
-            for a, b in zip([0] + cuts, cuts + [k]):
-                i = a + np.argsort(out_sym[a:b], kind="stable")       # by symbol id
-                closed.append(ClosedBars(ids=out_sym[i], open_ns=out_ns[i, 1], origin_ns=out_ns[i, 0],
-                                         o=out_f[i, 0], h=out_f[i, 1], l=out_f[i, 2], c=out_f[i, 3],
-                                         v=out_f[i, 4], n_ticks=out_f[i, 5].astype(np.int64),
-                                         flags=out_flags[i]))
-        return closed
+        if not k:
+            return None, None
+        i = np.lexsort((out_sym[:k], out_group[:k]))       # by close, then symbol id
+        return ClosedBars(ids=out_sym[i], open_ns=out_ns[i, 1], origin_ns=out_ns[i, 0],
+                          o=out_f[i, 0], h=out_f[i, 1], l=out_f[i, 2], c=out_f[i, 3], v=out_f[i, 4],
+                          n_ticks=out_f[i, 5].astype(np.int64), flags=out_flags[i]), out_group[i]
 
     def _fold_trades(self, trades: np.ndarray, bars: np.ndarray) -> tuple:
         """Run `_fold` on valid trades in bar order: (rows, out arrays...)."""

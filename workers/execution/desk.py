@@ -773,15 +773,39 @@ class Desk:
         + unrealised) x each symbol's FX rate; its peak, and its value at the start of the UTC
         day. Money of a symbol with no rate yet makes the equity NaN (the guard then lets
         nothing open): a figure that leaves it out would be wrong without saying so."""
-        rows, m = self.portfolio.rows, self.market
+        m = self.market
         mid = (m.bid + m.ask) / 2
-        mark = np.where(np.isfinite(m.last), m.last, np.where(np.isfinite(mid), mid, rows["avg_price"]))
-        unreal = np.where(rows["qty"] != 0, rows["qty"] * (mark - rows["avg_price"]), 0.0)
-        equity = self.capital + in_account(rows["realized_pnl"] - rows["fees"] + unreal, self.fx.factor)
+        mark = np.where(np.isfinite(m.last), m.last,
+                        np.where(np.isfinite(mid), mid, self.portfolio.rows["avg_price"]))
+        equity = self._equity_at(mark)
         if now // DAY_NS != self.day:
             self.day, self.day_start_equity = now // DAY_NS, equity
         self.equity_peak = max(self.equity_peak, equity)
         m.equity, m.equity_peak, m.day_start_equity = equity, self.equity_peak, self.day_start_equity
+
+    def _equity_at(self, mark: np.ndarray):
+        """The equity with each symbol marked at ``mark``: one price per symbol (a float), or
+        a row of them per time (one equity per row)."""
+        rows = self.portfolio.rows
+        unreal = np.where(rows["qty"] != 0, rows["qty"] * (mark - rows["avg_price"]), 0.0)
+        return self.capital + in_account(rows["realized_pnl"] - rows["fees"] + unreal, self.fx.factor)
+
+    def mark_quiet(self, times: np.ndarray, last: np.ndarray) -> None:
+        """The equity marks housekeeping makes at ``times`` (in order), each symbol's last
+        trade then in ``last`` (a row per time), while nothing else moves: no order, fill,
+        quote or rate that the marks read (a backtest shows the desk such a stretch at once;
+        every held symbol has traded). Its peak and the day's start end as those calls
+        would have left them."""
+        if not len(times):
+            return
+        equity = self._equity_at(last)
+        days = np.asarray(times, np.int64) // DAY_NS
+        if days[-1] != self.day:
+            self.day, self.day_start_equity = int(days[-1]), float(equity[np.searchsorted(days, days[-1])])
+        for e in equity.tolist():
+            self.equity_peak = max(self.equity_peak, e)
+        m = self.market
+        m.equity, m.equity_peak, m.day_start_equity = float(equity[-1]), self.equity_peak, self.day_start_equity
 
     def equity(self) -> float:
         return float(self.market.equity)
@@ -836,10 +860,12 @@ class Desk:
             self._next_snapshot = 0              # the next housekeeping snapshots the new states
 
 
-def in_account(money: np.ndarray, factor: np.ndarray) -> float:
+def in_account(money: np.ndarray, factor: np.ndarray) -> float | np.ndarray:
     """The sum of per-symbol ``money`` (each in its quote currency) in the account currency;
-    a symbol with no money counts 0 even without a rate, one with money and no rate is NaN."""
-    return float(np.where(money == 0, 0.0, money * factor).sum())
+    a symbol with no money counts 0 even without a rate, one with money and no rate is NaN.
+    ``money`` a row per time: a sum per row."""
+    total = np.where(money == 0, 0.0, money * factor).sum(axis=-1)
+    return float(total) if np.ndim(total) == 0 else total
 
 
 def _tier_key(cmd: dict, index: dict[str, int]) -> tuple[str, object]:
