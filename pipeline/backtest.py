@@ -50,6 +50,7 @@ ids carry the run id "backtest", and the broker's latency jitter is a hash.
 """
 from __future__ import annotations
 
+import itertools
 import math
 import tempfile
 import time
@@ -363,8 +364,10 @@ class Backtest:
         self.may_defer = (defer and data.books is None and self.desk.hedges is None and not self.desk.fx.sources
                           and self.desk.impact is None)
         self.behind: int | None = None               # the first segment the desk has not seen (a quiet stretch)
+        self.quiet_until = 0                         # ... which lasts while its segments end before this
         self.seg = (0, 0, 0)                         # the segment being played: index, its ticks' bounds
         self.fills: list[tuple] = []
+        self.client_ids: dict[int, str] = {}         # the desk's order ids -> client order ids
         self.samples: list[tuple] = []               # (ts_ns, segment, state index), `_sample`
         self.states: list[tuple] = []                # (qty, avg price, realised - fees, funding, fx factor)
         self.state_key: tuple | None = None
@@ -410,8 +413,8 @@ class Backtest:
                         self.behind = i
                     else:
                         self._watch(start, end)
-                elif not self._quiet(last):
-                    self._catch_up(i)
+                elif last >= self.quiet_until or (self.stops and self.strategy.direction.any()):
+                    self._catch_up(i)                  # the rest of `_quiet` holds while the desk waits
                     self._watch(start, end)
                 closed = closes.get(i, ())
                 if closed:
@@ -479,9 +482,10 @@ class Backtest:
         with recorded books, hedged routes, FX markets or the impact model (each moves the
         desk's figures by itself, `may_defer`)."""
         d = self.desk
-        if d.orders.open_orders() or d.next_due_ns() is not None or until_ns >= d.snapshot_due_ns():
-            return False
-        if self.funding_next < len(self.funding_due) and self.funding_due[self.funding_next][0] <= until_ns:
+        self.quiet_until = d.snapshot_due_ns()          # quiet until then, while nothing else moves
+        if self.funding_next < len(self.funding_due):
+            self.quiet_until = min(self.quiet_until, self.funding_due[self.funding_next][0])
+        if until_ns >= self.quiet_until or d.orders.open_orders() or d.next_due_ns() is not None:
             return False
         if self.stops and self.strategy.direction.any():
             return False
@@ -730,7 +734,9 @@ class Backtest:
     def _collect(self, out, fills: list) -> None:
         """The fills of a desk step, as report rows (slippage against the top the desk saw)."""
         m = self.desk.market
-        ids = {v: k for k, v in self.desk.order_ids.items()} if out.fills else {}
+        ids = self.client_ids
+        if out.fills and len(ids) < len(self.desk.order_ids):     # the desk's ids only grow
+            ids.update((v, k) for k, v in itertools.islice(self.desk.order_ids.items(), len(ids), None))
         for rec in out.fills:
             sid, side = int(rec["symbol_id"]), int(rec["side"])
             top = float(m.ask[sid] if side > 0 else m.bid[sid])
