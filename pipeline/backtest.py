@@ -41,6 +41,15 @@ position held at each funding time pay position x mark x rate (receive, at a
 negative rate), marked at the last trade; the payments are in the equity and
 the result's ``funding``.
 
+Two shortcuts give exactly what playing every step gives, and are tested against it:
+the bar builder folds all the ticks in one call where no step's timer would close a bar
+(else it is fed segment by segment, as live), and the desk is shown a quiet stretch
+(no order open or due, no stop to watch, no funding or recovery snapshot due) at once,
+only when the strategy's next intent or the end of the stretch reaches it: its tick
+handling adds up, and it marks its equity, peak and day start for each step it was not
+shown (`Desk.mark_quiet`). Most bars of a strategy that trades now and then cost the
+strategy's decision and little else.
+
 Equity is sampled after each time bars close: capital plus realised P&L, less
 fees, plus funding, plus open positions marked at the last trade (at a bar's close time that is
 the next bar's opening trade, the price the account could trade at then).
