@@ -65,6 +65,7 @@ ACK, REJECT, FILL, CANCELLED, EXPIRED = "ack", "reject", "fill", "cancelled", "e
 MAKER, TAKER = LIQUIDITY_MAKER, LIQUIDITY_TAKER
 _TIFS = (TIF_GTC, TIF_IOC, TIF_FOK, TIF_POST_ONLY)
 _DUST = 1e-12   # relative: a remainder this small of a quantity is nothing (float residue)
+_CLOSED_AS = {FILL: "filled", REJECT: "rejected"}     # else the kind's own name
 
 
 class BrokerEvent(NamedTuple):
@@ -243,7 +244,10 @@ class PaperBroker:
         """A top of book (book ticker): no depth is known behind it. A size of ``math.inf``
         is a quote whose size the feed does not carry (the pipeline's tick records): the
         top is taken to hold any order, at the top price moved by slippage_bps."""
-        b, bq, a, aq = _number(bid), _number(bid_qty), _number(ask), _number(ask_qty)
+        if type(bid) is float and type(ask) is float and type(bid_qty) is float and type(ask_qty) is float:
+            b, bq, a, aq = bid, bid_qty, ask, ask_qty       # the pipeline's own (no conversion)
+        else:
+            b, bq, a, aq = _number(bid), _number(bid_qty), _number(ask), _number(ask_qty)
         if not (0 < b <= a < math.inf and 0 < bq <= math.inf and 0 < aq <= math.inf):
             return self.on_book(symbol_id, np.array([[bid, bid_qty]], float),   # what on_book refuses or
                                 np.array([[ask, ask_qty]], float), ts_ns, top_only=True)   # empties
@@ -344,7 +348,9 @@ class PaperBroker:
         """Market data at ``ts_ns``: requests that arrived before it go first. Venue time
         never goes back; older data is taken as happening now."""
         ts = max(int(ts_ns), self._now)
-        self._run(ts, inclusive=False)
+        actions = self._actions
+        if actions and actions[0][0] < ts:      # else `_run` has nothing to do
+            self._run(ts, inclusive=False)
         self._now = ts
         return ts
 
@@ -358,7 +364,8 @@ class PaperBroker:
         while self._actions and (self._actions[0][0] < until
                                  or (inclusive and self._actions[0][0] == until)):
             due, _, what, coid = heapq.heappop(self._actions)
-            self._now = max(self._now, due)
+            if due > self._now:
+                self._now = due
             order = self._order(coid)
             if what == "arrive":
                 self._arrive(order, self._now)
@@ -461,7 +468,7 @@ class PaperBroker:
             at = now + self.latency.report(order.coid, order.n_fills + 1) if report else now
             self._report(order, BrokerEvent(kind, order.coid, at, qty=order.remaining,
                                             reason=reason), at)
-        order.state, order.closed_as = "closed", {FILL: "filled", REJECT: "rejected"}.get(kind, kind)
+        order.state, order.closed_as = "closed", _CLOSED_AS.get(kind, kind)
         rest = self._resting.get(order.symbol_id)
         if rest and order in rest:
             rest.remove(order)
@@ -479,7 +486,8 @@ class PaperBroker:
 
     def _report(self, order: _Order, event: BrokerEvent, at: int) -> None:
         """Queue a report; an order's reports keep their order."""
-        at = max(at, order.last_report_ns)
+        if at < order.last_report_ns:           # (not max(): a call per report)
+            at = order.last_report_ns
         order.last_report_ns = at
         if at != event.ts_ns:
             event = event._replace(ts_ns=at)
