@@ -404,21 +404,42 @@ def test_the_fast_pass_and_the_one_by_one_finish_agree():
 
 
 def test_one_intent_alone_gets_the_code_it_gets_first_in_a_batch():
-    """A batch of one takes the one-by-one rules alone (a backtest's path); first in a batch of
-    two it takes the fast pass: the codes must agree, passes and denials alike."""
+    """A batch of one takes plain floats and the one-by-one rules (a backtest's path); first in a
+    batch of two it takes the vectorised rules and the fast pass: the codes must agree for every
+    rule, bad input, halts, prices and quotes with NaN, stale intents, limits and the rate."""
     rng = np.random.default_rng(11)
     limits = {"max_position_notional": 1_000.0, "max_gross_exposure": 2_500.0, "max_venue_exposure": 1_800.0,
-              "max_open_orders": 1, "order_burst": 2}
-    for _ in range(40):
-        row = (buy if rng.random() < 0.6 else sell)(int(rng.integers(4)), float(rng.choice([0.5, 1.0, 3.0, 20.0])))
+              "max_open_orders": 1, "order_burst": 2, "max_spread_bps": 30.0, "price_band_bps": 200.0,
+              "max_intent_age_s": 5.0}
+    pick = rng.choice
+    seen = set()
+    for _ in range(400):
+        row = (buy if rng.random() < 0.6 else sell)(int(pick([0, 1, 2, 3, 3, 7])),
+                                                     float(pick([0.5, 1.0, 3.0, 20.0, 60.0, 0.0, np.nan, 1e-12])))
         if rng.random() < 0.3:
-            row.update(type=ORDER_LIMIT, tif=TIF_GTC, limit=100.0)
-        pos = rng.choice([-4.0, 0.0, 2.0], 4)
+            row.update(type=ORDER_LIMIT, tif=int(pick([TIF_GTC, TIF_IOC, 9])), limit=float(pick([100.0, 90.0, np.nan])))
+        row.update(ref=float(pick([100.0, 100.0, 0.0, np.inf])), age=float(pick([0.0, 0.0, 6.0])),
+                   flags=int(pick([0, 0, FLAG_STALE])))
+        if rng.random() < 0.1:
+            row["side"] = 0
+        bid, ask, last = (pick([99.99, 99.99, 99.99, 99.0, np.nan], 4), pick([100.01, 100.01, 100.01, 101.0, np.nan], 4),
+                          pick([100.0, 100.0, 100.0, 90.0, np.nan], 4))
+        mv = {"position": pick([-4.0, 0.0, 2.0], 4), "bid": bid, "ask": ask, "last": last}
+        if rng.random() < 0.2:
+            mv["fx"] = pick([1.0, 1.0, 0.5, np.nan], 4)
         alone, first = guard(**limits), guard(**limits)
-        if rng.random() < 0.3:
-            alone.halt("venue", "upbit", reducing=True)
-            first.halt("venue", "upbit", reducing=True)
-        assert codes(alone, market(position=pos), row) == codes(first, market(position=pos), row, sell(0, 0.5))[:1]
+        reducing, halted = rng.random() < 0.3, rng.random() < 0.2
+        for g in (alone, first):
+            if reducing:
+                g.halt("venue", "upbit", reducing=True)
+            if halted:
+                g.halt("symbol", 3)
+        got = codes(alone, market(**mv), row)
+        assert got == codes(first, market(**mv), row, sell(0, 0.5))[:1]
+        seen.add(got[0])
+    assert {Denial.PASSED, Denial.BAD_INPUT, Denial.HALTED, Denial.REDUCING_ONLY, Denial.ORDER_NOTIONAL, Denial.FX_RATE, Denial.SPREAD,
+            Denial.PRICE_BAND, Denial.STALE_INTENT, Denial.POSITION_LIMIT} <= seen
+
 
 def test_running_sums_per_key_round_as_adding_one_by_one():
     """The batch's running sums per symbol, venue and route (every key once, one key, a mix):
