@@ -503,16 +503,15 @@ class Backtest:
 
     def _catch_up(self, segment: int) -> None:
         """The end of a quiet stretch: the desk is shown the ticks it has not seen, those
-        before ``segment``, marks its equity as each step's housekeeping did, and does the
-        housekeeping of the last step (what each step of the stretch would have left it
-        with, `_quiet` says why)."""
+        before ``segment``, and marks its equity as each step's housekeeping did: all that
+        housekeeping does on a quiet desk (no report due, no snapshot due, no FX rate), so
+        it is left as each step of the stretch would have left it (`_quiet` says why)."""
         first, ends = self.behind, self.ends
         if segment > first:
             start, upto = (int(ends[first - 1]) if first else 0), int(ends[segment - 1])
             self.clock.set(self._ts_before(upto))
             self.desk.on_ticks(self.data.ticks[start:upto])
             self.desk.mark_quiet(self.seg_last[first:segment], last_trades(self.trades, ends[first:segment]))
-            self._collect(self.desk.housekeeping(), self.fills)
         self.behind = None
 
     def _closes(self, ends: np.ndarray) -> dict[int, list[Close]]:
