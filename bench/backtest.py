@@ -15,7 +15,9 @@ The engines
     ours        the live chain of `pipeline backtest` (replay ticks, bar builder,
                 indicator engine, model serving, strategy, desk with its risk
                 guard, paper broker, portfolio and SQLite journal) on a simulated
-                clock, event by event, with a config that makes it an EMA
+                clock, event by event (every bar decided by the strategy; the desk
+                shown a quiet stretch at once when it must act, which changes
+                nothing: pipeline/backtest.py says why), with a config that makes it an EMA
                 crossover: ``[model] kind = "momentum"`` with ``threshold = 1e-9``
                 (p(up) - p(down) is +-1 as soon as the EMAs differ),
                 ``[strategy] enter_margin = 0.5, exit_margin = 0, min_hold_bars =
