@@ -331,7 +331,7 @@ class OrderManager:
         if not (order.qty > 0 and math.isfinite(order.qty)):
             raise ValueError(f"order {cid}: quantity {order.qty} is not a positive number")
         ts = self.clock.time_ns()
-        order.timestamps[S.CREATED.name] = ts
+        order.timestamps[NAME[S.CREATED]] = ts     # (Enum.name is a slow property)
         self.orders[cid] = order
         self._live[cid] = order
         self._emit(order, S.CREATED, S.CREATED, ts, {"event": "created"})
