@@ -824,6 +824,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--skip-latency", action="store_true", help="neither latency run")
     ap.add_argument("--skip-ensemble", action="store_true", help="no ensemble latency run")
+    ap.add_argument("--skip-momentum", action="store_true", help="no momentum latency run (with "
+                    "--skip-throughput: only the ensemble's, the cheapest run of issue 11's aim)")
     args = common.defaults(ap.parse_args(argv), (
         ("ticks", 300_000, 100_000), ("start_rate", 40_000.0, 40_000.0),
         ("latency_seconds", 10.0, 5.0), ("search_budget_s", 240.0, 5.0),
@@ -856,7 +858,8 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as e:      # a trial that could not run at all
                 traceback.print_exc()
                 errors.append(f"throughput: {type(e).__name__}: {e}")
-        runs = [] if args.skip_latency else ["momentum"] + ([] if args.skip_ensemble else ["ensemble"])
+        runs = [] if args.skip_latency else ([] if args.skip_momentum else ["momentum"]) + \
+            ([] if args.skip_ensemble else ["ensemble"])
         for run in runs:
             try:
                 lats[run] = latency_run(args, run)

@@ -150,3 +150,26 @@ def test_a_restarted_shard_rebuilds_its_indicators_and_flags_the_partial_bar(sha
         np.testing.assert_array_equal(got, expected)
     finally:
         successor.close()
+
+
+def test_a_shard_naps_until_its_open_bar_can_close_or_the_ring_fills(shard):
+    """Between bars a shard sleeps without being rung by the feed (a tick that closes
+    nothing can wait): at most NAP_MAX_S, never past its open bar's end less the margin,
+    and not while the tick ring is filling up (it would be lapped)."""
+    from workers.indicators import NAP_MAX_S, NAP_MIN_S
+    worker, feed, features, topo = shard
+    a = topo.symbols.id("AAA/USDT")
+    assert worker.nap_s(10.0) == NAP_MAX_S             # nothing open: no bar to close
+    assert worker.nap_s(0.001) == 0.001                # never past the caller's timeout
+    feed.write(ticks([(a, 0.1, 100.0, 1.0)]))
+    worker.step()
+    assert worker.nap_s(10.0) == NAP_MAX_S             # its bar ends in 0.9 s
+    feed.write(ticks([(a, 0.99, 100.0, 1.0)]))
+    worker.step()
+    assert worker.nap_s(10.0) < NAP_MIN_S              # within the margin of the bar's end
+    feed.write(ticks([(a, 1.1, 101.0, 1.0)]))          # closes bar 0, opens bar 1
+    worker.step()
+    assert len(bars_of(features, a)) == 1 and worker.nap_s(10.0) == NAP_MAX_S
+    cap = topo.rings["ticks.synthetic"].capacity
+    feed.write(ticks([(a, 1.2, 101.0, 1.0)] * (cap // 8)))   # unread: an eighth of the ring
+    assert worker.nap_s(10.0) < NAP_MIN_S
