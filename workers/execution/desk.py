@@ -865,7 +865,7 @@ def in_account(money: np.ndarray, factor: np.ndarray) -> float | np.ndarray:
     a symbol with no money counts 0 even without a rate, one with money and no rate is NaN.
     ``money`` a row per time: a sum per row."""
     total = np.where(money == 0, 0.0, money * factor).sum(axis=-1)
-    return float(total) if np.ndim(total) == 0 else total
+    return float(total) if total.ndim == 0 else total       # (the attribute: np.ndim is a call more)
 
 
 def _tier_key(cmd: dict, index: dict[str, int]) -> tuple[str, object]:
