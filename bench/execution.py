@@ -14,6 +14,12 @@ Steps
     p99, and intents per second over all steps. The aim (issue 11): a 64-intent
     step under 1 ms at p99 and 50,000 intents/s or more.
 
+One intent
+    What a backtest pays per call, sending its intents one at a time: `Desk.on_intents`
+    of one intent (guard, order, broker, fill, both write-ahead commits), p50 and p99;
+    and the median of an idle `Desk.on_ticks` (the 64 ticks, nothing open) and of
+    `Desk.housekeeping`.
+
 Journal
     Events per second appending rows of the same size (an order's fields): ours
     (hash chained, WAL, ``synchronous=NORMAL``, one commit per 64 rows); the same
@@ -102,6 +108,44 @@ class Bench:
         intents = self.strategy.on_signals(sig, self.vol, 0, self.desk.portfolio.rows["qty"].copy())
         self.desk.on_intents(intents)
         return len(intents)
+
+
+def bench_one(folder: str, calls: int) -> dict:
+    """One intent per `Desk.on_intents` call (a backtest's way), each symbol in turn, its
+    signal flipping every round so every call trades; and the idle calls between them."""
+    b = Bench(folder)
+    try:
+        for _ in range(10):
+            b.step()
+        desk, times = b.desk, []
+        for k in range(calls + 64):
+            sym = k % N_SYMBOLS
+            b.clock.set(b.clock.time_ns() + 1_000_000)
+            margin = 0.5 if (k // N_SYMBOLS) % 2 else -0.5
+            sig = b.signals[sym:sym + 1].copy()
+            sig["probs"] = [0.25 - margin / 2, 0.5, 0.25 + margin / 2]
+            sig["ref_price"], sig["seq"], sig["ts_origin_ns"] = b.price[sym], 10**9 + k, b.clock.time_ns()
+            intents = b.strategy.on_signals(sig, b.vol[:1], 0, desk.portfolio.rows["qty"].copy())
+            t0 = time.perf_counter_ns()
+            desk.on_intents(intents)
+            if k >= 64 and len(intents):            # the first round only warms up
+                times.append(time.perf_counter_ns() - t0)
+        t = np.array(times) / 1e3
+        return {"calls": len(times), "on_intents_p50_us": float(np.percentile(t, 50)),
+                "on_intents_p99_us": float(np.percentile(t, 99)),
+                "on_ticks_idle_us": _median_us(lambda: desk.on_ticks(b.ticks), 500),
+                "housekeeping_us": _median_us(desk.housekeeping, 500)}
+    finally:
+        b.journal.close()
+
+
+def _median_us(call, n: int) -> float:
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter_ns()
+        call()
+        times.append(time.perf_counter_ns() - t0)
+    return float(np.median(times)) / 1e3
 
 
 def bench_steps(folder: str, steps: int, warmup: int) -> dict:
@@ -195,7 +239,7 @@ def _rate(x: float | None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = common.parser(__doc__, "a few seconds: fewer steps and events")
-    ap.add_argument("--steps", type=int, help="timed steps (default 2000; --quick 200)")
+    ap.add_argument("--steps", type=int, help="timed steps, and one-intent calls (default 2000; --quick 200)")
     ap.add_argument("--events", type=int, help="journal rows per writer (default 20000; --quick 2000)")
     args = common.defaults(ap.parse_args(argv), [("steps", 2000, 200), ("events", 20000, 2000)])
     info = common.machine("sqlalchemy")
@@ -203,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print(f"  steps of {N_SYMBOLS} signals ...", file=sys.stderr, flush=True)
         steps = bench_steps(folder, args.steps, max(10, args.steps // 10))
+        print("  one intent at a time ...", file=sys.stderr, flush=True)
+        one = bench_one(os.path.join(folder, "one"), args.steps)
         print(f"  journal, {args.events} rows per writer ...", file=sys.stderr, flush=True)
         writers = {"ours (commit per 64)": journal_ours(folder, args.events, False),
                    "ours (durable per 64)": journal_ours(folder, args.events, True),
@@ -216,13 +262,16 @@ def main(argv: list[str] | None = None) -> int:
           f"each: p50 {common.ms(steps['p50_ms'])} ms, p99 {common.ms(steps['p99_ms'])} ms; "
           f"{common.rate(steps['intents_per_s'])} intents/s (aim: p99 < 1 ms, >= 50 k/s); "
           f"{steps['fills']} fills")
+    print(f"one intent at a time ({one['calls']} calls): Desk.on_intents p50 {one['on_intents_p50_us']:.0f} us, "
+          f"p99 {one['on_intents_p99_us']:.0f} us; idle Desk.on_ticks {one['on_ticks_idle_us']:.1f} us, "
+          f"Desk.housekeeping {one['housekeeping_us']:.1f} us")
     rows = [["journal writer", "rows/s", "ours / it"]]
     for name, r in writers.items():
         ratio = "-" if r is None or name == "ours (commit per 64)" else f"{ours / r:.1f}x"
         rows.append([name, _rate(r), ratio])
     print(common.table(rows, "lrr"))
     print(load)
-    common.save(args, info, {"steps": steps, "journal_rows_per_s": writers,
+    common.save(args, info, {"steps": steps, "one_intent": one, "journal_rows_per_s": writers,
                              "journal_ratios": {k: (ours / v if v else None) for k, v in writers.items()
                                                 if k != "ours (commit per 64)"}},
                 default=lambda x: None if isinstance(x, float) and math.isnan(x) else str(x))
