@@ -93,6 +93,7 @@ PIPELINE = "backtest"
 # snapshot (a journal commit) an hour would cost a tenth of a run on 5-minute bars (the
 # equity, its peak and the day's start are marked every step either way)
 SNAPSHOT_EVERY_NS = 86400 * 10**9
+PASS_WINDOW = 512            # bar closes looked at per pass over a quiet stretch (`Backtest._pass_over`)
 
 
 @dataclass
@@ -285,6 +286,33 @@ class Close:
     signals: np.ndarray | None = None
 
 
+@dataclass
+class Closes:
+    """Every bar close of the data, in order, made ahead (`Backtest._closes`): each close's
+    segment and bounds in the rows; the rows, their volatility, the running count of rows
+    flagged FLAG_GAP (``gaps[k]``: among the first k); the model's outputs and the signals
+    where the model serves in bulk (else None)."""
+    segment: np.ndarray
+    bounds: np.ndarray
+    rows: np.ndarray
+    vol: np.ndarray
+    gaps: np.ndarray
+    outputs: object = None
+    signals: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.segment)
+
+    def at(self, k: int) -> Close:
+        """The k-th close."""
+        a, b = int(self.bounds[k]), int(self.bounds[k + 1])
+        out = self.outputs
+        return Close(self.rows[a:b], self.vol[a:b], int(self.gaps[b] - self.gaps[a]),
+                     None if out is None else (out[a:b] if isinstance(out, np.ndarray)
+                                               else tuple(x[a:b] for x in out)),
+                     None if self.signals is None else self.signals[a:b])
+
+
 def _joined(parts: list[ClosedBars]) -> ClosedBars:
     """Closed bars of many closes as one, in order."""
     return ClosedBars(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(ClosedBars)))
@@ -372,16 +400,22 @@ class Backtest:
         self.signal_seq = 0
         self.may_defer = (defer and data.books is None and self.desk.hedges is None and not self.desk.fx.sources
                           and self.desk.impact is None)
+        # and the strategy is shown such a stretch's bar closes many at once where it certainly
+        # passes them over (`_pass_over`): not where something watches each close
+        self.may_pass = (self.may_defer and on_features is None and not len(self.strategy.fx.market_sids)
+                         and not self.strategy.fx.members)
+        self.passed_over = 0                         # bars the strategy passed over in bulk
         self.behind: int | None = None               # the first segment the desk has not seen (a quiet stretch)
         self.quiet_until = 0                         # ... which lasts while its segments end before this
         self.seg = (0, 0, 0)                         # the segment being played: index, its ticks' bounds
         self.fills: list[tuple] = []
         self.client_ids: dict[int, str] = {}         # the desk's order ids -> client order ids
-        self.samples: list[tuple] = []               # (ts_ns, segment, state index), `_sample`
+        self.samples: tuple[list, list, list] = ([], [], [])   # ts_ns, segment, state index: `_sample`
         self.states: list[tuple] = []                # (qty, avg price, realised - fees, funding, fx factor)
         self.state_key: tuple | None = None
         self.counts = {"bars": 0, "signals": 0, "intents": 0, "gap_bars": 0, "not_traded_before_start": 0}
         self.signal_log: list[np.ndarray] = []
+        self.vote_log: list[np.ndarray] = []
         self.intent_log: list[np.ndarray] = []
 
     def _model(self):
@@ -405,16 +439,17 @@ class Backtest:
         self.seg_last = ticks["ts_exchange_ns"].astype(np.int64)[ends - 1]
         self.trades = trades_by_symbol(ticks, len(self.data.symbols))
         fills = self.fills
-        votes: list[tuple] = []
         bar = None
         if self.progress:
             from tqdm import tqdm
             bar = tqdm(total=len(ticks), unit="tick", unit_scale=True, desc="backtest", leave=False)
         t0 = time.perf_counter()
         try:
-            closes = self._closes(ends)
-            start = 0
-            for i, end in enumerate(ends.tolist()):
+            closes = self.closes = self._closes(ends)
+            i = start = 0
+            self.next_close = 0                        # the first close not yet decided
+            while i < len(ends):
+                end = int(ends[i])
                 self.seg = (i, start, end)
                 last = int(self.seg_last[i])
                 if self.behind is None:
@@ -425,17 +460,26 @@ class Backtest:
                 elif last >= self.quiet_until or (self.stops and self.strategy.direction.any()):
                     self._catch_up(i)                  # the rest of `_quiet` holds while the desk waits
                     self._watch(start, end)
-                closed = closes.get(i, ())
-                if closed:
+                if self.behind is not None and self.may_pass:
+                    after = self._pass_over(i)
+                    if after > i:
+                        if bar is not None:
+                            bar.update(int(ends[after - 1]) - start)
+                        i, start = after, int(ends[after - 1])
+                        continue
+                k = self.next_close
+                if k < len(closes) and closes.segment[k] == i:
                     self.strategy_clock.set(last)
-                    for close in closed:
-                        self._decide(close, fills, votes)
+                    while k < len(closes) and closes.segment[k] == i:
+                        self._decide(closes.at(k), fills)
+                        k += 1
+                    self.next_close = k
                     self._sample(i)
                 if self.behind is None:
                     self._collect(self.desk.housekeeping(), fills)
                 if bar is not None:
                     bar.update(end - start)
-                start = end
+                i, start = i + 1, end
             if self.behind is not None:
                 self._catch_up(len(ends))
             self._reports(None, fills)
@@ -449,9 +493,7 @@ class Backtest:
         fill_rows = np.array(fills, FILL_ROW) if fills else np.zeros(0, FILL_ROW)
         vote_rows = None
         if members:
-            vote_rows = np.zeros(len(votes), VOTE_ROW(len(members)))
-            for i, (ts, sid, probs, member) in enumerate(votes):
-                vote_rows[i] = (ts, sid, probs, member[:len(members)])
+            vote_rows = np.concatenate(self.vote_log) if self.vote_log else np.zeros(0, VOTE_ROW(len(members)))
         signals = np.concatenate(self.signal_log) if self.signal_log else np.zeros(0, SIGNAL_ROW)
         intents = np.concatenate(self.intent_log) if self.intent_log else np.zeros(0, INTENT_ROW)
         T, close, position, equity = self._equity(ends)
@@ -501,6 +543,63 @@ class Backtest:
         held = d.portfolio.rows["qty"] != 0
         return not held.any() or bool(np.isfinite(d.market.last[held]).all())
 
+    def _pass_over(self, i: int) -> int:
+        """In a quiet stretch from segment ``i``: the bar closes of the segments ahead (up to
+        PASS_WINDOW of them, within the stretch) that the strategy certainly passes over
+        (SignalStrategy.pass_over), taken at once, with the bookkeeping `_decide` does per
+        close (counts, signal seqs, volatility, equity samples); signals before the traded
+        period (walk-forward) never reach the strategy, as in `_decide`. Returns the first
+        segment not taken (``i``: none)."""
+        b = self.closes
+        c0 = self.next_close
+        if b.signals is None or c0 == len(b) or b.segment[c0] != i:
+            return i                                   # no close here, or no signals made ahead
+        end_seg = int(np.searchsorted(self.seg_last, self.quiet_until, side="left"))   # the stretch's end
+        c1 = min(int(np.searchsorted(b.segment, end_seg, side="left")), c0 + PASS_WINDOW)
+        if c1 <= c0:
+            return i
+        lo = int(b.bounds[c0])
+        sig = b.signals[lo:int(b.bounds[c1])]
+        seg = b.segment[c0:c1]
+        close_end = b.bounds[c0 + 1:c1 + 1] - lo             # each close's end among ``sig``
+        whole = np.r_[seg[1:] != seg[:-1], c1 == len(b.segment) or b.segment[c1] != seg[-1]]
+        cuts = close_end[whole]                              # whole segments only
+        if not len(cuts):
+            return i
+        early = 0
+        if self.trade_from_ns is not None:
+            before = sig["ts_bar_ns"].astype(np.int64) + self.bar_ns < self.trade_from_ns
+            early = len(before) if before.all() else int(np.argmin(before))
+            if early < len(before) and before[early:].any():
+                return i                               # out of order around the start: step by step
+        if early:
+            k = int(cuts[np.searchsorted(cuts, early, side="right") - 1]) if early >= cuts[0] else 0
+        else:
+            rows = self.desk.portfolio.rows
+            k = self.strategy.pass_over(sig, rows["qty"], rows["working"], cuts)
+        if not k:
+            return i
+        taken = sig[:k]
+        self.passed_over += k
+        self.counts["bars"] += k
+        self.counts["signals"] += k
+        self.counts["gap_bars"] += int(b.gaps[lo + k] - b.gaps[lo])
+        if early:
+            self.counts["not_traded_before_start"] += k
+        self.signal_seq += k
+        ids = taken["symbol_id"].astype(np.intp)
+        newest = len(ids) - 1 - np.unique(ids[::-1], return_index=True)[1]     # each symbol's last
+        self.vol[ids[newest]] = b.vol[lo + newest]
+        last = int(np.searchsorted(close_end, k, side="left"))   # the last close taken
+        self.next_close = c0 + last + 1
+        sampled = np.unique(seg[:last + 1])
+        self._sample(int(sampled[0]))
+        times, segments, states = self.samples        # nothing moved since: the same account
+        times += self.seg_last[sampled[1:]].tolist()
+        segments += sampled[1:].tolist()
+        states += [states[-1]] * (len(sampled) - 1)
+        return int(seg[last]) + 1
+
     def _catch_up(self, segment: int) -> None:
         """The end of a quiet stretch: the desk is shown the ticks it has not seen, those
         before ``segment``, and marks its equity as each step's housekeeping did: all that
@@ -514,36 +613,39 @@ class Backtest:
             self.desk.mark_quiet(self.seg_last[first:segment], last_trades(self.trades, ends[first:segment]))
         self.behind = None
 
-    def _closes(self, ends: np.ndarray) -> dict[int, list[Close]]:
-        """Every bar close of the data, before any trading: segment index -> the closes it
-        causes, in order. The bars, indicators and model depend on the market data only,
-        never on what was traded, so they are the live stages' values computed ahead: the
-        bar builder as live (`_bar_closes`), the indicator engine in one call over every
-        close (its kernels run event after event, so one call gives what one call per close
-        gives), and the model and its signals on every close at once where it can
-        (models/serving.bulk_outputs: the same outputs as one call per close, far fewer
-        calls), else one close at a time in `_decide`."""
+    def _closes(self, ends: np.ndarray) -> Closes:
+        """Every bar close of the data, before any trading, in order. The bars, indicators
+        and model depend on the market data only, never on what was traded, so they are the
+        live stages' values computed ahead: the bar builder as live (`_bar_closes`), the
+        indicator engine in one call over every close (its kernels run event after event, so
+        one call gives what one call per close gives), and the model and its signals on
+        every close at once where it can (models/serving.bulk_outputs: the same outputs as
+        one call per close, far fewer calls), else one close at a time in `_decide`."""
         every, step_seg, bounds = self._bar_closes(ends)
-        if not len(step_seg):
-            return {}
         values = self.engine.update(every.ids, every.o, every.h, every.l, every.c, every.v)
         rows = feature_rows(every, values, self.names, self.fdtype)
         ids = every.ids.astype(np.intp)
-        out = bulk_outputs(self.model, ids, rows, np.repeat(np.arange(len(step_seg)), np.diff(bounds)))
+        out = (bulk_outputs(self.model, ids, rows, np.repeat(np.arange(len(step_seg)), np.diff(bounds)))
+               if len(step_seg) else None)
         sig = (make_signals(self.model, ids, rows, every.origin_ns, every.flags, 0, out)
                if out is not None else None)
         if sig is not None:
             self.signal_log.append(self._signal_rows(sig))
-        vol = bar_volatility(rows, self.vol_column, self.atr_column)
-        gaps = np.r_[0, np.cumsum((rows["flags"] & FLAG_GAP) != 0)].tolist()
-        closes: dict[int, list[Close]] = {}
-        for i, a, b in zip(step_seg.tolist(), bounds[:-1].tolist(), bounds[1:].tolist()):
-            part = slice(a, b)
-            outputs = None if out is None else (out[part] if isinstance(out, np.ndarray)
-                                                else tuple(x[part] for x in out))
-            closes.setdefault(i, []).append(Close(rows[part], vol[part], gaps[b] - gaps[a], outputs,
-                                                  None if sig is None else sig[part]))
-        return closes
+            self.vote_log.append(self._vote_rows(sig))
+        return Closes(step_seg, bounds, rows, bar_volatility(rows, self.vol_column, self.atr_column),
+                      np.r_[0, np.cumsum((rows["flags"] & FLAG_GAP) != 0)], out, sig)
+
+    def _vote_rows(self, sig: np.ndarray) -> np.ndarray:
+        """The result's record of an ensemble's votes (VOTE_ROW), at their bars' close times;
+        none for a model without members."""
+        members = list(getattr(self.model, "members", None) or [])
+        if not members or "member_probs" not in sig.dtype.names:
+            return np.zeros(0, VOTE_ROW(max(len(members), 1)))
+        votes = np.zeros(len(sig), VOTE_ROW(len(members)))
+        votes["ts_ns"] = sig["ts_bar_ns"].astype(np.int64) + self.bar_ns
+        votes["symbol_id"], votes["probs"] = sig["symbol_id"], sig["probs"]
+        votes["member_probs"] = sig["member_probs"][:, :len(members)]
+        return votes
 
     def _signal_rows(self, sig: np.ndarray) -> np.ndarray:
         """The result's record of signals (SIGNAL_ROW), at their bars' close times."""
@@ -628,7 +730,7 @@ class Backtest:
         return BarBuilder(np.ones(len(self.data.symbols), bool), self.bar_ns, int(ic.close_grace_s * 1e9),
                           SimClock(first), int(max(f.max_ahead_s for f in self.cfg.feeds) * 1e9))
 
-    def _decide(self, close: Close, fills: list, votes: list) -> None:
+    def _decide(self, close: Close, fills: list) -> None:
         """A close's feature rows -> signals -> intents -> the desk: what a live bar close
         does, stage after stage (the model's outputs and signals computed ahead where
         ``close`` has them, else the model is called now)."""
@@ -644,12 +746,9 @@ class Backtest:
             sig = make_signals(self.model, ids, rows, rows["ts_origin_ns"], rows["flags"], self.signal_seq,
                                close.outputs)
             self.signal_log.append(self._signal_rows(sig))
+            self.vote_log.append(self._vote_rows(sig))
         self.signal_seq += len(sig)
         self.counts["signals"] += len(sig)
-        if "member_probs" in sig.dtype.names and getattr(self.model, "members", None):
-            for s in sig:
-                votes.append((int(s["ts_bar_ns"]) + self.bar_ns, int(s["symbol_id"]), s["probs"],
-                              s["member_probs"]))
         self.vol[ids] = close.vol
         if self.trade_from_ns is not None:
             early = sig["ts_bar_ns"].astype(np.int64) + self.bar_ns < self.trade_from_ns
@@ -766,17 +865,20 @@ class Backtest:
             self.state_key = key
             self.states.append((rows["qty"].copy(), rows["avg_price"].copy(),
                                 rows["realized_pnl"] - rows["fees"], self.funding_paid.copy(), fx.factor.copy()))
-        if self.samples and self.samples[-1][0] == now:
-            self.samples.pop()
-        self.samples.append((now, segment, len(self.states) - 1))
+        times, segments, states = self.samples
+        if times and times[-1] == now:
+            del times[-1], segments[-1], states[-1]
+        times.append(now)
+        segments.append(segment)
+        states.append(len(self.states) - 1)
 
     def _equity(self, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """The equity series in the account currency, from the samples: (times, each
         symbol's mark, position, equity), open positions marked at the last trade by then."""
         n = len(self.data.symbols)
-        if not self.samples:
+        if not self.samples[0]:
             return np.zeros(0, np.int64), np.zeros((0, n)), np.zeros((0, n)), np.zeros(0)
-        T, segment, state = (np.array(x, np.int64) for x in zip(*self.samples))
+        T, segment, state = (np.array(x, np.int64) for x in self.samples)
         mark = last_trades(self.trades, ends[segment])
         qty, avg, money, funding, factor = (np.stack(x)[state] for x in zip(*self.states))
         unreal = np.where(qty != 0, qty * (np.nan_to_num(mark) - avg), 0.0)
@@ -807,7 +909,8 @@ class Backtest:
                     "venue_fees": {v: dict(zip(("maker_bps", "taker_bps"), fees_of(cfg.execution, v)))
                                    for v in self.data.venues}},
                 "journal": str(self.journal.path), "ticks": int(len(ts)), "seconds": round(seconds, 3),
-                "bars_per_s": round(self.counts["bars"] / seconds, 1) if seconds > 0 else None}
+                "bars_per_s": round(self.counts["bars"] / seconds, 1) if seconds > 0 else None,
+                "bars_passed_over": self.passed_over}
 
     def close(self) -> None:
         self.desk.close()

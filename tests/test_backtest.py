@@ -432,21 +432,26 @@ def test_bar_closes_built_at_once_are_those_of_each_step(tmp_path):
     {},
     {"stop_loss": 0.002, "take_profit": 0.003},
     {"entry_order": "limit", "entry_ttl_s": 600.0},
+    {"allow_short": True, "min_hold_bars": 3, "walk_forward": True},
 ])
 def test_quiet_stretches_shown_at_once_change_nothing(tmp_path, strategy):
-    """While nothing is held or open the desk sees the market only when it must act; the
-    fills, the equity, the denials and every journal row are those of a desk shown each step."""
+    """While no order is open or due the desk sees the market only when it must act, and the
+    strategy passes the bars it certainly does nothing on over in bulk; the fills, the
+    equity, the denials, the counters and every journal row are those of a run shown each
+    step (with a walk-forward start too: the bars before it trade nothing either way)."""
     import sqlite3
     from pipeline.backtest import Backtest
     cfg = load_config(config(tmp_path))
     cfg.risk.max_daily_loss_frac = 0.0005                        # entries denied, some days
+    walk_forward = strategy.pop("walk_forward", False)
     for key, value in strategy.items():
         setattr(cfg.strategy, key, value)
     data = load_data([str(BTC), str(ETH)], end=TO)
+    start = int(data.ticks["ts_exchange_ns"][len(data.ticks) // 3]) if walk_forward else None
     results, journals = [], []
     for defer in (True, False):
         j = tmp_path / f"j{defer}.sqlite"
-        bt = Backtest(cfg, data, j, defer=defer)
+        bt = Backtest(cfg, data, j, trade_from_ns=start, defer=defer)
         try:
             results.append(bt.run())
         finally:
@@ -459,3 +464,4 @@ def test_quiet_stretches_shown_at_once_change_nothing(tmp_path, strategy):
     assert np.array_equal(a.close, b.close, equal_nan=True) and a.counts == b.counts
     assert a.counts["denials"]["DAILY_LOSS"] > 0
     assert journals[0] == journals[1] and len(journals[0]) > 100
+    assert a.meta["bars_passed_over"] > 100 and b.meta["bars_passed_over"] == 0

@@ -51,7 +51,7 @@ def test_bulk_outputs_are_one_call_per_close(trained, tmp_path):
     bt = Backtest(trained, data, tmp_path / "j.sqlite", model=serve(trained, 2))
     try:
         found = bt._closes(bar_steps(data.ticks, bt.bar_ns))
-        closes = [c for i in sorted(found) for c in found[i]]
+        closes = [found.at(k) for k in range(len(found))]
     finally:
         bt.close()
     closes.insert(40, closes[39])                        # a close seen twice (a re-read): not appended twice

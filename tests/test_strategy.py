@@ -243,3 +243,43 @@ def test_an_exit_while_the_entry_rests_cancels_it_and_sells_what_filled():
     s3, _ = limits(stop_loss=0.05)
     s3.on_signals(signal(0.3, 1), NO_VOL, 0, *told())
     assert s3.on_price(0, 90.0, 1, 1)["order_type"].tolist() == [ORDER_CANCEL]
+
+
+@pytest.mark.parametrize("params", [
+    {},
+    {"allow_short": True, "min_hold_bars": 3, "exit_margin": -0.05},
+    {"stop_loss": 0.01, "take_profit": 0.02},
+])
+def test_passing_quiet_signals_over_in_bulk_is_taking_them_one_by_one(params):
+    """`pass_over` takes only signals that make no intent, stops where one might, and leaves
+    the state and counters as `on_signals` one batch at a time does (a backtest's quiet bars)."""
+    rng = np.random.default_rng(7)
+    n_bars, n_sym = 400, 3
+    margin = np.zeros((n_bars, n_sym))             # wanders across the gates and back
+    for b in range(1, n_bars):
+        margin[b] = 0.9 * margin[b - 1] + rng.normal(0, 0.12, n_sym)
+    margin = margin.clip(-0.9, 0.9)
+    price = 100 * np.exp(np.cumsum(rng.normal(0, 0.004, (n_bars, n_sym)), axis=0))
+    batches = [np.concatenate([signal(float(margin[b, s]), b, float(price[b, s]), sid=s) for s in range(n_sym)])
+               for b in range(n_bars)]
+    one, bulk = make(**params), make(**params)
+    intents = {id(one): [], id(bulk): []}
+    passed = 0
+    b = 0
+    while b < n_bars:                                  # `bulk` passes over what it can, many batches at once
+        held = bulk.qty.copy()
+        ahead = np.concatenate(batches[b:b + 50])
+        k = bulk.pass_over(ahead, held, np.zeros(4), np.arange(1, min(50, n_bars - b) + 1) * n_sym)
+        passed += k
+        for _ in range(k // n_sym):
+            intents[id(one)] += one.on_signals(batches[b], NO_VOL, 0, one.qty.copy(), np.zeros(4)).tolist()
+            b += 1
+        if b < n_bars:
+            intents[id(one)] += one.on_signals(batches[b], NO_VOL, 0, one.qty.copy(), np.zeros(4)).tolist()
+            intents[id(bulk)] += bulk.on_signals(batches[b], NO_VOL, 0, bulk.qty.copy(), np.zeros(4)).tolist()
+            b += 1
+    assert passed > n_bars * n_sym // 6 and len(intents[id(one)]) >= 10     # stops: only flat bars pass
+    assert repr(intents[id(one)]) == repr(intents[id(bulk)])        # NaN limit prices alike
+    assert one.counters == bulk.counters
+    for field in ("direction", "qty", "entry", "held_bars", "last_bar", "held", "working"):
+        assert np.array_equal(getattr(one, field), getattr(bulk, field), equal_nan=True), field

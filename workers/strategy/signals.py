@@ -190,6 +190,54 @@ class SignalStrategy:
         self.counters["intents"] += len(rows)
         return rows
 
+    def pass_over(self, signals: np.ndarray, positions: np.ndarray, working: np.ndarray,
+                  bounds: np.ndarray) -> int:
+        """Take the longest run of ``signals`` that certainly makes no intent, ending at one
+        of ``bounds`` (ascending signal counts: where a caller's batches end), as `on_signals`
+        would, one by one, with the same ``positions`` and ``working``: counted, gated where
+        flat, a held symbol's new bars counted. Returns how many it took (0 to stop at once).
+        It stops at the first signal that might act or do anything else: a bad one, one past
+        the entry gate while flat, one at or past the exit gate or a reversal while held, a
+        symbol whose stops are set and which is held, or one whose position differs from what
+        was asked (its reconcile is then not a no-op). A backtest passes its quiet bars over
+        this way, many at once, and `on_signals` takes the rest: the decisions are its own."""
+        if not len(signals) or not len(bounds) or (self.fx is not None and len(self.fx.sources)):
+            return 0
+        sid = signals["symbol_id"].astype(np.intp)
+        ok = sid < self.n
+        s = np.where(ok, sid, 0)
+        price, probs = signals["ref_price"], signals["probs"]
+        p = self.p
+        with np.errstate(invalid="ignore"):
+            margin = probs[:, 2] - probs[:, 0]
+            d = self.direction[s].astype(np.int64)
+            total, asked = positions[s] + working[s], self.qty[s]
+            settled = (total == asked) | (np.abs(total - asked) <= QTY_TOL * np.maximum(np.abs(total), np.abs(asked)))
+            good = ok & np.isfinite(price) & (price > 0) & np.isfinite(margin) & settled
+            flat = (d == 0) & (margin < p.enter_margin) & ~(p.allow_short & (margin <= -p.enter_margin))
+            dm = d * margin
+            stops = bool(p.stop_loss or p.take_profit)
+            held = (d != 0) & (dm >= p.exit_margin) & (dm > -p.enter_margin) & (not stops)
+        quiet = good & (flat | held)
+        k = len(quiet) if quiet.all() else int(np.argmin(quiet))
+        k = int(bounds[np.searchsorted(bounds, k, side="right") - 1]) if k >= bounds[0] else 0
+        if not k:
+            return 0
+        s, bars = s[:k], signals["ts_bar_ns"][:k].astype(np.int64)
+        self.counters["signals"] += k
+        self.counters["gated"] += int((d[:k] == 0).sum())
+        self.held[s], self.working[s] = positions[s], working[s]          # as each reconcile sets them
+        order = np.argsort(s, kind="stable")                              # per symbol, in order
+        ss, bb = s[order], bars[order]
+        first = np.r_[True, ss[1:] != ss[:-1]]
+        prev = np.where(first, self.last_bar[ss], np.r_[0, bb[:-1]])
+        new_bar = bb != prev
+        counted = np.bincount(ss[new_bar], minlength=self.n)
+        self.held_bars += np.where(self.direction != 0, counted, 0)
+        last = np.r_[ss[1:] != ss[:-1], True]
+        self.last_bar[ss[last]] = bb[last]
+        return k
+
     def on_price(self, symbol_id: int, price: float, seq: int, ts_origin_ns: int,
                  source: int = STOP_SOURCE) -> np.ndarray:
         """A price update (a trade): the stop-loss and take-profit of a held position.
