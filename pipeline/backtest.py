@@ -93,7 +93,7 @@ PIPELINE = "backtest"
 # snapshot (a journal commit) an hour would cost a tenth of a run on 5-minute bars (the
 # equity, its peak and the day's start are marked every step either way)
 SNAPSHOT_EVERY_NS = 86400 * 10**9
-PASS_WINDOW = 512            # bar closes looked at per pass over a quiet stretch (`Backtest._pass_over`)
+PASS_WINDOW = 4096           # most bar closes looked at per pass over a quiet stretch (`Backtest._pass_over`)
 
 
 @dataclass
@@ -405,6 +405,8 @@ class Backtest:
         self.may_pass = (self.may_defer and on_features is None and not len(self.strategy.fx.market_sids)
                          and not self.strategy.fx.members)
         self.passed_over = 0                         # bars the strategy passed over in bulk
+        self.pass_width = 32                         # bar closes to look ahead at (`_pass_over`) ...
+        self.pass_stopped = -1                       # ... and the close it last stopped before
         self.behind: int | None = None               # the first segment the desk has not seen (a quiet stretch)
         self.quiet_until = 0                         # ... which lasts while its segments end before this
         self.seg = (0, 0, 0)                         # the segment being played: index, its ticks' bounds
@@ -545,24 +547,26 @@ class Backtest:
 
     def _pass_over(self, i: int) -> int:
         """In a quiet stretch from segment ``i``: the bar closes of the segments ahead (up to
-        PASS_WINDOW of them, within the stretch) that the strategy certainly passes over
+        ``pass_width`` of them, within the stretch) that the strategy certainly passes over
         (SignalStrategy.pass_over), taken at once, with the bookkeeping `_decide` does per
         close (counts, signal seqs, volatility, equity samples); signals before the traded
         period (walk-forward) never reach the strategy, as in `_decide`. Returns the first
         segment not taken (``i``: none)."""
         b = self.closes
         c0 = self.next_close
-        if b.signals is None or c0 == len(b) or b.segment[c0] != i:
-            return i                                   # no close here, or no signals made ahead
+        if b.signals is None or c0 == len(b) or b.segment[c0] != i or c0 == self.pass_stopped:
+            return i                    # no close here, no signals made ahead, or one found to act
         end_seg = int(np.searchsorted(self.seg_last, self.quiet_until, side="left"))   # the stretch's end
-        c1 = min(int(np.searchsorted(b.segment, end_seg, side="left")), c0 + PASS_WINDOW)
+        c1 = min(int(np.searchsorted(b.segment, end_seg, side="left")), c0 + self.pass_width)
         if c1 <= c0:
             return i
         lo = int(b.bounds[c0])
         sig = b.signals[lo:int(b.bounds[c1])]
         seg = b.segment[c0:c1]
         close_end = b.bounds[c0 + 1:c1 + 1] - lo             # each close's end among ``sig``
-        whole = np.r_[seg[1:] != seg[:-1], c1 == len(b.segment) or b.segment[c1] != seg[-1]]
+        whole = np.empty(len(seg), bool)
+        np.not_equal(seg[1:], seg[:-1], out=whole[:-1])
+        whole[-1] = c1 == len(b) or b.segment[c1] != seg[-1]
         cuts = close_end[whole]                              # whole segments only
         if not len(cuts):
             return i
@@ -577,10 +581,16 @@ class Backtest:
         else:
             rows = self.desk.portfolio.rows
             k = self.strategy.pass_over(sig, rows["qty"], rows["working"], cuts)
+        # the next look ahead: wider after a window taken whole, else about twice this stretch
+        whole_window = k == int(cuts[-1])
+        n_closes = int(np.searchsorted(close_end, k, side="left")) + 1 if k else 0   # closes taken
+        self.pass_width = min(self.pass_width * 2, PASS_WINDOW) if whole_window else max(2 * n_closes, 16)
+        if not whole_window:
+            self.pass_stopped = c0 + n_closes   # the first close of the segment that might act
         if not k:
             return i
-        taken = sig[:k]
         self.passed_over += k
+        taken = sig[:k]
         self.counts["bars"] += k
         self.counts["signals"] += k
         self.counts["gap_bars"] += int(b.gaps[lo + k] - b.gaps[lo])
@@ -590,9 +600,10 @@ class Backtest:
         ids = taken["symbol_id"].astype(np.intp)
         newest = len(ids) - 1 - np.unique(ids[::-1], return_index=True)[1]     # each symbol's last
         self.vol[ids[newest]] = b.vol[lo + newest]
-        last = int(np.searchsorted(close_end, k, side="left"))   # the last close taken
+        last = n_closes - 1                                  # the last close taken
         self.next_close = c0 + last + 1
-        sampled = np.unique(seg[:last + 1])
+        sampled = seg[:last + 1]
+        sampled = sampled[whole[:last + 1]]              # each segment once (they ascend)
         self._sample(int(sampled[0]))
         times, segments, states = self.samples        # nothing moved since: the same account
         times += self.seg_last[sampled[1:]].tolist()

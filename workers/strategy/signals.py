@@ -208,19 +208,18 @@ class SignalStrategy:
         s = np.where(ok, sid, 0)
         price, probs = signals["ref_price"], signals["probs"]
         p = self.p
-        with np.errstate(invalid="ignore"):
-            margin = probs[:, 2] - probs[:, 0]
-            d = self.direction[s].astype(np.int64)
-            total, asked = positions[s] + working[s], self.qty[s]
-            settled = (total == asked) | (np.abs(total - asked) <= QTY_TOL * np.maximum(np.abs(total), np.abs(asked)))
-            good = ok & np.isfinite(price) & (price > 0) & np.isfinite(margin) & settled
-            flat = (d == 0) & (margin < p.enter_margin) & ~(p.allow_short & (margin <= -p.enter_margin))
-            dm = d * margin
-            stops = bool(p.stop_loss or p.take_profit)
-            held = (d != 0) & (dm >= p.exit_margin) & (dm > -p.enter_margin) & (not stops)
+        margin = probs[:, 2] - probs[:, 0]
+        d = self.direction[s]
+        total, asked = positions[s] + working[s], self.qty[s]
+        settled = (total == asked) | (np.abs(total - asked) <= QTY_TOL * np.maximum(np.abs(total), np.abs(asked)))
+        good = ok & np.isfinite(price) & (price > 0) & np.isfinite(margin) & settled
+        flat = (d == 0) & (margin < p.enter_margin) & ~(p.allow_short & (margin <= -p.enter_margin))
+        dm = d * margin
+        stops = bool(p.stop_loss or p.take_profit)
+        held = (d != 0) & (dm >= p.exit_margin) & (dm > -p.enter_margin) & (not stops)
         quiet = good & (flat | held)
-        k = len(quiet) if quiet.all() else int(np.argmin(quiet))
-        k = int(bounds[np.searchsorted(bounds, k, side="right") - 1]) if k >= bounds[0] else 0
+        k = len(quiet) if quiet.all() else int(quiet.argmin())
+        k = int(bounds[bounds.searchsorted(k, side="right") - 1]) if k >= bounds[0] else 0
         if not k:
             return 0
         s, bars = s[:k], signals["ts_bar_ns"][:k].astype(np.int64)
@@ -229,12 +228,16 @@ class SignalStrategy:
         self.held[s], self.working[s] = positions[s], working[s]          # as each reconcile sets them
         order = np.argsort(s, kind="stable")                              # per symbol, in order
         ss, bb = s[order], bars[order]
-        first = np.r_[True, ss[1:] != ss[:-1]]
-        prev = np.where(first, self.last_bar[ss], np.r_[0, bb[:-1]])
-        new_bar = bb != prev
-        counted = np.bincount(ss[new_bar], minlength=self.n)
+        change = np.empty(k + 1, bool)                                    # where the symbol changes
+        change[0] = change[k] = True
+        np.not_equal(ss[1:], ss[:-1], out=change[1:k])
+        prev = np.empty(k, np.int64)
+        prev[1:] = bb[:-1]
+        first = change[:k]
+        prev[first] = self.last_bar[ss[first]]
+        counted = np.bincount(ss[bb != prev], minlength=self.n)
         self.held_bars += np.where(self.direction != 0, counted, 0)
-        last = np.r_[ss[1:] != ss[:-1], True]
+        last = change[1:]
         self.last_bar[ss[last]] = bb[last]
         return k
 
