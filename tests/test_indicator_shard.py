@@ -167,9 +167,11 @@ def test_a_shard_naps_until_its_open_bar_can_close_or_the_ring_fills(shard):
     feed.write(ticks([(a, 0.99, 100.0, 1.0)]))
     worker.step()
     assert worker.nap_s(10.0) < NAP_MIN_S              # within the margin of the bar's end
+    assert worker.due_bits() == 1 << (a & 63)          # ... so only AAA's ticks wake it
     feed.write(ticks([(a, 1.1, 101.0, 1.0)]))          # closes bar 0, opens bar 1
     worker.step()
     assert len(bars_of(features, a)) == 1 and worker.nap_s(10.0) == NAP_MAX_S
+    assert worker.due_bits() == 0
     cap = topo.rings["ticks.synthetic"].capacity
     feed.write(ticks([(a, 1.2, 101.0, 1.0)] * (cap // 8)))   # unread: an eighth of the ring
     assert worker.nap_s(10.0) < NAP_MIN_S

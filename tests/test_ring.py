@@ -671,6 +671,37 @@ def test_wait_does_not_return_early_after_a_stale_ring(shm_names):
         ring.seg.unlink()
 
 
+def test_a_reader_with_interest_is_rung_only_for_its_symbols(shm_names):
+    """An indicator shard waiting for its bars' closing ticks: the writer leaves it
+    asleep (flag still set) through batches of other symbols, rings it for one of its
+    own (symbol_id % 64), rings it for any put, and the records it slept through stay."""
+    bell, other = Doorbell(), Doorbell()
+    spec = RingSpec("t", shm_names("ring"), TICK, 64, LOSSY, ["r", "all"],
+                    reader_bells={"r": bell, "all": other})
+    ring = Ring.create(spec)
+    try:
+        r, every, w = ring.reader("r"), ring.reader("all"), ring.writer()
+        r.set_interest(1 << 5)
+        r.set_waiting(True)
+        every.set_waiting(True)
+        ticks = make_ticks(0, 4)
+        ticks["symbol_id"] = 3
+        w.write(ticks)
+        assert not bell.wait(0) and ring._flags[r.index] == 1      # asleep, still waiting
+        assert other.wait(0) and ring._flags[every.index] == 0     # no interest: rung
+        ticks = make_ticks(4, 8)
+        ticks["symbol_id"] = [3, 69, 3, 3]                          # 69 % 64 == 5
+        w.write(ticks)
+        assert bell.wait(0) and ring._flags[r.index] == 0
+        r.set_waiting(True)
+        w.put(make_ticks(8, 9).tobytes())                           # a put: symbols unknown
+        assert bell.wait(0)
+        assert [int(x) for x in r.read().records["seq"]] == list(range(9))
+    finally:
+        ring.close()
+        ring.seg.unlink()
+
+
 def test_observer_never_gates_a_lossless_writer_and_counts_what_it_misses(shm_names):
     spec = RingSpec("t", shm_names("ring"), TICK, 8, LOSSLESS, ["r"], observers=["obs"])
     ring = Ring.create(spec)

@@ -163,11 +163,18 @@ class IndicatorWorker(Worker):
         earliest open bar could close (a tick of a later bar), less a margin, and not so
         long that the tick ring, at the rate it has been filling, laps the shard."""
         b = self.bars
-        nap = min(timeout, NAP_MAX_S)
+        nap = min(timeout, NAP_MAX_S, self.ring_room_s())
         is_open = b.owned & (b.open_ns >= 0)
         if is_open.any():
             end = int(b.open_ns[is_open].min()) + b.bar_ns - self.nap_margin_ns
             nap = min(nap, (end - b.market_clock()) / 1e9)
+        return nap
+
+    def ring_room_s(self) -> float:
+        """How long the tick rings, at the rate they have been filling, take to hold
+        1/NAP_RING_FRACTION of their capacity unread: the longest this shard may go
+        without reading them (a lapped shard loses ticks)."""
+        room_s = float("inf")
         now = time.monotonic()
         for i, r in enumerate(self.readers):
             lag = r.available()
@@ -177,8 +184,19 @@ class IndicatorWorker(Worker):
                 self._rate[i] = max(inst, 0.5 * self._rate[i])
                 self._seen[i] = (now, r.cursor + lag)
             room = r.ring.capacity // NAP_RING_FRACTION - lag
-            nap = min(nap, room / max(self._rate[i], 1.0))
-        return nap
+            room_s = min(room_s, room / max(self._rate[i], 1.0))
+        return room_s
+
+    def due_bits(self) -> int:
+        """The symbols (bits of symbol_id % 64) whose open bar the next tick may close:
+        the only ticks worth a wake-up. 0 (any tick) when none is."""
+        b = self.bars
+        due = b.owned & (b.open_ns >= 0)
+        due &= b.open_ns + (b.bar_ns - self.nap_margin_ns - int(NAP_MIN_S * 1e9)) <= b.market_clock()
+        bits = 0
+        for sid in np.flatnonzero(due).tolist():
+            bits |= 1 << (sid & 63)
+        return bits
 
     def idle_wait(self, timeout: float) -> None:
         # wake in time to close the next bar on the clock
@@ -191,6 +209,14 @@ class IndicatorWorker(Worker):
                 self.bell.wait(nap)     # flags unset: rung only by a stop or backpressure
                 self._napped_ns = time.monotonic_ns() - t0 + 1_000_000
                 return
+            # awake for bar closes: rung only by a tick of a symbol whose bar it may close
+            # (not by every tick of the other shards' symbols, 6 shards woken at once on
+            # 2 cores at every bar's end), and not longer than the ring can hold
+            bits = self.due_bits()
+            for r in self.readers:
+                r.set_interest(bits)
+            if bits:
+                timeout = min(timeout, max(0.0, self.ring_room_s()))
         super().idle_wait(timeout)
 
     def stats(self) -> dict:
