@@ -7,7 +7,7 @@ Layout (all counters uint64, each group on its own cache line)::
     writer line:  write_seq (published), claim_seq (being written)
     writer stats: waiting, pid, backpressure waits, backpressure ns, timeouts
     wait flags:   one byte per reader (a byte store needs no atomic RMW)
-    reader lines: cursor, registered, dropped, gaps, pid, interest   (one line each)
+    reader lines: cursor, registered, dropped, gaps, pid, interest, wake lag (one line each)
     reader names: 32 bytes each
     data:         capacity * record_size, capacity a power of two
 
@@ -23,10 +23,11 @@ Policies:
   room for it, then raises RingFullError naming that reader.
 
 Interest: a sleeping reader may name the symbols it waits for (a 64-bit mask of
-``symbol_id % 64`` in its reader line, 0 for everything); a writer then rings it only
-for a batch written with ``write`` that holds one of them (a ``put`` rings it always).
-Its waiting flag stays set, so the first batch it asked for wakes it. The records it
-sleeps through are still there when it wakes: interest changes wake-ups, not data.
+``symbol_id % 64`` in its reader line) and a wake lag (0: no filter, the default); a
+writer then rings it only for a batch written with ``write`` that holds one of them, or
+once it has that many records unread (so a lossy ring never laps it for want of a
+wake-up); a ``put`` rings it always. Its waiting flag stays set until then. The records
+it sleeps through are still there when it wakes: interest changes wake-ups, not data.
 
 Observers are reader slots that keep their cursor in shared memory (so they
 resume after a restart and show their lag) but never gate the writer, even
@@ -75,7 +76,7 @@ W_BP_NS = 19
 W_TIMEOUTS = 20
 FLAGS_WORD = 24   # 64 bytes of per-reader waiting flags (words 24..31)
 READERS_WORD = 32  # reader i: words 32 + 8*i ...
-R_CURSOR, R_REGISTERED, R_DROPPED, R_GAPS, R_PID, R_INTEREST = range(6)
+R_CURSOR, R_REGISTERED, R_DROPPED, R_GAPS, R_PID, R_INTEREST, R_WAKE_LAG = range(7)
 GATING, OBSERVER = 1, 2   # values of R_REGISTERED: a lossless writer waits only for GATING
 HEADER_WORDS = READERS_WORD + 8 * MAX_READERS
 NAMES_BYTES = NAME_BYTES * MAX_READERS
@@ -316,7 +317,7 @@ class RingWriter:
         self._flag_words = range(FLAGS_WORD, FLAGS_WORD + max(1, -(-len(ring.reader_names) // 8)))
         self._many_readers = len(ring.reader_names) > 8
         self._fence_acquire, self._fence_release = _fence_lock.acquire, _fence_lock.release
-        self._interest = [READERS_WORD + 8 * i + R_INTEREST for i in range(len(ring.reader_names))]
+        self._lines = [READERS_WORD + 8 * i for i in range(len(ring.reader_names))]
         self._symbols = ring.dtype.names is not None and "symbol_id" in ring.dtype.names
         self._batch: np.ndarray | None = None   # the raw words being written by write()
 
@@ -463,12 +464,13 @@ class RingWriter:
         bits = None
         for i, bell in enumerate(self._bells):
             if flags[i]:
-                want = q[self._interest[i]]
-                if want:
+                line = self._lines[i]
+                lag = q[line + R_WAKE_LAG]
+                if lag:                 # filtering: its symbols, or that many unread
                     if bits is None:
                         bits = self._batch_bits()
-                    if not bits & want:
-                        continue        # none of its symbols: it sleeps on, flag set
+                    if not bits & q[line + R_INTEREST] and q[W_WRITE] - q[line + R_CURSOR] < lag:
+                        continue        # it sleeps on, flag set
                 flags[i] = 0
                 if bell is not None:
                     bell.ring()
@@ -539,7 +541,7 @@ class RingReader(_Cursor):
         self._base = READERS_WORD + 8 * index
         q = ring._q
         q[self._base + R_PID] = os.getpid()
-        q[self._base + R_INTEREST] = 0       # a predecessor's interest is not ours
+        q[self._base + R_WAKE_LAG] = 0       # a predecessor's interest is not ours
         self.cursor = q[self._base + R_CURSOR]
         self.committed = self.cursor
         self.writer_bell = ring.spec.writer_bell
@@ -637,10 +639,13 @@ class RingReader(_Cursor):
     def set_waiting(self, on: bool) -> None:
         self.ring._flags[self.index] = 1 if on else 0
 
-    def set_interest(self, mask: int) -> None:
-        """The symbols whose records should wake this reader (bits of symbol_id % 64;
-        0: any record). Set before waiting; see the module's Interest."""
-        self._q[self._base + R_INTEREST] = mask
+    def set_interest(self, mask: int, wake_lag: int) -> None:
+        """Wake this reader only for records of these symbols (bits of symbol_id % 64)
+        or once ``wake_lag`` records are unread; ``wake_lag`` 0: any record wakes it.
+        Set before waiting; see the module's Interest."""
+        q = self._q
+        q[self._base + R_INTEREST] = mask
+        q[self._base + R_WAKE_LAG] = wake_lag
 
     def wait(self, timeout: float, spin_us: float = 0.0) -> bool:
         """Wait until data is available; True if there is some."""

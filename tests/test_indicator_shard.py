@@ -152,26 +152,21 @@ def test_a_restarted_shard_rebuilds_its_indicators_and_flags_the_partial_bar(sha
         successor.close()
 
 
-def test_a_shard_naps_until_its_open_bar_can_close_or_the_ring_fills(shard):
-    """Between bars a shard sleeps without being rung by the feed (a tick that closes
-    nothing can wait): at most NAP_MAX_S, never past its open bar's end less the margin,
-    and not while the tick ring is filling up (it would be lapped)."""
-    from workers.indicators import NAP_MAX_S, NAP_MIN_S
+def test_a_shard_is_woken_only_by_ticks_that_may_close_its_bars(shard):
+    """Between bars a shard sleeps through ticks (a tick that closes nothing can wait):
+    it asks to be woken by its symbols whose open bar ends within the margin, and says
+    when the next one will."""
     worker, feed, features, topo = shard
-    a = topo.symbols.id("AAA/USDT")
-    assert worker.nap_s(10.0) == NAP_MAX_S             # nothing open: no bar to close
-    assert worker.nap_s(0.001) == 0.001                # never past the caller's timeout
-    feed.write(ticks([(a, 0.1, 100.0, 1.0)]))
+    a, b = topo.symbols.id("AAA/USDT"), topo.symbols.id("BBB/USDT")
+    assert worker.due() == (0, float("inf"))            # nothing open: no bar to close
+    feed.write(ticks([(a, 0.1, 100.0, 1.0), (b, 0.5, 10.0, 1.0)]))
     worker.step()
-    assert worker.nap_s(10.0) == NAP_MAX_S             # its bar ends in 0.9 s
+    bits, soon = worker.due()
+    assert bits == 0 and 0.3 < soon <= 0.48             # the bars end 0.5 s after the newest tick, less 0.02
     feed.write(ticks([(a, 0.99, 100.0, 1.0)]))
     worker.step()
-    assert worker.nap_s(10.0) < NAP_MIN_S              # within the margin of the bar's end
-    assert worker.due_bits() == 1 << (a & 63)          # ... so only AAA's ticks wake it
-    feed.write(ticks([(a, 1.1, 101.0, 1.0)]))          # closes bar 0, opens bar 1
+    assert worker.due()[0] == 1 << (a & 63) | 1 << (b & 63)   # both bars end within the margin
+    feed.write(ticks([(a, 1.1, 101.0, 1.0)]))           # closes AAA's bar 0, opens its bar 1
     worker.step()
-    assert len(bars_of(features, a)) == 1 and worker.nap_s(10.0) == NAP_MAX_S
-    assert worker.due_bits() == 0
-    cap = topo.rings["ticks.synthetic"].capacity
-    feed.write(ticks([(a, 1.2, 101.0, 1.0)] * (cap // 8)))   # unread: an eighth of the ring
-    assert worker.nap_s(10.0) < NAP_MIN_S
+    assert len(bars_of(features, a)) == 1
+    assert worker.due()[0] == 1 << (b & 63)

@@ -674,14 +674,15 @@ def test_wait_does_not_return_early_after_a_stale_ring(shm_names):
 def test_a_reader_with_interest_is_rung_only_for_its_symbols(shm_names):
     """An indicator shard waiting for its bars' closing ticks: the writer leaves it
     asleep (flag still set) through batches of other symbols, rings it for one of its
-    own (symbol_id % 64), rings it for any put, and the records it slept through stay."""
+    own (symbol_id % 64), once its wake lag is unread, for any put, and the records it
+    slept through stay."""
     bell, other = Doorbell(), Doorbell()
     spec = RingSpec("t", shm_names("ring"), TICK, 64, LOSSY, ["r", "all"],
                     reader_bells={"r": bell, "all": other})
     ring = Ring.create(spec)
     try:
         r, every, w = ring.reader("r"), ring.reader("all"), ring.writer()
-        r.set_interest(1 << 5)
+        r.set_interest(1 << 5, 12)
         r.set_waiting(True)
         every.set_waiting(True)
         ticks = make_ticks(0, 4)
@@ -696,7 +697,12 @@ def test_a_reader_with_interest_is_rung_only_for_its_symbols(shm_names):
         r.set_waiting(True)
         w.put(make_ticks(8, 9).tobytes())                           # a put: symbols unknown
         assert bell.wait(0)
-        assert [int(x) for x in r.read().records["seq"]] == list(range(9))
+        r.set_waiting(True)
+        ticks = make_ticks(9, 12)
+        ticks["symbol_id"] = 3
+        w.write(ticks)                                              # 12 unread: its wake lag
+        assert bell.wait(0)
+        assert [int(x) for x in r.read().records["seq"]] == list(range(12))
     finally:
         ring.close()
         ring.seg.unlink()

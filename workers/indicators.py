@@ -33,15 +33,15 @@ from .bars import BarBuilder, ClosedBars, feature_rows
 from .base import Worker
 
 
-# Napping between bars: a tick that does not close a bar only updates it, so a shard
-# need not wake for it (8 shards woken by every tick batch, 2 ms apart, kept 2 cores busy
-# and delayed the wake-ups that matter). Until its earliest open bar ends (less a margin
-# for exchange clocks ahead of the market clock) a shard sleeps on its doorbell without
-# its waiting flags, so the feed does not ring it, and then reads the ticks in one batch.
-NAP_MAX_S = 0.1           # longest nap: a stop, a rate surge, are seen this soon
-NAP_MARGIN_S = 0.02       # wake this long before a bar can close (at most 1/10 of a bar)
-NAP_RING_FRACTION = 8     # nap no longer than the feed takes to fill 1/8 of the tick ring
-NAP_MIN_S = 0.002         # shorter naps are not worth leaving the flag-and-doorbell wait
+# Wake-ups for closes only: a tick that does not close a bar only updates it, so a shard
+# need not wake for it (6 shards woken by every tick batch, 2 ms apart, kept 2 cores busy,
+# and at a bar's end made the owner of the closing tick wait for a core behind the
+# others). A shard asks the tick rings (RingReader.set_interest) for the symbols whose
+# open bar the next tick may close (from their bar's end less a margin for exchange
+# clocks ahead of the market clock), or for a wake-up once 1/WAKE_FRACTION of the ring is
+# unread (never lapped for want of one), and reads what it slept through in one batch.
+DUE_MARGIN_S = 0.02       # a bar may close this long before its end (at most 1/10 of a bar)
+WAKE_FRACTION = 16        # woken at the latest with 1/16 of the tick ring unread
 
 
 class IndicatorWorker(Worker):
@@ -68,13 +68,11 @@ class IndicatorWorker(Worker):
         self.out = self.spec.outputs[0]
         self.features = self.table("features")
         self.fdtype = self.topo.rings[self.out].dtype
-        self.counters.update(bars=0, timer_closes=0, gaps=0, alerts=0, naps=0)
-        # TICKPIPE_SHARD_NAP=0 turns napping off (a wake-up per tick batch, as before)
-        self.nap = os.environ.get("TICKPIPE_SHARD_NAP", "1") != "0" and self.bell is not None
-        self.nap_margin_ns = min(int(NAP_MARGIN_S * 1e9), self.bars.bar_ns // 10)
-        self._seen = [(time.monotonic(), r.cursor) for r in self.readers]   # for the tick rate
-        self._rate = [0.0] * len(self.readers)
-        self._napped_ns = 0                  # how long the last nap was, until a step reads
+        self.counters.update(bars=0, timer_closes=0, gaps=0, alerts=0)
+        # TICKPIPE_SHARD_NAP=0 turns the filter off (woken by every tick batch, as before)
+        self.filtered = os.environ.get("TICKPIPE_SHARD_NAP", "1") != "0"
+        self.due_margin_ns = min(int(DUE_MARGIN_S * 1e9), self.bars.bar_ns // 10)
+        self._slept_ns = 0                   # the last filtered wait, until a step reads
         writer = self.writers[self.out]
         if writer.seq > 0:                   # a restart: the ring holds what we closed before
             self.resume(writer.tail())
@@ -104,10 +102,10 @@ class IndicatorWorker(Worker):
             seen = self.bars.market_ns
             for closed in self.bars.on_ticks(batch.records):
                 self.close_bars(closed)
-            if self.bars.market_ns != seen and self._napped_ns:
+            if self.bars.market_ns != seen and self._slept_ns:
                 self._anchor(batch.records)
             reader.commit()
-        self._napped_ns = 0
+        self._slept_ns = 0
         closed = self.bars.close_due()
         if closed is not None:
             self.close_bars(closed)
@@ -147,77 +145,45 @@ class IndicatorWorker(Worker):
                              v[vol_col], vol_max, v[z_col], z_max, int(r["ts_bar_ns"]))
 
     def _anchor(self, ticks: np.ndarray) -> None:
-        """After a nap, the market clock runs from when its newest exchange time was
-        received (the tick's ts_origin_ns), not from when the shard woke to read it, so
+        """After a filtered wait, the market clock runs from when its newest exchange time
+        was received (the tick's ts_origin_ns), not from when the shard woke to read it, so
         that timer closes come as soon as for a shard woken by every tick; moved back by
-        the nap at most (a tick's origin on another clock, as in a test, changes nothing)."""
+        the wait at most (a tick's origin on another clock, as in a test, changes nothing)."""
         b = self.bars
         hit = (ticks["ts_exchange_ns"] == b.market_ns) & b.owned[ticks["symbol_id"]]
         if hit.any():
             at = int(ticks["ts_origin_ns"][hit].min())
-            if b.market_at_ns - self._napped_ns <= at < b.market_at_ns:
+            if b.market_at_ns - self._slept_ns <= at < b.market_at_ns:
                 b.market_at_ns = at
 
-    def nap_s(self, timeout: float) -> float:
-        """How long this shard may sleep without being rung by the feed: until its
-        earliest open bar could close (a tick of a later bar), less a margin, and not so
-        long that the tick ring, at the rate it has been filling, laps the shard."""
+    def due(self) -> tuple[int, float]:
+        """The symbols (bits of symbol_id % 64) whose open bar the next tick may close,
+        and the seconds until another open bar joins them (inf if none will)."""
         b = self.bars
-        nap = min(timeout, NAP_MAX_S, self.ring_room_s())
         is_open = b.owned & (b.open_ns >= 0)
-        if is_open.any():
-            end = int(b.open_ns[is_open].min()) + b.bar_ns - self.nap_margin_ns
-            nap = min(nap, (end - b.market_clock()) / 1e9)
-        return nap
-
-    def ring_room_s(self) -> float:
-        """How long the tick rings, at the rate they have been filling, take to hold
-        1/NAP_RING_FRACTION of their capacity unread: the longest this shard may go
-        without reading them (a lapped shard loses ticks)."""
-        room_s = float("inf")
-        now = time.monotonic()
-        for i, r in enumerate(self.readers):
-            lag = r.available()
-            t, w = self._seen[i]
-            if now - t >= 0.001:    # ticks written per second since the last look
-                inst = (r.cursor + lag - w) / (now - t)
-                self._rate[i] = max(inst, 0.5 * self._rate[i])
-                self._seen[i] = (now, r.cursor + lag)
-            room = r.ring.capacity // NAP_RING_FRACTION - lag
-            room_s = min(room_s, room / max(self._rate[i], 1.0))
-        return room_s
-
-    def due_bits(self) -> int:
-        """The symbols (bits of symbol_id % 64) whose open bar the next tick may close:
-        the only ticks worth a wake-up. 0 (any tick) when none is."""
-        b = self.bars
-        due = b.owned & (b.open_ns >= 0)
-        due &= b.open_ns + (b.bar_ns - self.nap_margin_ns - int(NAP_MIN_S * 1e9)) <= b.market_clock()
+        if not is_open.any():
+            return 0, float("inf")
+        ready_ns = b.open_ns + (b.bar_ns - self.due_margin_ns)
+        now = b.market_clock()
+        due = is_open & (ready_ns <= now)
         bits = 0
         for sid in np.flatnonzero(due).tolist():
             bits |= 1 << (sid & 63)
-        return bits
+        later = ready_ns[is_open & ~due]
+        return bits, (int(later.min()) - now) / 1e9 if len(later) else float("inf")
 
     def idle_wait(self, timeout: float) -> None:
         # wake in time to close the next bar on the clock
         timeout = max(0.0, min(timeout, self.bars.seconds_to_due()))
-        if self.nap:
-            nap = self.nap_s(timeout)
-            if nap >= NAP_MIN_S:
-                self.counters["naps"] += 1
-                t0 = time.monotonic_ns()
-                self.bell.wait(nap)     # flags unset: rung only by a stop or backpressure
-                self._napped_ns = time.monotonic_ns() - t0 + 1_000_000
-                return
-            # awake for bar closes: rung only by a tick of a symbol whose bar it may close
-            # (not by every tick of the other shards' symbols, 6 shards woken at once on
-            # 2 cores at every bar's end), and not longer than the ring can hold
-            bits = self.due_bits()
-            for r in self.readers:
-                r.set_interest(bits)
-            if bits:
-                timeout = min(timeout, max(0.0, self.ring_room_s()))
-        super().idle_wait(timeout)
+        if not self.filtered:
+            super().idle_wait(timeout)
+            return
+        bits, soon = self.due()
+        for r in self.readers:
+            r.set_interest(bits, max(1, r.ring.capacity // WAKE_FRACTION))
+        t0 = time.monotonic_ns()
+        super().idle_wait(max(0.0, min(timeout, soon)))
+        self._slept_ns = time.monotonic_ns() - t0 + 1_000_000
 
     def stats(self) -> dict:
         return dict(self.counters)
