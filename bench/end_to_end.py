@@ -376,6 +376,9 @@ def run_pipeline(args, cfg, n_ticks: int, deadline_s: float, settle_s: float = 0
         "denials": final["risk"]["denials"],
         "strategy_rules": next((s.get("rules") for w, s in stats.items()
                                 if w.startswith("strategy.")), None),
+        # the ensemble's own inference time per batch (last 1000), beside the model hop
+        "infer_ms": {w: {k[len("infer_ms_"):]: s[k] for k in ("infer_ms_p50", "infer_ms_p99", "infer_ms_max")
+                         if k in s} for w, s in stats.items() if w.startswith("model.")},
         "cpu_s": cpu,
         "cpu_s_since_all_running": {k: round(v - cpu_at_running[k], 3) for k, v in cpu.items()
                                     if k in cpu_at_running},
@@ -738,6 +741,10 @@ def print_latency(run_name: str, summary: dict, args) -> None:
     print("what each hop adds in this run (difference of the stages' percentiles: an "
           "approximation, the stages count different records):")
     print(hop_table(summary))
+    inf = {w: x for w, x in (lat.get("infer_ms") or {}).items() if x}
+    if inf:
+        print("the model hop's own inference per batch (ms p50 / p99, the last 1000): "
+              + ", ".join(f"{w} {x.get('p50')} / {x.get('p99')}" for w, x in sorted(inf.items())))
     split = summary["execution_split"]
     if split:
         a, b = split["intent_to_fill_event"], split["fill_event_to_published"]
