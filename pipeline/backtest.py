@@ -59,8 +59,11 @@ ids carry the run id "backtest", and the broker's latency jitter is a hash.
 """
 from __future__ import annotations
 
+import fcntl
 import itertools
 import math
+import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field, fields
@@ -74,7 +77,7 @@ from models.train import market_of
 from pipeline.clock import SimClock
 from pipeline.config import Config, currency_problem, feature_names, fees_of, indicator_specs, route_checks
 from pipeline.errors import ConfigurationError, UserError
-from pipeline.journal import Journal
+from pipeline.journal import WAL_LIMIT_BYTES, Journal
 from pipeline.storage import detect_kind, market_columns, numeric, read_market_table
 from shm.records import FLAG_GAP, TICK_GAP, TICK_TRADE, features_dtype
 from workers.bars import BarBuilder, ClosedBars, bar_steps, feature_rows
@@ -93,6 +96,8 @@ PIPELINE = "backtest"
 # snapshot (a journal commit) an hour would cost a tenth of a run on 5-minute bars (the
 # equity, its peak and the day's start are marked every step either way)
 SNAPSHOT_EVERY_NS = 86400 * 10**9
+SCRATCH_PREFIX = "tickpipe-backtest-"
+SCRATCH_BYTES_PER_EVENT = 8192   # the most journal a market event can cost (a fill with its order: ~4.4 KB)
 PASS_WINDOW = 4096           # most bar closes looked at per pass over a quiet stretch (`Backtest._pass_over`)
 
 
@@ -928,6 +933,47 @@ class Backtest:
         self.journal.close()
 
 
+def scratch_dir(events: int) -> str | None:
+    """Where a journal that is thrown away after the run goes: memory (/dev/shm), the
+    "journal in memory" a backtest may keep, where it has room for the largest journal
+    ``events`` market events could make (SCRATCH_BYTES_PER_EVENT each: a fill on every one,
+    plus a full WAL); else the system's temporary folder (None). Its writes then cost no
+    disk: a third of an EMA crossover's run on 5-minute bars was the journal's writes."""
+    shm = Path("/dev/shm")
+    try:
+        st = os.statvfs(shm)
+    except OSError:
+        return None
+    _sweep_scratch(shm)
+    room = st.f_bavail * st.f_frsize
+    need = events * SCRATCH_BYTES_PER_EVENT + WAL_LIMIT_BYTES
+    return str(shm) if shm.is_dir() and os.access(shm, os.W_OK) and room >= need else None
+
+
+def _sweep_scratch(folder: Path) -> None:
+    """Remove the scratch journals of backtests that died without cleaning up (kill -9):
+    memory, not disk, until removed. One is stale when nobody holds its journal's lock (the
+    writer holds it while it runs; the kernel drops it when the process dies), or, with no
+    lock file yet, after an hour."""
+    for d in folder.glob(f"{SCRATCH_PREFIX}*"):
+        lock = d / "journal.sqlite.lock"
+        try:
+            if not lock.exists():
+                if time.time() - d.stat().st_mtime > 3600:
+                    shutil.rmtree(d, ignore_errors=True)
+                continue
+            fd = os.open(lock, os.O_RDWR)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue                                 # held: a backtest running now
+        finally:
+            os.close(fd)
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def run_backtest(cfg: Config, paths: list[str] | MarketData, start: str | None = None,
                  end: str | None = None, journal: str | None = None, progress: bool = False,
                  model=None, trade_from_ns: int | None = None, on_features=None) -> BacktestResult:
@@ -942,7 +988,7 @@ def run_backtest(cfg: Config, paths: list[str] | MarketData, start: str | None =
     data = paths if isinstance(paths, MarketData) else load_data(paths, start, end)
     tmp = None
     if journal is None:
-        tmp = tempfile.TemporaryDirectory(prefix="tickpipe-backtest-")
+        tmp = tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX, dir=scratch_dir(len(data.ticks)))
         journal = str(Path(tmp.name) / "journal.sqlite")
     try:
         bt = Backtest(cfg, data, journal, progress, model, trade_from_ns, on_features)

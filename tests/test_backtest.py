@@ -465,3 +465,28 @@ def test_quiet_stretches_shown_at_once_change_nothing(tmp_path, strategy):
     assert a.counts["denials"]["DAILY_LOSS"] > 0
     assert journals[0] == journals[1] and len(journals[0]) > 100
     assert a.meta["bars_passed_over"] > 100 and b.meta["bars_passed_over"] == 0
+
+
+def test_a_journal_thrown_away_is_kept_in_memory_and_a_dead_runs_is_swept(tmp_path):
+    """Without --journal the run's journal lives in /dev/shm where there is room (no disk
+    writes), and is gone after; a scratch journal left by a run killed with -9 (its lock no
+    longer held) is removed by the next run's sweep, one still held is not."""
+    from pipeline.backtest import SCRATCH_PREFIX, _sweep_scratch, scratch_dir
+    from pipeline.journal import Journal
+    r = run_backtest(load_config(config(tmp_path)), [str(BTC)], end=TO)
+    where = Path(r.meta["journal"])
+    if scratch_dir(1000) is not None:
+        assert str(where).startswith("/dev/shm/")
+    assert not where.exists() and not where.parent.exists()
+    dead, alive = tmp_path / f"{SCRATCH_PREFIX}dead", tmp_path / f"{SCRATCH_PREFIX}alive"
+    dead.mkdir()
+    (dead / "journal.sqlite.lock").write_text("12345\n")
+    held = Journal(alive / "journal.sqlite")
+    try:
+        _sweep_scratch(tmp_path)
+        assert not dead.exists() and alive.exists()
+    finally:
+        held.close()
+    _sweep_scratch(tmp_path)
+    assert not alive.exists()
+    assert scratch_dir(10**15) is None                  # no room for the largest journal: the disk

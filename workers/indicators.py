@@ -69,8 +69,11 @@ class IndicatorWorker(Worker):
         self.features = self.table("features")
         self.fdtype = self.topo.rings[self.out].dtype
         self.counters.update(bars=0, timer_closes=0, gaps=0, alerts=0)
-        # TICKPIPE_SHARD_NAP=0 turns the filter off (woken by every tick batch, as before)
-        self.filtered = os.environ.get("TICKPIPE_SHARD_NAP", "1") != "0"
+        # TICKPIPE_SHARD_NAP=0 turns the filter off (woken by every tick batch, as before); a
+        # lockstep replay plays its next step once every reader has read the last one, so a
+        # shard asleep through ticks that close nothing would hold each step up
+        self.filtered = (os.environ.get("TICKPIPE_SHARD_NAP", "1") != "0"
+                         and not any(f.lockstep for f in self.cfg.feeds))
         self.due_margin_ns = min(int(DUE_MARGIN_S * 1e9), self.bars.bar_ns // 10)
         self._slept_ns = 0                   # the last filtered wait, until a step reads
         writer = self.writers[self.out]
