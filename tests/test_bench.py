@@ -16,8 +16,21 @@ ROOT = Path(__file__).resolve().parent.parent
 def run_bench(script: str, out: Path) -> dict:
     r = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--quick", "--json", str(out)],
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert r.returncode == 0, _why(out) + r.stdout[-3000:] + r.stderr[-3000:]
     return json.loads(out.read_text())
+
+
+def _why(out: Path) -> str:
+    """What a failed bench's JSON says went wrong (its runs' verdicts), ahead of the output's tail."""
+    try:
+        res = json.loads(out.read_text())
+    except (OSError, ValueError):
+        return "(no JSON written)\n"
+    keys = ("passed", "error", "exit_code", "dropped", "restarts", "emitted", "consumed_by_shards",
+            "tick_ring_cursors_at_end", "intents", "fills", "denied")
+    runs = {name: {k: run.get("run", run).get(k) for k in keys}
+            for name, run in (res.get("latency") or {}).items() if isinstance(run, dict)}
+    return f"errors: {res.get('errors')}; leftovers: {res.get('leftovers')}; latency runs: {runs}\n"
 
 
 def test_ring_bench_quick(tmp_path):
