@@ -403,6 +403,8 @@ class Backtest:
                            else np.zeros(0, np.int64))
         self.book_next = 0                           # the next recorded book to show the desk
         self.signal_seq = 0
+        # the desk is shown a quiet stretch at once (`_quiet`), unless something moves its figures
+        # by itself; ``defer`` False plays every step (the tests compare the two)
         self.may_defer = (defer and data.books is None and self.desk.hedges is None and not self.desk.fx.sources
                           and self.desk.impact is None)
         # and the strategy is shown such a stretch's bar closes many at once where it certainly
