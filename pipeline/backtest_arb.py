@@ -48,7 +48,7 @@ from workers.execution.venue_rules import SymbolRules, upbit_rules
 from workers.strategy.arb_strategy import ArbStrategy
 from workers.strategy.arbitrage import Book
 
-from .backtest import _ns, check_currencies, symbol_of
+from .backtest import JOURNAL_GROUP_ROWS, _ns, check_currencies, symbol_of
 
 PIPELINE, RUN_ID = "arb-backtest", "bt"
 DEFAULT_HALF_SPREAD_BPS = 1.0
@@ -162,7 +162,7 @@ def run_arb_backtest(cfg: Config, paths: list[str], journal_path: str | Path | N
     check_currencies(cfg, symbols)
     ts_all = np.unique(np.concatenate([c.ts_ns for c in closes]))
     clock = SimClock(int(ts_all[0]) - 1)
-    journal = Journal(journal_path)
+    journal = Journal(journal_path, group_rows=JOURNAL_GROUP_ROWS)
     desk = Desk(symbols, venue_of, venues, cfg.execution, cfg.risk, clock, journal, PIPELINE, RUN_ID,
                 routes=cfg.routes)
     desk.recover()
