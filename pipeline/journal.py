@@ -79,6 +79,11 @@ import pyarrow.parquet as pq
 
 from .errors import UserError
 
+try:        # the payload check's common case compiled (setup.py; optional: without it, Python)
+    from ._journalfast import plain as _plain_compiled
+except ImportError:
+    _plain_compiled = None
+
 KINDS = ("intent", "verdict", "order", "fill", "position", "risk_state", "command", "note")
 BATCH = "batch"                    # a stored row holding many rows of the kinds above (see `append_batch`)
 BATCH_VERSION = 1
@@ -176,7 +181,11 @@ def _check_fast(value: Any, where: str) -> None:
     columns, so a
     batch's many small rows cost as few large containers. Any doubt (a new key, a sum or
     float that is not finite, a value of another type) takes the slow walk, which raises
-    naming where."""
+    naming where. Where pipeline._journalfast is built, one compiled pass clears the
+    common case (nothing but plain values and cleared keys) first; its "not sure" goes on
+    here."""
+    if _plain_compiled is not None and _plain_compiled(value, _SAFE_KEYS):
+        return
     stack = [value]
     pop = stack.pop
     while stack:

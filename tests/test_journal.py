@@ -5,6 +5,7 @@ mid-batch and a second writer refused."""
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import os
 import sqlite3
@@ -199,6 +200,50 @@ def test_nan_and_infinity_are_refused_naming_the_key(path, bad):
         with pytest.raises(JournalError, match=r"payload\['fill'\]\['price'\]"):
             j.append("fill", 1, {"fill": {"price": bad}})
         assert j.pending == 0
+
+
+def _random_payload(rng, depth: int = 0):
+    """A nested payload of the kinds a batch holds, now and then with a bad or unusual part."""
+    pick = rng.integers(12) if depth < 4 else rng.integers(7)
+    leaves = [lambda: float(rng.normal()), lambda: int(rng.integers(-9, 9)), lambda: "t",
+              lambda: None, lambda: bool(rng.integers(2)),
+              lambda: [float("nan"), float("inf"), -float("inf"), np.float64(1.5), np.int64(2),
+                       10**30, 1e308 * 10][rng.integers(7)] if rng.random() < 0.2 else 1.25,
+              lambda: (1, 2.5, "x")]
+    if pick < 7:
+        return leaves[pick]()
+    keys = ["price", "qty", "order", "fills", "note", "api_key", "signature", "NewKey", 3]
+    if pick < 10:
+        n = int(rng.integers(0, 4))
+        return {(keys[rng.integers(len(keys))] if rng.random() < 0.15 else keys[rng.integers(5)]):
+                _random_payload(rng, depth + 1) for _ in range(n)}
+    return [_random_payload(rng, depth + 1) for _ in range(int(rng.integers(0, 5)))]
+
+
+def test_the_compiled_payload_check_agrees_with_the_python_one(monkeypatch):
+    """pipeline._journalfast only ever clears what the Python walk clears: random nested
+    payloads, some with NaN, infinity, numpy values, credential keys, keys that are not
+    text or keys never seen, get the same verdict (and message) both ways."""
+    if J._plain_compiled is None:
+        pytest.skip("pipeline._journalfast is not built here (no C compiler at install)")
+    plain = J._plain_compiled
+    assert plain({"price": 1.0, "qty": [1, None, "x", True, (2, 3.5)]}, {"price", "qty"})
+    assert not plain({"price": float("nan")}, {"price"}) and not plain([float("inf")], set())
+    assert not plain({"new": 1}, set()) and not plain({1: 1}, set()) and not plain(np.float64(1), set())
+    assert not plain(functools.reduce(lambda x, _: [x], range(100), 1), set())     # deeper than it walks
+    rng = np.random.default_rng(7)
+    for _ in range(3000):
+        value = _random_payload(rng)
+        verdicts = []
+        for compiled in (plain, None):
+            monkeypatch.setattr(J, "_plain_compiled", compiled)
+            monkeypatch.setattr(J, "_SAFE_KEYS", {"price", "qty", "order", "fills", "note"})
+            try:
+                J._check_fast(value, "payload")
+                verdicts.append("ok")
+            except JournalError as e:
+                verdicts.append(str(e))
+        assert verdicts[0] == verdicts[1], value
 
 
 def test_numpy_values_are_stored_as_plain_json(path):
