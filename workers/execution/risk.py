@@ -233,6 +233,11 @@ def _ok(x: float) -> bool:
     return x > 0 and x != math.inf
 
 
+def _plain(x) -> list:
+    """An array's values as plain Python numbers (a list as it is)."""
+    return x.tolist() if x.__class__ is np.ndarray else x
+
+
 def _float64(*arrays) -> bool:
     """Whether the arrays are float64 ndarrays: plain floats then compute as numpy does."""
     return all(type(a) is np.ndarray and a.dtype == np.float64 for a in arrays)
@@ -369,17 +374,23 @@ class RiskGuard:
         and a HALTED tier must still be able to clean up its resting orders."""
         return True
 
-    def _sync(self, tier: Tier, code: Denial, holds: np.ndarray, state: TradingState, why, now: int,
+    def _sync(self, tier: Tier, code: Denial, holds: np.ndarray | bool, state: TradingState, why, now: int,
               latch_ns: int = NO_LATCH) -> None:
-        """Make the automatic causes ``code`` of a tier match ``holds`` (one bool per key); only the
-        keys that changed cost a Python step."""
+        """Make the automatic causes ``code`` of a tier match ``holds`` (one bool per key, or one
+        plain bool for a tier of one key); only the keys that changed cost a Python step."""
         has = self._has.get((tier, code))
         if has is None:
             has = self._has[(tier, code)] = np.zeros(self._sizes[tier], bool)
-        changed = holds != has
-        if not changed.any():                   # the common case: nothing moved (one numpy call)
-            return
-        for idx in np.flatnonzero(changed):
+        if holds.__class__ is bool:             # one key (the global tier): no numpy at all
+            if holds == has[0]:
+                return
+            changed, holds = (0,), (holds,)
+        else:
+            changed = holds != has
+            if not changed.any():               # the common case: nothing moved (one numpy call)
+                return
+            changed = np.flatnonzero(changed)
+        for idx in changed:
             idx = int(idx)
             if holds[idx]:
                 self._set(tier, idx, code, _Cause(state, why(idx), False, now, latch_ns))
@@ -393,11 +404,14 @@ class RiskGuard:
         rules start from."""
         lim = self.limits
         n = self.n_symbols
+        per_symbol, per_venue = (n,), (len(self.venues),)
         for name in ("position", "last", "bid", "ask", "quote_ns"):
-            if np.shape(getattr(mv, name)) != (n,):
+            a = getattr(mv, name)
+            if (a.shape if a.__class__ is np.ndarray else np.shape(a)) != per_symbol:
                 raise ValueError(f"MarketView.{name} must have one entry per symbol ({n})")
         for name in ("venue_connected", "venue_last_ns", "open_orders"):
-            if np.shape(getattr(mv, name)) != (len(self.venues),):
+            a = getattr(mv, name)
+            if (a.shape if a.__class__ is np.ndarray else np.shape(a)) != per_venue:
                 raise ValueError(f"MarketView.{name} must have one entry per venue ({len(self.venues)})")
         pos = np.asarray(mv.position, np.float64)
         mid = (mv.bid + mv.ask) / 2
@@ -408,26 +422,28 @@ class RiskGuard:
         signed = np.where(pos != 0, pos * mark, 0.0)
         gross = float(expo.sum())
         venue_expo = np.bincount(self.venue_of, expo, minlength=len(self.venues))
-        on_route = self.route_of >= 0
-        route_net = np.bincount(self.route_of[on_route], signed[on_route], minlength=self.n_routes)
-        route_qty = np.bincount(self.route_of[on_route], pos[on_route], minlength=self.n_routes)
-        route_legs = np.bincount(self.route_of[on_route], (pos[on_route] != 0).astype(float),
-                                 minlength=self.n_routes)
-        one = np.ones(1, bool)
+        if self.n_routes:
+            on_route = self.route_of >= 0
+            route_net = np.bincount(self.route_of[on_route], signed[on_route], minlength=self.n_routes)
+            route_qty = np.bincount(self.route_of[on_route], pos[on_route], minlength=self.n_routes)
+            route_legs = np.bincount(self.route_of[on_route], (pos[on_route] != 0).astype(float),
+                                     minlength=self.n_routes)
+        else:                                   # no routes: nothing to sum (a fresh empty each, as above)
+            route_net, route_qty, route_legs = np.zeros(0), np.zeros(0), np.zeros(0)
 
         eq, peak, day = float(mv.equity), float(mv.equity_peak), float(mv.day_start_equity)
-        acct_ok = all(math.isfinite(x) for x in (eq, peak, day)) and peak > 0 and day > 0
-        self._sync(Tier.GLOBAL, Denial.BAD_INPUT, one & (not acct_ok), TradingState.REDUCING,
+        acct_ok = math.isfinite(eq) and math.isfinite(peak) and math.isfinite(day) and peak > 0 and day > 0
+        self._sync(Tier.GLOBAL, Denial.BAD_INPUT, not acct_ok, TradingState.REDUCING,
                    lambda _: f"invalid account figures: equity {eq}, peak {peak}, day start {day}", now)
         loss = (day - eq) / day if acct_ok else 0.0
         dd = (peak - eq) / peak if acct_ok else 0.0
-        self._sync(Tier.GLOBAL, Denial.DAILY_LOSS, one & (loss >= lim.max_daily_loss_frac),
+        self._sync(Tier.GLOBAL, Denial.DAILY_LOSS, loss >= lim.max_daily_loss_frac,
                    self._loss_state, lambda _: f"daily loss {loss:.2%} >= {lim.max_daily_loss_frac:.2%}",
                    now, (now // DAY_NS + 1) * DAY_NS)
-        self._sync(Tier.GLOBAL, Denial.DRAWDOWN, one & (dd >= lim.max_drawdown_frac), self._drawdown_state,
+        self._sync(Tier.GLOBAL, Denial.DRAWDOWN, dd >= lim.max_drawdown_frac, self._drawdown_state,
                    lambda _: f"drawdown {dd:.2%} from peak {peak} >= {lim.max_drawdown_frac:.2%}",
                    now, FOREVER_NS)
-        self._sync(Tier.GLOBAL, Denial.GROSS_EXPOSURE, one & (not gross <= lim.max_gross_exposure),
+        self._sync(Tier.GLOBAL, Denial.GROSS_EXPOSURE, not gross <= lim.max_gross_exposure,
                    TradingState.REDUCING, lambda _: f"gross exposure {gross:.2f} > {lim.max_gross_exposure}", now)
 
         silence_ns = now - np.asarray(mv.venue_last_ns, np.int64)
@@ -438,9 +454,10 @@ class RiskGuard:
         self._sync(Tier.VENUE, Denial.VENUE_EXPOSURE, ~(venue_expo <= lim.max_venue_exposure),
                    TradingState.REDUCING,
                    lambda v: f"exposure on {self.venues[v]} {venue_expo[v]:.2f} > {lim.max_venue_exposure}", now)
-        self._sync(Tier.ROUTE, Denial.ROUTE_IMBALANCE, ~(np.abs(route_net) <= lim.max_route_imbalance),
-                   TradingState.REDUCING,
-                   lambda r: f"route {r} imbalance {route_net[r]:.2f} beyond {lim.max_route_imbalance}", now)
+        if self.n_routes:
+            self._sync(Tier.ROUTE, Denial.ROUTE_IMBALANCE, ~(np.abs(route_net) <= lim.max_route_imbalance),
+                       TradingState.REDUCING,
+                       lambda r: f"route {r} imbalance {route_net[r]:.2f} beyond {lim.max_route_imbalance}", now)
         self._sync(Tier.SYMBOL, Denial.POSITION_LIMIT, ~(expo <= lim.max_position_notional),
                    TradingState.REDUCING,
                    lambda s: f"symbol {s} position notional {expo[s]:.2f} > {lim.max_position_notional}", now)
@@ -605,8 +622,18 @@ class RiskGuard:
             # int64 as numpy takes it (wrapping), compared as a float
             age_ns = (now - int(it["ts_origin_ns"]) + 2**63) % 2**64 - 2**63
             stale = (int(it["flags"]) & FLAG_STALE) != 0 or float(age_ns) > lim.max_intent_age_s * 1e9
-            code = int(self._sequential(intents, np.array([s], np.int64), np.array([px * fx]), np.array([st], np.int8),
-                                        np.array([stc], np.uint8), np.array([stale]), world)[0])
+            # `_sequential`'s one-intent rules, their inputs made here on plain floats as it makes them
+            r = int(self.route_of[s])
+            m = float(world["mark"][s])
+            acc = {"pos": world["pos"], "gross": world["gross"], "venue": world["venue_expo"],
+                   "net": world["route_net"].tolist() + [0.0], "legs": world["route_legs"].tolist() + [0.0],
+                   "qnet": world["route_qty"].tolist() + [0.0], "open": world["open_orders"],
+                   "used": [0.0] * len(self.venues)}
+            code = int(self._one_by_one([s], [int(self.venue_of[s])], [r if r >= 0 else self.n_routes], [r >= 0],
+                                        [float(side) * qty], [m if _ok(m) else px * fx],
+                                        [is_limit and (tif == TIF_GTC or tif == TIF_POST_ONLY)], [st], [stc], [stale],
+                                        acc)[0])
+            self._tokens -= acc["used"]
         codes[0] = code
         self._counts[code] += 1
         return codes
@@ -693,17 +720,17 @@ class RiskGuard:
 
     def _one_by_one(self, s, v, rkey, on_route, dq, mark, resting, st, stc, stale, acc: dict) -> np.ndarray:
         """The same rules as the fast pass of ``_sequential``, one intent at a time on plain floats
-        (the rest of a batch after its first breach); ``acc`` is updated by each intent that passes."""
+        (the rest of a batch after its first breach); ``acc`` is updated by each intent that passes.
+        Arrays or lists alike (`_check_one` gives lists)."""
         lim = self.limits
-        pos, venue, net, legs, opn, used = (acc["pos"].tolist(), acc["venue"].tolist(), acc["net"].tolist(),
-                                            acc["legs"].tolist(), acc["open"].tolist(), acc["used"].tolist())
+        pos, venue, net, legs, opn, used = map(_plain, (acc["pos"], acc["venue"], acc["net"], acc["legs"],
+                                                        acc["open"], acc["used"]))
         gross = acc["gross"]
-        qnet = acc["qnet"].tolist()
+        qnet = _plain(acc["qnet"])
         tokens = self._tokens.tolist()
         out = np.zeros(len(s), np.uint8)
         for i, (si, vi, ri, routed, q, m, rest, state, scode, old) in enumerate(zip(
-                s.tolist(), v.tolist(), rkey.tolist(), on_route.tolist(), dq.tolist(), mark.tolist(),
-                resting.tolist(), st.tolist(), stc.tolist(), stale.tolist())):
+                *map(_plain, (s, v, rkey, on_route, dq, mark, resting, st, stc, stale)))):
             b = pos[si]
             a = b + q
             red = b != 0 and a * b >= 0 and abs(a) < abs(b)
