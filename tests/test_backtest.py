@@ -8,6 +8,7 @@ import csv
 import dataclasses
 import json
 import math
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -384,11 +385,12 @@ def test_a_stop_loss_is_checked_on_every_trade_not_at_the_next_close(tmp_path):
 
 
 # -- the shortcuts a backtest takes give what playing every step gives --------------------
-def closes_both_ways(cfg, data):
-    """(`_bar_closes_at_once`, `_bar_closes_by_segment`) of one backtest's data."""
+def closes_both_ways(cfg, data, folder: Path):
+    """(`_bar_closes_at_once`, `_bar_closes_by_segment`) of one backtest's data (its journal
+    in ``folder``, never beside the data: that may be the repository's samples)."""
     from pipeline.backtest import Backtest
     from workers.bars import bar_steps
-    bt = Backtest(cfg, data, Path(data.files[0]["path"]).parent / "j.sqlite")
+    bt = Backtest(cfg, data, Path(tempfile.mkdtemp(dir=folder)) / "j.sqlite")
     try:
         ends = bar_steps(data.ticks, bt.bar_ns)
         return bt._bar_closes_at_once(ends), bt._bar_closes_by_segment(ends)
@@ -414,17 +416,17 @@ def test_bar_closes_built_at_once_are_those_of_each_step(tmp_path):
     (one symbol's hole while the other trades) it declines, and the steps are played."""
     cfg = load_config(config(tmp_path))
     btc = with_holes(tmp_path, BTC, "binance_BTC-USDT_5m.csv", [(600, 612), (900, 901)])
-    fast, slow = closes_both_ways(cfg, load_data([str(btc)]))
+    fast, slow = closes_both_ways(cfg, load_data([str(btc)]), tmp_path)
     assert fast is not None and (slow[0].flags & 1).sum() >= 2       # FLAG_GAP on the bars across the holes
     for a, b in zip(fast[1:], slow[1:]):
         assert np.array_equal(a, b)
     for f in dataclasses.fields(fast[0]):
         assert np.array_equal(getattr(fast[0], f.name), getattr(slow[0], f.name)), f.name
     both = load_data([str(BTC), str(ETH)], end=TO)                  # the same hours: no timer
-    fast, slow = closes_both_ways(cfg, both)
+    fast, slow = closes_both_ways(cfg, both, tmp_path)
     assert fast is not None and np.array_equal(fast[0].c, slow[0].c) and np.array_equal(fast[1], slow[1])
     eth = with_holes(tmp_path, ETH, "binance_ETH-USDT_5m.csv", [(300, 310)])
-    fast, slow = closes_both_ways(cfg, load_data([str(BTC), str(eth)], end=TO))
+    fast, slow = closes_both_ways(cfg, load_data([str(BTC), str(eth)], end=TO), tmp_path)
     assert fast is None and (slow[0].flags & 2).any()               # FLAG_TIMER_CLOSE
 
 
