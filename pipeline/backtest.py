@@ -864,8 +864,9 @@ class Backtest:
         """The fills of a desk step, as report rows (slippage against the top the desk saw)."""
         m = self.desk.market
         ids = self.client_ids
-        if out.fills and len(ids) < len(self.desk.order_ids):     # the desk's ids only grow
-            ids.update((v, k) for k, v in itertools.islice(self.desk.order_ids.items(), len(ids), None))
+        new = len(self.desk.order_ids) - len(ids)      # the desk's ids only grow: its newest, from the end
+        if out.fills and new > 0:                       # (not skipping the older ones: that grew as orders did)
+            ids.update((v, k) for k, v in itertools.islice(reversed(self.desk.order_ids.items()), new))
         for rec in out.fills:
             sid, side = int(rec["symbol_id"]), int(rec["side"])
             top = float(m.ask[sid] if side > 0 else m.bid[sid])
