@@ -13,7 +13,7 @@ What runs is what `pipeline start` runs, core for core:
 * the execution desk (workers/execution/desk.py) runs them through the four-tier
   risk guard, the order manager, the paper broker (latency, slippage, maker and
   taker fees), the portfolio and the journal (SQLite; a temporary file unless
-  ``--journal`` names one to keep).
+  ``--journal`` names one to keep; written JOURNAL_GROUP_ROWS rows at a time).
 
 With a stop-loss or take-profit, every trade of a symbol the strategy holds goes to its
 stop check as it happens (the strategy process reads the tick rings live for the same),
