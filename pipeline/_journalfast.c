@@ -24,18 +24,10 @@ static int plain(PyObject *o, PyObject *cleared, int depth)
         return isfinite(PyFloat_AS_DOUBLE(o)) ? 1 : 0;
     if (depth >= MAX_DEPTH)
         return 0;
-    if (t == &PyList_Type) {
-        /* items read by index each time: a list is not resized while we only read it */
-        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(o); i++) {
-            int r = plain(PyList_GET_ITEM(o, i), cleared, depth + 1);
-            if (r != 1)
-                return r;
-        }
-        return 1;
-    }
-    if (t == &PyTuple_Type) {
-        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(o); i++) {
-            int r = plain(PyTuple_GET_ITEM(o, i), cleared, depth + 1);
+    if (t == &PyList_Type || t == &PyTuple_Type) {
+        /* items read by index each time: nothing here runs Python code that could resize it */
+        for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(o); i++) {
+            int r = plain(PySequence_Fast_GET_ITEM(o, i), cleared, depth + 1);
             if (r != 1)
                 return r;
         }

@@ -97,8 +97,8 @@ PIPELINE = "backtest"
 # equity, its peak and the day's start are marked every step either way)
 SNAPSHOT_EVERY_NS = 86400 * 10**9
 # a backtest's journal rows are written a group at a time (`Journal` ``group_rows``): it is
-# never recovered mid-run, and two commits per trade (order, then fill) were a fifth of
-# an EMA crossover's run on 5-minute bars
+# never recovered mid-run, and two commits per trade (order, then fill) were nearly half
+# of an EMA crossover's run on 5-minute bars (17k -> 32k bars/s without them)
 JOURNAL_GROUP_ROWS = 512
 SCRATCH_PREFIX = "tickpipe-backtest-"
 SCRATCH_BYTES_PER_EVENT = 8192   # the most journal a market event can cost (a fill with its order: ~4.4 KB)

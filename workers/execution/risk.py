@@ -653,15 +653,6 @@ class RiskGuard:
         route_net0 = np.append(world["route_net"], 0.0)
         route_legs0 = np.append(world["route_legs"], 0.0)
         open0 = world["open_orders"]
-        if n == 1:
-            # one intent (a backtest sends them one at a time): the one-by-one rules alone, the
-            # same rules on the same figures, without the batch's groupings (a third of a check)
-            acc = {"pos": world["pos"].copy(), "gross": world["gross"], "venue": world["venue_expo"].copy(),
-                   "net": route_net0, "legs": route_legs0, "qnet": np.append(world["route_qty"], 0.0),
-                   "open": open0, "used": np.zeros(len(self.venues))}
-            out = self._one_by_one(s, v, rkey, on_route, dq, mark, resting, st, stc, stale, acc)
-            self._tokens -= acc["used"]
-            return out
         by_sym, by_venue, by_route = _Grouped(s), _Grouped(v), _Grouped(rkey)
 
         # the fast pass: every candidate assumed to pass, all rules at once
