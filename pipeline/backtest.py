@@ -84,7 +84,7 @@ from workers.bars import BarBuilder, ClosedBars, bar_steps, feature_rows
 from workers.execution.desk import Desk, in_account
 from workers.execution.fx import FxRates
 from workers.feed import replay_ticks
-from workers.strategy.signals import SignalStrategy, bar_volatility, volatility_columns
+from workers.strategy.signals import ActsAhead, SignalStrategy, bar_volatility, volatility_columns
 
 from .backtest_report import FILL_ROW, FUNDING_ROW, INTENT_ROW, SIGNAL_ROW, VOTE_ROW, BacktestResult
 from .book_files import is_book_file, read_books
@@ -102,6 +102,7 @@ SNAPSHOT_EVERY_NS = 86400 * 10**9
 JOURNAL_GROUP_ROWS = 512
 SCRATCH_PREFIX = "tickpipe-backtest-"
 SCRATCH_BYTES_PER_EVENT = 8192   # the most journal a market event can cost (a fill with its order: ~4.4 KB)
+ACTS_AHEAD_SYMBOLS = 32      # up to this many symbols a pass looks up where the strategy next acts (else it widens)
 PASS_WINDOW = 4096           # most bar closes looked at per pass over a quiet stretch (`Backtest._pass_over`)
 
 
@@ -418,6 +419,7 @@ class Backtest:
         self.passed_over = 0                         # bars the strategy passed over in bulk
         self.pass_width = 32                         # bar closes to look ahead at (`_pass_over`) ...
         self.pass_stopped = -1                       # ... and the close it last stopped before
+        self.acts: ActsAhead | None = None           # where the signals made ahead might act, if looked up
         self.behind: int | None = None               # the first segment the desk has not seen (a quiet stretch)
         self.quiet_until = 0                         # ... which lasts while its segments end before this
         self.seg = (0, 0, 0)                         # the segment being played: index, its ticks' bounds
@@ -459,6 +461,8 @@ class Backtest:
         t0 = time.perf_counter()
         try:
             closes = self.closes = self._closes(ends)
+            if self.may_pass and closes.signals is not None and len(self.data.symbols) <= ACTS_AHEAD_SYMBOLS:
+                self.acts = self.strategy.acts_ahead(closes.signals)
             i = start = 0
             self.next_close = 0                        # the first close not yet decided
             while i < len(ends):
@@ -557,8 +561,9 @@ class Backtest:
         return not held.any() or bool(np.isfinite(d.market.last[held]).all())
 
     def _pass_over(self, i: int) -> int:
-        """In a quiet stretch from segment ``i``: the bar closes of the segments ahead (up to
-        ``pass_width`` of them, within the stretch) that the strategy certainly passes over
+        """In a quiet stretch from segment ``i``: the bar closes of the segments ahead (within the
+        stretch, up to the close where the strategy next might act, `SignalStrategy.next_act`,
+        or with many symbols ``pass_width`` of them) that the strategy certainly passes over
         (SignalStrategy.pass_over), taken at once, with the bookkeeping `_decide` does per
         close (counts, signal seqs, volatility, equity samples); signals before the traded
         period (walk-forward) never reach the strategy, as in `_decide`. Returns the first
@@ -568,10 +573,18 @@ class Backtest:
         if b.signals is None or c0 == len(b) or b.segment[c0] != i or c0 == self.pass_stopped:
             return i                    # no close here, no signals made ahead, or one found to act
         end_seg = int(np.searchsorted(self.seg_last, self.quiet_until, side="left"))   # the stretch's end
-        c1 = min(int(np.searchsorted(b.segment, end_seg, side="left")), c0 + self.pass_width)
+        c1 = int(np.searchsorted(b.segment, end_seg, side="left"))
+        lo = int(b.bounds[c0])
+        if self.acts is not None and (self.trade_from_ns is None
+                                      or int(b.signals["ts_bar_ns"][lo]) + self.bar_ns >= self.trade_from_ns):
+            # up to the close of the first signal that might act: the pass stops before it
+            rows = self.desk.portfolio.rows
+            act = self.strategy.next_act(self.acts, lo, rows["qty"], rows["working"])
+            c1 = min(c1, int(np.searchsorted(b.bounds, act, side="right")), c0 + PASS_WINDOW)
+        else:
+            c1 = min(c1, c0 + self.pass_width)
         if c1 <= c0:
             return i
-        lo = int(b.bounds[c0])
         sig = b.signals[lo:int(b.bounds[c1])]
         seg = b.segment[c0:c1]
         close_end = b.bounds[c0 + 1:c1 + 1] - lo             # each close's end among ``sig``

@@ -788,8 +788,9 @@ class Console:
     note; the banner and the warnings still print."""
 
     def __init__(self, sup: Supervisor, banner: list[str], quiet: bool = False,
-                 interval: float = STATUS_INTERVAL_S, out=None):
-        self.sup, self.banner, self.quiet, self.interval = sup, banner, quiet, interval
+                 interval: float | None = None, out=None):
+        self.sup, self.banner, self.quiet = sup, banner, quiet
+        self.interval = STATUS_INTERVAL_S if interval is None else interval
         self.out = out if out is not None else sys.stdout
         self.warmup_s = warmup_bars(sup.cfg) * sup.cfg.indicators.bar_seconds
         self.shown = False

@@ -13,8 +13,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_bench(script: str, out: Path) -> dict:
-    r = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--quick", "--json", str(out)],
+def run_bench(script: str, out: Path, *extra: str) -> dict:
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--quick", "--json", str(out), *extra],
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, _why(out) + r.stdout[-3000:] + r.stderr[-3000:]
     return json.loads(out.read_text())
@@ -44,7 +44,10 @@ def test_ring_bench_quick(tmp_path):
 
 
 def test_end_to_end_bench_quick(tmp_path):
-    res = run_bench("end_to_end.py", tmp_path / "end_to_end.json")
+    # shorter latency runs than --quick's (5 s and 15 s): enough for fills, and the ensemble's
+    # warm-up (35 bars of 0.25 s) ends with seconds to spare
+    res = run_bench("end_to_end.py", tmp_path / "end_to_end.json", "--latency-seconds", "3",
+                    "--ensemble-seconds", "12")
     assert res["workers"] == 8
     assert res["trials"] and "sustained_ticks_per_s" in res   # 0 when a loaded machine drops
     assert not res["errors"] and res["leftovers"] == []

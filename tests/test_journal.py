@@ -246,6 +246,19 @@ def test_the_compiled_payload_check_agrees_with_the_python_one(monkeypatch):
         assert verdicts[0] == verdicts[1], value
 
 
+def test_a_batch_rows_hash_head_is_what_the_encoder_writes():
+    """`_batch_hash` writes the head of a batch row (no symbol, venue or client id) by
+    hand: the same text, and so the same hash, as the chain's JSON encoder gives."""
+    payload = b'{"v":1,"sections":[]}'
+    for row_id, ts in [(1, 0), (7, 1_700_000_000_123_456_789), (2**40, 2**62)]:
+        fast = J._batch_hash("ab" * 32, row_id, ts, None, None, None, payload)
+        head = J._CONTENT.encode([row_id, ts, J.BATCH, None, None, None])
+        slow = J.hashlib.sha256(f"{'ab' * 32}{head}\n".encode() + payload).hexdigest()
+        assert fast == slow
+    assert J._batch_hash("0", 1, 2, "BTC/USDT", None, None, payload) != J._batch_hash("0", 1, 2, None, None, None,
+                                                                                      payload)
+
+
 def test_numpy_values_are_stored_as_plain_json(path):
     with Journal(path) as j:
         j.append("position", np.int64(5), {"qty": np.float64(1.5), "n": np.int32(3),

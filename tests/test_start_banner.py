@@ -31,17 +31,21 @@ def summary_ticks(out: str) -> int:
     return int(m.group(1))
 
 
-# the CLI with the supervisor's FIRST_TICKS_WAIT_S set to argv[1] seconds first: the
-# dead-feed test then waits a few seconds for the note, not the 30 s a user waits
+# the CLI with the supervisor's FIRST_TICKS_WAIT_S and STATUS_INTERVAL_S set to argv[1] and
+# argv[2] seconds first: the dead-feed test then waits a few seconds for the note, not the
+# 30 s a user waits, and the status lines come every second or two, not every 5 s
 SHORT_WAIT_CLI = ("import sys, pipeline.supervisor as s; s.FIRST_TICKS_WAIT_S = float(sys.argv.pop(1)); "
-                  "from pipeline.cli import main; sys.exit(main())")
+                  "s.STATUS_INTERVAL_S = float(sys.argv.pop(1)); from pipeline.cli import main; sys.exit(main())")
+SHORT_INTERVAL_S = 1.5
 
 
-def run(tmp_path, *extra, name="t", first_ticks_wait_s: float | None = None, **sections) -> str:
+def run(tmp_path, *extra, name="t", first_ticks_wait_s: float | None = None, interval_s: float | None = None,
+        **sections) -> str:
     p = Pipeline(tmp_path, name=name, **sections)
     p.env["TICKPIPE_LOG_LEVEL"] = "INFO"        # the supervisor's "started feed.0" line
-    if first_ticks_wait_s is not None:
-        p.entry = ["-c", SHORT_WAIT_CLI, str(first_ticks_wait_s)]
+    if first_ticks_wait_s is not None or interval_s is not None:
+        p.entry = ["-c", SHORT_WAIT_CLI, str(first_ticks_wait_s or FIRST_TICKS_WAIT_S),
+                   str(interval_s or STATUS_INTERVAL_S)]
     p.start(*extra)
     try:
         assert p.wait_exit() == 0, p.output()
@@ -71,8 +75,8 @@ def test_duration_counts_from_the_first_ticks_and_the_banner_follows_them(tmp_pa
 
 @pytest.mark.parametrize("quiet", [False, True])
 def test_status_lines_unless_quiet(tmp_path, quiet):
-    seconds = STATUS_INTERVAL_S * 2 + 1
-    out = run(tmp_path, "--duration", f"{seconds:g}", *(["--quiet"] if quiet else []))
+    seconds = SHORT_INTERVAL_S * 2 + 1
+    out = run(tmp_path, "--duration", f"{seconds:g}", *(["--quiet"] if quiet else []), interval_s=SHORT_INTERVAL_S)
     assert summary_ticks(out) > 0 and "Traceback" not in out
     status = STATUS.findall(out)
     banner = out.index(" started: ")

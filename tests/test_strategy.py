@@ -252,7 +252,8 @@ def test_an_exit_while_the_entry_rests_cancels_it_and_sells_what_filled():
 ])
 def test_passing_quiet_signals_over_in_bulk_is_taking_them_one_by_one(params):
     """`pass_over` takes only signals that make no intent, stops where one might, and leaves
-    the state and counters as `on_signals` one batch at a time does (a backtest's quiet bars)."""
+    the state and counters as `on_signals` one batch at a time does (a backtest's quiet bars);
+    `next_act` finds that stop ahead, from signals made ahead."""
     rng = np.random.default_rng(7)
     n_bars, n_sym = 400, 3
     margin = np.zeros((n_bars, n_sym))             # wanders across the gates and back
@@ -266,10 +267,17 @@ def test_passing_quiet_signals_over_in_bulk_is_taking_them_one_by_one(params):
     intents = {id(one): [], id(bulk): []}
     passed = 0
     b = 0
+    every = np.concatenate(batches)
+    every["symbol_id"][5 * n_sym + 1] = 9              # a signal of an unknown symbol: bad input
+    batches[5] = every[5 * n_sym:6 * n_sym]
+    acts = bulk.acts_ahead(every)
     while b < n_bars:                                  # `bulk` passes over what it can, many batches at once
         held = bulk.qty.copy()
         ahead = np.concatenate(batches[b:b + 50])
+        act = bulk.next_act(acts, b * n_sym, held, np.zeros(4)) - b * n_sym
         k = bulk.pass_over(ahead, held, np.zeros(4), np.arange(1, min(50, n_bars - b) + 1) * n_sym)
+        # where the strategy next might act, looked up: in the batch the pass stopped before
+        assert (k <= act < k + n_sym) if k < len(ahead) else act >= k
         passed += k
         for _ in range(k // n_sym):
             intents[id(one)] += one.on_signals(batches[b], NO_VOL, 0, one.qty.copy(), np.zeros(4)).tolist()

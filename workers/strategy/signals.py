@@ -39,6 +39,8 @@ the order manager's client order id refuses to send it twice.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+
 import numpy as np
 
 from pipeline.clock import Clock
@@ -86,6 +88,23 @@ def _rows(intents: list[tuple]) -> np.ndarray:
         for name, values in zip(INTENT_FIELDS, zip(*intents)):
             rows[name] = values
     return rows
+
+
+@dataclass
+class ActsAhead:
+    """Per symbol, the indexes of signals made ahead that are its (``mine``) and, by the
+    direction the symbol is in (-1, 0, 1), those that might act (``acts``); ``unknown``: a
+    signal of an unknown symbol (counted as bad input: it acts). See `SignalStrategy.acts_ahead`."""
+    mine: list[np.ndarray]
+    acts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
+    unknown: np.ndarray
+    n: int                      # how many signals: `next_act` says this where none acts
+
+
+def _first_from(idx: np.ndarray, lo: int) -> int:
+    """The first of ascending ``idx`` at or after ``lo`` (a large number: none)."""
+    j = int(idx.searchsorted(lo))
+    return int(idx[j]) if j < len(idx) else 1 << 62
 
 
 class SignalStrategy:
@@ -203,21 +222,9 @@ class SignalStrategy:
         this way, many at once, and `on_signals` takes the rest: the decisions are its own."""
         if not len(signals) or not len(bounds) or (self.fx is not None and len(self.fx.sources)):
             return 0
-        sid = signals["symbol_id"].astype(np.intp)
-        ok = sid < self.n
-        s = np.where(ok, sid, 0)
-        price, probs = signals["ref_price"], signals["probs"]
-        p = self.p
-        margin = probs[:, 2] - probs[:, 0]
+        s, good, margin = self._sound(signals)
         d = self.direction[s]
-        total, asked = positions[s] + working[s], self.qty[s]
-        settled = (total == asked) | (np.abs(total - asked) <= QTY_TOL * np.maximum(np.abs(total), np.abs(asked)))
-        good = ok & np.isfinite(price) & (price > 0) & np.isfinite(margin) & settled
-        flat = (d == 0) & (margin < p.enter_margin) & ~(p.allow_short & (margin <= -p.enter_margin))
-        dm = d * margin
-        stops = bool(p.stop_loss or p.take_profit)
-        held = (d != 0) & (dm >= p.exit_margin) & (dm > -p.enter_margin) & (not stops)
-        quiet = good & (flat | held)
+        quiet = good & self._settled(positions, working)[s] & self._quiet_in(d, margin)
         k = len(quiet) if quiet.all() else int(quiet.argmin())
         k = int(bounds[bounds.searchsorted(k, side="right") - 1]) if k >= bounds[0] else 0
         if not k:
@@ -240,6 +247,49 @@ class SignalStrategy:
         last = change[1:]
         self.last_bar[ss[last]] = bb[last]
         return k
+
+    def _sound(self, signals: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(symbol ids, 0 for an unknown one; whether each signal is sound: a known symbol,
+        a price and a margin; each one's probability margin)."""
+        sid = signals["symbol_id"].astype(np.intp)
+        ok = sid < self.n
+        price, probs = signals["ref_price"], signals["probs"]
+        margin = probs[:, 2] - probs[:, 0]
+        return np.where(ok, sid, 0), ok & np.isfinite(price) & (price > 0) & np.isfinite(margin), margin
+
+    def _settled(self, positions: np.ndarray, working: np.ndarray) -> np.ndarray:
+        """Per symbol: whether held plus working is what was asked (`_reconcile` does nothing)."""
+        total, asked = positions[:self.n] + working[:self.n], self.qty
+        return (total == asked) | (np.abs(total - asked) <= QTY_TOL * np.maximum(np.abs(total), np.abs(asked)))
+
+    def _quiet_in(self, d: np.ndarray | int, margin: np.ndarray) -> np.ndarray:
+        """Whether a sound signal of ``margin`` makes nothing for a symbol in direction ``d``
+        (its stops unset): under the entry gate while flat, or at or past the exit gate
+        without a reversal while held."""
+        p = self.p
+        flat = (d == 0) & (margin < p.enter_margin) & ~(p.allow_short & (margin <= -p.enter_margin))
+        dm = d * margin
+        held = (d != 0) & (dm >= p.exit_margin) & (dm > -p.enter_margin) & (not (p.stop_loss or p.take_profit))
+        return flat | held
+
+    def acts_ahead(self, signals: np.ndarray) -> "ActsAhead":
+        """For signals made ahead (a backtest's, every close of its data), where each symbol's
+        might act, by the direction it would be in: what `next_act` looks up."""
+        _, good, margin = self._sound(signals)
+        sid = signals["symbol_id"]
+        mine = [np.flatnonzero(sid == i) for i in range(self.n)]
+        acts = [tuple(idx[~(good[idx] & self._quiet_in(d, margin[idx]))] for d in (-1, 0, 1)) for idx in mine]
+        return ActsAhead(mine, acts, np.flatnonzero(sid >= self.n), len(signals))
+
+    def next_act(self, ahead: "ActsAhead", lo: int, positions: np.ndarray, working: np.ndarray) -> int:
+        """The first of the signals of `acts_ahead` from ``lo`` on that might act now, with
+        ``positions`` and ``working`` as `pass_over` takes them (their count: none): where
+        `pass_over` stops at the latest. A symbol whose position is not what was asked stops
+        at its next signal."""
+        first = _first_from(ahead.unknown, lo)
+        for i, (d, settled) in enumerate(zip(self.direction.tolist(), self._settled(positions, working).tolist())):
+            first = min(first, _first_from(ahead.acts[i][d + 1] if settled else ahead.mine[i], lo))
+        return first if first < ahead.n else ahead.n
 
     def on_price(self, symbol_id: int, price: float, seq: int, ts_origin_ns: int,
                  source: int = STOP_SOURCE) -> np.ndarray:
