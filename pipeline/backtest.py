@@ -575,12 +575,14 @@ class Backtest:
         end_seg = int(np.searchsorted(self.seg_last, self.quiet_until, side="left"))   # the stretch's end
         c1 = int(np.searchsorted(b.segment, end_seg, side="left"))
         lo = int(b.bounds[c0])
+        quiet_for = None                # signals known to make nothing, when looked up
         if self.acts is not None and (self.trade_from_ns is None
                                       or int(b.signals["ts_bar_ns"][lo]) + self.bar_ns >= self.trade_from_ns):
             # up to the close of the first signal that might act: the pass stops before it
             rows = self.desk.portfolio.rows
             act = self.strategy.next_act(self.acts, lo, rows["qty"], rows["working"])
             c1 = min(c1, int(np.searchsorted(b.bounds, act, side="right")), c0 + PASS_WINDOW)
+            quiet_for = act - lo
         else:
             c1 = min(c1, c0 + self.pass_width)
         if c1 <= c0:
@@ -604,7 +606,7 @@ class Backtest:
             k = int(cuts[np.searchsorted(cuts, early, side="right") - 1]) if early >= cuts[0] else 0
         else:
             rows = self.desk.portfolio.rows
-            k = self.strategy.pass_over(sig, rows["qty"], rows["working"], cuts)
+            k = self.strategy.pass_over(sig, rows["qty"], rows["working"], cuts, quiet_for)
         # the next look ahead: wider after a window taken whole, else about twice this stretch
         whole_window = k == int(cuts[-1])
         n_closes = int(np.searchsorted(close_end, k, side="left")) + 1 if k else 0   # closes taken

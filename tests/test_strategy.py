@@ -275,7 +275,8 @@ def test_passing_quiet_signals_over_in_bulk_is_taking_them_one_by_one(params):
         held = bulk.qty.copy()
         ahead = np.concatenate(batches[b:b + 50])
         act = bulk.next_act(acts, b * n_sym, held, np.zeros(4)) - b * n_sym
-        k = bulk.pass_over(ahead, held, np.zeros(4), np.arange(1, min(50, n_bars - b) + 1) * n_sym)
+        k = bulk.pass_over(ahead, held, np.zeros(4), np.arange(1, min(50, n_bars - b) + 1) * n_sym,
+                           act if b % 2 else None)          # told, or finding it out itself
         # where the strategy next might act, looked up: in the batch the pass stopped before
         assert (k <= act < k + n_sym) if k < len(ahead) else act >= k
         passed += k

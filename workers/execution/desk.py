@@ -802,8 +802,12 @@ class Desk:
         days = np.asarray(times, np.int64) // DAY_NS
         if days[-1] != self.day:
             self.day, self.day_start_equity = int(days[-1]), float(equity[np.searchsorted(days, days[-1])])
-        for e in equity.tolist():
-            self.equity_peak = max(self.equity_peak, e)
+        top = float(equity.max())
+        if top == top:                          # else a NaN mark: each one, as the calls took them
+            self.equity_peak = max(self.equity_peak, top)
+        else:
+            for e in equity.tolist():
+                self.equity_peak = max(self.equity_peak, e)
         m = self.market
         m.equity, m.equity_peak, m.day_start_equity = float(equity[-1]), self.equity_peak, self.day_start_equity
 

@@ -210,7 +210,7 @@ class SignalStrategy:
         return rows
 
     def pass_over(self, signals: np.ndarray, positions: np.ndarray, working: np.ndarray,
-                  bounds: np.ndarray) -> int:
+                  bounds: np.ndarray, quiet_for: int | None = None) -> int:
         """Take the longest run of ``signals`` that certainly makes no intent, ending at one
         of ``bounds`` (ascending signal counts: where a caller's batches end), as `on_signals`
         would, one by one, with the same ``positions`` and ``working``: counted, gated where
@@ -219,13 +219,18 @@ class SignalStrategy:
         the entry gate while flat, one at or past the exit gate or a reversal while held, a
         symbol whose stops are set and which is held, or one whose position differs from what
         was asked (its reconcile is then not a no-op). A backtest passes its quiet bars over
-        this way, many at once, and `on_signals` takes the rest: the decisions are its own."""
+        this way, many at once, and `on_signals` takes the rest: the decisions are its own.
+        ``quiet_for``: how many signals make nothing, when `next_act` (same positions and
+        working) has just said so: not found out again."""
         if not len(signals) or not len(bounds) or (self.fx is not None and len(self.fx.sources)):
             return 0
-        s, good, margin = self._sound(signals)
+        if quiet_for is None:
+            s, good, margin = self._sound(signals)
+            quiet = good & self._settled(positions, working)[s] & self._quiet_in(self.direction[s], margin)
+            k = len(quiet) if quiet.all() else int(quiet.argmin())
+        else:
+            s, k = np.minimum(signals["symbol_id"].astype(np.intp), self.n - 1), min(quiet_for, len(signals))
         d = self.direction[s]
-        quiet = good & self._settled(positions, working)[s] & self._quiet_in(d, margin)
-        k = len(quiet) if quiet.all() else int(quiet.argmin())
         k = int(bounds[bounds.searchsorted(k, side="right") - 1]) if k >= bounds[0] else 0
         if not k:
             return 0
