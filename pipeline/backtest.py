@@ -522,18 +522,14 @@ class Backtest:
             funding=np.array(self.funding_log, FUNDING_ROW) if self.funding_log else None,
             counts=self._counts(), meta=self._meta(seconds))
 
-    def _watch(self, start: int, end: int, stops: bool = True) -> None:
+    def _watch(self, start: int, end: int) -> None:
         """A segment of the market up to the desk, as a live desk polling between ticks sees
         it: the reports and funding due before it, its ticks (each trade to the strategy's
-        stops too, unless ``stops`` is False: nothing was held), the books recorded by its end."""
+        stops too), the books recorded by its end."""
         first = int(self.data.ticks["ts_exchange_ns"][start])
         self._reports(first, self.fills)
         self._fund(first)
-        if stops:
-            self._ticks(self.data.ticks[start:end], start, self.fills)
-        else:
-            self.clock.set(self._ts_before(end))
-            self.desk.on_ticks(self.data.ticks[start:end])
+        self._ticks(self.data.ticks[start:end], start, self.fills)
         self._books(self._ts_before(end))
 
     def _ts_before(self, end: int) -> int:
@@ -637,16 +633,20 @@ class Backtest:
         states += [states[-1]] * (len(sampled) - 1)
         return int(seg[last]) + 1
 
-    def _catch_up(self, segment: int) -> None:
+    def _catch_up(self, segment: int, through: bool = False) -> None:
         """The end of a quiet stretch: the desk is shown the ticks it has not seen, those
-        before ``segment``, and marks its equity as each step's housekeeping did: all that
-        housekeeping does on a quiet desk (no report due, no snapshot due, no FX rate), so
-        it is left as each step of the stretch would have left it (`_quiet` says why)."""
+        before ``segment`` (``through``: and those of ``segment``, in the same call: the
+        stretch ends where the strategy acts, and nothing was due in between), and marks
+        its equity as each step's housekeeping did: all that housekeeping does on a quiet
+        desk (no report due, no snapshot due, no FX rate), so it is left as each step of
+        the stretch would have left it (`_quiet` says why)."""
         first, ends = self.behind, self.ends
-        if segment > first:
-            start, upto = (int(ends[first - 1]) if first else 0), int(ends[segment - 1])
+        last = segment if through else segment - 1          # the last segment shown
+        start, upto = (int(ends[first - 1]) if first else 0), (int(ends[last]) if last >= first else 0)
+        if upto > start:
             self.clock.set(self._ts_before(upto))
             self.desk.on_ticks(self.data.ticks[start:upto])
+        if segment > first:
             self.desk.mark_quiet(self.seg_last[first:segment], last_trades(self.trades, ends[first:segment]))
         self.behind = None
 
@@ -800,10 +800,8 @@ class Backtest:
     def _send(self, intents: np.ndarray, fills: list) -> None:
         """The strategy's intents, logged, to the desk."""
         if len(intents):
-            if self.behind is not None:             # a quiet stretch ends: the desk catches up first
-                i, start, end = self.seg
-                self._catch_up(i)
-                self._watch(start, end, stops=False)    # the strategy held nothing before this step
+            if self.behind is not None:             # a quiet stretch ends: the desk catches up first,
+                self._catch_up(self.seg[0], through=True)   # this step's ticks too (the strategy held nothing)
             self.counts["intents"] += len(intents)
             log = np.zeros(len(intents), INTENT_ROW)
             log["ts_ns"], log["symbol_id"] = intents["ts_ns"], intents["symbol_id"]
