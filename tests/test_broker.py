@@ -120,6 +120,38 @@ def test_top_of_book_only_fills_the_top_size_with_slippage_and_expires_the_rest(
     assert fills(at(clock, b, 1)) == [(100.05, 0.2)]
 
 
+def _carry_reference(taken: dict, levels: list, side: int) -> dict:
+    """The carry rule written plainly: a shown level keeps at most what it shows, a level
+    inside the shown range that it no longer shows is forgotten, one beyond it is kept."""
+    shown = dict(levels)
+    last = levels[-1][0] if levels else None
+    beyond = (lambda p: last is None or (p < last if side == SIDE_BUY else p > last))
+    return {p: (min(q, shown[p]) if p in shown else q) for p, q in taken.items() if p in shown or beyond(p)}
+
+
+def test_what_was_taken_carries_into_new_books_by_the_rule_however_many_levels_pile_up():
+    """`_carry_taken` visits only the shown range of its ordered prices: on random books and
+    takes (many levels piled up beyond the range, as a long trend leaves them) it keeps
+    exactly what the plain rule keeps."""
+    from workers.execution.broker import _carry_taken, _Taken
+    rng = np.random.default_rng(3)
+    for _ in range(2000):
+        side = SIDE_BUY if rng.random() < 0.5 else SIDE_SELL
+        grid = np.round(np.arange(90.0, 110.0, 0.5), 2).tolist()
+        taken = {float(p): float(rng.uniform(0.1, 2)) for p in rng.choice(grid, int(rng.integers(0, 30)), replace=False)}
+        n = int(rng.integers(0, 6))
+        start = int(rng.integers(0, len(grid) - 6))
+        prices = grid[start:start + n]
+        levels = [(p, float(rng.choice([rng.uniform(0.1, 2), math.inf]))) for p in
+                  (prices[::-1] if side == SIDE_BUY else prices)]        # best first
+        t = _Taken(taken)
+        out = _carry_taken(t, levels, side)
+        assert dict(out) == _carry_reference(taken, levels, side)
+        assert out.prices == sorted(out)
+        out[100.25] = 1.0                                   # a new level keeps the order
+        assert out.prices == sorted(out)
+
+
 # -- resting orders -----------------------------------------------------------------------------
 def test_resting_limit_fills_only_from_trades_printing_through_partially_then_fully():
     clock, b = make()

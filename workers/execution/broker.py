@@ -47,6 +47,7 @@ the other side crossed the price, and that volume is counted from the book.
 """
 from __future__ import annotations
 
+import bisect
 import hashlib
 import heapq
 import math
@@ -146,7 +147,7 @@ class _Book:
     bids: list
     asks: list
     top_only: bool
-    taken: dict = field(default_factory=lambda: {SIDE_BUY: {}, SIDE_SELL: {}})   # side of the levels
+    taken: dict = field(default_factory=lambda: {SIDE_BUY: _Taken(), SIDE_SELL: _Taken()})   # side of the levels
 
     def levels(self, side: int) -> list:
         return self.bids if side == SIDE_BUY else self.asks
@@ -571,22 +572,41 @@ def _clean(levels, side: int, top_only: bool = False) -> np.ndarray | None:
     return lv
 
 
-def _carry_taken(taken: dict, levels: list, side: int) -> dict:
+class _Taken(dict):
+    """What we took per price level of one side (price -> qty), its prices also kept in
+    order: `_carry_taken` then visits only the levels inside a new book's shown range, not
+    every level ever taken beyond it (which a long run in one direction piles up)."""
+
+    def __init__(self, items=()):
+        super().__init__(items)
+        self.prices = sorted(self)
+
+    def __setitem__(self, price: float, qty: float) -> None:
+        if price not in self:
+            bisect.insort(self.prices, price)
+        super().__setitem__(price, qty)
+
+
+def _carry_taken(taken: _Taken, levels: list, side: int) -> _Taken:
     """What we took, seen through a new book: a level now showing less keeps only that
-    much taken; a level gone from the shown range is forgotten; beyond it, kept. May
-    update and return ``taken`` itself: the caller replaces the old book's with it."""
+    much taken; a level gone from the shown range is forgotten; beyond it, kept. Updates
+    and returns ``taken`` itself: the caller replaces the old book's with it."""
     if not levels or not taken:
-        return dict(taken)
-    shown = dict(levels)
-    last = levels[-1][0]
-    if (max(taken) <= last) if side == SIDE_BUY else (min(taken) >= last):
-        # nothing taken inside the shown range but at its deepest level (a top of book's one
-        # level): everything kept, a shown level's amount capped, in place (the old book's
-        # dict is the new one's); cheaper than the walk below
-        for p, q in shown.items():
-            if p in taken:
-                taken[p] = min(taken[p], q)
         return taken
-    if side == SIDE_BUY:        # kept: shown, or beyond the deepest level (not `_within` it)
-        return {p: (min(q, shown[p]) if p in shown else q) for p, q in taken.items() if p in shown or not p >= last}
-    return {p: (min(q, shown[p]) if p in shown else q) for p, q in taken.items() if p in shown or not p <= last}
+    last, prices = levels[-1][0], taken.prices
+    # the levels inside the shown range (`_within` it, at or better than its deepest level):
+    # one run of the ordered prices, the highest for bids, the lowest for asks
+    a, b = (bisect.bisect_left(prices, last), len(prices)) if side == SIDE_BUY else \
+        (0, bisect.bisect_right(prices, last))
+    if a == b:
+        return taken
+    shown = dict(levels)
+    kept = []
+    for p in prices[a:b]:
+        if p in shown:
+            dict.__setitem__(taken, p, min(taken[p], shown[p]))
+            kept.append(p)
+        else:
+            del taken[p]
+    prices[a:b] = kept
+    return taken
