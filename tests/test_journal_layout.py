@@ -224,7 +224,9 @@ def test_a_batch_with_nan_a_credential_or_a_bad_name_is_refused_whole(tmp_path):
             ([{**section("intent", 1, 1), "symbol": [""]}], "non-empty strings"),
             ([{**section("intent", 2, 1), "cols": {"i": [1]}}], "lists of 2 values"),
             ([{"kind": "intent", "n": 1, "ts_ns": 1, "payloads": [[1]]}], "list of 1 dicts"),
-        ]
+        ] + [([{**section("order", 1, 1), "cols": {"d": [{}]},          # an attached row's field name,
+                "attach": {"into": "d", "key": "order", "at": [0], "fields": ["secret"], "rows": [[1]]}}],
+              "looks like a credential")] * 2                            # refused every time
         for sections, match in bad:
             with pytest.raises(JournalError, match=match.replace("[", r"\[").replace("]", r"\]")):
                 j.append_batch(1, [section("note", 1, 1)] + sections)
