@@ -812,9 +812,6 @@ _SECTION_KEYS = frozenset({"kind", "n", "ts_ns", "symbol", "venue", "client_orde
                            "const", "copy", "attach"})
 
 
-_CLEARED_NAMES: set[tuple] = set()      # attach field names found to hold no credential
-
-
 def _check_attach(a: dict, n: int, cols: dict, i: int) -> None:
     fields, at, rows = a.get("fields"), a.get("at"), a.get("rows")
     if (type(a.get("into")) is not str or a["into"] not in cols or type(a.get("key")) is not str
@@ -825,9 +822,8 @@ def _check_attach(a: dict, n: int, cols: dict, i: int) -> None:
         raise JournalError(f"batch section {i}: attach must name a column of dicts, a key, distinct row "
                            f"indexes below {n} and a row of values per index for its fields")
     names = (*fields, a["key"])
-    if names not in _CLEARED_NAMES:                 # the same few field lists, batch after batch
+    if not _SAFE_KEYS.issuperset(names):            # names cleared once (the same few, batch after batch)
         _check_fast(dict.fromkeys(names), "payload")
-        _CLEARED_NAMES.add(names)
     _check_fast(rows, "payload")
 
 

@@ -575,7 +575,9 @@ def _clean(levels, side: int, top_only: bool = False) -> np.ndarray | None:
 class _Taken(dict):
     """What we took per price level of one side (price -> qty), its prices also kept in
     order: `_carry_taken` then visits only the levels inside a new book's shown range, not
-    every level ever taken beyond it (which a long run in one direction piles up)."""
+    every level ever taken beyond it (which a long run in one direction piles up). A level
+    is set with ``taken[price] = qty`` only (other dict methods would skip ``prices``), and
+    dropped only by `_carry_taken`."""
 
     def __init__(self, items=()):
         super().__init__(items)
