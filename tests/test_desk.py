@@ -289,3 +289,90 @@ def test_a_cancel_intent_cancels_its_strategys_open_orders_even_when_halted(make
     d.on_intents(intent(d, 0, SIDE_BUY, 1.0, 6, order_type=ORDER_LIMIT, tif=TIF_GTC, limit=99.5))
     d.on_intents(batch(cancel))
     assert sorted(o.strategy_id for o in d.orders.open_orders(0)) == [1, 2] and d.counters["cancels"] == 2
+
+
+def crash(d: Desk) -> None:
+    """A kill -9 of execution: what was appended but not committed is lost."""
+    d.journal._rows.clear()
+    d.journal.close()
+
+
+def test_a_latch_tripped_by_a_step_survives_a_kill_before_the_next_snapshot(make):
+    clock = SimClock(T0)
+    limits = {"max_drawdown_frac": 0.05, "max_daily_loss_frac": 0.5}
+    d = make(clock, ExecutionConfig(capital=10_000.0), **limits)
+    market(d, 0, 100.0)
+    d.on_intents(intent(d, 0, SIDE_BUY, 50.0, 1))
+    d.housekeeping()                                      # the last timed snapshot: all ACTIVE
+    clock.advance(MS)
+    market(d, 0, 80.0)                                    # -1,000 of 10,000: past the 5 % drawdown
+    d.on_intents(intent(d, 0, SIDE_BUY, 1.0, 2))
+    assert d.guard.tier_state("global").name == "REDUCING"
+    crash(d)
+    again = make(clock, ExecutionConfig(capital=10_000.0), **limits)
+    assert again.guard.tier_state("global").name == "REDUCING"
+    assert "DRAWDOWN" in [c["code"] for c in again.risk_states() if c["tier"] == "global"]
+    clock.advance(MS)
+    market(again, 0, 99.0)                                # back inside the band: the latch holds
+    assert again.on_intents(intent(again, 0, SIDE_BUY, 1.0, 3)).orders == []
+
+
+def test_a_new_day_before_its_fx_rate_keeps_the_old_day_until_the_rate_comes(tmp_path):
+    keys = ["AAA/USDT@binance", "AAA/KRW@upbit", "USDT/KRW@upbit"]
+    clock = SimClock(T0)
+    ec = ExecutionConfig(currency="USDT", fx=[FxSource(quote="KRW", symbol="USDT/KRW@upbit")])
+
+    def desk() -> Desk:
+        d = Desk(keys, np.array([0, 1, 1]), VENUES, ec, RiskConfig(**WIDE, max_quote_age_s=0), clock,
+                 Journal(tmp_path / "desk.sqlite"), "p", "r1")
+        d.recover()
+        return d
+    d = desk()
+    market(d, 2, 1380.0)                                  # the rate, from its own market
+    market(d, 1, 138_000.0)
+    d.on_intents(intent(d, 1, SIDE_BUY, 0.01, 1, price=138_000.0))
+    start = d.day_start_equity
+    d.close()
+    d.journal.close()
+    clock.set((T0 // 86_400_000_000_000 + 1) * 86_400_000_000_000 + 3_600_000_000_000)  # 01:00 the next day
+    d = desk()
+    market(d, 0, 100.0)                                   # no rate yet: the equity is not known
+    d.on_intents(intent(d, 0, SIDE_BUY, 0.1, 2))
+    assert math.isnan(d.equity()) and d.day_start_equity == start   # the day did not roll on NaN
+    market(d, 2, 1380.0)
+    market(d, 1, 138_000.0)
+    market(d, 0, 100.0)
+    clock.advance(1_000 * MS)
+    out = d.on_intents(intent(d, 0, SIDE_BUY, 0.1, 3))
+    assert len(out.orders) == 1 and d.guard.tier_state("global").name == "ACTIVE"
+    assert math.isfinite(d.day_start_equity) and d.day_start_equity == pytest.approx(d.equity(), abs=1.0)
+    d.housekeeping()                                      # the snapshot journals finite figures
+    d.journal.close()
+
+
+def test_a_malformed_book_is_forgotten_and_the_quote_after_it_prices_the_order(make):
+    from shm.records import BOOK
+    clock = SimClock(T0)
+    d = make(clock, price_band_bps=5000.0)
+
+    def book(bids, asks) -> np.ndarray:
+        r = np.zeros(1, BOOK)
+        r["symbol_id"], r["ts_origin_ns"], r["n_bids"], r["n_asks"] = 0, clock.time_ns(), len(bids), len(asks)
+        r["bid_px"][0, :len(bids)], r["bid_sz"][0, :len(bids)] = [p for p, _ in bids], [q for _, q in bids]
+        r["ask_px"][0, :len(asks)], r["ask_sz"][0, :len(asks)] = [p for p, _ in asks], [q for _, q in asks]
+        return r
+    d.on_books(book([(89.9, 10.0)], [(90.0, 10.0)]))
+    market(d, 0, 90.0)
+    d.on_intents(intent(d, 0, SIDE_BUY, 1.0, 1, price=90.0))
+    clock.advance(1_000 * MS)
+    market(d, 0, 100.0)                                   # the market moved to 100
+    for bad in (([(100.2, 1.0)], [(100.1, 1.0)]),         # crossed
+                ([(math.nan, 1.0)], [(100.1, 1.0)]),      # a NaN price
+                ([(99.9, 1.0), (99.95, 1.0)], [(100.1, -1.0)])):   # bids out of order, a negative size
+        clock.advance(MS)
+        d.on_books(book(*bad))
+        assert 0 not in d.books
+    assert d.counters["books_refused"] == 3
+    clock.advance(MS)
+    out = d.on_intents(intent(d, 0, SIDE_BUY, 1.0, 2, price=100.0))
+    assert [round(float(f["price"]), 2) for f in out.fills] == [100.07]   # the quote's ask plus slippage

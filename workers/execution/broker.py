@@ -225,10 +225,11 @@ class PaperBroker:
         is taken: a trade standing in for a quote is one) is ignored and
         counted, keeping the last good one; returns whether it was taken."""
         ts = self._enter(ts_ns)
-        bids, asks = _clean(bids, SIDE_BUY, top_only), _clean(asks, SIDE_SELL, top_only)
-        if bids is None or asks is None or (len(bids) and len(asks) and bids[0, 0] > asks[0, 0]):
+        clean = clean_book(bids, asks, top_only)
+        if clean is None:
             self.ignored["books"] += 1
             return False
+        bids, asks = clean
         old = self._books.get(symbol_id)
         book = _Book(list(map(tuple, bids.tolist())), list(map(tuple, asks.tolist())), top_only)
         if old is not None:
@@ -553,6 +554,16 @@ def _hashable(x) -> bool:
     except TypeError:
         return False
     return True
+
+
+def clean_book(bids, asks, top_only: bool = False) -> tuple[np.ndarray, np.ndarray] | None:
+    """A book's two sides as `PaperBroker.on_book` takes them (empty levels dropped), or
+    None where it refuses the book: a price or size not a positive number, a side out of
+    order, or bids above asks."""
+    bids, asks = _clean(bids, SIDE_BUY, top_only), _clean(asks, SIDE_SELL, top_only)
+    if bids is None or asks is None or (len(bids) and len(asks) and bids[0, 0] > asks[0, 0]):
+        return None
+    return bids, asks
 
 
 def _clean(levels, side: int, top_only: bool = False) -> np.ndarray | None:

@@ -54,7 +54,7 @@ from pipeline.metrics import LatencyHistogram
 from shm.records import (FILL, INTENT, ORDER, ORDER_CANCEL, ORDER_LIMIT, TICK_GAP, TICK_TRADE, TIF_GTC,
                          TIF_POST_ONLY)
 
-from .broker import LatencyModel, PaperBroker
+from .broker import LatencyModel, PaperBroker, clean_book
 from .fx import FxRates
 from .hedges import HEDGE_STRATEGY, HedgeRoute, Hedges
 from .route_health import Health, HealthLimits, RouteHealth
@@ -150,7 +150,7 @@ class Desk:
         # broker walks instead of the top of book when it is the newer of the two
         self.books: dict[int, tuple[int, np.ndarray, np.ndarray]] = {}
         self.counters = {"intents": 0, "orders": 0, "fills": 0, "skipped_replay": 0,
-                         "resolved_at_start": 0}
+                         "resolved_at_start": 0, "books_refused": 0}
         self._next_snapshot = 0
         self._batch = _Batch()
         self._expiries: list[tuple[int, str]] = []   # (expire_ns, client id) of resting orders: a heap
@@ -213,7 +213,9 @@ class Desk:
         once for a symbol with open orders, so market orders walk the depth and resting ones
         see what trades ahead of them; a book at least as new as the quote sets it (the risk
         guard's spread and notional read the book's top). An empty book (a feed that lost its
-        depth) is forgotten."""
+        depth) is forgotten, and so is a book the broker would refuse (a price or size not a
+        positive number, a side out of order, bids above asks; counted in ``books_refused``):
+        kept, it would hide the quotes that come after it from the broker."""
         active = {o.symbol_id for o in self.orders._live.values()} if self.orders._live else set()
         m = self.market
         for row in rows:
@@ -221,12 +223,16 @@ class Desk:
             if s >= len(self.symbols):
                 continue
             nb, na = int(row["n_bids"]), int(row["n_asks"])
-            if not (nb and na):
+            clean = None
+            if nb and na:
+                clean = clean_book(np.column_stack([row["bid_px"][:nb], row["bid_sz"][:nb]]),
+                                   np.column_stack([row["ask_px"][:na], row["ask_sz"][:na]]))
+                self.counters["books_refused"] += clean is None
+            if clean is None or not (len(clean[0]) and len(clean[1])):
                 self.books.pop(s, None)
                 continue
             ts = int(row["ts_origin_ns"])
-            bids = np.column_stack([row["bid_px"][:nb], row["bid_sz"][:nb]])
-            asks = np.column_stack([row["ask_px"][:na], row["ask_sz"][:na]])
+            bids, asks = clean
             self.books[s] = (ts, bids, asks)
             bid, ask = float(bids[0, 0]), float(asks[0, 0])
             if ts >= m.quote_ns[s] and 0 < bid < ask:   # its top is the quote (a trade no longer stands in)
@@ -563,12 +569,16 @@ class Desk:
     def snapshot(self) -> None:
         """The risk tiers and the account's reference figures, journaled and committed:
         what ``recover`` starts from."""
-        now = self.clock.time_ns()
         self._flush()
+        self._append_snapshot()
+        self.journal.commit()
+
+    def _append_snapshot(self) -> None:
+        """The snapshot row, after the rows flushed (it counts their verdicts)."""
+        now = self.clock.time_ns()
         self.journal.append("risk_state", now, {"snapshot": self.guard.state(),
                                                 "equity_peak": self.equity_peak,
                                                 "day_start_equity": self.day_start_equity, "day": self.day})
-        self.journal.commit()
         self._next_snapshot = now + self.snapshot_every_ns
 
     def housekeeping(self) -> StepOut:
@@ -778,7 +788,7 @@ class Desk:
         mark = np.where(np.isfinite(m.last), m.last,
                         np.where(np.isfinite(mid), mid, self.portfolio.rows["avg_price"]))
         equity = self._equity_at(mark)
-        if now // DAY_NS != self.day:
+        if now // DAY_NS != self.day and math.isfinite(equity):    # (no rate yet: the next call rolls it)
             self.day, self.day_start_equity = now // DAY_NS, equity
         self.equity_peak = max(self.equity_peak, equity)
         m.equity, m.equity_peak, m.day_start_equity = equity, self.equity_peak, self.day_start_equity
@@ -800,8 +810,14 @@ class Desk:
             return
         equity = self._equity_at(last)
         days = np.asarray(times, np.int64) // DAY_NS
-        if days[-1] != self.day:
-            self.day, self.day_start_equity = int(days[-1]), float(equity[np.searchsorted(days, days[-1])])
+        finite = np.isfinite(equity)
+        if finite.all():
+            if days[-1] != self.day:
+                self.day, self.day_start_equity = int(days[-1]), float(equity[np.searchsorted(days, days[-1])])
+        elif finite.any():                      # as `_account`: a day rolls at its first finite equity
+            day = days[np.flatnonzero(finite)[-1]]
+            if day != self.day:
+                self.day, self.day_start_equity = int(day), float(equity[np.flatnonzero(finite & (days == day))[0]])
         top = float(equity.max())
         if top == top:                          # else a NaN mark: each one, as the calls took them
             self.equity_peak = max(self.equity_peak, top)
@@ -835,10 +851,14 @@ class Desk:
 
     def _commit(self) -> None:
         """Everything the step produced, journaled and committed: its order events, fills,
-        positions and risk state changes, in one batch row."""
+        positions and risk state changes, in one batch row; after a tier moved, the states it
+        made too (a snapshot row, in the same commit): recovery starts from snapshots, so a
+        latch tripped here survives a kill -9 before the next housekeeping."""
         self._journal_order_events()
-        self._journal_risk_events()
+        moved = self._journal_risk_events()
         self._flush()
+        if moved:
+            self._append_snapshot()
         if self.journal.pending:
             self.journal.commit()
         self._fold_samples()
@@ -850,7 +870,8 @@ class Desk:
         if sections:
             self.journal.append_batch(self.clock.time_ns(), sections)
 
-    def _journal_risk_events(self) -> None:
+    def _journal_risk_events(self) -> bool:
+        """The guard's state changes into the batch (and the tap and log); whether there were any."""
         events = self.guard.drain_events()
         for ev in events:
             d = ev.as_dict()
@@ -860,8 +881,7 @@ class Desk:
                 (self.log.warning if ev.new != TradingState.ACTIVE.name else self.log.info)(
                     "risk: %s%s %s -> %s (%s: %s)", ev.tier, "" if ev.key is None else f" {ev.key}",
                     ev.old, ev.new, ev.code, ev.reason)
-        if events:
-            self._next_snapshot = 0              # the next housekeeping snapshots the new states
+        return bool(events)
 
 
 def in_account(money: np.ndarray, factor: np.ndarray) -> float | np.ndarray:
