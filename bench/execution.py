@@ -12,7 +12,10 @@ Steps
     position journaled (pipeline/journal.py) and committed before it is sent or
     published, as the execution process runs it. Timed per step with ``time.perf_counter_ns``: p50,
     p99, and intents per second over all steps. The aim (issue 11): a 64-intent
-    step under 1 ms at p99 and 50,000 intents/s or more.
+    step under 1 ms at p99 and 50,000 intents/s or more. The garbage collector runs
+    between steps, as in the execution process (pipeline/collector.py); its passes are
+    reported apart (each delays the step after it) and counted in intents per second.
+    The same steps with CPython's collector inside them are measured in the same run.
 
 One intent
     What a backtest pays per call, sending its intents one at a time: `Desk.on_intents`
@@ -48,6 +51,7 @@ import numpy as np
 
 import common
 from pipeline.clock import SimClock
+from pipeline.collector import StepCollector
 from pipeline.config import ExecutionConfig, RiskConfig, StrategyConfig
 from pipeline.journal import Journal
 from shm.records import SIGNAL, TICK, TICK_TRADE
@@ -148,23 +152,38 @@ def _median_us(call, n: int) -> float:
     return float(np.median(times)) / 1e3
 
 
-def bench_steps(folder: str, steps: int, warmup: int) -> dict:
+def bench_steps(folder: str, steps: int, warmup: int, between: bool = True) -> dict:
+    """``between``: the garbage collector run between steps, as the execution process runs
+    it (pipeline/collector.py, steps back to back); else CPython's own, inside the steps.
+    Intents per second count the passes between steps too."""
     desk = Bench(folder)
+    collector = StepCollector()
     try:
         for _ in range(warmup):
             desk.step()
+        if between:
+            collector.start()
         times, handled = [], 0
         for _ in range(steps):
             t0 = time.perf_counter_ns()
             handled += desk.step()
             times.append(time.perf_counter_ns() - t0)
+            if between:
+                collector.between_steps(idle=False)
         t = np.array(times) / 1e6
+        passes = collector.passes
         return {"steps": steps, "intents": handled, "intents_per_step": handled / steps,
                 "fills": desk.desk.counters["fills"], "p50_ms": float(np.percentile(t, 50)),
-                "p99_ms": float(np.percentile(t, 99)), "mean_ms": float(t.mean()),
-                "intents_per_s": handled / (t.sum() / 1e3),
+                "p99_ms": float(np.percentile(t, 99)), "p99_9_ms": float(np.percentile(t, 99.9)),
+                "max_ms": float(t.max()), "mean_ms": float(t.mean()),
+                "intents_per_s": handled / ((t.sum() + collector.pause_ns_total / 1e6) / 1e3),
+                "gc": "between steps" if between else "CPython default, inside steps",
+                "gc_passes_between": passes, "gc_pause_max_ms": collector.pause_ns_max / 1e6,
+                "gc_pause_mean_ms": collector.pause_ns_total / 1e6 / passes if passes else 0.0,
                 "denials": {k: v for k, v in desk.desk.guard.denials().items() if v}}
     finally:
+        if between:
+            collector.stop()
         desk.journal.close()
 
 
@@ -246,7 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     folder = tempfile.mkdtemp(prefix="tickpipe-bench-exec-")
     try:
         print(f"  steps of {N_SYMBOLS} signals ...", file=sys.stderr, flush=True)
-        steps = bench_steps(folder, args.steps, max(10, args.steps // 10))
+        steps = bench_steps(os.path.join(folder, "steps"), args.steps, max(10, args.steps // 10))
+        print("  the same, the garbage collector inside the steps ...", file=sys.stderr, flush=True)
+        inside = bench_steps(os.path.join(folder, "inside"), args.steps, max(10, args.steps // 10), between=False)
         print("  one intent at a time ...", file=sys.stderr, flush=True)
         one = bench_one(os.path.join(folder, "one"), args.steps)
         print(f"  journal, {args.events} rows per writer ...", file=sys.stderr, flush=True)
@@ -262,6 +283,11 @@ def main(argv: list[str] | None = None) -> int:
           f"each: p50 {common.ms(steps['p50_ms'])} ms, p99 {common.ms(steps['p99_ms'])} ms; "
           f"{common.rate(steps['intents_per_s'])} intents/s (aim: p99 < 1 ms, >= 50 k/s); "
           f"{steps['fills']} fills")
+    print(f"  the garbage collector between steps: {steps['gc_passes_between']} passes, mean "
+          f"{steps['gc_pause_mean_ms']:.2f} ms, max {steps['gc_pause_max_ms']:.2f} ms (each delays the next "
+          f"step); slowest step {common.ms(steps['max_ms'])} ms; inside the steps instead (CPython's "
+          f"default): p50 {common.ms(inside['p50_ms'])} ms, p99 {common.ms(inside['p99_ms'])} ms, slowest "
+          f"{common.ms(inside['max_ms'])} ms, {common.rate(inside['intents_per_s'])} intents/s")
     print(f"one intent at a time ({one['calls']} calls): Desk.on_intents p50 {one['on_intents_p50_us']:.0f} us, "
           f"p99 {one['on_intents_p99_us']:.0f} us; idle Desk.on_ticks {one['on_ticks_idle_us']:.1f} us, "
           f"Desk.housekeeping {one['housekeeping_us']:.1f} us")
@@ -271,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append([name, _rate(r), ratio])
     print(common.table(rows, "lrr"))
     print(load)
-    common.save(args, info, {"steps": steps, "one_intent": one, "journal_rows_per_s": writers,
+    common.save(args, info, {"steps": steps, "steps_gc_inside": inside, "one_intent": one, "journal_rows_per_s": writers,
                              "journal_ratios": {k: (ours / v if v else None) for k, v in writers.items()
                                                 if k != "ours (commit per 64)"}},
                 default=lambda x: None if isinstance(x, float) and math.isnan(x) else str(x))

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("shm", "pipeline", "models", "workers")
 
 # the plan in pipeline/ (floor 2); the rest of pipeline/ is the commands (floor 5)
-PLAN = {"config", "topology", "symbols", "bus", "metrics", "errors", "storage", "clock", "logs",
+PLAN = {"config", "topology", "symbols", "bus", "metrics", "errors", "storage", "clock", "logs", "collector",
         "journal"}
 
 # pure cores: numpy in, numpy out, a clock passed in; no rings, tables, zmq or worker loop

@@ -24,6 +24,7 @@ import zmq
 
 from pipeline import bus, logs
 from pipeline.clock import Clock, LiveClock
+from pipeline.collector import StepCollector
 from pipeline.config import Config
 from pipeline.metrics import LatencyHistogram
 from pipeline.topology import Topology, WorkerSpec
@@ -51,6 +52,9 @@ class WorkerArgs:
 class Worker:
     role = "worker"
     spin_us = 0.0
+    # the garbage collector run between steps, not inside them (pipeline/collector.py): for the
+    # workers on the tick-to-fill path whose state is plain Python (not TensorFlow's)
+    collect_between_steps = False
 
     def __init__(self, args: WorkerArgs):
         self.args = args
@@ -130,8 +134,13 @@ class Worker:
         self.state = "running"
         self._housekeeping(force=True)
         interval = self.cfg.pipeline.heartbeat_interval_s
+        collector = self.collector = StepCollector() if self.collect_between_steps else None
+        if collector is not None:
+            collector.start()
         while not self.stopping:
             did = self.step()
+            if collector is not None:
+                collector.between_steps(idle=not did)
             now = time.monotonic()
             if now >= self._next_house:
                 self._housekeeping()
@@ -194,7 +203,11 @@ class Worker:
             os._exit(3)
 
     def stats(self) -> dict:
-        return dict(self.counters)
+        return {**self.counters, **self.collector_stats()}
+
+    def collector_stats(self) -> dict:
+        collector = getattr(self, "collector", None)
+        return collector.stats() if collector is not None else {}
 
     def _send_heartbeat(self) -> None:
         with self._hb_lock:

@@ -15,7 +15,6 @@ nothing), and the positions table shows them before any intent is read.
 """
 from __future__ import annotations
 
-import gc
 from collections import deque
 
 import numpy as np
@@ -34,6 +33,7 @@ COMMANDS_KEPT = 32
 
 class ExecutionWorker(Worker):
     role = "execution"
+    collect_between_steps = True
 
     def setup(self) -> None:
         self.spin_us = self.cfg.rings.execution_spin_us
@@ -46,10 +46,7 @@ class ExecutionWorker(Worker):
         self.journal = Journal(self.cfg.journal_path())
         self.desk = Desk(keys, venue_of, venues, self.cfg.execution, self.cfg.risk, self.clock, self.journal,
                          self.cfg.pipeline.name, self.topo.run_id, log=self.log, routes=self.cfg.routes)
-        self.desk.recover()
-        # what the journal rebuilt lives as long as the process: out of the collector's full
-        # passes, which would otherwise walk it again and again between steps
-        gc.freeze()
+        self.desk.recover()        # (what it rebuilt is frozen when the loop starts: collect_between_steps)
         self.rules = self._load_rules(keys) if self.cfg.execution.venue_rules else None
         self.fx_poller = RatePoller(self.desk.fx.url_sources(), self.log).start()
         # the feeds' L2 books, where the run keeps them: the paper broker walks them
@@ -169,11 +166,11 @@ class ExecutionWorker(Worker):
 
     def stats(self) -> dict:
         if not hasattr(self, "desk"):
-            return dict(self.counters)
+            return super().stats()
         d = self.desk
         events, dropped = d.drain_feed()
         rows = d.portfolio.rows
-        return {**self.counters, **d.counters, **d.portfolio.stats(), "restored": d.restored,
+        return {**self.counters, **self.collector_stats(), **d.counters, **d.portfolio.stats(), "restored": d.restored,
                 # in the account currency (the portfolio's own sums add KRW and USDT up as is)
                 "realized_pnl": in_account(rows["realized_pnl"], d.fx.factor),
                 "fees": in_account(rows["fees"], d.fx.factor), "currency": d.fx.currency,

@@ -29,6 +29,7 @@ from .signals import SOURCE_BITS, STOP_SOURCE, SignalStrategy, bar_volatility, v
 
 class StrategyWorker(Worker):
     role = "strategy"
+    collect_between_steps = True
 
     def setup(self) -> None:
         n = len(self.topo.symbols)
@@ -142,7 +143,7 @@ class StrategyWorker(Worker):
         return did
 
     def stats(self) -> dict:
-        return {**self.counters, "rules": dict(self.core.counters)}
+        return {**self.counters, **self.collector_stats(), "rules": dict(self.core.counters)}
 
     def close(self) -> None:
         if getattr(self, "fx_poller", None) is not None:
