@@ -376,3 +376,24 @@ def test_a_malformed_book_is_forgotten_and_the_quote_after_it_prices_the_order(m
     clock.advance(MS)
     out = d.on_intents(intent(d, 0, SIDE_BUY, 1.0, 2, price=100.0))
     assert [round(float(f["price"]), 2) for f in out.fills] == [100.07]   # the quote's ask plus slippage
+
+
+def test_an_order_leaves_with_the_equity_peak_on_disk(make):
+    clock = SimClock(T0)
+    limits = {"max_drawdown_frac": 0.05, "max_daily_loss_frac": 0.5}
+    d = make(clock, ExecutionConfig(capital=10_000.0), **limits)
+    market(d, 0, 100.0)
+    d.on_intents(intent(d, 0, SIDE_BUY, 50.0, 1))
+    d.housekeeping()                                      # the last timed snapshot: peak 10,000
+    clock.advance(MS)
+    market(d, 0, 120.0)                                   # +1,000: a new peak
+    assert len(d.on_intents(intent(d, 0, SIDE_BUY, 1.0, 2, price=120.0)).orders) == 1
+    peak = d.equity_peak
+    assert peak > 10_900
+    crash(d)                                              # before any housekeeping
+    again = make(clock, ExecutionConfig(capital=10_000.0), **limits)
+    assert again.equity_peak == peak
+    clock.advance(MS)
+    market(again, 0, 104.0)                               # 7 % below that peak, above the old one
+    assert again.on_intents(intent(again, 0, SIDE_BUY, 1.0, 3, price=104.0)).orders == []
+    assert "DRAWDOWN" in [c["code"] for c in again.risk_states() if c["tier"] == "global"]

@@ -69,6 +69,7 @@ PAPER_LOST = "the paper venue ran inside the process that stopped: nothing more 
 STAGES = ("tick_to_intent", "intent_to_submit", "submit_to_ack", "ack_to_fill", "tick_to_fill")
 TICK_TO_INTENT, INTENT_TO_SUBMIT, SUBMIT_TO_ACK, ACK_TO_FILL, TICK_TO_FILL = range(len(STAGES))
 SNAPSHOT_EVERY_NS = 60 * 1_000_000_000
+ACCOUNT_STEP = 1e-3             # an equity peak this much above the last snapshot's is journaled before an order
 EVENTS_KEPT = 200
 POSITION_TOLERANCE = 1e-9
 
@@ -138,6 +139,7 @@ class Desk:
         self.next_order_id = 1
         self.equity_peak = self.day_start_equity = self.capital
         self.day = clock.time_ns() // DAY_NS
+        self._snapped = (self.equity_peak, self.day)     # the account figures of the last snapshot
         self.latency = {(v, s): LatencyHistogram() for v in self.venues for s in STAGES}
         self._samples: dict[tuple[str, str], list[int]] = {k: [] for k in self.latency}
         # the same lists by venue, in STAGES order: a sample is one append (see `_fold_samples`)
@@ -364,7 +366,7 @@ class Desk:
     def _send(self, sent: list) -> StepOut:
         """Write-ahead: the orders are committed to the journal (created, submitted) before
         the venue hears of any; then what it answered by now."""
-        self._commit()
+        self._commit(sending=bool(sent))
         if not sent:
             return self.poll()
         m = self.market
@@ -576,6 +578,7 @@ class Desk:
     def _append_snapshot(self) -> None:
         """The snapshot row, after the rows flushed (it counts their verdicts)."""
         now = self.clock.time_ns()
+        self._snapped = (self.equity_peak, self.day)
         self.journal.append("risk_state", now, {"snapshot": self.guard.state(),
                                                 "equity_peak": self.equity_peak,
                                                 "day_start_equity": self.day_start_equity, "day": self.day})
@@ -849,15 +852,19 @@ class Desk:
             self._orders_moved = True
             self._batch.order_events(events, last, self.order_ids, self.symbols)
 
-    def _commit(self) -> None:
+    def _commit(self, sending: bool = False) -> None:
         """Everything the step produced, journaled and committed: its order events, fills,
         positions and risk state changes, in one batch row; after a tier moved, the states it
         made too (a snapshot row, in the same commit): recovery starts from snapshots, so a
-        latch tripped here survives a kill -9 before the next housekeeping."""
+        latch tripped here survives a kill -9 before the next housekeeping. ``sending``
+        (orders go out after this commit): also when the equity peak rose by ACCOUNT_STEP or
+        the day rolled since the last snapshot, so no order leaves with reference figures a
+        restart would not find (a drawdown measured from an older, lower peak)."""
         self._journal_order_events()
         moved = self._journal_risk_events()
         self._flush()
-        if moved:
+        if moved or (sending and (self.day != self._snapped[1]
+                                  or self.equity_peak > self._snapped[0] * (1 + ACCOUNT_STEP))):
             self._append_snapshot()
         if self.journal.pending:
             self.journal.commit()
