@@ -42,3 +42,14 @@ def test_rows_must_be_position_records():
         Portfolio(np.zeros(2, ORDER))
     rows = np.zeros(3, POSITION)
     assert Portfolio(rows).rows is rows                         # the caller's rows, not a copy
+
+
+def test_a_close_in_parts_leaves_no_dust_position():
+    p = Portfolio.empty(1)
+    for side, qty, price in ((SIDE_BUY, 0.3, 100.0), (SIDE_SELL, 0.1, 101.0), (SIDE_SELL, 0.2, 102.0)):
+        p.apply_values(0, side, qty, price, 0.0, 1, 1)
+    row = p.rows[0]
+    assert row["qty"] == 0.0 and row["avg_price"] == 0.0 and p.stats()["open_positions"] == 0
+    assert row["realized_pnl"] == pytest.approx(0.1 * 1.0 + 0.2 * 2.0)
+    p.apply_values(0, SIDE_BUY, 1e-12, 100.0, 0.0, 2, 2)     # a tiny position of its own stays
+    assert p.rows[0]["qty"] == 1e-12

@@ -10,6 +10,8 @@ import numpy as np
 
 from shm.records import POSITION
 
+from .orders import QTY_REL_TOL
+
 
 class Portfolio:
     """The position rows of every symbol; ``apply`` folds one fill in."""
@@ -31,7 +33,8 @@ class Portfolio:
     def apply(self, fill) -> int:
         """Fold one FILL record into its symbol's row (average price, realised P&L,
         fees, fill count); returns the symbol id. A fill that crosses zero closes the
-        old position at the fill price and opens the rest at that price."""
+        old position at the fill price and opens the rest at that price; one that leaves
+        less than QTY_REL_TOL of its own quantity closes it (float rounding, not a position)."""
         sid = int(fill["symbol_id"])
         self.apply_values(sid, int(fill["side"]), float(fill["qty"]), float(fill["price"]), float(fill["fee"]),
                           int(fill["order_id"]), int(fill["ts_ns"]))
@@ -68,6 +71,8 @@ class Portfolio:
                 if abs(dq) > abs(q):
                     avg = price
             new = q + dq
+            if new != 0 and abs(new) <= QTY_REL_TOL * abs(dq):
+                new = 0.0                       # a close that float rounding left as dust (0.3 - 0.1 - 0.2)
             q_[k], avg_[k] = new, (avg if new != 0 else 0.0)
             fees_[k] += fee
             n_[k] = min(n_[k] + 1, 65535)
