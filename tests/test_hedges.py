@@ -77,6 +77,22 @@ def test_an_obligation_past_its_time_limit_is_escalated_once():
     assert h.update(np.array([-0.01, 0.0, 0.0])) == []
 
 
+def test_a_re_hedge_in_flight_keeps_the_obligation_and_its_clock():
+    clock = SimClock(T0)
+    h = hedges(clock)
+    h.update(np.array([-0.01, 0.0, 0.0]))
+    clock.advance(20 * S)
+    # the re-hedge works on Binance: the net counting it is flat, but nothing is hedged yet
+    assert h.update(np.array([-0.01, 0.01, 0.0]), busy={1}) == [] and h.open[0].since_ns == T0
+    clock.advance(11 * S)
+    (ev,) = h.update(np.array([-0.01, 0.01, 0.0]), busy={1})     # still working, past the limit
+    assert ev["event"] == "escalated"
+    assert h.update(np.array([-0.01, 0.0, 0.0])) == []           # the IOC expired: the same obligation
+    assert h.open[0].serial == 1 and h.open[0].escalated
+    (ev,) = h.update(np.array([-0.01, 0.01, 0.0]))               # filled: closed
+    assert ev["event"] == "closed" and not h.open
+
+
 def test_a_restart_resumes_the_obligation_and_never_reuses_a_seq():
     clock = SimClock(T0)
     h = hedges(clock)
@@ -128,12 +144,12 @@ def test_a_route_reducing_for_an_open_hedge_lets_only_the_re_hedge_through():
 
 
 # -- in execution: the desk, the paper broker and the journal ---------------------------------
-def _desk(tmp_path, clock, **risk):
+def _desk(tmp_path, clock, ec_kw=None, **risk):
     from pipeline.config import ExecutionConfig, FxSource, RouteConfig
     from pipeline.journal import Journal
     from workers.execution.desk import Desk
     ec = ExecutionConfig(currency="USDT", fx=[FxSource(quote="KRW", rate=1383.0)], hedge_band_bps=10.0,
-                         hedge_timeout_s=30.0)
+                         hedge_timeout_s=30.0, **(ec_kw or {}))
     rc = RiskConfig(**{"max_gross_exposure": 1e9, "max_venue_exposure": 1e9, "max_position_notional": 1e9,
                        "max_order_notional": 1e9, "max_quote_age_s": 0, **risk})
     d = Desk(["BTC/KRW@upbit", "BTC/USDT@binance"], np.array([0, 1]), ["upbit", "binance"], ec, rc, clock,
@@ -214,6 +230,28 @@ def test_an_obligation_that_cannot_close_escalates_and_survives_a_restart(tmp_pa
     assert not again.hedges.open and again.guard.tier_state("route", 0) == TradingState.ACTIVE
     assert [e["event"] for e in _hedge_rows(again)] == ["opened", "escalated", "closed"]
     again.journal.close()
+
+
+def test_re_hedges_slower_than_housekeeping_still_escalate(tmp_path):
+    clock = SimClock(T0)
+    d = _desk(tmp_path, clock, {"ack_latency_ms": 300.0, "fill_latency_ms": 300.0})   # answers in 0.6 s
+    _tick(d, 0, BID[0], ASK[0], BID[0])
+    _tick(d, 1, BID[1], ASK[1], BID[1])
+    d.on_intents(_leg(d, 0, SIDE_SELL, BID[0], 1))       # the Upbit sell fills; no Binance partner
+    clock.advance(S)
+    d.poll()
+    for step in range(40 * 20):                          # 40 s, a step every 50 ms, housekeeping every 0.5 s
+        working = any(o.symbol_id == 1 for o in d.orders._live.values())
+        _tick(d, 0, BID[0], ASK[0], BID[0])
+        _tick(d, 1, BID[1], ASK[1] * (1.01 if working else 1.0), BID[1])    # the book runs from the re-hedge
+        d.poll()
+        if step % 10 == 0:
+            d.housekeeping()
+        clock.advance(S // 20)
+    events = [e["event"] for e in _hedge_rows(d)]
+    assert events[0] == "opened" and "escalated" in events and "closed" not in events
+    assert d.guard.tier_code("route", 0) == Denial.HEDGE_OPEN
+    assert d.portfolio.rows["qty"].tolist() == pytest.approx([-0.01, 0.0])    # never hedged twice over
 
 
 def test_a_pair_goes_whole_or_not_at_all(tmp_path):

@@ -603,7 +603,8 @@ class Desk:
         tapped), an overdue one moves its route to REDUCING with an alert, and an open one with
         no working order on its legs gets a re-hedge, through the guard like any intent."""
         h = self.hedges
-        events = h.update(self.portfolio.rows["qty"] + self._working())
+        busy = {o.symbol_id for o in self.orders._live.values()}       # symbols with a working order
+        events = h.update(self.portfolio.rows["qty"] + self._working(), busy)
         for ev in events:
             self._batch.add("risk_state", ev["ts_ns"], self.symbols[h.routes[ev["route"]].hedge_leg], None,
                             None, {"hedge": ev})
@@ -621,7 +622,7 @@ class Desk:
             return StepOut()
         strategy = f"{HEDGE_STRATEGY}.{self.run_id}"
         known = self.orders.orders
-        rows = h.intents(self.market.bid, self.market.ask, self.orders.blocked_symbols(),
+        rows = h.intents(self.market.bid, self.market.ask, busy | self.orders.blocked_symbols(),
                          used=lambda seq: client_order_id(self.pipeline, strategy, seq) in known)
         return self.on_intents(rows) if len(rows) else StepOut()
 

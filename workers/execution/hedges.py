@@ -80,21 +80,27 @@ class Hedges:
         self.serials = {r.index: 0 for r in routes}      # the last serial used, per route
         self.counters = {"opened": 0, "closed": 0, "escalated": 0, "sent": 0, "no_quote": 0}
 
-    def update(self, working: np.ndarray) -> list[dict]:
+    def update(self, working: np.ndarray, busy: set[int] | frozenset[int] = frozenset()) -> list[dict]:
         """Open, resize, escalate or close obligations from ``working`` (per symbol id: position
-        plus working orders); returns the events (opened, changed, escalated, closed)."""
+        plus working orders); returns the events (opened, changed, escalated, closed). An open
+        obligation whose net is flat only by a working order (``busy``: symbol ids with one, a
+        re-hedge in flight) stays open, its clock running, until that order is done: an IOC
+        that then expires unfilled must not start the obligation (and its time limit) over."""
         now = self.clock.time_ns()
         events = []
         for idx, r in self.routes.items():
             net = float(working[r.legs[0]] + working[r.legs[1]])
             ob = self.open.get(idx)
-            if abs(net) < self.min_qty[r.hedge_leg]:
+            flat = abs(net) < self.min_qty[r.hedge_leg]
+            if flat and ob is not None and (r.legs[0] in busy or r.legs[1] in busy):
+                pass                        # not flat until the working order fills: the clock runs
+            elif flat:
                 if ob is not None:
                     del self.open[idx]
                     self.counters["closed"] += 1
                     events.append(self._event("closed", r, ob, now, "the legs' net is flat again"))
                 continue
-            if ob is None:
+            elif ob is None:
                 self.serials[idx] += 1
                 ob = self.open[idx] = Obligation(idx, -net, now, self.serials[idx])
                 self.counters["opened"] += 1
