@@ -275,8 +275,13 @@ def _curve_figures(curve: np.ndarray, ts_ns: np.ndarray, bar_seconds: float) -> 
     total = end / start - 1.0 if start > 0 else None
     if total is None or years <= 0:
         cagr = None
+    elif end <= 0:
+        cagr = -1.0
     else:
-        cagr = (end / start) ** (1.0 / years) - 1.0 if end > 0 else -1.0
+        try:
+            cagr = (end / start) ** (1.0 / years) - 1.0
+        except OverflowError:               # a gain over minutes, compounded to a year: no figure
+            cagr = None
     vol = sharpe = sortino = None
     if len(r) >= 2:
         sd = float(np.std(r, ddof=1))

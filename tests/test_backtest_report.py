@@ -208,6 +208,12 @@ def test_one_bar_with_a_loss_has_no_volatility_and_no_sharpe():
     assert o["max_drawdown_days"] == pytest.approx(60 / DAY)
 
 
+def test_a_gain_over_minutes_has_no_cagr_rather_than_an_overflow():
+    o = metrics(empty_fills_result([1000.0, 1020.0]))["overall"]      # +2 % in a minute
+    assert o["total_return"] == pytest.approx(0.02) and o["cagr"] is None
+    json.dumps(o, allow_nan=False)
+
+
 def test_the_deepest_drawdown_and_the_longest_are_told_apart():
     # curve 1000 | 995 996 997 1000 900 1001, one bar a minute: a long shallow spell (4 bars)
     # then a deep short one (10 %, 2 bars), both recovered

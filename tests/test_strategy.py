@@ -71,6 +71,34 @@ def test_short_only_when_allowed_and_a_reversal_waits_a_signal():
         (0, SIDE_SELL, REASON_ENTRY), (1, SIDE_BUY, REASON_EXIT), (2, SIDE_BUY, REASON_ENTRY)]
 
 
+def test_a_reversal_under_a_wide_exit_gate_exits_first_and_keeps_the_hold():
+    # exit_margin below -enter_margin: a long whose margin turns short passes the exit gate
+    s = make(enter_margin=0.1, exit_margin=-0.5, min_hold_bars=3, allow_short=True)
+    assert run(s, [0.3, -0.3, -0.3, -0.3]) == [(0, SIDE_BUY, REASON_ENTRY), (3, SIDE_SELL, REASON_EXIT)]
+    assert s.counters["held"] == 2 and s.direction[0] == 0 and s.qty[0] == 0
+    (short,) = s.on_signals(signal(-0.3, 4), NO_VOL)                  # the short waits a signal
+    assert short["side"] == SIDE_SELL and short["reason"] == REASON_ENTRY and s.direction[0] == -1
+
+
+def test_the_bulk_gate_reads_the_margin_as_on_signals_does():
+    # a margin just under exit_margin in float64 that float32 rounds up to it: an exit either way
+    p = StrategyConfig(enter_margin=0.05, exit_margin=0.02, min_hold_bars=0)
+    sig = signal(0.0, 1)
+    sig["probs"][0] = [1e-10, 1 - 0.02 - 1e-10, 0.02]
+    pos, work = np.array([0.01, 0, 0, 0]), np.zeros(4)
+    made = []
+    for way in ("one by one", "pass_over", "next_act"):
+        s = SignalStrategy(4, p, SimClock(0))
+        s.direction[0], s.qty[0], s.entry[0], s.last_bar[0], s.held_bars[0] = 1, 0.01, 100.0, 0, 5
+        if way == "one by one":
+            made.append(len(s.on_signals(sig, NO_VOL, 0, pos, work)))
+        elif way == "pass_over":
+            made.append(1 - s.pass_over(sig, pos, work, np.array([1])))       # 1: it stopped before it
+        else:
+            made.append(1 - s.next_act(s.acts_ahead(sig), 0, pos, work))
+    assert made == [1, 1, 1]
+
+
 def test_volatility_targeted_size_capped_at_max_notional():
     s = make(notional=100.0, max_notional=400.0, target_vol=0.002)
     vol = np.array([0.004, 0.001, 1e-9, np.nan])
@@ -292,3 +320,10 @@ def test_passing_quiet_signals_over_in_bulk_is_taking_them_one_by_one(params):
     assert one.counters == bulk.counters
     for field in ("direction", "qty", "entry", "held_bars", "last_bar", "held", "working"):
         assert np.array_equal(getattr(one, field), getattr(bulk, field), equal_nan=True), field
+
+
+def test_a_volatility_of_zero_counts_as_min_vol_like_any_below_it():
+    s = make(notional=100.0, max_notional=1e9, target_vol=0.002, min_vol=1e-4)
+    sizes = [s.size(50.0, v) * 50.0 for v in (0.0, 1e-12, 1e-4)]
+    assert sizes == pytest.approx([2000.0, 2000.0, 2000.0])
+    assert s.size(50.0, -0.01) * 50.0 == pytest.approx(100.0)      # nonsense: unknown, the base notional

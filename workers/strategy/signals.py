@@ -134,7 +134,7 @@ class SignalStrategy:
     def size(self, price: float, vol: float) -> float:
         """Base quantity for a new position at ``price`` (in the account currency: the
         notionals are) with per-bar volatility ``vol``."""
-        vol = vol if math.isfinite(vol) and vol > 0 else self.p.target_vol
+        vol = vol if math.isfinite(vol) and vol >= 0 else self.p.target_vol     # (0: below min_vol)
         notional = min(self.p.max_notional,
                        self.p.notional * self.p.target_vol / max(vol, self.p.min_vol))
         return notional / price
@@ -187,6 +187,12 @@ class SignalStrategy:
                 continue                     # one exit per signal: a reversal waits a signal
             want = 1 if margin >= self.p.enter_margin else (
                 -1 if self.p.allow_short and margin <= -self.p.enter_margin else 0)
+            if d and want == -d:             # a reversal not under the exit gate: the exit first, as above
+                if self.held_bars[sid] < self.p.min_hold_bars:
+                    self.counters["held"] += 1
+                    continue
+                out += self._close(sid, price, REASON_EXIT, seq, sig)
+                continue
             if want == 0 or want == d:
                 if want == 0 and not d:
                     self.counters["gated"] += 1
@@ -258,7 +264,7 @@ class SignalStrategy:
         a price and a margin; each one's probability margin)."""
         sid = signals["symbol_id"].astype(np.intp)
         ok = sid < self.n
-        price, probs = signals["ref_price"], signals["probs"]
+        price, probs = signals["ref_price"], signals["probs"].astype(np.float64)   # as on_signals: float64
         margin = probs[:, 2] - probs[:, 0]
         return np.where(ok, sid, 0), ok & np.isfinite(price) & (price > 0) & np.isfinite(margin), margin
 
