@@ -306,3 +306,43 @@ def test_a_market_order_walks_the_feeds_l2_book(tmp_path):
         left -= take
     assert [p for p, _ in got] == [p for p, _ in want] and len(want) == 5
     assert [q for _, q in got] == pytest.approx([q for _, q in want])
+
+
+def test_obligations_and_route_causes_follow_their_route_when_the_config_reorders_them(tmp_path):
+    from pipeline.config import ExecutionConfig, FxSource, RouteConfig
+    from pipeline.journal import Journal
+    from workers.execution.desk import Desk
+    syms = ["BTC/KRW@upbit", "ETH/KRW@upbit", "BTC/USDT@binance", "ETH/USDT@binance"]
+    btc = RouteConfig(legs=["BTC/KRW@upbit", "BTC/USDT@binance"], qty=0.01)
+    eth = RouteConfig(legs=["ETH/KRW@upbit", "ETH/USDT@binance"], qty=0.1)
+
+    def desk(routes, symbols=syms):
+        ec = ExecutionConfig(currency="USDT", fx=[FxSource(quote="KRW", rate=1383.0)], hedge_timeout_s=30.0)
+        rc = RiskConfig(max_gross_exposure=1e9, max_venue_exposure=1e9, max_position_notional=1e9,
+                        max_order_notional=1e9, max_quote_age_s=0)
+        venue_of = np.array([0 if s.endswith("@upbit") else 1 for s in symbols])
+        d = Desk(symbols, venue_of, ["upbit", "binance"], ec, rc, clock, Journal(tmp_path / "arb.sqlite"),
+                 "arb", "r1", routes=routes)
+        d.recover()
+        return d
+    clock = SimClock(T0)
+    d = desk([btc, eth])
+    _tick(d, 0, BID[0], ASK[0], BID[0])
+    _tick(d, 2, BID[1], ASK[1], 100_000.0)                 # Binance far off: the re-hedge is out of band
+    d.on_intents(_leg(d, 0, SIDE_SELL, BID[0], 1))
+    d.poll()
+    d.housekeeping()
+    clock.advance(31 * S)
+    d.housekeeping()
+    d.command({"action": "halt", "tier": "symbol", "key": "ETH/USDT@binance", "reason": "by hand"})
+    assert d.hedges.open[0].escalated and d.guard.tier_code("route", 0) == Denial.HEDGE_OPEN
+    d.journal.close()
+    clock.advance(5 * S)
+    again = desk([eth, btc], syms[::-1])                    # restarted with routes and symbols listed anew
+    (ob,) = again.hedges.open.values()
+    assert again.hedges.routes[ob.route].name == btc.name and ob.escalated and ob.since_ns == T0
+    assert again.guard.tier_code("route", 1) == Denial.HEDGE_OPEN           # BTC's route, now index 1
+    assert again.guard.tier_code("route", 0) != Denial.HEDGE_OPEN
+    assert again.guard.tier_state("symbol", 0) == TradingState.HALTED       # ETH/USDT@binance, now first
+    assert again.guard.tier_state("symbol", 3) != TradingState.HALTED
+    again.journal.close()

@@ -119,7 +119,8 @@ class Desk:
         self.quoted = np.zeros(n, bool)          # symbols whose feed has sent a quote
         routes = list(routes or [])
         self.guard = RiskGuard(n, self.venue_of, self.venues, rc, clock,
-                               route_of=np.array(route_of(routes, self.symbols), np.int64))
+                               route_of=np.array(route_of(routes, self.symbols), np.int64),
+                               symbols=self.symbols, routes=[r.name for r in routes])
         # a route's leg filled without its partner: re-hedged here, where the fills are
         self.hedges = Hedges([HedgeRoute(i, r.name, (self.index[r.legs[0]], self.index[r.legs[1]]),
                                          self.index[r.hedge]) for i, r in enumerate(routes)],

@@ -164,8 +164,14 @@ class Hedges:
         serials, and the obligation its last event left open (its opening time, escalated or not).
         Attempts start at 0; ``used`` skips the seqs already sent."""
         open_: dict[int, Obligation] = {}
+        by_name = {r.name: i for i, r in self.routes.items()}
         for ev in events:
-            idx = int(ev["route"])
+            # by name: the routes' order in the config may have changed since (an index alone:
+            # an event journaled before names were read back)
+            idx = by_name.get(ev["name"]) if "name" in ev else int(ev["route"])
+            if idx is None:
+                raise ValueError(f"the journal holds a hedge obligation of route {ev['name']!r}, which "
+                                 f"this config does not trade; put the route back or close its legs by hand")
             if idx not in self.routes:
                 continue
             self.serials[idx] = max(self.serials[idx], int(ev["serial"]))

@@ -246,10 +246,14 @@ def _float64(*arrays) -> bool:
 class RiskGuard:
     """Checks a step's intents in one batch; keeps the tiers' states, the counters and the
     per-venue order-rate buckets. ``venue_of`` maps symbol id -> venue index into ``venues``;
-    ``route_of`` maps symbol id -> route index (-1: the symbol is on no route)."""
+    ``route_of`` maps symbol id -> route index (-1: the symbol is on no route). ``symbols``
+    and ``routes``, their names by index where known: a symbol's or route's causes are then
+    journaled, restored and told by name, so a config that lists them in another order
+    after a restart does not move a halt or a latch onto another one."""
 
     def __init__(self, n_symbols: int, venue_of: np.ndarray, venues: list[str], limits: RiskConfig,
-                 clock: Clock, route_of: np.ndarray | None = None, saved: dict | None = None):
+                 clock: Clock, route_of: np.ndarray | None = None, saved: dict | None = None,
+                 symbols: list[str] | None = None, routes: list[str] | None = None):
         self.n_symbols = int(n_symbols)
         self.venues = list(venues)
         self.venue_of = np.asarray(venue_of, np.int64)
@@ -261,6 +265,12 @@ class RiskGuard:
         if self.route_of.shape != (self.n_symbols,) or (self.n_symbols and self.route_of.min() < -1):
             raise ValueError("route_of must map every symbol id to a route index or -1")
         self.n_routes = int(self.route_of.max(initial=-1)) + 1
+        self._names = {Tier.SYMBOL: list(symbols) if symbols is not None else None,
+                       Tier.ROUTE: list(routes) if routes is not None else None}
+        for tier, size in ((Tier.SYMBOL, self.n_symbols), (Tier.ROUTE, self.n_routes)):
+            names = self._names[tier]
+            if names is not None and (len(names) != size or len(set(names)) != size):
+                raise ValueError(f"{tier.name.lower()} names must be {size} distinct names, one per index")
         check_risk(limits)
         self.limits = limits
         self._loss_state, self._drawdown_state = _state(limits.daily_loss_state), _state(limits.drawdown_state)
@@ -283,9 +293,16 @@ class RiskGuard:
 
     # -- tiers ----------------------------------------------------------------------------------
     def _key_name(self, tier: Tier, idx: int) -> str | int | None:
-        return None if tier == Tier.GLOBAL else self.venues[idx] if tier == Tier.VENUE else idx
+        if tier == Tier.GLOBAL:
+            return None
+        if tier == Tier.VENUE:
+            return self.venues[idx]
+        names = self._names[tier]
+        return idx if names is None else names[idx]
 
     def _index(self, tier: Tier | str, key) -> tuple[Tier, int]:
+        """A tier's index of ``key``: a name (venue, symbol, route) or an index (as journals
+        before names were kept have them)."""
         tier = Tier[tier.upper()] if isinstance(tier, str) else Tier(tier)
         if tier == Tier.GLOBAL:
             return tier, 0
@@ -293,6 +310,11 @@ class RiskGuard:
             if key not in self.venues:
                 raise ValueError(f"unknown venue {key!r}; venues are {self.venues}")
             return tier, self.venues.index(key)
+        if isinstance(key, str) and self._names.get(tier) is not None:
+            names = self._names[tier]
+            if key not in names:
+                raise ValueError(f"unknown {tier.name.lower()} {key!r}: not in this config")
+            return tier, names.index(key)
         if key is None or isinstance(key, bool) or not 0 <= int(key) < self._sizes[tier]:
             raise ValueError(f"{tier.name.lower()} key {key!r} out of range 0..{self._sizes[tier] - 1}")
         return tier, int(key)
