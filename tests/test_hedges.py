@@ -276,6 +276,41 @@ def test_a_pair_goes_whole_or_not_at_all(tmp_path):
     assert d.portfolio.rows["qty"].tolist() == pytest.approx([-0.01, 0.01])
 
 
+def test_a_pair_refused_after_the_guard_goes_neither(tmp_path):
+    from pipeline import journal
+    clock = SimClock(T0)
+    d = _desk(tmp_path, clock, {"ack_latency_ms": 200.0})
+
+    def pair(*legs):
+        out = np.zeros(len(legs), INTENT)
+        for i, row in enumerate(legs):
+            out[i] = row[0]
+        return out
+
+    def codes():
+        return [(r["symbol"], r["payload"]["code"]) for r in journal.rows(d.journal.path, kinds=("verdict",))]
+    _tick(d, 0, BID[0], ASK[0], BID[0])
+    _tick(d, 1, BID[1], ASK[1], BID[1])
+    d.hold_venue("upbit", "the order rules of upbit are not loaded yet")   # refused after the guard
+    d.on_intents(pair(_leg(d, 0, SIDE_SELL, BID[0], 10), _leg(d, 1, SIDE_BUY, ASK[1], 11)))
+    assert codes() == [("BTC/KRW@upbit", "VENUE_RULES"), ("BTC/USDT@binance", "PAIR_LEG")]
+    assert not d.orders.orders
+    d.set_rules("upbit", {})
+    # a leg that fills alone (the Binance bid under the ask): its re-hedge is then in flight
+    d.on_intents(pair(_leg(d, 0, SIDE_SELL, BID[0], 20), _leg(d, 1, SIDE_BUY, BID[1], 21)))
+    clock.advance(S // 2)
+    d.poll()
+    d.housekeeping()
+    assert [o.strategy_id for o in d.orders._live.values()] == [HEDGE_STRATEGY]
+    clock.advance(S // 20)
+    d.on_intents(pair(_leg(d, 0, SIDE_SELL, BID[0], 30), _leg(d, 1, SIDE_BUY, ASK[1] * 1.001, 31)))
+    assert codes()[-2:] == [("BTC/KRW@upbit", "PAIR_LEG"), ("BTC/USDT@binance", "IN_FLIGHT")]
+    clock.advance(S)
+    d.poll()
+    d.housekeeping()
+    assert d.portfolio.rows["qty"].tolist() == pytest.approx([-0.01, 0.01])    # hedged, not doubled
+
+
 # -- the feeds' L2 books in the paper broker ------------------------------------------------------
 def test_a_market_order_walks_the_feeds_l2_book(tmp_path):
     """A real Binance book (tests/data/orderbook, 2025-08-23 21:05 UTC) given to execution as a

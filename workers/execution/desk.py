@@ -259,8 +259,8 @@ class Desk:
         m.open_orders[:] = self._resting_per_venue()
         self._account(now)
         codes = self.guard.check(intents, m)
-        if self.hedges is not None:
-            self._whole_pairs(intents, codes)
+        whys, rounded = self._venue_rules(intents, codes)
+        pairs = self._whole_pairs(intents, codes) if self.hedges is not None else {}
         blocked = self.orders.blocked_symbols()
         out, sent = StepOut(), []
         n_sym, symbols, venues, venue_of = len(self.symbols), self.symbols, self.venues, self.venue_of.tolist()
@@ -273,27 +273,31 @@ class Desk:
         cols = [intents[name].tolist() for name in ("seq", "side", "order_type", "tif", "qty", "limit_price",
                                                      "ref_price", "strategy_id", "reason", "ts_origin_ns",
                                                      "ts_ns", "expire_ns")]
+        codes = codes.tolist()
+        rows = list(zip(range(len(sids)), sids, keys, *cols))
+        if pairs:                               # a pair's second leg right after its first
+            seconds = set(pairs.values())
+            rows = [r for i in range(len(rows)) if i not in seconds
+                    for r in ((rows[i], rows[pairs[i]]) if i in pairs else (rows[i],))]
         made = []                               # (order, order id, ref price) of the orders sent
-        for i, (sid, key, code, seq, side, otype, tif, qty, limit, ref, strat, reason, ts_origin, ts_intent,
-                expire) in enumerate(zip(sids, keys, codes.tolist(), *cols)):
-            why = ""                            # a reason beyond the code's, for the verdict
-            if code == 0 and sid in blocked and any(o.symbol_id == sid for o in sent):
+        for (i, sid, key, seq, side, otype, tif, qty, limit, ref, strat, reason, ts_origin, ts_intent,
+             expire) in rows:
+            code, why = codes[i], whys.get(i, "")       # why: a reason beyond the code's, for the verdict
+            legs = (sid,) if i not in pairs else (sid, sids[pairs[i]])
+            if code == 0 and any(s in blocked and any(o.symbol_id == s for o in sent) for s in legs):
                 out.extend(self._send(sent))   # a second intent for a symbol in one step:
                 sent = []                       # the first one's answer comes first
                 blocked = self.orders.blocked_symbols()
-            if code == 0 and sid in blocked:
-                code = self._deny_after(Denial.IN_FLIGHT)
-            if code == 0 and venue_of[sid] in self.held:
-                code, why = self._deny_after(Denial.VENUE_RULES), self.held[venue_of[sid]]
-            if code == 0 and sid in self.rules:
-                r = round_order(self.rules[sid], side, qty, limit, ref, otype)
-                if isinstance(r, RuleDenial):
-                    code, why = self._deny_after(Denial.VENUE_RULES), f"{r.code}: {r.reason}"
-                else:
-                    qty, limit = float(r.qty), (math.nan if r.price is None else float(r.price))
+            if code == 0 and any(s in blocked for s in legs):      # a pair: both legs or neither
+                code = self._deny_after(Denial.IN_FLIGHT if sid in blocked else Denial.PAIR_LEG)
+                if i in pairs:
+                    j = pairs[i]
+                    codes[j] = self._deny_after(Denial.IN_FLIGHT if sids[j] in blocked else Denial.PAIR_LEG)
             if code:
                 self._verdict(intents[i], key, code, why, now)
                 continue
+            if i in rounded:
+                qty, limit = rounded[i]
             rests = expire > 0 and otype == ORDER_LIMIT and tif in (TIF_GTC, TIF_POST_ONLY)
             order = self.orders.create_values(seq, sid, venues[venue_of[sid]], side, otype, tif, qty, limit,
                                               strat, reason, ts_origin, self.pipeline, f"{strat}.{self.run_id}",
@@ -431,25 +435,56 @@ class Desk:
         p50 = self.latency[(venue, STAGES[SUBMIT_TO_ACK])].percentile(50)
         return float(p50) / 1e6 if p50 is not None else 0.0
 
-    def _whole_pairs(self, intents: np.ndarray, codes: np.ndarray) -> None:
-        """A route pair goes whole or not at all: a leg the guard passed whose partner it refused
-        is refused too (``PAIR_LEG``), or it would fill alone and open a hedge obligation the
+    def _venue_rules(self, intents: np.ndarray, codes: np.ndarray) -> tuple[dict, dict]:
+        """The venue's refusals of the intents the guard passed, before any is sent: a venue held
+        until its rules load, and an intent its tick, lot and notional rules cannot round into an
+        order (``VENUE_RULES``, set in ``codes``). Returns (why per refused index, (qty, limit)
+        per rounded index)."""
+        whys, rounded = {}, {}
+        if not (self.held or self.rules):
+            return whys, rounded
+        held, rules, venue_of = self.held, self.rules, self.venue_of.tolist()
+        n = len(self.symbols)
+        cols = zip(intents["symbol_id"].tolist(), codes.tolist(), intents["side"].tolist(), intents["qty"].tolist(),
+                   intents["limit_price"].tolist(), intents["ref_price"].tolist(), intents["order_type"].tolist())
+        for i, (sid, code, side, qty, limit, ref, otype) in enumerate(cols):
+            if code or sid >= n:
+                continue
+            if venue_of[sid] in held:
+                codes[i], whys[i] = self._deny_after(Denial.VENUE_RULES), held[venue_of[sid]]
+            elif sid in rules:
+                r = round_order(rules[sid], side, qty, limit, ref, otype)
+                if isinstance(r, RuleDenial):
+                    codes[i], whys[i] = self._deny_after(Denial.VENUE_RULES), f"{r.code}: {r.reason}"
+                else:
+                    rounded[i] = float(r.qty), (math.nan if r.price is None else float(r.price))
+        return whys, rounded
+
+    def _whole_pairs(self, intents: np.ndarray, codes: np.ndarray) -> dict[int, int]:
+        """A route pair goes whole or not at all: a leg passed so far whose partner was refused is
+        refused too (``PAIR_LEG``), or it would fill alone and open a hedge obligation the
         strategy never meant. A pair is two intents of one strategy on one route whose seqs
-        differ only in the lowest bit (workers/strategy/routes.py); re-hedges stand alone."""
+        differ only in the lowest bit (workers/strategy/routes.py); re-hedges stand alone.
+        Returns the pairs still passed, first leg -> second: `on_intents` checks them for orders
+        in flight together and sends both or neither."""
         sid = intents["symbol_id"].astype(np.int64)
         n = len(self.symbols)
         on = (sid < n) & (intents["strategy_id"] != HEDGE_STRATEGY)
         on[on] = self.guard.route_of[sid[on]] >= 0
         if on.sum() < 2:
-            return
+            return {}
         groups: dict[tuple[int, int], list[int]] = {}
         for i in np.flatnonzero(on).tolist():
             groups.setdefault((int(intents["strategy_id"][i]), int(intents["seq"][i]) >> 1), []).append(i)
+        pairs = {}
         for rows in groups.values():
             if len(rows) > 1 and any(codes[i] for i in rows):
                 for i in rows:
                     if not codes[i]:
                         codes[i] = self._deny_after(Denial.PAIR_LEG)
+            elif len(rows) == 2:
+                pairs[rows[0]] = rows[1]
+        return pairs
 
     def _deny_after(self, code: Denial) -> int:
         """A refusal after the guard passed the intent: counted with the guard's."""
