@@ -311,6 +311,28 @@ def test_a_pair_refused_after_the_guard_goes_neither(tmp_path):
     assert d.portfolio.rows["qty"].tolist() == pytest.approx([-0.01, 0.01])    # hedged, not doubled
 
 
+def test_a_remainder_under_the_hedge_legs_lot_step_is_dust_once_its_rules_load(tmp_path):
+    from decimal import Decimal
+    from pipeline import journal
+    from workers.execution.venue_rules import SymbolRules
+    clock = SimClock(T0)
+    d = _desk(tmp_path, clock)
+    d.set_rules("binance", {1: SymbolRules("BTC/USDT", lot_step=Decimal("0.00001"), tick_size=Decimal("0.01"),
+                                           min_qty=Decimal("0.00001"), min_notional=Decimal("5"))})
+    _tick(d, 0, BID[0], ASK[0], BID[0])
+    _tick(d, 1, BID[1], ASK[1], BID[1])
+    pair = np.zeros(2, INTENT)
+    pair[0], pair[1] = _leg(d, 0, SIDE_SELL, BID[0], 10)[0], _leg(d, 1, SIDE_BUY, ASK[1], 11)[0]
+    pair[0]["qty"] = 0.00999995                           # an Upbit fill of 8 decimals: 5e-8 BTC over
+    d.on_intents(pair)
+    d.poll()
+    for _ in range(40):
+        d.housekeeping()
+        clock.advance(S)
+    assert not d.hedges.open and not _hedge_rows(d)
+    assert not list(journal.rows(d.journal.path, kinds=("verdict",)))
+
+
 # -- the feeds' L2 books in the paper broker ------------------------------------------------------
 def test_a_market_order_walks_the_feeds_l2_book(tmp_path):
     """A real Binance book (tests/data/orderbook, 2025-08-23 21:05 UTC) given to execution as a

@@ -400,7 +400,14 @@ class Desk:
 
     def set_rules(self, venue: str, rules: dict) -> None:
         """The venue's order rules by symbol id (venue_rules.SymbolRules); its orders go
-        through them from now on. Safe from another thread: two plain rebinds."""
+        through them from now on. A route's hedge leg among them: a remainder under its lot
+        step (or minimum quantity) is dust, not a hedge obligation, as no order could close it.
+        Safe from another thread: plain rebinds and one float per hedge leg."""
+        if self.hedges is not None:
+            for r in self.hedges.routes.values():
+                rule = rules.get(r.hedge_leg)
+                if rule is not None:
+                    self.hedges.min_qty[r.hedge_leg] = max(float(rule.lot_step or 0), float(rule.min_qty), 1e-12)
         self.rules = {**self.rules, **rules}
         self.held.pop(self.venues.index(venue), None)
 
