@@ -51,6 +51,7 @@ from workers.strategy.arbitrage import Book
 from .backtest import JOURNAL_GROUP_ROWS, _ns, check_currencies, symbol_of
 
 PIPELINE, RUN_ID = "arb-backtest", "bt"
+HOUR_NS = 3_600 * 10**9
 DEFAULT_HALF_SPREAD_BPS = 1.0
 
 
@@ -196,8 +197,16 @@ def run_arb_backtest(cfg: Config, paths: list[str], journal_path: str | Path | N
     rows_eq, rows_hold, rows_prem, selection = [], [], [], []
     path_coins: dict[str, list[float]] = {f"{v}/{a}": [] for v, a in coins}
     cursor = [0] * len(closes)
+    hour = int(ts_all[0]) // HOUR_NS
     for t in ts_all.tolist():
         clock.set(t)
+        if t // HOUR_NS != hour:            # Upbit's tick tables are dated: the rules of the hour
+            hour = t // HOUR_NS
+            changed = {k: new for k, new in ((k, _rules(symbols[k], t, ec.venue_rules)) for k in rules_of)
+                       if new != rules_of[k]}
+            if changed:
+                rules_of.update(changed)
+                strat.set_rules("upbit", changed)
         rec = []
         for k, c in enumerate(closes):
             j = cursor[k]

@@ -590,6 +590,14 @@ def test_routes_wait_for_the_venue_rules(tmp_path):
                                                tick_size=Decimal("0.01"))})
     assert s.ready == [True]
     assert s.stats()["routes"]["BTC/KRW@upbit / BTC/USDT@binance"]["position"] == 0.0
+    # a dated tick table that changed: the route trading takes it for its next orders
+    from workers.execution.venue_rules import upbit_rules
+    july, august = (upbit_rules(["KRW-BTC"], int(datetime(2025, m, d, tzinfo=timezone.utc).timestamp() * 1e9))
+                    ["KRW-BTC"] for m, d in ((7, 30), (8, 1)))
+    assert july != august
+    s.set_rules("upbit", {krw: july})
+    s.set_rules("upbit", {krw: august})
+    assert s.routes[0].trader.spec.krw_rules == august
 
 
 # -- the processes' adapters on real rings -------------------------------------------------

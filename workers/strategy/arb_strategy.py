@@ -47,7 +47,7 @@ process adapter (arb_worker.py) reads those and calls this.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -178,8 +178,13 @@ class ArbStrategy:
 
     # -- routes ---------------------------------------------------------------------------------
     def set_rules(self, venue: str, rules: dict[int, SymbolRules]) -> None:
-        """A venue's order rules by symbol id (markets.RulesLoader's ``deliver``)."""
+        """A venue's order rules by symbol id (markets.RulesLoader's ``deliver``); a route
+        already trading takes them for its next orders (a dated tick table that changed), its
+        pair size as it was."""
         self.rules.update(rules)
+        for r in self.routes:
+            if r.trader is not None and (r.krw in rules or r.usdt in rules):
+                r.trader.spec = replace(r.trader.spec, krw_rules=self.rules[r.krw], usdt_rules=self.rules[r.usdt])
         self._build()
 
     def _build(self) -> None:
