@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pipeline.clock import SimClock
-from shm.records import FLAG_STALE, INTENT, ORDER_LIMIT, ORDER_MARKET, SIDE_BUY, SIDE_SELL, TIF_GTC, TIF_IOC
+from shm.records import FLAG_STALE, INTENT, ORDER_LIMIT, ORDER_MARKET, SIDE_BUY, SIDE_SELL, TIF_GTC, TIF_IOC, TIF_POST_ONLY
 from pipeline.config import RiskConfig
 from workers.execution.risk import DAY_NS, Denial, MarketView, RiskGuard, Tier, TradingState, _Grouped
 
@@ -85,11 +85,13 @@ def test_a_healthy_world_passes_buys_and_sells_and_counts_them():
     buy(qty=np.nan), buy(qty=-1.0), buy(qty=0.0), buy(sym=4), buy(sym=2**31),
     buy(ref=0.0), buy(ref=np.nan), buy(type=ORDER_LIMIT, tif=TIF_GTC, limit=0.0),
     buy(type=ORDER_LIMIT, tif=TIF_GTC, limit=np.nan), buy(qty=1e-200, ref=1e-200),  # notional underflows to 0
-    {"sym": 0, "side": 0, "qty": 1.0}, buy(type=7), buy(tif=9)])
+    {"sym": 0, "side": 0, "qty": 1.0}, buy(type=7), buy(tif=9),
+    buy(limit=99.0), buy(tif=TIF_POST_ONLY)])                  # a market order: no limit, no post-only
 def test_bad_input_is_a_coded_denial_not_a_crash(row):
     g = guard()
     assert codes(g, market(), row, buy(1)) == [Denial.BAD_INPUT, Denial.PASSED]
-    assert g.denials()["BAD_INPUT"] == 1
+    assert codes(g, market(), row) == [Denial.BAD_INPUT]            # alone: the one-intent path
+    assert g.denials()["BAD_INPUT"] == 2
     assert "bad input" in g.describe(intents(row)[0], Denial.BAD_INPUT)
 
 

@@ -98,7 +98,8 @@ class Denial(IntEnum):
 DENIAL_TEXT = {
     Denial.PASSED: "passed",
     Denial.BAD_INPUT: "bad input: unknown symbol, side, type or time in force; NaN, zero or "
-                      "negative quantity or price; zero notional; or invalid account figures",
+                      "negative quantity or price; zero notional; a market order with a limit price or "
+                      "post-only; or invalid account figures",
     Denial.HALTED: "halted by hand: nothing but cancels",
     Denial.REDUCING_ONLY: "reducing-only by hand: only intents that move a position toward zero",
     Denial.KILL_SWITCH: "kill switch on: nothing but cancels",
@@ -569,6 +570,7 @@ class RiskGuard:
             notional_in = qty * own_px
         bad = (~known | ((side != SIDE_BUY) & (side != SIDE_SELL))
                | ((otype != ORDER_MARKET) & ~is_limit) | ~((tif >= TIF_GTC) & (tif <= TIF_POST_ONLY))
+               | (~is_limit & (~np.isnan(limit_px) | (tif == TIF_POST_ONLY)))   # a market order: no limit, no post-only
                | ~_valid(qty) | ~_valid(own_px) | ~_valid(ref_px) | ~(notional_in >= DUST_NOTIONAL))
         codes[bad] = int(Denial.BAD_INPUT)
 
@@ -621,6 +623,7 @@ class RiskGuard:
         code = 0
         if (not known or (side != SIDE_BUY and side != SIDE_SELL) or (otype != ORDER_MARKET and not is_limit)
                 or not TIF_GTC <= tif <= TIF_POST_ONLY or not _ok(qty) or not _ok(own_px) or not _ok(ref_px)
+                or (not is_limit and (limit_px == limit_px or tif == TIF_POST_ONLY))
                 or not qty * own_px >= DUST_NOTIONAL):
             code = int(Denial.BAD_INPUT)
         st, stc = int(eff_state[s]), int(eff_code[s])
