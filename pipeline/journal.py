@@ -92,9 +92,9 @@ APPLICATION_ID = 0x7469636B        # "tick": SQLite header field that marks a ti
 COLUMNS = ("id", "ts_ns", "kind", "symbol", "venue", "client_order_id", "payload",
            "prev_hash", "hash")
 EXPORT_SCHEMA = pa.schema([
-    ("id", pa.int64()), ("ts_ns", pa.int64()), ("kind", pa.string()), ("symbol", pa.string()),
-    ("venue", pa.string()), ("client_order_id", pa.string()), ("payload", pa.string()),
-    ("prev_hash", pa.string()), ("hash", pa.string()),
+    ("id", pa.int64()), ("part", pa.int32()), ("ts_ns", pa.int64()), ("kind", pa.string()),
+    ("symbol", pa.string()), ("venue", pa.string()), ("client_order_id", pa.string()),
+    ("payload", pa.string()), ("prev_hash", pa.string()), ("hash", pa.string()),
 ])
 _EXPORT_BATCH = 65_536
 
@@ -888,13 +888,17 @@ def rows(path: str | Path, since_ns: int | None = None, symbol: str | None = Non
 
 
 def export(path: str | Path, out: str | Path) -> int:
-    """Write every row to a Parquet file (payload as its JSON text) and return the row
-    count. The file appears whole or not at all (written aside, then renamed)."""
+    """Write every row to a Parquet file and return the row count: the rows `rows` reads,
+    a batch's each on its own (``part``: its place in the stored row, 0 for a row stored
+    alone; ``payload`` its JSON text), so every fill is a row for reconciliation. The
+    file appears whole or not at all (written aside, then renamed); it never replaces an
+    SQLite file (the journal itself, a typo away)."""
     from .storage import output_file
     try:
         out = output_file(out)
     except UserError as e:
         raise JournalError(f"export: {e}") from None
+    _refuse_database(out)
     db = _read_only(path)
     tmp = out.with_name(f".tmp-{uuid.uuid4().hex}-{out.name}")
     count = 0
@@ -903,8 +907,9 @@ def export(path: str | Path, out: str | Path) -> int:
         cursor = db.execute(f"SELECT {', '.join(COLUMNS)} FROM entries ORDER BY id")
         with pq.ParquetWriter(tmp, EXPORT_SCHEMA) as writer:
             while batch := cursor.fetchmany(_EXPORT_BATCH):
-                writer.write_table(_table(batch))
-                count += len(batch)
+                rows = _export_rows(batch)
+                writer.write_table(_table(rows))
+                count += len(rows)
             if not count:
                 writer.write_table(_table([]))
         os.replace(tmp, out)
@@ -917,8 +922,36 @@ def export(path: str | Path, out: str | Path) -> int:
     return count
 
 
+def _refuse_database(out: Path) -> None:
+    """Export never writes over an SQLite file: the journal, its WAL or another one."""
+    head = b""
+    try:
+        with open(out, "rb") as f:
+            head = f.read(16)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise JournalError(f"export: cannot read {out}: {e.strerror or e}") from None
+    if head == b"SQLite format 3\x00" or out.name.endswith(("-wal", "-shm", ".lock")):
+        raise JournalError(f"export: {out} is an SQLite file (a journal?); give a new .parquet path")
+
+
+def _export_rows(stored: list[tuple]) -> list[tuple]:
+    """Stored rows as export rows (EXPORT_SCHEMA's order): a batch row expanded."""
+    out = []
+    for r in stored:
+        if r[2] != BATCH:
+            out.append((r[0], 0) + tuple(r[1:]))
+            continue
+        for e in expand(dict(zip(COLUMNS, r), payload=_loads(r[6]))):
+            out.append((e["id"], e["part"], e["ts_ns"], e["kind"], e["symbol"], e["venue"], e["client_order_id"],
+                        orjson.dumps(e["payload"], option=orjson.OPT_SORT_KEYS).decode(), e["prev_hash"],
+                        e["hash"]))
+    return out
+
+
 def _table(batch: list[tuple]) -> pa.Table:
-    columns = list(zip(*batch)) if batch else [()] * len(COLUMNS)
+    columns = list(zip(*batch)) if batch else [()] * len(EXPORT_SCHEMA)
     return pa.Table.from_arrays([pa.array(list(c), type=f.type)
                                  for c, f in zip(columns, EXPORT_SCHEMA)], schema=EXPORT_SCHEMA)
 

@@ -491,6 +491,34 @@ def test_export_in_batches_keeps_every_row(path, tmp_path, monkeypatch):
     assert pq.read_table(tmp_path / "b.parquet").column("ts_ns").type == pa.int64()
 
 
+def test_export_lists_a_batchs_rows_each_on_its_own(path, tmp_path):
+    with Journal(path) as j:
+        j.append("command", 1, {"action": "halt"})
+        j.append_batch(5, [{"kind": "fill", "n": 2, "ts_ns": [3, 4], "symbol": ["A/USDT@x", "B/USDT@x"],
+                            "client_order_id": ["c1", "c2"], "cols": {"qty": [1.5, 2.5], "price": [10.0, 20.0]}},
+                           {"kind": "position", "n": 1, "ts_ns": 5, "symbol": "A/USDT@x",
+                            "payloads": [{"qty": 1.5}]}])
+        j.commit()
+    assert J.export(path, tmp_path / "x.parquet") == 4
+    t = pq.read_table(tmp_path / "x.parquet").to_pylist()
+    assert [(r["id"], r["part"], r["kind"], r["symbol"], r["client_order_id"]) for r in t] == [
+        (1, 0, "command", None, None), (2, 1, "fill", "A/USDT@x", "c1"), (2, 2, "fill", "B/USDT@x", "c2"),
+        (2, 3, "position", "A/USDT@x", None)]
+    assert [json.loads(r["payload"]) for r in t[1:]] == [{"qty": 1.5, "price": 10.0}, {"qty": 2.5, "price": 20.0},
+                                                         {"qty": 1.5}]
+    assert [r["payload"] for r in t] == [json.dumps(r["payload"], sort_keys=True, separators=(",", ":"))
+                                         for r in J.rows(path)]
+
+
+def test_export_never_writes_over_an_sqlite_file(path, tmp_path):
+    with Journal(path) as j:
+        fill_mixed(j, 10)
+    for out in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + ".lock")):
+        with pytest.raises(JournalError, match="SQLite file"):
+            J.export(path, out)
+    assert J.verify(path).ok and len(list(J.rows(path))) == 10
+
+
 # -- migrations --------------------------------------------------------------------------
 V1_SCHEMA = [     # frozen copy of the first schema: what a version-1 tickpipe wrote
     f"PRAGMA application_id = {0x7469636B}",
