@@ -97,6 +97,7 @@ EXPORT_SCHEMA = pa.schema([
     ("payload", pa.string()), ("prev_hash", pa.string()), ("hash", pa.string()),
 ])
 _EXPORT_BATCH = 65_536
+TS_LIMIT = 2**63                    # ts_ns is SQLite's signed 64-bit integer
 
 # payload keys that name credentials, matched on the key lower-cased without - and _
 _SECRET = re.compile(r"apikey|secret|signature|token|passw(or)?d|passphrase|privatekey|credential"
@@ -462,11 +463,11 @@ class Journal:
         `commit` or `durable`. Bad input raises JournalError and adds nothing."""
         if kind not in KINDS:
             raise JournalError(f"journal kind {kind!r} is not one of {', '.join(KINDS)}")
-        if isinstance(ts_ns, bool) or not isinstance(ts_ns, (int, np.integer)) or ts_ns < 0:
+        if isinstance(ts_ns, bool) or not isinstance(ts_ns, (int, np.integer)) or not 0 <= ts_ns < TS_LIMIT:
             raise JournalError(f"journal ts_ns must be a non-negative integer of ns, not {ts_ns!r}")
         for name, value in (("symbol", symbol), ("venue", venue), ("client_order_id", client_order_id)):
-            if value is not None and (not isinstance(value, str) or not value):
-                raise JournalError(f"journal {name} must be a non-empty string or None, not {value!r}")
+            if value is not None and (not isinstance(value, str) or not value or not value.isprintable()):
+                raise JournalError(f"journal {name} must be a non-empty printable string or None, not {value!r}")
         text = canonical(payload)
         ts_ns = int(ts_ns)
         row_id = self._next_id
@@ -518,11 +519,12 @@ class Journal:
             for name in ("symbol", "venue", "client_order_id"):
                 v = sec.get(name)
                 if type(v) is list:
-                    if len(v) != n or not set(map(type, v)) <= {str, type(None)} or "" in v:
-                        raise JournalError(f"batch section {i}: {name} must be {n} non-empty strings "
+                    if (len(v) != n or not set(map(type, v)) <= {str, type(None)} or "" in v
+                            or not all(x is None or x.isprintable() for x in set(v))):
+                        raise JournalError(f"batch section {i}: {name} must be {n} non-empty printable strings "
                                            f"or None")
-                elif v is not None and (type(v) is not str or not v):
-                    raise JournalError(f"journal {name} must be a non-empty string or None, not {v!r}")
+                elif v is not None and (type(v) is not str or not v or not v.isprintable()):
+                    raise JournalError(f"journal {name} must be a non-empty printable string or None, not {v!r}")
             if not set(sec) <= _SECTION_KEYS:
                 raise JournalError(f"batch section {i}: unknown parts {sorted(set(sec) - _SECTION_KEYS)}")
             if "cols" in sec:
@@ -551,7 +553,7 @@ class Journal:
             keep.append(sec)
         if not keep:
             return 0
-        if isinstance(latest, bool) or not isinstance(latest, (int, np.integer)) or latest < 0:
+        if isinstance(latest, bool) or not isinstance(latest, (int, np.integer)) or not 0 <= latest < TS_LIMIT:
             raise JournalError(f"journal ts_ns must be a non-negative integer of ns, not {ts_ns!r}")
         try:
             raw = orjson.dumps({"v": BATCH_VERSION, "sections": keep}, default=_plain)
@@ -584,7 +586,7 @@ class Journal:
             self._db.execute("UPDATE head SET id = ?, hash = ? WHERE one = 1",
                              (self._next_id - 1, self._last_hash))
             self._db.execute("COMMIT")
-        except sqlite3.Error as e:
+        except Exception as e:             # SQLite's, or a value it cannot bind: never left mid-transaction
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
             raise JournalError(f"journal {self.path}: commit failed, the {len(self._rows)} rows are "

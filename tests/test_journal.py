@@ -659,3 +659,19 @@ def test_the_wal_is_checkpointed_off_the_commit_path_and_emptied_when_large(path
     past = next(i for i, size in enumerate(sizes) if size >= J.WAL_LIMIT_BYTES)
     assert min(sizes[past:]) < J.WAL_LIMIT_BYTES / 4 and max(sizes) < 3_000_000
     assert J.verify(path).ok and len(list(J.rows(path))) == 120 * 50
+
+
+@pytest.mark.parametrize("bad", [{"ts_ns": 2**63}, {"symbol": "BTC\ud800"}, {"symbol": "A\x00B"},
+                                 {"client_order_id": "c\n1"}])
+def test_a_value_sqlite_cannot_keep_is_refused_at_append_and_the_writer_goes_on(path, bad):
+    with Journal(path) as j:
+        row = {"kind": "fill", "ts_ns": 1, "payload": {"qty": 1.0}, "symbol": "A/USDT@x", **bad}
+        with pytest.raises(JournalError):
+            j.append(**row)
+        sec = {"kind": "fill", "n": 1, "ts_ns": row["ts_ns"], "symbol": [row["symbol"]],
+               "client_order_id": row.get("client_order_id"), "payloads": [row["payload"]]}
+        with pytest.raises(JournalError):
+            j.append_batch(1, [sec])
+        j.append("fill", 2, {"qty": 1.0}, symbol="A/USDT@x")
+        assert j.commit() == 1
+    assert J.verify(path).ok and [r["ts_ns"] for r in J.rows(path)] == [2]

@@ -221,7 +221,7 @@ def test_a_batch_with_nan_a_credential_or_a_bad_name_is_refused_whole(tmp_path):
             ([{"kind": "order", "n": 1, "ts_ns": 1, "payloads": [{"detail": {"p": -math.inf}}]}], "finite"),
             ([section("trade", 1, 1)], "'trade' is not one of"),
             ([section("intent", 1, -5)], "ts_ns"),
-            ([{**section("intent", 1, 1), "symbol": [""]}], "non-empty strings"),
+            ([{**section("intent", 1, 1), "symbol": [""]}], "non-empty printable strings"),
             ([{**section("intent", 2, 1), "cols": {"i": [1]}}], "lists of 2 values"),
             ([{"kind": "intent", "n": 1, "ts_ns": 1, "payloads": [[1]]}], "list of 1 dicts"),
         ] + [([{**section("order", 1, 1), "cols": {"d": [{}]},          # an attached row's field name,
