@@ -98,6 +98,7 @@ EXPORT_SCHEMA = pa.schema([
 ])
 _EXPORT_BATCH = 65_536
 TS_LIMIT = 2**63                    # ts_ns is SQLite's signed 64-bit integer
+BUSY_TIMEOUT_MS = 5000              # the writer waits this long for the file's lock
 
 # payload keys that name credentials, matched on the key lower-cased without - and _
 _SECRET = re.compile(r"apikey|secret|signature|token|passw(or)?d|passphrase|privatekey|credential"
@@ -428,7 +429,7 @@ class Journal:
             db.execute("PRAGMA journal_mode = WAL")
             db.execute("PRAGMA synchronous = NORMAL")
             db.execute("PRAGMA wal_autocheckpoint = 0")     # `_Checkpointer` does it, off the hot path
-            db.execute("PRAGMA busy_timeout = 5000")
+            db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             _migrate(db, self.path, time.time_ns())
             last = db.execute("SELECT id, hash FROM entries ORDER BY id DESC LIMIT 1").fetchone()
             head = db.execute("SELECT id, hash FROM head WHERE one = 1").fetchone()
@@ -611,7 +612,8 @@ class Journal:
         the first call; this connection does it if that thread is gone). The writer's next
         commit starts the WAL over if the copy caught up with it: call this when idle. A WAL
         grown past WAL_LIMIT_BYTES (a writer never idle) is copied and emptied here, at
-        once (after the thread's pass, if one runs): the one step that does it waits."""
+        once (after the thread's pass, if one runs): the one step that does it waits, but
+        never on a reader (`journal show` paused in a pager): then it tries again later."""
         c = self._checkpointer
         if c is None:
             c = self._checkpointer = _Checkpointer(self.path)
@@ -619,7 +621,11 @@ class Journal:
         try:
             if os.stat(self.path.with_name(self.path.name + "-wal")).st_size >= WAL_LIMIT_BYTES:
                 with c.lock:                # SQLite refuses a checkpoint while another runs
-                    self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+                    self._db.execute("PRAGMA busy_timeout = 0")
+                    try:
+                        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+                    finally:
+                        self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
                 return
             if c.is_alive():
                 c.wake.set()
