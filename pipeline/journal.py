@@ -19,7 +19,10 @@ included; see `row_hash`). A row edited, deleted or moved after the fact breaks
 the chain there, and `verify` names the first bad row. The ``head`` table holds
 the id and hash of the last committed row, so rows cut off the end are found too;
 the writer checks it on open (cheap) and refuses a journal that does not end
-where it was last committed, rather than rebuild state from it.
+where it was last committed, rather than rebuild state from it. The chain has no
+secret: whoever can rewrite the file can cut rows off the end and rewrite the head
+to match, and that `verify` cannot see; it prints the head (last row's id and hash),
+which kept somewhere else (an auditor's note, another machine) rules it out.
 
 Batching: `Journal.append` only adds a row to the batch in memory (its JSON and
 hash made then, so bad input fails at once); `Journal.commit` writes the batch in
@@ -56,6 +59,7 @@ from __future__ import annotations
 import fcntl
 import functools
 import hashlib
+import itertools
 import json
 import math
 import operator
@@ -803,9 +807,13 @@ def _select(db: sqlite3.Connection, since_ns: int | None = None, symbol: str | N
     if where:
         sql += " WHERE " + " AND ".join(where)
     wanted = None if kinds is None else set(kinds)
-    for row in db.execute(sql + " ORDER BY id", args):
+    for row in _unreadable_named(db.execute(sql + " ORDER BY id", args)):
         out = dict(zip(COLUMNS, row))
-        out["payload"] = _loads(out["payload"])
+        try:
+            out["payload"] = _loads(out["payload"])
+        except (ValueError, TypeError):
+            raise JournalError(f"journal row {out['id']}: its payload is not JSON (changed by hand?); "
+                               f"run `pipeline journal verify`") from None
         if out["kind"] != BATCH:
             out["part"] = 0
             yield out
@@ -914,9 +922,15 @@ def export(path: str | Path, out: str | Path) -> int:
         db.execute("BEGIN")                                   # one snapshot for the whole file
         cursor = db.execute(f"SELECT {', '.join(COLUMNS)} FROM entries ORDER BY id")
         with pq.ParquetWriter(tmp, EXPORT_SCHEMA) as writer:
-            while batch := cursor.fetchmany(_EXPORT_BATCH):
-                rows = _export_rows(batch)
-                writer.write_table(_table(rows))
+            stored = _unreadable_named(cursor)
+            while batch := list(itertools.islice(stored, _EXPORT_BATCH)):
+                try:
+                    rows = _export_rows(batch)
+                    table = _table(rows)
+                except (ValueError, TypeError, KeyError, pa.ArrowException) as e:
+                    raise JournalError(f"a journal row cannot be exported ({str(e)[:120]}): it was "
+                                       f"changed by hand; run `pipeline journal verify` to find it") from None
+                writer.write_table(table)
                 count += len(rows)
             if not count:
                 writer.write_table(_table([]))
@@ -928,6 +942,20 @@ def export(path: str | Path, out: str | Path) -> int:
         if tmp.exists():
             tmp.unlink()
     return count
+
+
+def _unreadable_named(cursor: sqlite3.Cursor) -> Iterator[tuple]:
+    """The cursor's rows; a row SQLite cannot hand over (text that is not UTF-8: written by
+    hand) is a JournalError that sends the user to `verify`, which names it."""
+    while True:
+        try:
+            row = next(cursor)
+        except StopIteration:
+            return
+        except sqlite3.Error as e:
+            raise JournalError(f"a journal row cannot be read ({e}): it was changed by hand; run "
+                               f"`pipeline journal verify` to find it") from None
+        yield row
 
 
 def _refuse_database(out: Path) -> None:
@@ -972,10 +1000,12 @@ class VerifyResult:
     first_bad_id: int | None = None
     problem: str | None = None        # "edited", "deleted", "reordered" or "inserted"
     reason: str = ""
+    head: tuple[int, str] | None = None   # (id, hash) of the last row, when ok
 
     def __str__(self) -> str:
         if self.ok:
-            return f"journal ok: {self.rows} rows, chain intact"
+            head = "" if self.head is None else f"; head row {self.head[0]} {self.head[1]}"
+            return f"journal ok: {self.rows} rows, chain intact{head}"
         return f"journal BROKEN at row {self.first_bad_id} ({self.problem}): {self.reason}"
 
 
@@ -983,6 +1013,9 @@ def verify(path: str | Path) -> VerifyResult:
     """Walk the chain of one snapshot of the journal and name the first row that was
     edited, deleted or reordered since it was written."""
     db = _read_only(path)
+    # text as stored, even where it is not UTF-8 (rewritten by hand): it fails its hash and
+    # is named, not a crash of the reader
+    db.text_factory = lambda b: b.decode("utf-8", "surrogateescape")
     try:
         db.execute("BEGIN")
         return _verify(db)
@@ -1011,7 +1044,7 @@ def _verify(db: sqlite3.Connection) -> VerifyResult:
                                 f"before it is gone (deleted and ids renumbered) or was rewritten")
         try:
             recomputed = row_hash(prev_hash, row_id, ts_ns, kind, symbol, venue, coid, payload)
-        except (TypeError, ValueError):                 # a column rewritten as a blob
+        except (TypeError, ValueError, AttributeError):  # a column rewritten as a blob or badly
             recomputed = None
         if recomputed != digest:
             return VerifyResult(False, checked, row_id, "edited",
@@ -1039,4 +1072,4 @@ def _verify(db: sqlite3.Connection) -> VerifyResult:
             return VerifyResult(False, checked, last_id, "edited",
                                 f"row {last_id} is not the row the journal committed last "
                                 f"(it was rewritten)")
-    return VerifyResult(True, checked)
+    return VerifyResult(True, checked, head=(expected_id - 1, last_hash))

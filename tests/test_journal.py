@@ -698,3 +698,32 @@ def test_a_reader_paused_mid_read_never_stalls_the_writer(path, monkeypatch):
         reader.close()
     assert slowest < 2.0                                # the lock's wait is 5 s: never taken
     assert J.verify(path).ok
+
+
+@pytest.mark.parametrize("edit", ["UPDATE entries SET symbol = CAST(x'53ff31' AS TEXT) WHERE id = 3",
+                                  "UPDATE entries SET payload = CAST(payload AS BLOB) WHERE id = 3",
+                                  "UPDATE entries SET payload = '{not json' WHERE id = 3"])
+def test_a_row_changed_into_what_readers_cannot_parse_is_named_not_a_crash(path, tmp_path, edit):
+    with Journal(path) as j:
+        fill_mixed(j, 10)
+    db = sqlite3.connect(path)
+    db.execute(edit)
+    db.commit()
+    db.close()
+    result = J.verify(path)
+    assert not result.ok and result.first_bad_id == 3 and result.problem == "edited"
+    if "BLOB" not in edit:                               # (a blob of the same JSON still reads)
+        with pytest.raises(JournalError, match="verify"):
+            list(J.rows(path))
+    if "symbol" in edit:                                 # (export keeps a single row's text as stored)
+        with pytest.raises(JournalError, match="verify"):
+            J.export(path, tmp_path / "x.parquet")
+
+
+def test_verify_prints_the_head_to_keep_elsewhere(path):
+    with Journal(path) as j:
+        fill_mixed(j, 10)
+    result = J.verify(path)
+    last = list(J.rows(path))[-1]
+    assert result.ok and result.head == (last["id"], last["hash"])
+    assert str(result).endswith(f"head row {last['id']} {last['hash']}")
