@@ -103,6 +103,22 @@ def test_gap_marker_and_lapped_ring_flag_the_open_bar():
     assert closed[0].flags[0] == FLAG_GAP
 
 
+def test_a_gap_marker_flags_the_bar_open_when_it_arrives_and_the_bar_its_hole_runs_into():
+    def flags_of(batches):
+        b, out = builder(SimClock(T0), n=1), []
+        for batch in batches:
+            for cb in b.on_ticks(ticks(batch)):
+                out += [(int((o - T0) // SEC), int(f)) for o, f in zip(cb.open_ns, cb.flags)]
+        return out
+    gap = (np.nan, np.nan, TICK_GAP)
+    # one drain: a trade of bar 0, one of bar 1, the marker, one more of bar 1: bar 1 lost trades
+    assert flags_of([[(0, 0.9, 100.0, 1.0), (0, 1.2, 101.0, 1.0), (0, 1.3) + gap, (0, 1.4, 102.0, 1.0)],
+                     [(0, 2.1, 103.0, 1.0)]]) == [(0, 0), (1, FLAG_GAP)]
+    # the hole from 0.9 s to the marker at 1.1 s runs across the bar boundary: both bars lost trades
+    assert flags_of([[(0, 0.9, 100.0, 1.0)], [(0, 1.1) + gap, (0, 1.15, 101.0, 1.0)],
+                     [(0, 2.1, 103.0, 1.0)]]) == [(0, FLAG_GAP), (1, FLAG_GAP)]
+
+
 def test_only_owned_symbols_are_built():
     b = builder(SimClock(T0), owned=[True, False, True])
     b.on_ticks(ticks([(0, 0.1, 1.0, 1.0), (1, 0.1, 2.0, 1.0), (2, 0.1, 3.0, 1.0)]))

@@ -157,10 +157,10 @@ def test_bad_rows_are_skipped_and_counted(tmp_path):
     assert ticks["ts_exchange_ns"].tolist() == expected_candle_ticks(good)["ts"]
     # each skipped candle is a hole: a gap marker goes just before the next candle's ticks
     marks = np.flatnonzero(played["kind"] == TICK_GAP)
-    assert played["ts_exchange_ns"][marks].tolist() == [int(rows[i + 1][0]) * 1_000_000
+    assert played["ts_exchange_ns"][marks].tolist() == [int(rows[i + 1][0]) * 1_000_000 - 1   # the hole's end
                                                         for i in (10, 20, 30, 40, 50, 60)]
     assert (played["kind"][marks + 1] == TICK_TRADE).all()
-    assert (played["ts_exchange_ns"][marks + 1] == played["ts_exchange_ns"][marks]).all()
+    assert (played["ts_exchange_ns"][marks + 1] == played["ts_exchange_ns"][marks] + 1).all()
     assert np.isfinite(ticks["price"]).all() and (ticks["price"] > 0).all()
     assert (ticks["size"] > 0).all() and (np.diff(ticks["ts_exchange_ns"]) > 0).all()
 

@@ -63,12 +63,13 @@ def _late_in_batch(sym: np.ndarray, bars: np.ndarray) -> np.ndarray:
 
 @numba.njit(cache=True, nogil=True)
 def _fold(sym, period, price, size, origin, end_ns, open_ns, closed_ns, o, h, l, c, v, n_ticks, flags,
-          seen, out_group, out_sym, out_ns, out_f, out_flags):
+          gap_bar, seen, out_group, out_sym, out_ns, out_f, out_flags):
     """Fold valid trades, in bar order (arrival order within a bar), into the open
     bars: a symbol's first trade of a later bar closes its open bar (a row of the
     out_ arrays, with that trade's origin) and opens the next; a trade of a bar
     already closed, or older than the open one, is rejected. Returns (rows written,
-    trades rejected, earliest timer close of a bar opened here)."""
+    trades rejected, earliest timer close of a bar opened here). A bar opened at the time
+    ``gap_bar`` holds for its symbol is flagged FLAG_GAP (a hole ran into it)."""
     n = sym.shape[0]
     k = rejected = 0
     due = np.iinfo(np.int64).max
@@ -98,6 +99,9 @@ def _fold(sym, period, price, size, origin, end_ns, open_ns, closed_ns, o, h, l,
                     flags[s] = 0
                 if open_ns[s] < 0:
                     open_ns[s] = p
+                    if gap_bar[s] == p:
+                        flags[s] |= FLAG_GAP
+                        gap_bar[s] = -1
                     o[s] = price[t]
                     h[s] = -np.inf
                     l[s] = np.inf
@@ -136,6 +140,7 @@ class BarBuilder:
         self.v = np.zeros(n)
         self.n_ticks = np.zeros(n, np.int64)
         self.flags = np.zeros(n, np.uint16)
+        self.gap_bar = np.full(n, -1, np.int64)     # a later bar a gap marker's hole ran into
         self.market_ns = 0         # newest exchange time seen ...
         self.market_at_ns = 0      # ... and the clock's time when it was seen
         self.timer_due_ns = NEVER  # earliest clock close of an open bar
@@ -172,9 +177,32 @@ class BarBuilder:
         closed, in one, and each one's close number (nondecreasing); None, None if none."""
         ticks = ticks[self.owned[ticks["symbol_id"]]]
         self.counters["in"] += len(ticks)
-        gaps = ticks["kind"] == TICK_GAP
-        if gaps.any():
-            self.flags[ticks["symbol_id"][gaps]] |= FLAG_GAP
+        gaps = np.flatnonzero(ticks["kind"] == TICK_GAP)
+        if not len(gaps):
+            return self._fold_batch(ticks)
+        # a gap marker flags the bar open when it arrives: the trades before it fold first (a
+        # bar they close is whole; the one they open is the one that lost trades)
+        parts, start = [], 0
+        for g in gaps.tolist() + [len(ticks)]:
+            parts.append(self._fold_batch(ticks[start:g]))
+            if g < len(ticks):
+                s, at = int(ticks["symbol_id"][g]), int(ticks["ts_exchange_ns"][g]) // self.bar_ns * self.bar_ns
+                self.flags[s] |= FLAG_GAP
+                if 0 <= self.open_ns[s] < at:       # the hole runs on into the marker's own bar
+                    self.gap_bar[s] = at
+            start = g + 1
+        parts = [p for p in parts if p[0] is not None]
+        if not parts:
+            return None, None
+        groups, base = [], 0
+        for _, close in parts:
+            groups.append(close + base)
+            base += int(close[-1]) + 1
+        return (ClosedBars(*(np.concatenate([getattr(every, f.name) for every, _ in parts])
+                             for f in fields(ClosedBars))), np.concatenate(groups))
+
+    def _fold_batch(self, ticks: np.ndarray) -> tuple[ClosedBars | None, np.ndarray | None]:
+        """`fold` of ticks with no gap marker among them."""
         trades = ticks[ticks["kind"] == TICK_TRADE]
         price, size = trades["price"], trades["size"]
         ok = np.isfinite(price) & (price > 0) & np.isfinite(size) & (size >= 0)
@@ -214,7 +242,7 @@ class BarBuilder:
         k, rejected, due = _fold(trades["symbol_id"].astype(np.intp), bars, trades["price"], trades["size"],
                                  trades["ts_origin_ns"], self.bar_ns + self.grace_ns, self.open_ns,
                                  self.closed_ns, self.o, self.h, self.l, self.c, self.v, self.n_ticks,
-                                 self.flags, np.zeros(len(self.owned), np.int64),
+                                 self.flags, self.gap_bar, np.zeros(len(self.owned), np.int64),
                                  out_group, out_sym, out_ns, out_f, out_flags)
         self.counters["rejected"] += int(rejected)
         self.timer_due_ns = min(self.timer_due_ns, int(due))

@@ -350,7 +350,7 @@ def candle_ticks(ts_ms, o, h, l, c, v) -> np.ndarray:
     if len(gap_ms) == 0:
         return out
     marks = np.zeros(len(gap_ms), TICK)
-    marks["ts_exchange_ns"] = gap_ms.astype(np.int64) * 1_000_000
+    marks["ts_exchange_ns"] = gap_ms.astype(np.int64) * 1_000_000 - 1    # the hole ends just before it
     marks["kind"] = TICK_GAP
     marks["price"] = marks["size"] = np.nan
     both = np.concatenate([marks, out])
