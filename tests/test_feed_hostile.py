@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pipeline.config import FeedConfig
-from shm.records import TICK_TRADE
+from shm.records import TICK_GAP, TICK_TRADE
 from venue_servers import PAYLOADS
 from workers.venues.base import MalformedMessage, TickBuffer, to_integer, to_number
 from workers.venues.binance import BinanceFeed
@@ -66,9 +66,12 @@ def test_a_bad_trade_id_does_not_silence_the_symbol(bad_id):
     assert len(base) == len(frames) == 400
     idx = 2
     ticks, rejected, malformed = run(mutated(frames, idx, bad_id, "a"))
+    gaps = ticks["kind"] == TICK_GAP
+    ticks = ticks[~gaps]
     lost = len(base) - len(ticks)
     assert lost == 1, f"{lost} trades lost after one bad id {bad_id}"
     assert sum(rejected.values()) + len(malformed) == 1
+    assert gaps.sum() <= 1                       # the lost trade's id is missed: a gap where it shows
     # every later trade of every symbol still came through, ids intact
     keep = np.ones(len(base), bool)
     keep[idx] = False
@@ -81,6 +84,9 @@ def test_booleans_and_junk_are_not_numbers(key, value):
     frames = agg_trades()
     base, _, _ = run(frames)
     ticks, rejected, malformed = run(mutated(frames, 3, value, key))
+    gaps = ticks["kind"] == TICK_GAP
+    assert gaps.sum() == 1                       # the next trade of its symbol shows the id missed
+    ticks = ticks[~gaps]
     assert len(ticks) == len(base) - 1
     assert malformed == ["bad number" if key in "pq" else "bad integer"] and not rejected
     assert not (ticks["price"] == 1.0).any() and (ticks["kind"] == TICK_TRADE).all()
@@ -97,6 +103,15 @@ def test_number_and_integer_conversions():
             to_integer(bad)
 
 
+def test_a_trade_id_missed_is_a_gap_before_the_next_trade():
+    frames = agg_trades()
+    base, _, _ = run(frames)
+    ticks, rejected, malformed = run(frames[:5] + frames[6:])       # one aggregate trade never came
+    assert not rejected and not malformed
+    (at,) = np.flatnonzero(ticks["kind"] == TICK_GAP)
+    assert at == 5 and ticks["kind"][at + 1] == TICK_TRADE and ticks["seq"][at + 1] == base["seq"][6]
+
+
 # -- implausible times, prices and sizes ---------------------------------------------------------
 YEAR_MS = 365 * 86400 * 1000
 
@@ -110,6 +125,9 @@ def test_one_implausible_trade_is_rejected_and_the_rest_pass(key, value, why):
     base, _, _ = run(frames)
     ticks, rejected, malformed = run(mutated(frames, 5, value, key))
     assert rejected == {why: 1} and not malformed
+    gaps = ticks["kind"] == TICK_GAP
+    assert gaps.sum() == 1                       # the trade refused is a trade missing: flagged
+    ticks = ticks[~gaps]
     keep = np.ones(len(base), bool)
     keep[5] = False
     assert np.array_equal(ticks["seq"], base["seq"][keep]) and np.array_equal(ticks["price"], base["price"][keep])
@@ -125,7 +143,9 @@ def test_a_real_level_shift_is_taken_after_a_run_of_agreeing_prices():
         f["data"]["p"] = repr(float(f["data"]["p"]) * 3)
     ticks, rejected, _ = run(shifted)
     assert rejected == {"price out of band": REANCHOR - 1}
-    assert len(ticks) == len(frames) - (REANCHOR - 1)
+    gaps = ticks["kind"] == TICK_GAP
+    assert 1 <= gaps.sum() <= REANCHOR - 1       # the trades held back are trades missing: flagged
+    assert (~gaps).sum() == len(frames) - (REANCHOR - 1)
 
 
 def test_a_quote_with_one_absurd_side_is_rejected():

@@ -186,7 +186,7 @@ class BinanceFeed(VenueFeed):
         self.channels = requested_channels(cfg, tuple(CHANNEL_STREAMS))
         self.depth = {n: DepthState() for n in self.by_native} if "depth" in self.channels else {}
         self.last_trade_id: dict[str, int] = {}
-        self.counts = {"ignored": 0, "depth_updates": 0, "depth_stale": 0, "depth_gaps": 0,
+        self.counts = {"ignored": 0, "depth_updates": 0, "depth_stale": 0, "depth_gaps": 0, "trade_id_gaps": 0,
                        "snapshots": 0}
         self._handlers = {"aggTrade": self._on_trade, "bookTicker": self._on_book_ticker,
                           "depthUpdate": self._on_depth}
@@ -263,6 +263,9 @@ class BinanceFeed(VenueFeed):
         if last is not None and tid <= last:
             self.health.duplicates += 1
             return False
+        if last is not None and tid > last + 1:     # aggregate ids are consecutive: trades went missing
+            self.counts["trade_id_gaps"] += 1
+            out.gap(sid, recv_ns)
         # buyer is the maker => the seller crossed the spread. Remembered only once the
         # buffer took it: a rejected id (out of range, say) must not shadow later trades
         if not out.trade(sid, recv_ns, ts_ms * 1_000_000, tid, price, size,
