@@ -56,6 +56,10 @@ class BusConfig:
 
 
 FEED_KINDS = ("synthetic", "replay", "binance", "upbit", "bithumb", "ccxt")
+# the channels each venue's feed module subscribes to (workers/venues/: one list, checked here
+# at validation so a typo is a config error, not a feed that crashes or never quotes)
+FEED_CHANNELS = {"binance": ("trades", "quotes", "depth"), "upbit": ("trades", "quotes"),
+                 "bithumb": ("trades", "quotes")}
 
 
 @dataclass
@@ -789,6 +793,15 @@ def validate(cfg: Config) -> None:
         if f.kind == "replay":
             problem = _replay_problem(f)
             checks.append((problem is None, f"feeds[{i}]: {problem}"))
+        if f.kind in FEED_CHANNELS:
+            supported = FEED_CHANNELS[f.kind]
+            checks.append((bool(f.channels) and set(f.channels) <= set(supported),
+                           f"feeds[{i}].channels must be some of {', '.join(supported)}, got {f.channels!r}"))
+        if f.kind == "ccxt" and f.venue:
+            import ccxt                         # (only for a ccxt feed: a heavy import)
+            checks.append((f.venue in ccxt.exchanges,
+                           f"feeds[{i}].venue '{f.venue}' is not an exchange ccxt knows (e.g. 'kraken', "
+                           f"'okx', 'bybit')"))
         names.add(f.name)
     if cfg.bus.metrics_bind:
         host, _, port = cfg.bus.metrics_bind.rpartition(":")

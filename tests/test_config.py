@@ -35,6 +35,12 @@ def test_shipped_configs_load(path):
     ("[feeds]\nname = 'x'\n", "feeds is a list of tables: write [[feeds]], not [feeds]"),
     ("[[feeds]]\nsymbols = [1]\n", "feeds[0].symbols[0] must be a string, got int 1"),
     ("[[feeds]]\nticks_per_s = -5\n", "feeds[0].ticks_per_s must be > 0"),
+    ("[[feeds]]\nkind = 'binance'\nsymbols = ['BTC/USDT']\nchannels = ['trade']\n",
+     "feeds[0].channels must be some of trades, quotes, depth, got ['trade']"),
+    ("[[feeds]]\nkind = 'upbit'\nsymbols = ['BTC/KRW']\nchannels = []\n",
+     "feeds[0].channels must be some of trades, quotes, got []"),
+    ("[[feeds]]\nkind = 'ccxt'\nvenue = 'krakn'\nsymbols = ['BTC/USD']\n",
+     "feeds[0].venue 'krakn' is not an exchange ccxt knows"),
     ("[rings]\nticks_capacity = 1000\n", "rings.ticks_capacity must be a power of two >= 16, got 1000"),
     ("[execution]\nmode = 'live'\n", "execution.mode must be 'paper'"),
     ("[bus]\ntap_bind = 'tcp://0.0.0.0:5557'\n", "set bus.allow_remote = true"),
@@ -184,3 +190,9 @@ def test_source_is_absolute_so_commands_elsewhere_reload_it(tmp_path, monkeypatc
     (tmp_path / "conf" / "x.toml").write_text('[pipeline]\nname = "x"\n')
     monkeypatch.chdir(tmp_path)
     assert load_config("conf/x.toml").source == str(tmp_path / "conf" / "x.toml")
+
+
+def test_the_channels_validation_checks_are_the_feeds_own():
+    from pipeline.config import FEED_CHANNELS
+    from workers.venues.binance import CHANNEL_STREAMS
+    assert tuple(CHANNEL_STREAMS) == FEED_CHANNELS["binance"]

@@ -36,6 +36,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from shm.records import BOOK_LEVELS, SIDE_BUY, SIDE_SELL
 
+from pipeline.config import FEED_CHANNELS
+
 from .base import (REST_RETRIES, MalformedMessage, TickBuffer, VenueFeed, decode_json, integer,
                    number, requested_channels, short_reason, to_integer, to_number)
 
@@ -183,7 +185,7 @@ class BinanceFeed(VenueFeed):
 
     def __init__(self, cfg, symbol_ids: dict[str, int]):
         super().__init__(cfg, symbol_ids)
-        self.channels = requested_channels(cfg, tuple(CHANNEL_STREAMS))
+        self.channels = requested_channels(cfg, FEED_CHANNELS["binance"])
         self.depth = {n: DepthState() for n in self.by_native} if "depth" in self.channels else {}
         self.last_trade_id: dict[str, int] = {}
         self.counts = {"ignored": 0, "depth_updates": 0, "depth_stale": 0, "depth_gaps": 0, "trade_id_gaps": 0,

@@ -47,6 +47,8 @@ from datetime import datetime, timedelta, timezone
 
 from shm.records import BOOK_LEVELS, SIDE_BUY, SIDE_SELL
 
+from pipeline.config import FEED_CHANNELS
+
 from .base import (MalformedMessage, SeenTrades, TickBuffer, VenueFeed, decode_json, integer, need,
                    number, requested_channels)
 
@@ -96,7 +98,7 @@ class BithumbFeed(VenueFeed):
 
     def __init__(self, cfg, symbol_ids: dict[str, int]):
         super().__init__(cfg, symbol_ids)
-        self.channels = requested_channels(cfg, ("trades", "quotes"))
+        self.channels = requested_channels(cfg, FEED_CHANNELS["bithumb"])
         self.books: dict[str, Book] = {}
         self.acks = 0
         self.unseeded_depth = 0    # depth updates that came before any snapshot: dropped

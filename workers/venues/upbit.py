@@ -30,6 +30,8 @@ from typing import NamedTuple
 
 from shm.records import BOOK_LEVELS, SIDE_BUY, SIDE_SELL
 
+from pipeline.config import FEED_CHANNELS
+
 from .base import (MalformedMessage, SeenTrades, TickBuffer, VenueFeed, decode_json, integer, need,
                    number, requested_channels)
 
@@ -71,7 +73,7 @@ class UpbitFeed(VenueFeed):
 
     def __init__(self, cfg, symbol_ids: dict[str, int]):
         super().__init__(cfg, symbol_ids)
-        self.channels = requested_channels(cfg, ("trades", "quotes"))
+        self.channels = requested_channels(cfg, FEED_CHANNELS["upbit"])
         self.ticket = str(uuid.uuid4())
         self.status_messages = 0
         self.seen = SeenTrades()      # by sequential_id, times in ms
