@@ -515,6 +515,25 @@ def _first_rows(table: pa.Table, rows: np.ndarray, key: list[str]) -> np.ndarray
     return first
 
 
+# epoch times of 1973 to 5138 in seconds and in microseconds (or finer): not milliseconds
+SECONDS_RANGE, MICROS_FROM = (1e8, 1e11), 1e14
+
+
+def _check_time_unit(ts: np.ndarray) -> None:
+    """A file's timestamps in another unit than milliseconds is a ValueError naming it, not
+    rows played in 1970 or overflowing into another century."""
+    good = ts[np.isfinite(ts)]
+    if not len(good):
+        return
+    mid = float(np.median(good))
+    if not (SECONDS_RANGE[0] <= mid < SECONDS_RANGE[1] or mid >= MICROS_FROM):
+        return
+    unit = ("seconds" if mid < SECONDS_RANGE[1] else "microseconds" if mid < 1e17
+            else "nanoseconds" if mid < 1e20 else "no time unit")
+    raise ValueError(f"timestamp_ms must be milliseconds since 1970; these look like {unit} "
+                     f"(median {mid:.6g})")
+
+
 def tidy_market_rows(table: pa.Table, kind: str | None = None) -> MarketRows:
     """The rows of a market file a reader keeps, in time order: a file may be
     concatenated or exported unsorted, and a model or a replay needs each bar
@@ -530,6 +549,7 @@ def tidy_market_rows(table: pa.Table, kind: str | None = None) -> MarketRows:
     kind = kind or detect_kind(table.column_names)
     names = table.column_names
     ts = numeric(table, "timestamp_ms")
+    _check_time_unit(ts)
     ids = None
     if kind == "candles":
         checks = _candle_values(ts, *(numeric(table, n) for n in OHLCV_COLUMNS[1:]))

@@ -34,7 +34,7 @@ import pytest
 
 from pipeline import cli
 from pipeline.storage import (append_ohlcv, append_trades, ohlcv_dir, read_ohlcv, read_trades,
-                             trades_dir, write_parts)
+                             tidy_market_rows, trades_dir, write_parts)
 from venue_servers import HttpReplayServer, capture_lines
 
 from conftest import data_file
@@ -716,3 +716,12 @@ def test_an_investing_com_export_reads_as_candles(tmp_path):
     assert detect_kind(market_columns(path)) == "candles"
     table = read_market_table(path)
     assert table.column_names[-1] == "volume" and table.column("volume").to_pylist() == [41010, 37630]
+
+
+@pytest.mark.parametrize("scale, unit", [(1e-3, "seconds"), (1e3, "microseconds"), (1e6, "nanoseconds")])
+def test_timestamps_in_another_unit_are_named_not_played_in_another_century(scale, unit):
+    ms = 1_700_000_000_000 + np.arange(10) * 60_000
+    table = pa.table({"timestamp_ms": ms * scale, "open": np.full(10, 100.0), "high": np.full(10, 101.0),
+                      "low": np.full(10, 99.0), "close": np.full(10, 100.5), "volume": np.full(10, 1.0)})
+    with pytest.raises(ValueError, match=f"look like {unit}"):
+        tidy_market_rows(table)
