@@ -49,19 +49,22 @@ class PriceBand:
     (1 + band)]`` is implausible (1e300, 99999999 against 0.35, 1e-300). If ``REANCHOR``
     prices in a row fall outside and agree with each other within the band, the level
     really moved (or the first reference was the bad one): the newest becomes the
-    reference. The first price of a symbol is its first reference."""
+    reference, and the buffer marks a gap before it (what it held back was the market's).
+    The first price of a symbol is its first reference."""
 
     def __init__(self, band: float = PRICE_BAND, reanchor: int = REANCHOR):
         self.factor = 1.0 + band
         self.reanchor = reanchor
         self.ref: dict[int, float] = {}
         self.outside: dict[int, list[float]] = {}
+        self.reanchored = False             # whether the last accept took a new level
 
     def accept(self, symbol_id: int, low: float, high: float | None = None) -> bool:
         """Whether a trade's price (``low``), or a quote's bid and ask (``low``, ``high``),
         lie in the band; an accepted one (its midpoint) is the new reference."""
         high = low if high is None else high
         price = (low + high) / 2
+        self.reanchored = False
         ref = self.ref.get(symbol_id)
         if ref is None or (ref / self.factor <= low and high <= ref * self.factor):
             self.ref[symbol_id] = price
@@ -75,6 +78,7 @@ class PriceBand:
                         "taking that as the new level", symbol_id, len(run), price, ref)
             self.ref[symbol_id] = price
             self.outside.pop(symbol_id, None)
+            self.reanchored = True
             return True
         return False
 
@@ -136,6 +140,8 @@ class TickBuffer:
         if not self.band.accept(symbol_id, price):
             self._reject("price out of band", f"symbol {symbol_id} price {price!r} against {ref!r}")
             return False
+        if self.band.reanchored:            # the prices held back were the market's: trades lost
+            self.gap(symbol_id, recv_ns)
         self.rows.append((recv_ns, exch_ns, seq, symbol_id, TICK_TRADE, side, 0, price, size,
                           math.nan, math.nan))
         return True
@@ -155,6 +161,8 @@ class TickBuffer:
             self._reject("quote out of band", f"symbol {symbol_id} bid {bid!r} ask {ask!r} "
                                               f"against {ref!r}")
             return False
+        if self.band.reanchored:
+            self.gap(symbol_id, recv_ns)
         self.rows.append((recv_ns, exch_ns, seq, symbol_id, TICK_QUOTE, 0, 0, (bid + ask) / 2,
                           0.0, bid, ask))
         return True

@@ -190,6 +190,7 @@ class BinanceFeed(VenueFeed):
         self.last_trade_id: dict[str, int] = {}
         self.counts = {"ignored": 0, "depth_updates": 0, "depth_stale": 0, "depth_gaps": 0, "trade_id_gaps": 0,
                        "snapshots": 0}
+        self._gap_after: dict[str, int] = {}       # native -> the last trade id a gap was marked after
         self._handlers = {"aggTrade": self._on_trade, "bookTicker": self._on_book_ticker,
                           "depthUpdate": self._on_depth}
 
@@ -265,7 +266,9 @@ class BinanceFeed(VenueFeed):
         if last is not None and tid <= last:
             self.health.duplicates += 1
             return False
-        if last is not None and tid > last + 1:     # aggregate ids are consecutive: trades went missing
+        if last is not None and tid > last + 1 and self._gap_after.get(native) != last:
+            # aggregate ids are consecutive: trades went missing (marked once per trade taken)
+            self._gap_after[native] = last
             self.counts["trade_id_gaps"] += 1
             out.gap(sid, recv_ns)
         # buyer is the maker => the seller crossed the spread. Remembered only once the
