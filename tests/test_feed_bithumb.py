@@ -224,6 +224,29 @@ def test_order_book_seeded_by_snapshot_quotes_when_the_top_changes():
     assert quotes() == []
 
 
+def test_a_book_a_lost_or_crossing_update_makes_wrong_waits_for_a_snapshot_with_a_gap():
+    from workers.venues.base import MalformedMessage, TickBuffer
+    t0 = 1622591000000000
+    seed = snapshot("BTC_KRW", t0, bids=[(50_000_000, 1)], asks=[(50_100_000, 1), (50_200_000, 1)])
+    for bad, malformed in ((depth(t0 + 10, ("BTC_KRW", "ask", 50_100_000, 0), ("BTC_KRW", "bid", 50_050_000, "abc")),
+                            True),                                   # one junk level drops the message
+                           (depth(t0 + 10, ("BTC_KRW", "bid", 50_300_000, 1)), False)):   # the top crosses
+        feed, out = make_feed(["BTC_KRW"]), TickBuffer()
+        feed.parse(seed, RECV_NS, out)
+        out.take()
+        if malformed:
+            with pytest.raises(MalformedMessage):
+                feed.parse(bad, RECV_NS, out)
+        else:
+            feed.parse(bad, RECV_NS, out)
+        assert out.take()["kind"].tolist() == [TICK_GAP] and feed.stats()["books_distrusted"] == 1
+        feed.parse(depth(t0 + 20, ("BTC_KRW", "bid", 50_010_000, 2)), RECV_NS, out)
+        assert len(out.take()) == 0                                  # no quote off a book known wrong
+        feed.parse(snapshot("BTC_KRW", t0 + 30, bids=[(50_010_000, 2)], asks=[(50_200_000, 1)]), RECV_NS, out)
+        q = out.take()
+        assert q["kind"].tolist() == [TICK_QUOTE] and (q["bid"][0], q["ask"][0]) == (50_010_000, 50_200_000)
+
+
 def test_bad_book_levels_are_malformed():
     from workers.venues.base import MalformedMessage, TickBuffer
     feed = make_feed(["BTC_KRW"])

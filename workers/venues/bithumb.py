@@ -102,6 +102,7 @@ class BithumbFeed(VenueFeed):
         self.books: dict[str, Book] = {}
         self.acks = 0
         self.unseeded_depth = 0    # depth updates that came before any snapshot: dropped
+        self.books_distrusted = 0  # books dropped until a snapshot (a message lost, a crossed top)
         self.seen = SeenTrades()   # by (us, price, size, side); times in us
         # per symbol, (second, price, size, side) of the last backfill's trades: the
         # websocket may bring them again
@@ -198,14 +199,23 @@ class BithumbFeed(VenueFeed):
 
     def _depth(self, content, recv_ns: int, out: TickBuffer) -> None:
         ts_us = integer(content, "datetime")
-        updates = []
-        for lv in _list(need(content, "list"), "list"):
-            symbol, side = need(lv, "symbol"), need(lv, "orderType")
-            self.symbol_id(symbol)
-            if side not in ("bid", "ask"):
-                raise MalformedMessage("bad side", f"orderType={side!r:.40}")
-            price, size = _checked(number(lv, "price"), number(lv, "quantity"))
-            updates.append((symbol, side == "bid", price, size))
+        updates, named = [], []
+        try:
+            for lv in _list(need(content, "list"), "list"):
+                symbol, side = need(lv, "symbol"), need(lv, "orderType")
+                self.symbol_id(symbol)
+                named.append(symbol)
+                if side not in ("bid", "ask"):
+                    raise MalformedMessage("bad side", f"orderType={side!r:.40}")
+                price, size = _checked(number(lv, "price"), number(lv, "quantity"))
+                updates.append((symbol, side == "bid", price, size))
+        except MalformedMessage:
+            # the message is dropped, and with it updates the books needed (Bithumb numbers
+            # nothing to resync by): the books it names (every one, where none is known) wait
+            # for the next snapshot, with a gap
+            for symbol in dict.fromkeys(named) if named else list(self.books):
+                self._distrust(symbol, recv_ns, out)
+            raise
         touched = []
         for symbol, is_bid, price, size in updates:
             book = self.books.get(symbol)
@@ -225,9 +235,22 @@ class BithumbFeed(VenueFeed):
                      heapq.nlargest(BOOK_LEVELS, book.bids.items()),
                      heapq.nsmallest(BOOK_LEVELS, book.asks.items()))
         top = book.top()
+        if top is not None and top[0] > top[1]:     # crossed: an update was missed; wait for a snapshot
+            self._distrust(symbol, recv_ns, out)
+            return
         if top is not None and top != book.last_top:
             book.last_top = top
             out.quote(self.symbol_id(symbol), recv_ns, ts_us * 1000, ts_us, *top)
+
+    def _distrust(self, symbol: str, recv_ns: int, out: TickBuffer) -> None:
+        """A book known to be wrong: no longer updated or quoted until the next snapshot
+        seeds it; a gap marks it (and empties it in the books table)."""
+        book = self.books.get(symbol)
+        if book is None or book.seeded_us is None:
+            return
+        book.seeded_us, book.last_top = None, None
+        self.books_distrusted += 1
+        out.gap(self.symbol_id(symbol), recv_ns)
 
     def _backfill(self, symbol: str, recv_ns: int, out: TickBuffer) -> None:
         """The rows of the REST history strictly newer than the newest trade
@@ -261,7 +284,7 @@ class BithumbFeed(VenueFeed):
                 self.seen.newest[symbol] = ts_us     # the next backfill starts after it
 
     def stats(self) -> dict:
-        return {"acks": self.acks, "unseeded_depth": self.unseeded_depth}
+        return {"acks": self.acks, "unseeded_depth": self.unseeded_depth, "books_distrusted": self.books_distrusted}
 
 
 def kst_to_epoch_us(text) -> int:
