@@ -156,7 +156,7 @@ def _check_payload(value: Any, where: str) -> None:
                                    f"keys and signatures never go into the journal")
             if type(v) not in _LEAVES:
                 _check_payload(v, f"{where}[{k!r}]")
-    elif t is list or t is tuple:
+    elif t is list or t is tuple or isinstance(value, (list, tuple)):
         for i, v in enumerate(value):
             if type(v) not in _LEAVES:
                 _check_payload(v, f"{where}[{i}]")
@@ -165,6 +165,8 @@ def _check_payload(value: Any, where: str) -> None:
     elif isinstance(value, np.ndarray) and value.dtype.kind in "fc" and not np.isfinite(value).all():
         raise JournalError(f"payload array {where} holds NaN or infinity; the journal keeps "
                            f"only finite numbers")
+    elif isinstance(value, np.ndarray) and value.dtype.kind == "O":     # objects: what they hold
+        _check_payload(value.tolist(), where)
 
 
 _SAFE_KEYS: set[str] = set()       # payload keys already found not to name a credential
@@ -843,11 +845,16 @@ def _check_attach(a: dict, n: int, cols: dict, i: int) -> None:
     _check_fast(rows, "payload")
 
 
+_LONG_DIGITS = re.compile(r"\d{19}")
+
+
 def _loads(text: str) -> Any:
     try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError:          # what only Python's json reads (an int past 64 bits)
+        out = orjson.loads(text)
+    except orjson.JSONDecodeError:          # what only Python's json reads
         return json.loads(text)
+    # orjson reads an integer past 64 bits as a float: where one may be, Python's json (exact)
+    return json.loads(text) if _LONG_DIGITS.search(text) else out
 
 
 def expand(row: dict) -> list[dict]:

@@ -727,3 +727,18 @@ def test_verify_prints_the_head_to_keep_elsewhere(path):
     last = list(J.rows(path))[-1]
     assert result.ok and result.head == (last["id"], last["hash"])
     assert str(result).endswith(f"head row {last['id']} {last['hash']}")
+
+
+def test_an_integer_past_64_bits_reads_back_exactly(path):
+    with Journal(path) as j:
+        j.append("note", 1, {"order_id": 2**70 + 1, "neg": -2**63 - 1, "price": 0.1})
+        j.commit()
+    (row,) = J.rows(path)
+    assert row["payload"] == {"order_id": 2**70 + 1, "neg": -2**63 - 1, "price": 0.1}
+
+
+def test_a_credential_inside_an_array_of_objects_is_refused(path):
+    with Journal(path) as j:
+        with pytest.raises(JournalError, match="credential"):
+            j.append("note", 1, {"d": np.array([{"api_key": "K"}], dtype=object)})
+        assert j.pending == 0
