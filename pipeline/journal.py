@@ -341,6 +341,11 @@ def _version(db: sqlite3.Connection, path: Path) -> int:
     try:
         app_id = db.execute("PRAGMA application_id").fetchone()[0]
         tables = _tables(db)
+    except sqlite3.OperationalError as e:
+        if "locked" in str(e) or "busy" in str(e):
+            raise JournalError(f"journal {path} is locked by another process (a transaction open "
+                               f"on it); try again when it is done") from None
+        raise JournalError(f"{path} is not a tickpipe journal ({e})") from None
     except sqlite3.DatabaseError as e:
         raise JournalError(f"{path} is not a tickpipe journal ({e})") from None
     if app_id == 0 and not tables:
@@ -427,7 +432,8 @@ class Journal:
 
     def _open(self) -> sqlite3.Connection:
         try:
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                 timeout=BUSY_TIMEOUT_MS / 1000)
         except sqlite3.Error as e:
             raise JournalError(f"cannot open journal {self.path}: {e}") from None
         try:
@@ -770,7 +776,9 @@ def _read_only(path: str | Path) -> sqlite3.Connection:
         raise JournalError(f"no journal at {path}")
     uri = "file:" + quote(str(path.resolve())) + "?mode=ro"
     try:
-        db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        # a writer's moment holding the file is waited for
+        db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False,
+                             timeout=BUSY_TIMEOUT_MS / 1000)
     except sqlite3.Error as e:
         raise JournalError(f"cannot open journal {path}: {e}") from None
     try:

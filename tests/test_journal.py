@@ -742,3 +742,21 @@ def test_a_credential_inside_an_array_of_objects_is_refused(path):
         with pytest.raises(JournalError, match="credential"):
             j.append("note", 1, {"d": np.array([{"api_key": "K"}], dtype=object)})
         assert j.pending == 0
+
+
+def test_a_locked_journal_is_said_to_be_locked(path, monkeypatch):
+    monkeypatch.setattr(J, "BUSY_TIMEOUT_MS", 100)
+    with Journal(path) as j:
+        fill_mixed(j, 5)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("PRAGMA locking_mode = EXCLUSIVE")
+    holder.execute("BEGIN EXCLUSIVE")
+    holder.execute("SELECT count(*) FROM entries").fetchall()
+    try:
+        for read in (J.verify, lambda p: list(J.rows(p)), Journal):
+            with pytest.raises(JournalError, match="is locked by another process"):
+                read(path)
+    finally:
+        holder.execute("COMMIT")
+        holder.close()
+    assert J.verify(path).ok
