@@ -4,7 +4,8 @@ A URL in a log line loses its user info and its query values
 (``ws://trader:PASSWORD@host/x?token=abc`` -> ``ws://***@host/x?token=***``),
 whoever wrote the line (our code, ccxt's error messages, websocket-client), so
 credentials put in a ``ws_url`` or ``rest_url`` never reach a terminal or a log
-file.
+file; and a value written after a key that names a credential (``'X-MBX-APIKEY':
+'...'``, ``api_secret=...``, ``Authorization: Bearer ...``) is hidden the same way.
 """
 from __future__ import annotations
 
@@ -34,9 +35,21 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
+# a credential written as a key and its value ('X-MBX-APIKEY': 'k', api_secret=s, "token": "t",
+# Authorization: Bearer t): the value is hidden, the key kept (what was there, not what it was)
+_KEYED_SECRET = re.compile(
+    r"""(?ix)
+    ( ["']? [\w-]* (?:api[-_]?key|secret|signature|token|passw(?:or)?d|passphrase|private[-_]?key
+                       |credential|authorization|listen[-_]?key) [\w-]* ["']? \s* [:=] \s* )
+    ( ["']? )
+    ( (?:bearer\s+|basic\s+)? [^\s'",}&]+ )""")
+
+
 def redact(text: str) -> str:
-    """``text`` with every URL in it redacted."""
-    return _URL.sub(lambda m: redact_url(m.group(0)), text)
+    """``text`` with every URL in it redacted, and every value written after a key that
+    names a credential."""
+    text = _URL.sub(lambda m: redact_url(m.group(0)), text)
+    return _KEYED_SECRET.sub(lambda m: m.group(1) + m.group(2) + HIDDEN, text)
 
 
 class RedactingFilter(logging.Filter):

@@ -55,3 +55,13 @@ def test_a_feed_with_credentials_in_its_url_logs_none_of_them():
     assert r.returncode == 0, r.stderr
     assert f"ws://***@127.0.0.1:{port}/ws?token=***" in r.stderr
     assert "PASSWORD" not in r.stderr and "SECRETTOKEN" not in r.stderr and "trader" not in r.stderr
+
+
+def test_a_value_after_a_key_that_names_a_credential_is_hidden():
+    line = ("request failed: headers {'X-MBX-APIKEY': 'KEY123', 'Authorization': 'Bearer eyJSECRET'} "
+            'body {"api_secret": "s3cr3t", "price": 1.5} query signature=deadbeef&qty=2')
+    out = redact(line)
+    for secret in ("KEY123", "eyJSECRET", "s3cr3t", "deadbeef"):
+        assert secret not in out
+    assert "'X-MBX-APIKEY': '***'" in out and '"price": 1.5' in out and "qty=2" in out
+    assert redact("filled 2 at price=5.0 qty=1") == "filled 2 at price=5.0 qty=1"
