@@ -297,13 +297,22 @@ def crash(d: Desk) -> None:
     d.journal.close()
 
 
-def test_a_latch_tripped_by_a_step_survives_a_kill_before_the_next_snapshot(make):
+DRAWDOWN_5 = {"max_drawdown_frac": 0.05, "max_daily_loss_frac": 0.5}
+
+
+def half_long(make) -> tuple[SimClock, Desk]:
+    """A desk of 10,000 holding 50 at 100, a 5 % drawdown limit, its timed snapshot just taken."""
     clock = SimClock(T0)
-    limits = {"max_drawdown_frac": 0.05, "max_daily_loss_frac": 0.5}
-    d = make(clock, ExecutionConfig(capital=10_000.0), **limits)
+    d = make(clock, ExecutionConfig(capital=10_000.0), **DRAWDOWN_5)
     market(d, 0, 100.0)
     d.on_intents(intent(d, 0, SIDE_BUY, 50.0, 1))
-    d.housekeeping()                                      # the last timed snapshot: all ACTIVE
+    d.housekeeping()                                      # the last timed snapshot: all ACTIVE, peak 10,000
+    return clock, d
+
+
+def test_a_latch_tripped_by_a_step_survives_a_kill_before_the_next_snapshot(make):
+    clock, d = half_long(make)
+    limits = DRAWDOWN_5
     clock.advance(MS)
     market(d, 0, 80.0)                                    # -1,000 of 10,000: past the 5 % drawdown
     d.on_intents(intent(d, 0, SIDE_BUY, 1.0, 2))
@@ -379,12 +388,8 @@ def test_a_malformed_book_is_forgotten_and_the_quote_after_it_prices_the_order(m
 
 
 def test_an_order_leaves_with_the_equity_peak_on_disk(make):
-    clock = SimClock(T0)
-    limits = {"max_drawdown_frac": 0.05, "max_daily_loss_frac": 0.5}
-    d = make(clock, ExecutionConfig(capital=10_000.0), **limits)
-    market(d, 0, 100.0)
-    d.on_intents(intent(d, 0, SIDE_BUY, 50.0, 1))
-    d.housekeeping()                                      # the last timed snapshot: peak 10,000
+    clock, d = half_long(make)
+    limits = DRAWDOWN_5
     clock.advance(MS)
     market(d, 0, 120.0)                                   # +1,000: a new peak
     assert len(d.on_intents(intent(d, 0, SIDE_BUY, 1.0, 2, price=120.0)).orders) == 1
