@@ -270,11 +270,7 @@ def _child_main(conn, cfg: Config, progress: bool, parent_pid: int) -> None:
     """Entry point of the training child: trains and sends ("ok", report) or
     ("error", class name, message) through ``conn``; SIGTERM ends it quietly."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)      # the caller handles Ctrl-C and ends us
-
-    def stopped(signum, frame):
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        raise _Stopped()
-    signal.signal(signal.SIGTERM, stopped)
+    _stop_on_sigterm()
 
     def orphaned() -> None:                           # the caller died: stop training for nobody
         while True:
@@ -296,6 +292,24 @@ def _child_main(conn, cfg: Config, progress: bool, parent_pid: int) -> None:
         conn.send(msg)
     finally:
         conn.close()
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM raises _Stopped in the main thread, to unwind. Where it lands inside a
+    ``__del__`` (TensorFlow's, in a collection), Python swallows it there and prints it as
+    ignored: then it is asked for again, to land in plain code, and nothing is printed."""
+    def stopped(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise _Stopped()
+
+    def unraisable(u) -> None:
+        if isinstance(u.exc_value, _Stopped):    # once out of here (10 ms), in plain code
+            signal.setitimer(signal.ITIMER_REAL, 0.01)
+            return
+        sys.__unraisablehook__(u)
+    signal.signal(signal.SIGTERM, stopped)
+    signal.signal(signal.SIGALRM, stopped)
+    sys.unraisablehook = unraisable
 
 
 @contextlib.contextmanager

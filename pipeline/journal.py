@@ -853,7 +853,9 @@ def _check_attach(a: dict, n: int, cols: dict, i: int) -> None:
     _check_fast(rows, "payload")
 
 
-_LONG_DIGITS = re.compile(r"\d{19}")
+# an integer orjson may read as a float: 20 digits or more, or 19 after a minus (a time in ns
+# has 19 digits and reads exactly: it must not send every row to the slower reader)
+_LONG_DIGITS = re.compile(r"\d{20}|-\d{19}")
 
 
 def _loads(text: str) -> Any:

@@ -276,3 +276,30 @@ def test_default_config_serves_the_ensemble_from_a_fresh_directory(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert "training" not in r.stdout and "stopped: duration of 3 s reached" in r.stdout
     assert Registry(tmp_path / "artifacts").versions(ENSEMBLE) == [1]
+
+
+def test_a_stop_that_lands_inside_a_destructor_is_asked_for_again_not_printed():
+    """The training child's SIGTERM raises _Stopped to unwind; landing inside a __del__ (as
+    in TensorFlow's, during a collection) Python swallows it and prints it as ignored: the
+    child asks again, quietly, and unwinds from plain code."""
+    script = textwrap.dedent("""
+        import gc, time
+        from models.synthetic import _Stopped, _stop_on_sigterm
+        _stop_on_sigterm()
+
+        class Dies:
+            def __del__(self):
+                raise _Stopped()          # as if SIGTERM's handler ran here
+        try:
+            d = Dies()
+            del d
+            for _ in range(1000):
+                time.sleep(0.01)
+            print("not stopped")
+        except _Stopped:
+            print("stopped in plain code")
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert out.stdout.strip() == "stopped in plain code", out
+    assert "Traceback" not in out.stderr and "ignored" not in out.stderr, out.stderr
