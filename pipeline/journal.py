@@ -156,7 +156,7 @@ def _check_payload(value: Any, where: str) -> None:
                                    f"keys and signatures never go into the journal")
             if type(v) not in _LEAVES:
                 _check_payload(v, f"{where}[{k!r}]")
-    elif t is list or t is tuple or isinstance(value, (list, tuple)):
+    elif isinstance(value, (list, tuple)):
         for i, v in enumerate(value):
             if type(v) not in _LEAVES:
                 _check_payload(v, f"{where}[{i}]")
@@ -533,7 +533,7 @@ class Journal:
                 v = sec.get(name)
                 if type(v) is list:
                     if (len(v) != n or not set(map(type, v)) <= {str, type(None)} or "" in v
-                            or not all(x is None or x.isprintable() for x in set(v))):
+                            or not "".join(filter(None, set(v))).isprintable()):
                         raise JournalError(f"batch section {i}: {name} must be {n} non-empty printable strings "
                                            f"or None")
                 elif v is not None and (type(v) is not str or not v or not v.isprintable()):

@@ -274,25 +274,28 @@ class Desk:
                                                      "ref_price", "strategy_id", "reason", "ts_origin_ns",
                                                      "ts_ns", "expire_ns")]
         codes = codes.tolist()
-        rows = list(zip(range(len(sids)), sids, keys, *cols))
+        rows = zip(range(len(sids)), sids, keys, *cols)
         if pairs:                               # a pair's second leg right after its first
-            seconds = set(pairs.values())
+            rows, seconds = list(rows), set(pairs.values())
             rows = [r for i in range(len(rows)) if i not in seconds
                     for r in ((rows[i], rows[pairs[i]]) if i in pairs else (rows[i],))]
+
+        def answer_due(s: int) -> bool:         # an order of this step for the symbol blocks it
+            return s in blocked and any(o.symbol_id == s for o in sent)
         made = []                               # (order, order id, ref price) of the orders sent
         for (i, sid, key, seq, side, otype, tif, qty, limit, ref, strat, reason, ts_origin, ts_intent,
              expire) in rows:
             code, why = codes[i], whys.get(i, "")       # why: a reason beyond the code's, for the verdict
-            legs = (sid,) if i not in pairs else (sid, sids[pairs[i]])
-            if code == 0 and any(s in blocked and any(o.symbol_id == s for o in sent) for s in legs):
-                out.extend(self._send(sent))   # a second intent for a symbol in one step:
-                sent = []                       # the first one's answer comes first
-                blocked = self.orders.blocked_symbols()
-            if code == 0 and any(s in blocked for s in legs):      # a pair: both legs or neither
-                code = self._deny_after(Denial.IN_FLIGHT if sid in blocked else Denial.PAIR_LEG)
-                if i in pairs:
-                    j = pairs[i]
-                    codes[j] = self._deny_after(Denial.IN_FLIGHT if sids[j] in blocked else Denial.PAIR_LEG)
+            if code == 0:
+                j = pairs.get(i)                # a pair's second leg: checked, and sent, with its first
+                if answer_due(sid) or (j is not None and answer_due(sids[j])):
+                    out.extend(self._send(sent))   # a second intent for a symbol in one step:
+                    sent = []                       # the first one's answer comes first
+                    blocked = self.orders.blocked_symbols()
+                if sid in blocked or (j is not None and sids[j] in blocked):   # a pair: both or neither
+                    code = self._deny_after(Denial.IN_FLIGHT if sid in blocked else Denial.PAIR_LEG)
+                    if j is not None:
+                        codes[j] = self._deny_after(Denial.IN_FLIGHT if sids[j] in blocked else Denial.PAIR_LEG)
             if code:
                 self._verdict(intents[i], key, code, why, now)
                 continue
@@ -857,14 +860,10 @@ class Desk:
             return
         equity = self._equity_at(last)
         days = np.asarray(times, np.int64) // DAY_NS
-        finite = np.isfinite(equity)
-        if finite.all():
-            if days[-1] != self.day:
-                self.day, self.day_start_equity = int(days[-1]), float(equity[np.searchsorted(days, days[-1])])
-        elif finite.any():                      # as `_account`: a day rolls at its first finite equity
-            day = days[np.flatnonzero(finite)[-1]]
-            if day != self.day:
-                self.day, self.day_start_equity = int(day), float(equity[np.flatnonzero(finite & (days == day))[0]])
+        finite = np.flatnonzero(np.isfinite(equity))
+        if len(finite) and days[finite[-1]] != self.day:    # as `_account`: a day rolls at its first finite equity
+            day = days[finite[-1]]
+            self.day, self.day_start_equity = int(day), float(equity[finite[days[finite] == day][0]])
         top = float(equity.max())
         if top == top:                          # else a NaN mark: each one, as the calls took them
             self.equity_peak = max(self.equity_peak, top)

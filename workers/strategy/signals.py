@@ -179,20 +179,15 @@ class SignalStrategy:
                 self.counters["bad_input"] += 1
                 continue
             d = int(self.direction[sid])
-            if d and d * margin < self.p.exit_margin:
+            want = 1 if margin >= self.p.enter_margin else (
+                -1 if self.p.allow_short and margin <= -self.p.enter_margin else 0)
+            # under the exit gate, or past the other side's entry (an exit gate below it): exit
+            if d and (d * margin < self.p.exit_margin or want == -d):
                 if self.held_bars[sid] < self.p.min_hold_bars:
                     self.counters["held"] += 1
                     continue
                 out += self._close(sid, price, REASON_EXIT, seq, sig)
                 continue                     # one exit per signal: a reversal waits a signal
-            want = 1 if margin >= self.p.enter_margin else (
-                -1 if self.p.allow_short and margin <= -self.p.enter_margin else 0)
-            if d and want == -d:             # a reversal not under the exit gate: the exit first, as above
-                if self.held_bars[sid] < self.p.min_hold_bars:
-                    self.counters["held"] += 1
-                    continue
-                out += self._close(sid, price, REASON_EXIT, seq, sig)
-                continue
             if want == 0 or want == d:
                 if want == 0 and not d:
                     self.counters["gated"] += 1
