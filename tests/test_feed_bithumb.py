@@ -245,6 +245,9 @@ def test_a_book_a_lost_or_crossing_update_makes_wrong_waits_for_a_snapshot_with_
         feed.parse(snapshot("BTC_KRW", t0 + 30, bids=[(50_010_000, 2)], asks=[(50_200_000, 1)]), RECV_NS, out)
         q = out.take()
         assert q["kind"].tolist() == [TICK_QUOTE] and (q["bid"][0], q["ask"][0]) == (50_010_000, 50_200_000)
+        with pytest.raises(MalformedMessage):               # another symbol's level: our book stands
+            feed.parse(depth(t0 + 40, ("XRP_KRW", "bid", 1, 1)), RECV_NS, out)
+        assert len(out.take()) == 0 and feed.stats()["books_distrusted"] == 1
 
 
 def test_bad_book_levels_are_malformed():

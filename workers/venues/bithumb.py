@@ -199,21 +199,23 @@ class BithumbFeed(VenueFeed):
 
     def _depth(self, content, recv_ns: int, out: TickBuffer) -> None:
         ts_us = integer(content, "datetime")
-        updates, named = [], []
+        updates = []
         try:
             for lv in _list(need(content, "list"), "list"):
                 symbol, side = need(lv, "symbol"), need(lv, "orderType")
                 self.symbol_id(symbol)
-                named.append(symbol)
                 if side not in ("bid", "ask"):
                     raise MalformedMessage("bad side", f"orderType={side!r:.40}")
                 price, size = _checked(number(lv, "price"), number(lv, "quantity"))
                 updates.append((symbol, side == "bid", price, size))
         except MalformedMessage:
             # the message is dropped, and with it updates the books needed (Bithumb numbers
-            # nothing to resync by): the books it names (every one, where none is known) wait
-            # for the next snapshot, with a gap
-            for symbol in dict.fromkeys(named) if named else list(self.books):
+            # nothing to resync by): the books its levels name (every one, where its list is
+            # unreadable) wait for the next snapshot, with a gap
+            levels = content.get("list") if isinstance(content, dict) else None
+            named = ({lv.get("symbol") for lv in levels if isinstance(lv, dict)} if isinstance(levels, list)
+                     else set(self.books))
+            for symbol in [s for s in self.books if s in named]:
                 self._distrust(symbol, recv_ns, out)
             raise
         touched = []
