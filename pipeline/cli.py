@@ -1049,8 +1049,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("journal", help="verify, show or export the execution journal",
                         description="verify: walk the hash chain and name the first row edited, "
-                                    "deleted or reordered (exit status 1). show: print rows. "
-                                    "export: every row to a Parquet file.")
+                                    "deleted or reordered (exit status 1), and print the head (the "
+                                    "last row's id and hash: keep it elsewhere to catch rows cut off "
+                                    "with a rewritten head). show: print rows. export: every row to a "
+                                    "Parquet file (a step's batch as its rows, each with its part); "
+                                    "never over an SQLite file.")
     common(sp)
     sp.add_argument("action", choices=("verify", "show", "export"))
     sp.add_argument("--journal", metavar="PATH", help="the journal (default: the config's)")
